@@ -1,0 +1,156 @@
+"""What a capability is: one small module declaring its name, actions, requirements and
+config schema next to its handlers.
+
+A capability is a :class:`Capability` subclass registered under the ``lamcontrol.capabilities``
+entry-point group; built-ins register exactly the way a third-party package does::
+
+    [options.entry_points]
+    lamcontrol.capabilities =
+        echo = agents.echo:Echo
+
+Handlers are methods marked with :func:`action`. Each gets the task's ``args`` dict and
+returns the sentence a person hears (or an :class:`Outcome` with data); a failure is a
+:class:`TaskFailed` carrying that sentence.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+ENTRY_POINT_GROUP = "lamcontrol.capabilities"
+
+
+class TaskFailed(Exception):
+    """The action could not be done; ``str(exc)`` is the sentence to report."""
+
+
+class Unavailable(Exception):
+    """The capability cannot run on this machine; the message says what to install or set."""
+
+
+@dataclass
+class Outcome:
+    """A successful action: a sentence for a person, and optional data for programs."""
+
+    message: str
+    data: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One config key of a capability: its default (which fixes its type) and what it means."""
+
+    default: Any
+    help: str
+
+
+Handler = Callable[[Any, dict], "str | Outcome"]
+
+
+def action(name: str | None = None) -> Callable[[Handler], Handler]:
+    """Mark a method as the handler of an action (by default, the method's name)."""
+
+    def mark(func: Handler) -> Handler:
+        func.lam_action = name or func.__name__  # type: ignore[attr-defined]
+        return func
+
+    return mark
+
+
+def require(args: dict, key: str, kind: type = str) -> Any:
+    """``args[key]`` if present and of the right type, else a TaskFailed saying so."""
+    value = args.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool or value == "":
+        raise TaskFailed(f"The task is missing its {key}.")
+    return value
+
+
+class Capability:
+    """Base of every capability. Subclasses set the class attributes and write handlers."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    extra: ClassVar[str] = ""  # the pip extra that installs what it needs
+    requirements: ClassVar[tuple[str, ...]] = ()  # modules that must import
+    platforms: ClassVar[tuple[str, ...]] = ("linux", "darwin", "win32")
+    config_schema: ClassVar[dict[str, Setting]] = {}
+
+    def __init__(self, settings: dict | None = None) -> None:
+        self.settings = self.validate_settings(settings or {})
+
+    @classmethod
+    def validate_settings(cls, settings: dict) -> dict:
+        """The settings with defaults filled in; a ValueError names any bad key."""
+        unknown = set(settings) - set(cls.config_schema)
+        if unknown:
+            raise ValueError(f"[capabilities.{cls.name}] has unknown keys: {', '.join(sorted(unknown))}")
+        merged = {}
+        for key, setting in cls.config_schema.items():
+            value = settings.get(key, setting.default)
+            expected = type(setting.default)
+            if expected is float and isinstance(value, int):
+                value = float(value)
+            if not isinstance(value, expected) or isinstance(value, bool) and expected is not bool:
+                raise ValueError(f"[capabilities.{cls.name}] {key} must be {expected.__name__}")
+            merged[key] = value
+        return merged
+
+    def check(self) -> None:
+        """Raise Unavailable when this machine cannot run the capability."""
+        if not any(sys.platform.startswith(p) for p in self.platforms):
+            raise Unavailable(f"{self.name} does not run on {sys.platform}")
+        for module in self.requirements:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                hint = f"pip install 'lamcontrol[{self.extra}]'" if self.extra else f"install the {module} module"
+                raise Unavailable(f"{self.name} needs the Python module {module}: {hint}") from None
+
+    def start(self) -> None:
+        """Acquire long-lived resources (a browser session, say). Called once, after check()."""
+
+    def close(self) -> None:
+        """Release what start() acquired."""
+
+    @classmethod
+    def handlers(cls) -> dict[str, str]:
+        """Action name -> method name, for every method marked with @action."""
+        return {func.lam_action: attr for attr, func in vars_with_bases(cls) if hasattr(func, "lam_action")}
+
+    def actions(self) -> list[str]:
+        """The action names this capability advertises."""
+        return sorted(self.handlers())
+
+    def run(self, action_name: str, args: dict) -> Outcome:
+        """Run one action; unknown actions and bad results become TaskFailed."""
+        method = self.handlers().get(action_name)
+        if method is None:
+            raise TaskFailed(f"{self.name} cannot {action_name}.")
+        result = getattr(self, method)(args)
+        return result if isinstance(result, Outcome) else Outcome(str(result))
+
+
+def vars_with_bases(cls: type) -> list[tuple[str, Any]]:
+    """Attributes of a class and its bases, subclasses winning."""
+    seen: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        seen.update(vars(klass))
+    return list(seen.items())
+
+
+def available() -> dict[str, importlib.metadata.EntryPoint]:
+    """Every installed capability, by name."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def load(name: str) -> type[Capability]:
+    """The capability class registered under ``name``."""
+    entry_points = available()
+    if name not in entry_points:
+        known = ", ".join(sorted(entry_points)) or "none"
+        raise Unavailable(f"no capability named {name!r} is installed (installed: {known})")
+    return entry_points[name].load()

@@ -1,0 +1,71 @@
+"""``lam-agent``: run one or more capabilities on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from lamcontrol import config as lamconfig
+from lamcontrol.bus import BrokerSettings
+from lamcontrol.protocol import check_id, ProtocolError
+from lamcontrol.service import run_service, setup_logging
+
+from . import capability
+from .runtime import Agent
+
+log = logging.getLogger("lam-agent")
+
+
+def load_capabilities(names: list[str], settings: dict) -> dict[str, capability.Capability]:
+    """The capabilities that can run here; each one that cannot is logged with the reason."""
+    loaded = {}
+    for name in names:
+        try:
+            cap = capability.load(name)(settings.get(name, {}))
+            cap.check()
+            cap.start()
+        except (capability.Unavailable, ValueError) as exc:
+            log.error("not offering %s: %s", name, exc)
+            continue
+        loaded[name] = cap
+        log.info("offering %s: %s", name, ", ".join(cap.actions()))
+    return loaded
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lam-agent", description=__doc__)
+    parser.add_argument("--id", help="agent id (default: [agent] id, else the host name)")
+    parser.add_argument("--capability", "-c", action="append", help="capability to offer (repeatable)")
+    parser.add_argument("--broker", help="mqtt://[user:pass@]host:port (default: $LAM_BROKER or the config)")
+    parser.add_argument("--config", help="TOML config file")
+    parser.add_argument("--max-concurrent", type=int, help="tasks run at once (default 4)")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--list", action="store_true", help="list installed capabilities and exit")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    if args.list:
+        for name in sorted(capability.available()):
+            print(name)
+        return 0
+    try:
+        cfg = lamconfig.load(args.config, args.broker)
+        section = cfg["agent"]
+        agent_id = check_id(args.id or section["id"] or lamconfig.default_agent_id(), "agent id")
+        settings = BrokerSettings.from_config(cfg)
+    except (lamconfig.ConfigError, ProtocolError) as exc:
+        print(f"lam-agent: {exc}", file=sys.stderr)
+        return 2
+    capabilities = load_capabilities(args.capability or section["capabilities"], cfg["capabilities"])
+    if not capabilities:
+        print("lam-agent: no capability can run here (see the messages above)", file=sys.stderr)
+        return 2
+    agent = Agent(agent_id, capabilities, settings, max_concurrent=args.max_concurrent or section["max_concurrent"],
+                  heartbeat=float(section["heartbeat"]), stop_grace=float(section["stop_grace"]))
+    agent.start()
+    run_service(agent.bus.ready.is_set, agent.stop, f"agent {agent_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

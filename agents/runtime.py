@@ -1,0 +1,146 @@
+"""The agent runtime: take tasks for our capabilities, answer at once, run, report.
+
+An agent announces itself with retained presence (its last will says offline), takes the
+tasks addressed to it on ``lam/tasks/<capability>``, answers ``accepted`` before any work
+starts, runs each task on its own thread under a concurrency limit and a deadline, and
+publishes ``succeeded`` or ``failed`` with a sentence. Duplicate deliveries (QoS 1 is
+at-least-once) and tasks that arrive after their dispatch window are never run.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import OrderedDict
+
+from lamcontrol import __version__
+from lamcontrol.bus import BrokerSettings, Bus
+from lamcontrol.protocol import Presence, Result, Task, parse
+
+from .capability import Capability, TaskFailed
+
+log = logging.getLogger(__name__)
+
+SEEN_TASKS = 10_000
+
+
+class Agent:
+    """One agent process serving one or more capabilities."""
+
+    def __init__(self, agent_id: str, capabilities: dict[str, Capability], settings: BrokerSettings,
+                 max_concurrent: int = 4, heartbeat: float = 30.0, stop_grace: float = 10.0) -> None:
+        self.id = agent_id
+        self.capabilities = capabilities
+        self.max_concurrent = max_concurrent
+        self.heartbeat = heartbeat
+        self.stop_grace = stop_grace
+        self.host = socket.gethostname()
+        self._lock = threading.Lock()
+        self._running: dict[str, Task] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._stopping = threading.Event()
+        self.bus = Bus(settings, component=f"agent {agent_id}", client_id=f"{settings.prefix}-agent-{agent_id}",
+                       will=self.presence("offline"), persistent=True)
+        self.topics = self.bus.topics
+        for name in capabilities:
+            self.bus.on(self.topics.task(name), self._on_task)
+        self.bus.on_connect(self.announce)
+
+    # -- presence -----------------------------------------------------------------------
+
+    def presence(self, state: str = "online") -> Presence:
+        capabilities = {name: cap.actions() for name, cap in self.capabilities.items()} if state == "online" else {}
+        return Presence(state=state, agent=self.id, capabilities=capabilities, load=len(self._running),
+                        max_concurrent=self.max_concurrent, host=self.host, version=__version__,
+                        heartbeat=self.heartbeat)
+
+    def announce(self) -> None:
+        self.bus.publish(self.presence(), retain=True)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stopping.wait(self.heartbeat):
+            if self.bus.connected.is_set():
+                self.announce()
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def start(self, timeout: float | None = None) -> None:
+        self.bus.start(timeout)
+        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop taking tasks, let running ones finish within the grace period, go offline."""
+        self._stopping.set()
+        deadline = time.monotonic() + self.stop_grace
+        while self._running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for capability in self.capabilities.values():
+            capability.close()
+        for task in list(self._running.values()):
+            self._finish(task, "failed", "The agent stopped before the task finished.")
+        self.bus.stop(final=self.presence("offline"))
+
+    # -- tasks --------------------------------------------------------------------------
+
+    def _on_task(self, topic: str, payload: bytes) -> None:
+        task = parse(Task, payload, self.bus.settings.max_payload)
+        if task.agent != self.id:
+            return
+        with self._lock:
+            if task.task_id in self._seen:
+                log.info("dropping duplicate delivery of task %s", task.task_id)
+                return
+            self._seen[task.task_id] = None
+            if len(self._seen) > SEEN_TASKS:
+                self._seen.popitem(last=False)
+        refusal = self._refusal(task)
+        if refusal:
+            self._publish(task, "rejected", refusal)
+            return
+        with self._lock:
+            self._running[task.task_id] = task
+        self._publish(task, "accepted", "")
+        threading.Thread(target=self._run, args=(task,), name=f"task-{task.task_id}", daemon=True).start()
+        if task.deadline:
+            timer = threading.Timer(max(0.0, task.deadline - time.time()), self._finish,
+                                    args=(task, "failed", "The task ran out of time."))
+            timer.daemon = True
+            timer.start()
+
+    def _refusal(self, task: Task) -> str:
+        """Why this agent will not run the task, or '' when it will."""
+        capability = self.capabilities.get(task.capability)
+        if capability is None or task.action not in capability.actions():
+            return f"This agent cannot do {task.capability} {task.action}."
+        if self._stopping.is_set():
+            return "The agent is shutting down."
+        if task.accept_by and time.time() > task.accept_by:
+            return "The task arrived after its dispatch window closed."
+        if len(self._running) >= self.max_concurrent:
+            return "The agent is busy."
+        return ""
+
+    def _run(self, task: Task) -> None:
+        try:
+            outcome = self.capabilities[task.capability].run(task.action, task.args)
+        except TaskFailed as exc:
+            self._finish(task, "failed", str(exc))
+        except Exception as exc:  # a broken handler must not take the agent down
+            log.exception("task %s (%s %s) crashed", task.task_id, task.capability, task.action)
+            self._finish(task, "failed", f"Something went wrong: {exc.__class__.__name__}.")
+        else:
+            self._finish(task, "succeeded", outcome.message, outcome.data)
+
+    def _finish(self, task: Task, state: str, message: str, data: dict | None = None) -> None:
+        """Publish the final result once, whoever gets here first (handler, deadline or stop)."""
+        with self._lock:
+            if self._running.pop(task.task_id, None) is None:
+                return
+        log.info("task %s %s: %s", task.task_id, state, message)
+        self._publish(task, state, message, data or {})
+
+    def _publish(self, task: Task, state: str, message: str, data: dict | None = None) -> None:
+        self.bus.publish(Result(task_id=task.task_id, agent=self.id, state=state, message=message,
+                                data=data or {}, attempt=task.attempt))

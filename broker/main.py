@@ -1,0 +1,106 @@
+"""``lam-broker``: the embedded aMQTT broker, LAMControl's zero-setup default.
+
+It listens on 127.0.0.1:1883 unless told otherwise. With a password file (argon2 hashes,
+made by ``lam-broker adduser FILE USER``) only listed users get in; without one, named
+clients keep their queued messages across reconnects and anonymous ones may watch.
+Production setups can use Mosquitto instead: nothing in LAMControl depends on aMQTT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from lamcontrol import config as lamconfig
+from lamcontrol.service import sd_notify, setup_logging
+
+log = logging.getLogger("lam-broker")
+
+
+def broker_config(listen: str, websocket: str = "", password_file: str = "", allow_anonymous: bool = True) -> dict:
+    """The aMQTT configuration for our options."""
+    listeners = {"default": {"type": "tcp", "bind": listen}}
+    if websocket:
+        listeners["ws"] = {"type": "ws", "bind": websocket}
+    if password_file:
+        auth = {"amqtt.plugins.authentication.FileAuthPlugin": {"password_file": password_file}}
+    else:
+        auth = {"broker.auth.NamedSessionAuth": {"allow_anonymous": allow_anonymous}}
+    return {"listeners": listeners, "plugins": auth}
+
+
+async def serve(config: dict) -> None:
+    from amqtt.broker import Broker
+
+    broker = Broker(config)
+    await broker.start()
+    log.info("broker listening on %s", ", ".join(f"{n}={l['bind']}" for n, l in config["listeners"].items()))
+    sd_notify("READY=1\nSTATUS=broker listening")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    sd_notify("STOPPING=1")
+    await broker.shutdown()
+
+
+def add_user(password_file: str, username: str) -> int:
+    """Add or replace a user in an argon2 password file (password read from stdin or a prompt)."""
+    from pwdlib import PasswordHash
+
+    password = getpass.getpass(f"password for {username}: ") if sys.stdin.isatty() else sys.stdin.readline().strip()
+    if not password:
+        print("lam-broker: empty password refused", file=sys.stderr)
+        return 2
+    path = Path(password_file)
+    lines = [l for l in path.read_text().splitlines() if not l.startswith(f"{username}:")] if path.exists() else []
+    lines.append(f"{username}:{PasswordHash.recommended().hash(password)}")
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    print(f"user {username} written to {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lam-broker", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="TOML config file ([embedded_broker] section)")
+    parser.add_argument("--listen", help="host:port for MQTT (default 127.0.0.1:1883)")
+    parser.add_argument("--websocket", help="host:port for MQTT over websockets (off by default)")
+    parser.add_argument("--password-file", help="argon2 password file; only its users may connect")
+    parser.add_argument("--no-anonymous", action="store_true", help="refuse clients that give no user name")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command")
+    adduser = sub.add_parser("adduser", help="add a user to a password file")
+    adduser.add_argument("file")
+    adduser.add_argument("username")
+    args = parser.parse_args(argv)
+    if args.command == "adduser":
+        return add_user(args.file, args.username)
+    setup_logging(args.log_level)
+    for noisy in ("amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        section = lamconfig.load(args.config)["embedded_broker"]
+    except lamconfig.ConfigError as exc:
+        print(f"lam-broker: {exc}", file=sys.stderr)
+        return 2
+    config = broker_config(args.listen or section["listen"], args.websocket or section["websocket"],
+                           args.password_file or section["password_file"],
+                           section["allow_anonymous"] and not args.no_anonymous)
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        print(f"lam-broker: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

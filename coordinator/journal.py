@@ -1,0 +1,101 @@
+"""The coordinator's durable journal (SQLite in WAL mode).
+
+A prompt is written before anything is done with it, each task as it is dispatched and
+as its state changes, and the reply when it is sent. A coordinator killed at any moment
+reads back what was open and finishes it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from lamcontrol.protocol import Prompt
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS prompts (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    received REAL NOT NULL,
+    deadline REAL NOT NULL,
+    reply TEXT
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    prompt_id TEXT NOT NULL REFERENCES prompts(id),
+    position INTEGER NOT NULL,
+    command TEXT NOT NULL,
+    state TEXT NOT NULL,
+    agent TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS tasks_by_prompt ON tasks(prompt_id, position);
+CREATE INDEX IF NOT EXISTS open_prompts ON prompts(id) WHERE reply IS NULL;
+"""
+
+
+class Journal:
+    """Prompts, tasks and replies, durable across crashes."""
+
+    def __init__(self, path: str | Path) -> None:
+        if str(path) != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = Path(path).expanduser()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def _write(self, sql: str, params: tuple) -> None:
+        with self._lock:
+            self._db.execute(sql, params)
+
+    def add_prompt(self, prompt: Prompt, deadline: float) -> bool:
+        """Record a new prompt; False when its id is already known (a redelivery)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO prompts (id, body, received, deadline) VALUES (?, ?, ?, ?)",
+                (prompt.id, prompt.to_json().decode(), time.time(), deadline))
+            return cursor.rowcount == 1
+
+    def add_task(self, prompt_id: str, task_id: str, position: int, command: dict) -> None:
+        self._write("INSERT OR IGNORE INTO tasks (task_id, prompt_id, position, command, state) VALUES (?, ?, ?, ?, ?)",
+                    (task_id, prompt_id, position, json.dumps(command), "waiting"))
+
+    def update_task(self, task_id: str, state: str, agent: str | None = None, attempt: int = 0,
+                    message: str = "", data: dict | None = None) -> None:
+        self._write("UPDATE tasks SET state = ?, agent = ?, attempt = ?, message = ?, data = ? WHERE task_id = ?",
+                    (state, agent, attempt, message, json.dumps(data or {}), task_id))
+
+    def set_reply(self, prompt_id: str, reply: bytes) -> None:
+        self._write("UPDATE prompts SET reply = ? WHERE id = ?", (reply.decode(), prompt_id))
+
+    def open_prompts(self) -> list[tuple[Prompt, float, list[dict]]]:
+        """Prompts without a reply, oldest first, each with its deadline and recorded tasks."""
+        with self._lock:
+            prompts = self._db.execute(
+                "SELECT id, body, deadline FROM prompts WHERE reply IS NULL ORDER BY received").fetchall()
+            opened = []
+            for prompt_id, body, deadline in prompts:
+                rows = self._db.execute(
+                    "SELECT task_id, position, command, state, agent, attempt, message, data FROM tasks "
+                    "WHERE prompt_id = ? ORDER BY position", (prompt_id,)).fetchall()
+                tasks = [{"task_id": r[0], "position": r[1], "command": json.loads(r[2]), "state": r[3],
+                          "agent": r[4], "attempt": r[5], "message": r[6], "data": json.loads(r[7])} for r in rows]
+                opened.append((Prompt.from_dict(json.loads(body)), deadline, tasks))
+            return opened
+
+    def reply_of(self, prompt_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT reply FROM prompts WHERE id = ?", (prompt_id,)).fetchone()
+        return row[0] if row else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

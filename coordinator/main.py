@@ -1,0 +1,49 @@
+"""``lam-coordinator``: parse prompts, route tasks to agents, answer every prompt."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lamcontrol import config as lamconfig
+from lamcontrol.bus import BrokerSettings
+from lamcontrol.service import run_service, setup_logging
+
+from .journal import Journal
+from .parsing import build_parser
+from .service import Coordinator
+
+
+def build(cfg: dict) -> Coordinator:
+    """A coordinator configured from a loaded config."""
+    section = cfg["coordinator"]
+    return Coordinator(BrokerSettings.from_config(cfg), build_parser(cfg),
+                       Journal(section["journal"] or lamconfig.state_dir() / "journal.db"),
+                       ack_timeout=float(section["ack_timeout"]), prompt_timeout=float(section["prompt_timeout"]),
+                       task_timeout=float(section["task_timeout"]), confirm_window=float(section["confirm_window"]),
+                       heartbeat=float(section["heartbeat"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lam-coordinator", description=__doc__)
+    parser.add_argument("--broker", help="mqtt://[user:pass@]host:port (default: $LAM_BROKER or the config)")
+    parser.add_argument("--config", help="TOML config file")
+    parser.add_argument("--journal", help="SQLite journal path (default: [coordinator] journal)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        cfg = lamconfig.load(args.config, args.broker)
+        if args.journal:
+            cfg["coordinator"]["journal"] = args.journal
+        coordinator = build(cfg)
+    except lamconfig.ConfigError as exc:
+        print(f"lam-coordinator: {exc}", file=sys.stderr)
+        return 2
+    coordinator.start()
+    run_service(coordinator.bus.ready.is_set, coordinator.stop, "coordinator")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The agents the coordinator knows, from their retained presence."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from lamcontrol.protocol import Presence
+
+STALE_AFTER = 3  # heartbeats missed before an agent that said online counts as gone
+
+
+@dataclass
+class AgentInfo:
+    presence: Presence
+    last_seen: float
+    inflight: int = 0  # tasks we gave it that have not finished
+    advertised: dict = field(default_factory=dict)  # what it offered when last online
+
+    @property
+    def online(self) -> bool:
+        return self.presence.state == "online"
+
+    @property
+    def load(self) -> float:
+        return max(self.presence.load, self.inflight) / max(1, self.presence.max_concurrent)
+
+    @property
+    def full(self) -> bool:
+        return self.inflight >= max(1, self.presence.max_concurrent)
+
+
+class Registry:
+    """Agent presence by id, with least-loaded choice."""
+
+    def __init__(self) -> None:
+        self.agents: dict[str, AgentInfo] = {}
+
+    def update(self, presence: Presence) -> bool:
+        """Record a presence; True when an agent that was online is now offline."""
+        info = self.agents.get(presence.agent)
+        was_online = bool(info and info.online)
+        if info is None:
+            info = self.agents[presence.agent] = AgentInfo(presence, time.monotonic())
+        else:
+            info.presence, info.last_seen = presence, time.monotonic()
+        if info.online:
+            info.advertised = presence.capabilities
+        else:
+            info.inflight = 0
+        return was_online and presence.state == "offline"
+
+    def forget(self, agent_id: str) -> None:
+        self.agents.pop(agent_id, None)
+
+    def offers(self, capability: str, action: str) -> bool:
+        """Some online agent offers this action."""
+        return any(a.presence.offers(capability, action) for a in self.agents.values())
+
+    def ever_offered(self, capability: str, action: str) -> bool:
+        """Some agent, online or not, has advertised this action."""
+        return any(action in a.advertised.get(capability, ()) for a in self.agents.values())
+
+    def pick(self, capability: str, action: str, exclude: set[str]) -> AgentInfo | None:
+        """The least-loaded online agent offering the action, with room for one more task."""
+        candidates = [a for a in self.agents.values() if a.presence.offers(capability, action)
+                      and a.presence.agent not in exclude and not a.full]
+        return min(candidates, key=lambda a: (a.load, a.presence.agent), default=None)
+
+    def vocabulary(self) -> dict[str, list[str]]:
+        """Actions offered by online agents, by capability."""
+        offered: dict[str, set[str]] = {}
+        for info in self.agents.values():
+            if info.online:
+                for capability, actions in info.presence.capabilities.items():
+                    offered.setdefault(capability, set()).update(actions)
+        return {c: sorted(a) for c, a in offered.items()}
+
+    def stale(self) -> list[str]:
+        """Agents that said online but missed their heartbeats; they are marked offline."""
+        now = time.monotonic()
+        gone = [a for a in self.agents.values()
+                if a.online and now - a.last_seen > STALE_AFTER * a.presence.heartbeat + 5]
+        for info in gone:
+            info.presence = Presence(state="offline", agent=info.presence.agent, host=info.presence.host)
+            info.inflight = 0
+        return [info.presence.agent for info in gone]

@@ -1,0 +1,3 @@
+"""LAMControl on MQTT."""
+
+__version__ = "0.1.0"

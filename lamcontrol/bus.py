@@ -1,0 +1,262 @@
+"""The MQTT connection every LAMControl process uses, over paho-mqtt 2.x.
+
+:class:`Bus` adds to paho what each component would otherwise write again: broker URLs
+(``mqtt://user:pass@host:port``, ``mqtts://`` for TLS, ``ws://``), a last will, reconnect
+back-off, resubscription on reconnect, ``TCP_NODELAY`` (without it a QoS 1 round trip
+waits on Nagle's algorithm for tens of milliseconds), a payload size limit, refusals
+reported on ``lam/errors``, and handlers run on a dispatcher thread, never on paho's
+network thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import ssl
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+
+from . import config as lamconfig
+from .protocol import DEFAULT_MAX_PAYLOAD, ErrorRecord, Message, ProtocolError, Topics
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, bytes], None]
+SCHEMES = {"mqtt": ("tcp", False, 1883), "mqtts": ("tcp", True, 8883), "ws": ("websockets", False, 80),
+           "wss": ("websockets", True, 443)}
+
+
+class BusError(RuntimeError):
+    """The broker cannot be reached or refused us; the message says which and why."""
+
+
+@dataclass
+class BrokerSettings:
+    """Where the broker is and how to log in to it."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str = ""
+    password: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    tls_insecure: bool = False
+    keepalive: int = 30
+    prefix: str = "lam"
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url if "://" in self.url else f"mqtt://{self.url}")
+        if parts.scheme not in SCHEMES:
+            raise lamconfig.ConfigError(f"broker URL {self.safe_url} must start with mqtt://, mqtts://, ws:// or wss://")
+        self.transport, self.tls, default_port = SCHEMES[parts.scheme]
+        self.host = parts.hostname or "127.0.0.1"
+        try:
+            self.port = parts.port or default_port
+        except ValueError:
+            raise lamconfig.ConfigError(f"broker URL {self.safe_url} has a bad port") from None
+        self.path = parts.path or "/mqtt"
+        self.username = unquote(parts.username) if parts.username else self.username
+        self.password = unquote(parts.password) if parts.password else self.password
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password masked, for logs."""
+        parts = urlsplit(self.url)
+        if parts.password:
+            return self.url.replace(f":{parts.password}@", ":***@")
+        return self.url
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.prefix)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> BrokerSettings:
+        section = config["broker"]
+        password = lamconfig.read_secret(section["password"], section["password_file"], "LAM_BROKER_PASSWORD")
+        return cls(url=section["url"], username=section["username"], password=password, ca_file=section["ca_file"],
+                   cert_file=section["cert_file"], key_file=section["key_file"], tls_insecure=section["tls_insecure"],
+                   keepalive=int(section["keepalive"]), prefix=section["prefix"],
+                   max_payload=int(section["max_payload"]))
+
+
+class Bus:
+    """A paho client that speaks the LAM protocol for one component.
+
+    Register handlers with :meth:`on` before :meth:`start`; they are (re)subscribed on every
+    connect and called one at a time on a dispatcher thread with ``(topic, payload)``. A
+    handler that raises :class:`ProtocolError` (or anything else) gets the message refused
+    on ``lam/errors``; the bus carries on.
+    """
+
+    def __init__(self, settings: BrokerSettings, component: str, client_id: str | None = None,
+                 will: Message | None = None, persistent: bool = False, report: bool = True) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.component = component
+        self.report = report  # False for passive observers: they log refusals but never publish them
+        self.client_id = client_id or f"{component}-{uuid.uuid4().hex[:8]}"
+        self.connected = threading.Event()
+        self.ready = threading.Event()
+        self.last_error = ""
+        self._handlers: list[tuple[str, Handler]] = []
+        self._on_connect: list[Callable[[], None]] = []
+        self._pending_subs: set[int] = set()
+        self._inbox: queue.Queue = queue.Queue()
+        self._dispatcher = threading.Thread(target=self._dispatch, name=f"{component}-dispatch", daemon=True)
+        self._client = self._make_client(persistent, will)
+
+    def _make_client(self, persistent: bool, will: Message | None) -> mqtt.Client:
+        s = self.settings
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             clean_session=not persistent, transport=s.transport)
+        if s.transport == "websockets":
+            client.ws_set_options(path=s.path)
+        # Always send a user name: brokers keep the queued messages of named sessions.
+        client.username_pw_set(s.username or self.client_id, s.password or None)
+        if s.tls:
+            client.tls_set(ca_certs=s.ca_file or None, certfile=s.cert_file or None, keyfile=s.key_file or None,
+                           cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_insecure_set(s.tls_insecure)
+        if will is not None:
+            client.will_set(will.topic(self.topics), will.to_json(), qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_socket_open = self._on_socket_open
+        client.on_connect = self._on_connect_cb
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    # -- registration -------------------------------------------------------------------
+
+    def on(self, topic_filter: str, handler: Handler) -> None:
+        """Call ``handler(topic, payload)`` for every message matching ``topic_filter``."""
+        self._handlers.append((topic_filter, handler))
+
+    def on_connect(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` on the dispatcher thread after each (re)connect."""
+        self._on_connect.append(callback)
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def start(self, timeout: float | None = None) -> None:
+        """Connect in the background; with a timeout, wait until subscribed or raise BusError."""
+        s = self.settings
+        log.info("%s connecting to %s as %s", self.component, s.safe_url, self.client_id)
+        self._dispatcher.start()
+        self._client.connect_async(s.host, s.port, keepalive=s.keepalive)
+        self._client.loop_start()
+        if timeout is not None and not self.ready.wait(timeout):
+            self.stop()
+            reason = f": {self.last_error}" if self.last_error else ""
+            raise BusError(f"cannot reach the MQTT broker at {s.safe_url}{reason}")
+
+    def stop(self, final: Message | None = None, timeout: float = 5.0) -> None:
+        """Publish ``final`` (an offline presence, say), then disconnect cleanly."""
+        if final is not None and self.connected.is_set():
+            info = self.publish(final, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                pass
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._inbox.put(None)
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def publish(self, message: Message, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """Publish a protocol message at QoS 1 (queued by paho while disconnected)."""
+        return self.publish_raw(message.topic(self.topics), message.to_json(), retain=retain)
+
+    def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1) -> mqtt.MQTTMessageInfo:
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def refuse(self, topic: str, error: Exception | str, payload: bytes = b"") -> None:
+        """Record a refused message on ``lam/errors`` and in the log."""
+        record = ErrorRecord.about(self.component, topic, error, payload)
+        log.warning("refused message on %s: %s", topic, record.error)
+        if self.report and topic != self.topics.errors:
+            self.publish(record)
+
+    # -- paho callbacks (network thread: never block here) -------------------------------
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass  # websocket wrappers and unix sockets have no TCP options
+
+    def _on_connect_cb(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self.last_error = f"broker refused the connection ({reason})"
+            log.error("%s: %s", self.component, self.last_error)
+            return
+        self.last_error = ""
+        self.connected.set()
+        filters = sorted({f for f, _ in self._handlers})
+        if filters:
+            result, mid = client.subscribe([(f, 1) for f in filters])
+            self._pending_subs.add(mid)
+        else:
+            self.ready.set()
+        self._inbox.put(("connect", None))
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self.last_error = "connection failed"
+        log.warning("%s: cannot reach %s, retrying", self.component, self.settings.safe_url)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self.connected.clear()
+        self.ready.clear()
+        if reason.is_failure:
+            self.last_error = f"disconnected ({reason})"
+            log.warning("%s disconnected from broker (%s); reconnecting", self.component, reason)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: list, properties: Any) -> None:
+        refused = [c for c in codes if c.is_failure]
+        if refused:
+            self.last_error = f"subscription refused ({refused[0]})"
+            log.error("%s: %s", self.component, self.last_error)
+        self._pending_subs.discard(mid)
+        if not self._pending_subs:
+            self.ready.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._inbox.put((message.topic, message.payload))
+
+    # -- dispatcher thread --------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while (item := self._inbox.get()) is not None:
+            topic, payload = item
+            if topic == "connect":
+                for callback in self._on_connect:
+                    self._guarded(callback)
+                continue
+            if len(payload) > self.settings.max_payload:
+                self.refuse(topic, ProtocolError(
+                    f"payload of {len(payload)} bytes exceeds the {self.settings.max_payload}-byte limit"), payload)
+                continue
+            for topic_filter, handler in self._handlers:
+                if mqtt.topic_matches_sub(topic_filter, topic):
+                    self._guarded(handler, topic, payload)
+
+    def _guarded(self, func: Callable, topic: str = "", payload: bytes = b"") -> None:
+        try:
+            func(topic, payload) if topic else func()
+        except ProtocolError as exc:
+            self.refuse(topic, exc, payload)
+        except Exception as exc:  # a bug must not stop the bus
+            log.exception("%s: handler failed on %s", self.component, topic or "connect")
+            if topic:
+                self.refuse(topic, f"internal error: {exc.__class__.__name__}: {exc}", payload)

@@ -1,0 +1,334 @@
+"""``lam``: start the whole system, send prompts, watch the bus, list agents, try the parser."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from typing import Callable
+
+from . import config as lamconfig
+from .bus import BrokerSettings, Bus, BusError
+from .protocol import ErrorRecord, Presence, Prompt, ProtocolError, Reply, Result, Task, decode, parse
+
+EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
+COLOURS = {"prompt": "36", "task": "34", "result": "35", "reply": "32", "agent": "33", "error": "31",
+           "coordinator": "33", "other": "37"}
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+def settings_from(args: argparse.Namespace) -> BrokerSettings:
+    cfg = lamconfig.load(args.config, args.broker)
+    if getattr(args, "ca_file", None):
+        cfg["broker"]["ca_file"] = args.ca_file
+    return BrokerSettings.from_config(cfg)
+
+
+def connect(args: argparse.Namespace, handlers: dict[str, Callable[[str, bytes], None]], component: str) -> Bus:
+    """A short-lived bus with handlers subscribed, or BusError."""
+    bus = Bus(settings_from(args), component=component, report=False)
+    for topic_filter, handler in handlers.items():
+        bus.on(topic_filter, handler)
+    bus.start(timeout=args.connect_timeout)
+    return bus
+
+
+def send_prompt(args: argparse.Namespace, text: str) -> Reply | None:
+    """Publish one prompt and wait for its reply (None on timeout)."""
+    prompt = Prompt(prompt=text, source=args.source, metadata={"timeout": args.timeout})
+    replies: queue.Queue[Reply] = queue.Queue()
+    bus = Bus(settings_from(args), component="lam-cli")
+    topics = bus.topics
+    bus.on(topics.reply(prompt.id), lambda topic, payload: replies.put(parse(Reply, payload)))
+    bus.start(timeout=args.connect_timeout)
+    try:
+        bus.publish(prompt)
+        return replies.get(timeout=args.timeout + 2)
+    except queue.Empty:
+        return None
+    finally:
+        bus.stop()
+
+
+# -- lam send ---------------------------------------------------------------------------
+
+def cmd_send(args: argparse.Namespace) -> int:
+    reply = send_prompt(args, " ".join(args.prompt))
+    if reply is None:
+        print(f"no reply within {args.timeout:g} seconds", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(reply.to_json().decode())
+    else:
+        print(reply.response)
+    return EXIT_OK if reply.status == "succeeded" else EXIT_FAILED
+
+
+# -- lam agents -------------------------------------------------------------------------
+
+def collect_retained(args: argparse.Namespace, topic_filter: str, quiet: float = 0.5) -> dict[str, bytes]:
+    """Retained messages under a filter: read until the bus has been quiet for ``quiet`` seconds."""
+    seen: dict[str, bytes] = {}
+    last = [time.monotonic()]
+
+    def keep(topic: str, payload: bytes) -> None:
+        seen[topic] = payload
+        last[0] = time.monotonic()
+
+    bus = connect(args, {topic_filter: keep}, "lam-cli")
+    last[0] = time.monotonic()
+    while time.monotonic() - last[0] < quiet:
+        time.sleep(0.05)
+    bus.stop()
+    return seen
+
+
+def ago(ts: float) -> str:
+    seconds = max(0, time.time() - ts)
+    if seconds < 90:
+        return f"{seconds:.0f}s ago"
+    return f"{seconds / 60:.0f}m ago" if seconds < 5400 else f"{seconds / 3600:.0f}h ago"
+
+
+def agent_rows(presences: list[Presence]) -> list[list[str]]:
+    rows = [["AGENT", "STATE", "HOST", "LOAD", "CAPABILITIES", "LAST SEEN"]]
+    for p in sorted(presences, key=lambda p: p.agent):
+        offered = "; ".join(f"{c}: {', '.join(a)}" for c, a in sorted(p.capabilities.items())) or "-"
+        load = f"{p.load}/{p.max_concurrent}" if p.state == "online" else "-"
+        rows.append([p.agent, p.state, p.host or "-", load, offered, ago(p.ts)])
+    return rows
+
+
+def print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    found = collect_retained(args, settings.topics.all_agent_statuses)
+    presences = []
+    for topic, payload in found.items():
+        try:
+            presences.append(parse(Presence, payload))
+        except ProtocolError as exc:
+            print(f"skipping {topic}: {exc}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in presences]))
+    elif presences:
+        print_table(agent_rows(presences))
+    else:
+        print("no agents have announced themselves on this broker")
+    return EXIT_OK
+
+
+# -- lam monitor ------------------------------------------------------------------------
+
+def describe_event(prefix: str, topic: str, payload: bytes) -> tuple[str, str]:
+    """(kind, one human line) for any message on the LAM topics."""
+    parts = topic.split("/")
+    kind = parts[1] if len(parts) > 1 and topic.startswith(prefix + "/") else "other"
+    try:
+        if kind == "prompts":
+            p = Prompt.from_payload(payload)
+            return "prompt", f"{p.id} from {p.source}: {p.prompt!r}"
+        if kind == "tasks":
+            t = parse(Task, payload)
+            return "task", f"{t.task_id} -> {t.agent}: {t.command or t.capability + ' ' + t.action} (attempt {t.attempt})"
+        if kind == "results":
+            r = parse(Result, payload)
+            return "result", f"{r.task_id} {r.agent} {r.state}" + (f": {r.message}" if r.message else "")
+        if kind == "replies":
+            r = parse(Reply, payload)
+            return "reply", f"{r.prompt_id} {r.status}: {r.response}"
+        if kind in ("agents", "coordinator"):
+            if not payload:
+                return "agent", f"{topic} cleared"
+            p = parse(Presence, payload)
+            offered = " ".join(f"{c}[{','.join(a)}]" for c, a in sorted(p.capabilities.items()))
+            load = f" load {p.load}/{p.max_concurrent}" if p.state == "online" and kind == "agents" else ""
+            return "agent" if kind == "agents" else "coordinator", f"{p.agent} {p.state}{load} {offered}".rstrip()
+        if kind == "errors":
+            e = ErrorRecord.from_dict(decode(payload))
+            return "error", f"{e.component} refused {e.topic_name}: {e.error}"
+    except (ProtocolError, UnicodeDecodeError) as exc:
+        return "error", f"unreadable message on {topic}: {exc}"
+    return "other", f"{topic} {payload[:200].decode('utf-8', 'replace')}"
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    colour = sys.stdout.isatty() and not args.no_colour and os.environ.get("NO_COLOR") is None
+    lines: queue.Queue = queue.Queue()
+
+    def show(topic: str, payload: bytes) -> None:
+        kind, text = describe_event(settings.prefix, topic, payload)
+        stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
+        label = f"{kind:<11}"
+        if colour:
+            label = f"\033[{COLOURS.get(kind, '37')}m{label}\033[0m"
+        lines.put(f"{stamp} {label} {text}")
+
+    bus = connect(args, {settings.topics.all: show}, "lam-monitor")
+    stop = time.monotonic() + args.duration if args.duration else None
+    try:
+        while stop is None or time.monotonic() < stop:
+            try:
+                print(lines.get(timeout=0.2), flush=True)
+            except queue.Empty:
+                pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        bus.stop()
+    return EXIT_OK
+
+
+# -- lam parse --------------------------------------------------------------------------
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    from coordinator.parsing import Context, build_parser
+
+    cfg = lamconfig.load(args.config)
+    parser = build_parser(cfg)
+    result = parser.parse(" ".join(args.prompt), Context(source="cli"))
+    data = result.to_dict()
+    if args.explain:
+        data["explain"] = getattr(result, "explain", "") or f"answered by the {result.parser} parser"
+    print(json.dumps(data, ensure_ascii=False))
+    return EXIT_OK
+
+
+# -- lam up -----------------------------------------------------------------------------
+
+def installed_capabilities() -> list[str]:
+    return sorted(ep.name for ep in importlib.metadata.entry_points(group="lamcontrol.capabilities"))
+
+
+def bridge_installed() -> bool:
+    try:
+        return importlib.util.find_spec("r1_bridge.main") is not None
+    except ImportError:
+        return False
+
+
+def component(module: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", module, *extra]
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    cfg = lamconfig.load(args.config, args.broker)
+    embedded = not (args.broker or os.environ.get("LAM_BROKER"))
+    common = [*(["--config", args.config] if args.config else [])]
+    url = cfg["broker"]["url"]
+    plan: list[tuple[str, list[str]]] = []
+    if embedded:
+        listen = cfg["embedded_broker"]["listen"]
+        url = f"mqtt://{listen}"
+        plan.append(("broker", component("broker.main", *common, "--listen", listen)))
+    linked = [*common, "--broker", url]
+    plan.append(("coordinator", component("coordinator.main", *linked)))
+    capabilities = args.capability or installed_capabilities()
+    agent_args = [*linked, "--id", args.agent_id or cfg["agent"]["id"] or lamconfig.default_agent_id()]
+    for name in capabilities:
+        agent_args += ["--capability", name]
+    plan.append(("agent", component("agents.main", *agent_args)))
+    if bridge_installed() and not args.no_bridge:
+        plan.append(("bridge", component("r1_bridge.main", *linked)))
+    processes: dict[str, subprocess.Popen] = {}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for name, argv in plan:
+        processes[name] = subprocess.Popen(argv, env=env)
+        if name == "broker":
+            time.sleep(1.0)
+            if processes[name].poll() is not None:
+                print(f"lam up: the embedded broker could not start on {cfg['embedded_broker']['listen']} "
+                      "(is another broker using the port? then run: lam up --broker mqtt://host:port)",
+                      file=sys.stderr)
+                return EXIT_UNREACHABLE
+    print(f"\nLAMControl is up on {url}: {', '.join(processes)}.\n"
+          f"  try:    lam send \"echo hello\"\n"
+          f"  watch:  mosquitto_sub -v -t '{cfg['broker']['prefix']}/#'   (or: lam monitor)\n"
+          f"  agents: lam agents\n"
+          f"Ctrl-C stops everything.\n", flush=True)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    try:
+        while not stopping and all(p.poll() is None for p in processes.values()):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    for name in reversed(list(processes)):  # stop the broker last, so the others can say goodbye
+        process = processes[name]
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    dead = [n for n, p in processes.items() if p.returncode not in (0, -signal.SIGTERM)]
+    if dead:
+        print(f"lam up: {', '.join(dead)} exited with an error", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# -- entry point ------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lam", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--broker", help="mqtt://[user:pass@]host:port, mqtts:// for TLS (default: $LAM_BROKER, "
+                                         "then the config file)")
+    common.add_argument("--config", help="TOML config file (default: $LAM_CONFIG, ~/.config/lamcontrol/config.toml)")
+    common.add_argument("--ca-file", help="CA certificate for mqtts://")
+    common.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the broker")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", parents=[common], help="start broker, coordinator, bridge and a local agent")
+    up.add_argument("--capability", "-c", action="append", help="capabilities for the local agent (default: all)")
+    up.add_argument("--agent-id", help="id of the local agent (default: the host name)")
+    up.add_argument("--no-bridge", action="store_true", help="do not start the HTTP bridge")
+    up.set_defaults(func=cmd_up)
+
+    send = sub.add_parser("send", parents=[common], help="send a prompt and print the reply")
+    send.add_argument("prompt", nargs="+")
+    send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply")
+    send.add_argument("--source", default="cli", help="who is asking (confirmations are per source)")
+    send.add_argument("--json", action="store_true", help="print the whole reply as JSON")
+    send.set_defaults(func=cmd_send)
+
+    agents = sub.add_parser("agents", parents=[common], help="list agents from their retained presence")
+    agents.add_argument("--json", action="store_true")
+    agents.set_defaults(func=cmd_agents)
+
+    monitor = sub.add_parser("monitor", parents=[common], help="a live, readable line per event")
+    monitor.add_argument("--no-colour", action="store_true")
+    monitor.add_argument("--duration", type=float, help="stop after this many seconds")
+    monitor.set_defaults(func=cmd_monitor)
+
+    parse_cmd = sub.add_parser("parse", parents=[common], help="show the commands a prompt becomes (offline)")
+    parse_cmd.add_argument("prompt", nargs="+")
+    parse_cmd.add_argument("--explain", action="store_true", help="say which parser answered and why")
+    parse_cmd.set_defaults(func=cmd_parse)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (lamconfig.ConfigError, BusError) as exc:
+        print(f"lam: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE

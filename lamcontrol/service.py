@@ -1,0 +1,70 @@
+"""What every long-running LAMControl process shares: logging, signals and systemd.
+
+``run_service`` logs, waits for SIGTERM or SIGINT, and keeps systemd informed when it runs
+under a ``Type=notify`` unit: ``READY=1`` once the process is connected and subscribed,
+``WATCHDOG=1`` while it stays connected, ``STOPPING=1`` on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def sd_notify(message: str) -> bool:
+    """Send one state line to systemd's notify socket; False when not under systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        except OSError as exc:
+            log.warning("cannot notify systemd: %s", exc)
+            return False
+    return True
+
+
+def watchdog_interval() -> float | None:
+    """Half the watchdog period systemd asked for, in seconds, or None."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    if not usec or not usec.isdigit():
+        return None
+    pid = os.environ.get("WATCHDOG_PID")
+    if pid and pid.isdigit() and int(pid) != os.getpid():
+        return None
+    return int(usec) / 2e6
+
+
+def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: str) -> None:
+    """Block until SIGTERM/SIGINT, telling systemd about readiness and health, then ``stop()``."""
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    ready_sent = False
+    interval = watchdog_interval()
+    tick = min(interval, 1.0) if interval else 1.0
+    while not done.wait(tick if ready_sent else 0.1):
+        healthy = is_ready()
+        if healthy and not ready_sent:
+            ready_sent = sd_notify(f"READY=1\nSTATUS={name} connected") or True
+            log.info("%s ready", name)
+        if interval and healthy:
+            sd_notify("WATCHDOG=1")
+    sd_notify("STOPPING=1")
+    log.info("%s stopping", name)
+    stop()

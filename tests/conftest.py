@@ -1,0 +1,67 @@
+"""Fixtures: real brokers (aMQTT and Mosquitto) and a LAMControl system of real processes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT, LamSystem, Process, free_port, wait_for_port
+
+
+class Broker:
+    """A broker process on a free port."""
+
+    def __init__(self, kind: str, tmp: Path) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.tmp = tmp
+        self.process: Process | None = None
+        self.start()
+
+    def start(self) -> None:
+        if self.kind == "amqtt":
+            argv = [sys.executable, "-m", "broker.main", "--listen", f"127.0.0.1:{self.port}"]
+        else:
+            conf = self.tmp / "mosquitto.conf"
+            recommended = (ROOT / "config" / "mosquitto.conf").read_text()
+            settings = [line for line in recommended.splitlines()
+                        if line.startswith(("set_tcp_nodelay", "max_queued_messages"))]
+            conf.write_text("\n".join([*settings, f"listener {self.port} 127.0.0.1", "allow_anonymous true",
+                                       "persistence false", "log_dest stdout", "log_type error",
+                                       "log_type warning", ""]))
+            argv = [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)]
+        self.process = Process(f"broker-{self.kind}", argv, self.tmp)
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def mosquitto_available() -> bool:
+    return bool(shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())
+
+
+@pytest.fixture(scope="session", params=["amqtt", "mosquitto"])
+def broker(request, tmp_path_factory):
+    if request.param == "mosquitto" and not mosquitto_available():
+        pytest.fail("mosquitto is not installed: run the test command from the README, which installs it")
+    running = Broker(request.param, tmp_path_factory.mktemp(request.param))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def lam(broker, tmp_path):
+    system = LamSystem(broker.url, tmp_path)
+    yield system
+    system.close()

@@ -1,0 +1,253 @@
+"""The bus foundation end to end: real brokers, coordinator and agents as processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+from helpers import wait_until
+from lamcontrol.protocol import ErrorRecord, Presence, Prompt, Reply, Result, Task, decode, new_id
+
+
+def kinds(lam, prompt_id: str) -> list[str]:
+    """The life of one prompt as seen on the bus, as (kind, detail) labels in arrival order."""
+    t = lam.topics
+    labels = []
+    for topic, payload in lam.recorder.messages:
+        if topic == t.prompts and Prompt.from_payload(payload).id == prompt_id:
+            labels.append("prompt")
+        elif topic.startswith(t.task("")):
+            labels.append("task")
+        elif topic.startswith(t.result("")):
+            labels.append(json.loads(payload)["state"])
+        elif topic == t.reply(prompt_id):
+            labels.append("reply")
+    return labels
+
+
+def test_echo_round_trip_reads_like_a_log(lam):
+    lam.coordinator()
+    lam.agent("a1")
+    prompt = lam.submit("echo hello")
+    reply = lam.reply_to(prompt)
+    assert reply.status == "succeeded"
+    assert reply.response == "hello"
+    assert reply.tasks[0]["agent"] == "a1"
+    assert kinds(lam, prompt.id) == ["prompt", "task", "accepted", "succeeded", "reply"]
+    task = lam.recorder.parsed(Task, lam.topics.task("echo"))[0]
+    assert (task.capability, task.action, task.args) == ("echo", "say", {"text": "hello"})
+    statuses = {p.agent: p for p in lam.recorder.parsed(Presence, f"{lam.prefix}/agents/")
+                + lam.recorder.parsed(Presence, lam.topics.coordinator_status)}
+    assert statuses["coordinator"].state == "online" and statuses["a1"].state == "online"
+    assert statuses["a1"].capabilities == {"echo": ["fail", "say", "sleep"]}
+
+
+def test_plain_text_and_json_prompts_and_chains_in_order(lam):
+    lam.coordinator()
+    lam.agent("a1")
+    lam.publish_raw(lam.topics.prompts, "echo plain text")
+    reply = lam.recorder.wait_for(Reply, f"{lam.prefix}/replies/")
+    assert reply.status == "succeeded" and reply.response == "plain text"
+
+    reply = lam.send("echo sleep 0.3 first && echo second")
+    assert reply.status == "succeeded"
+    assert [t["command"] for t in reply.tasks] == ["echo sleep 0.3 first", "echo second"]
+    order = [(t, json.loads(p).get("state")) for t, p in lam.recorder.messages
+             if t.startswith(lam.topics.result("")) and json.loads(p)["task_id"] in {x["task_id"] for x in reply.tasks}]
+    first, second = reply.tasks[0]["task_id"], reply.tasks[1]["task_id"]
+    states = [(t.rsplit("/", 1)[1], s) for t, s in order]
+    assert states.index((first, "succeeded")) < states.index((second, "accepted"))
+
+
+def test_failure_skips_the_rest_of_the_chain(lam):
+    lam.coordinator()
+    lam.agent("a1")
+    reply = lam.send("echo one && echo fail it broke && echo three")
+    assert reply.status == "partial"
+    assert [t["state"] for t in reply.tasks] == ["succeeded", "failed", "skipped"]
+    assert "it broke" in reply.response
+
+
+def test_least_loaded_agent_is_chosen(lam):
+    lam.coordinator()
+    lam.agent("a1")
+    lam.agent("a2")
+    slow = lam.submit("echo sleep 3 slow")
+    lam.recorder.wait_for(Result, lam.topics.result(""), lambda r: r.state == "accepted")
+    busy = lam.recorder.parsed(Task, lam.topics.task("echo"))[0].agent
+    quick = lam.send("echo quick")
+    assert quick.tasks[0]["agent"] != busy
+    assert lam.reply_to(slow).status == "succeeded"
+
+
+def test_agent_killed_before_accepting_task_runs_on_the_other(lam):
+    lam.coordinator()
+    first = lam.agent("a1")
+    lam.agent("a2")
+    first.signal(signal.SIGSTOP)  # a1 (chosen first: both idle, lowest id) will not accept
+    prompt = lam.submit("echo rescued")
+    lam.recorder.wait_for(Task, lam.topics.task("echo"), lambda t: t.agent == "a1")
+    first.kill()
+    reply = lam.reply_to(prompt)
+    assert reply.status == "succeeded"
+    assert reply.tasks[0]["agent"] == "a2"
+    attempts = [t.attempt for t in lam.recorder.parsed(Task, lam.topics.task("echo"))]
+    assert attempts == [1, 2]
+
+
+def test_accepted_task_is_never_rerun_elsewhere(lam):
+    lam.coordinator()
+    first = lam.agent("a1")
+    lam.agent("a2")
+    prompt = lam.submit("echo sleep 5 once")
+    lam.recorder.wait_for(Result, lam.topics.result(""), lambda r: r.state == "accepted" and r.agent == "a1")
+    first.kill()
+    reply = lam.reply_to(prompt)
+    assert reply.status == "failed"
+    assert "a1 went offline" in reply.response
+    assert [t.agent for t in lam.recorder.parsed(Task, lam.topics.task("echo"))] == ["a1"]
+
+
+def test_duplicate_and_late_deliveries_are_not_run(lam):
+    lam.agent("a1")
+    task = Task(task_id=new_id(), prompt_id=new_id(), capability="echo", action="say", agent="a1",
+                args={"text": "twice?"}, accept_by=time.time() + 30)
+    lam.publish(task)
+    lam.publish(task)
+    late = Task(task_id=new_id(), prompt_id=new_id(), capability="echo", action="say", agent="a1",
+                args={"text": "late"}, accept_by=time.time() - 1)
+    lam.publish(late)
+    other = Task(task_id=new_id(), prompt_id=new_id(), capability="echo", action="say", agent="someone-else",
+                 args={"text": "not mine"}, accept_by=time.time() + 30)
+    lam.publish(other)
+    lam.recorder.wait_for(Result, lam.topics.result(late.task_id))
+    lam.recorder.wait_for(Result, lam.topics.result(task.task_id), lambda r: r.state == "succeeded")
+    time.sleep(0.5)
+    assert [r.state for r in lam.recorder.parsed(Result, lam.topics.result(task.task_id))] == ["accepted", "succeeded"]
+    late_results = lam.recorder.parsed(Result, lam.topics.result(late.task_id))
+    assert [r.state for r in late_results] == ["rejected"] and "dispatch window" in late_results[0].message
+    assert lam.recorder.on(lam.topics.result(other.task_id)) == []
+
+
+def test_task_queued_while_agent_was_away_is_delivered_on_reconnect(lam):
+    agent = lam.agent("a1")
+    agent.kill()
+    lam.recorder.wait_for(Presence, lam.topics.agent_status("a1"), lambda p: p.state == "offline")
+    task = Task(task_id=new_id(), prompt_id=new_id(), capability="echo", action="say", agent="a1",
+                args={"text": "held for you"}, accept_by=time.time() + 60)
+    lam.publish(task)
+    lam.agent("a1")
+    result = lam.recorder.wait_for(Result, lam.topics.result(task.task_id), lambda r: r.state == "succeeded")
+    assert result.message == "held for you"
+
+
+def test_prompt_sent_while_the_only_agent_restarts_is_not_lost(lam):
+    lam.coordinator()
+    agent = lam.agent("a1")
+    agent.kill()
+    lam.recorder.wait_for(Presence, lam.topics.agent_status("a1"), lambda p: p.state == "offline")
+    prompt = lam.submit("echo still here")
+    time.sleep(0.5)
+    lam.agent("a1")
+    reply = lam.reply_to(prompt)
+    assert reply.status == "succeeded" and reply.response == "still here"
+
+
+def test_coordinator_killed_mid_prompt_finishes_after_restart(lam):
+    coordinator = lam.coordinator()
+    lam.agent("a1")
+    running = lam.submit("echo sleep 2 finished")
+    lam.recorder.wait_for(Result, lam.topics.result(""), lambda r: r.state == "accepted")
+    coordinator.kill()
+    while_down = lam.submit("echo asked while down")
+    lam.coordinator()
+    assert lam.reply_to(running).response == "finished"
+    assert lam.reply_to(while_down).response == "asked while down"
+    replies = [t for t, _ in lam.recorder.on(f"{lam.prefix}/replies/")]
+    assert len(replies) == len(set(replies)) == 2
+
+
+def test_bad_input_is_refused_on_lam_errors_and_the_next_prompt_works(lam):
+    lam.coordinator()
+    lam.agent("a1")
+    t = lam.topics
+    garbage = {
+        t.prompts: [b"{not json", b'{"prompt": 42}', b"\xff\xfe", b'["a list"]', b"x" * 70_000],
+        t.result("abc"): [b"{}", b'{"task_id": "abc", "agent": "a1", "state": "exploded"}'],
+        t.agent_status("ghost"): [b"nope", b'{"state": "online", "agent": "other"}'],
+        t.task("echo"): [b"[]", b'{"task_id": "x"}', b'{"task_id": "a/b", "prompt_id": "p", "capability": "echo",'
+                                                     b' "action": "say", "agent": "a1"}'],
+    }
+    sent = 0
+    for topic, payloads in garbage.items():
+        for payload in payloads:
+            lam.publish_raw(topic, payload)
+            sent += 1
+    wait_until(lambda: len(lam.recorder.on(t.errors)) >= sent, 20, f"{sent} error records")
+    records = [ErrorRecord.from_dict(decode(p)) for _, p in lam.recorder.on(t.errors)]
+    assert {r.topic_name for r in records} == set(garbage)
+    assert any("exceeds" in r.error for r in records)
+    assert any(r.error.startswith("prompt: must be str") for r in records)
+    assert all(r.component in ("coordinator", "agent a1") for r in records)
+    reply = lam.send("echo still fine")
+    assert reply.status == "succeeded"
+
+
+def test_json_prompt_with_an_id_but_bad_fields_is_answered_rejected(lam):
+    lam.coordinator()
+    lam.publish_raw(lam.topics.prompts, b'{"id": "p123", "prompt": ["not", "text"]}')
+    reply = lam.recorder.wait_for(Reply, lam.topics.reply("p123"))
+    assert reply.status == "rejected" and "prompt" in reply.response
+
+
+def test_command_no_agent_can_do_fails_with_a_sentence(lam):
+    lam.coordinator()
+    lam.agent("a1")
+    reply = lam.send("browser google hiking boots")
+    assert reply.status == "failed"
+    assert reply.response == "No agent can do browser google."
+
+
+def test_not_for_us_is_ignored_with_a_reason(lam):
+    lam.coordinator()
+    reply = lam.send("x")
+    assert reply.status == "ignored" and reply.response
+
+
+def test_high_risk_command_waits_for_confirmation_from_the_same_source(lam):
+    lam.coordinator()
+    lam.agent("a1")
+    held = lam.send("computer power shutdown", source="r1")
+    assert held.status == "needs_confirmation"
+    other = lam.send("confirm", source="someone-else")
+    assert other.status == "ignored"
+    cancelled = lam.send("no", source="r1")
+    assert cancelled.status == "ignored" and cancelled.response == "Cancelled."
+    lam.send("computer power shutdown", source="r1")
+    confirmed = lam.send("confirm", source="r1")
+    assert confirmed.status == "failed" and confirmed.response == "No agent can do computer power."
+    assert not lam.recorder.on(lam.topics.task("computer"))
+
+
+def test_agent_sigterm_goes_offline_and_fails_running_task_cleanly(lam):
+    lam.coordinator()
+    agent = lam.agent("a1", extra_config="[agent]\nstop_grace = 0.5\n")
+    prompt = lam.submit("echo sleep 20 long")
+    lam.recorder.wait_for(Result, lam.topics.result(""), lambda r: r.state == "accepted")
+    assert agent.stop() == 0
+    final = lam.recorder.parsed(Presence, lam.topics.agent_status("a1"))[-1]
+    assert final.state == "offline"
+    reply = lam.reply_to(prompt)
+    assert reply.status == "failed" and "stopped" in reply.response
+
+
+def test_survives_a_broker_restart(broker, lam):
+    lam.coordinator()
+    lam.agent("a1")
+    assert lam.send("echo before").status == "succeeded"
+    broker.restart()
+    lam._bus = None
+    wait_until(lambda: lam.recorder.bus.ready.is_set(), 30, "recorder reconnected")
+    reply = lam.send("echo after", timeout=45)
+    assert reply.status == "succeeded" and reply.response == "after"
