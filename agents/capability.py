@@ -81,6 +81,15 @@ class Capability:
 
     def __init__(self, settings: dict | None = None) -> None:
         self.settings = self.validate_settings(settings or {})
+        self.on_change: Callable[[], None] = lambda: None  # the runtime re-announces presence
+
+    def vocabulary(self) -> list[str]:
+        """Names this capability knows (rooms, devices, contacts) for parsers to route by."""
+        return []
+
+    def changed(self) -> None:
+        """Call when actions or vocabulary change, so the agent announces them again."""
+        self.on_change()
 
     @classmethod
     def validate_settings(cls, settings: dict) -> dict:

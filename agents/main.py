@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from lamcontrol import config as lamconfig
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = lamconfig.load(args.config, args.broker)
+        if "path" in cfg:  # capabilities that read shared sections ([groq]) find the same file
+            os.environ["LAM_CONFIG"] = cfg["path"]
         section = cfg["agent"]
         agent_id = check_id(args.id or section["id"] or lamconfig.default_agent_id(), "agent id")
         settings = BrokerSettings.from_config(cfg)

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus
@@ -24,6 +25,7 @@ from .capability import Capability, TaskFailed
 log = logging.getLogger(__name__)
 
 SEEN_TASKS = 10_000
+DEADLINE_CHECK = 0.1  # seconds between deadline checks
 
 
 class Agent:
@@ -41,27 +43,40 @@ class Agent:
         self._running: dict[str, Task] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._stopping = threading.Event()
+        # Room beyond the limit: a task failed at its deadline may still hold its thread.
+        self._pool = ThreadPoolExecutor(max_workers=2 * max_concurrent + 2, thread_name_prefix="task")
         self.bus = Bus(settings, component=f"agent {agent_id}", client_id=f"{settings.prefix}-agent-{agent_id}",
                        will=self.presence("offline"), persistent=True)
         self.topics = self.bus.topics
-        for name in capabilities:
+        for name, capability in capabilities.items():
             self.bus.on(self.topics.task(name), self._on_task)
+            capability.on_change = self.announce
         self.bus.on_connect(self.announce)
 
     # -- presence -----------------------------------------------------------------------
 
     def presence(self, state: str = "online") -> Presence:
-        capabilities = {name: cap.actions() for name, cap in self.capabilities.items()} if state == "online" else {}
-        return Presence(state=state, agent=self.id, capabilities=capabilities, load=len(self._running),
+        online = state == "online"
+        capabilities = {name: cap.actions() for name, cap in self.capabilities.items()} if online else {}
+        vocabulary = {name: words for name, cap in self.capabilities.items() if online and (words := cap.vocabulary())}
+        return Presence(state=state, agent=self.id, capabilities=capabilities, vocabulary=vocabulary,
+                        load=len(self._running),
                         max_concurrent=self.max_concurrent, host=self.host, version=__version__,
                         heartbeat=self.heartbeat)
 
     def announce(self) -> None:
-        self.bus.publish(self.presence(), retain=True)
+        if self.bus.connected.is_set() and not self._stopping.is_set():
+            self.bus.publish(self.presence(), retain=True)
 
     def _heartbeat_loop(self) -> None:
-        while not self._stopping.wait(self.heartbeat):
-            if self.bus.connected.is_set():
+        """Presence every heartbeat; in between, fail tasks that ran past their deadline."""
+        next_beat = time.monotonic() + self.heartbeat
+        while not self._stopping.wait(DEADLINE_CHECK):
+            now = time.time()
+            for task in [t for t in list(self._running.values()) if t.deadline and now > t.deadline]:
+                self._finish(task, "failed", "The task ran out of time.")
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.heartbeat
                 self.announce()
 
     # -- life cycle ---------------------------------------------------------------------
@@ -81,6 +96,7 @@ class Agent:
         for task in list(self._running.values()):
             self._finish(task, "failed", "The agent stopped before the task finished.")
         self.bus.stop(final=self.presence("offline"))
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- tasks --------------------------------------------------------------------------
 
@@ -102,12 +118,7 @@ class Agent:
         with self._lock:
             self._running[task.task_id] = task
         self._publish(task, "accepted", "")
-        threading.Thread(target=self._run, args=(task,), name=f"task-{task.task_id}", daemon=True).start()
-        if task.deadline:
-            timer = threading.Timer(max(0.0, task.deadline - time.time()), self._finish,
-                                    args=(task, "failed", "The task ran out of time."))
-            timer.daemon = True
-            timer.start()
+        self._pool.submit(self._run, task)
 
     def _refusal(self, task: Task) -> str:
         """Why this agent will not run the task, or '' when it will."""

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from lamcontrol import config as lamconfig
-from lamcontrol.service import sd_notify, setup_logging
+from lamcontrol.service import pet_watchdog, sd_notify, setup_logging
 
 log = logging.getLogger("lam-broker")
 
@@ -41,12 +41,14 @@ async def serve(config: dict) -> None:
     await broker.start()
     log.info("broker listening on %s", ", ".join(f"{n}={l['bind']}" for n, l in config["listeners"].items()))
     sd_notify("READY=1\nSTATUS=broker listening")
+    watchdog = asyncio.create_task(pet_watchdog())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     sd_notify("STOPPING=1")
+    watchdog.cancel()
     await broker.shutdown()
 
 

@@ -20,6 +20,7 @@ MEDIA_KEYS = ("play", "pause", "next", "back")
 POWER_MODES = ("lock", "sleep", "restart", "shutdown")
 HIGH_RISK_POWER = ("sleep", "restart", "shutdown")
 MESSENGERS = ("telegram", "discord", "facebook")
+HOME_ACTIONS = ("scene", "script", "run")
 APP_NAME = re.compile(r"^[\w][\w .+-]{0,63}$")
 NAME = re.compile(r"^[\w][\w.@+-]{0,63}$")
 MAX_TEXT = 2000
@@ -129,6 +130,14 @@ def _echo(words: list[str]) -> tuple[str, dict]:
     return "say", {"text": _text(words, "some text")}
 
 
+def _home(words: list[str]) -> tuple[str, dict]:
+    """``home scene|script|run <name>``, else ``home <sentence>`` for Home Assistant's Assist."""
+    first = words[0].lower() if words else ""
+    if first in HOME_ACTIONS:
+        return first, {"name": _text(words[1:], f"a {'script or scene' if first == 'run' else first} name")}
+    return "say", {"text": _text(words, "something to tell the home")}
+
+
 def parse_command(text: str, known: Known | None = None) -> Command:
     """One command in the rigid grammar, or a GrammarError saying what is wrong."""
     words = text.split()
@@ -154,6 +163,11 @@ def parse_command(text: str, known: Known | None = None) -> Command:
     if verb == "echo":
         action, args = _echo(rest)
         return Command("echo", action, args, canonical, idempotent=action == "say")
+    if verb == "home":
+        action, args = _home(rest)
+        return Command("home", action, args, canonical, idempotent=action == "scene")
+    if verb == "google" and rest[:1] and rest[0].lower() == "home":  # the original Google Home automations
+        return Command("home", "run", {"name": _text(rest[1:], "an automation name")}, canonical)
     if known and len(rest) >= 1 and known(verb, rest[0].lower()):
         return Command(verb, rest[0].lower(), {"text": " ".join(rest[1:])}, canonical)
     raise GrammarError(f"I don't know the command {verb!r}.")

@@ -11,7 +11,9 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from lamcontrol.protocol import Prompt
 
@@ -47,10 +49,25 @@ class Journal:
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
             path = Path(path).expanduser()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._depth = 0
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group the writes of one handled message into one transaction."""
+        with self._lock:
+            if self._depth == 0:
+                self._db.execute("BEGIN")
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._db.execute("COMMIT")
 
     def _write(self, sql: str, params: tuple) -> None:
         with self._lock:

@@ -21,7 +21,14 @@ def build(cfg: dict) -> Coordinator:
                        Journal(section["journal"] or lamconfig.state_dir() / "journal.db"),
                        ack_timeout=float(section["ack_timeout"]), prompt_timeout=float(section["prompt_timeout"]),
                        task_timeout=float(section["task_timeout"]), confirm_window=float(section["confirm_window"]),
-                       heartbeat=float(section["heartbeat"]))
+                       heartbeat=float(section["heartbeat"]), discovery_prefix=discovery_prefix(cfg),
+                       metrics_port=int(section["metrics_port"]), metrics_bind=section["metrics_bind"])
+
+
+def discovery_prefix(cfg: dict) -> str:
+    """Home Assistant's discovery prefix, or '' when discovery is off."""
+    section = cfg["homeassistant"]
+    return section["discovery_prefix"] if section["enabled"] else ""
 
 
 def main(argv: list[str] | None = None) -> int:

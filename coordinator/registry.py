@@ -68,13 +68,13 @@ class Registry:
         return min(candidates, key=lambda a: (a.load, a.presence.agent), default=None)
 
     def vocabulary(self) -> dict[str, list[str]]:
-        """Actions offered by online agents, by capability."""
-        offered: dict[str, set[str]] = {}
+        """Names online agents advertise (devices, rooms, contacts), by capability."""
+        names: dict[str, set[str]] = {}
         for info in self.agents.values():
             if info.online:
-                for capability, actions in info.presence.capabilities.items():
-                    offered.setdefault(capability, set()).update(actions)
-        return {c: sorted(a) for c, a in offered.items()}
+                for capability, words in info.presence.vocabulary.items():
+                    names.setdefault(capability, set()).update(words)
+        return {c: sorted(w) for c, w in names.items()}
 
     def stale(self) -> list[str]:
         """Agents that said online but missed their heartbeats; they are marked offline."""

@@ -22,8 +22,10 @@ from lamcontrol.bus import BrokerSettings, Bus
 from lamcontrol.protocol import (Presence, Prompt, ProtocolError, Reply, Result, Task, TaskSummary, check_id,
                                  decode, new_id, parse)
 
+from .discovery import Discovery
 from .grammar import Command, ParseResult, parse_chain
 from .journal import Journal
+from .metrics import build_metrics
 from .parsing import Context, Parser, is_cancellation, is_confirmation
 from .registry import Registry
 
@@ -98,7 +100,8 @@ class Coordinator:
 
     def __init__(self, settings: BrokerSettings, parser: Parser, journal: Journal, ack_timeout: float = 5.0,
                  prompt_timeout: float = 60.0, task_timeout: float = 45.0, confirm_window: float = 30.0,
-                 heartbeat: float = 30.0) -> None:
+                 heartbeat: float = 30.0, discovery_prefix: str = "", metrics_port: int = 0,
+                 metrics_bind: str = "127.0.0.1") -> None:
         self.parser = parser
         self.journal = journal
         self.ack_timeout = ack_timeout
@@ -110,17 +113,20 @@ class Coordinator:
         self.runs: dict[str, Run] = {}
         self.jobs: dict[str, tuple[Run, Job]] = {}
         self.held: dict[str, Held] = {}
+        self._waiting: set[str] = set()  # task ids with no agent yet
         self.transcripts: dict[str, deque[str]] = {}
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._started = time.monotonic()
         self.bus = Bus(settings, component="coordinator", client_id=f"{settings.prefix}-coordinator",
-                       will=self.presence("offline"), persistent=True)
+                       will=self.presence("offline"), persistent=True, ack_when_handled=True)
         self.topics = self.bus.topics
         self.bus.on(self.topics.prompts, self.on_prompt)
         self.bus.on(self.topics.all_results, self.on_result)
         self.bus.on(self.topics.all_agent_statuses, self.on_presence)
         self.bus.on_connect(self.announce)
+        self.discovery = Discovery(self.bus, discovery_prefix) if discovery_prefix else None
+        self.metrics = build_metrics(self, metrics_port, metrics_bind)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -181,7 +187,7 @@ class Coordinator:
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
             timeout = self.prompt_timeout
         deadline = time.time() + min(timeout, MAX_PROMPT_TIMEOUT)
-        with self._lock:
+        with self._lock, self.journal.batch():
             if not self.journal.add_prompt(prompt, deadline):
                 log.info("ignoring redelivered prompt %s", prompt.id)
                 return
@@ -225,10 +231,10 @@ class Coordinator:
         context = Context(source=prompt.source, transcript=list(self.transcripts.get(prompt.source, ())),
                           known=self.registry.offers, vocabulary=self.registry.vocabulary())
         try:
-            return self.parser.parse(prompt.prompt, context)
+            return self.metrics.parsed(self.parser.parse(prompt.prompt, context))
         except Exception:
             log.exception("parser %s failed; falling back to the command grammar", self.parser.name)
-            return parse_chain(prompt.prompt, self.registry.offers)
+            return self.metrics.parsed(parse_chain(prompt.prompt, self.registry.offers), failed=True)
 
     def _start(self, prompt: Prompt, deadline: float, commands: list[Command], note: str) -> None:
         jobs = [Job(new_id(), i, c) for i, c in enumerate(commands)]
@@ -254,11 +260,12 @@ class Coordinator:
 
     def _dispatch(self, run: Run, job: Job) -> None:
         command = job.command
-        agent = self.registry.pick(command.capability, command.action, job.tried)
+        others = self._not_asked_for(run.prompt)
+        agent = self.registry.pick(command.capability, command.action, job.tried | others)
         if agent is None and job.tried and time.time() >= job.retry_at:
             if job.retry_at:  # every capable agent was tried: begin another round, busy ones may have room
                 job.tried.clear()
-                agent = self.registry.pick(command.capability, command.action, job.tried)
+                agent = self.registry.pick(command.capability, command.action, job.tried | others)
             job.retry_at = 0.0 if agent else time.time() + RETRY_ROUND
         if agent is None:
             warming_up = time.monotonic() - self._started < WARMUP
@@ -266,7 +273,9 @@ class Coordinator:
                 self._end_job(run, job, "failed", f"No agent can do {describe(command)}.")
             else:
                 job.state, job.agent = "waiting", None
+                self._waiting.add(job.task_id)
             return
+        self._waiting.discard(job.task_id)
         now = time.time()
         job.state, job.agent, job.attempt = "dispatched", agent.presence.agent, job.attempt + 1
         job.ack_deadline = now + self.ack_timeout
@@ -277,6 +286,14 @@ class Coordinator:
                     risk=command.risk)
         self.journal.update_task(job.task_id, "dispatched", job.agent, job.attempt)
         self.bus.publish(task)
+        self.metrics.task_dispatched(job.task_id)
+
+    def _not_asked_for(self, prompt: Prompt) -> set[str]:
+        """All agents but the one the prompt's metadata ``agent`` names, if it names one."""
+        wanted = prompt.metadata.get("agent")
+        if not isinstance(wanted, str) or not wanted:
+            return set()
+        return {agent_id for agent_id in self.registry.agents if agent_id != wanted}
 
     def _release(self, job: Job) -> None:
         info = self.registry.agents.get(job.agent or "")
@@ -295,7 +312,9 @@ class Coordinator:
         if job.state in ("dispatched", "accepted"):
             self._release(job)
         job.state, job.message, job.data = state, message, data or {}
+        self._waiting.discard(job.task_id)
         self.journal.update_task(job.task_id, state, job.agent, job.attempt, message, job.data)
+        self.metrics.task_finished(job.task_id, job.command.capability, state)
         if state == "failed":
             for later in run.jobs[job.position + 1:]:
                 later.state = "skipped"
@@ -307,7 +326,9 @@ class Coordinator:
         result = parse(Result, payload, self.bus.settings.max_payload)
         if result.task_id != self.topics.last_level(topic):
             raise ProtocolError("does not match the topic's task id", "task_id")
-        with self._lock:
+        if self.discovery:
+            self.discovery.result_received(result, payload)
+        with self._lock, self.journal.batch():
             found = self.jobs.get(result.task_id)
             if found is None:
                 return  # a task from an answered prompt, or not ours
@@ -332,7 +353,7 @@ class Coordinator:
         presence = parse(Presence, payload, self.bus.settings.max_payload)
         if presence.agent != self.topics.agent_of(topic):
             raise ProtocolError("does not match the topic's agent id", "agent")
-        with self._lock:
+        with self._lock, self.journal.batch():
             if self.registry.update(presence):
                 self._agent_gone(presence.agent)
             self._retry_waiting()
@@ -351,14 +372,15 @@ class Coordinator:
                               f"The agent {agent_id} went offline while running {describe(job.command)}.")
 
     def _retry_waiting(self) -> None:
-        for run, job in list(self.jobs.values()):
+        for task_id in list(self._waiting):
+            run, job = self.jobs[task_id]
             if job.state == "waiting" and run.current() is job:
                 self._dispatch(run, job)
 
     def tick(self) -> None:
         """Ack timeouts, deadlines, stale agents, expired confirmations, waiting jobs."""
         now = time.time()
-        with self._lock:
+        with self._lock, self.journal.batch():
             for agent_id in self.registry.stale():
                 self._agent_gone(agent_id)
             for run, job in list(self.jobs.values()):
@@ -402,6 +424,10 @@ class Coordinator:
 
     def _reply(self, prompt_id: str, status: str, response: str, tasks: list[dict]) -> None:
         reply = Reply(prompt_id=prompt_id, status=status, response=response, tasks=tasks)
-        self.journal.set_reply(prompt_id, reply.to_json())
-        self.bus.publish(reply)
+        payload = reply.to_json()
+        self.journal.set_reply(prompt_id, payload)
+        self.bus.publish_raw(reply.topic(self.topics), payload)
+        if self.discovery:
+            self.discovery.reply_sent(payload)
+        self.metrics.replied(status)
         log.info("prompt %s %s: %s", prompt_id, status, response)

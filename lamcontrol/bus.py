@@ -97,11 +97,14 @@ class Bus:
     """
 
     def __init__(self, settings: BrokerSettings, component: str, client_id: str | None = None,
-                 will: Message | None = None, persistent: bool = False, report: bool = True) -> None:
+                 will: Message | None = None, persistent: bool = False, report: bool = True,
+                 ack_when_handled: bool = False) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.component = component
         self.report = report  # False for passive observers: they log refusals but never publish them
+        # Acknowledge QoS 1 messages only after the handlers ran: a crash before that means redelivery.
+        self.ack_when_handled = ack_when_handled
         self.client_id = client_id or f"{component}-{uuid.uuid4().hex[:8]}"
         self.connected = threading.Event()
         self.ready = threading.Event()
@@ -116,7 +119,7 @@ class Bus:
     def _make_client(self, persistent: bool, will: Message | None) -> mqtt.Client:
         s = self.settings
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             clean_session=not persistent, transport=s.transport)
+                             clean_session=not persistent, transport=s.transport, manual_ack=self.ack_when_handled)
         if s.transport == "websockets":
             client.ws_set_options(path=s.path)
         # Always send a user name: brokers keep the queued messages of named sessions.
@@ -209,7 +212,7 @@ class Bus:
             self._pending_subs.add(mid)
         else:
             self.ready.set()
-        self._inbox.put(("connect", None))
+        self._inbox.put(("connect", None, 0, 0))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self.last_error = "connection failed"
@@ -232,13 +235,13 @@ class Bus:
             self.ready.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._inbox.put((message.topic, message.payload))
+        self._inbox.put((message.topic, message.payload, message.mid, message.qos))
 
     # -- dispatcher thread --------------------------------------------------------------
 
     def _dispatch(self) -> None:
         while (item := self._inbox.get()) is not None:
-            topic, payload = item
+            topic, payload, mid, qos = item
             if topic == "connect":
                 for callback in self._on_connect:
                     self._guarded(callback)
@@ -246,10 +249,12 @@ class Bus:
             if len(payload) > self.settings.max_payload:
                 self.refuse(topic, ProtocolError(
                     f"payload of {len(payload)} bytes exceeds the {self.settings.max_payload}-byte limit"), payload)
-                continue
-            for topic_filter, handler in self._handlers:
-                if mqtt.topic_matches_sub(topic_filter, topic):
-                    self._guarded(handler, topic, payload)
+            else:
+                for topic_filter, handler in self._handlers:
+                    if mqtt.topic_matches_sub(topic_filter, topic):
+                        self._guarded(handler, topic, payload)
+            if self.ack_when_handled and qos:
+                self._client.ack(mid, qos)
 
     def _guarded(self, func: Callable, topic: str = "", payload: bytes = b"") -> None:
         try:

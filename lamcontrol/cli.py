@@ -17,6 +17,8 @@ from datetime import datetime
 from typing import Callable
 
 from . import config as lamconfig
+from . import http_client
+from . import ops  # systemd install, mosquitto-config, agents forget
 from .bus import BrokerSettings, Bus, BusError
 from .protocol import ErrorRecord, Presence, Prompt, ProtocolError, Reply, Result, Task, decode, parse
 
@@ -63,6 +65,8 @@ def send_prompt(args: argparse.Namespace, text: str) -> Reply | None:
 # -- lam send ---------------------------------------------------------------------------
 
 def cmd_send(args: argparse.Namespace) -> int:
+    if args.http:
+        return http_client.send_command(args)
     reply = send_prompt(args, " ".join(args.prompt))
     if reply is None:
         print(f"no reply within {args.timeout:g} seconds", file=sys.stderr)
@@ -308,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--source", default="cli", help="who is asking (confirmations are per source)")
     send.add_argument("--json", action="store_true", help="print the whole reply as JSON")
     send.set_defaults(func=cmd_send)
+    http_client.add_arguments(send, sub)
 
     agents = sub.add_parser("agents", parents=[common], help="list agents from their retained presence")
     agents.add_argument("--json", action="store_true")
@@ -322,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     parse_cmd.add_argument("prompt", nargs="+")
     parse_cmd.add_argument("--explain", action="store_true", help="say which parser answered and why")
     parse_cmd.set_defaults(func=cmd_parse)
+    ops.add_commands(sub, common)
     return parser
 
 

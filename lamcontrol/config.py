@@ -46,6 +46,12 @@ DEFAULTS: dict[str, Any] = {
         "task_timeout": 45.0,
         "confirm_window": 30.0,
         "heartbeat": 30.0,
+        "metrics_port": 0,  # Prometheus metrics on this port; 0 = off
+        "metrics_bind": "127.0.0.1",
+    },
+    "homeassistant": {
+        "enabled": True,
+        "discovery_prefix": "homeassistant",
     },
     "agent": {
         "id": "",
@@ -62,6 +68,26 @@ DEFAULTS: dict[str, Any] = {
         "timeout": 10.0,
         "max_retries": 1,
         "reasoning_effort": "low",
+    },
+    "bridge": {
+        "listen": "127.0.0.1:8080",
+        "public_url": "",  # the address the R1 uses, for the install QR code (default: as requested)
+        "cert_file": "",  # HTTPS when both are set
+        "key_file": "",
+        "cors_origins": [],  # e.g. ["https://example.org"]; empty: no cross-origin access
+        "max_wait": 30.0,  # longest "wait" a client may ask for, in seconds
+        "max_body": 16 * 1024,
+        "threads": 16,
+        "token_file": "",  # default: bridge-tokens.json in the state directory
+        "admin_file": "",  # default: bridge-admin.json in the state directory
+        "secret_key_file": "",  # default: bridge-secret.key in the state directory
+        "login_attempts": 5,  # failed logins or token guesses allowed per client address...
+        "login_window": 300.0,  # ...within this many seconds
+        "metrics_listen": "",  # e.g. "127.0.0.1:9108"; empty: /metrics on the bridge, behind a token
+        "keep": 1000,  # prompts and tasks remembered for the status endpoints
+        "stream_max_age": 300.0,  # seconds a dashboard's live stream lasts before the browser reconnects
+        "title": "LAMControl",
+        "theme_color": "#FE5000",
     },
     "capabilities": {},
 }

@@ -8,6 +8,7 @@ compact JSON. Components never build topics or payloads by hand.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 import uuid
@@ -66,6 +67,15 @@ class Topics:
     def errors(self) -> str:
         return f"{self.prefix}/errors"
 
+    @property
+    def last_reply(self) -> str:
+        """The coordinator's latest reply, retained (for dashboards such as Home Assistant)."""
+        return f"{self.prefix}/state/coordinator/last_reply"
+
+    def last_result(self, agent_id: str) -> str:
+        """An agent's latest finished task, retained by the coordinator."""
+        return f"{self.prefix}/state/agents/{agent_id}/last_result"
+
     # Subscription filters.
     @property
     def all(self) -> str:
@@ -99,6 +109,11 @@ def check_id(value: str, field_name: str) -> str:
     return value
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
 def _checked(value: Any, hint: Any, name: str) -> Any:
     """``value`` if it has the type the field declares, else a ProtocolError naming it."""
     optional = type(None) in get_args(hint)
@@ -125,7 +140,7 @@ class Message:
     def from_dict(cls: type[M], data: Any) -> M:
         if not isinstance(data, dict):
             raise ProtocolError(f"a {cls.kind} must be a JSON object, not {type(data).__name__}")
-        hints = get_type_hints(cls)
+        hints = _hints(cls)
         values = {}
         for f in dataclasses.fields(cls):
             if f.name not in data:
@@ -145,7 +160,7 @@ class Message:
                 raise ProtocolError(f"must be one of {', '.join(allowed)}", name)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
@@ -293,13 +308,14 @@ class Presence(Message):
     host: str = ""
     version: str = ""
     heartbeat: float = 30.0
+    vocabulary: dict = field(default_factory=dict)  # names a capability knows, e.g. {"home": ["desk lamp"]}
     ts: float = field(default_factory=time.time)
 
     def validate(self) -> None:
         super().validate()
-        for capability, actions in self.capabilities.items():
+        for capability, actions in {**self.capabilities, **self.vocabulary}.items():
             if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
-                raise ProtocolError("each capability must map to a list of action names", f"capabilities.{capability}")
+                raise ProtocolError("each capability must map to a list of names", f"capabilities.{capability}")
 
     def offers(self, capability: str, action: str) -> bool:
         return self.state == "online" and action in self.capabilities.get(capability, ())

@@ -7,6 +7,7 @@ under a ``Type=notify`` unit: ``READY=1`` once the process is connected and subs
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -50,12 +51,20 @@ def watchdog_interval() -> float | None:
     return int(usec) / 2e6
 
 
+async def pet_watchdog() -> None:
+    """Tell systemd's watchdog, from an asyncio loop, that the loop still runs (no-op without one)."""
+    interval = watchdog_interval()
+    while interval:
+        sd_notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
 def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: str) -> None:
     """Block until SIGTERM/SIGINT, telling systemd about readiness and health, then ``stop()``."""
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    ready_sent = False
+    ready_sent = was_healthy = False
     interval = watchdog_interval()
     tick = min(interval, 1.0) if interval else 1.0
     while not done.wait(tick if ready_sent else 0.1):
@@ -63,6 +72,9 @@ def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: st
         if healthy and not ready_sent:
             ready_sent = sd_notify(f"READY=1\nSTATUS={name} connected") or True
             log.info("%s ready", name)
+        elif ready_sent and healthy != was_healthy:
+            sd_notify(f"STATUS={name} {'connected' if healthy else 'reconnecting to the broker'}")
+        was_healthy = healthy
         if interval and healthy:
             sd_notify("WATCHDOG=1")
     sd_notify("STOPPING=1")

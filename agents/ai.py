@@ -1,0 +1,101 @@
+"""ai: answers questions and drafts text with a Groq-hosted model (``ai <question or task>``).
+
+The answer comes back as the result's sentence, short and plain so the R1 can speak it; the
+full text is in the result's data. Nothing the model writes is ever run: code in an answer is
+left out of the spoken sentence and only returned as text.
+
+Groq settings are those of the ``[groq]`` section (found the usual way: ``$LAM_CONFIG`` or the
+standard paths) and ``$GROQ_API_KEY``; any non-empty key of ``[capabilities.ai]`` overrides them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from lamcontrol import config as lamconfig
+from lamcontrol.llm import GroqChat, GroqSettings, LLMUnavailable
+
+from .capability import Capability, Outcome, Setting, TaskFailed, Unavailable, action, require
+
+log = logging.getLogger(__name__)
+
+SYSTEM_PROMPT = (
+    "You answer through a small voice assistant with a speaker. Reply in plain text of at most three "
+    "short sentences: no markdown, no lists, no code. When asked to draft a message, reply with the draft "
+    "only. You cannot run programs or act on the computer; if a task needs that, say briefly what the "
+    "person could do instead."
+)
+_CODE = re.compile(r"```.*?(?:```|$)", re.S)
+_MARKUP = re.compile(r"(?m)^\s*(?:#+|[-*+] |\d+\. |> )|[*_`#]+")
+MAX_PROMPT = 4000
+
+
+def speakable(text: str, limit: int) -> str:
+    """The answer as a sentence to speak: no code, no markup, cut at a sentence end near ``limit``."""
+    text = _CODE.sub(" ", text)
+    text = " ".join(_MARKUP.sub("", text).split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    end = max(cut.rfind(". "), cut.rfind("? "), cut.rfind("! "))
+    return cut[:end + 1] if end > limit // 3 else cut.rsplit(" ", 1)[0] + "..."
+
+
+class Ai(Capability):
+    name = "ai"
+    summary = "Answers questions and drafts messages with Groq; never runs code."
+    extra = "ai"
+    requirements = ("groq",)
+    config_schema = {
+        "api_key": Setting("", "Groq API key (better: api_key_file or $GROQ_API_KEY); empty: [groq]"),
+        "api_key_file": Setting("", "file holding the Groq API key; empty: [groq]"),
+        "model": Setting("", "Groq model id; empty: [groq] model"),
+        "base_url": Setting("", "Groq API base URL; empty: [groq] base_url, else Groq itself"),
+        "timeout": Setting(30.0, "seconds to wait for an answer"),
+        "max_retries": Setting(1, "retries after a failed call (never after a rate limit)"),
+        "max_tokens": Setting(800, "longest answer, in tokens (reasoning included)"),
+        "max_chars": Setting(400, "longest spoken answer, in characters; data.answer keeps all"),
+    }
+
+    def __init__(self, settings: dict | None = None) -> None:
+        super().__init__(settings)
+        self.chat: GroqChat | None = None
+
+    def groq_settings(self) -> GroqSettings:
+        try:
+            shared = lamconfig.load().get("groq", {})
+        except lamconfig.ConfigError as exc:
+            log.warning("ignoring [groq] of the config file: %s", exc)
+            shared = {}
+        own = {k: v for k, v in self.settings.items() if k not in ("max_tokens", "max_chars")}
+        try:
+            return GroqSettings.from_config(shared, own)
+        except (ValueError, lamconfig.ConfigError) as exc:
+            raise Unavailable(f"ai cannot use its Groq settings: {exc}") from None
+
+    def check(self) -> None:
+        super().check()
+        if not self.groq_settings().configured:
+            raise Unavailable("ai needs a Groq API key: set [capabilities.ai] api_key_file, [groq] api_key_file "
+                              "or $GROQ_API_KEY")
+
+    def start(self) -> None:
+        self.chat = GroqChat(self.groq_settings())
+
+    @action()
+    def ask(self, args: dict) -> Outcome:
+        prompt = require(args, "prompt").strip()
+        if len(prompt) > MAX_PROMPT:
+            raise TaskFailed("That question is too long for me.")
+        if self.chat is None:
+            self.start()
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+        try:
+            answer = self.chat.complete(messages, max_tokens=self.settings["max_tokens"])
+        except LLMUnavailable as exc:
+            raise TaskFailed(f"I couldn't get an answer: {exc}.") from None
+        spoken = speakable(answer, self.settings["max_chars"])
+        if not spoken:
+            raise TaskFailed("The answer was only code, which I don't run or read out.")
+        return Outcome(spoken, {"answer": answer, "model": self.chat.settings.model})

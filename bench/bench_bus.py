@@ -1,0 +1,215 @@
+"""Bus benchmark: LAMControl's echo round trip against the raw MQTT floor, in one run.
+
+The floor is plain paho clients relaying a message over the same four hops a prompt makes
+(prompt -> coordinator -> task -> agent -> result -> coordinator -> reply), each relay in
+its own process like the real components. Both are measured sequentially (p50, p99) and
+pipelined (prompts per second), and printed with LAM/raw ratios.
+
+    python bench/bench_bus.py                  # Mosquitto with set_tcp_nodelay true
+    python bench/bench_bus.py --broker amqtt   # the embedded broker
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import queue
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lamcontrol.bus import BrokerSettings, Bus  # noqa: E402
+from lamcontrol.protocol import Prompt, Reply, parse  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int) -> None:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def start_broker(kind: str, port: int, workdir: Path) -> subprocess.Popen:
+    if kind == "amqtt":
+        argv = [sys.executable, "-m", "broker.main", "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"]
+    else:
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+                        "max_queued_messages 100000\npersistence false\nlog_dest stderr\nlog_type error\n")
+        argv = [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)]
+    process = subprocess.Popen(argv, cwd=ROOT)
+    wait_for_port(port)
+    return process
+
+
+def paho_client(port: int, name: str) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name)
+    client.on_socket_open = lambda c, u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client.connect("127.0.0.1", port)
+    return client
+
+
+def raw_relay(port: int, listen: str, forward: str, ready) -> None:
+    """Forward every message on ``listen/#`` to ``forward`` (a raw stand-in for one component)."""
+    client = paho_client(port, f"relay-{listen}")
+    outbox: queue.Queue = queue.Queue()
+    client.on_message = lambda c, u, m: outbox.put(m.payload)
+    client.subscribe(f"{listen}/#", qos=1)
+    client.loop_start()
+    time.sleep(0.3)
+    ready.set()
+    while True:
+        client.publish(forward, outbox.get(), qos=1)
+
+
+def raw_coordinator(port: int, ready) -> None:
+    """prompt -> task, result -> reply: the raw coordinator's two hops."""
+    client = paho_client(port, "raw-coordinator")
+    inbox: queue.Queue = queue.Queue()
+    client.on_message = lambda c, u, m: inbox.put((m.topic, m.payload))
+    client.subscribe([("raw/prompts", 1), ("raw/results", 1)])
+    client.loop_start()
+    time.sleep(0.3)
+    ready.set()
+    while True:
+        topic, payload = inbox.get()
+        client.publish("raw/tasks" if topic == "raw/prompts" else "raw/replies", payload, qos=1)
+
+
+class Timer:
+    """Send one message and wait for its answer, sequentially or pipelined."""
+
+    def __init__(self, send, answers: queue.Queue) -> None:
+        self.send = send
+        self.answers = answers
+
+    def sequential(self, count: int) -> list[float]:
+        times = []
+        for i in range(count):
+            start = time.perf_counter()
+            self.send(i)
+            self.answers.get(timeout=30)
+            times.append(time.perf_counter() - start)
+        return times
+
+    def pipelined(self, count: int, window: int = 200) -> float:
+        start = time.perf_counter()
+        sent = received = 0
+        while received < count:
+            while sent < count and sent - received < window:
+                self.send(sent)
+                sent += 1
+            self.answers.get(timeout=60)
+            received += 1
+        return count / (time.perf_counter() - start)
+
+
+def measure_raw(port: int, count: int, burst: int) -> tuple[list[float], float]:
+    ctx = multiprocessing.get_context("spawn")
+    ready = [ctx.Event(), ctx.Event()]
+    workers = [ctx.Process(target=raw_coordinator, args=(port, ready[0]), daemon=True),
+               ctx.Process(target=raw_relay, args=(port, "raw/tasks", "raw/results", ready[1]), daemon=True)]
+    for worker in workers:
+        worker.start()
+    for event in ready:
+        event.wait(30)
+    answers: queue.Queue = queue.Queue()
+    client = paho_client(port, "raw-client")
+    client.on_message = lambda c, u, m: answers.put(m.payload)
+    client.subscribe("raw/replies", qos=1)
+    client.loop_start()
+    time.sleep(0.3)
+    payload = Prompt(prompt="echo hello", source="bench").to_json()
+    timer = Timer(lambda i: client.publish("raw/prompts", payload, qos=1), answers)
+    timer.sequential(50)
+    result = timer.sequential(count), timer.pipelined(burst)
+    client.loop_stop()
+    for worker in workers:
+        worker.terminate()
+    return result
+
+
+def measure_lam(port: int, count: int, burst: int, workdir: Path) -> tuple[list[float], float]:
+    url = f"mqtt://127.0.0.1:{port}"
+    env = {**os.environ, "LAM_STATE_DIR": str(workdir)}
+    config = workdir / "bench.toml"
+    config.write_text(f'[broker]\nurl = "{url}"\n[coordinator]\njournal = "{workdir / "journal.db"}"\n')
+    processes = [subprocess.Popen([sys.executable, "-m", module, "--config", str(config), "--log-level", "WARNING",
+                                   *extra], cwd=ROOT, env=env)
+                 for module, extra in (("coordinator.main", []),
+                                       ("agents.main", ["--id", "bench", "-c", "echo", "--max-concurrent", "256"]))]
+    answers: queue.Queue = queue.Queue()
+    online: set[str] = set()
+    bus = Bus(BrokerSettings(url=url), component="bench")
+    bus.on(bus.topics.all_replies, lambda topic, payload: answers.put(parse(Reply, payload)))
+    bus.on(f"{bus.topics.prefix}/+/+/status", lambda topic, payload: online.add(topic) if b'"online"' in payload else None)
+    bus.on(bus.topics.coordinator_status, lambda topic, payload: online.add(topic) if b'"online"' in payload else None)
+    bus.start(timeout=15)
+    try:
+        deadline = time.monotonic() + 30
+        while len(online) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if len(online) < 2:
+            raise RuntimeError("the coordinator and agent did not come online")
+        timer = Timer(lambda i: bus.publish(Prompt(prompt="echo hello", source="bench")), answers)
+        timer.sequential(50)
+        return timer.sequential(count), timer.pipelined(burst)
+    finally:
+        bus.stop()
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+            process.wait(15)
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--broker", choices=["mosquitto", "amqtt"], default="mosquitto")
+    parser.add_argument("--count", type=int, default=1000, help="sequential round trips")
+    parser.add_argument("--burst", type=int, default=3000, help="pipelined prompts")
+    args = parser.parse_args()
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = start_broker(args.broker, port, Path(tmp))
+        try:
+            raw_seq, raw_rate = measure_raw(port, args.count, args.burst)
+            lam_seq, lam_rate = measure_lam(port, args.count, args.burst, Path(tmp))
+        finally:
+            broker.terminate()
+            broker.wait(10)
+    print(f"broker: {args.broker}, {args.count} sequential round trips, {args.burst} pipelined, journal on")
+    print(f"{'':24}{'p50 µs':>10}{'p99 µs':>10}{'prompts/s':>12}")
+    print(f"{'raw paho, 4 hops':24}{pct(raw_seq, 50):10.0f}{pct(raw_seq, 99):10.0f}{raw_rate:12.0f}")
+    print(f"{'LAM echo':24}{pct(lam_seq, 50):10.0f}{pct(lam_seq, 99):10.0f}{lam_rate:12.0f}")
+    print(f"{'LAM / raw':24}{pct(lam_seq, 50) / pct(raw_seq, 50):10.2f}{pct(lam_seq, 99) / pct(raw_seq, 99):10.2f}"
+          f"{lam_rate / raw_rate:12.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,507 @@
+"""Running LAMControl for real: ``lam systemd install``, ``lam mosquitto-config``, ``lam agents forget``.
+
+* ``lam systemd install`` writes sandboxed system units for the broker, coordinator and
+  bridge (or, with ``--user``, the ``lam-agent@.service`` template for the desktop session)
+  and a config per component, then prints the commands that enable them.
+* ``lam mosquitto-config`` writes a Mosquitto configuration for a home network: no
+  anonymous access, one user per component with a generated password, an ACL that keeps
+  each agent to its own tasks, presence and results, and a TLS listener when given a
+  certificate.
+* ``lam agents forget ID`` clears an agent's retained presence and its Home Assistant
+  entities.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import cli  # imported by cli: use its helpers at call time only
+from . import config as lamconfig
+from .protocol import Presence, ProtocolError, Topics, check_id, parse
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add ``systemd install``, ``mosquitto-config`` and ``agents forget`` to ``lam``."""
+    systemd = sub.add_parser("systemd", help="install systemd units for this machine")
+    systemd_sub = systemd.add_subparsers(dest="systemd_command", required=True)
+    install = systemd_sub.add_parser("install", parents=[common], help="write units and configs, print how to "
+                                                                      "enable them")
+    install.add_argument("--user", action="store_true", help="install the agent as a user service of the desktop "
+                                                             "session instead of the system services")
+    install.add_argument("--dry-run", action="store_true", help="print what would be written, write nothing")
+    install.add_argument("--prefix", default="/", help="root to write under, for packaging (default: /)")
+    install.add_argument("--agent-id", help="id of this machine's agent (--user; default: the host name)")
+    install.add_argument("--capability", "-c", action="append",
+                         help="capabilities of this machine's agent (--user; default: every installed one)")
+    install.add_argument("--no-broker", action="store_true", help="no lam-broker unit (Mosquitto is the broker)")
+    install.add_argument("--no-bridge", action="store_true", help="no lam-bridge unit")
+    install.add_argument("--credentials", help="the credentials folder `lam mosquitto-config` wrote: each component "
+                                               "then logs in as its own MQTT user")
+    install.set_defaults(func=cmd_systemd_install)
+
+    mosq = sub.add_parser("mosquitto-config", parents=[common], help="write a hardened Mosquitto configuration")
+    mosq.add_argument("--out", required=True, help="folder for mosquitto.conf, passwd, acl and credentials/")
+    mosq.add_argument("--users", help="comma-separated: coordinator, bridge, homeassistant, monitor, "
+                                      "agent:ID:cap1+cap2 (default: the four, plus an agent for this host with "
+                                      "every installed capability)")
+    mosq.add_argument("--listen", default="127.0.0.1:1883", help="plain listener, host:port ('' for none; "
+                                                                  "default 127.0.0.1:1883)")
+    mosq.add_argument("--tls-listen", default="0.0.0.0:8883", help="TLS listener when --cert is given")
+    mosq.add_argument("--cert", help="server certificate (PEM) for the TLS listener")
+    mosq.add_argument("--key", help="private key of --cert")
+    mosq.add_argument("--cafile", help="CA that signs client certificates (clients must then present one)")
+    mosq.add_argument("--owner", help="user the broker runs as, who must read passwd and acl "
+                                      "(default: mosquitto, when running as root)")
+    mosq.set_defaults(func=cmd_mosquitto_config)
+
+    agents = sub.choices["agents"]
+    agents_sub = agents.add_subparsers(dest="agents_command")
+    forget = agents_sub.add_parser("forget", parents=[common], help="remove an agent: clear its retained presence "
+                                                                   "and its Home Assistant entities")
+    forget.add_argument("agent_id", metavar="ID")
+    forget.add_argument("--force", action="store_true", help="even when the agent says it is online")
+    forget.set_defaults(func=cmd_agents_forget)
+
+
+# -- lam agents forget ------------------------------------------------------------------
+
+def cmd_agents_forget(args: argparse.Namespace) -> int:
+    from coordinator.discovery import Configs
+
+    try:
+        agent_id = check_id(args.agent_id, "agent id")
+    except ProtocolError as exc:
+        print(f"lam agents forget: {exc}", file=sys.stderr)
+        return cli.EXIT_FAILED
+    cfg = lamconfig.load(args.config, args.broker)
+    settings = cli.settings_from(args)
+    status_topic = settings.topics.agent_status(agent_id)
+    found = cli.collect_retained(args, status_topic).get(status_topic)
+    if not found:
+        print(f"no agent {agent_id} is known on this broker; clearing whatever it may have left", file=sys.stderr)
+    else:
+        try:
+            online = parse(Presence, found).state == "online"
+        except ProtocolError:
+            online = False
+        if online and not args.force:
+            print(f"agent {agent_id} says it is online: stop it first (or use --force)", file=sys.stderr)
+            return cli.EXIT_FAILED
+    topics = [status_topic]
+    if cfg["homeassistant"]["enabled"]:
+        topics += Configs(settings.topics, cfg["homeassistant"]["discovery_prefix"]).agent_topics(agent_id)
+    bus = cli.connect(args, {}, "lam-cli")
+    try:
+        for topic in topics:
+            bus.publish_raw(topic, b"", retain=True).wait_for_publish(args.connect_timeout)
+    finally:
+        bus.stop()
+    print(f"forgot agent {agent_id}")
+    return cli.EXIT_OK
+
+
+# -- lam mosquitto-config ---------------------------------------------------------------
+
+COMPONENTS = ("coordinator", "bridge", "homeassistant", "monitor")
+
+
+@dataclass
+class MqttUser:
+    """One MQTT login and the topics it may use."""
+
+    name: str
+    capabilities: list[str] = field(default_factory=list)  # agents only
+
+    @property
+    def is_agent(self) -> bool:
+        return self.name not in COMPONENTS
+
+    def acl(self, topics: Topics, discovery: str) -> list[str]:
+        """``topic`` lines of this user's ACL section."""
+        lam = topics.all
+        if self.name == "coordinator":
+            return [f"readwrite {lam}", f"readwrite {discovery}/#"]
+        if self.name == "bridge":
+            return [f"read {lam}", f"write {topics.prompts}", f"write {topics.errors}"]
+        if self.name == "homeassistant":
+            return [f"readwrite {discovery}/#", f"read {lam}", f"write {topics.prompts}"]
+        if self.name == "monitor":
+            return [f"read {lam}", f"read {discovery}/#", "read $SYS/#"]
+        return [*(f"read {topics.task(c)}" for c in self.capabilities), f"write {topics.agent_status(self.name)}",
+                f"write {topics.all_results.replace('+', '#')}", f"write {topics.errors}"]
+
+
+def parse_users(spec: str) -> list[MqttUser]:
+    """``coordinator,agent:desk:browser+computer,...`` as users; ValueError says what is wrong."""
+    users: dict[str, MqttUser] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        if item.startswith("agent:"):
+            parts = item.split(":")
+            if len(parts) != 3 or not parts[1] or not parts[2]:
+                raise ValueError(f"{item!r}: write an agent as agent:ID:capability+capability")
+            name = check_id(parts[1], "agent id")
+            if name in COMPONENTS:
+                raise ValueError(f"{item!r}: an agent may not be called {name}")
+            user = MqttUser(name, [check_id(c, "capability") for c in parts[2].split("+")])
+        elif item in COMPONENTS:
+            user = MqttUser(item)
+        else:
+            raise ValueError(f"{item!r}: users are {', '.join(COMPONENTS)} or agent:ID:cap1+cap2")
+        if user.name in users:
+            raise ValueError(f"user {user.name} is listed twice")
+        users[user.name] = user
+    if not users:
+        raise ValueError("no users given")
+    return list(users.values())
+
+
+def default_users() -> str:
+    capabilities = "+".join(c for c in cli.installed_capabilities()) or "echo"
+    return ",".join([*COMPONENTS, f"agent:{lamconfig.default_agent_id()}:{capabilities}"])
+
+
+def host_port(value: str, what: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{what} must be host:port, not {value!r}")
+    return host, int(port)
+
+
+def mosquitto_conf(out: Path, listen: str, tls_listen: str, cert: str, key: str, cafile: str) -> str:
+    lines = ["# Mosquitto for LAMControl, written by `lam mosquitto-config`: every component logs in",
+             "# as its own user and the ACL keeps it to its own topics.",
+             "per_listener_settings false", "allow_anonymous false",
+             f"password_file {out / 'passwd'}", f"acl_file {out / 'acl'}",
+             "", "# Without it a QoS 1 round trip waits on Nagle's algorithm for tens of milliseconds.",
+             "set_tcp_nodelay true",
+             "# The default of 1000 silently drops messages for a subscriber that falls behind.",
+             "max_queued_messages 100000", "max_inflight_messages 100", "max_packet_size 262144"]
+    if listen:
+        host, port = host_port(listen, "--listen")
+        lines += ["", "# Plain MQTT: keep it on the loopback interface unless the network is trusted.",
+                  f"listener {port} {host}"]
+    if cert:
+        host, port = host_port(tls_listen, "--tls-listen")
+        lines += ["", "# MQTT over TLS for the rest of the network.", f"listener {port} {host}",
+                  f"certfile {Path(cert).resolve()}", f"keyfile {Path(key).resolve()}", "tls_version tlsv1.2"]
+        if cafile:
+            lines += [f"cafile {Path(cafile).resolve()}", "require_certificate true"]
+    return "\n".join(lines) + "\n"
+
+
+def acl_file(users: list[MqttUser], topics: Topics, discovery: str) -> str:
+    lines = ["# LAMControl topic rules, one section per user (user names come from the password file).",
+             "# Agents read only the tasks of their capabilities and write only their own presence,",
+             "# results and error reports."]
+    for user in users:
+        lines += ["", f"user {user.name}", *(f"topic {rule}" for rule in user.acl(topics, discovery))]
+    return "\n".join(lines) + "\n"
+
+
+def credentials(folder: Path, users: list[MqttUser]) -> dict[str, str]:
+    """A password per user: kept from an earlier run, else generated; each in a 0600 file."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    passwords = {}
+    for user in users:
+        path = folder / user.name
+        password = path.read_text().strip() if path.is_file() else ""
+        if not password:
+            password = secrets.token_urlsafe(24)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(password + "\n")
+        passwords[user.name] = password
+    return passwords
+
+
+def write_password_file(path: Path, passwords: dict[str, str]) -> None:
+    """Hash the passwords into a Mosquitto password file (``mosquitto_passwd -U``: none on a command line)."""
+    tool = shutil.which("mosquitto_passwd")
+    if not tool:
+        raise lamconfig.ConfigError("mosquitto_passwd is missing: install the mosquitto package")
+    fd, plain = tempfile.mkstemp(dir=path.parent, prefix=".passwd-")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.writelines(f"{user}:{password}\n" for user, password in passwords.items())
+        done = subprocess.run([tool, "-U", plain], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise lamconfig.ConfigError(f"mosquitto_passwd failed: {done.stderr.strip() or done.stdout.strip()}")
+        os.replace(plain, path)
+    finally:
+        if os.path.exists(plain):
+            os.unlink(plain)
+
+
+def broker_owner(explicit: str | None) -> pwd.struct_passwd | None:
+    """The account that must read passwd and acl; None when it is us."""
+    name = explicit or ("mosquitto" if os.geteuid() == 0 else "")
+    if not name:
+        return None
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        if explicit:
+            raise lamconfig.ConfigError(f"--owner {name}: no such user") from None
+        return None
+
+
+def cmd_mosquitto_config(args: argparse.Namespace) -> int:
+    cfg = lamconfig.load(args.config)
+    topics = Topics(cfg["broker"]["prefix"])
+    discovery = cfg["homeassistant"]["discovery_prefix"]
+    try:
+        users = parse_users(args.users or default_users())
+        if bool(args.cert) != bool(args.key):
+            raise ValueError("--cert and --key go together")
+        if not args.listen and not args.cert:
+            raise ValueError("the broker needs a listener: give --listen, or --cert and --key")
+        for name, value in (("--cert", args.cert), ("--key", args.key), ("--cafile", args.cafile)):
+            if value and not Path(value).is_file():
+                raise ValueError(f"{name} {value} does not exist")
+        out = Path(args.out).expanduser().resolve()
+        conf = mosquitto_conf(out, args.listen, args.tls_listen, args.cert, args.key, args.cafile)
+    except (ValueError, ProtocolError) as exc:
+        print(f"lam mosquitto-config: {exc}", file=sys.stderr)
+        return cli.EXIT_FAILED
+    owner = broker_owner(args.owner)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        passwords = credentials(out / "credentials", users)
+        write_password_file(out / "passwd", passwords)
+        (out / "acl").write_text(acl_file(users, topics, discovery))
+        (out / "mosquitto.conf").write_text(conf)
+        for name in ("passwd", "acl"):
+            (out / name).chmod(0o600)
+            if owner:
+                os.chown(out / name, owner.pw_uid, owner.pw_gid)
+    except OSError as exc:
+        print(f"lam mosquitto-config: cannot write {exc.filename or out}: {exc.strerror}", file=sys.stderr)
+        return cli.EXIT_FAILED
+    print(f"wrote {out / 'mosquitto.conf'}, passwd and acl for {', '.join(u.name for u in users)}\n"
+          f"passwords (one file per user, mode 0600): {out / 'credentials'}/\n\n"
+          f"run it:        mosquitto -c {out / 'mosquitto.conf'}\n"
+          f"or include it: ln -s {out / 'mosquitto.conf'} /etc/mosquitto/conf.d/lamcontrol.conf\n\n"
+          f"each component's config then says who it is, e.g.\n"
+          f"  [broker]\n  username = \"coordinator\"\n  password_file = \"{out / 'credentials' / 'coordinator'}\"\n"
+          f"or: lam systemd install --credentials {out / 'credentials'}")
+    return cli.EXIT_OK
+
+
+# -- lam systemd install ----------------------------------------------------------------
+
+SANDBOX = """\
+DynamicUser=yes
+User=lamcontrol
+Group=lamcontrol
+StateDirectory=lamcontrol
+StateDirectoryMode=0750
+ConfigurationDirectory=lamcontrol
+UMask=0077
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome={protect_home}
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+CapabilityBoundingSet=
+SystemCallArchitectures=native
+"""
+
+HEADER = "# Written by `lam systemd install`, with the paths of the machine it ran on.\n"
+
+SYSTEM_UNIT = HEADER + """\
+[Unit]
+Description={description}
+After=network-online.target{after}
+Wants=network-online.target
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={bindir}/{script} --config {confdir}/{name}.toml
+Restart=on-failure
+RestartSec=5
+WatchdogSec=60
+TimeoutStopSec=30
+Environment=PYTHONUNBUFFERED=1
+{credential}{sandbox}
+[Install]
+WantedBy=multi-user.target
+"""
+
+AGENT_UNIT = HEADER + """\
+[Unit]
+Description=LAMControl agent %i (in the desktop session)
+After=graphical-session.target network-online.target
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={bindir}/lam-agent --id %i --config %E/lamcontrol/agent-%i.toml
+Restart=on-failure
+RestartSec=5
+WatchdogSec=60
+TimeoutStopSec=30
+Environment=PYTHONUNBUFFERED=1
+NoNewPrivileges=yes
+
+[Install]
+WantedBy=default.target
+"""
+
+SERVICES = {  # unit name -> (description, console script, ordering after other units)
+    "broker": ("LAMControl MQTT broker (embedded aMQTT)", "lam-broker", ""),
+    "coordinator": ("LAMControl coordinator", "lam-coordinator", " lam-broker.service mosquitto.service"),
+    "bridge": ("LAMControl HTTP bridge for the Rabbit R1", "lam-bridge", " lam-broker.service mosquitto.service"),
+}
+SYSTEM_UNIT_DIR, SYSTEM_CONF_DIR = Path("/etc/systemd/system"), Path("/etc/lamcontrol")
+CREDENTIAL = "mqtt-password"
+
+
+def script_dir() -> Path:
+    """Where this installation's console scripts are."""
+    return Path(sysconfig.get_path("scripts"))
+
+
+def system_unit(name: str, bindir: Path, confdir: Path = SYSTEM_CONF_DIR, credential: Path | None = None) -> str:
+    """The sandboxed ``lam-<name>.service`` text."""
+    description, script, after = SERVICES[name]
+    under_home = str(bindir).startswith(("/home/", "/root/"))
+    return SYSTEM_UNIT.format(description=description, after=after, bindir=bindir, script=script, confdir=confdir,
+                              name=name, credential=f"LoadCredential={CREDENTIAL}:{credential}\n" if credential else "",
+                              sandbox=SANDBOX.format(protect_home="read-only" if under_home else "yes"))
+
+
+def agent_unit(bindir: Path) -> str:
+    """The ``lam-agent@.service`` user template; ``%i`` is the agent id and names its config."""
+    return AGENT_UNIT.format(bindir=bindir)
+
+
+def toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def component_config(url: str, prefix: str, username: str = "", password_file: str = "",
+                     capabilities: list[str] | None = None) -> str:
+    lines = ["# Written by `lam systemd install`; every key is described in the README.", "[broker]",
+             f"url = {toml_string(url)}", f"prefix = {toml_string(prefix)}"]
+    if username:
+        lines += [f"username = {toml_string(username)}", f"password_file = {toml_string(password_file)}"]
+    if capabilities is not None:
+        lines += ["", "[agent]", "capabilities = [" + ", ".join(toml_string(c) for c in capabilities) + "]"]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Planned:
+    """A file to write: where, what, and how private."""
+
+    path: Path
+    text: str
+    mode: int = 0o644
+    keep: bool = False  # an existing file is left alone (a config the person may have edited)
+
+
+def system_plan(args: argparse.Namespace, url: str, prefix: str, bindir: Path) -> tuple[list[Planned], list[str]]:
+    names = [n for n in SERVICES if not (n == "broker" and args.no_broker or n == "bridge" and args.no_bridge)]
+    credentials = Path(args.credentials).resolve() if args.credentials else None
+    files = []
+    for name in names:
+        secret = SYSTEM_CONF_DIR / f"{name}.password" if credentials and name != "broker" else None
+        files.append(Planned(SYSTEM_UNIT_DIR / f"lam-{name}.service", system_unit(name, bindir, credential=secret)))
+        if secret:
+            files.append(Planned(secret, read_credential(credentials, name), 0o600))
+            config = component_config(url, prefix, name, f"/run/credentials/lam-{name}.service/{CREDENTIAL}")
+        else:
+            config = component_config(url, prefix)
+        files.append(Planned(SYSTEM_CONF_DIR / f"{name}.toml", config, keep=True))
+    units = " ".join(f"lam-{n}.service" for n in names)
+    return files, ["systemctl daemon-reload", f"systemctl enable --now {units}", "journalctl -f -u 'lam-*'"]
+
+
+def user_plan(args: argparse.Namespace, url: str, prefix: str, bindir: Path) -> tuple[list[Planned], list[str]]:
+    agent_id = check_id(args.agent_id or lamconfig.default_agent_id(), "agent id")
+    home = Path.home()
+    confdir = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+    capabilities = args.capability or cli.installed_capabilities()
+    files = [Planned(confdir / "systemd" / "user" / "lam-agent@.service", agent_unit(bindir))]
+    if args.credentials:
+        secret = confdir / "lamcontrol" / f"agent-{agent_id}.password"
+        files.append(Planned(secret, read_credential(Path(args.credentials), agent_id), 0o600))
+        config = component_config(url, prefix, agent_id, str(secret), capabilities)
+    else:
+        config = component_config(url, prefix, capabilities=capabilities)
+    files.append(Planned(confdir / "lamcontrol" / f"agent-{agent_id}.toml", config, keep=True))
+    return files, ["systemctl --user daemon-reload",
+                   "systemctl --user import-environment DISPLAY XAUTHORITY WAYLAND_DISPLAY",
+                   f"systemctl --user enable --now lam-agent@{agent_id}.service",
+                   f"journalctl --user -f -u lam-agent@{agent_id}.service"]
+
+
+def read_credential(folder: Path, user: str) -> str:
+    path = folder / user
+    if not path.is_file():
+        raise lamconfig.ConfigError(f"{path} does not exist: run lam mosquitto-config with a user {user}")
+    return path.read_text()
+
+
+def rooted(prefix: str, path: Path) -> Path:
+    return Path(prefix) / path.relative_to(path.anchor)
+
+
+def cmd_systemd_install(args: argparse.Namespace) -> int:
+    cfg = lamconfig.load(args.config, args.broker)
+    bindir = script_dir()
+    try:
+        plan = user_plan if args.user else system_plan
+        files, commands = plan(args, cfg["broker"]["url"], cfg["broker"]["prefix"], bindir)
+    except ProtocolError as exc:
+        print(f"lam systemd install: {exc}", file=sys.stderr)
+        return cli.EXIT_FAILED
+    for planned in files:
+        target = rooted(args.prefix, planned.path)
+        if planned.keep and target.exists():
+            print(f"keeping {target} (already there; delete it to have it written again)")
+            continue
+        if args.dry_run:
+            shown = "(secret, not shown)" if planned.mode == 0o600 else planned.text
+            print(f"--- would write {target}\n{shown}")
+            continue
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, planned.mode)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(planned.text)
+            target.chmod(planned.mode)
+        except OSError as exc:
+            print(f"lam systemd install: cannot write {target}: {exc.strerror} "
+                  f"(run it as root, or use --user or --prefix DIR)", file=sys.stderr)
+            return cli.EXIT_FAILED
+        print(f"wrote {target}")
+    if not args.user and str(bindir).startswith(("/home/", "/root/")):
+        print(f"\nwarning: the services run as their own user, who cannot read {bindir}; install LAMControl "
+              f"outside home folders first (e.g. python3 -m venv /opt/lamcontrol && "
+              f"/opt/lamcontrol/bin/pip install 'lamcontrol[all]')", file=sys.stderr)
+    print("\nenable them:\n  " + "\n  ".join(commands))
+    return cli.EXIT_OK

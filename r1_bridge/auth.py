@@ -1,0 +1,190 @@
+"""Who may use the bridge: API tokens, the admin password, CSRF tokens and a rate limit.
+
+Tokens are long random strings; only their SHA-256 is stored (they are not guessable, so a
+fast hash is enough and keeps each request cheap). The admin password is stored as an
+argon2 hash. Both files are re-read when they change on disk, so ``lam-bridge token
+revoke`` and ``lam-bridge passwd`` take effect on a running bridge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+TOKEN_BYTES = 32
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class JsonFile:
+    """A small JSON document on disk, re-read whenever its modification time changes."""
+
+    def __init__(self, path: Path, empty: dict) -> None:
+        self.path = Path(path)
+        self.empty = empty
+        self._data: dict = json.loads(json.dumps(empty))
+        self._stamp: float | None = None
+        self._lock = threading.Lock()
+
+    def read(self) -> dict:
+        with self._lock:
+            try:
+                stamp = self.path.stat().st_mtime_ns
+            except FileNotFoundError:
+                self._data, self._stamp = json.loads(json.dumps(self.empty)), None
+                return self._data
+            if stamp != self._stamp:
+                self._data, self._stamp = json.loads(self.path.read_text()), stamp
+            return self._data
+
+    def write(self, data: dict) -> None:
+        with self._lock:
+            write_private(self.path, json.dumps(data, indent=1))
+            self._data, self._stamp = data, self.path.stat().st_mtime_ns
+
+    @property
+    def exists(self) -> bool:
+        return self.path.exists()
+
+
+class TokenStore:
+    """API tokens, kept as hashes: ``create`` returns the only copy of a new token."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = JsonFile(path, {"tokens": []})
+
+    def create(self, name: str) -> str:
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        data = self.file.read()
+        entry = {"id": digest(token)[:8], "name": name, "hash": digest(token), "created": time.time()}
+        self.file.write({"tokens": [*data["tokens"], entry]})
+        return token
+
+    def list(self) -> list[dict]:
+        return [{k: v for k, v in entry.items() if k != "hash"} for entry in self.file.read()["tokens"]]
+
+    def revoke(self, token_id: str) -> bool:
+        tokens = self.file.read()["tokens"]
+        kept = [t for t in tokens if t["id"] != token_id and t["name"] != token_id]
+        if len(kept) == len(tokens):
+            return False
+        self.file.write({"tokens": kept})
+        return True
+
+    def check(self, token: str) -> dict | None:
+        """The entry of a valid token, or None."""
+        wanted = digest(token)
+        found = None
+        for entry in self.file.read()["tokens"]:
+            if hmac.compare_digest(entry["hash"], wanted):
+                found = entry
+        return found
+
+    @property
+    def empty(self) -> bool:
+        return not self.file.read()["tokens"]
+
+
+class AdminPassword:
+    """The dashboard's one login, stored as an argon2 hash."""
+
+    USERNAME = "admin"
+
+    def __init__(self, path: Path) -> None:
+        self.file = JsonFile(path, {})
+        self.hasher = PasswordHasher()
+
+    @property
+    def is_set(self) -> bool:
+        return bool(self.file.read().get("hash"))
+
+    def set(self, password: str) -> None:
+        if len(password) < 8:
+            raise ValueError("the password must be at least 8 characters long")
+        self.file.write({"username": self.USERNAME, "hash": self.hasher.hash(password), "changed": time.time()})
+
+    def generate(self) -> str:
+        password = secrets.token_urlsafe(12)
+        self.set(password)
+        return password
+
+    def verify(self, username: str, password: str) -> bool:
+        stored = self.file.read()
+        if not stored.get("hash") or not hmac.compare_digest(username.encode(), self.USERNAME.encode()):
+            return False
+        try:
+            return self.hasher.verify(stored["hash"], password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever the password does: sessions carry it, so a new password logs everyone out."""
+        return digest(self.file.read().get("hash", ""))[:16]
+
+
+class RateLimiter:
+    """At most ``limit`` failures per client address within ``window`` seconds."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        failures = self._failures[client]
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if not failures:
+            del self._failures[client]
+        return failures
+
+    def retry_after(self, client: str) -> int:
+        """Seconds until ``client`` may try again; 0 when it may now."""
+        now = time.monotonic()
+        with self._lock:
+            failures = self._recent(client, now)
+            if len(failures) < self.limit:
+                return 0
+            return max(1, int(failures[0] + self.window - now + 0.999))
+
+    def fail(self, client: str) -> None:
+        with self._lock:
+            self._failures[client].append(time.monotonic())
+
+
+def load_secret_key(path: Path) -> bytes:
+    """The key that signs session cookies, made on first use and kept across restarts."""
+    path = Path(path)
+    if path.exists():
+        return bytes.fromhex(path.read_text().strip())
+    key = secrets.token_bytes(32)
+    write_private(path, key.hex())
+    return key
+
+
+def new_csrf_token() -> str:
+    return secrets.token_urlsafe(24)

@@ -1,0 +1,542 @@
+"""An OpenClaw-compatible WebSocket gateway, so a stock R1's push-to-talk reaches LAMControl.
+
+The R1 turns speech into text itself and sends it over a WebSocket (protocol 3 of the
+OpenClaw gateway); the gateway publishes it as a prompt (source ``r1-voice:<device>``) and
+sends back the reply's sentence, which the R1 speaks. Frames, as the R1 uses them::
+
+    gateway → {type:"event", event:"connect.challenge", payload:{nonce, ts}}
+    R1      → {type:"req", id, method:"connect", params:{auth:{token}, device:{id, ...}, client, ...}}
+    gateway → {type:"res", id, ok:true, payload:{type:"hello-ok", protocol:3, policy, auth:{deviceToken, ...}}}
+    R1      → {type:"req", id, method:"chat.send", params:{sessionKey, message, idempotencyKey}}
+    gateway → {type:"res", id, ok:true, payload:{runId, status:"started"}}
+    gateway → {type:"event", event:"chat", payload:{runId, sessionKey, seq, state:"final", message}}
+
+The R1 pairs with the pairing token from the QR code and is given a device token for later
+connections (:mod:`r1_bridge.devices`). A wrong or revoked token gets ``UNAUTHORIZED`` and
+close code 1008. The server runs on its own thread and event loop, beside the HTTP server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import socket
+import ssl
+import threading
+import time
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from lamcontrol import __version__
+from lamcontrol.config import ConfigError
+from lamcontrol.protocol import Reply, new_id
+
+from .devices import DeviceStore
+from .pairing import pairing_payload, qr_svg
+from .relay import Relay
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = 3
+DEFAULT_PORT = 18789
+MAX_FRAME = 64 * 1024
+CONNECT_TIMEOUT = 30.0  # to authenticate after the socket opens
+TICK_INTERVAL = 15.0
+ROLE = "operator"
+SCOPES = ["operator.read", "operator.write"]
+SOURCE = "r1-voice"
+MAX_SOURCE = 64
+MAX_ID = 128
+KEEP_RUNS = 1000
+KEEP_HISTORY = 50
+QUESTION_WINDOW = 120.0  # seconds after a confirmation question in which "no" answers it
+CLOSE_POLICY = 1008
+
+EMPTY_SENTENCE = "I did not catch that. Please say it again."
+NO_REPLY_SENTENCE = "LAMControl did not answer in time. Is the coordinator running?"
+FAILED_SENTENCE = "Something went wrong on the bridge; please try again."
+BROKER_AWAY_SENTENCE = "The bridge cannot reach the message broker right now; please try again shortly."
+
+
+class FrameError(ValueError):
+    """A frame the gateway cannot act on; ``code`` is the OpenClaw error code."""
+
+    def __init__(self, message: str, code: str = "INVALID_REQUEST") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket, or an OSError that names the port."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=64)
+    except OSError as exc:
+        raise OSError(exc.errno, f"the R1 gateway cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+class BrokerAway(Exception):
+    """The relay is not connected to the broker, so a prompt cannot be sent."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def event(name: str, payload: dict) -> dict:
+    return {"type": "event", "event": name, "payload": payload}
+
+
+def response(request_id: Any, payload: dict) -> dict:
+    return {"type": "res", "id": request_id, "ok": True, "payload": payload}
+
+
+def error(request_id: Any, code: str, message: str) -> dict:
+    return {"type": "res", "id": request_id, "ok": False, "error": {"code": code, "message": message}}
+
+
+def text_message(role: str, text: str) -> dict:
+    return {"role": role, "content": [{"type": "text", "text": text}], "timestamp": now_ms()}
+
+
+def voice_source(device_id: str) -> str:
+    """The prompt source for one R1: confirmations are matched per source."""
+    return f"{SOURCE}:{device_id}"[:MAX_SOURCE]
+
+
+def _field(params: dict, name: str, kind: type, default: Any = None, required: bool = False) -> Any:
+    value = params.get(name, default)
+    if value is None and not required:
+        return default
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise FrameError(f"params.{name} must be a {'string' if kind is str else 'JSON object'}")
+    return value
+
+
+def _short_id(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID or not value.isprintable():
+        raise FrameError(f"{name} must be a string of 1-{MAX_ID} printable characters")
+    return value
+
+
+def read_frame(raw: str | bytes) -> dict:
+    """A request frame, checked; FrameError says what is wrong with anything else."""
+    if isinstance(raw, bytes):
+        raise FrameError("frames must be JSON text, not binary")
+    try:
+        frame = json.loads(raw)
+    except ValueError as exc:
+        raise FrameError(f"the frame is not JSON ({exc})") from None
+    if not isinstance(frame, dict):
+        raise FrameError("a frame must be a JSON object")
+    if frame.get("type") != "req":
+        raise FrameError(f"unknown frame type {frame.get('type')!r}: the gateway only takes requests (type \"req\")")
+    if not isinstance(frame.get("id"), (str, int)) or isinstance(frame.get("id"), bool):
+        raise FrameError("a request needs an id (a string)")
+    if not isinstance(frame.get("method"), str) or not frame["method"]:
+        raise FrameError("a request needs a method (a string)")
+    if frame.get("params") is None:
+        frame["params"] = {}
+    if not isinstance(frame["params"], dict):
+        raise FrameError("params must be a JSON object")
+    return frame
+
+
+def request_id_of(raw: str | bytes) -> Any:
+    """The id of a frame that failed to read, when it has a usable one (for the error frame)."""
+    try:
+        frame = json.loads(raw)
+    except (ValueError, TypeError):
+        return None
+    value = frame.get("id") if isinstance(frame, dict) else None
+    return value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+
+
+@dataclass
+class GatewaySettings:
+    """``[openclaw]`` of the configuration: where the gateway listens, what the pairing QR advertises."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    cert_file: str = ""
+    key_file: str = ""
+    reply_timeout: float = 75.0
+    advertise: list[str] = field(default_factory=list)  # addresses for the QR; default: the LAN addresses
+
+    @classmethod
+    def from_config(cls, config: dict) -> GatewaySettings:
+        """The ``[openclaw]`` section; the certificate defaults to the bridge's (``[bridge]``)."""
+        section = dict(config.get("openclaw", {}))
+        unknown = sorted(set(section) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"[openclaw] has unknown settings: {', '.join(unknown)}")
+        bridge = config.get("bridge", {})
+        if "cert_file" not in section and "key_file" not in section:
+            section.update(cert_file=bridge.get("cert_file", ""), key_file=bridge.get("key_file", ""))
+        settings = cls(**section)
+        checks = [
+            (isinstance(settings.enabled, bool), "enabled must be true or false"),
+            (isinstance(settings.host, str), "host must be an address such as \"0.0.0.0\""),
+            (isinstance(settings.port, int) and not isinstance(settings.port, bool) and 0 <= settings.port < 65536,
+             f"port must be a port number, not {settings.port!r}"),
+            (bool(settings.cert_file) == bool(settings.key_file), "wss needs both cert_file and key_file, or neither"),
+            (isinstance(settings.reply_timeout, (int, float)) and not isinstance(settings.reply_timeout, bool)
+             and settings.reply_timeout > 0, "reply_timeout must be a number of seconds"),
+            (isinstance(settings.advertise, list) and all(isinstance(a, str) for a in settings.advertise),
+             "advertise must be a list of addresses, e.g. [\"192.168.1.20\"]"),
+        ]
+        for ok, problem in checks:
+            if not ok:
+                raise ConfigError(f"[openclaw] {problem}")
+        return settings
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.cert_file)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(Path(self.cert_file).expanduser(), Path(self.key_file).expanduser())
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the R1 gateway certificate {self.cert_file}: {exc}") from None
+        return context
+
+
+@dataclass
+class Run:
+    """One utterance and the sentence that answers it; retries with the same key share it."""
+
+    id: str
+    answer: asyncio.Task
+
+
+class Gateway:
+    """The WebSocket server: pairing, authentication, and prompts relayed over ``relay``.
+
+    Like the HTTP server, it takes its port when constructed (OSError when it cannot) and
+    serves once started.
+    """
+
+    def __init__(self, relay: Relay, store: DeviceStore, settings: GatewaySettings | None = None) -> None:
+        self.relay = relay
+        self.store = store
+        self.settings = settings or GatewaySettings()
+        self._ssl = self.settings.ssl_context()
+        self._socket = listen(self.settings.host, self.settings.port)
+        self.port = self._socket.getsockname()[1]
+        self.started = time.time()
+        self.runs: OrderedDict[tuple[str, str], Run] = OrderedDict()
+        self.history: dict[str, deque] = {}
+        self.asked: dict[str, float] = {}  # device -> when its last answer asked for a confirmation
+        self.connected: dict[ServerConnection, str] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="openclaw")
+        self._closed = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    @classmethod
+    def from_config(cls, relay: Relay, config: dict, store: DeviceStore | None = None) -> Gateway | None:
+        """The gateway ``[openclaw]`` asks for, its port taken; None when ``enabled = false``.
+
+        A port already in use (another OpenClaw gateway, a second bridge) is logged and gives
+        None too: the bridge's HTTP side does not depend on it.
+        """
+        settings = GatewaySettings.from_config(config)
+        if not settings.enabled:
+            return None
+        try:
+            return cls(relay, store or DeviceStore(), settings)
+        except OSError as exc:
+            log.error("%s; the R1 cannot reach this bridge by voice. Set another [openclaw] port "
+                      "(or enabled = false).", exc.strerror)
+            return None
+
+    # -- life -------------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Serve on a thread and event loop of its own."""
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), name="openclaw", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"the R1 gateway did not start within {timeout:g} seconds")
+        if self._error:
+            raise self._error
+        log.info("R1 gateway listening on %s://%s:%d", "wss" if self.settings.tls else "ws",
+                 self.settings.host, self.port)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._closed.set()
+        if self._thread and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(timeout)
+        self._socket.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            server: Server = await serve(self._serve, sock=self._socket, ssl=self._ssl, max_size=MAX_FRAME)
+        except Exception as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        async with server:
+            await self._stop.wait()
+
+    # -- pairing ----------------------------------------------------------------------
+
+    def pairing_payload(self) -> dict:
+        """The pairing QR's content: LAN addresses, port, pairing token, ws or wss."""
+        return pairing_payload(self.store.pairing_token(), self.port, self.settings.tls,
+                               self.settings.advertise or None)
+
+    def pairing_svg(self) -> str:
+        return qr_svg(self.pairing_payload())
+
+    # -- one connection ---------------------------------------------------------------
+
+    async def _serve(self, ws: ServerConnection) -> None:
+        remote = "%s:%s" % ws.remote_address[:2] if ws.remote_address else "?"
+        await self._send(ws, event("connect.challenge", {"nonce": secrets.token_hex(16), "ts": now_ms()}))
+        ticker = self._spawn(self._tick(ws))
+        connect_by = time.monotonic() + CONNECT_TIMEOUT
+        try:
+            while True:
+                authenticated = ws in self.connected
+                try:
+                    raw = await (ws.recv() if authenticated else
+                                 asyncio.wait_for(ws.recv(), max(0.0, connect_by - time.monotonic())))
+                except TimeoutError:
+                    await ws.close(CLOSE_POLICY, "connect first")
+                    return
+                if not await self._handle(ws, raw, remote):
+                    return
+        except ConnectionClosed:
+            pass
+        finally:
+            ticker.cancel()
+            self.connected.pop(ws, None)
+
+    async def _handle(self, ws: ServerConnection, raw: str | bytes, remote: str) -> bool:
+        """Answer one frame; False when the connection was closed."""
+        try:
+            frame = read_frame(raw)
+            if frame["method"] == "connect":
+                return await self._connect(ws, frame, remote)
+            device_id = self.connected.get(ws)
+            if device_id is None:
+                return await self._refuse(ws, frame["id"], remote, "?", f"{frame['method']} before connect")
+            if not await self._blocking(self.store.is_active, device_id):
+                return await self._refuse(ws, frame["id"], remote, device_id, "the device was revoked")
+            answer = await self._request(ws, device_id, frame)
+            if answer is not None:
+                await self._send(ws, answer)
+        except FrameError as exc:
+            await self._send(ws, error(request_id_of(raw), exc.code, str(exc)))
+        except ConnectionClosed:
+            raise
+        except Exception:
+            log.exception("R1 gateway failed on a frame from %s", remote)
+            await self._send(ws, error(request_id_of(raw), "UNAVAILABLE", FAILED_SENTENCE))
+        return True
+
+    async def _connect(self, ws: ServerConnection, frame: dict, remote: str) -> bool:
+        params = frame["params"]
+        auth = _field(params, "auth", dict, {})
+        device = _field(params, "device", dict, {})
+        client = _field(params, "client", dict, {})
+        device_id = _short_id(device.get("id"), "params.device.id")
+        low, high = params.get("minProtocol", PROTOCOL), params.get("maxProtocol", PROTOCOL)
+        if isinstance(low, int) and isinstance(high, int) and not low <= PROTOCOL <= high:
+            raise FrameError(f"this gateway speaks protocol {PROTOCOL} only", "PROTOCOL_MISMATCH")
+        offered = [t for t in (auth.get("deviceToken"), auth.get("token")) if isinstance(t, str) and t]
+        token = None
+        for candidate in offered:
+            if await self._blocking(self.store.is_pairing_token, candidate):
+                token = await self._blocking(self.store.pair, device_id, str(client.get("displayName", ""))[:64],
+                                             str(client.get("platform", ""))[:32],
+                                             str(client.get("deviceFamily", ""))[:32])
+                log.info("R1 %s paired from %s", device_id, remote)
+                break
+            if await self._blocking(self.store.authenticate, device_id, candidate):
+                token = candidate
+                break
+        if token is None:
+            known = await self._blocking(self.store.get, device_id)
+            reason = "the device was revoked" if known and not known.active else \
+                "no token" if not offered else "the token is not valid"
+            return await self._refuse(ws, frame["id"], remote, device_id, reason)
+        self.connected[ws] = device_id
+        await self._send(ws, response(frame["id"], {
+            "type": "hello-ok", "protocol": PROTOCOL,
+            "server": {"name": "lamcontrol", "version": __version__},
+            "policy": {"tickIntervalMs": int(TICK_INTERVAL * 1000), "maxPayload": MAX_FRAME},
+            "auth": {"deviceToken": token, "role": ROLE, "scopes": SCOPES},
+            "presence": self._presence(), "health": self._health(),
+            "stateVersion": 1, "uptimeMs": int((time.time() - self.started) * 1000),
+        }))
+        return True
+
+    async def _refuse(self, ws: ServerConnection, request_id: Any, remote: str, device_id: str, reason: str) -> bool:
+        log.warning("R1 gateway refused %s from %s: %s", device_id, remote, reason)
+        await self._send(ws, error(request_id, "UNAUTHORIZED", f"not paired: {reason}; scan the pairing code again"))
+        self.connected.pop(ws, None)
+        await ws.close(CLOSE_POLICY, "unauthorized")
+        return False
+
+    async def _request(self, ws: ServerConnection, device_id: str, frame: dict) -> dict | None:
+        """The response to an authenticated request (None when already sent)."""
+        method, params, request_id = frame["method"], frame["params"], frame["id"]
+        if method == "chat.send":
+            await self._chat_send(ws, device_id, request_id, params)
+            return None
+        if method in ("health", "gateway.health"):
+            return response(request_id, self._health())
+        if method == "system-presence":
+            return response(request_id, {"entries": self._presence()})
+        if method in ("tools.catalog", "tools.effective"):
+            return response(request_id, {"tools": self._tools()})
+        if method == "chat.history":
+            session_key = _field(params, "sessionKey", str, "main")
+            limit = params.get("limit")
+            messages = list(self.history.get(device_id, ()))
+            if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0:
+                messages = messages[len(messages) - limit:] if limit else []
+            return response(request_id, {"sessionKey": session_key, "messages": messages})
+        return response(request_id, {"method": method})
+
+    # -- chat -------------------------------------------------------------------------
+
+    async def _chat_send(self, ws: ServerConnection, device_id: str, request_id: Any, params: dict) -> None:
+        """Acknowledge at once; the answer follows as a final chat event, even for a retry."""
+        message = _field(params, "message", str, required=True)
+        session_key = _short_id(_field(params, "sessionKey", str, "main"), "params.sessionKey")
+        key = _short_id(_field(params, "idempotencyKey", str, new_id()), "params.idempotencyKey")
+        run = self.runs.get((device_id, key))
+        if run is None:
+            run_id = new_id()
+            run = Run(run_id, self._spawn(self._answer(device_id, message, session_key, run_id)))
+            self.runs[(device_id, key)] = run
+            while len(self.runs) > KEEP_RUNS:
+                self.runs.popitem(last=False)
+        await self._send(ws, response(request_id, {"runId": run.id, "status": "started"}))
+        self._spawn(self._deliver(ws, run, session_key))
+
+    async def _deliver(self, ws: ServerConnection, run: Run, session_key: str) -> None:
+        sentence = await asyncio.shield(run.answer)
+        await self._send(ws, event("chat", {"runId": run.id, "sessionKey": session_key, "seq": 0, "state": "final",
+                                            "message": text_message("assistant", sentence)}))
+
+    async def _answer(self, device_id: str, text: str, session_key: str, run_id: str) -> str:
+        """The sentence the R1 speaks for one utterance."""
+        try:
+            sentence = await self._answer_text(device_id, text.strip(), {"device": device_id, "run": run_id,
+                                                                         "session": session_key})
+        except BrokerAway:
+            sentence = BROKER_AWAY_SENTENCE
+        except Exception:
+            log.exception("R1 gateway failed to answer %s", device_id)
+            sentence = FAILED_SENTENCE
+        history = self.history.setdefault(device_id, deque(maxlen=KEEP_HISTORY))
+        history.extend([text_message("user", text), text_message("assistant", sentence)])
+        return sentence
+
+    async def _answer_text(self, device_id: str, text: str, metadata: dict) -> str:
+        if not text:
+            return EMPTY_SENTENCE
+        source = voice_source(device_id)
+        answering_question = time.monotonic() - self.asked.pop(device_id, float("-inf")) < QUESTION_WINDOW
+        reply = await self._ask(text, source, metadata)
+        if reply is None:
+            return NO_REPLY_SENTENCE
+        if reply.status == "needs_confirmation":
+            self.asked[device_id] = time.monotonic()
+        elif reply.status == "ignored" and not answering_question and self._ai_online():
+            # Not a command: a question or chit-chat, for the ai capability to answer. (Right
+            # after a confirmation question, "ignored" is the answer to it: "no" cancelled.)
+            answer = await self._ask("ai " + text.replace("&&", "and"), source, metadata)
+            return answer.response if answer else NO_REPLY_SENTENCE
+        return reply.response
+
+    async def _ask(self, text: str, source: str, metadata: dict) -> Reply | None:
+        if not self.relay.bus.connected.is_set():
+            raise BrokerAway
+        exchange = self.relay.submit(text, source=source, metadata=metadata)
+        return await self._blocking(self._wait_reply, exchange.prompt.id)
+
+    def _wait_reply(self, prompt_id: str) -> Reply | None:
+        """The reply, waited for in slices so that stopping the gateway is not held up."""
+        deadline = time.monotonic() + self.settings.reply_timeout
+        while not self._closed.is_set() and time.monotonic() < deadline:
+            reply = self.relay.wait(prompt_id, min(0.5, max(0.0, deadline - time.monotonic())))
+            if reply is not None:
+                return reply
+        return None
+
+    def _ai_online(self) -> bool:
+        return any(agent.offers("ai", "ask") for agent in self.relay.online_agents())
+
+    # -- status -----------------------------------------------------------------------
+
+    def _health(self) -> dict:
+        coordinator = self.relay.coordinator.state if self.relay.coordinator else "unknown"
+        agents = sorted(agent.agent for agent in self.relay.online_agents())
+        ok = coordinator == "online"
+        return {"ok": ok, "status": "ok" if ok else "degraded", "coordinator": coordinator, "agents": agents}
+
+    def _presence(self) -> list[dict]:
+        return [{"deviceId": device_id, "roles": [ROLE], "scopes": SCOPES, "mode": "voice", "ts": now_ms()}
+                for device_id in sorted(set(self.connected.values()))]
+
+    def _tools(self) -> list[dict]:
+        offered: dict[str, list[str]] = {}
+        for agent in self.relay.online_agents():
+            for capability, actions in agent.capabilities.items():
+                for action in actions:
+                    offered.setdefault(f"{capability} {action}", []).append(agent.agent)
+        return [{"name": name, "description": f"LAMControl command `{name} ...`", "agents": sorted(agents)}
+                for name, agents in sorted(offered.items())]
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    async def _tick(self, ws: ServerConnection) -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            if ws in self.connected:
+                await self._send(ws, event("tick", {"ts": now_ms()}))
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task:
+        """A background task, referenced until it ends (the loop keeps only weak references)."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _send(self, ws: ServerConnection, frame: dict) -> None:
+        try:
+            await ws.send(json.dumps(frame, separators=(",", ":"), ensure_ascii=False))
+        except ConnectionClosed:
+            pass
+
+    async def _blocking(self, func: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
+

@@ -1,0 +1,164 @@
+"""Pages: the admin login and dashboard, its live stream, the R1 page and its install QR code."""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, redirect, render_template, request, session, url_for
+from markupsafe import Markup
+
+from .api import admin_session, client_address, csrf_ok
+from .app import bridge, json_error
+from .auth import new_csrf_token
+from .devices import DeviceStore, format_time
+from .pairing import qr_svg
+
+pages = Blueprint("pages", __name__)
+
+
+def csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = new_csrf_token()
+    return session["csrf"]
+
+
+@pages.app_context_processor
+def template_globals() -> dict:
+    settings = bridge().settings
+    return {"csrf_token": csrf_token, "title": settings.title, "theme_color": settings.theme_color}
+
+
+def login_required(view: Callable | None = None, *, page: bool = True) -> Callable:
+    """An admin session (and, for POST, its CSRF token); pages send strangers to the login form."""
+
+    def decorate(view: Callable) -> Callable:
+        @functools.wraps(view)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            if not admin_session():
+                if page and request.method == "GET":
+                    return redirect(url_for("pages.login", next=request.path))
+                return json_error("Log in first", 401)
+            if request.method == "POST" and not csrf_ok():
+                return json_error("Missing or wrong CSRF token; reload the page", 403)
+            return view(*args, **kwargs)
+
+        return guarded
+
+    return decorate(view) if view else decorate
+
+
+def local_path(target: str | None) -> str:
+    """Only same-site paths are followed after login (no open redirect)."""
+    if not target or not target.startswith("/") or target.startswith("//") or urlsplit(target).netloc:
+        return "/"
+    return target
+
+
+@pages.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    state = bridge()
+    if request.method == "GET":
+        return render_template("login.html", error="", next=local_path(request.args.get("next")))
+    client = client_address()
+    wait = state.limiter.retry_after(client)
+    if wait:
+        return json_error(f"Too many failed logins; try again in {wait} seconds", 429, **{"Retry-After": str(wait)})
+    if not csrf_ok():
+        return json_error("Missing or wrong CSRF token; reload the page", 403)
+    if not state.admin.verify(request.form.get("username", ""), request.form.get("password", "")):
+        state.limiter.fail(client)
+        return render_template("login.html", error="Wrong user name or password.",
+                               next=local_path(request.form.get("next"))), 401
+    session.clear()
+    session["admin"] = state.admin.fingerprint
+    session["csrf"] = new_csrf_token()
+    return redirect(local_path(request.form.get("next")))
+
+
+@pages.post("/logout")
+@login_required
+def logout() -> Any:
+    session.clear()
+    return redirect(url_for("pages.login"))
+
+
+@pages.get("/")
+@login_required
+def dashboard() -> str:
+    return render_template("dashboard.html")
+
+
+@pages.get("/events")
+@login_required(page=False)
+def events() -> Response:
+    """The live stream of the bus, as server-sent events.
+
+    Each open stream holds one of waitress's threads, so at most half of them may stream;
+    the rest stay free for the API.
+    """
+    state = bridge()
+    if state.hub.subscribers >= max(1, state.settings.threads // 2):
+        return json_error("Too many live streams are open; close a dashboard tab", 503)
+
+    def counted():
+        state.metrics.stream_clients.inc()
+        try:
+            yield from state.hub.stream(state.settings.stream_max_age)
+        finally:
+            state.metrics.stream_clients.dec()
+
+    return Response(counted(), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@pages.get("/r1")
+def r1() -> str:
+    """The page the R1 loads as a creation; it talks to the API with the token it keeps."""
+    return render_template("r1.html", max_wait=min(bridge().settings.max_wait, 20))
+
+
+def public_base() -> str:
+    configured = bridge().settings.public_url.rstrip("/")
+    return configured or request.host_url.rstrip("/")
+
+
+def creation_qr(token: str = "") -> tuple[Markup, dict]:
+    """The QR code an R1 scans to install the page, as inline SVG, and the JSON it encodes."""
+    settings = bridge().settings
+    base = public_base()
+    creation = {"title": settings.title, "url": f"{base}/r1" + (f"#token={token}" if token else ""),
+                "description": "Say what your computers should do.", "iconUrl": f"{base}/static/icon.png",
+                "themeColor": settings.theme_color}
+    return Markup(qr_svg(creation)), creation
+
+
+@pages.route("/r1/install", methods=["GET", "POST"])
+@login_required
+def r1_install() -> str:
+    """GET: the plain install code. POST: pair a device: a new token, carried in the URL fragment."""
+    token = ""
+    if request.method == "POST":
+        token = bridge().tokens.create(f"r1-{time.strftime('%Y%m%d-%H%M%S')}")
+    svg, creation = creation_qr(token)
+    return render_template("install.html", qr=svg, creation=creation, paired=bool(token),
+                           insecure=not creation["url"].startswith("https://"))
+
+
+@pages.route("/r1/pair", methods=["GET", "POST"])
+@login_required
+def r1_pair() -> Any:
+    """The pairing code for the R1's voice (OpenClaw) and the paired R1s; POST revokes one or makes a new code."""
+    gateway = bridge().gateway
+    store = gateway.store if gateway else DeviceStore()
+    if request.method == "POST":
+        if request.form.get("revoke"):
+            store.revoke(request.form["revoke"])
+        elif request.form.get("new_code"):
+            store.rotate_pairing_token()
+        return redirect(url_for("pages.r1_pair"))
+    payload = gateway.pairing_payload() if gateway else None
+    return render_template("pair.html", payload=payload, qr=Markup(qr_svg(payload)) if payload else "",
+                           devices=store.devices(), format_time=format_time)

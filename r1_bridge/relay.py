@@ -1,0 +1,105 @@
+"""The bridge's MQTT side: publish prompts, wait for their replies, watch the bus.
+
+The bridge is a thin client. It never parses or routes: it publishes to ``lam/prompts``
+and listens on ``lam/replies/+``; it keeps agents' retained presence for the health and
+workers endpoints, and hands every message to watchers (the dashboard's live stream).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+from paho.mqtt.client import topic_matches_sub
+
+from lamcontrol.bus import BrokerSettings, Bus
+from lamcontrol.protocol import Presence, Prompt, Reply, parse
+
+Watcher = Callable[[str, bytes], None]
+
+
+@dataclass
+class Exchange:
+    """A prompt the bridge relayed, and its reply once it comes."""
+
+    prompt: Prompt
+    submitted: float = field(default_factory=time.time)
+    reply: Reply | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Relay:
+    """Prompts out, replies in, presence kept; the last ``keep`` exchanges are remembered."""
+
+    def __init__(self, settings: BrokerSettings, component: str = "bridge", keep: int = 1000) -> None:
+        # An observer of other components' messages: bad ones are theirs to report, not ours.
+        self.bus = Bus(settings, component=component, report=False)
+        self.topics = self.bus.topics
+        self.keep = keep
+        self.exchanges: OrderedDict[str, Exchange] = OrderedDict()
+        self.agents: dict[str, Presence] = {}
+        self.coordinator: Presence | None = None
+        self.watchers: list[Watcher] = []
+        self.started = time.time()
+        self._lock = threading.Lock()
+        self.bus.on(self.topics.all, self._on_message)
+
+    def start(self, timeout: float | None = None) -> None:
+        self.bus.start(timeout)
+
+    def stop(self) -> None:
+        self.bus.stop()
+
+    def submit(self, text: str, source: str = "http", metadata: dict | None = None) -> Exchange:
+        """Publish a prompt; its reply will land in the returned exchange."""
+        return self.send(Prompt(prompt=text, source=source, metadata=metadata or {}))
+
+    def send(self, prompt: Prompt) -> Exchange:
+        """Publish a ready-made prompt (one whose id the client chose, say)."""
+        exchange = Exchange(prompt)
+        with self._lock:
+            self.exchanges[exchange.prompt.id] = exchange
+            while len(self.exchanges) > self.keep:
+                self.exchanges.popitem(last=False)
+        self.bus.publish(exchange.prompt)
+        return exchange
+
+    def wait(self, prompt_id: str, timeout: float) -> Reply | None:
+        exchange = self.exchanges.get(prompt_id)
+        if exchange is None:
+            return None
+        exchange.done.wait(timeout)
+        return exchange.reply
+
+    def find_task(self, task_id: str) -> tuple[Exchange, dict] | None:
+        """The exchange whose reply lists this task, and the task's summary."""
+        with self._lock:
+            for exchange in reversed(self.exchanges.values()):
+                for task in exchange.reply.tasks if exchange.reply else ():
+                    if task.get("task_id") == task_id:
+                        return exchange, task
+        return None
+
+    def online_agents(self) -> list[Presence]:
+        return [p for p in self.agents.values() if p.state == "online"]
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        for watcher in list(self.watchers):
+            watcher(topic, payload)
+        if topic.startswith(self.topics.reply("")):
+            reply = parse(Reply, payload, self.bus.settings.max_payload)
+            exchange = self.exchanges.get(reply.prompt_id)
+            if exchange is not None:
+                exchange.reply = reply
+                exchange.done.set()
+        elif topic == self.topics.coordinator_status and payload:
+            self.coordinator = parse(Presence, payload)
+        elif topic_matches_sub(self.topics.all_agent_statuses, topic):
+            agent_id = self.topics.agent_of(topic)
+            if payload:
+                self.agents[agent_id] = parse(Presence, payload)
+            else:
+                self.agents.pop(agent_id, None)

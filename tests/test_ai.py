@@ -1,0 +1,133 @@
+"""The ai capability against the local Groq stand-in, with the real SDK."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.ai import SYSTEM_PROMPT, Ai, speakable
+from agents.capability import TaskFailed, Unavailable
+from stubs.groq_server import GroqStub, rate_limited, retired, server_error, slow
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True)
+def no_real_key(monkeypatch, tmp_path):
+    for name in ("GROQ_API_KEY", "GROQ_BASE_URL", "LAM_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no user config file
+
+
+@pytest.fixture
+def stub():
+    with GroqStub("Paris is the capital of France.") as server:
+        yield server
+
+
+def ai_for(stub, **settings) -> Ai:
+    ai = Ai({"api_key": "test-key", "base_url": stub.url, "max_retries": 0, "timeout": 5.0, **settings})
+    ai.check()
+    ai.start()
+    return ai
+
+
+def test_answer_is_the_outcome(stub):
+    outcome = ai_for(stub).run("ask", {"prompt": "what is the capital of france"})
+    assert outcome.message == "Paris is the capital of France."
+    assert outcome.data == {"answer": "Paris is the capital of France.", "model": "openai/gpt-oss-20b"}
+    call = stub.calls[-1]
+    assert call["messages"] == [{"role": "system", "content": SYSTEM_PROMPT},
+                                {"role": "user", "content": "what is the capital of france"}]
+    assert call["model"] == "openai/gpt-oss-20b" and stub.requests[-1].headers["Authorization"] == "Bearer test-key"
+
+
+def test_code_and_markup_are_not_spoken_and_never_run(stub, tmp_path):
+    marker = tmp_path / "ran"
+    stub.answer = f"**Sure.** Run this:\n```bash\ntouch {marker}\n```\n- It creates a file."
+    outcome = ai_for(stub).run("ask", {"prompt": "make a file"})
+    assert outcome.message == "Sure. Run this: It creates a file."
+    assert "touch" in outcome.data["answer"] and not marker.exists()
+
+
+def test_only_code_is_a_failure(stub):
+    stub.answer = "```python\nimport os\nos.system('reboot')\n```"
+    with pytest.raises(TaskFailed, match="only code"):
+        ai_for(stub).run("ask", {"prompt": "reboot it with python"})
+
+
+def test_long_answers_are_cut_at_a_sentence(stub):
+    stub.answer = "First sentence here. " * 40
+    outcome = ai_for(stub, max_chars=100).run("ask", {"prompt": "talk"})
+    assert len(outcome.message) <= 100 and outcome.message.endswith(".")
+    assert len(outcome.data["answer"]) > 500
+
+
+@pytest.mark.parametrize("reply, why", [
+    (rate_limited(20), "rate-limiting"),
+    (server_error(503), "server error"),
+    (retired("llama-3.3-70b-versatile"), "no longer serves the model"),
+])
+def test_groq_failures_are_sentences(stub, reply, why):
+    stub.then(reply)
+    with pytest.raises(TaskFailed, match=why):
+        ai_for(stub, model="llama-3.3-70b-versatile").run("ask", {"prompt": "hi"})
+
+
+def test_timeout_is_a_sentence(stub):
+    stub.then(slow(30, "too late"))
+    with pytest.raises(TaskFailed, match="timed out"):
+        ai_for(stub, timeout=0.5).run("ask", {"prompt": "hi"})
+
+
+@pytest.mark.parametrize("args", [{}, {"prompt": ""}, {"prompt": 42}])
+def test_bad_args(stub, args):
+    with pytest.raises(TaskFailed, match="missing its prompt"):
+        ai_for(stub).run("ask", args)
+    assert stub.calls == []
+
+
+def test_too_long_prompt(stub):
+    with pytest.raises(TaskFailed, match="too long"):
+        ai_for(stub).run("ask", {"prompt": "a" * 5000})
+
+
+def test_no_key_is_unavailable_with_what_to_set():
+    with pytest.raises(Unavailable, match="GROQ_API_KEY"):
+        Ai({}).check()
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="unknown keys"):
+        Ai({"temperature": 2})
+    with pytest.raises(Unavailable, match="timeout"):
+        Ai({"api_key": "k", "timeout": -1.0}).check()
+
+
+def test_groq_section_is_shared_and_overridden(stub, tmp_path, monkeypatch):
+    config = tmp_path / "lam.toml"
+    config.write_text(f'[groq]\napi_key = "shared-key"\nbase_url = "{stub.url}"\nmodel = "openai/gpt-oss-120b"\n')
+    monkeypatch.setenv("LAM_CONFIG", str(config))
+    Ai({}).run("ask", {"prompt": "hi"})
+    assert stub.calls[-1]["model"] == "openai/gpt-oss-120b"
+    assert stub.requests[-1].headers["Authorization"] == "Bearer shared-key"
+    Ai({"model": "openai/gpt-oss-20b"}).run("ask", {"prompt": "hi"})
+    assert stub.calls[-1]["model"] == "openai/gpt-oss-20b"
+
+
+def test_speakable():
+    assert speakable("# Title\n\n* one\n* two", 100) == "Title one two"
+    assert speakable("word " * 50, 30).endswith("...")
+
+
+def test_end_to_end_question_answered_without_the_parser_llm(lam):
+    """The coordinator's Groq is down, so the prompt is understood offline; the ai agent answers."""
+    with GroqStub() as parser_groq, GroqStub("Two plus two is four.") as ai_groq:
+        parser_groq.answer = lambda body: server_error(503)
+        lam.coordinator(f'[groq]\napi_key = "k"\nbase_url = "{parser_groq.url}"\nmax_retries = 0\n',
+                        env={"GROQ_API_KEY": ""})
+        lam.agent("brain", "ai", extra_config=f'[capabilities.ai]\napi_key = "k"\nbase_url = "{ai_groq.url}"\n',
+                  env={"GROQ_API_KEY": ""})
+        reply = lam.send("ask the ai what is two plus two", source="r1")
+        assert reply.status == "succeeded", reply
+        assert "Two plus two is four." in reply.response and "without the LLM" in reply.response
+        assert ai_groq.calls[-1]["messages"][-1]["content"] == "what is two plus two"

@@ -1,0 +1,417 @@
+"""The R1 bridge over real HTTP: waitress, a real broker, coordinator and echo agent.
+
+Every response is checked against the OpenAPI description the bridge serves.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from bridgekit import (NO_VOICE_GATEWAY, PASSWORD, bridge, broker, dump, openapi,  # noqa: F401 (fixtures)
+                       self_signed_certificate, start_bridge, system)
+from helpers import ROOT, free_port, wait_for_port, wait_until
+from lamcontrol.cli import main as lam_main
+from lamcontrol.protocol import Prompt
+
+
+def post_prompt(bridge, body, token=None, **kwargs):
+    return bridge.session(token).post(f"{bridge.url}/api/prompt", json=body, timeout=30, **kwargs)
+
+
+# -- the prompt round trip ---------------------------------------------------------------
+
+def test_prompt_with_wait_answers_with_the_agents_sentence(bridge, openapi):
+    answer = openapi.check(post_prompt(bridge, {"prompt": "echo hello there", "source": "r1", "metadata": {"k": 1},
+                                                "wait": 10}), "/api/prompt", "post")
+    assert answer["status"] == "completed"
+    assert answer["response"] == "hello there"
+    assert answer["result"]["status"] == "succeeded" and answer["result"]["success"] is True
+    [task] = answer["result"]["tasks"]
+    assert task["agent"] == "a1" and task["command"] == "echo hello there"
+
+    status = openapi.check(bridge.session().get(f"{bridge.url}/api/prompt/{answer['id']}/status", timeout=10),
+                           "/api/prompt/{id}/status")
+    assert status["status"] == "completed" and status["response"] == "hello there"
+
+    done = openapi.check(bridge.session().get(f"{bridge.url}/api/task/{task['task_id']}/status", timeout=10),
+                         "/api/task/{id}/status")
+    assert done["status"] == "completed" and done["success"] is True
+    assert done["worker_id"] == "a1" and done["message"] == "hello there" and done["output"] == {"text": "hello there"}
+    assert done["prompt_id"] == answer["id"]
+
+
+def test_prompt_without_wait_is_pending_then_completed(bridge, system, openapi):
+    answer = openapi.check(post_prompt(bridge, {"prompt": "echo sleep 1 rested"}), "/api/prompt", "post")
+    assert answer["status"] == "pending" and answer["response"] is None
+    published = system.recorder.wait_for(Prompt, system.topics.prompts, lambda p: p.id == answer["id"])
+    assert published.prompt == "echo sleep 1 rested" and published.source == "r1"
+
+    task = wait_until(lambda: next((json.loads(p) for t, p in system.recorder.on(system.topics.task("echo"))
+                                    if json.loads(p)["prompt_id"] == answer["id"]), None), 20, "the task")
+    running = openapi.check(bridge.session().get(f"{bridge.url}/api/task/{task['task_id']}/status", timeout=10),
+                            "/api/task/{id}/status")
+    assert running["status"] == "pending" and running["state"] in ("dispatched", "accepted")
+
+    final = openapi.check(bridge.session().get(f"{bridge.url}/api/prompt/{answer['id']}/status",
+                                               params={"wait": 10}, timeout=30), "/api/prompt/{id}/status")
+    assert final["status"] == "completed" and final["response"] == "rested"
+
+
+def test_failed_command_completes_with_its_sentence(bridge, openapi):
+    answer = openapi.check(post_prompt(bridge, {"prompt": "echo fail the disk is full", "wait": 10}),
+                           "/api/prompt", "post")
+    assert answer["status"] == "completed"
+    assert answer["result"]["status"] == "failed" and answer["result"]["success"] is False
+    assert "the disk is full" in answer["response"]
+
+
+def test_wait_is_capped_by_the_configured_maximum(start_bridge, openapi):
+    short = start_bridge(max_wait=0.5)
+    answer = openapi.check(post_prompt(short, {"prompt": "echo sleep 3", "wait": 3600}), "/api/prompt", "post")
+    assert answer["status"] == "pending"
+
+
+def test_a_retried_prompt_id_runs_once(bridge, system, openapi):
+    body = {"prompt": "echo only once", "id": "client-chosen-1", "wait": 10}
+    first = openapi.check(post_prompt(bridge, body), "/api/prompt", "post")
+    again = openapi.check(post_prompt(bridge, body), "/api/prompt", "post")
+    assert first["id"] == again["id"] == "client-chosen-1" and again["response"] == "only once"
+    time.sleep(0.5)  # let any duplicate reach the recorder before counting
+    assert len([p for p in system.recorder.parsed(Prompt, system.topics.prompts) if p.id == "client-chosen-1"]) == 1
+
+
+# -- health, workers, metrics ------------------------------------------------------------
+
+def test_health_is_open_and_reports_the_bus(bridge, openapi):
+    health = openapi.check(requests.get(f"{bridge.url}/api/health", timeout=10), "/api/health")
+    assert health["status"] == "healthy" and health["broker"] == "connected" and health["coordinator"] == "online"
+    assert health["online_workers"] >= 1 and health["stats"]["active_workers"] >= 1
+    assert re.match(r"\d+\.\d+", health["version"])
+
+
+def test_workers_lists_agents_from_retained_presence(bridge, system, openapi):
+    system.agent("w2")
+    workers = openapi.check(bridge.session().get(f"{bridge.url}/api/workers", timeout=10), "/api/workers")
+    by_id = {w["worker_id"]: w for w in workers["workers"]}
+    assert by_id["a1"]["status"] == "online" and by_id["a1"]["capabilities"] == ["echo"]
+    assert "say" in by_id["a1"]["actions"]["echo"]
+    wait_until(lambda: "w2" in {w["worker_id"] for w in bridge.session().get(
+        f"{bridge.url}/api/workers", timeout=10).json()["workers"]}, 10, "w2 listed")
+    system.processes[-1].stop()
+    wait_until(lambda: {w["worker_id"]: w["status"] for w in bridge.session().get(
+        f"{bridge.url}/api/workers", timeout=10).json()["workers"]}.get("w2") == "offline", 15, "w2 offline")
+
+
+def test_metrics_need_a_token_and_count_round_trips(bridge):
+    post_prompt(bridge, {"prompt": "echo measured", "wait": 10})
+    assert requests.get(f"{bridge.url}/metrics", timeout=10).status_code == 401
+    text = bridge.session().get(f"{bridge.url}/metrics", timeout=10).text
+    assert re.search(r'lam_bridge_requests_total\{endpoint="/api/prompt",method="POST",status="200"\} [1-9]', text)
+    count = re.search(r"lam_bridge_prompt_round_trip_seconds_count ([0-9.]+)", text)
+    assert count and float(count.group(1)) >= 1
+
+
+def test_metrics_on_a_port_of_their_own(start_bridge):
+    port = free_port()
+    separate = start_bridge(metrics_listen=f"127.0.0.1:{port}")
+    assert "lam_bridge_requests_total" in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert requests.get(f"{separate.url}/metrics", timeout=10).status_code == 404
+
+
+# -- every way to get it wrong -------------------------------------------------------------
+
+BAD_PROMPTS = [
+    ({"data": "not json", "headers": {"Content-Type": "text/plain"}}, 400, "JSON"),
+    ({"data": "{broken", "headers": {"Content-Type": "application/json"}}, 400, "JSON"),
+    ({"json": ["echo hi"]}, 400, "object"),
+    ({"json": {}}, 400, "No prompt"),
+    ({"json": {"prompt": "   "}}, 400, "No prompt"),
+    ({"json": {"prompt": 42}}, 400, "No prompt"),
+    ({"json": {"prompt": "x" * 2001}}, 400, "longer"),
+    ({"json": {"prompt": "echo hi", "source": 7}}, 400, "source"),
+    ({"json": {"prompt": "echo hi", "source": "s" * 65}}, 400, "source"),
+    ({"json": {"prompt": "echo hi", "metadata": ["a"]}}, 400, "metadata"),
+    ({"json": {"prompt": "echo hi", "wait": -1}}, 400, "wait"),
+    ({"json": {"prompt": "echo hi", "wait": "soon"}}, 400, "wait"),
+    ({"json": {"prompt": "echo hi", "wait": True}}, 400, "wait"),
+    ({"json": {"prompt": "echo hi", "id": "a/b"}}, 400, "id"),
+    ({"json": {"prompt": "echo hi", "id": 5}}, 400, "id"),
+    ({"data": json.dumps({"prompt": "x" * 100_000}), "headers": {"Content-Type": "application/json"}}, 413, "too large"),
+]
+
+
+@pytest.mark.parametrize("request_kwargs,status,words", BAD_PROMPTS)
+def test_bad_prompts_get_a_json_error(bridge, openapi, request_kwargs, status, words):
+    response = bridge.session().post(f"{bridge.url}/api/prompt", timeout=10, **request_kwargs)
+    assert response.status_code == status, dump(response)
+    assert words.lower() in openapi.check(response, "/api/prompt", "post")["error"].lower()
+
+
+@pytest.mark.parametrize("method,path,status", [
+    ("get", "/api/prompt/nosuchprompt/status", 404),
+    ("get", "/api/prompt/nosuchprompt/status?wait=abc", 400),
+    ("get", "/api/task/nosuchtask/status", 404),
+    ("get", "/api/nothing", 404),
+    ("get", "/api/prompt", 405),
+    ("delete", "/api/workers", 405),
+])
+def test_unknown_ids_and_paths_get_a_json_error(bridge, method, path, status):
+    response = getattr(bridge.session(), method)(f"{bridge.url}{path}", timeout=10)
+    assert response.status_code == status, dump(response)
+    assert response.headers["Content-Type"] == "application/json" and response.json()["error"]
+
+
+@pytest.mark.parametrize("path,method", [("/api/prompt", "post"), ("/api/prompt/x/status", "get"),
+                                         ("/api/task/x/status", "get"), ("/api/workers", "get")])
+def test_api_needs_a_token(bridge, openapi, path, method):
+    response = getattr(requests, method)(f"{bridge.url}{path}", json={"prompt": "echo hi"}, timeout=10)
+    assert response.status_code == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
+    spec_path = path.replace("/x/", "/{id}/")
+    assert "token" in openapi.check(response, spec_path, method)["error"].lower()
+
+
+def test_token_guesses_are_rate_limited(start_bridge, openapi):
+    guarded = start_bridge(login_attempts=3, login_window=60.0)
+    for _ in range(3):
+        response = post_prompt(guarded, {"prompt": "echo hi"}, token="guess")
+        assert openapi.check(response, "/api/prompt", "post")["error"] == "Invalid token"
+    blocked = post_prompt(guarded, {"prompt": "echo hi"})  # even the right token waits now
+    assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
+    assert "too many" in openapi.check(blocked, "/api/prompt", "post")["error"].lower()
+
+
+def test_revoked_tokens_stop_working_at_once(bridge):
+    extra = bridge.bridge.tokens.create("temporary")
+    assert post_prompt(bridge, {"prompt": "echo hi"}, token=extra).status_code == 200
+    [entry] = [t for t in bridge.bridge.tokens.list() if t["name"] == "temporary"]
+    assert bridge.bridge.tokens.revoke(entry["id"])
+    assert post_prompt(bridge, {"prompt": "echo hi"}, token=extra).status_code == 401
+    stored = (bridge.state / "tokens.json").read_text()
+    assert extra not in stored and bridge.token not in stored  # only hashes on disk
+
+
+def test_cors_is_off_unless_configured(bridge, start_bridge):
+    origin = {"Origin": "https://creation.example"}
+    closed = bridge.session().get(f"{bridge.url}/api/workers", headers=origin, timeout=10)
+    assert closed.status_code == 200 and "Access-Control-Allow-Origin" not in closed.headers
+    opened = start_bridge(cors_origins=["https://creation.example"])
+    preflight = requests.options(f"{opened.url}/api/prompt", timeout=10, headers={
+        **origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"})
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://creation.example"
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    other = opened.session().get(f"{opened.url}/api/workers", headers={"Origin": "https://evil.example"}, timeout=10)
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_without_a_broker_health_says_so_and_prompts_are_refused(start_bridge, openapi):
+    lonely = start_bridge(broker_url=f"mqtt://127.0.0.1:{free_port()}")
+    health = openapi.check(requests.get(f"{lonely.url}/api/health", timeout=10), "/api/health")
+    assert health["status"] == "unhealthy" and health["broker"] == "disconnected"
+    refused = post_prompt(lonely, {"prompt": "echo hi"})
+    assert refused.status_code == 503 and "broker" in openapi.check(refused, "/api/prompt", "post")["error"]
+
+
+# -- dashboard login, CSRF, live stream --------------------------------------------------------
+
+def csrf_from(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def logged_in(bridge) -> tuple[requests.Session, str]:
+    browser = requests.Session()
+    csrf = csrf_from(browser.get(f"{bridge.url}/login", timeout=10).text)
+    response = browser.post(f"{bridge.url}/login", data={"csrf_token": csrf, "username": "admin",
+                                                         "password": PASSWORD}, allow_redirects=False, timeout=10)
+    assert response.status_code == 302, dump(response)
+    page = browser.get(f"{bridge.url}/", timeout=10)
+    return browser, re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)
+
+
+def test_dashboard_needs_a_login_with_csrf(bridge):
+    browser = requests.Session()
+    assert browser.get(f"{bridge.url}/", allow_redirects=False, timeout=10).headers["Location"].startswith("/login")
+    csrf = csrf_from(browser.get(f"{bridge.url}/login", timeout=10).text)
+    forged = browser.post(f"{bridge.url}/login", data={"username": "admin", "password": PASSWORD}, timeout=10)
+    assert forged.status_code == 403 and "CSRF" in forged.json()["error"]
+    wrong = browser.post(f"{bridge.url}/login", data={"csrf_token": csrf, "username": "admin", "password": "nope"},
+                         timeout=10)
+    assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
+    cookie = next(c for c in browser.cookies if c.name == "lam_session")
+    assert cookie.has_nonstandard_attr("HttpOnly")
+
+
+def test_dashboard_session_uses_the_api_only_with_its_csrf_token(bridge):
+    browser, csrf = logged_in(bridge)
+    assert browser.get(f"{bridge.url}/api/workers", timeout=10).status_code == 401
+    workers = browser.get(f"{bridge.url}/api/workers", headers={"X-CSRF-Token": csrf}, timeout=10)
+    assert workers.status_code == 200 and workers.json()["online_workers"] >= 1
+    reply = browser.post(f"{bridge.url}/api/prompt", json={"prompt": "echo from the dashboard", "wait": 10},
+                         headers={"X-CSRF-Token": csrf}, timeout=30)
+    assert reply.json()["response"] == "from the dashboard"
+
+
+def test_failed_logins_are_rate_limited(start_bridge):
+    guarded = start_bridge(login_attempts=2, login_window=60.0)
+    browser = requests.Session()
+    csrf = csrf_from(browser.get(f"{guarded.url}/login", timeout=10).text)
+    attempt = {"csrf_token": csrf, "username": "admin", "password": "guess"}
+    assert [browser.post(f"{guarded.url}/login", data=attempt, timeout=10).status_code for _ in range(3)] == [401, 401, 429]
+    right = browser.post(f"{guarded.url}/login", data={**attempt, "password": PASSWORD}, timeout=10)
+    assert right.status_code == 429 and "Too many" in right.json()["error"]
+
+
+def test_a_new_password_logs_sessions_out(start_bridge):
+    own = start_bridge()
+    browser, csrf = logged_in(own)
+    assert browser.get(f"{own.url}/api/workers", headers={"X-CSRF-Token": csrf}, timeout=10).status_code == 200
+    own.bridge.admin.set("another long password")
+    assert browser.get(f"{own.url}/api/workers", headers={"X-CSRF-Token": csrf}, timeout=10).status_code == 401
+
+
+def test_live_stream_carries_prompts_tasks_and_replies(bridge):
+    browser, csrf = logged_in(bridge)
+    assert requests.get(f"{bridge.url}/events", timeout=10).status_code == 401
+    seen: list[dict] = []
+    with browser.get(f"{bridge.url}/events", stream=True, timeout=30) as stream:
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        post_prompt(bridge, {"prompt": "echo streamed words", "wait": 10})
+        for line in stream.iter_lines(decode_unicode=True):
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+            if any(e["kind"] == "reply" and "streamed words" in e["text"] for e in seen):
+                break
+    kinds = [e["kind"] for e in seen if "streamed" in e["text"] or e["kind"] in ("task", "result")]
+    assert {"prompt", "task", "result", "reply"} <= set(kinds)
+
+
+def test_live_streams_leave_threads_for_the_api(start_bridge):
+    small = start_bridge(threads=4)
+    browser, _ = logged_in(small)
+    streams = [browser.get(f"{small.url}/events", stream=True, timeout=30) for _ in range(2)]
+    try:
+        assert all(s.status_code == 200 for s in streams)
+        wait_until(lambda: small.bridge.hub.subscribers == 2, 10, "two streams")
+        third = browser.get(f"{small.url}/events", timeout=10)
+        assert third.status_code == 503 and "Too many live streams" in third.json()["error"]
+        assert post_prompt(small, {"prompt": "echo still served", "wait": 10}).json()["response"] == "still served"
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def test_install_page_pairs_an_r1_with_a_new_token(bridge):
+    browser, _ = logged_in(bridge)
+    page = browser.get(f"{bridge.url}/r1/install", timeout=10).text
+    assert "<svg" in page and "#token=" not in page
+    paired = browser.post(f"{bridge.url}/r1/install", data={"csrf_token": csrf_from(page)}, timeout=10).text
+    creation = json.loads(re.search(r'<pre id="creation">(.*?)</pre>', paired, re.S).group(1).replace("&#34;", '"'))
+    assert set(creation) == {"title", "url", "description", "iconUrl", "themeColor"}
+    token = creation["url"].split("#token=")[1]
+    assert creation["url"].startswith(f"{bridge.url}/r1#")
+    assert requests.get(creation["iconUrl"], timeout=10).headers["Content-Type"] == "image/png"
+    assert post_prompt(bridge, {"prompt": "echo paired", "wait": 10}, token=token).json()["response"] == "paired"
+
+
+# -- HTTPS ---------------------------------------------------------------------------------
+
+def test_https_with_a_certificate(start_bridge, tmp_path, openapi):
+    cert, key = self_signed_certificate(tmp_path)
+    secure = start_bridge(cert_file=cert, key_file=key)
+    assert secure.url.startswith("https://")
+    answer = openapi.check(post_prompt(secure, {"prompt": "echo over tls", "wait": 10}, verify=cert),
+                           "/api/prompt", "post")
+    assert answer["response"] == "over tls"
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{secure.url}/api/health", timeout=10)  # an unknown certificate is refused
+    spec = requests.get(f"{secure.url}/api/openapi.json", verify=cert, timeout=10)  # several TLS records
+    assert spec.json() == openapi.spec
+    login = requests.get(f"{secure.url}/login", verify=cert, timeout=10)
+    assert "Secure" in login.headers["Set-Cookie"]
+    # the rate limit sees the client's address, not the TLS front's loopback hop
+    assert secure.bridge.limiter.retry_after("127.0.0.1") == 0
+
+
+# -- lam send --http ---------------------------------------------------------------------------
+
+def test_lam_send_http_fails_over_when_a_bridge_stops(start_bridge, capsys):
+    first, second = start_bridge(), start_bridge()
+    second.bridge.tokens.file.write(first.bridge.tokens.file.read())  # one token for both
+    args = ["send", "--http", first.url, "--http", second.url, "--token", first.token, "--timeout", "15"]
+    assert lam_main([*args, "echo via the first"]) == 0
+    assert capsys.readouterr().out.strip() == "via the first"
+    first.stop()
+    assert lam_main([*args, "echo via the second"]) == 0
+    assert capsys.readouterr().out.strip() == "via the second"
+    assert any(e.prompt.prompt == "echo via the second" for e in second.service.relay.exchanges.values())
+
+    assert lam_main(["bridges", "--http", first.url, "--http", second.url]) == 1
+    table = capsys.readouterr().out
+    assert re.search(rf"{re.escape(first.url)}\s+unreachable", table)
+    assert re.search(rf"{re.escape(second.url)}\s+healthy\s+connected\s+online", table)
+
+
+def test_lam_send_http_reports_refusals(bridge, capsys, monkeypatch):
+    monkeypatch.delenv("LAM_TOKEN", raising=False)
+    assert lam_main(["send", "--http", bridge.url, "echo hi"]) == 2
+    assert "token" in capsys.readouterr().err
+    monkeypatch.setenv("LAM_TOKEN", "wrong")
+    assert lam_main(["send", "--http", bridge.url, "echo hi"]) == 1
+    assert "Invalid token" in capsys.readouterr().err
+    assert lam_main(["send", "--http", f"http://127.0.0.1:{free_port()}", "echo hi"]) == 2
+    assert "no bridge took the prompt" in capsys.readouterr().err
+
+
+# -- the lam-bridge command ------------------------------------------------------------------
+
+def test_lam_bridge_first_run_tokens_and_password(system, broker, tmp_path):
+    env = {"LAM_STATE_DIR": str(tmp_path / "state")}
+    port = free_port()
+    config = str(system.config("bridge-main", NO_VOICE_GATEWAY))
+    argv = [sys.executable, "-m", "r1_bridge.main", "--config", config, "--listen", f"127.0.0.1:{port}"]
+
+    def run(*extra: str, stdin: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([*argv, *extra], input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=60,
+                              env={**__import__("os").environ, **env})
+
+    process = system.start("bridge-main", "r1_bridge.main", "--config", config, "--listen", f"127.0.0.1:{port}",
+                           env=env)
+    wait_until(lambda: "API token" in process.log(), 20, f"first-run output\n{process.log()}")
+    wait_for_port(port)
+    log = process.log()
+    assert f"http://127.0.0.1:{port}" in log
+    token = re.search(r"API token:\s+(\S+)", log).group(1)
+    password = re.search(r"admin login: admin / (\S+)", log).group(1)
+    url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {token}"}
+    assert requests.post(f"{url}/api/prompt", json={"prompt": "echo up", "wait": 10}, headers=headers,
+                         timeout=30).json()["response"] == "up"
+    assert password not in (tmp_path / "state" / "bridge-admin.json").read_text()
+
+    created = run("token", "create", "--name", "laptop")
+    new_token = created.stdout.strip()
+    assert created.returncode == 0 and len(new_token) > 30
+    assert requests.get(f"{url}/api/workers", headers={"Authorization": f"Bearer {new_token}"}, timeout=10).ok
+    listing = run("token", "list").stdout
+    assert "laptop" in listing and "first" in listing and new_token not in listing
+    assert run("token", "revoke", "laptop").returncode == 0
+    assert requests.get(f"{url}/api/workers", headers={"Authorization": f"Bearer {new_token}"},
+                        timeout=10).status_code == 401
+    assert run("token", "revoke", "laptop").returncode == 1
+    assert run("passwd", "--password-stdin", stdin="short\n").returncode == 1
+    assert run("passwd", "--password-stdin", stdin="a much better password\n").returncode == 0
+
+    assert process.stop() == 0
+    again = system.start("bridge-again", "r1_bridge.main", "--config", config, "--listen", f"127.0.0.1:{port}",
+                         env=env)
+    wait_for_port(port)
+    wait_until(lambda: "LAMControl bridge on" in again.log(), 20, "second start")
+    assert "API token" not in again.log() and "admin login" not in again.log()
+    taken = run()  # the port is in use: a clear error, no traceback
+    assert taken.returncode == 2 and "cannot listen" in taken.stderr and "Traceback" not in taken.stderr

@@ -1,0 +1,252 @@
+"""The home capability against a real Home Assistant 2024.3.3, installed and started by the tests.
+
+``tests/hass/install.py`` puts Home Assistant in a venv cached across runs; one session-scoped
+fixture starts it on a free port with ``tests/hass/configuration.yaml`` (a desk lamp, dimmable
+living room lights, a garage door, the "Movie night" scene and the "Good night" script),
+onboards it over REST and makes a long-lived access token, the way a person would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import string
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from websockets.sync.client import connect
+
+from agents.capability import TaskFailed, Unavailable
+from agents.home import Home
+from helpers import Process, free_port, wait_until
+from lamcontrol.protocol import Presence
+
+HASS = Path(__file__).parent / "hass"
+EXPOSED = {"Bedroom", "Desk lamp", "Garage door", "Good night", "Kitchen", "Living Room", "Living room lights",
+           "Movie night"}
+
+
+class HomeAssistant:
+    """A Home Assistant process with its own config directory and an onboarded owner."""
+
+    def __init__(self, hass: str, config_dir: Path) -> None:
+        self.hass = hass
+        self.config_dir = config_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = ""
+        self.process: Process | None = None
+        template = string.Template((HASS / "configuration.yaml").read_text())
+        (config_dir / "configuration.yaml").write_text(template.substitute(port=self.port))
+
+    def start(self) -> None:
+        self.process = Process("home-assistant", [self.hass, "-c", str(self.config_dir), "--skip-pip"],
+                               self.config_dir)
+        wait_until(self._running, 120, f"Home Assistant running\n{self.process.log()[-3000:]}")
+
+    def _running(self) -> bool:
+        if self.process.popen.poll() is not None:
+            raise AssertionError(f"Home Assistant exited\n{self.process.log()[-3000:]}")
+        try:
+            if not self.token:
+                return requests.get(f"{self.url}/api/onboarding", timeout=2).ok
+            return requests.get(f"{self.url}/api/config", headers=self.headers, timeout=2).json()["state"] == "RUNNING"
+        except (requests.RequestException, ValueError, KeyError):
+            return False
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop(30)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def onboard(self) -> None:
+        """Create the owner over REST, then trade the auth code for a token and that for a long-lived one."""
+        client_id = f"{self.url}/"
+        created = requests.post(f"{self.url}/api/onboarding/users", timeout=30, json={
+            "client_id": client_id, "name": "Test", "username": "test", "password": "test-password", "language": "en"})
+        created.raise_for_status()
+        token = requests.post(f"{self.url}/auth/token", timeout=30, data={
+            "grant_type": "authorization_code", "code": created.json()["auth_code"], "client_id": client_id})
+        token.raise_for_status()
+        self.token = token.json()["access_token"]
+        self.token = self.websocket("auth/long_lived_access_token", client_name="lamcontrol tests", lifespan=30)
+        wait_until(self._running, 60, "Home Assistant running")
+
+    def websocket(self, kind: str, **fields):
+        with connect(f"ws://127.0.0.1:{self.port}/api/websocket", open_timeout=10) as ws:
+            ws.recv(timeout=10)
+            ws.send(json.dumps({"type": "auth", "access_token": self.token}))
+            assert json.loads(ws.recv(timeout=10))["type"] == "auth_ok"
+            ws.send(json.dumps({"id": 1, "type": kind, **fields}))
+            answer = json.loads(ws.recv(timeout=10))
+        assert answer["success"], answer
+        return answer["result"]
+
+    def call(self, domain: str, service: str, **data) -> None:
+        requests.post(f"{self.url}/api/services/{domain}/{service}", json=data, headers=self.headers,
+                      timeout=30).raise_for_status()
+
+    def state(self, entity_id: str) -> dict:
+        answer = requests.get(f"{self.url}/api/states/{entity_id}", headers=self.headers, timeout=30)
+        answer.raise_for_status()
+        return answer.json()
+
+
+@pytest.fixture(scope="session")
+def home_assistant(tmp_path_factory):
+    started = time.monotonic()
+    installed = subprocess.run([sys.executable, str(HASS / "install.py")], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, timeout=900)
+    if installed.returncode == 3 and not (os.environ.get("CI") or os.environ.get("LAM_REQUIRE_HASS")):
+        pytest.skip(f"Home Assistant cannot be installed here: {installed.stderr.strip().splitlines()[-1]}")
+    if installed.returncode != 0:
+        pytest.fail(f"installing Home Assistant failed:\n{installed.stderr[-3000:]}")
+    install_time = time.monotonic() - started
+    server = HomeAssistant(installed.stdout.strip(), tmp_path_factory.mktemp("home-assistant"))
+    server.start()
+    server.onboard()
+    print(f"\nHome Assistant: install {install_time:.0f} s, start and onboarding "
+          f"{time.monotonic() - started - install_time:.0f} s", file=sys.stderr)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def house(home_assistant):
+    """The house in a known state: desk lamp on, living room lights full, garage door open."""
+    home_assistant.call("input_boolean", "turn_on", entity_id=["input_boolean.desk_lamp_power",
+                                                               "input_boolean.garage_door_open"])
+    home_assistant.call("input_number", "set_value", entity_id="input_number.living_room_level", value=100)
+    return home_assistant
+
+
+@pytest.fixture
+def home(house):
+    capability = Home({"url": house.url, "token": house.token, "timeout": 10.0, "refresh": 2.0})
+    capability.check()
+    yield capability
+    capability.close()
+
+
+def test_a_sentence_switches_the_lamp_off_and_home_assistant_answers(home, house):
+    outcome = home.run("say", {"text": "turn off the desk lamp"})
+    assert outcome.message == "Turned off the light"
+    assert outcome.data["success"] == ["Desk lamp"]
+    assert house.state("light.desk_lamp")["state"] == "off"
+
+
+def test_a_sentence_dims_the_living_room_lights(home, house):
+    home.run("say", {"text": "set the living room lights to 30 percent"})
+    assert float(house.state("input_number.living_room_level")["state"]) == 30
+
+
+def test_a_question_is_answered_from_the_real_state(home, house):
+    assert home.run("say", {"text": "is the garage door open"}).message == "Yes"
+    house.call("cover", "close_cover", entity_id="cover.garage_door")
+    assert home.run("say", {"text": "is the garage door open"}).message == "No, closed"
+
+
+def test_a_scene_is_activated_by_name(home, house):
+    outcome = home.run("scene", {"name": "movie night"})
+    assert outcome.message == "Activated Movie night."
+    assert house.state("light.desk_lamp")["state"] == "off"
+    assert float(house.state("input_number.living_room_level")["state"]) == 30
+
+
+@pytest.mark.parametrize("action, name", [("script", "the Good Night script"), ("run", "good night")])
+def test_a_script_runs_by_name(home, house, action, name):
+    outcome = home.run(action, {"name": name})
+    assert outcome.message == "Started Good night."
+    wait_until(lambda: house.state("light.living_room_lights")["state"] == "off", 10, "the script to finish")
+    assert house.state("light.desk_lamp")["state"] == "off"
+
+
+@pytest.mark.parametrize("action, args, sentence", [
+    ("say", {"text": "turn off the flux capacitor"}, "Sorry, I am not aware of any device called flux capacitor"),
+    ("scene", {"name": "disco"}, "Home Assistant has no scene called disco."),
+    ("script", {"name": "movie night"}, "Home Assistant has no script called movie night."),
+    ("run", {"name": "desk lamp"}, "Home Assistant has no script or scene called desk lamp."),
+])
+def test_an_unknown_name_fails_with_a_sentence(home, house, action, args, sentence):
+    with pytest.raises(TaskFailed) as failed:
+        home.run(action, args)
+    assert str(failed.value) == sentence
+    assert house.state("light.desk_lamp")["state"] == "on"
+
+
+def test_the_names_exposed_to_assist_are_advertised_and_follow_changes(home, house):
+    announced = []
+    home.on_change = lambda: announced.append(home.vocabulary())
+    home.start()
+    wait_until(lambda: set(home.vocabulary()) == EXPOSED, 20, f"the exposed names (have {home.vocabulary()})")
+    house.websocket("config/entity_registry/update", entity_id="light.desk_lamp", aliases=["reading light"])
+    try:
+        wait_until(lambda: "reading light" in home.vocabulary(), 20, "the new alias")
+        assert announced[-1] == home.vocabulary()
+    finally:
+        house.websocket("config/entity_registry/update", entity_id="light.desk_lamp", aliases=[])
+
+
+def test_a_refused_token_fails_with_a_sentence(house):
+    home = Home({"url": house.url, "token": "not-a-token", "timeout": 10.0})
+    with pytest.raises(TaskFailed, match="Home Assistant refused the access token"):
+        home.run("say", {"text": "turn off the desk lamp"})
+    with pytest.raises(TaskFailed, match="Home Assistant refused the access token"):
+        home.run("scene", {"name": "movie night"})
+    assert house.state("light.desk_lamp")["state"] == "on"
+
+
+def test_a_stopped_home_assistant_fails_fast_then_works_again(home, house):
+    house.stop()
+    try:
+        with pytest.raises(TaskFailed, match=rf"Home Assistant at 127.0.0.1:{house.port} is not reachable."):
+            home.run("say", {"text": "turn off the desk lamp"})
+    finally:
+        house.start()
+    assert home.run("say", {"text": "turn off the desk lamp"}).message == "Turned off the light"
+
+
+def test_a_silent_home_assistant_times_out():
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        home = Home({"url": f"http://127.0.0.1:{silent.getsockname()[1]}", "token": "t", "timeout": 1.0})
+        with pytest.raises(TaskFailed, match=r"did not answer within 1 seconds"):
+            home.run("say", {"text": "turn off the desk lamp"})
+
+
+def test_check_refuses_without_an_address_or_a_token(tmp_path, monkeypatch):
+    monkeypatch.delenv("HASS_TOKEN", raising=False)
+    with pytest.raises(Unavailable, match="url"):
+        Home({"token": "t"}).check()
+    with pytest.raises(Unavailable, match="HASS_TOKEN or token_file"):
+        Home({"url": "http://127.0.0.1:8123"}).check()
+    with pytest.raises(Unavailable, match="cannot read"):
+        Home({"url": "http://127.0.0.1:8123", "token_file": str(tmp_path / "missing")}).check()
+    (tmp_path / "token").write_text("from-a-file\n")
+    monkeypatch.setenv("HASS_TOKEN", "from-the-environment")
+    home = Home({"url": "http://127.0.0.1:8123", "token_file": str(tmp_path / "token")})
+    home.check()
+    assert home.token == "from-the-environment"
+
+
+def test_home_from_the_bus(lam, house, tmp_path):
+    token_file = tmp_path / "hass-token"
+    token_file.write_text(house.token)
+    agent = lam.agent("home1", "home", extra_config=f'[capabilities.home]\nurl = "{house.url}"\n'
+                                                    f'token_file = "{token_file}"\n')
+    lam.recorder.wait_for(Presence, lam.topics.agent_status("home1"),
+                          lambda p: "Desk lamp" in p.vocabulary.get("home", []))
+    lam.coordinator()
+    reply = lam.send("home turn off the desk lamp")
+    assert (reply.status, reply.response) == ("succeeded", "Turned off the light"), reply
+    assert house.state("light.desk_lamp")["state"] == "off"
+    assert house.token not in agent.log()

@@ -1,0 +1,109 @@
+"""The wire protocol: topics, validation that names the bad field, compact JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from coordinator.grammar import parse_chain
+from lamcontrol.bus import BrokerSettings
+from lamcontrol.config import ConfigError
+from lamcontrol.protocol import (ErrorRecord, Presence, Prompt, ProtocolError, Reply, Result, Task, Topics, decode,
+                                 parse)
+
+
+def test_topics_follow_the_design_under_any_prefix():
+    t = Topics("home")
+    assert (t.prompts, t.reply("p1"), t.task("browser"), t.result("t1")) == \
+        ("home/prompts", "home/replies/p1", "home/tasks/browser", "home/results/t1")
+    assert (t.agent_status("pc"), t.coordinator_status, t.errors) == \
+        ("home/agents/pc/status", "home/coordinator/status", "home/errors")
+    assert Presence(state="online", agent="pc").topic(t) == "home/agents/pc/status"
+    assert Presence(state="online", agent="coordinator").topic(t) == "home/coordinator/status"
+
+
+def test_messages_round_trip_as_compact_json():
+    task = Task(task_id="t1", prompt_id="p1", capability="echo", action="say", agent="a1", args={"text": "héllo"})
+    payload = task.to_json()
+    assert b": " not in payload and "héllo".encode() in payload
+    assert parse(Task, payload) == task
+
+
+@pytest.mark.parametrize("kind, data, field", [
+    (Task, {"task_id": "t"}, "prompt_id"),
+    (Task, {"task_id": "t", "prompt_id": "p", "capability": "echo", "action": "say", "agent": "a", "attempt": "2"},
+     "attempt"),
+    (Task, {"task_id": "t/x", "prompt_id": "p", "capability": "echo", "action": "say", "agent": "a"}, "task_id"),
+    (Task, {"task_id": "t", "prompt_id": "p", "capability": "#", "action": "say", "agent": "a"}, "capability"),
+    (Result, {"task_id": "t", "agent": "a", "state": "done"}, "state"),
+    (Result, {"task_id": "t", "agent": "a", "state": "failed", "data": []}, "data"),
+    (Reply, {"prompt_id": "p", "status": "succeeded", "response": None}, "response"),
+    (Presence, {"state": "online", "agent": "a", "capabilities": {"echo": "say"}}, "capabilities.echo"),
+    (Presence, {"state": "online", "agent": "a", "load": True}, "load"),
+    (Prompt, {"prompt": "hi", "source": "s" * 65}, "source"),
+])
+def test_validation_names_the_bad_field(kind, data, field):
+    with pytest.raises(ProtocolError) as error:
+        kind.from_dict(data)
+    assert error.value.field == field
+
+
+def test_plain_text_is_a_prompt_and_json_must_be_an_object():
+    assert Prompt.from_payload(b"  computer volume 50 ").prompt == "computer volume 50"
+    with pytest.raises(ProtocolError, match="JSON object"):
+        Prompt.from_payload(b'["computer volume 50"]')
+    with pytest.raises(ProtocolError, match="not JSON"):
+        Prompt.from_payload(b'{"prompt": ')
+
+
+def test_oversized_and_undecodable_payloads_are_refused():
+    with pytest.raises(ProtocolError, match="exceeds the 100-byte limit"):
+        decode(b"{" + b" " * 200 + b"}", max_size=100)
+    with pytest.raises(ProtocolError, match="not UTF-8"):
+        decode(b"\xff")
+
+
+def test_error_record_uses_the_topic_key_on_the_wire():
+    record = ErrorRecord.about("coordinator", "lam/prompts", ValueError("bad"), b"\xffpayload" * 100)
+    wire = json.loads(record.to_json())
+    assert set(wire) == {"component", "topic", "error", "excerpt"} and len(wire["excerpt"]) <= 200
+    assert ErrorRecord.from_dict(wire) == record
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("mqtt://127.0.0.1:1884", ("tcp", False, "127.0.0.1", 1884, "", "")),
+    ("mqtts://user:p%40ss@broker.lan", ("tcp", True, "broker.lan", 8883, "user", "p@ss")),
+    ("ws://host:9001/mqtt", ("websockets", False, "host", 9001, "", "")),
+    ("broker.lan:1883", ("tcp", False, "broker.lan", 1883, "", "")),
+])
+def test_broker_urls(url, expected):
+    s = BrokerSettings(url=url)
+    assert (s.transport, s.tls, s.host, s.port, s.username, s.password) == expected
+
+
+def test_broker_url_errors_and_password_masking():
+    with pytest.raises(ConfigError, match="must start with"):
+        BrokerSettings(url="http://host")
+    assert BrokerSettings(url="mqtt://u:secret@h:1").safe_url == "mqtt://u:***@h:1"
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("browser site ftp://example.com", "http"),
+    ("browser site example.com", "http"),
+    ("computer run ; rm -rf ~", "application name"),
+    ("computer run $(reboot)", "application name"),
+    ("computer volume 101", "0 to 100"),
+    ("computer power explode", "lock, sleep"),
+    ("telegram", "recipient"),
+    ("rm -rf /", "don't know"),
+])
+def test_grammar_refuses_bad_commands_with_a_sentence(text, reason):
+    result = parse_chain(text)
+    assert result.commands == [] and reason in result.reason
+
+
+def test_grammar_marks_risk_and_idempotence():
+    shutdown, volume, up = parse_chain("computer power shutdown && computer volume 30 && computer volume up").commands
+    assert (shutdown.risk, volume.idempotent, up.idempotent) == ("high", True, False)
+    assert parse_chain("computer power lock").commands[0].risk == "low"

@@ -1,0 +1,138 @@
+"""The offline sentence grammar over the prompt corpus, plus transcripts and confirmations."""
+
+from __future__ import annotations
+
+import pytest
+
+from corpus import CASES, Case
+from coordinator.grammar import parse_chain
+from coordinator.parsing import Context, build_parser, is_cancellation, is_confirmation
+from coordinator.sentences import SentenceParser
+
+
+@pytest.fixture(autouse=True)
+def no_groq_key(monkeypatch):
+    monkeypatch.delenv("GROQ_API_KEY", raising=False)
+
+
+def shape(commands) -> list[tuple]:
+    """What an agent receives, without the command text's spelling."""
+    return [(c.capability, c.action, c.args) for c in commands]
+
+
+def check(case: Case, context: Context | None = None) -> None:
+    result = SentenceParser().parse(case.prompt, context or Context())
+    assert shape(result.commands) == shape(parse_chain(case.expected).commands), result.to_dict()
+    if not case.commands:
+        assert result.reason, "a prompt without commands must say why"
+        assert case.reason.lower() in result.reason.lower(), result.reason
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(reason=c.xfail, strict=True)) if c.xfail
+                                  else c for c in CASES], ids=lambda c: c.prompt[:60] or "<empty>")
+def test_corpus(case):
+    check(case)
+
+
+def test_corpus_is_large_and_accuracy_is_reported(capsys):
+    assert len(CASES) >= 150
+    hits = 0
+    for case in CASES:
+        try:
+            check(case)
+            hits += 1
+        except AssertionError:
+            pass
+    with capsys.disabled():
+        print(f"\noffline grammar: {hits}/{len(CASES)} corpus prompts right ({100 * hits / len(CASES):.1f}%)")
+    assert hits == len(CASES) - sum(1 for c in CASES if c.xfail)
+
+
+CONTACTS = Context(vocabulary={"messaging": ["Jason", "Mom"], "computer": ["spotify"]})
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("text jason on telegram hi", "telegram Jason hi"),  # the contact's own spelling
+    ("tell MOM on discord I'm home", "discord Mom I'm home"),
+    ("open spotify", "computer run spotify"),  # an advertised application beats the website
+    ("open youtube", "browser site https://www.youtube.com"),
+])
+def test_vocabulary(prompt, expected):
+    result = SentenceParser().parse(prompt, CONTACTS)
+    assert [c.text for c in result.commands] == [expected]
+
+
+@pytest.mark.parametrize("transcript, prompt, expected", [
+    (["computer volume 30"], "do that again", "computer volume 30"),
+    (["browser google tacos", "computer media next"], "repeat that", "computer media next"),
+    (["computer media next"], "do it again twice", "computer media next && computer media next"),
+    (["computer volume 30"], "now turn it up", "computer volume up"),
+    (["computer volume up"], "a bit more", "computer volume up"),
+    (["computer volume down"], "more", "computer volume down"),
+    (["computer volume 30", "computer volume down"], "even more", "computer volume down"),
+    (["computer volume 60"], "a little less", "computer volume down"),
+    (["browser google hiking boots"], "now on amazon", "browser amazon hiking boots"),
+    (["browser youtube play weezer"], "try google instead", "browser google weezer"),
+])
+def test_transcript(transcript, prompt, expected):
+    result = SentenceParser().parse(prompt, Context(transcript=transcript))
+    assert [c.text for c in result.commands] == expected.split(" && ")
+
+
+@pytest.mark.parametrize("prompt, reason", [
+    ("do that again", "nothing to repeat"),
+    ("a bit more", "no earlier volume change"),
+    ("now on amazon", "no earlier search"),
+])
+def test_transcript_needed(prompt, reason):
+    result = SentenceParser().parse(prompt, Context(transcript=["computer media pause"] if "more" in prompt else []))
+    assert not result.commands and reason in result.reason
+
+
+def test_transcript_is_per_source_only():
+    """A repeat never reaches past the transcript the caller passes for this source."""
+    parser = SentenceParser()
+    assert not parser.parse("do that again", Context(source="r1", transcript=[])).commands
+    assert parser.parse("do that again", Context(source="ha", transcript=["computer media next"])).commands
+
+
+@pytest.mark.parametrize("text", ["confirm", "Yes", "yes, do it", "Yes do it!", "do it", "go ahead", "Go ahead please",
+                                  "confirmed.", "yep"])
+def test_confirmations(text):
+    assert is_confirmation(text) and not is_cancellation(text)
+
+
+@pytest.mark.parametrize("text", ["cancel", "No.", "never mind", "don't", "stop", "forget it", "no thanks"])
+def test_cancellations(text):
+    assert is_cancellation(text) and not is_confirmation(text)
+
+
+@pytest.mark.parametrize("text", ["yes shut it down", "confirm the order on amazon", "do it tomorrow", "", "no way jose"])
+def test_neither(text):
+    assert not is_confirmation(text) and not is_cancellation(text)
+
+
+def test_offline_chain_without_a_key(monkeypatch):
+    monkeypatch.delenv("GROQ_API_KEY", raising=False)
+    parser = build_parser({"groq": {"api_key": ""}})
+    rigid = parser.parse("computer volume 50", Context())
+    assert rigid.parser == "grammar" and rigid.commands[0].args == {"level": 50}
+    loose = parser.parse("shut down my computer", Context())
+    assert loose.parser == "sentences" and loose.commands[0].risk == "high" and not loose.note
+
+
+@pytest.mark.parametrize("prompt", ["x" * 5000, "open " + "a." * 3000 + "com", "text " + "J" * 200 + " on telegram hi",
+                                    "\x00\x01 volume up", "🙂🙂🙂", "&& && &&", "computer volume", "browser site ftp://x.org"])
+def test_odd_input_is_refused_with_a_reason_never_a_crash(prompt):
+    result = build_parser({}).parse(prompt, Context())
+    assert result.commands or result.reason
+
+
+def test_loose_power_prompt_waits_for_a_spoken_confirmation(lam):
+    lam.coordinator(env={"GROQ_API_KEY": ""})
+    held = lam.send("can you shut down my computer", source="r1")
+    assert held.status == "needs_confirmation" and "computer power shutdown" in held.response
+    confirmed = lam.send("Yes, do it.", source="r1")
+    assert confirmed.status == "failed" and confirmed.response == "No agent can do computer power."
+    lam.send("restart my computer", source="r1")
+    assert lam.send("never mind", source="r1").response == "Cancelled."
