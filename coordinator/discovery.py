@@ -21,7 +21,7 @@ from typing import Any
 
 from lamcontrol import __version__
 from lamcontrol.bus import Bus
-from lamcontrol.protocol import PROMPT_STATUSES, Presence, ProtocolError, Prompt, Reply, Result, Topics, parse
+from lamcontrol.protocol import PROMPT_STATUSES, Presence, ProtocolError, Prompt, Result, Topics, parse
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,20 @@ def availability(*status_topics: str) -> dict[str, Any]:
             "availability_mode": "all"}
 
 
+def text_sensor(name: str, icon: str, topic: str, text: str, available: dict, **attributes: str) -> dict[str, Any]:
+    """A sensor showing the ``text`` field of the JSON on ``topic``, with chosen fields as attributes."""
+    return {"name": name, "icon": icon, "state_topic": topic,
+            "value_template": f"{{{{ value_json.{text}[:{TEXT_MAX}] }}}}",
+            "json_attributes_topic": topic, "json_attributes_template": fields(**attributes), **available}
+
+
+def event(name: str, icon: str, topic: str, kinds: tuple[str, ...], kind: str, available: dict,
+          **data: str) -> dict[str, Any]:
+    """An event entity fired by each JSON on ``topic``, typed by its ``kind`` field, carrying ``data``."""
+    return {"name": name, "icon": icon, "state_topic": topic, "event_types": list(kinds),
+            "value_template": fields(event_type=kind, **data), **available}
+
+
 def connectivity(status_topic: str) -> dict[str, Any]:
     """Online/offline from a retained presence, with no availability: dead means off."""
     return {"name": "Connected", "state_topic": status_topic, "value_template": STATE,
@@ -94,16 +108,10 @@ class Configs:
             ("text", "prompt", {"name": "Prompt", "icon": "mdi:microphone-message",
                                 "command_topic": self.topics.prompts, "command_template": prompt_payload(VALUE),
                                 "min": 1, "max": TEXT_MAX, "mode": "text", **availability(status)}),
-            ("sensor", "last_reply", {"name": "Last reply", "icon": "mdi:message-reply-text",
-                                      "state_topic": last_reply,
-                                      "value_template": f"{{{{ value_json.response[:{TEXT_MAX}] }}}}",
-                                      "json_attributes_topic": last_reply,
-                                      "json_attributes_template": fields(status="status", prompt_id="prompt_id"),
-                                      **availability(status)}),
-            ("event", "reply", {"name": "Reply", "icon": "mdi:message-reply", "state_topic": last_reply,
-                                "event_types": list(PROMPT_STATUSES),
-                                "value_template": fields(event_type="status", response="response", prompt_id="prompt_id"),
-                                **availability(status)}),
+            ("sensor", "last_reply", text_sensor("Last reply", "mdi:message-reply-text", last_reply, "response",
+                                                 availability(status), status="status", prompt_id="prompt_id")),
+            ("event", "reply", event("Reply", "mdi:message-reply", last_reply, PROMPT_STATUSES, "status",
+                                     availability(status), response="response", prompt_id="prompt_id")),
         ]
         return dict(self._entity(c, node, k, device, b) for c, k, b in entities)
 
@@ -117,6 +125,7 @@ class Configs:
                   "model": "Agent", "via_device": self.coordinator_node}
         if presence.version:
             device["sw_version"] = presence.version
+        coordinator_up = availability(self.topics.coordinator_status)
         entities = [
             ("binary_sensor", "connectivity", connectivity(status)),
             ("sensor", "load", {"name": "Load", "icon": "mdi:progress-clock", "state_topic": status,
@@ -125,16 +134,10 @@ class Configs:
                                 "json_attributes_template": fields(capabilities="capabilities",
                                                                    max_concurrent="max_concurrent", host="host"),
                                 **availability(status)}),
-            ("sensor", "last_result", {"name": "Last result", "icon": "mdi:clipboard-check-outline",
-                                       "state_topic": last,
-                                       "value_template": f"{{{{ value_json.message[:{TEXT_MAX}] }}}}",
-                                       "json_attributes_topic": last,
-                                       "json_attributes_template": fields(state="state", task_id="task_id"),
-                                       **availability(self.topics.coordinator_status)}),
-            ("event", "task", {"name": "Task", "icon": "mdi:checkbox-marked-circle-outline", "state_topic": last,
-                               "event_types": list(FINISHED),
-                               "value_template": fields(event_type="state", message="message", task_id="task_id"),
-                               **availability(self.topics.coordinator_status)}),
+            ("sensor", "last_result", text_sensor("Last result", "mdi:clipboard-check-outline", last, "message",
+                                                  coordinator_up, state="state", task_id="task_id")),
+            ("event", "task", event("Task", "mdi:checkbox-marked-circle-outline", last, FINISHED, "state",
+                                    coordinator_up, message="message", task_id="task_id")),
         ]
         if media:
             both = availability(self.topics.coordinator_status, status)

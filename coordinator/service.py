@@ -11,11 +11,14 @@ All state changes happen under one lock, from the bus dispatcher thread and a ti
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus
@@ -53,6 +56,10 @@ class Job:
     retry_at: float = 0.0
     message: str = ""
     data: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> tuple[str, str]:
+        return self.command.capability, self.command.action
 
     def summary(self) -> dict:
         return TaskSummary(task_id=self.task_id, command=self.command.text, state=self.state, agent=self.agent,
@@ -113,13 +120,17 @@ class Coordinator:
         self.runs: dict[str, Run] = {}
         self.jobs: dict[str, tuple[Run, Job]] = {}
         self.held: dict[str, Held] = {}
-        self._waiting: set[str] = set()  # task ids with no agent yet
+        # Reminders (when, "ack" or "run", task or prompt id), soonest first; stale ones are skipped.
+        self._due: list[tuple[float, str, str]] = []
+        # Tasks with no agent yet, oldest first, by (capability, action).
+        self._waiting: dict[tuple[str, str], dict[str, None]] = {}
         self.transcripts: dict[str, deque[str]] = {}
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._started = time.monotonic()
         self.bus = Bus(settings, component="coordinator", client_id=f"{settings.prefix}-coordinator",
-                       will=self.presence("offline"), persistent=True, ack_when_handled=True)
+                       will=self.presence("offline"), persistent=True, ack_when_handled=True,
+                       transaction=self.transaction)
         self.topics = self.bus.topics
         self.bus.on(self.topics.prompts, self.on_prompt)
         self.bus.on(self.topics.all_results, self.on_result)
@@ -137,6 +148,12 @@ class Coordinator:
     def announce(self) -> None:
         self.bus.publish(self.presence(), retain=True)
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The state lock, then one journal transaction: always taken in this order."""
+        with self._lock, self.journal.batch():
+            yield
+
     def start(self, timeout: float | None = None) -> None:
         self.resume()
         self.bus.start(timeout)
@@ -145,7 +162,8 @@ class Coordinator:
     def stop(self) -> None:
         self._stopping.set()
         self.bus.stop(final=self.presence("offline"))
-        self.journal.close()
+        with self._lock:
+            self.journal.close()
 
     def _tick_loop(self) -> None:
         last_beat = time.monotonic()
@@ -171,8 +189,10 @@ class Coordinator:
             for job in jobs:
                 if job.state == "dispatched":
                     job.ack_deadline = time.time() + self.ack_timeout  # its answer may be queued for us
+                    heapq.heappush(self._due, (job.ack_deadline, "ack", job.task_id))
                 self.jobs[job.task_id] = (run, job)
             self.runs[prompt.id] = run
+            heapq.heappush(self._due, (deadline, "run", prompt.id))
             self._advance(run)
 
     # -- prompts ------------------------------------------------------------------------
@@ -187,7 +207,7 @@ class Coordinator:
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
             timeout = self.prompt_timeout
         deadline = time.time() + min(timeout, MAX_PROMPT_TIMEOUT)
-        with self._lock, self.journal.batch():
+        with self.transaction():
             if not self.journal.add_prompt(prompt, deadline):
                 log.info("ignoring redelivered prompt %s", prompt.id)
                 return
@@ -244,6 +264,7 @@ class Coordinator:
         transcript.extend(c.text for c in commands)
         run = Run(prompt, deadline, jobs, note)
         self.runs[prompt.id] = run
+        heapq.heappush(self._due, (deadline, "run", prompt.id))
         for job in jobs:
             self.jobs[job.task_id] = (run, job)
         self._advance(run)
@@ -273,12 +294,13 @@ class Coordinator:
                 self._end_job(run, job, "failed", f"No agent can do {describe(command)}.")
             else:
                 job.state, job.agent = "waiting", None
-                self._waiting.add(job.task_id)
+                self._waiting.setdefault(job.kind, {})[job.task_id] = None
             return
-        self._waiting.discard(job.task_id)
+        self._waiting.get(job.kind, {}).pop(job.task_id, None)
         now = time.time()
         job.state, job.agent, job.attempt = "dispatched", agent.presence.agent, job.attempt + 1
         job.ack_deadline = now + self.ack_timeout
+        heapq.heappush(self._due, (job.ack_deadline, "ack", job.task_id))
         agent.inflight += 1
         task = Task(task_id=job.task_id, prompt_id=run.prompt.id, capability=command.capability,
                     action=command.action, agent=job.agent, command=command.text, args=command.args,
@@ -300,6 +322,7 @@ class Coordinator:
         if info and info.inflight > 0:
             info.inflight -= 1
 
+
     def _redispatch(self, run: Run, job: Job, reason: str) -> None:
         log.info("task %s: %s; trying another agent", job.task_id, reason)
         self._release(job)
@@ -312,7 +335,7 @@ class Coordinator:
         if job.state in ("dispatched", "accepted"):
             self._release(job)
         job.state, job.message, job.data = state, message, data or {}
-        self._waiting.discard(job.task_id)
+        self._waiting.get(job.kind, {}).pop(job.task_id, None)
         self.journal.update_task(job.task_id, state, job.agent, job.attempt, message, job.data)
         self.metrics.task_finished(job.task_id, job.command.capability, state)
         if state == "failed":
@@ -328,7 +351,7 @@ class Coordinator:
             raise ProtocolError("does not match the topic's task id", "task_id")
         if self.discovery:
             self.discovery.result_received(result, payload)
-        with self._lock, self.journal.batch():
+        with self.transaction():
             found = self.jobs.get(result.task_id)
             if found is None:
                 return  # a task from an answered prompt, or not ours
@@ -344,6 +367,7 @@ class Coordinator:
                 self._redispatch(run, job, f"{job.agent} rejected it ({result.message})")
             else:
                 self._end_job(run, job, result.state, result.message, result.data)
+                self._retry_waiting()  # the agent has room for a waiting task
 
     def on_presence(self, topic: str, payload: bytes) -> None:
         if not payload:
@@ -353,7 +377,7 @@ class Coordinator:
         presence = parse(Presence, payload, self.bus.settings.max_payload)
         if presence.agent != self.topics.agent_of(topic):
             raise ProtocolError("does not match the topic's agent id", "agent")
-        with self._lock, self.journal.batch():
+        with self.transaction():
             if self.registry.update(presence):
                 self._agent_gone(presence.agent)
             self._retry_waiting()
@@ -372,23 +396,30 @@ class Coordinator:
                               f"The agent {agent_id} went offline while running {describe(job.command)}.")
 
     def _retry_waiting(self) -> None:
-        for task_id in list(self._waiting):
-            run, job = self.jobs[task_id]
-            if job.state == "waiting" and run.current() is job:
+        """Offer waiting tasks again, oldest first; once one finds no agent, the rest of its kind wait on."""
+        for kind, queue in list(self._waiting.items()):
+            for task_id in list(queue):
+                run, job = self.jobs[task_id]  # a finished job has left its queue already
                 self._dispatch(run, job)
+                if job.state == "waiting":
+                    break
+            if not queue:
+                del self._waiting[kind]
 
     def tick(self) -> None:
         """Ack timeouts, deadlines, stale agents, expired confirmations, waiting jobs."""
         now = time.time()
-        with self._lock, self.journal.batch():
+        with self.transaction():
             for agent_id in self.registry.stale():
                 self._agent_gone(agent_id)
-            for run, job in list(self.jobs.values()):
-                if job.state == "dispatched" and now > job.ack_deadline:
-                    self._redispatch(run, job, f"{job.agent} did not accept in time")
-            for run in list(self.runs.values()):
-                if now > run.deadline:
-                    self._time_out(run)
+            while self._due and self._due[0][0] < now:
+                _, what, key = heapq.heappop(self._due)
+                if what == "ack" and key in self.jobs:
+                    run, job = self.jobs[key]
+                    if job.state == "dispatched" and now > job.ack_deadline:
+                        self._redispatch(run, job, f"{job.agent} did not accept in time")
+                elif what == "run" and key in self.runs:
+                    self._time_out(self.runs[key])
             for source, held in list(self.held.items()):
                 if held.expires < now:
                     del self.held[source]

@@ -17,7 +17,7 @@ import ssl
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -28,6 +28,7 @@ from .protocol import DEFAULT_MAX_PAYLOAD, ErrorRecord, Message, ProtocolError, 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
+BURST = 64  # messages handled together, in one transaction when there is one
 SCHEMES = {"mqtt": ("tcp", False, 1883), "mqtts": ("tcp", True, 8883), "ws": ("websockets", False, 80),
            "wss": ("websockets", True, 443)}
 
@@ -98,13 +99,17 @@ class Bus:
 
     def __init__(self, settings: BrokerSettings, component: str, client_id: str | None = None,
                  will: Message | None = None, persistent: bool = False, report: bool = True,
-                 ack_when_handled: bool = False) -> None:
+                 ack_when_handled: bool = False, transaction: Callable[[], ContextManager] | None = None) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.component = component
         self.report = report  # False for passive observers: they log refusals but never publish them
         # Acknowledge QoS 1 messages only after the handlers ran: a crash before that means redelivery.
         self.ack_when_handled = ack_when_handled
+        # With a transaction (the coordinator's journal), each burst of messages is handled inside
+        # one, and what the handlers publish goes out only once it has committed.
+        self.transaction = transaction
+        self._held = threading.local()
         self.client_id = client_id or f"{component}-{uuid.uuid4().hex[:8]}"
         self.connected = threading.Event()
         self.ready = threading.Event()
@@ -177,11 +182,17 @@ class Bus:
 
     # -- publishing ---------------------------------------------------------------------
 
-    def publish(self, message: Message, retain: bool = False) -> mqtt.MQTTMessageInfo:
+    def publish(self, message: Message, retain: bool = False) -> mqtt.MQTTMessageInfo | None:
         """Publish a protocol message at QoS 1 (queued by paho while disconnected)."""
         return self.publish_raw(message.topic(self.topics), message.to_json(), retain=retain)
 
-    def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1) -> mqtt.MQTTMessageInfo:
+    def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False,
+                    qos: int = 1) -> mqtt.MQTTMessageInfo | None:
+        """Publish now; or, from a handler inside a transaction, as soon as it commits (returns None)."""
+        held = getattr(self._held, "messages", None)
+        if held is not None:
+            held.append((topic, payload, qos, retain))
+            return None
         return self._client.publish(topic, payload, qos=qos, retain=retain)
 
     def refuse(self, topic: str, error: Exception | str, payload: bytes = b"") -> None:
@@ -240,21 +251,49 @@ class Bus:
     # -- dispatcher thread --------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        while (item := self._inbox.get()) is not None:
-            topic, payload, mid, qos = item
+        running = True
+        while running:
+            burst = [self._inbox.get()]
+            while len(burst) < BURST and not self._inbox.empty():
+                burst.append(self._inbox.get_nowait())
+            if None in burst:
+                running = False
+                burst = burst[:burst.index(None)]
+            if self.transaction is None:
+                self._handle(burst)
+                continue
+            self._held.messages = held = []
+            try:
+                with self.transaction():
+                    self._handle(burst)
+            except Exception:
+                log.exception("%s: could not commit the handling of %d message(s)", self.component, len(burst))
+            finally:
+                self._held.messages = None
+            for topic, payload, qos, retain in held:
+                self._client.publish(topic, payload, qos=qos, retain=retain)
+            self._ack(burst)
+
+    def _handle(self, burst: list[tuple[str, Any, int, int]]) -> None:
+        for topic, payload, mid, qos in burst:
             if topic == "connect":
                 for callback in self._on_connect:
                     self._guarded(callback)
-                continue
-            if len(payload) > self.settings.max_payload:
+            elif len(payload) > self.settings.max_payload:
                 self.refuse(topic, ProtocolError(
                     f"payload of {len(payload)} bytes exceeds the {self.settings.max_payload}-byte limit"), payload)
             else:
                 for topic_filter, handler in self._handlers:
                     if mqtt.topic_matches_sub(topic_filter, topic):
                         self._guarded(handler, topic, payload)
-            if self.ack_when_handled and qos:
-                self._client.ack(mid, qos)
+        if self.transaction is None:
+            self._ack(burst)
+
+    def _ack(self, burst: list[tuple[str, Any, int, int]]) -> None:
+        if self.ack_when_handled:
+            for topic, payload, mid, qos in burst:
+                if qos:
+                    self._client.ack(mid, qos)
 
     def _guarded(self, func: Callable, topic: str = "", payload: bytes = b"") -> None:
         try:
