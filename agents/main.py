@@ -18,8 +18,9 @@ from .runtime import Agent
 log = logging.getLogger("lam-agent")
 
 
-def load_capabilities(names: list[str], settings: dict) -> dict[str, capability.Capability]:
-    """The capabilities that can run here; each one that cannot is logged with the reason."""
+def load_capabilities(names: list[str], settings: dict, optional: bool = False) -> dict[str, capability.Capability]:
+    """The capabilities that can run here; each one that cannot is logged with the reason
+    (as an error when it was asked for by name, as a note when ``optional``)."""
     loaded = {}
     for name in names:
         try:
@@ -27,7 +28,7 @@ def load_capabilities(names: list[str], settings: dict) -> dict[str, capability.
             cap.check()
             cap.start()
         except (capability.Unavailable, ValueError) as exc:
-            log.error("not offering %s: %s", name, exc)
+            log.log(logging.INFO if optional else logging.ERROR, "not offering %s: %s", name, exc)
             continue
         loaded[name] = cap
         log.info("offering %s: %s", name, ", ".join(cap.actions()))
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="TOML config file")
     parser.add_argument("--max-concurrent", type=int, help="tasks run at once (default 4)")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--all", action="store_true", help="offer every installed capability that can run here")
     parser.add_argument("--list", action="store_true", help="list installed capabilities and exit")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
@@ -59,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     except (lamconfig.ConfigError, ProtocolError) as exc:
         print(f"lam-agent: {exc}", file=sys.stderr)
         return 2
-    capabilities = load_capabilities(args.capability or section["capabilities"], cfg["capabilities"])
+    if args.all:
+        capabilities = load_capabilities(sorted(capability.available()), cfg["capabilities"], optional=True)
+    else:
+        capabilities = load_capabilities(args.capability or section["capabilities"], cfg["capabilities"])
     if not capabilities:
         print("lam-agent: no capability can run here (see the messages above)", file=sys.stderr)
         return 2

@@ -35,9 +35,9 @@ def broker_config(listen: str, websocket: str = "", password_file: str = "", all
 
 
 async def serve(config: dict) -> None:
-    from amqtt.broker import Broker
+    from broker.server import EmbeddedBroker
 
-    broker = Broker(config)
+    broker = EmbeddedBroker(config)
     await broker.start()
     log.info("broker listening on %s", ", ".join(f"{n}={l['bind']}" for n, l in config["listeners"].items()))
     sd_notify("READY=1\nSTATUS=broker listening")

@@ -108,11 +108,6 @@ class Journal:
                 opened.append((Prompt.from_dict(json.loads(body)), deadline, tasks))
             return opened
 
-    def reply_of(self, prompt_id: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT reply FROM prompts WHERE id = ?", (prompt_id,)).fetchone()
-        return row[0] if row else None
-
     def close(self) -> None:
         with self._lock:
             self._db.close()

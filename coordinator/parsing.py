@@ -47,15 +47,6 @@ class Parser(Protocol):
     def parse(self, prompt: str, context: Context) -> ParseResult: ...
 
 
-class GrammarParser:
-    """Only the rigid command language."""
-
-    name = "grammar"
-
-    def parse(self, prompt: str, context: Context) -> ParseResult:
-        return parse_chain(prompt, context.known)
-
-
 class ChainParser:
     """Rigid commands as they are; otherwise Groq (when configured), then the sentence grammar."""
 

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -146,7 +145,9 @@ def describe_event(prefix: str, topic: str, payload: bytes) -> tuple[str, str]:
     try:
         if kind == "prompts":
             p = Prompt.from_payload(payload)
-            return "prompt", f"{p.id} from {p.source}: {p.prompt!r}"
+            # A plain-text prompt has no id yet: the coordinator gives it one, unknown here.
+            given_id = p.id if payload.lstrip().startswith(b"{") else "(plain text)"
+            return "prompt", f"{given_id} from {p.source}: {p.prompt!r}"
         if kind == "tasks":
             t = parse(Task, payload)
             return "task", f"{t.task_id} -> {t.agent}: {t.command or t.capability + ' ' + t.action} (attempt {t.attempt})"
@@ -231,9 +232,20 @@ def component(module: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", module, *extra]
 
 
+def wants_embedded_broker(args: argparse.Namespace, cfg: dict) -> bool:
+    """True unless a broker was named: --broker, $LAM_BROKER, or a config ``[broker] url`` of its own."""
+    if args.broker or os.environ.get("LAM_BROKER"):
+        return False
+    own = (lamconfig.DEFAULTS["broker"]["url"], f"mqtt://{cfg['embedded_broker']['listen']}")
+    return cfg["broker"]["url"] in own
+
+
+STOP_SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     cfg = lamconfig.load(args.config, args.broker)
-    embedded = not (args.broker or os.environ.get("LAM_BROKER"))
+    embedded = wants_embedded_broker(args, cfg)
     common = [*(["--config", args.config] if args.config else [])]
     url = cfg["broker"]["url"]
     plan: list[tuple[str, list[str]]] = []
@@ -243,37 +255,60 @@ def cmd_up(args: argparse.Namespace) -> int:
         plan.append(("broker", component("broker.main", *common, "--listen", listen)))
     linked = [*common, "--broker", url]
     plan.append(("coordinator", component("coordinator.main", *linked)))
-    capabilities = args.capability or installed_capabilities()
-    agent_args = [*linked, "--id", args.agent_id or cfg["agent"]["id"] or lamconfig.default_agent_id()]
-    for name in capabilities:
+    agent_id = args.agent_id or cfg["agent"]["id"] or lamconfig.default_agent_id()
+    agent_args = [*linked, "--id", agent_id]
+    for name in args.capability or ():
         agent_args += ["--capability", name]
+    if not args.capability:
+        agent_args.append("--all")
     plan.append(("agent", component("agents.main", *agent_args)))
     if bridge_installed() and not args.no_bridge:
         plan.append(("bridge", component("r1_bridge.main", *linked)))
+    stopping: list[int] = []
+    # Ctrl-C, SIGTERM and a closed terminal all stop everything, in order; the children run in a
+    # session of their own, so the terminal's Ctrl-C reaches only us and never the broker first.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda number, frame: stopping.append(number))
     processes: dict[str, subprocess.Popen] = {}
+    try:
+        if not start_all(plan, processes, cfg, stopping):
+            return EXIT_UNREACHABLE
+        if not stopping:
+            settings = BrokerSettings.from_config({**cfg, "broker": {**cfg["broker"], "url": url}})
+            late = wait_until_online(settings, agent_id, processes, stopping)
+            print(banner(cfg, url, processes, late), flush=True)
+        while not stopping and all(p.poll() is None for p in processes.values()):
+            time.sleep(0.2)
+    finally:
+        stop_all(processes)
+    dead = [n for n, p in processes.items() if p.returncode not in (0, -signal.SIGTERM)]
+    if dead:
+        print(f"lam up: {', '.join(dead)} exited with an error", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def start_all(plan: list[tuple[str, list[str]]], processes: dict[str, subprocess.Popen], cfg: dict,
+              stopping: list[int]) -> bool:
+    """Start each component in order; False when the embedded broker could not start."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for name, argv in plan:
-        processes[name] = subprocess.Popen(argv, env=env)
+        if stopping:
+            return True
+        processes[name] = subprocess.Popen(argv, env=env, start_new_session=True)
         if name == "broker":
             time.sleep(1.0)
             if processes[name].poll() is not None:
                 print(f"lam up: the embedded broker could not start on {cfg['embedded_broker']['listen']} "
                       "(is another broker using the port? then run: lam up --broker mqtt://host:port)",
                       file=sys.stderr)
-                return EXIT_UNREACHABLE
-    print(f"\nLAMControl is up on {url}: {', '.join(processes)}.\n"
-          f"  try:    lam send \"echo hello\"\n"
-          f"  watch:  mosquitto_sub -v -t '{cfg['broker']['prefix']}/#'   (or: lam monitor)\n"
-          f"  agents: lam agents\n"
-          f"Ctrl-C stops everything.\n", flush=True)
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    try:
-        while not stopping and all(p.poll() is None for p in processes.values()):
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    for name in reversed(list(processes)):  # stop the broker last, so the others can say goodbye
+                return False
+    return True
+
+
+def stop_all(processes: dict[str, subprocess.Popen]) -> None:
+    """SIGTERM each component, the broker last so the others can say goodbye; SIGKILL what hangs."""
+    for name in reversed(list(processes)):
         process = processes[name]
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -281,11 +316,51 @@ def cmd_up(args: argparse.Namespace) -> int:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
-    dead = [n for n, p in processes.items() if p.returncode not in (0, -signal.SIGTERM)]
-    if dead:
-        print(f"lam up: {', '.join(dead)} exited with an error", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+                process.wait()
+
+
+def wait_until_online(settings: BrokerSettings, agent_id: str, processes: dict[str, subprocess.Popen],
+                      stopping: list[int], timeout: float = 30.0) -> list[str]:
+    """Wait for the coordinator's and the local agent's online presence; the names of those still missing."""
+    topics = settings.topics
+    expected = {topics.coordinator_status: "coordinator", topics.agent_status(agent_id): "agent"}
+    online: set[str] = set()
+
+    def seen(topic: str, payload: bytes) -> None:
+        try:
+            if parse(Presence, payload).state == "online":
+                online.add(topic)
+        except ProtocolError:
+            pass
+
+    bus = Bus(settings, component="lam-up", report=False)
+    for topic in expected:
+        bus.on(topic, seen)
+    deadline = time.monotonic() + timeout
+    try:
+        bus.start(timeout=timeout)
+        while (len(online) < len(expected) and time.monotonic() < deadline and not stopping
+               and all(p.poll() is None for p in processes.values())):
+            time.sleep(0.1)
+        bus.stop()
+    except BusError:
+        pass  # the components keep trying, and say so in their log lines
+    return [name for topic, name in expected.items() if topic not in online]
+
+
+def banner(cfg: dict, url: str, processes: dict[str, subprocess.Popen], late: list[str]) -> str:
+    lines = [f"\nLAMControl is up on {url}: {', '.join(processes)}."]
+    if late:
+        lines.append(f"  not online yet: {', '.join(late)} (their log lines above say why)")
+    if "bridge" in processes:
+        bridge = cfg["bridge"]
+        address = bridge.get("public_url") or f"{'https' if bridge.get('cert_file') else 'http'}://{bridge['listen']}"
+        lines.append(f"  bridge: {address}/  (on its first start it prints an API token and the admin password)")
+    lines += ["  try:    lam send \"echo hello\"",
+              f"  watch:  mosquitto_sub -v -t '{cfg['broker']['prefix']}/#'   (or: lam monitor)",
+              "  agents: lam agents",
+              "Ctrl-C stops everything.\n"]
+    return "\n".join(lines)
 
 
 # -- entry point ------------------------------------------------------------------------

@@ -122,10 +122,6 @@ class MqttUser:
     name: str
     capabilities: list[str] = field(default_factory=list)  # agents only
 
-    @property
-    def is_agent(self) -> bool:
-        return self.name not in COMPONENTS
-
     def acl(self, topics: Topics, discovery: str) -> list[str]:
         """``topic`` lines of this user's ACL section."""
         lam = topics.all

@@ -107,7 +107,10 @@ def result_of(exchange: Exchange) -> dict | None:
             "timestamp": iso(reply.ts)}
 
 
-def prompt_state(exchange: Exchange) -> dict:
+def prompt_state(exchange: Exchange, wait: float = 0.0) -> dict:
+    """The prompt's state as the API shows it, once it has a reply or ``wait`` seconds have passed."""
+    if wait:
+        exchange.done.wait(wait)
     result = result_of(exchange)
     state = {"status": "completed" if result else "pending", "id": exchange.prompt.id,
              "response": result["message"] if result else None, "timestamp": iso(exchange.submitted)}
@@ -138,9 +141,7 @@ def post_prompt() -> Response:
         return json_error("Not connected to the MQTT broker; try another bridge or later", 503)
     # A client retrying with the id it chose gets the same prompt back, never a second run.
     exchange = relay.exchanges.get(prompt.id) or relay.send(prompt)
-    if wait:
-        exchange.done.wait(wait)
-    return jsonify(prompt_state(exchange))
+    return jsonify(prompt_state(exchange, wait))
 
 
 @api.get("/prompt/<prompt_id>/status")
@@ -150,9 +151,7 @@ def prompt_status(prompt_id: str) -> Response:
     exchange = bridge().relay.exchanges.get(prompt_id)
     if exchange is None:
         return json_error("Prompt not found", 404)
-    if wait:
-        exchange.done.wait(wait)
-    return jsonify(prompt_state(exchange))
+    return jsonify(prompt_state(exchange, wait))
 
 
 @api.get("/task/<task_id>/status")

@@ -40,7 +40,7 @@ from lamcontrol.config import ConfigError
 from lamcontrol.protocol import Reply, new_id
 
 from .devices import DeviceStore
-from .pairing import pairing_payload, qr_svg
+from .pairing import pairing_payload
 from .relay import Relay
 
 log = logging.getLogger(__name__)
@@ -308,9 +308,6 @@ class Gateway:
         """The pairing QR's content: LAN addresses, port, pairing token, ws or wss."""
         return pairing_payload(self.store.pairing_token(), self.port, self.settings.tls,
                                self.settings.advertise or None)
-
-    def pairing_svg(self) -> str:
-        return qr_svg(self.pairing_payload())
 
     # -- one connection ---------------------------------------------------------------
 

@@ -4,6 +4,7 @@ served by waitress in this process, and responses checked against the bridge's O
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -136,3 +137,18 @@ def self_signed_certificate(directory: Path) -> tuple[str, str]:
 
 def dump(response: requests.Response) -> str:
     return f"{response.status_code} {json.dumps(dict(response.headers))} {response.text[:500]}"
+
+
+def csrf_from(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def logged_in(bridge) -> tuple[requests.Session, str]:
+    """A session logged in to the dashboard of ``bridge`` (anything with a ``url``), and its CSRF token."""
+    browser = requests.Session()
+    csrf = csrf_from(browser.get(f"{bridge.url}/login", timeout=10).text)
+    response = browser.post(f"{bridge.url}/login", data={"csrf_token": csrf, "username": "admin",
+                                                         "password": PASSWORD}, allow_redirects=False, timeout=10)
+    assert response.status_code == 302, dump(response)
+    page = browser.get(f"{bridge.url}/", timeout=10)
+    return browser, re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)

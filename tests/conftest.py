@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import select
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, LamSystem, Process, free_port, wait_for_port
+from desktop_parts import start_xvfb
+from helpers import ROOT, LamSystem, Process, free_port, lacking, wait_for_port
 
 
 class Broker:
@@ -73,19 +71,8 @@ def lam(broker, tmp_path):
 def xvfb():
     """An X server on a display number it picks itself; yields ':N'."""
     if not shutil.which("Xvfb"):
-        pytest.skip("apt-get install xvfb")
-    read_end, write_end = os.pipe()
-    server = subprocess.Popen(["Xvfb", "-displayfd", str(write_end), "-nolisten", "tcp", "-screen", "0", "1280x1024x24"],
-                              pass_fds=[write_end], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(write_end)
-    number = b""
-    while select.select([read_end], [], [], 20)[0]:
-        chunk = os.read(read_end, 16)
-        number += chunk
-        if not chunk or number.endswith(b"\n"):
-            break
-    os.close(read_end)
-    assert number.strip().isdigit(), "Xvfb did not report its display"
-    yield f":{number.decode().strip()}"
+        lacking("Xvfb not found: apt-get install xvfb")
+    server, display = start_xvfb()
+    yield display
     server.terminate()
     server.wait(10)

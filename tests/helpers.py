@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import socket
 import subprocess
@@ -12,8 +11,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, NoReturn
 
+import pytest
+
+from agents.capability import Capability, Unavailable
 from lamcontrol.bus import BrokerSettings, Bus
 from lamcontrol.protocol import Message, Presence, Prompt, Reply, parse
 
@@ -35,6 +37,30 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = 
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def unset(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """Remove environment variables for one test, so none leaks in from the machine running it."""
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+
+
+def lacking(what: str) -> NoReturn:
+    """This machine lacks a part a test needs: skip, or fail in CI, where the test command installs every part."""
+    if os.environ.get("CI"):
+        pytest.fail(what)
+    pytest.skip(what)
+
+
+def running(capability: Capability) -> Iterator[Capability]:
+    """For a fixture: check and start ``capability`` (see ``lacking`` when this machine cannot); close after."""
+    try:
+        capability.check()
+    except Unavailable as exc:
+        lacking(str(exc))
+    capability.start()
+    yield capability
+    capability.close()
 
 
 def wait_for_port(port: int, timeout: float = 15.0) -> None:

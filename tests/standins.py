@@ -3,7 +3,8 @@
 A :class:`StandIn` records every request it gets (method, path, headers, body) and answers
 through a function, so a test can both script the far side and check the exact wire traffic.
 :func:`site_routes` serves the pages in ``tests/sites`` the way Google, YouTube, Gmail, Amazon
-and Messenger lay out their URLs.
+and Messenger lay out their URLs; :func:`telegram_api` and :func:`discord_api` answer like
+the Telegram Bot API and Discord's REST and webhook APIs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import json
 import struct
 import threading
+import time
 import wave
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -131,4 +133,39 @@ def site_routes(signed_in: Callable[[], bool] = lambda: True) -> Callable[[Reque
             return Response(body=(SITES / PAGES[path]).read_text())
         return Response(404, "not found")
 
+    return respond
+
+
+TELEGRAM_TOKEN = "123456:AAH-telegram-secret"
+DISCORD_TOKEN = "MTIz.discord-secret"
+
+
+def telegram_api(script: list[Response] | None = None):
+    """Answers sendMessage like the Bot API; ``script`` answers come first."""
+    def respond(request: Request) -> Response:
+        if script:
+            return script.pop(0)
+        if request.path != f"/bot{TELEGRAM_TOKEN}/sendMessage":
+            return Response(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+        sent = request.json()
+        return Response(200, {"ok": True, "result": {"message_id": 42, "chat": {"id": sent["chat_id"]},
+                                                     "date": int(time.time()), "text": sent["text"]}})
+    return respond
+
+
+def discord_api(script: list[Response] | None = None):
+    """Answers DM-channel creation, channel messages and webhooks like Discord's REST API."""
+    def respond(request: Request) -> Response:
+        if script:
+            return script.pop(0)
+        if request.path.startswith("/api/webhooks/1234/"):
+            return Response(200, {"id": "777", "content": request.json()["content"]})
+        if request.headers.get("Authorization") != f"Bot {DISCORD_TOKEN}":
+            return Response(401, {"message": "401: Unauthorized", "code": 0})
+        if request.path == "/api/v10/users/@me/channels":
+            return Response(200, {"id": "555", "type": 1, "recipients": [{"id": request.json()["recipient_id"]}]})
+        if request.path.startswith("/api/v10/channels/") and request.path.endswith("/messages"):
+            return Response(200, {"id": "9001", "channel_id": request.path.split("/")[4],
+                                  "content": request.json()["content"]})
+        return Response(404, {"message": "404: Not Found", "code": 0})
     return respond

@@ -6,6 +6,7 @@ import pytest
 
 from agents.ai import SYSTEM_PROMPT, Ai, speakable
 from agents.capability import TaskFailed, Unavailable
+from helpers import unset
 from stubs.groq_server import GroqStub, rate_limited, retired, server_error, slow
 
 pytestmark = pytest.mark.timeout(60)
@@ -13,8 +14,7 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture(autouse=True)
 def no_real_key(monkeypatch, tmp_path):
-    for name in ("GROQ_API_KEY", "GROQ_BASE_URL", "LAM_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
+    unset(monkeypatch, "GROQ_API_KEY", "GROQ_BASE_URL", "LAM_CONFIG")
     monkeypatch.setenv("HOME", str(tmp_path))  # no user config file
 
 

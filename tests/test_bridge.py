@@ -14,8 +14,8 @@ import time
 import pytest
 import requests
 
-from bridgekit import (NO_VOICE_GATEWAY, PASSWORD, bridge, broker, dump, openapi,  # noqa: F401 (fixtures)
-                       self_signed_certificate, start_bridge, system)
+from bridgekit import (NO_VOICE_GATEWAY, PASSWORD, bridge, broker, csrf_from, dump, logged_in,  # noqa: F401
+                       openapi, self_signed_certificate, start_bridge, system)
 from helpers import ROOT, free_port, wait_for_port, wait_until
 from lamcontrol.cli import main as lam_main
 from lamcontrol.protocol import Prompt
@@ -219,20 +219,6 @@ def test_without_a_broker_health_says_so_and_prompts_are_refused(start_bridge, o
 
 
 # -- dashboard login, CSRF, live stream --------------------------------------------------------
-
-def csrf_from(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-
-
-def logged_in(bridge) -> tuple[requests.Session, str]:
-    browser = requests.Session()
-    csrf = csrf_from(browser.get(f"{bridge.url}/login", timeout=10).text)
-    response = browser.post(f"{bridge.url}/login", data={"csrf_token": csrf, "username": "admin",
-                                                         "password": PASSWORD}, allow_redirects=False, timeout=10)
-    assert response.status_code == 302, dump(response)
-    page = browser.get(f"{bridge.url}/", timeout=10)
-    return browser, re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)
-
 
 def test_dashboard_needs_a_login_with_csrf(bridge):
     browser = requests.Session()

@@ -23,7 +23,6 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from bridgekit import PASSWORD, bridge, broker, start_bridge, system  # noqa: F401
 
-SCREENSHOTS = Path(os.environ.get("LAM_SCREENSHOTS", "/tmp/lam"))
 
 # What the R1 injects into a creation: async Base64 secure storage, the speech-to-text
 # handler (its transcript comes back through window.onPluginMessage) and the message handler.
@@ -59,6 +58,14 @@ def chromium(width: int, height: int, scale: float = 1.0) -> webdriver.Chrome:
     return driver
 
 
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory) -> Path:
+    """Where the pictures go ($LAM_SCREENSHOTS to keep them); it must exist, or the browser drops them."""
+    folder = Path(os.environ.get("LAM_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @pytest.fixture
 def r1():
     driver = chromium(240, 282, 2)
@@ -83,7 +90,7 @@ def last_reply(driver) -> str:
     return replies[-1].text if replies else ""
 
 
-def test_r1_page_pairs_talks_and_speaks(r1, bridge):
+def test_r1_page_pairs_talks_and_speaks(r1, bridge, screenshots):
     r1.get(f"{bridge.url}/r1#token={bridge.token}")
     wait = WebDriverWait(r1, 20)
     wait.until(EC.visibility_of_element_located((By.ID, "talk")))
@@ -119,7 +126,7 @@ def test_r1_page_pairs_talks_and_speaks(r1, bridge):
         wait.until(lambda d, t=text: last_reply(d) == t)
     bottom = r1.execute_script("return document.getElementById('log').scrollTop")
     assert bottom > 0
-    r1.save_screenshot(str(SCREENSHOTS / "r1.png"))
+    r1.save_screenshot(str(screenshots / "r1.png"))
     fire(r1, "scrollUp")
     wait.until(lambda d: d.execute_script("return document.getElementById('log').scrollTop") < bottom)
 
@@ -169,7 +176,7 @@ def stream_texts(driver) -> list[str]:
     return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#stream li")]
 
 
-def test_dashboard_shows_agents_live_and_sends_prompts(desktop, bridge, system):
+def test_dashboard_shows_agents_live_and_sends_prompts(desktop, bridge, system, screenshots):
     login(desktop, bridge)
     wait = WebDriverWait(desktop, 30)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#agents tr[data-agent="a1"] td.state.online'))
@@ -191,10 +198,10 @@ def test_dashboard_shows_agents_live_and_sends_prompts(desktop, bridge, system):
 
     system.processes[-1].stop()  # the agent says goodbye: the table follows
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#agents tr[data-agent="dash-agent"] td.state.offline'))
-    desktop.save_screenshot(str(SCREENSHOTS / "dashboard.png"))
+    desktop.save_screenshot(str(screenshots / "dashboard.png"))
 
 
-def test_install_page_shows_the_creation_qr_code(desktop, bridge):
+def test_install_page_shows_the_creation_qr_code(desktop, bridge, screenshots):
     login(desktop, bridge)
     desktop.get(f"{bridge.url}/r1/install")
     wait = WebDriverWait(desktop, 20)
@@ -204,7 +211,7 @@ def test_install_page_shows_the_creation_qr_code(desktop, bridge):
     assert creation["url"].startswith(f"{bridge.url}/r1#token=") and creation["themeColor"] == "#FE5000"
     size = desktop.find_element(By.CSS_SELECTOR, "#qr svg").size
     assert size["width"] >= 200 and size["height"] >= 200
-    picture = SCREENSHOTS / "install-qr.png"
+    picture = screenshots / "install-qr.png"
     desktop.find_element(By.CSS_SELECTOR, "#qr").screenshot(str(picture))
     if not shutil.which("zbarimg"):
         pytest.fail("zbarimg is missing: apt-get install -y zbar-tools")

@@ -20,6 +20,7 @@ from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 from agents import webdriver  # noqa: E402
 from agents.browser import Browser  # noqa: E402
 from agents.capability import TaskFailed, Unavailable  # noqa: E402
+from helpers import running  # noqa: E402
 from standins import StandIn, site_routes  # noqa: E402
 
 QUERY = "weezer & friends"
@@ -47,14 +48,7 @@ def settings(sites, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(settings):
-    capability = Browser(settings)
-    try:
-        capability.check()
-    except Unavailable as exc:
-        pytest.skip(str(exc))
-    capability.start()
-    yield capability
-    capability.close()
+    yield from running(Browser(settings))
 
 
 def shown(browser: Browser, css: str = "body") -> str:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import queue
 import signal
 import time
+
+import paho.mqtt.client as mqtt
 
 from helpers import wait_until
 from lamcontrol.protocol import ErrorRecord, Presence, Prompt, Reply, Result, Task, decode, new_id
@@ -251,3 +254,36 @@ def test_survives_a_broker_restart(broker, lam):
     wait_until(lambda: lam.recorder.bus.ready.is_set(), 30, "recorder reconnected")
     reply = lam.send("echo after", timeout=45)
     assert reply.status == "succeeded" and reply.response == "after"
+
+
+def raw_client(broker, name: str, subscriptions: list[str], received: queue.Queue | None = None) -> mqtt.Client:
+    """A plain paho client, connected and subscribed; every message it gets goes to ``received``."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{name}-{new_id()}")
+    subscribed = queue.Queue()
+    client.on_subscribe = lambda *args: subscribed.put(True)
+    if received is not None:
+        client.on_message = lambda c, userdata, message: received.put((message.topic, message.retain))
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    for topic_filter in subscriptions:
+        client.subscribe(topic_filter, qos=1)
+        subscribed.get(timeout=10)
+    return client
+
+
+def test_a_new_subscriber_gets_each_retained_message_once(broker):
+    """However many filters other clients hold, a retained message comes once per subscription."""
+    root = f"retained-{new_id()}"
+    publisher = raw_client(broker, "publisher", [])
+    publisher.publish(f"{root}/status", b"online", qos=1, retain=True).wait_for_publish(10)
+    others = raw_client(broker, "others", [f"{root}/#", f"{root}/+", f"{root}/status"])
+    received: queue.Queue = queue.Queue()
+    late = raw_client(broker, "late", [f"{root}/#"], received)
+    publisher.publish(f"{root}/marker", b"", qos=1).wait_for_publish(10)
+    seen = []
+    while (message := received.get(timeout=10)) != (f"{root}/marker", False):
+        seen.append(message)
+    assert seen == [(f"{root}/status", True)]
+    for client in (publisher, others, late):
+        client.disconnect()
+        client.loop_stop()

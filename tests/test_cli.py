@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import uuid
+from pathlib import Path
+
+import pytest
 
 from helpers import ROOT, Process, free_port, wait_for_port, wait_until
+from lamcontrol.cli import describe_event
+from lamcontrol.protocol import Prompt
 
 
 def lam_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -62,6 +69,12 @@ def test_send_agents_and_monitor(lam):
     monitor.stop()
 
 
+def test_monitor_shows_a_prompts_own_id_and_invents_none():
+    prompt = Prompt(prompt="echo hi", source="cli")
+    assert describe_event("lam", "lam/prompts", prompt.to_json()) == ("prompt", f"{prompt.id} from cli: 'echo hi'")
+    assert describe_event("lam", "lam/prompts", b"echo hi") == ("prompt", "(plain text) from mqtt: 'echo hi'")
+
+
 def test_send_says_when_the_broker_is_unreachable(tmp_path):
     result = lam_cli("send", "--broker", f"mqtt://127.0.0.1:{free_port()}", "--connect-timeout", "2", "echo hi")
     assert result.returncode == 2
@@ -82,22 +95,79 @@ def test_broker_url_precedence(tmp_path):
     assert config.load(str(path))["broker"]["url"] == "mqtt://from-file:1"
 
 
-def test_lam_up_starts_everything_and_stops_cleanly(tmp_path):
-    port = free_port()
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "Ctrl-C"])
+def test_lam_up_starts_everything_and_stops_cleanly(tmp_path, stop):
+    port, bridge_port = free_port(), free_port()
     config = tmp_path / "config.toml"
     config.write_text(f'[embedded_broker]\nlisten = "127.0.0.1:{port}"\n'
                       f'[coordinator]\njournal = "{tmp_path / "journal.db"}"\n'
-                      f'[bridge]\nlisten = "127.0.0.1:{free_port()}"\n')
-    env = {"LAM_STATE_DIR": str(tmp_path / "state")}
+                      f'[bridge]\nlisten = "127.0.0.1:{bridge_port}"\n'
+                      f'[openclaw]\nhost = "127.0.0.1"\nport = {free_port()}\n')
+    log_path = tmp_path / "lam-up.log"
+    with log_path.open("wb") as log:  # a session of its own, as a terminal gives it
+        up = subprocess.Popen([sys.executable, "-m", "lamcontrol", "up", "--config", str(config), "-c", "echo",
+                               "--agent-id", "home-pc"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                              start_new_session=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1", "LAM_STATE_DIR": str(tmp_path / "state")})
+    try:
+        wait_for_port(port)
+        wait_until(lambda: "API token:" in log_path.read_text(), 30, "the bridge's first-start lines")
+        reply = wait_until(lambda: (r := lam_cli("send", "--broker", f"mqtt://127.0.0.1:{port}", "echo hello",
+                                                 "--timeout", "10")).returncode == 0 and r, 60, "a reply via lam up")
+        assert reply.stdout.strip() == "hello"
+        output = log_path.read_text()
+        assert "LAMControl is up" in output and f"bridge: http://127.0.0.1:{bridge_port}/" in output
+        assert "not online yet" not in output
+        assert re.search(r"admin login: admin / \S+", output)
+        children = children_of(up.pid)
+        assert len(children) == 4, children  # broker, coordinator, agent, bridge
+        if stop == "Ctrl-C":
+            os.killpg(up.pid, signal.SIGINT)
+        else:
+            up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0, log_path.read_text()
+    finally:
+        if up.poll() is None:
+            up.kill()
+    output = log_path.read_text()
+    assert "exited with an error" not in output
+    assert "reconnecting" not in output and "cannot reach" not in output  # the broker stopped last
+    assert not [pid for pid in children if alive(pid)]
+
+
+def test_lam_up_uses_the_broker_the_config_names(broker, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(f'[broker]\nurl = "{broker.url}"\nprefix = "up-{uuid.uuid4().hex[:8]}"\n'
+                      f'[coordinator]\njournal = "{tmp_path / "journal.db"}"\n')
     up = Process("lam-up", [sys.executable, "-m", "lamcontrol", "up", "--config", str(config), "-c", "echo",
-                            "--agent-id", "home-pc"], tmp_path, env)
-    wait_for_port(port)
+                            "--no-bridge"], tmp_path, {"LAM_STATE_DIR": str(tmp_path / "state")})
     wait_until(lambda: "LAMControl is up" in up.log(), 30, "lam up banner")
-    reply = wait_until(lambda: (r := lam_cli("send", "--broker", f"mqtt://127.0.0.1:{port}", "echo hello",
+    assert f"LAMControl is up on {broker.url}: coordinator, agent." in up.log()
+    reply = wait_until(lambda: (r := lam_cli("send", "--config", str(config), "echo hello",
                                              "--timeout", "10")).returncode == 0 and r, 60, "a reply via lam up")
     assert reply.stdout.strip() == "hello"
     assert up.stop() == 0
-    assert "exited with an error" not in up.log()
 
 
 def test_example_config_is_valid_for_every_part():

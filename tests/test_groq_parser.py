@@ -12,6 +12,7 @@ from coordinator.grammar import parse_chain
 from coordinator.groq_parser import SYSTEM_PROMPT
 from coordinator.parsing import Context, build_parser
 from coordinator.sentences import screen
+from helpers import unset
 from stubs.groq_server import (GroqStub, answer, malformed, rate_limited, retired, server_error, slow,
                                unknown_model, error)
 
@@ -20,8 +21,7 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture(autouse=True)
 def no_real_key(monkeypatch):
-    monkeypatch.delenv("GROQ_API_KEY", raising=False)
-    monkeypatch.delenv("GROQ_BASE_URL", raising=False)
+    unset(monkeypatch, "GROQ_API_KEY", "GROQ_BASE_URL")
 
 
 @pytest.fixture

@@ -8,96 +8,22 @@ onboards it over REST and makes a long-lived access token, the way a person woul
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import string
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import requests
-from websockets.sync.client import connect
 
 from agents.capability import TaskFailed, Unavailable
 from agents.home import Home
-from helpers import Process, free_port, wait_until
+from hass_server import HASS, HomeAssistant
+from helpers import wait_until
 from lamcontrol.protocol import Presence
 
-HASS = Path(__file__).parent / "hass"
 EXPOSED = {"Bedroom", "Desk lamp", "Garage door", "Good night", "Kitchen", "Living Room", "Living room lights",
            "Movie night"}
-
-
-class HomeAssistant:
-    """A Home Assistant process with its own config directory and an onboarded owner."""
-
-    def __init__(self, hass: str, config_dir: Path) -> None:
-        self.hass = hass
-        self.config_dir = config_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.token = ""
-        self.process: Process | None = None
-        template = string.Template((HASS / "configuration.yaml").read_text())
-        (config_dir / "configuration.yaml").write_text(template.substitute(port=self.port))
-
-    def start(self) -> None:
-        self.process = Process("home-assistant", [self.hass, "-c", str(self.config_dir), "--skip-pip"],
-                               self.config_dir)
-        wait_until(self._running, 120, f"Home Assistant running\n{self.process.log()[-3000:]}")
-
-    def _running(self) -> bool:
-        if self.process.popen.poll() is not None:
-            raise AssertionError(f"Home Assistant exited\n{self.process.log()[-3000:]}")
-        try:
-            if not self.token:
-                return requests.get(f"{self.url}/api/onboarding", timeout=2).ok
-            return requests.get(f"{self.url}/api/config", headers=self.headers, timeout=2).json()["state"] == "RUNNING"
-        except (requests.RequestException, ValueError, KeyError):
-            return False
-
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop(30)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def onboard(self) -> None:
-        """Create the owner over REST, then trade the auth code for a token and that for a long-lived one."""
-        client_id = f"{self.url}/"
-        created = requests.post(f"{self.url}/api/onboarding/users", timeout=30, json={
-            "client_id": client_id, "name": "Test", "username": "test", "password": "test-password", "language": "en"})
-        created.raise_for_status()
-        token = requests.post(f"{self.url}/auth/token", timeout=30, data={
-            "grant_type": "authorization_code", "code": created.json()["auth_code"], "client_id": client_id})
-        token.raise_for_status()
-        self.token = token.json()["access_token"]
-        self.token = self.websocket("auth/long_lived_access_token", client_name="lamcontrol tests", lifespan=30)
-        wait_until(self._running, 60, "Home Assistant running")
-
-    def websocket(self, kind: str, **fields):
-        with connect(f"ws://127.0.0.1:{self.port}/api/websocket", open_timeout=10) as ws:
-            ws.recv(timeout=10)
-            ws.send(json.dumps({"type": "auth", "access_token": self.token}))
-            assert json.loads(ws.recv(timeout=10))["type"] == "auth_ok"
-            ws.send(json.dumps({"id": 1, "type": kind, **fields}))
-            answer = json.loads(ws.recv(timeout=10))
-        assert answer["success"], answer
-        return answer["result"]
-
-    def call(self, domain: str, service: str, **data) -> None:
-        requests.post(f"{self.url}/api/services/{domain}/{service}", json=data, headers=self.headers,
-                      timeout=30).raise_for_status()
-
-    def state(self, entity_id: str) -> dict:
-        answer = requests.get(f"{self.url}/api/states/{entity_id}", headers=self.headers, timeout=30)
-        answer.raise_for_status()
-        return answer.json()
 
 
 @pytest.fixture(scope="session")

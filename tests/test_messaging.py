@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -16,10 +15,10 @@ pytest.importorskip("requests")
 from agents.capability import TaskFailed, Unavailable  # noqa: E402
 from agents.messaging import Messaging  # noqa: E402
 from lamcontrol.protocol import Presence  # noqa: E402
-from standins import Request, Response, StandIn, site_routes  # noqa: E402
+from helpers import running, unset  # noqa: E402
+from standins import (DISCORD_TOKEN, TELEGRAM_TOKEN, Response, StandIn, discord_api, site_routes,  # noqa: E402
+                      telegram_api)
 
-TELEGRAM_TOKEN = "123456:AAH-telegram-secret"
-DISCORD_TOKEN = "MTIz.discord-secret"
 CONTACTS = {
     "Jason": {"telegram": 12345, "discord": "user:80351110224678912", "facebook": "jason.smith"},
     "team": {"telegram": "@lamteam", "discord": "channel:41771983423143937"},
@@ -27,41 +26,9 @@ CONTACTS = {
 }
 
 
-def telegram_api(script: list[Response] | None = None):
-    """Answers sendMessage like the Bot API; ``script`` answers come first."""
-    def respond(request: Request) -> Response:
-        if script:
-            return script.pop(0)
-        if request.path != f"/bot{TELEGRAM_TOKEN}/sendMessage":
-            return Response(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
-        sent = request.json()
-        return Response(200, {"ok": True, "result": {"message_id": 42, "chat": {"id": sent["chat_id"]},
-                                                     "date": int(time.time()), "text": sent["text"]}})
-    return respond
-
-
-def discord_api(script: list[Response] | None = None):
-    """Answers DM-channel creation, channel messages and webhooks like Discord's REST API."""
-    def respond(request: Request) -> Response:
-        if script:
-            return script.pop(0)
-        if request.path.startswith("/api/webhooks/1234/"):
-            return Response(200, {"id": "777", "content": request.json()["content"]})
-        if request.headers.get("Authorization") != f"Bot {DISCORD_TOKEN}":
-            return Response(401, {"message": "401: Unauthorized", "code": 0})
-        if request.path == "/api/v10/users/@me/channels":
-            return Response(200, {"id": "555", "type": 1, "recipients": [{"id": request.json()["recipient_id"]}]})
-        if request.path.startswith("/api/v10/channels/") and request.path.endswith("/messages"):
-            return Response(200, {"id": "9001", "channel_id": request.path.split("/")[4],
-                                  "content": request.json()["content"]})
-        return Response(404, {"message": "404: Not Found", "code": 0})
-    return respond
-
-
 @pytest.fixture(autouse=True)
 def no_tokens_from_outside(monkeypatch):
-    monkeypatch.delenv("LAM_TELEGRAM_TOKEN", raising=False)
-    monkeypatch.delenv("LAM_DISCORD_TOKEN", raising=False)
+    unset(monkeypatch, "LAM_TELEGRAM_TOKEN", "LAM_DISCORD_TOKEN")
 
 
 @pytest.fixture
@@ -316,15 +283,8 @@ def messenger():
 
 @pytest.fixture(scope="module")
 def facebook(messenger, tmp_path_factory):
-    capability = Messaging({"contacts": CONTACTS, "messenger_url": messenger.url, "headless": True,
-                            "profile_dir": str(tmp_path_factory.mktemp("profile")), "page_timeout": 5.0})
-    try:
-        capability.check()
-    except Unavailable as exc:
-        pytest.skip(str(exc))
-    capability.start()
-    yield capability
-    capability.close()
+    yield from running(Messaging({"contacts": CONTACTS, "messenger_url": messenger.url, "headless": True,
+                                  "profile_dir": str(tmp_path_factory.mktemp("profile")), "page_timeout": 5.0}))
 
 
 def test_messenger_types_into_the_thread_and_sends(facebook, messenger):

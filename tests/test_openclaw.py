@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import ssl
 import uuid
 from pathlib import Path
 
 import pytest
+import requests
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -25,7 +27,7 @@ from r1_bridge.openclaw import BROKER_AWAY_SENTENCE, Gateway, GatewaySettings, v
 from r1_bridge.pairing import pairing_payload, qr_svg
 from r1_bridge.relay import Relay
 
-from bridgekit import self_signed_certificate
+from bridgekit import PASSWORD, csrf_from, logged_in, self_signed_certificate
 from helpers import wait_until
 from stubs.groq_server import GroqStub
 
@@ -374,7 +376,8 @@ def test_pairing_code(tmp_path):
     plain = gateway.pairing_payload()
     assert plain["protocol"] == "ws" and plain["port"] == gateway.port and plain["token"] == store.pairing_token()
     assert all(not ip.startswith("127.") for ip in plain["ips"])
-    assert gateway.pairing_svg().startswith("<svg") and "<path" in gateway.pairing_svg()
+    svg = qr_svg(plain)
+    assert svg.startswith("<svg") and "<path" in svg
     gateway.stop()
     assert (store.path.stat().st_mode & 0o777) == 0o600
     store.rotate_pairing_token()
@@ -469,6 +472,49 @@ def test_the_bridge_serves_the_r1_gateway(lam, tmp_path, monkeypatch):
     finally:
         service.stop()
     assert [d.id for d in DeviceStore().devices()] == ["r1-kitchen"]
+
+
+@ONE_BROKER
+def test_pair_page_shows_the_code_makes_new_ones_and_revokes(lam, tmp_path, monkeypatch):
+    """``/r1/pair``: the admin sees the pairing QR and the paired R1s, makes a new code, revokes an R1."""
+    monkeypatch.setenv("LAM_STATE_DIR", str(tmp_path))
+    cfg = lamconfig.load(str(lam.config("bridge", '[openclaw]\nhost = "127.0.0.1"\nport = 0\n')))
+    cfg["bridge"]["listen"] = "127.0.0.1:0"
+    service = BridgeService(cfg)
+    service.bridge.admin.set(PASSWORD)
+    service.start()
+    try:
+        page_url = f"{service.url}/r1/pair"
+        stranger = requests.get(page_url, allow_redirects=False, timeout=10)
+        assert stranger.status_code == 302 and stranger.headers["Location"].startswith("/login")
+        store = service.gateway.store
+        first_code = store.pairing_token()
+        kitchen = R1(f"ws://127.0.0.1:{service.gateway.port}/")
+        assert kitchen.hello(first_code)["ok"]
+        kitchen.close()
+
+        browser, _ = logged_in(service)
+        page = browser.get(page_url, timeout=10).text
+        payload = service.gateway.pairing_payload()
+        assert payload["token"] == first_code and payload["port"] == service.gateway.port
+        assert qr_svg(payload) in page and "<svg" in page
+        row = re.search(r"<tr><td>r1-kitchen</td><td>Kitchen R1</td><td>active</td>.*?</tr>", page, re.S)
+        assert row and 'name="revoke" value="r1-kitchen"' in row.group(0)
+
+        rotated = browser.post(page_url, data={"csrf_token": csrf_from(page), "new_code": "1"}, timeout=10)
+        assert rotated.status_code == 200 and store.pairing_token() != first_code
+        assert qr_svg(service.gateway.pairing_payload()) in rotated.text and qr_svg(payload) not in rotated.text
+        late = R1(f"ws://127.0.0.1:{service.gateway.port}/")
+        assert not late.hello(first_code, "r1-late")["ok"]  # the old QR code no longer pairs
+        late.close()
+
+        forged = browser.post(page_url, data={"revoke": "r1-kitchen"}, timeout=10)
+        assert forged.status_code == 403 and store.get("r1-kitchen").state == "active"
+        revoked = browser.post(page_url, data={"csrf_token": csrf_from(page), "revoke": "r1-kitchen"}, timeout=10)
+        assert revoked.status_code == 200 and store.get("r1-kitchen").state == "revoked"
+        assert "<td>r1-kitchen</td>" in revoked.text and 'value="r1-kitchen"' not in revoked.text
+    finally:
+        service.stop()
 
 
 @pytest.mark.parametrize("content", ["{not json", "[]", '{"devices": {"r1": {"colour": "red"}}}'])

@@ -1,0 +1,138 @@
+"""The embedded broker (``lam-broker``) under the churn the test suite and ``lam send`` create."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from helpers import Process, free_port, wait_for_port, wait_until
+
+THREADS = 8
+CLIENTS_PER_THREAD = 40
+RETAINED = 5
+
+
+@pytest.fixture
+def embedded_broker(tmp_path):
+    """A ``lam-broker`` process on a free port; yields (port, process)."""
+    port = free_port()
+    process = Process("lam-broker", [sys.executable, "-m", "broker.main", "--listen", f"127.0.0.1:{port}"], tmp_path)
+    wait_for_port(port)
+    yield port, process
+    process.stop()
+
+
+class Client:
+    """A paho client named and (if asked) persistent as LAMControl components are, subscribed to filters.
+
+    It never reconnects by itself, so a connection the broker drops shows up as a problem.
+    """
+
+    def __init__(self, port: int, client_id: str, filters: list[str], persistent: bool = True,
+                 will_topic: str = "") -> None:
+        self.client_id = client_id
+        self.received: list[bytes] = []
+        self.subscribed = threading.Event()
+        self.dropped = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent)
+        self.client.username_pw_set(client_id)
+        if will_topic:
+            self.client.will_set(will_topic, b'{"online": false}', qos=1, retain=True)
+        self.client.reconnect_delay_set(60, 60)
+        self.client.on_message = lambda client, userdata, message: self.received.append(message.payload)
+        self.client.on_subscribe = lambda *args: self.subscribed.set()
+        self.client.on_disconnect = lambda *args: self.dropped.set()
+        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.loop_start()
+        if filters:
+            self.client.subscribe([(f, 1) for f in filters])
+
+    def problem(self) -> str:
+        """Why the subscription did not go through ('' if it did)."""
+        if not self.subscribed.wait(15):
+            return f"{self.client_id}: no SUBACK" + (" (dropped by the broker)" if self.dropped.is_set() else "")
+        return f"{self.client_id}: dropped by the broker" if self.dropped.is_set() else ""
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(15)
+
+    def close(self, abrupt: bool = False) -> None:
+        sock = self.client.socket()
+        if abrupt and sock:
+            sock.close()  # the broker sends the last will
+        else:
+            self.client.disconnect()
+        self.client.loop_stop()
+
+
+def churn(port: int, worker: int) -> list[str]:
+    """Clients that connect, subscribe, announce themselves and leave, one after another."""
+    problems = []
+    for n in range(CLIENTS_PER_THREAD):
+        persistent = (worker + n) % 2 == 0
+        # Persistent clients come back under a few names, as agents do; the others are one-offs.
+        client_id = f"churn-{worker}-{n % 3}" if persistent else f"churn-{uuid.uuid4().hex[:10]}"
+        status = f"lam/agents/{client_id}/status"
+        client = Client(port, client_id, [f"lam/replies/{uuid.uuid4().hex}", "lam/#"], persistent, status)
+        problem = client.problem()
+        if problem:
+            problems.append(problem)
+        else:
+            client.publish(status, b'{"online": true}', retain=True)
+        client.close(abrupt=n % 4 == 0)
+    return problems
+
+
+def test_many_short_lived_clients_all_connect_while_others_come_and_go(embedded_broker):
+    port, process = embedded_broker
+    watcher = Client(port, "churn-watcher", ["lam/#"], persistent=False)
+    for n in range(RETAINED):
+        watcher.publish(f"lam/agents/seed-{n}/status", b'{"online": true}', retain=True)
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        problems = [p for found in pool.map(churn, [port] * THREADS, range(THREADS)) for p in found]
+    watcher.close()
+
+    assert problems == []
+    assert "Unhandled exception" not in process.log()
+
+
+def test_a_session_taken_over_by_a_new_connection_keeps_receiving(embedded_broker):
+    """An agent restarted before the broker noticed its old connection still gets its tasks."""
+    port, _ = embedded_broker
+    old = Client(port, "lam-agent-takeover", ["lam/tasks/echo"])
+    assert old.problem() == ""
+    new = Client(port, "lam-agent-takeover", ["lam/tasks/echo"])
+    assert new.problem() == ""
+    assert old.dropped.wait(15), "the broker kept the old connection"
+    publisher = Client(port, "takeover-publisher", [], persistent=False)
+    tasks = [f"task {n}".encode() for n in range(3)]
+    try:
+        for task in tasks:
+            publisher.publish("lam/tasks/echo", task)
+        wait_until(lambda: new.received == tasks, what="the tasks on the new connection")
+    finally:
+        for client in (publisher, old, new):
+            client.close()
+
+
+def test_retained_messages_go_only_to_clients_whose_filters_match(embedded_broker):
+    port, _ = embedded_broker
+    watcher = Client(port, "retained-watcher", ["lam/#"], persistent=False)
+    assert watcher.problem() == ""
+    watcher.publish("lam/agents/retained-agent/status", b'{"online": true}', retain=True)
+    # Anything sent at connect time arrives before the SUBACK.
+    sender = Client(port, "retained-sender", ["lam/replies/retained-sender"], persistent=False)
+    interested = Client(port, "retained-interested", ["lam/agents/+/status"], persistent=False)
+    try:
+        assert sender.problem() == interested.problem() == ""
+        wait_until(lambda: interested.received == [b'{"online": true}'], what="the retained status")
+        assert sender.received == []
+    finally:
+        for client in (watcher, sender, interested):
+            client.close()
