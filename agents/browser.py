@@ -113,7 +113,7 @@ class Browser(Capability):
         query = query.strip()
         with self._use() as driver:
             webdriver.navigate(driver, self._search_url("youtube", query), "YouTube")
-            wait = WebDriverWait(driver, self.settings["page_timeout"])
+            wait = WebDriverWait(driver, self.settings["page_timeout"], poll_frequency=0.05)
             try:
                 link = wait.until(expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, FIRST_VIDEO)))
                 title = (link.get_attribute("title") or link.text).strip() or query

@@ -21,6 +21,7 @@ from typing import Any, Callable, ContextManager
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.matcher import MQTTMatcher
 
 from . import config as lamconfig
 from .protocol import DEFAULT_MAX_PAYLOAD, ErrorRecord, Message, ProtocolError, Topics
@@ -115,6 +116,7 @@ class Bus:
         self.ready = threading.Event()
         self.last_error = ""
         self._handlers: list[tuple[str, Handler]] = []
+        self._routes = MQTTMatcher()  # topic filter -> its handlers, in registration order
         self._on_connect: list[Callable[[], None]] = []
         self._pending_subs: set[int] = set()
         self._inbox: queue.Queue = queue.Queue()
@@ -149,6 +151,10 @@ class Bus:
     def on(self, topic_filter: str, handler: Handler) -> None:
         """Call ``handler(topic, payload)`` for every message matching ``topic_filter``."""
         self._handlers.append((topic_filter, handler))
+        try:
+            self._routes[topic_filter].append(handler)
+        except KeyError:
+            self._routes[topic_filter] = [handler]
 
     def on_connect(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` on the dispatcher thread after each (re)connect."""
@@ -283,8 +289,8 @@ class Bus:
                 self.refuse(topic, ProtocolError(
                     f"payload of {len(payload)} bytes exceeds the {self.settings.max_payload}-byte limit"), payload)
             else:
-                for topic_filter, handler in self._handlers:
-                    if mqtt.topic_matches_sub(topic_filter, topic):
+                for handlers in list(self._routes.iter_match(topic)):
+                    for handler in handlers:
                         self._guarded(handler, topic, payload)
         if self.transaction is None:
             self._ack(burst)
