@@ -24,6 +24,7 @@ from lamcontrol.bus import Bus
 from lamcontrol.protocol import PROMPT_STATUSES, Presence, ProtocolError, Prompt, Result, Topics, parse
 
 log = logging.getLogger(__name__)
+STATE_QOS = 0  # retained state for sensors: the next one replaces it, so no acknowledgement is needed
 
 ORIGIN = {"name": "LAMControl", "sw_version": __version__}
 SOURCE = "homeassistant"
@@ -228,8 +229,8 @@ class Discovery:
     def result_received(self, result: Result, payload: bytes) -> None:
         """Keep each known agent's latest finished task, retained, for its sensor and event."""
         if result.agent in self.agents and result.state in FINISHED:
-            self.bus.publish_raw(self.topics.last_result(result.agent), payload, retain=True)
+            self.bus.publish_raw(self.topics.last_result(result.agent), payload, retain=True, qos=STATE_QOS)
 
     def reply_sent(self, payload: bytes) -> None:
         """Keep the latest reply, retained, for the coordinator's sensor and event."""
-        self.bus.publish_raw(self.topics.last_reply, payload, retain=True)
+        self.bus.publish_raw(self.topics.last_reply, payload, retain=True, qos=STATE_QOS)
