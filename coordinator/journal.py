@@ -44,7 +44,8 @@ CREATE INDEX IF NOT EXISTS open_prompts ON prompts(id) WHERE reply IS NULL;
 class Journal:
     """Prompts, tasks and replies, durable across crashes."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, keep_days: float = 7.0) -> None:
+        self.keep_days = keep_days
         if str(path) != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
             path = Path(path).expanduser()
@@ -107,6 +108,15 @@ class Journal:
                           "agent": r[4], "attempt": r[5], "message": r[6], "data": json.loads(r[7])} for r in rows]
                 opened.append((Prompt.from_dict(json.loads(body)), deadline, tasks))
             return opened
+
+    def prune(self) -> int:
+        """Forget answered prompts older than ``keep_days``; the number forgotten."""
+        cutoff = time.time() - self.keep_days * 86400
+        with self.batch():
+            self._db.execute("DELETE FROM tasks WHERE prompt_id IN "
+                             "(SELECT id FROM prompts WHERE reply IS NOT NULL AND received < ?)", (cutoff,))
+            return self._db.execute("DELETE FROM prompts WHERE reply IS NOT NULL AND received < ?",
+                                    (cutoff,)).rowcount
 
     def close(self) -> None:
         with self._lock:

@@ -39,6 +39,7 @@ WARMUP = 3.0  # seconds after start during which unknown capabilities are waited
 TRANSCRIPT = 5
 RETRY_ROUND = 1.0  # pause before offering a task again to agents that already refused it
 MAX_PROMPT_TIMEOUT = 600.0
+PRUNE_EVERY = 3600.0  # seconds between journal clean-ups
 
 
 @dataclass
@@ -166,13 +167,17 @@ class Coordinator:
             self.journal.close()
 
     def _tick_loop(self) -> None:
-        last_beat = time.monotonic()
+        last_beat = last_prune = time.monotonic()
         while not self._stopping.wait(TICK):
             try:
                 self.tick()
                 if time.monotonic() - last_beat >= self.heartbeat and self.bus.connected.is_set():
                     last_beat = time.monotonic()
                     self.announce()
+                if time.monotonic() - last_prune >= PRUNE_EVERY:
+                    last_prune = time.monotonic()
+                    with self._lock:
+                        log.info("journal: forgot %d old prompt(s)", self.journal.prune())
             except Exception:
                 log.exception("coordinator tick failed")
 

@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "coordinator": {
         "journal": "",  # default: journal.db in the state directory
+        "journal_days": 7.0,  # answered prompts are kept this long
         "ack_timeout": 5.0,
         "prompt_timeout": 60.0,
         "task_timeout": 45.0,

@@ -1,0 +1,54 @@
+"""The coordinator's journal: what is open survives, what is old and answered is forgotten."""
+
+from __future__ import annotations
+
+import time
+
+from coordinator.journal import Journal
+from lamcontrol.protocol import Prompt, Reply
+
+
+def answered(journal: Journal, text: str, age_days: float) -> Prompt:
+    prompt = Prompt(prompt=text)
+    journal.add_prompt(prompt, deadline=time.time() + 60)
+    journal.add_task(prompt.id, f"{prompt.id}t", 0, {"command": text})
+    journal.set_reply(prompt.id, Reply(prompt_id=prompt.id, status="succeeded", response="ok").to_json())
+    journal._db.execute("UPDATE prompts SET received = ? WHERE id = ?", (time.time() - age_days * 86400, prompt.id))
+    return prompt
+
+
+def test_redelivered_prompt_is_recognised(tmp_path):
+    journal = Journal(tmp_path / "j.db")
+    prompt = Prompt(prompt="echo hi")
+    assert journal.add_prompt(prompt, deadline=0) is True
+    assert journal.add_prompt(prompt, deadline=0) is False
+
+
+def test_open_prompts_survive_a_reopen_with_their_tasks(tmp_path):
+    journal = Journal(tmp_path / "j.db")
+    prompt = Prompt(prompt="echo one && echo two", source="r1")
+    journal.add_prompt(prompt, deadline=123.0)
+    journal.add_task(prompt.id, "t1", 0, {"command": "echo one"})
+    journal.update_task("t1", "accepted", "a1", 1)
+    answered(journal, "echo done", age_days=0)
+    journal.close()
+
+    reopened = Journal(tmp_path / "j.db")
+    [(again, deadline, tasks)] = reopened.open_prompts()
+    assert (again, deadline) == (prompt, 123.0)
+    assert [(t["task_id"], t["state"], t["agent"], t["attempt"]) for t in tasks] == [("t1", "accepted", "a1", 1)]
+
+
+def test_prune_forgets_only_old_answered_prompts(tmp_path):
+    journal = Journal(tmp_path / "j.db", keep_days=7)
+    old = answered(journal, "echo old", age_days=8)
+    recent = answered(journal, "echo recent", age_days=1)
+    unanswered = Prompt(prompt="echo waiting")
+    journal.add_prompt(unanswered, deadline=0)
+    journal._db.execute("UPDATE prompts SET received = ? WHERE id = ?", (time.time() - 30 * 86400, unanswered.id))
+
+    assert journal.prune() == 1
+    ids = {row[0] for row in journal._db.execute("SELECT id FROM prompts")}
+    assert ids == {recent.id, unanswered.id}
+    tasks = {row[0] for row in journal._db.execute("SELECT prompt_id FROM tasks")}
+    assert old.id not in tasks and recent.id in tasks
