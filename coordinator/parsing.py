@@ -56,6 +56,18 @@ class ChainParser:
         self.llm = llm
         self.offline = SentenceParser()
 
+    def explain(self, result: ParseResult) -> str:
+        """Which parser answered, and why that one."""
+        why = {
+            "grammar": "the prompt is already in the command language",
+            "home": "it names something the home agent advertises",
+            "groq": "Groq understood it",
+            "sentences": (result.note if result.note else
+                          "Groq declined it, the offline grammar said why" if self.llm else
+                          "no Groq API key is configured, so the offline grammar answered"),
+        }.get(result.parser, "")
+        return f"answered by the {result.parser} parser" + (f": {why}" if why else "")
+
     def parse(self, prompt: str, context: Context) -> ParseResult:
         rigid = parse_chain(prompt, context.known)
         if rigid.commands:

@@ -210,7 +210,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
     result = parser.parse(" ".join(args.prompt), Context(source="cli"))
     data = result.to_dict()
     if args.explain:
-        data["explain"] = getattr(result, "explain", "") or f"answered by the {result.parser} parser"
+        data["explain"] = parser.explain(result)
     print(json.dumps(data, ensure_ascii=False))
     return EXIT_OK
 

@@ -35,6 +35,20 @@ def test_parse_prints_commands_without_a_broker():
     assert data["parser"]
 
 
+def test_parse_explains_which_parser_answered_and_why():
+    env_without_groq = {k: v for k, v in os.environ.items() if not k.startswith("GROQ_")}
+
+    def explained(text: str) -> dict:
+        result = subprocess.run([sys.executable, "-m", "lamcontrol", "parse", "--explain", text], capture_output=True,
+                                text=True, cwd=ROOT, env=env_without_groq, timeout=60)
+        return json.loads(result.stdout)
+
+    rigid, loose = explained("computer volume 30"), explained("set the volume to 30 percent")
+    assert rigid["commands"] == loose["commands"]
+    assert rigid["explain"] == "answered by the grammar parser: the prompt is already in the command language"
+    assert loose["parser"] == "sentences" and "no Groq API key" in loose["explain"]
+
+
 def test_parse_of_something_not_for_us_gives_a_reason():
     data = json.loads(lam_cli("parse", "x").stdout)
     assert data["commands"] == [] and data["reason"]
