@@ -239,7 +239,7 @@ class Bus:
         self.connected.clear()
         self.ready.clear()
         if reason.is_failure:
-            self.last_error = f"disconnected ({reason})"
+            self.last_error = self.last_error or f"disconnected ({reason})"  # keep a refusal's reason
             log.warning("%s disconnected from broker (%s); reconnecting", self.component, reason)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: list, properties: Any) -> None:

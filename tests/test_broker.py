@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 import uuid
@@ -136,3 +137,36 @@ def test_retained_messages_go_only_to_clients_whose_filters_match(embedded_broke
     finally:
         for client in (watcher, sender, interested):
             client.close()
+
+
+def test_websocket_listener_and_password_file(tmp_path):
+    """MQTT over websockets reaches TCP clients; with a password file only its users get in."""
+    import queue
+
+    from lamcontrol.bus import BrokerSettings, Bus, BusError
+
+    passwords = tmp_path / "passwd"
+    added = subprocess.run([sys.executable, "-m", "broker.main", "adduser", str(passwords), "agent-a"],
+                           input="s3cret\n", capture_output=True, text=True, timeout=30)
+    assert added.returncode == 0 and "s3cret" not in passwords.read_text()
+    port, ws_port = free_port(), free_port()
+    broker = Process("lam-broker-ws", [sys.executable, "-m", "broker.main", "--listen", f"127.0.0.1:{port}",
+                                       "--websocket", f"127.0.0.1:{ws_port}", "--password-file", str(passwords)],
+                     tmp_path)
+    wait_for_port(port)
+    wait_for_port(ws_port)
+    received: queue.Queue = queue.Queue()
+    listener = Bus(BrokerSettings(url=f"ws://agent-a:s3cret@127.0.0.1:{ws_port}"), component="ws")
+    listener.on("lam/hello", lambda topic, payload: received.put(payload))
+    sender = Bus(BrokerSettings(url=f"mqtt://agent-a:s3cret@127.0.0.1:{port}"), component="tcp")
+    try:
+        listener.start(timeout=10)
+        sender.start(timeout=10)
+        sender.publish_raw("lam/hello", b"over websockets").wait_for_publish(10)
+        assert received.get(timeout=10) == b"over websockets"
+        with pytest.raises(BusError, match="refused"):
+            Bus(BrokerSettings(url=f"mqtt://agent-a:wrong@127.0.0.1:{port}"), component="intruder").start(timeout=5)
+    finally:
+        listener.stop()
+        sender.stop()
+        broker.stop()
