@@ -1,4 +1,4 @@
-"""The rigid command language every parser must produce (DESIGN.md, "Commands").
+"""The rigid command language every parser must produce (README.md, "Commands").
 
 ``parse_chain("browser youtube weezer && computer volume 50")`` gives the commands in order,
 or none and a reason. Every other parser (the LLM, the offline sentence grammar) hands its

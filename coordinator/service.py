@@ -1,6 +1,6 @@
 """The coordinator: prompts in, tasks out, one reply per prompt.
 
-Life of a prompt (DESIGN.md, "Task life"): journal it; parse it into commands; hold
+Life of a prompt (README.md, "How it works"): journal it; parse it into commands; hold
 high-risk ones until the same source confirms; send each command, in order, to the
 least-loaded online agent that offers it; re-dispatch when an agent rejects, does not
 accept in time or vanishes before accepting; never re-run an accepted task elsewhere
