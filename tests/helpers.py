@@ -28,15 +28,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0,
+               what: str | Callable[[], str] = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``
+    (``what`` may be a function, for a description made at that moment, such as a log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what() if callable(what) else what}")
 
 
 def unset(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
@@ -167,7 +169,7 @@ class LamSystem:
         if wait:
             wait_until(lambda: any(parse(Presence, p).state == "online"
                                    for _, p in self.recorder.on(self.topics.coordinator_status)[seen:]),
-                       20, f"coordinator online\n{process.log()}")
+                       60, lambda: f"coordinator online\n{process.log()}")
         return process
 
     def agent(self, agent_id: str, *capabilities: str, extra_config: str = "", max_concurrent: int = 4,
@@ -180,7 +182,7 @@ class LamSystem:
         if wait:
             wait_until(lambda: any(p and parse(Presence, p).state == "online"
                                    for _, p in self.recorder.on(self.topics.agent_status(agent_id))[seen:]),
-                       30, f"agent {agent_id} online\n{process.log()}")
+                       60, lambda: f"agent {agent_id} online\n{process.log()}")
         return process
 
     @property
