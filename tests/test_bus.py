@@ -250,8 +250,7 @@ def test_survives_a_broker_restart(broker, lam):
     lam.agent("a1")
     assert lam.send("echo before").status == "succeeded"
     broker.restart()
-    lam._bus = None
-    wait_until(lambda: lam.recorder.bus.ready.is_set(), 30, "recorder reconnected")
+    wait_until(lambda: lam.recorder.bus.ready.is_set() and lam.bus.ready.is_set(), 45, "test clients reconnected")
     reply = lam.send("echo after", timeout=45)
     assert reply.status == "succeeded" and reply.response == "after"
 
