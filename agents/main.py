@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -10,7 +9,7 @@ import sys
 from lamcontrol import config as lamconfig
 from lamcontrol.bus import BrokerSettings
 from lamcontrol.protocol import check_id, ProtocolError
-from lamcontrol.service import run_service, setup_logging
+from lamcontrol.service import component_parser, run_service, setup_logging
 
 from . import capability
 from .runtime import Agent
@@ -36,13 +35,10 @@ def load_capabilities(names: list[str], settings: dict, optional: bool = False) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lam-agent", description=__doc__)
+    parser = component_parser("lam-agent", __doc__)
     parser.add_argument("--id", help="agent id (default: [agent] id, else the host name)")
     parser.add_argument("--capability", "-c", action="append", help="capability to offer (repeatable)")
-    parser.add_argument("--broker", help="mqtt://[user:pass@]host:port (default: $LAM_BROKER or the config)")
-    parser.add_argument("--config", help="TOML config file")
     parser.add_argument("--max-concurrent", type=int, help="tasks run at once (default 4)")
-    parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--all", action="store_true", help="offer every installed capability that can run here")
     parser.add_argument("--list", action="store_true", help="list installed capabilities and exit")
     args = parser.parse_args(argv)

@@ -63,8 +63,7 @@ def add_user(password_file: str, username: str) -> int:
     path = Path(password_file)
     lines = [l for l in path.read_text().splitlines() if not l.startswith(f"{username}:")] if path.exists() else []
     lines.append(f"{username}:{PasswordHash.recommended().hash(password)}")
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o600)
+    lamconfig.write_private(path, "\n".join(lines) + "\n")
     print(f"user {username} written to {path}")
     return 0
 

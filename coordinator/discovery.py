@@ -21,7 +21,7 @@ from typing import Any
 
 from lamcontrol import __version__
 from lamcontrol.bus import Bus
-from lamcontrol.protocol import PROMPT_STATUSES, Presence, ProtocolError, Prompt, Result, Topics, parse
+from lamcontrol.protocol import PROMPT_STATUSES, Presence, Prompt, Result, Topics
 
 log = logging.getLogger(__name__)
 STATE_QOS = 0  # retained state for sensors: the next one replaces it, so no acknowledgement is needed
@@ -170,7 +170,6 @@ class Discovery:
         self.configs = Configs(bus.topics, discovery_prefix)
         self.agents: dict[str, dict[str, dict]] = {}  # agent id -> {config topic: config}
         bus.on(f"{self.configs.prefix}/status", self.on_ha_status)
-        bus.on(self.topics.all_agent_statuses, self.on_presence)
         bus.on_connect(self.publish_all)
 
     # -- publishing ---------------------------------------------------------------------
@@ -199,17 +198,9 @@ class Discovery:
         if payload.strip() == b"online":
             self.publish_all()
 
-    def on_presence(self, topic: str, payload: bytes) -> None:
-        agent_id = self.topics.agent_of(topic)
-        if not payload:
-            self.forget(agent_id)
-            return
-        try:
-            presence = parse(Presence, payload, self.bus.settings.max_payload)
-        except ProtocolError:
-            return  # the coordinator refuses it on lam/errors
-        if presence.agent != agent_id:
-            return
+    def presence_received(self, presence: Presence) -> None:
+        """An agent's (valid) presence: publish or update its entities."""
+        agent_id = presence.agent
         known = self.agents.get(agent_id)
         if presence.state == "online":
             media = {"media", "volume"} <= set(presence.capabilities.get("computer", ()))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from lamcontrol import config as lamconfig
 from lamcontrol.bus import BrokerSettings
-from lamcontrol.service import run_service, setup_logging
+from lamcontrol.service import component_parser, run_service, setup_logging
 
 from .journal import Journal
 from .parsing import build_parser
@@ -32,11 +31,8 @@ def discovery_prefix(cfg: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lam-coordinator", description=__doc__)
-    parser.add_argument("--broker", help="mqtt://[user:pass@]host:port (default: $LAM_BROKER or the config)")
-    parser.add_argument("--config", help="TOML config file")
+    parser = component_parser("lam-coordinator", __doc__)
     parser.add_argument("--journal", help="SQLite journal path (default: [coordinator] journal)")
-    parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     try:

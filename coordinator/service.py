@@ -378,10 +378,14 @@ class Coordinator:
         if not payload:
             with self._lock:
                 self.registry.forget(self.topics.agent_of(topic))
+            if self.discovery:
+                self.discovery.forget(self.topics.agent_of(topic))
             return
         presence = parse(Presence, payload, self.bus.settings.max_payload)
         if presence.agent != self.topics.agent_of(topic):
             raise ProtocolError("does not match the topic's agent id", "agent")
+        if self.discovery:
+            self.discovery.presence_received(presence)
         with self.transaction():
             if self.registry.update(presence):
                 self._agent_gone(presence.agent)

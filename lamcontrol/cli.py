@@ -19,7 +19,7 @@ from . import config as lamconfig
 from . import http_client
 from . import ops  # systemd install, mosquitto-config, agents forget
 from .bus import BrokerSettings, Bus, BusError
-from .protocol import ErrorRecord, Presence, Prompt, ProtocolError, Reply, Result, Task, decode, parse
+from .protocol import Presence, Prompt, ProtocolError, Reply, describe_event, parse
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
 COLOURS = {"prompt": "36", "task": "34", "result": "35", "reply": "32", "agent": "33", "error": "31",
@@ -137,40 +137,6 @@ def cmd_agents(args: argparse.Namespace) -> int:
 
 
 # -- lam monitor ------------------------------------------------------------------------
-
-def describe_event(prefix: str, topic: str, payload: bytes) -> tuple[str, str]:
-    """(kind, one human line) for any message on the LAM topics."""
-    parts = topic.split("/")
-    kind = parts[1] if len(parts) > 1 and topic.startswith(prefix + "/") else "other"
-    try:
-        if kind == "prompts":
-            p = Prompt.from_payload(payload)
-            # A plain-text prompt has no id yet: the coordinator gives it one, unknown here.
-            given_id = p.id if payload.lstrip().startswith(b"{") else "(plain text)"
-            return "prompt", f"{given_id} from {p.source}: {p.prompt!r}"
-        if kind == "tasks":
-            t = parse(Task, payload)
-            return "task", f"{t.task_id} -> {t.agent}: {t.command or t.capability + ' ' + t.action} (attempt {t.attempt})"
-        if kind == "results":
-            r = parse(Result, payload)
-            return "result", f"{r.task_id} {r.agent} {r.state}" + (f": {r.message}" if r.message else "")
-        if kind == "replies":
-            r = parse(Reply, payload)
-            return "reply", f"{r.prompt_id} {r.status}: {r.response}"
-        if kind in ("agents", "coordinator"):
-            if not payload:
-                return "agent", f"{topic} cleared"
-            p = parse(Presence, payload)
-            offered = " ".join(f"{c}[{','.join(a)}]" for c, a in sorted(p.capabilities.items()))
-            load = f" load {p.load}/{p.max_concurrent}" if p.state == "online" and kind == "agents" else ""
-            return "agent" if kind == "agents" else "coordinator", f"{p.agent} {p.state}{load} {offered}".rstrip()
-        if kind == "errors":
-            e = ErrorRecord.from_dict(decode(payload))
-            return "error", f"{e.component} refused {e.topic_name}: {e.error}"
-    except (ProtocolError, UnicodeDecodeError) as exc:
-        return "error", f"unreadable message on {topic}: {exc}"
-    return "other", f"{topic} {payload[:200].decode('utf-8', 'replace')}"
-
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     settings = settings_from(args)

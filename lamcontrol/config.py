@@ -154,6 +154,16 @@ def read_secret(value: str = "", file: str = "", env: str = "") -> str:
     return value
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, atomically (secrets, tokens, hashes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
 def default_agent_id() -> str:
     """The host name, made safe for a topic level."""
     name = socket.gethostname().split(".")[0].lower() or "agent"

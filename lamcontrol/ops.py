@@ -214,9 +214,7 @@ def credentials(folder: Path, users: list[MqttUser]) -> dict[str, str]:
         password = path.read_text().strip() if path.is_file() else ""
         if not password:
             password = secrets.token_urlsafe(24)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(password + "\n")
+            lamconfig.write_private(path, password + "\n")
         passwords[user.name] = password
     return passwords
 

@@ -8,6 +8,7 @@ under a ``Type=notify`` unit: ``READY=1`` once the process is connected and subs
 from __future__ import annotations
 
 import asyncio
+import argparse
 import logging
 import os
 import signal
@@ -16,6 +17,16 @@ import threading
 from typing import Callable
 
 log = logging.getLogger(__name__)
+
+
+def component_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """The command line every LAMControl process shares: --broker, --config, --log-level."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--broker", help="mqtt://[user:pass@]host:port (default: $LAM_BROKER or the config)")
+    parser.add_argument("--config", help="TOML config file")
+    parser.add_argument("--log-level", default="INFO")
+    return parser
 
 
 def setup_logging(level: str = "INFO") -> None:

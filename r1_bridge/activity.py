@@ -15,8 +15,7 @@ from typing import Iterator
 
 from paho.mqtt.client import topic_matches_sub
 
-from lamcontrol.cli import describe_event
-from lamcontrol.protocol import ProtocolError, Result, Task, Topics, parse
+from lamcontrol.protocol import ProtocolError, Result, Task, Topics, describe_event, parse
 
 FINAL_STATES = ("succeeded", "failed")  # a rejected task is offered to another agent
 

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import hmac
 import json
-import os
 import secrets
 import sys
 import threading
@@ -29,7 +28,7 @@ from typing import Iterator
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from lamcontrol.config import state_dir
+from lamcontrol.config import state_dir, write_private
 
 try:
     import fcntl
@@ -99,11 +98,7 @@ class DeviceStore:
             raise RuntimeError(f"the paired devices in {self.path} are damaged: {exc}") from None
 
     def _write(self, data: dict) -> None:
-        temporary = self.path.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=1)
-        os.replace(temporary, self.path)
+        write_private(self.path, json.dumps(data, indent=1))
 
     @contextlib.contextmanager
     def _editing(self) -> Iterator[dict]:

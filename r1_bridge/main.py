@@ -19,7 +19,7 @@ from datetime import datetime
 
 from lamcontrol import config as lamconfig
 from lamcontrol.bus import BrokerSettings
-from lamcontrol.service import run_service, setup_logging
+from lamcontrol.service import component_parser, run_service, setup_logging
 
 from .app import Bridge, BridgeSettings, create_app
 from .auth import AdminPassword, TokenStore
@@ -151,12 +151,8 @@ def cmd_passwd(args: argparse.Namespace, cfg: dict) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lam-bridge", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--broker", help="mqtt://[user:pass@]host:port (default: $LAM_BROKER or the config)")
-    parser.add_argument("--config", help="TOML config file")
+    parser = component_parser("lam-bridge", __doc__)
     parser.add_argument("--listen", help="host:port to serve on (default: [bridge] listen, 127.0.0.1:8080)")
-    parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command")
     token = sub.add_parser("token", help="create, list or revoke API tokens")
     token.add_argument("action", choices=["create", "list", "revoke"])

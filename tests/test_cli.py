@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, Process, free_port, wait_for_port, wait_until
-from lamcontrol.cli import describe_event
+from lamcontrol.protocol import describe_event
 from lamcontrol.protocol import Prompt
 
 
