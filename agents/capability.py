@@ -6,7 +6,7 @@ entry-point group; built-ins register exactly the way a third-party package does
 
     [options.entry_points]
     lamcontrol.capabilities =
-        echo = agents.echo:Echo
+        echo = lamcontrol.agents.echo:Echo
 
 Handlers are methods marked with :func:`action`. Each gets the task's ``args`` dict and
 returns the sentence a person hears (or an :class:`Outcome` with data); a failure is a

@@ -302,7 +302,7 @@ def bench_capability(name: str, timer: TaskTimer, url: str, tmp: Path, count: in
         config = tmp / "agent.toml"
         config.write_text(toml({"broker": {"url": url}, f"capabilities.{name}": setup.settings, **setup.tables}))
         agent_id = f"bench-{name}"
-        process = Process(f"agent-{name}", [sys.executable, "-m", "agents.main", "--id", agent_id, "-c", name,
+        process = Process(f"agent-{name}", [sys.executable, "-m", "lamcontrol.agents.main", "--id", agent_id, "-c", name,
                                             "--config", str(config), "--log-level", "WARNING"],
                           tmp, {"LAM_STATE_DIR": str(tmp), **setup.env})
         try:

@@ -52,7 +52,7 @@ def wait_for_port(port: int) -> None:
 
 def start_broker(kind: str, port: int, workdir: Path) -> subprocess.Popen:
     if kind == "amqtt":
-        argv = [sys.executable, "-m", "broker.main", "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"]
+        argv = [sys.executable, "-m", "lamcontrol.broker.main", "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"]
     else:
         conf = workdir / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
@@ -157,8 +157,8 @@ def measure_lam(port: int, count: int, burst: int, workdir: Path) -> tuple[list[
     config.write_text(f'[broker]\nurl = "{url}"\n[coordinator]\njournal = "{workdir / "journal.db"}"\n')
     processes = [subprocess.Popen([sys.executable, "-m", module, "--config", str(config), "--log-level", "WARNING",
                                    *extra], cwd=ROOT, env=env)
-                 for module, extra in (("coordinator.main", []),
-                                       ("agents.main", ["--id", "bench", "-c", "echo", "--max-concurrent", "256"]))]
+                 for module, extra in (("lamcontrol.coordinator.main", []),
+                                       ("lamcontrol.agents.main", ["--id", "bench", "-c", "echo", "--max-concurrent", "256"]))]
     answers: queue.Queue = queue.Queue()
     online: set[str] = set()
     bus = Bus(BrokerSettings(url=url), component="bench")

@@ -84,10 +84,10 @@ def start_system(broker_port: int, workdir: Path) -> tuple[list[subprocess.Popen
                       f'[bridge]\nthreads = {THREADS}\n')
     bridge_port = free_port()
     common = ["--config", str(config), "--log-level", "WARNING"]
-    processes = [subprocess.Popen([sys.executable, "-m", "coordinator.main", *common], cwd=ROOT, env=env),
-                 subprocess.Popen([sys.executable, "-m", "agents.main", *common, "--id", "bench", "-c", "echo"],
+    processes = [subprocess.Popen([sys.executable, "-m", "lamcontrol.coordinator.main", *common], cwd=ROOT, env=env),
+                 subprocess.Popen([sys.executable, "-m", "lamcontrol.agents.main", *common, "--id", "bench", "-c", "echo"],
                                   cwd=ROOT, env=env)]
-    bridge = subprocess.Popen([sys.executable, "-m", "r1_bridge.main", *common, "--listen", f"127.0.0.1:{bridge_port}"],
+    bridge = subprocess.Popen([sys.executable, "-m", "lamcontrol.r1_bridge.main", *common, "--listen", f"127.0.0.1:{bridge_port}"],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     processes.append(bridge)
     token = ""

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from coordinator.parsing import Context, build_parser  # noqa: E402
+from lamcontrol.coordinator.parsing import Context, build_parser  # noqa: E402
 from corpus import CASES  # noqa: E402
 
 

@@ -30,12 +30,12 @@ def broker_config(listen: str, websocket: str = "", password_file: str = "", all
     if password_file:
         auth = {"amqtt.plugins.authentication.FileAuthPlugin": {"password_file": password_file}}
     else:
-        auth = {"broker.auth.NamedSessionAuth": {"allow_anonymous": allow_anonymous}}
+        auth = {"lamcontrol.broker.auth.NamedSessionAuth": {"allow_anonymous": allow_anonymous}}
     return {"listeners": listeners, "plugins": auth}
 
 
 async def serve(config: dict) -> None:
-    from broker.server import EmbeddedBroker
+    from lamcontrol.broker.server import EmbeddedBroker
 
     broker = EmbeddedBroker(config)
     await broker.start()

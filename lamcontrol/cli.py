@@ -169,7 +169,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 # -- lam parse --------------------------------------------------------------------------
 
 def cmd_parse(args: argparse.Namespace) -> int:
-    from coordinator.parsing import Context, build_parser
+    from lamcontrol.coordinator.parsing import Context, build_parser
 
     cfg = lamconfig.load(args.config)
     parser = build_parser(cfg)
@@ -189,7 +189,7 @@ def installed_capabilities() -> list[str]:
 
 def bridge_installed() -> bool:
     try:
-        return importlib.util.find_spec("r1_bridge.main") is not None
+        return importlib.util.find_spec("lamcontrol.r1_bridge.main") is not None
     except ImportError:
         return False
 
@@ -218,18 +218,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     if embedded:
         listen = cfg["embedded_broker"]["listen"]
         url = f"mqtt://{listen}"
-        plan.append(("broker", component("broker.main", *common, "--listen", listen)))
+        plan.append(("broker", component("lamcontrol.broker.main", *common, "--listen", listen)))
     linked = [*common, "--broker", url]
-    plan.append(("coordinator", component("coordinator.main", *linked)))
+    plan.append(("coordinator", component("lamcontrol.coordinator.main", *linked)))
     agent_id = args.agent_id or cfg["agent"]["id"] or lamconfig.default_agent_id()
     agent_args = [*linked, "--id", agent_id]
     for name in args.capability or ():
         agent_args += ["--capability", name]
     if not args.capability:
         agent_args.append("--all")
-    plan.append(("agent", component("agents.main", *agent_args)))
+    plan.append(("agent", component("lamcontrol.agents.main", *agent_args)))
     if bridge_installed() and not args.no_bridge:
-        plan.append(("bridge", component("r1_bridge.main", *linked)))
+        plan.append(("bridge", component("lamcontrol.r1_bridge.main", *linked)))
     stopping: list[int] = []
     # Ctrl-C, SIGTERM and a closed terminal all stop everything, in order; the children run in a
     # session of their own, so the terminal's Ctrl-C reaches only us and never the broker first.

@@ -76,7 +76,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 # -- lam agents forget ------------------------------------------------------------------
 
 def cmd_agents_forget(args: argparse.Namespace) -> int:
-    from coordinator.discovery import Configs
+    from lamcontrol.coordinator.discovery import Configs
 
     try:
         agent_id = check_id(args.agent_id, "agent id")

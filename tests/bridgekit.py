@@ -16,7 +16,7 @@ from openapi_spec_validator import validate as validate_spec
 from conftest import Broker
 from helpers import LamSystem
 from lamcontrol import config as lamconfig
-from r1_bridge.main import BridgeService
+from lamcontrol.r1_bridge.main import BridgeService
 
 PASSWORD = "correct horse battery"
 NO_VOICE_GATEWAY = "[openclaw]\nenabled = false\n"  # its own tests cover it; here it would only hold a port

@@ -25,7 +25,7 @@ class Broker:
 
     def start(self) -> None:
         if self.kind == "amqtt":
-            argv = [sys.executable, "-m", "broker.main", "--listen", f"127.0.0.1:{self.port}"]
+            argv = [sys.executable, "-m", "lamcontrol.broker.main", "--listen", f"127.0.0.1:{self.port}"]
         else:
             conf = self.tmp / "mosquitto.conf"
             recommended = (ROOT / "config" / "mosquitto.conf").read_text()

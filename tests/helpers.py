@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, NoReturn
 
 import pytest
 
-from agents.capability import Capability, Unavailable
+from lamcontrol.agents.capability import Capability, Unavailable
 from lamcontrol.bus import BrokerSettings, Bus
 from lamcontrol.protocol import Message, Presence, Prompt, Reply, parse
 
@@ -164,7 +164,7 @@ class LamSystem:
 
     def coordinator(self, extra_config: str = "", wait: bool = True, env: dict | None = None) -> Process:
         seen = len(self.recorder.on(self.topics.coordinator_status))
-        process = self.start(f"coordinator-{len(self.processes)}", "coordinator.main",
+        process = self.start(f"coordinator-{len(self.processes)}", "lamcontrol.coordinator.main",
                              "--config", str(self.config("coordinator", extra_config)), env=env)
         if wait:
             wait_until(lambda: any(parse(Presence, p).state == "online"
@@ -176,7 +176,7 @@ class LamSystem:
               wait: bool = True, env: dict | None = None) -> Process:
         caps = [arg for c in (capabilities or ("echo",)) for arg in ("--capability", c)]
         seen = len(self.recorder.on(self.topics.agent_status(agent_id)))
-        process = self.start(f"agent-{agent_id}-{len(self.processes)}", "agents.main", "--id", agent_id, *caps,
+        process = self.start(f"agent-{agent_id}-{len(self.processes)}", "lamcontrol.agents.main", "--id", agent_id, *caps,
                              "--max-concurrent", str(max_concurrent),
                              "--config", str(self.config(f"agent-{agent_id}", extra_config)), env=env)
         if wait:

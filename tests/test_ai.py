@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agents.ai import SYSTEM_PROMPT, Ai, speakable
-from agents.capability import TaskFailed, Unavailable
+from lamcontrol.agents.ai import SYSTEM_PROMPT, Ai, speakable
+from lamcontrol.agents.capability import TaskFailed, Unavailable
 from helpers import unset
 from stubs.groq_server import GroqStub, rate_limited, retired, server_error, slow
 

@@ -360,13 +360,13 @@ def test_lam_bridge_first_run_tokens_and_password(system, broker, tmp_path):
     env = {"LAM_STATE_DIR": str(tmp_path / "state")}
     port = free_port()
     config = str(system.config("bridge-main", NO_VOICE_GATEWAY))
-    argv = [sys.executable, "-m", "r1_bridge.main", "--config", config, "--listen", f"127.0.0.1:{port}"]
+    argv = [sys.executable, "-m", "lamcontrol.r1_bridge.main", "--config", config, "--listen", f"127.0.0.1:{port}"]
 
     def run(*extra: str, stdin: str = "") -> subprocess.CompletedProcess:
         return subprocess.run([*argv, *extra], input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=60,
                               env={**__import__("os").environ, **env})
 
-    process = system.start("bridge-main", "r1_bridge.main", "--config", config, "--listen", f"127.0.0.1:{port}",
+    process = system.start("bridge-main", "lamcontrol.r1_bridge.main", "--config", config, "--listen", f"127.0.0.1:{port}",
                            env=env)
     wait_until(lambda: "API token" in process.log(), 20, f"first-run output\n{process.log()}")
     wait_for_port(port)
@@ -394,7 +394,7 @@ def test_lam_bridge_first_run_tokens_and_password(system, broker, tmp_path):
     assert run("passwd", "--password-stdin", stdin="a much better password\n").returncode == 0
 
     assert process.stop() == 0
-    again = system.start("bridge-again", "r1_bridge.main", "--config", config, "--listen", f"127.0.0.1:{port}",
+    again = system.start("bridge-again", "lamcontrol.r1_bridge.main", "--config", config, "--listen", f"127.0.0.1:{port}",
                          env=env)
     wait_for_port(port)
     wait_until(lambda: "LAMControl bridge on" in again.log(), 20, "second start")

@@ -22,7 +22,7 @@ RETAINED = 5
 def embedded_broker(tmp_path):
     """A ``lam-broker`` process on a free port; yields (port, process)."""
     port = free_port()
-    process = Process("lam-broker", [sys.executable, "-m", "broker.main", "--listen", f"127.0.0.1:{port}"], tmp_path)
+    process = Process("lam-broker", [sys.executable, "-m", "lamcontrol.broker.main", "--listen", f"127.0.0.1:{port}"], tmp_path)
     wait_for_port(port)
     yield port, process
     process.stop()
@@ -146,11 +146,11 @@ def test_websocket_listener_and_password_file(tmp_path):
     from lamcontrol.bus import BrokerSettings, Bus, BusError
 
     passwords = tmp_path / "passwd"
-    added = subprocess.run([sys.executable, "-m", "broker.main", "adduser", str(passwords), "agent-a"],
+    added = subprocess.run([sys.executable, "-m", "lamcontrol.broker.main", "adduser", str(passwords), "agent-a"],
                            input="s3cret\n", capture_output=True, text=True, timeout=30)
     assert added.returncode == 0 and "s3cret" not in passwords.read_text()
     port, ws_port = free_port(), free_port()
-    broker = Process("lam-broker-ws", [sys.executable, "-m", "broker.main", "--listen", f"127.0.0.1:{port}",
+    broker = Process("lam-broker-ws", [sys.executable, "-m", "lamcontrol.broker.main", "--listen", f"127.0.0.1:{port}",
                                        "--websocket", f"127.0.0.1:{ws_port}", "--password-file", str(passwords)],
                      tmp_path)
     wait_for_port(port)

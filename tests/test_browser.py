@@ -17,9 +17,9 @@ from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
-from agents import webdriver  # noqa: E402
-from agents.browser import Browser  # noqa: E402
-from agents.capability import TaskFailed, Unavailable  # noqa: E402
+from lamcontrol.agents import webdriver  # noqa: E402
+from lamcontrol.agents.browser import Browser  # noqa: E402
+from lamcontrol.agents.capability import TaskFailed, Unavailable  # noqa: E402
 from helpers import running  # noqa: E402
 from standins import StandIn, site_routes  # noqa: E402
 

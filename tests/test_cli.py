@@ -185,10 +185,10 @@ def test_lam_up_uses_the_broker_the_config_names(broker, tmp_path):
 
 
 def test_example_config_is_valid_for_every_part():
-    from agents import capability
+    from lamcontrol.agents import capability
     from lamcontrol import config
-    from r1_bridge.app import BridgeSettings
-    from r1_bridge.openclaw import GatewaySettings
+    from lamcontrol.r1_bridge.app import BridgeSettings
+    from lamcontrol.r1_bridge.openclaw import GatewaySettings
 
     cfg = config.load(str(ROOT / "config" / "lamcontrol.example.toml"))
     assert set(cfg) - {"path"} <= set(config.DEFAULTS) | {"openclaw"}

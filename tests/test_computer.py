@@ -18,8 +18,8 @@ import time
 import pytest
 from Xlib import X, XK, display as xdisplay
 
-from agents.capability import TaskFailed, Unavailable
-from agents.computer import Computer
+from lamcontrol.agents.capability import TaskFailed, Unavailable
+from lamcontrol.agents.computer import Computer
 from desktop_parts import SOUND_SERVERS, SoundServer
 from helpers import wait_until
 from lamcontrol.protocol import Presence

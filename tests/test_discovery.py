@@ -15,8 +15,8 @@ import jinja2
 import pytest
 
 from helpers import ROOT, wait_until
-from coordinator.discovery import Configs
-from coordinator.grammar import parse_command
+from lamcontrol.coordinator.discovery import Configs
+from lamcontrol.coordinator.grammar import parse_command
 from lamcontrol.bus import BrokerSettings
 from lamcontrol.protocol import PROMPT_STATUSES, Presence, Prompt, Reply, Result, Task, Topics
 

@@ -8,10 +8,10 @@ import logging
 import pytest
 
 from corpus import CASES
-from coordinator.grammar import parse_chain
-from coordinator.groq_parser import SYSTEM_PROMPT
-from coordinator.parsing import Context, build_parser
-from coordinator.sentences import screen
+from lamcontrol.coordinator.grammar import parse_chain
+from lamcontrol.coordinator.groq_parser import SYSTEM_PROMPT
+from lamcontrol.coordinator.parsing import Context, build_parser
+from lamcontrol.coordinator.sentences import screen
 from helpers import unset
 from stubs.groq_server import (GroqStub, answer, malformed, rate_limited, retired, server_error, slow,
                                unknown_model, error)

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from agents.capability import TaskFailed, Unavailable
-from agents.home import Home
+from lamcontrol.agents.capability import TaskFailed, Unavailable
+from lamcontrol.agents.home import Home
 from hass_server import HASS, HomeAssistant
 from helpers import wait_until
 from lamcontrol.protocol import Presence

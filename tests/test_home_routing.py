@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.grammar import parse_chain
-from coordinator.home_routing import home_prompt_line, route_home
+from lamcontrol.coordinator.grammar import parse_chain
+from lamcontrol.coordinator.home_routing import home_prompt_line, route_home
 
 VOCABULARY = {
     "home": ["Bedroom", "Desk lamp", "Garage door", "Good night", "Kitchen", "Living Room", "Living room lights",

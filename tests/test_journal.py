@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from coordinator.journal import Journal
+from lamcontrol.coordinator.journal import Journal
 from lamcontrol.protocol import Prompt, Reply
 
 

@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("requests")
 
-from agents.capability import TaskFailed, Unavailable  # noqa: E402
-from agents.messaging import Messaging  # noqa: E402
+from lamcontrol.agents.capability import TaskFailed, Unavailable  # noqa: E402
+from lamcontrol.agents.messaging import Messaging  # noqa: E402
 from lamcontrol.protocol import Presence  # noqa: E402
 from helpers import running, unset  # noqa: E402
 from standins import (DISCORD_TOKEN, TELEGRAM_TOKEN, Response, StandIn, discord_api, site_routes,  # noqa: E402

@@ -170,9 +170,9 @@ def test_monitor_is_read_only_and_home_assistant_gets_discovery(hardened, monito
 
 
 def test_echo_round_trip_with_a_user_per_component(hardened, monitor):
-    coordinator = Process("coordinator", [sys.executable, "-m", "coordinator.main", "--config",
+    coordinator = Process("coordinator", [sys.executable, "-m", "lamcontrol.coordinator.main", "--config",
                                           str(hardened.config("coordinator"))], hardened.dir)
-    agent = Process("agent", [sys.executable, "-m", "agents.main", "--id", "desk", "--capability", "echo",
+    agent = Process("agent", [sys.executable, "-m", "lamcontrol.agents.main", "--id", "desk", "--capability", "echo",
                               "--config", str(hardened.config("desk"))], hardened.dir)
     try:
         topics = monitor.topics

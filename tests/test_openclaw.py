@@ -20,12 +20,12 @@ from lamcontrol.bus import BrokerSettings
 from lamcontrol import config as lamconfig
 from lamcontrol.config import ConfigError
 from lamcontrol.protocol import Prompt
-from r1_bridge import devices
-from r1_bridge.devices import DeviceStore
-from r1_bridge.main import BridgeService
-from r1_bridge.openclaw import BROKER_AWAY_SENTENCE, Gateway, GatewaySettings, voice_source
-from r1_bridge.pairing import pairing_payload, qr_svg
-from r1_bridge.relay import Relay
+from lamcontrol.r1_bridge import devices
+from lamcontrol.r1_bridge.devices import DeviceStore
+from lamcontrol.r1_bridge.main import BridgeService
+from lamcontrol.r1_bridge.openclaw import BROKER_AWAY_SENTENCE, Gateway, GatewaySettings, voice_source
+from lamcontrol.r1_bridge.pairing import pairing_payload, qr_svg
+from lamcontrol.r1_bridge.relay import Relay
 
 from bridgekit import PASSWORD, csrf_from, logged_in, self_signed_certificate
 from helpers import wait_until
@@ -266,7 +266,7 @@ def test_retried_chat_send_runs_once(system):
 
 @ONE_BROKER
 def test_bad_token_is_refused_and_logged(system, caplog):
-    caplog.set_level(logging.WARNING, logger="r1_bridge.openclaw")
+    caplog.set_level(logging.WARNING, logger="lamcontrol.r1_bridge.openclaw")
     r1 = system.r1()
     wrong = "not-the-token-" + uuid.uuid4().hex
     refused = r1.hello(wrong)

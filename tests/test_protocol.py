@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from coordinator.grammar import parse_chain
+from lamcontrol.coordinator.grammar import parse_chain
 from lamcontrol.bus import BrokerSettings
 from lamcontrol.config import ConfigError
 from lamcontrol.protocol import (ErrorRecord, Presence, Prompt, ProtocolError, Reply, Result, Task, Topics, decode,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from corpus import CASES, Case
-from coordinator.grammar import parse_chain
-from coordinator.parsing import Context, build_parser, is_cancellation, is_confirmation
-from coordinator.sentences import SentenceParser
+from lamcontrol.coordinator.grammar import parse_chain
+from lamcontrol.coordinator.parsing import Context, build_parser, is_cancellation, is_confirmation
+from lamcontrol.coordinator.sentences import SentenceParser
 
 
 @pytest.fixture(autouse=True)

@@ -191,7 +191,7 @@ def test_agent_notifies_systemd(lam, notify):
 
 def test_embedded_broker_notifies_systemd(lam, notify):
     port = free_port()
-    process = lam.start("notified-broker", "broker.main", "--listen", f"127.0.0.1:{port}", env=notify.env())
+    process = lam.start("notified-broker", "lamcontrol.broker.main", "--listen", f"127.0.0.1:{port}", env=notify.env())
     check_lifecycle(notify, process, "broker listening")
 
 
@@ -205,6 +205,6 @@ def test_no_watchdog_messages_without_a_watchdog(lam, notify):
 
 def test_bridge_notifies_systemd(lam, notify):
     port = free_port()
-    process = lam.start("notified-bridge", "r1_bridge.main", "--config", str(lam.config("bridge")),
+    process = lam.start("notified-bridge", "lamcontrol.r1_bridge.main", "--config", str(lam.config("bridge")),
                         "--listen", f"127.0.0.1:{port}", env=notify.env())
     check_lifecycle(notify, process, "bridge connected")

@@ -1,0 +1,66 @@
+"""The project installs inside one namespace: `lamcontrol` and nothing else at the top level."""
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPONENTS = ("agents", "broker", "coordinator", "r1_bridge")
+
+
+def python_sources():
+    for folder in ("lamcontrol", *COMPONENTS, "tests", "bench"):
+        yield from (ROOT / folder).rglob("*.py")
+
+
+def bare_imports(source: str) -> list[tuple[int, str]]:
+    """Imports of a component folder by its bare name (`import agents`, `from broker.x import y`)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        found += [(node.lineno, name) for name in names if name.split(".")[0] in COMPONENTS]
+    return found
+
+
+def test_no_source_imports_a_component_by_its_bare_name():
+    sources = list(python_sources())
+    assert len(sources) > 50
+    offenders = [(str(path.relative_to(ROOT)), *hit) for path in sources for hit in bare_imports(path.read_text())]
+    assert offenders == []
+
+
+def test_bare_import_check_sees_a_bare_import():
+    sample = "import agents.main\nfrom coordinator import journal\nfrom lamcontrol.agents import main\n"
+    assert bare_imports(sample) == [(1, "agents.main"), (2, "coordinator")]
+
+
+def test_installed_components_resolve_inside_the_namespace(tmp_path):
+    """Outside the checkout, the components import as lamcontrol.* and no bare `agents` comes from us."""
+    probe = ("import importlib.util, json, lamcontrol.agents.main, lamcontrol.r1_bridge.app;"
+             "spec = importlib.util.find_spec('agents');"
+             "print(json.dumps([lamcontrol.agents.main.__file__, spec and spec.origin]))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    agents_main, bare_agents = __import__("json").loads(out.stdout)
+    assert Path(agents_main).resolve() == (ROOT / "agents" / "main.py").resolve()
+    assert bare_agents is None or not Path(bare_agents).resolve().is_relative_to(ROOT)
+
+
+@pytest.mark.timeout(240)
+def test_wheel_holds_only_the_lamcontrol_namespace(tmp_path):
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=220)
+    assert built.returncode == 0, built.stderr
+    [wheel] = tmp_path.glob("lamcontrol-*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert {top for top in tops if not top.endswith(".dist-info")} == {"lamcontrol"}
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "lamcontrol/r1_bridge/templates/r1.html" in names
+    assert "lamcontrol/agents/main.py" in names
