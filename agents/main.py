@@ -8,7 +8,7 @@ import sys
 
 from lamcontrol import config as lamconfig
 from lamcontrol.bus import BrokerSettings
-from lamcontrol.protocol import check_id, ProtocolError
+from lamcontrol.protocol import ProtocolError, check_agent_id
 from lamcontrol.service import component_parser, run_service, setup_logging
 
 from . import capability
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if "path" in cfg:  # capabilities that read shared sections ([groq]) find the same file
             os.environ["LAM_CONFIG"] = cfg["path"]
         section = cfg["agent"]
-        agent_id = check_id(args.id or section["id"] or lamconfig.default_agent_id(), "agent id")
+        agent_id = check_agent_id(args.id or section["id"] or lamconfig.default_agent_id())
         settings = BrokerSettings.from_config(cfg)
     except (lamconfig.ConfigError, ProtocolError) as exc:
         print(f"lam-agent: {exc}", file=sys.stderr)

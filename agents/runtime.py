@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus
-from lamcontrol.protocol import Presence, Result, Task, parse
+from lamcontrol.protocol import Presence, PresenceState, Result, ResultState, Task, check_agent_id
 
 from .capability import Capability, TaskFailed
 
@@ -33,7 +33,7 @@ class Agent:
 
     def __init__(self, agent_id: str, capabilities: dict[str, Capability], settings: BrokerSettings,
                  max_concurrent: int = 4, heartbeat: float = 30.0, stop_grace: float = 10.0) -> None:
-        self.id = agent_id
+        self.id = check_agent_id(agent_id)
         self.capabilities = capabilities
         self.max_concurrent = max_concurrent
         self.heartbeat = heartbeat
@@ -46,17 +46,17 @@ class Agent:
         # Room beyond the limit: a task failed at its deadline may still hold its thread.
         self._pool = ThreadPoolExecutor(max_workers=2 * max_concurrent + 2, thread_name_prefix="task")
         self.bus = Bus(settings, component=f"agent {agent_id}", client_id=f"{settings.prefix}-agent-{agent_id}",
-                       will=self.presence("offline"), persistent=True)
+                       will=self.presence(PresenceState.OFFLINE), persistent=True)
         self.topics = self.bus.topics
         for name, capability in capabilities.items():
-            self.bus.on(self.topics.task(name), self._on_task)
+            self.bus.subscribe(Task, self._on_task, capability=name)
             capability.on_change = self.announce
         self.bus.on_connect(self.announce)
 
     # -- presence -----------------------------------------------------------------------
 
-    def presence(self, state: str = "online") -> Presence:
-        online = state == "online"
+    def presence(self, state: PresenceState = PresenceState.ONLINE) -> Presence:
+        online = state == PresenceState.ONLINE
         capabilities = {name: cap.actions() for name, cap in self.capabilities.items()} if online else {}
         vocabulary = {name: words for name, cap in self.capabilities.items() if online and (words := cap.vocabulary())}
         return Presence(state=state, agent=self.id, capabilities=capabilities, vocabulary=vocabulary,
@@ -74,7 +74,7 @@ class Agent:
         while not self._stopping.wait(DEADLINE_CHECK):
             now = time.time()
             for task in [t for t in list(self._running.values()) if t.deadline and now > t.deadline]:
-                self._finish(task, "failed", "The task ran out of time.")
+                self._finish(task, ResultState.FAILED, "The task ran out of time.")
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + self.heartbeat
                 self.announce()
@@ -94,14 +94,13 @@ class Agent:
         for capability in self.capabilities.values():
             capability.close()
         for task in list(self._running.values()):
-            self._finish(task, "failed", "The agent stopped before the task finished.")
-        self.bus.stop(final=self.presence("offline"))
+            self._finish(task, ResultState.FAILED, "The agent stopped before the task finished.")
+        self.bus.stop(final=self.presence(PresenceState.OFFLINE))
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- tasks --------------------------------------------------------------------------
 
-    def _on_task(self, topic: str, payload: bytes) -> None:
-        task = parse(Task, payload, self.bus.settings.max_payload)
+    def _on_task(self, task: Task) -> None:
         if task.agent != self.id:
             return
         with self._lock:
@@ -113,11 +112,11 @@ class Agent:
                 self._seen.popitem(last=False)
         refusal = self._refusal(task)
         if refusal:
-            self._publish(task, "rejected", refusal)
+            self._publish(task, ResultState.REJECTED, refusal)
             return
         with self._lock:
             self._running[task.task_id] = task
-        self._publish(task, "accepted", "")
+        self._publish(task, ResultState.ACCEPTED, "")
         self._pool.submit(self._run, task)
 
     def _refusal(self, task: Task) -> str:
@@ -137,14 +136,14 @@ class Agent:
         try:
             outcome = self.capabilities[task.capability].run(task.action, task.args)
         except TaskFailed as exc:
-            self._finish(task, "failed", str(exc))
+            self._finish(task, ResultState.FAILED, str(exc))
         except Exception as exc:  # a broken handler must not take the agent down
             log.exception("task %s (%s %s) crashed", task.task_id, task.capability, task.action)
-            self._finish(task, "failed", f"Something went wrong: {exc.__class__.__name__}.")
+            self._finish(task, ResultState.FAILED, f"Something went wrong: {exc.__class__.__name__}.")
         else:
-            self._finish(task, "succeeded", outcome.message, outcome.data)
+            self._finish(task, ResultState.SUCCEEDED, outcome.message, outcome.data)
 
-    def _finish(self, task: Task, state: str, message: str, data: dict | None = None) -> None:
+    def _finish(self, task: Task, state: ResultState, message: str, data: dict | None = None) -> None:
         """Publish the final result once, whoever gets here first (handler, deadline or stop)."""
         with self._lock:
             if self._running.pop(task.task_id, None) is None:
@@ -152,6 +151,6 @@ class Agent:
         log.info("task %s %s: %s", task.task_id, state, message)
         self._publish(task, state, message, data or {})
 
-    def _publish(self, task: Task, state: str, message: str, data: dict | None = None) -> None:
+    def _publish(self, task: Task, state: ResultState, message: str, data: dict | None = None) -> None:
         self.bus.publish(Result(task_id=task.task_id, agent=self.id, state=state, message=message,
                                 data=data or {}, attempt=task.attempt))

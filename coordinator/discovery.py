@@ -14,6 +14,7 @@ agent (its retained presence cleared) deletes its entities with empty retained c
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -21,7 +22,9 @@ from typing import Any
 
 from lamcontrol import __version__
 from lamcontrol.bus import Bus
-from lamcontrol.protocol import PROMPT_STATUSES, Presence, Prompt, Result, Topics
+from lamcontrol.protocol import FINISHED, PROMPT_STATUSES, Presence, PresenceState, Prompt, Topics
+
+from .events import AgentForgotten, Events, Extension, PresenceChanged, Replied, TaskFinished
 
 log = logging.getLogger(__name__)
 STATE_QOS = 0  # retained state for sensors: the next one replaces it, so no acknowledgement is needed
@@ -30,7 +33,6 @@ ORIGIN = {"name": "LAMControl", "sw_version": __version__}
 SOURCE = "homeassistant"
 TEXT_MAX = 255  # Home Assistant's limit for text entities and sensor states
 STATE = "{{ value_json.state }}"
-FINISHED = ("succeeded", "failed")
 MEDIA_BUTTONS = {"play": ("Play", "play", "mdi:play"), "pause": ("Pause", "pause", "mdi:pause"),
                  "next": ("Next", "next", "mdi:skip-next"),
                  "previous": ("Previous", "back", "mdi:skip-previous")}
@@ -72,7 +74,7 @@ def text_sensor(name: str, icon: str, topic: str, text: str, available: dict, **
 def event(name: str, icon: str, topic: str, kinds: tuple[str, ...], kind: str, available: dict,
           **data: str) -> dict[str, Any]:
     """An event entity fired by each JSON on ``topic``, typed by its ``kind`` field, carrying ``data``."""
-    return {"name": name, "icon": icon, "state_topic": topic, "event_types": list(kinds),
+    return {"name": name, "icon": icon, "state_topic": topic, "event_types": [str(k) for k in kinds],
             "value_template": fields(event_type=kind, **data), **available}
 
 
@@ -81,6 +83,12 @@ def connectivity(status_topic: str) -> dict[str, Any]:
     return {"name": "Connected", "state_topic": status_topic, "value_template": STATE,
             "payload_on": "online", "payload_off": "offline", "device_class": "connectivity",
             "entity_category": "diagnostic"}
+
+
+def extension(cfg: dict) -> Extension | None:
+    """Discovery under ``[homeassistant] discovery_prefix``, or None when ``enabled`` is false."""
+    section = cfg["homeassistant"]
+    return functools.partial(Discovery, discovery_prefix=section["discovery_prefix"]) if section["enabled"] else None
 
 
 class Configs:
@@ -154,23 +162,29 @@ class Configs:
 
     def agent_topics(self, agent_id: str) -> list[str]:
         """Every retained topic discovery may have left for an agent (configs and last result)."""
-        everything = self.agent_configs(Presence(state="offline", agent=agent_id), media=True)
+        everything = self.agent_configs(Presence(state=PresenceState.OFFLINE, agent=agent_id), media=True)
         return [*everything, self.topics.last_result(agent_id)]
 
 
 class Discovery:
     """Publishes and withdraws discovery configs; keeps the retained state they read.
 
-    Every handler runs on the bus dispatcher thread, so the agent table needs no lock.
+    A coordinator extension: it follows the coordinator's events (presence changed, agent
+    forgotten, task finished, replied). Every handler runs under the coordinator's lock or
+    on the bus dispatcher thread, so the agent table needs no lock of its own.
     """
 
-    def __init__(self, bus: Bus, discovery_prefix: str = "homeassistant") -> None:
+    def __init__(self, bus: Bus, events: Events, discovery_prefix: str = "homeassistant") -> None:
         self.bus = bus
         self.topics = bus.topics
         self.configs = Configs(bus.topics, discovery_prefix)
         self.agents: dict[str, dict[str, dict]] = {}  # agent id -> {config topic: config}
         bus.on(f"{self.configs.prefix}/status", self.on_ha_status)
         bus.on_connect(self.publish_all)
+        events.on(PresenceChanged, lambda event: self.presence_received(event.presence))
+        events.on(AgentForgotten, lambda event: self.forget(event.agent_id))
+        events.on(TaskFinished, self.task_finished)
+        events.on(Replied, self.replied)
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -202,7 +216,7 @@ class Discovery:
         """An agent's (valid) presence: publish or update its entities."""
         agent_id = presence.agent
         known = self.agents.get(agent_id)
-        if presence.state == "online":
+        if presence.online:
             media = {"media", "volume"} <= set(presence.capabilities.get("computer", ()))
             configs = self.configs.agent_configs(presence, media)
         elif known is None:  # first seen offline: what it offers is unknown, keep to the basics
@@ -217,11 +231,12 @@ class Discovery:
             self.bus.publish_raw(topic_name, b"", retain=True)
         self._publish(configs)
 
-    def result_received(self, result: Result, payload: bytes) -> None:
+    def task_finished(self, event: TaskFinished) -> None:
         """Keep each known agent's latest finished task, retained, for its sensor and event."""
-        if result.agent in self.agents and result.state in FINISHED:
-            self.bus.publish_raw(self.topics.last_result(result.agent), payload, retain=True, qos=STATE_QOS)
+        result = event.result()
+        if result is not None and result.agent in self.agents and result.state in FINISHED:
+            self.bus.publish_raw(self.topics.last_result(result.agent), result.to_json(), retain=True, qos=STATE_QOS)
 
-    def reply_sent(self, payload: bytes) -> None:
+    def replied(self, event: Replied) -> None:
         """Keep the latest reply, retained, for the coordinator's sensor and event."""
-        self.bus.publish_raw(self.topics.last_reply, payload, retain=True, qos=STATE_QOS)
+        self.bus.publish_raw(self.topics.last_reply, event.reply.to_json(), retain=True, qos=STATE_QOS)

@@ -8,26 +8,27 @@ from lamcontrol import config as lamconfig
 from lamcontrol.bus import BrokerSettings
 from lamcontrol.service import component_parser, run_service, setup_logging
 
+from . import discovery, metrics
 from .journal import Journal
 from .parsing import build_parser
 from .service import Coordinator
+from .settings import Settings
+
+
+EXTENSIONS = (discovery.extension, metrics.extension)  # each: the config -> a factory, or None when off
 
 
 def build(cfg: dict) -> Coordinator:
-    """A coordinator configured from a loaded config."""
+    """A coordinator configured from a loaded config, with the extensions the config turns on."""
     section = cfg["coordinator"]
     journal = Journal(section["journal"] or lamconfig.state_dir() / "journal.db", float(section["journal_days"]))
-    return Coordinator(BrokerSettings.from_config(cfg), build_parser(cfg), journal,
-                       ack_timeout=float(section["ack_timeout"]), prompt_timeout=float(section["prompt_timeout"]),
-                       task_timeout=float(section["task_timeout"]), confirm_window=float(section["confirm_window"]),
-                       heartbeat=float(section["heartbeat"]), discovery_prefix=discovery_prefix(cfg),
-                       metrics_port=int(section["metrics_port"]), metrics_bind=section["metrics_bind"])
-
-
-def discovery_prefix(cfg: dict) -> str:
-    """Home Assistant's discovery prefix, or '' when discovery is off."""
-    section = cfg["homeassistant"]
-    return section["discovery_prefix"] if section["enabled"] else ""
+    coordinator = Coordinator(BrokerSettings.from_config(cfg), build_parser(cfg), journal,
+                              Settings.from_config(section))
+    for configured in EXTENSIONS:
+        factory = configured(cfg)
+        if factory is not None:
+            factory(coordinator.bus, coordinator.events)
+    return coordinator
 
 
 def main(argv: list[str] | None = None) -> int:

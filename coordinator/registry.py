@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
-from lamcontrol.protocol import Presence
+from lamcontrol.protocol import Presence, PresenceState
+
+from .settings import Clock
 
 STALE_AFTER = 3  # heartbeats missed before an agent that said online counts as gone
 
@@ -19,7 +20,7 @@ class AgentInfo:
 
     @property
     def online(self) -> bool:
-        return self.presence.state == "online"
+        return self.presence.online
 
     @property
     def load(self) -> float:
@@ -33,7 +34,8 @@ class AgentInfo:
 class Registry:
     """Agent presence by id, with least-loaded choice."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
         self.agents: dict[str, AgentInfo] = {}
 
     def update(self, presence: Presence) -> bool:
@@ -41,14 +43,20 @@ class Registry:
         info = self.agents.get(presence.agent)
         was_online = bool(info and info.online)
         if info is None:
-            info = self.agents[presence.agent] = AgentInfo(presence, time.monotonic())
+            info = self.agents[presence.agent] = AgentInfo(presence, self.clock.monotonic())
         else:
-            info.presence, info.last_seen = presence, time.monotonic()
+            info.presence, info.last_seen = presence, self.clock.monotonic()
         if info.online:
             info.advertised = presence.capabilities
         else:
             info.inflight = 0
-        return was_online and presence.state == "offline"
+        return was_online and not info.online
+
+    def release(self, agent_id: str | None) -> None:
+        """One task fewer out with this agent."""
+        info = self.agents.get(agent_id or "")
+        if info and info.inflight > 0:
+            info.inflight -= 1
 
     def forget(self, agent_id: str) -> None:
         self.agents.pop(agent_id, None)
@@ -78,10 +86,10 @@ class Registry:
 
     def stale(self) -> list[str]:
         """Agents that said online but missed their heartbeats; they are marked offline."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         gone = [a for a in self.agents.values()
                 if a.online and now - a.last_seen > STALE_AFTER * a.presence.heartbeat + 5]
         for info in gone:
-            info.presence = Presence(state="offline", agent=info.presence.agent, host=info.presence.host)
+            info.presence = Presence(state=PresenceState.OFFLINE, agent=info.presence.agent, host=info.presence.host)
             info.inflight = 0
         return [info.presence.agent for info in gone]

@@ -10,6 +10,7 @@ network thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import socket
@@ -17,18 +18,20 @@ import ssl
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.matcher import MQTTMatcher
 
 from . import config as lamconfig
-from .protocol import DEFAULT_MAX_PAYLOAD, ErrorRecord, Message, ProtocolError, Topics
+from .protocol import DEFAULT_MAX_PAYLOAD, ErrorRecord, Message, ProtocolError, Topics, check_size
 
 log = logging.getLogger(__name__)
 
+M = TypeVar("M", bound=Message)
 Handler = Callable[[str, bytes], None]
+Cleared = Callable[[dict[str, str]], None]
 BURST = 64  # messages handled together, in one transaction when there is one
 SCHEMES = {"mqtt": ("tcp", False, 1883), "mqtts": ("tcp", True, 8883), "ws": ("websockets", False, 80),
            "wss": ("websockets", True, 443)}
@@ -89,13 +92,26 @@ class BrokerSettings:
                    max_payload=int(section["max_payload"]))
 
 
+@dataclass(frozen=True)
+class Subscription:
+    """A typed handler, for the topics of its type whose levels carry ``ids``."""
+
+    handler: Callable[[Any], None]
+    cleared: Cleared | None
+    ids: dict[str, str]
+
+    def wants(self, topic_ids: dict[str, str]) -> bool:
+        return all(topic_ids.get(k) == v for k, v in self.ids.items())
+
+
 class Bus:
     """A paho client that speaks the LAM protocol for one component.
 
-    Register handlers with :meth:`on` before :meth:`start`; they are (re)subscribed on every
-    connect and called one at a time on a dispatcher thread with ``(topic, payload)``. A
-    handler that raises :class:`ProtocolError` (or anything else) gets the message refused
-    on ``lam/errors``; the bus carries on.
+    Register handlers before :meth:`start`: :meth:`subscribe` by message type (each message is
+    size-checked and parsed once, and handed over typed) or :meth:`on` by topic filter for raw
+    ``(topic, payload)``. They are (re)subscribed on every connect and called one at a time on
+    a dispatcher thread. A message that does not parse, or whose handler raises, is refused on
+    ``lam/errors``; the bus carries on.
     """
 
     def __init__(self, settings: BrokerSettings, component: str, client_id: str | None = None,
@@ -117,6 +133,7 @@ class Bus:
         self.last_error = ""
         self._handlers: list[tuple[str, Handler]] = []
         self._routes = MQTTMatcher()  # topic filter -> its handlers, in registration order
+        self._typed: dict[type[Message], list[Subscription]] = {}
         self._on_connect: list[Callable[[], None]] = []
         self._pending_subs: set[int] = set()
         self._inbox: queue.Queue = queue.Queue()
@@ -151,10 +168,20 @@ class Bus:
     def on(self, topic_filter: str, handler: Handler) -> None:
         """Call ``handler(topic, payload)`` for every message matching ``topic_filter``."""
         self._handlers.append((topic_filter, handler))
+        self._add_route(topic_filter, handler)
+
+    def _add_route(self, topic_filter: str, handler: Handler) -> None:
         try:
             self._routes[topic_filter].append(handler)
         except KeyError:
             self._routes[topic_filter] = [handler]
+
+    def subscribe(self, cls: type[M], handler: Callable[[M], None], cleared: Cleared | None = None,
+                  **ids: str) -> None:
+        """Call ``handler(message)`` with every valid ``cls`` message on its topics, or only on those
+        whose levels carry ``ids`` (``subscribe(Task, run, capability="echo")``); with ``cleared``,
+        call ``cleared(ids)`` instead when a retained topic of that type is emptied."""
+        self._typed.setdefault(cls, []).append(Subscription(handler, cleared, ids))
 
     def on_connect(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` on the dispatcher thread after each (re)connect."""
@@ -223,7 +250,8 @@ class Bus:
             return
         self.last_error = ""
         self.connected.set()
-        filters = sorted({f for f, _ in self._handlers})
+        filters = sorted({f for f, _ in self._handlers} | {self.topics.build(cls.topic_pattern, **s.ids)
+                                                           for cls, subs in self._typed.items() for s in subs})
         if filters:
             result, mid = client.subscribe([(f, 1) for f in filters])
             self._pending_subs.add(mid)
@@ -284,16 +312,28 @@ class Bus:
         for topic, payload, mid, qos in burst:
             if topic == "connect":
                 for callback in self._on_connect:
-                    self._guarded(callback)
-            elif len(payload) > self.settings.max_payload:
-                self.refuse(topic, ProtocolError(
-                    f"payload of {len(payload)} bytes exceeds the {self.settings.max_payload}-byte limit"), payload)
+                    self._guarded(callback, "connect")
             else:
-                for handlers in list(self._routes.iter_match(topic)):
-                    for handler in handlers:
-                        self._guarded(handler, topic, payload)
+                self._guarded(functools.partial(self._route, topic, payload), topic, payload)
         if self.transaction is None:
             self._ack(burst)
+
+    def _route(self, topic: str, payload: bytes) -> None:
+        check_size(payload, self.settings.max_payload)
+        for handlers in list(self._routes.iter_match(topic)):
+            for handler in handlers:
+                self._guarded(functools.partial(handler, topic, payload), topic, payload)
+        match = self.topics.match(topic)
+        subscribers = [s for s in self._typed.get(match.cls, ()) if s.wants(match.ids)] if match else []
+        if not subscribers:
+            return
+        if not payload and all(s.cleared for s in subscribers):
+            for s in subscribers:
+                self._guarded(functools.partial(s.cleared, match.ids), topic)
+            return
+        message = match.cls.from_topic(match.ids, payload)
+        for s in subscribers:
+            self._guarded(functools.partial(s.handler, message), topic, payload)
 
     def _ack(self, burst: list[tuple[str, Any, int, int]]) -> None:
         if self.ack_when_handled:
@@ -301,12 +341,13 @@ class Bus:
                 if qos:
                     self._client.ack(mid, qos)
 
-    def _guarded(self, func: Callable, topic: str = "", payload: bytes = b"") -> None:
+    def _guarded(self, call: Callable[[], None], topic: str, payload: bytes = b"") -> None:
+        """Run one handler; what it refuses, or fails on, is reported for ``topic``."""
         try:
-            func(topic, payload) if topic else func()
+            call()
         except ProtocolError as exc:
             self.refuse(topic, exc, payload)
         except Exception as exc:  # a bug must not stop the bus
-            log.exception("%s: handler failed on %s", self.component, topic or "connect")
-            if topic:
+            log.exception("%s: handler failed on %s", self.component, topic)
+            if topic != "connect":
                 self.refuse(topic, f"internal error: {exc.__class__.__name__}: {exc}", payload)

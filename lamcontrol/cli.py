@@ -19,7 +19,7 @@ from . import config as lamconfig
 from . import http_client
 from . import ops  # systemd install, mosquitto-config, agents forget
 from .bus import BrokerSettings, Bus, BusError
-from .protocol import Presence, Prompt, ProtocolError, Reply, describe_event, parse
+from .protocol import Presence, Prompt, ProtocolError, Reply, describe_event, parse, read
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
 COLOURS = {"prompt": "36", "task": "34", "result": "35", "reply": "32", "agent": "33", "error": "31",
@@ -294,10 +294,11 @@ def wait_until_online(settings: BrokerSettings, agent_id: str, processes: dict[s
 
     def seen(topic: str, payload: bytes) -> None:
         try:
-            if parse(Presence, payload).state == "online":
-                online.add(topic)
+            presence = read(topics, topic, payload)
         except ProtocolError:
-            pass
+            return
+        if isinstance(presence, Presence) and presence.online:
+            online.add(topic)
 
     bus = Bus(settings, component="lam-up", report=False)
     for topic in expected:

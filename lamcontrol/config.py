@@ -49,6 +49,12 @@ DEFAULTS: dict[str, Any] = {
         "heartbeat": 30.0,
         "metrics_port": 0,  # Prometheus metrics on this port; 0 = off
         "metrics_bind": "127.0.0.1",
+        "max_prompt_timeout": 600.0,
+        "warmup": 3.0,
+        "retry_round": 1.0,
+        "tick": 0.1,
+        "prune_every": 3600.0,
+        "legacy_results": False,
     },
     "homeassistant": {
         "enabled": True,

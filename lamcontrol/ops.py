@@ -134,7 +134,7 @@ class MqttUser:
         if self.name == "monitor":
             return [f"read {lam}", f"read {discovery}/#", "read $SYS/#"]
         return [*(f"read {topics.task(c)}" for c in self.capabilities), f"write {topics.agent_status(self.name)}",
-                f"write {topics.all_results.replace('+', '#')}", f"write {topics.errors}"]
+                f"write {topics.result(self.name, '#')}", f"write {topics.errors}"]
 
 
 def parse_users(spec: str) -> list[MqttUser]:

@@ -1,15 +1,31 @@
 """The LAMControl wire protocol: every topic and every message type, in one place.
 
-Each message is a small dataclass that knows its topic, reads itself from a dict
-(refusing bad input with a :class:`ProtocolError` that names the field) and writes
-compact JSON. Components never build topics or payloads by hand.
+Each message is a small dataclass that knows its topic in both directions (``topic()``
+builds it; :meth:`Topics.match` finds the class and the ids a topic carries), reads
+itself from a dict (refusing bad input with a :class:`ProtocolError` that names the
+field) and writes compact JSON. Components never build or split topics by hand.
+
+Topics under the prefix (which may itself contain slashes, ``home/lam``)::
+
+    prompts                          Prompt          anyone -> coordinator
+    replies/<prompt_id>              Reply           coordinator -> asker
+    tasks/<capability>               Task            coordinator -> agents
+    agents/<agent>/results/<task_id> Result          agent -> coordinator
+    agents/<agent>/status            Presence        agent, retained
+    coordinator/status               CoordinatorPresence  coordinator, retained
+    errors                           ErrorRecord     any component
+    results/<task_id>                LegacyResult    older agents (``[coordinator] legacy_results``)
+
+A new message type is a subclass with a ``topic_pattern``; it is matched from then on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,11 +33,38 @@ from typing import Any, ClassVar, TypeVar, get_args, get_origin, get_type_hints
 
 DEFAULT_PREFIX = "lam"
 DEFAULT_MAX_PAYLOAD = 64 * 1024
+COORDINATOR = "coordinator"
+RESERVED_AGENT_IDS = frozenset({COORDINATOR})  # an agent with one of these would speak on another's topics
 
-PROMPT_STATUSES = ("succeeded", "failed", "partial", "ignored", "rejected", "needs_confirmation")
-RESULT_STATES = ("accepted", "succeeded", "failed", "rejected")
-PRESENCE_STATES = ("online", "offline")
-RISKS = ("low", "high")
+
+class PromptStatus(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PARTIAL = "partial"
+    IGNORED = "ignored"
+    REJECTED = "rejected"
+    NEEDS_CONFIRMATION = "needs_confirmation"
+
+
+class ResultState(enum.StrEnum):
+    ACCEPTED = "accepted"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+class PresenceState(enum.StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class Risk(enum.StrEnum):
+    LOW = "low"
+    HIGH = "high"
+
+
+FINISHED = (ResultState.SUCCEEDED, ResultState.FAILED)  # a task's end (a rejected task is offered on)
+PROMPT_STATUSES = tuple(PromptStatus)
 
 
 class ProtocolError(ValueError):
@@ -37,35 +80,74 @@ def new_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def check_id(value: str, field_name: str) -> str:
+    """Ids end up in topic levels: refuse wildcards, separators and empties."""
+    if not value or len(value) > 128 or any(c in value for c in "/+#\0 ") or not value.isprintable():
+        raise ProtocolError("must be 1-128 printable characters without '/', '+', '#' or spaces", field_name)
+    return value
+
+
+def check_agent_id(value: str, field_name: str = "agent id") -> str:
+    """An id an agent may take: a valid topic level that is not reserved for another component."""
+    check_id(value, field_name)
+    if value in RESERVED_AGENT_IDS:
+        raise ProtocolError(f"{value!r} is reserved (its topics belong to another component)", field_name)
+    return value
+
+
+@dataclass(frozen=True)
+class Match:
+    """What a topic is: the message class it carries and the ids in its levels."""
+
+    cls: type[Message]
+    ids: dict[str, str]
+
+
 @dataclass(frozen=True)
 class Topics:
-    """The topic table, under a configurable prefix."""
+    """The topic table under a configurable prefix: builds topics and recognises them."""
 
     prefix: str = DEFAULT_PREFIX
 
+    def build(self, pattern: str, **ids: str) -> str:
+        """``pattern`` (``"replies/{prompt_id}"``) under the prefix; a missing id becomes ``+``."""
+        levels = [ids.get(level[1:-1], "+") if level.startswith("{") else level for level in pattern.split("/")]
+        return "/".join([self.prefix, *levels])
+
+    def match(self, topic: str) -> Match | None:
+        """The message class and ids of a LAM topic, or None for any other topic."""
+        if not topic.startswith(self.prefix + "/"):
+            return None
+        levels = topic[len(self.prefix) + 1:].split("/")
+        for cls in MESSAGES:
+            ids = _match_levels(cls.topic_pattern.split("/"), levels)
+            if ids is not None:
+                return Match(cls, ids)
+        return None
+
     @property
     def prompts(self) -> str:
-        return f"{self.prefix}/prompts"
+        return self.build(Prompt.topic_pattern)
 
     def reply(self, prompt_id: str) -> str:
-        return f"{self.prefix}/replies/{prompt_id}"
+        return self.build(Reply.topic_pattern, prompt_id=prompt_id)
 
     def task(self, capability: str) -> str:
-        return f"{self.prefix}/tasks/{capability}"
+        return self.build(Task.topic_pattern, capability=capability)
 
-    def result(self, task_id: str) -> str:
-        return f"{self.prefix}/results/{task_id}"
+    def result(self, agent_id: str, task_id: str) -> str:
+        return self.build(Result.topic_pattern, agent=agent_id, task_id=task_id)
 
     def agent_status(self, agent_id: str) -> str:
-        return f"{self.prefix}/agents/{agent_id}/status"
+        return self.build(Presence.topic_pattern, agent=agent_id)
 
     @property
     def coordinator_status(self) -> str:
-        return f"{self.prefix}/coordinator/status"
+        return self.build(CoordinatorPresence.topic_pattern)
 
     @property
     def errors(self) -> str:
-        return f"{self.prefix}/errors"
+        return self.build(ErrorRecord.topic_pattern)
 
     @property
     def last_reply(self) -> str:
@@ -87,26 +169,29 @@ class Topics:
 
     @property
     def all_results(self) -> str:
-        return self.result("+")
+        return self.result("+", "+")
 
     @property
     def all_agent_statuses(self) -> str:
         return self.agent_status("+")
 
     def last_level(self, topic: str) -> str:
-        """The id at the end of a topic such as ``lam/results/<task_id>``."""
+        """The id at the end of a topic such as ``lam/replies/<prompt_id>``."""
         return topic.rsplit("/", 1)[-1]
 
-    def agent_of(self, status_topic: str) -> str:
-        """The agent id in ``lam/agents/<agent_id>/status``."""
-        return status_topic.split("/")[-2]
 
-
-def check_id(value: str, field_name: str) -> str:
-    """Ids end up in topic levels: refuse wildcards, separators and empties."""
-    if not value or len(value) > 128 or any(c in value for c in "/+#\0 ") or not value.isprintable():
-        raise ProtocolError("must be 1-128 printable characters without '/', '+', '#' or spaces", field_name)
-    return value
+def _match_levels(pattern: list[str], levels: list[str]) -> dict[str, str] | None:
+    if len(pattern) != len(levels):
+        return None
+    ids = {}
+    for want, got in zip(pattern, levels):
+        if want.startswith("{"):
+            if not got:
+                return None
+            ids[want[1:-1]] = got
+        elif want != got:
+            return None
+    return ids
 
 
 @functools.cache
@@ -115,60 +200,116 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _checked(value: Any, hint: Any, name: str) -> Any:
-    """``value`` if it has the type the field declares, else a ProtocolError naming it."""
+    """``value`` as the type the field declares (enums, nested messages, lists of them), else a
+    ProtocolError naming it."""
     optional = type(None) in get_args(hint)
     if value is None and optional:
         return None
     expected = next(a for a in get_args(hint) if a is not type(None)) if optional else hint
-    expected = get_origin(expected) or expected
-    accepted = (int, float) if expected is float else expected
-    if isinstance(value, bool) and expected is not bool or not isinstance(value, accepted):
-        raise ProtocolError(f"must be {expected.__name__}, not {type(value).__name__}", name)
+    if isinstance(expected, type) and issubclass(expected, enum.Enum):
+        try:
+            return expected(value)
+        except ValueError:
+            raise ProtocolError(f"must be one of {', '.join(expected)}", name) from None
+    if isinstance(expected, type) and issubclass(expected, Record):
+        return expected.from_dict(value, name)
+    origin = get_origin(expected) or expected
+    accepted = (int, float) if origin is float else origin
+    if isinstance(value, bool) and origin is not bool or not isinstance(value, accepted):
+        wanted = "a number" if origin is float else origin.__name__
+        raise ProtocolError(f"must be {wanted}, not {type(value).__name__}", name)
+    if origin is list and get_args(expected):
+        return [_checked(item, get_args(expected)[0], f"{name}[{i}]") for i, item in enumerate(value)]
     return value
 
-M = TypeVar("M", bound="Message")
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Record):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
-class Message:
-    """Base of every message: validation from dicts, compact JSON out."""
+R = TypeVar("R", bound="Record")
+
+
+class Record:
+    """A dataclass read from a dict with every field checked, written back as plain JSON values."""
 
     kind: ClassVar[str]
     ids: ClassVar[tuple[str, ...]] = ()
-    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @classmethod
-    def from_dict(cls: type[M], data: Any) -> M:
+    def from_dict(cls: type[R], data: Any, where: str = "") -> R:
         if not isinstance(data, dict):
-            raise ProtocolError(f"a {cls.kind} must be a JSON object, not {type(data).__name__}")
+            raise ProtocolError(f"a {cls.kind} must be a JSON object, not {type(data).__name__}", where or None)
         hints = _hints(cls)
         values = {}
         for f in dataclasses.fields(cls):
+            name = f"{where}.{f.name}" if where else f.name
             if f.name not in data:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    raise ProtocolError("is required", f.name)
+                    raise ProtocolError("is required", name)
                 continue
-            values[f.name] = _checked(data[f.name], hints[f.name], f.name)
-        message = cls(**values)
-        message.validate()
-        return message
+            values[f.name] = _checked(data[f.name], hints[f.name], name)
+        record = cls(**values)
+        record.validate()
+        return record
 
     def validate(self) -> None:
         for name in self.ids:
             check_id(getattr(self, name), name)
-        for name, allowed in self.choices.items():
-            if getattr(self, name) not in allowed:
-                raise ProtocolError(f"must be one of {', '.join(allowed)}", name)
 
     def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+M = TypeVar("M", bound="Message")
+MESSAGES: list[type[Message]] = []  # every class with a topic, in the order they are matched
+
+
+class Message(Record):
+    """A record with a topic: ``topic_pattern`` under the prefix, ``{field}`` levels filled from it."""
+
+    topic_pattern: ClassVar[str]
+    event: ClassVar[str]  # its kind in monitors and live streams
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "topic_pattern" in cls.__dict__:
+            MESSAGES.append(cls)
+
+    @classmethod
+    def from_payload(cls: type[M], payload: bytes) -> M:
+        return cls.from_dict(decode(payload))
+
+    @classmethod
+    def from_topic(cls: type[M], ids: dict[str, str], payload: bytes) -> M:
+        """The message on a topic whose levels carried ``ids``: its fields must agree with them."""
+        message = cls.from_payload(payload)
+        for name, value in ids.items():
+            if getattr(message, name, value) != value:
+                raise ProtocolError(f"does not match the topic's {name} {value!r}", name)
+        return message
+
+    def topic(self, topics: Topics) -> str:
+        return topics.build(self.topic_pattern, **self.to_ids())
+
+    def to_ids(self) -> dict[str, str]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
 
+    def describe(self) -> str:
+        """One human line, for ``lam monitor`` and the dashboard."""
+        return str(self.to_dict())
 
-def decode(payload: bytes, max_size: int = DEFAULT_MAX_PAYLOAD) -> Any:
-    """Bytes to JSON, refusing oversized and undecodable payloads."""
-    if len(payload) > max_size:
+
+def decode(payload: bytes, max_size: int | None = None) -> Any:
+    """Bytes to JSON, refusing oversized (when a limit is given) and undecodable payloads."""
+    if max_size is not None and len(payload) > max_size:
         raise ProtocolError(f"payload of {len(payload)} bytes exceeds the {max_size}-byte limit")
     try:
         return json.loads(payload.decode("utf-8"))
@@ -176,23 +317,69 @@ def decode(payload: bytes, max_size: int = DEFAULT_MAX_PAYLOAD) -> Any:
         raise ProtocolError(f"payload is not UTF-8 ({exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"payload is not JSON ({exc.msg} at char {exc.pos})") from None
+    except RecursionError:
+        raise ProtocolError("payload is nested too deeply") from None
 
 
 def parse(cls: type[M], payload: bytes, max_size: int = DEFAULT_MAX_PAYLOAD) -> M:
-    """Decode and validate one message of type ``cls``."""
-    return cls.from_dict(decode(payload, max_size))
+    """Check the size, decode and validate one message of type ``cls``."""
+    check_size(payload, max_size)
+    return cls.from_payload(payload)
+
+
+def check_size(payload: bytes, max_size: int) -> None:
+    if len(payload) > max_size:
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds the {max_size}-byte limit")
+
+
+@dataclass
+class Metadata(Record):
+    """What a prompt may ask for besides its words.
+
+    ``timeout``: seconds within which to answer, a finite number above 0 (the coordinator caps
+    it; without it, ``[coordinator] prompt_timeout``). ``agent``: the only agent that may run the
+    prompt's commands. Other keys are carried along untouched in ``extra``.
+    """
+
+    kind: ClassVar[str] = "metadata"
+    timeout: float | None = None
+    agent: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "metadata") -> Metadata:
+        if isinstance(data, dict):
+            known = {k: data[k] for k in ("timeout", "agent") if k in data}
+            data = {**known, "extra": {k: v for k, v in data.items() if k not in known}}
+        return super().from_dict(data, where)
+
+    def validate(self) -> None:
+        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise ProtocolError("must be a finite number of seconds above 0", "metadata.timeout")
+        if self.agent is not None:
+            check_id(self.agent, "metadata.agent")
+
+    def to_dict(self) -> dict[str, Any]:
+        chosen = {"timeout": self.timeout, "agent": self.agent}
+        return {**self.extra, **{k: v for k, v in chosen.items() if v is not None}}
 
 
 @dataclass
 class Prompt(Message):
-    """Something a person said or typed, for the coordinator."""
+    """Something a person said or typed, for the coordinator (``metadata``: see :class:`Metadata`)."""
 
     kind: ClassVar[str] = "prompt"
+    event: ClassVar[str] = "prompt"
+    topic_pattern: ClassVar[str] = "prompts"
     ids = ("id",)
     prompt: str
     id: str = field(default_factory=new_id)
     source: str = "mqtt"
-    metadata: dict = field(default_factory=dict)
+    metadata: Metadata = field(default_factory=Metadata)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.metadata, dict):
+            self.metadata = Metadata.from_dict(self.metadata)
 
     def validate(self) -> None:
         super().validate()
@@ -200,22 +387,23 @@ class Prompt(Message):
             raise ProtocolError("must be at most 64 characters", "source")
 
     @classmethod
-    def from_payload(cls, payload: bytes, max_size: int = DEFAULT_MAX_PAYLOAD) -> Prompt:
+    def from_payload(cls, payload: bytes) -> Prompt:
         """A JSON prompt object, or any other UTF-8 text taken as the prompt itself."""
-        if len(payload) > max_size:
-            raise ProtocolError(f"payload of {len(payload)} bytes exceeds the {max_size}-byte limit")
-        text = payload.decode("utf-8", errors="strict") if payload else ""
+        try:
+            text = payload.decode("utf-8") if payload else ""
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"payload is not UTF-8 ({exc.reason})") from None
         if text.lstrip().startswith(("{", "[")):
-            return cls.from_dict(decode(payload, max_size))
+            return cls.from_dict(decode(payload))
         return cls(prompt=text.strip(), source="mqtt")
 
-    def topic(self, topics: Topics) -> str:
-        return topics.prompts
+    def describe(self) -> str:
+        return f"{self.id} from {self.source}: {self.prompt!r}"
 
 
 @dataclass
-class TaskSummary(Message):
-    """One command of a prompt, as reported in its reply."""
+class TaskSummary(Record):
+    """One command of a prompt, as reported in its reply (``state`` also ``waiting`` or ``skipped``)."""
 
     kind: ClassVar[str] = "task summary"
     task_id: str
@@ -231,20 +419,21 @@ class Reply(Message):
     """The one answer every prompt gets."""
 
     kind: ClassVar[str] = "reply"
+    event: ClassVar[str] = "reply"
+    topic_pattern: ClassVar[str] = "replies/{prompt_id}"
     ids = ("prompt_id",)
-    choices = {"status": PROMPT_STATUSES}
     prompt_id: str
-    status: str
+    status: PromptStatus
     response: str
-    tasks: list = field(default_factory=list)
+    tasks: list[TaskSummary] = field(default_factory=list)
     ts: float = field(default_factory=time.time)
 
     @property
     def ok(self) -> bool:
-        return self.status in ("succeeded", "ignored", "needs_confirmation")
+        return self.status in (PromptStatus.SUCCEEDED, PromptStatus.IGNORED, PromptStatus.NEEDS_CONFIRMATION)
 
-    def topic(self, topics: Topics) -> str:
-        return topics.reply(self.prompt_id)
+    def describe(self) -> str:
+        return f"{self.prompt_id} {self.status}: {self.response}"
 
 
 @dataclass
@@ -257,8 +446,9 @@ class Task(Message):
     """
 
     kind: ClassVar[str] = "task"
+    event: ClassVar[str] = "task"
+    topic_pattern: ClassVar[str] = "tasks/{capability}"
     ids = ("task_id", "prompt_id", "capability", "agent")
-    choices = {"risk": RISKS}
     task_id: str
     prompt_id: str
     capability: str
@@ -269,38 +459,52 @@ class Task(Message):
     attempt: int = 1
     accept_by: float = 0.0
     deadline: float = 0.0
-    risk: str = "low"
+    risk: Risk = Risk.LOW
 
-    def topic(self, topics: Topics) -> str:
-        return topics.task(self.capability)
+    def describe(self) -> str:
+        return f"{self.task_id} -> {self.agent}: {self.command or self.capability + ' ' + self.action} " \
+               f"(attempt {self.attempt})"
 
 
 @dataclass
 class Result(Message):
-    """An agent's word on a task: accepted, then succeeded or failed; or rejected."""
+    """An agent's word on a task: accepted, then succeeded or failed; or rejected.
+
+    Published under the agent's own subtree, so a broker ACL can bind it to the agent's login.
+    """
 
     kind: ClassVar[str] = "result"
+    event: ClassVar[str] = "result"
+    topic_pattern: ClassVar[str] = "agents/{agent}/results/{task_id}"
     ids = ("task_id", "agent")
-    choices = {"state": RESULT_STATES}
     task_id: str
     agent: str
-    state: str
+    state: ResultState
     message: str = ""
     data: dict = field(default_factory=dict)
     attempt: int = 1
 
-    def topic(self, topics: Topics) -> str:
-        return topics.result(self.task_id)
+    def describe(self) -> str:
+        return f"{self.task_id} {self.agent} {self.state}" + (f": {self.message}" if self.message else "")
+
+
+@dataclass
+class LegacyResult(Result):
+    """A result on the old topic ``results/<task_id>``, whose ``agent`` only the payload vouches for."""
+
+    topic_pattern: ClassVar[str] = "results/{task_id}"
 
 
 @dataclass
 class Presence(Message):
-    """Retained status of an agent or the coordinator (also its last will)."""
+    """Retained status of an agent (also its last will)."""
 
     kind: ClassVar[str] = "presence"
+    event: ClassVar[str] = "agent"
+    topic_pattern: ClassVar[str] = "agents/{agent}/status"
+    reserved: ClassVar[frozenset[str]] = RESERVED_AGENT_IDS
     ids = ("agent",)
-    choices = {"state": PRESENCE_STATES}
-    state: str
+    state: PresenceState
     agent: str
     capabilities: dict = field(default_factory=dict)
     load: int = 0
@@ -313,17 +517,38 @@ class Presence(Message):
 
     def validate(self) -> None:
         super().validate()
+        if self.agent in self.reserved:
+            check_agent_id(self.agent, "agent")
         for capability, actions in {**self.capabilities, **self.vocabulary}.items():
             if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
                 raise ProtocolError("each capability must map to a list of names", f"capabilities.{capability}")
 
-    def offers(self, capability: str, action: str) -> bool:
-        return self.state == "online" and action in self.capabilities.get(capability, ())
+    @property
+    def online(self) -> bool:
+        return self.state == PresenceState.ONLINE
 
-    def topic(self, topics: Topics) -> str:
-        if self.agent == "coordinator":
-            return topics.coordinator_status
-        return topics.agent_status(self.agent)
+    def offers(self, capability: str, action: str) -> bool:
+        return self.online and action in self.capabilities.get(capability, ())
+
+    def describe(self) -> str:
+        offered = " ".join(f"{c}[{','.join(a)}]" for c, a in sorted(self.capabilities.items()))
+        return f"{self.agent} {self.state}{self._load()} {offered}".rstrip()
+
+    def _load(self) -> str:
+        return f" load {self.load}/{self.max_concurrent}" if self.online else ""
+
+
+@dataclass
+class CoordinatorPresence(Presence):
+    """The coordinator's retained status, the same shape as an agent's (``agent`` is ``coordinator``)."""
+
+    event: ClassVar[str] = "coordinator"
+    topic_pattern: ClassVar[str] = "coordinator/status"
+    reserved: ClassVar[frozenset[str]] = frozenset()
+    agent: str = COORDINATOR
+
+    def _load(self) -> str:
+        return ""
 
 
 @dataclass
@@ -331,6 +556,8 @@ class ErrorRecord(Message):
     """A message some component had to refuse, and why."""
 
     kind: ClassVar[str] = "error record"
+    event: ClassVar[str] = "error"
+    topic_pattern: ClassVar[str] = "errors"
     component: str
     topic_name: str
     error: str
@@ -340,49 +567,42 @@ class ErrorRecord(Message):
         return {"component": self.component, "topic": self.topic_name, "error": self.error, "excerpt": self.excerpt}
 
     @classmethod
-    def from_dict(cls, data: Any) -> ErrorRecord:
+    def from_dict(cls, data: Any, where: str = "") -> ErrorRecord:
         if isinstance(data, dict) and "topic" in data:
             data = {("topic_name" if k == "topic" else k): v for k, v in data.items()}
-        return super().from_dict(data)
+        return super().from_dict(data, where)
 
     @classmethod
     def about(cls, component: str, topic: str, error: Exception | str, payload: bytes = b"") -> ErrorRecord:
         excerpt = payload[:200].decode("utf-8", errors="replace")
         return cls(component=component, topic_name=topic, error=str(error), excerpt=excerpt)
 
-    def topic(self, topics: Topics) -> str:
-        return topics.errors
+    def describe(self) -> str:
+        return f"{self.component} refused {self.topic_name}: {self.error}"
+
+
+def read(topics: Topics, topic: str, payload: bytes) -> Message | None:
+    """The message on a LAM topic, checked against the ids its levels carry; None for other
+    topics and for emptied retained ones. Size limits are the caller's (see :func:`parse`)."""
+    match = topics.match(topic)
+    if match is None or not payload:
+        return None
+    return match.cls.from_topic(match.ids, payload)
 
 
 def describe_event(prefix: str, topic: str, payload: bytes) -> tuple[str, str]:
-    """(kind, one human line) for any message on the LAM topics."""
-    parts = topic.split("/")
-    kind = parts[1] if len(parts) > 1 and topic.startswith(prefix + "/") else "other"
+    """(kind, one human line) for any message on the LAM topics; kind ``other`` for the rest."""
+    topics = Topics(prefix)
+    match = topics.match(topic)
+    if match is None:
+        return "other", f"{topic} {payload[:200].decode('utf-8', 'replace')}"
+    if not payload:
+        return match.cls.event, f"{topic} cleared"
     try:
-        if kind == "prompts":
-            p = Prompt.from_payload(payload)
-            # A plain-text prompt has no id yet: the coordinator gives it one, unknown here.
-            given_id = p.id if payload.lstrip().startswith(b"{") else "(plain text)"
-            return "prompt", f"{given_id} from {p.source}: {p.prompt!r}"
-        if kind == "tasks":
-            t = parse(Task, payload)
-            return "task", f"{t.task_id} -> {t.agent}: {t.command or t.capability + ' ' + t.action} (attempt {t.attempt})"
-        if kind == "results":
-            r = parse(Result, payload)
-            return "result", f"{r.task_id} {r.agent} {r.state}" + (f": {r.message}" if r.message else "")
-        if kind == "replies":
-            r = parse(Reply, payload)
-            return "reply", f"{r.prompt_id} {r.status}: {r.response}"
-        if kind in ("agents", "coordinator"):
-            if not payload:
-                return "agent", f"{topic} cleared"
-            p = parse(Presence, payload)
-            offered = " ".join(f"{c}[{','.join(a)}]" for c, a in sorted(p.capabilities.items()))
-            load = f" load {p.load}/{p.max_concurrent}" if p.state == "online" and kind == "agents" else ""
-            return "agent" if kind == "agents" else "coordinator", f"{p.agent} {p.state}{load} {offered}".rstrip()
-        if kind == "errors":
-            e = ErrorRecord.from_dict(decode(payload))
-            return "error", f"{e.component} refused {e.topic_name}: {e.error}"
-    except (ProtocolError, UnicodeDecodeError) as exc:
+        message = read(topics, topic, payload)
+    except ProtocolError as exc:
         return "error", f"unreadable message on {topic}: {exc}"
-    return "other", f"{topic} {payload[:200].decode('utf-8', 'replace')}"
+    if isinstance(message, Prompt) and not payload.lstrip().startswith(b"{"):
+        # A plain-text prompt has no id yet: the coordinator gives it one, unknown here.
+        return "prompt", f"(plain text) from {message.source}: {message.prompt!r}"
+    return match.cls.event, message.describe()

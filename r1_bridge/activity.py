@@ -13,11 +13,7 @@ import time
 from collections import OrderedDict, deque
 from typing import Iterator
 
-from paho.mqtt.client import topic_matches_sub
-
-from lamcontrol.protocol import ProtocolError, Result, Task, Topics, describe_event, parse
-
-FINAL_STATES = ("succeeded", "failed")  # a rejected task is offered to another agent
+from lamcontrol.protocol import FINISHED, ProtocolError, Result, Task, Topics, describe_event, read
 
 
 class EventHub:
@@ -88,12 +84,13 @@ class TaskTracker:
 
     def watch(self, topic: str, payload: bytes) -> None:
         try:
-            if topic_matches_sub(self.topics.task("+"), topic):
-                self._on_task(parse(Task, payload))
-            elif topic_matches_sub(self.topics.all_results, topic):
-                self._on_result(parse(Result, payload))
-        except (ProtocolError, UnicodeDecodeError):
-            pass  # the coordinator and agents report bad messages; we only observe
+            message = read(self.topics, topic, payload)
+        except ProtocolError:
+            return  # the coordinator and agents report bad messages; we only observe
+        if isinstance(message, Task):
+            self._on_task(message)
+        elif isinstance(message, Result):  # also one on the legacy topic: the coordinator decides
+            self._on_result(message)
 
     def _on_task(self, task: Task) -> None:
         with self._lock:
@@ -106,9 +103,9 @@ class TaskTracker:
     def _on_result(self, result: Result) -> None:
         with self._lock:
             entry = self.tasks.get(result.task_id)
-            if entry is None or entry["state"] in FINAL_STATES:
+            if entry is None or entry["state"] in FINISHED:
                 return  # unknown, or a duplicate delivery of a final result
-            if result.state in FINAL_STATES:
+            if result.state in FINISHED:
                 self.counts[result.state] += 1
             entry.update(state=result.state, agent=result.agent, message=result.message, data=result.data,
                          ts=time.time())

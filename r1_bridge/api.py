@@ -103,7 +103,7 @@ def result_of(exchange: Exchange) -> dict | None:
     reply = exchange.reply
     if reply is None:
         return None
-    return {"status": reply.status, "success": reply.ok, "message": reply.response, "tasks": reply.tasks,
+    return {"status": reply.status, "success": reply.ok, "message": reply.response, "tasks": reply.to_dict()["tasks"],
             "timestamp": iso(reply.ts)}
 
 

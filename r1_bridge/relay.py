@@ -13,10 +13,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from paho.mqtt.client import topic_matches_sub
-
 from lamcontrol.bus import BrokerSettings, Bus
-from lamcontrol.protocol import Presence, Prompt, Reply, parse
+from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, Reply
 
 Watcher = Callable[[str, bytes], None]
 
@@ -46,6 +44,9 @@ class Relay:
         self.started = time.time()
         self._lock = threading.Lock()
         self.bus.on(self.topics.all, self._on_message)
+        self.bus.subscribe(Reply, self._on_reply)
+        self.bus.subscribe(CoordinatorPresence, self._on_coordinator)
+        self.bus.subscribe(Presence, self._on_presence, cleared=lambda ids: self.agents.pop(ids["agent"], None))
 
     def start(self, timeout: float | None = None) -> None:
         self.bus.start(timeout)
@@ -79,8 +80,8 @@ class Relay:
         with self._lock:
             for exchange in reversed(self.exchanges.values()):
                 for task in exchange.reply.tasks if exchange.reply else ():
-                    if task.get("task_id") == task_id:
-                        return exchange, task
+                    if task.task_id == task_id:
+                        return exchange, task.to_dict()
         return None
 
     def online_agents(self) -> list[Presence]:
@@ -89,17 +90,15 @@ class Relay:
     def _on_message(self, topic: str, payload: bytes) -> None:
         for watcher in list(self.watchers):
             watcher(topic, payload)
-        if topic.startswith(self.topics.reply("")):
-            reply = parse(Reply, payload, self.bus.settings.max_payload)
-            exchange = self.exchanges.get(reply.prompt_id)
-            if exchange is not None:
-                exchange.reply = reply
-                exchange.done.set()
-        elif topic == self.topics.coordinator_status and payload:
-            self.coordinator = parse(Presence, payload)
-        elif topic_matches_sub(self.topics.all_agent_statuses, topic):
-            agent_id = self.topics.agent_of(topic)
-            if payload:
-                self.agents[agent_id] = parse(Presence, payload)
-            else:
-                self.agents.pop(agent_id, None)
+
+    def _on_reply(self, reply: Reply) -> None:
+        exchange = self.exchanges.get(reply.prompt_id)
+        if exchange is not None:
+            exchange.reply = reply
+            exchange.done.set()
+
+    def _on_coordinator(self, presence: CoordinatorPresence) -> None:
+        self.coordinator = presence
+
+    def _on_presence(self, presence: Presence) -> None:
+        self.agents[presence.agent] = presence

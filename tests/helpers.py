@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn
 
 import pytest
+from paho.mqtt.client import topic_matches_sub
 
 from lamcontrol.agents.capability import Capability, Unavailable
 from lamcontrol.bus import BrokerSettings, Bus
-from lamcontrol.protocol import Message, Presence, Prompt, Reply, parse
+from lamcontrol.protocol import CoordinatorPresence, Message, Presence, Prompt, Reply, parse
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,9 +124,14 @@ class Recorder:
         with self._lock:
             self.messages.append((topic, payload))
 
-    def on(self, topic_prefix: str) -> list[tuple[str, bytes]]:
+    def on(self, topic: str) -> list[tuple[str, bytes]]:
+        """Messages on topics that match ``topic`` as a filter (with ``+`` or ``#``), else start with it."""
         with self._lock:
-            return [(t, p) for t, p in self.messages if t.startswith(topic_prefix)]
+            return [(t, p) for t, p in self.messages if self.matches(t, topic)]
+
+    @staticmethod
+    def matches(topic: str, wanted: str) -> bool:
+        return topic_matches_sub(wanted, topic) if "+" in wanted or "#" in wanted else topic.startswith(wanted)
 
     def parsed(self, kind: type[Message], topic_prefix: str) -> list:
         return [parse(kind, p) for t, p in self.on(topic_prefix) if p]
@@ -167,7 +173,7 @@ class LamSystem:
         process = self.start(f"coordinator-{len(self.processes)}", "lamcontrol.coordinator.main",
                              "--config", str(self.config("coordinator", extra_config)), env=env)
         if wait:
-            wait_until(lambda: any(parse(Presence, p).state == "online"
+            wait_until(lambda: any(parse(CoordinatorPresence, p).state == "online"
                                    for _, p in self.recorder.on(self.topics.coordinator_status)[seen:]),
                        60, lambda: f"coordinator online\n{process.log()}")
         return process

@@ -10,7 +10,7 @@ import time
 import paho.mqtt.client as mqtt
 
 from helpers import wait_until
-from lamcontrol.protocol import ErrorRecord, Presence, Prompt, Reply, Result, Task, decode, new_id
+from lamcontrol.protocol import CoordinatorPresence, ErrorRecord, Presence, Prompt, Reply, Result, Task, decode, new_id
 
 
 def kinds(lam, prompt_id: str) -> list[str]:
@@ -22,7 +22,7 @@ def kinds(lam, prompt_id: str) -> list[str]:
             labels.append("prompt")
         elif topic.startswith(t.task("")):
             labels.append("task")
-        elif topic.startswith(t.result("")):
+        elif lam.topics.match(topic) and lam.topics.match(topic).cls is Result:
             labels.append(json.loads(payload)["state"])
         elif topic == t.reply(prompt_id):
             labels.append("reply")
@@ -36,12 +36,12 @@ def test_echo_round_trip_reads_like_a_log(lam):
     reply = lam.reply_to(prompt)
     assert reply.status == "succeeded"
     assert reply.response == "hello"
-    assert reply.tasks[0]["agent"] == "a1"
+    assert reply.tasks[0].agent == "a1"
     assert kinds(lam, prompt.id) == ["prompt", "task", "accepted", "succeeded", "reply"]
     task = lam.recorder.parsed(Task, lam.topics.task("echo"))[0]
     assert (task.capability, task.action, task.args) == ("echo", "say", {"text": "hello"})
-    statuses = {p.agent: p for p in lam.recorder.parsed(Presence, f"{lam.prefix}/agents/")
-                + lam.recorder.parsed(Presence, lam.topics.coordinator_status)}
+    statuses = {p.agent: p for p in lam.recorder.parsed(Presence, lam.topics.all_agent_statuses)
+                + lam.recorder.parsed(CoordinatorPresence, lam.topics.coordinator_status)}
     assert statuses["coordinator"].state == "online" and statuses["a1"].state == "online"
     assert statuses["a1"].capabilities == {"echo": ["fail", "say", "sleep"]}
 
@@ -55,10 +55,10 @@ def test_plain_text_and_json_prompts_and_chains_in_order(lam):
 
     reply = lam.send("echo sleep 0.3 first && echo second")
     assert reply.status == "succeeded"
-    assert [t["command"] for t in reply.tasks] == ["echo sleep 0.3 first", "echo second"]
+    assert [t.command for t in reply.tasks] == ["echo sleep 0.3 first", "echo second"]
     order = [(t, json.loads(p).get("state")) for t, p in lam.recorder.messages
-             if t.startswith(lam.topics.result("")) and json.loads(p)["task_id"] in {x["task_id"] for x in reply.tasks}]
-    first, second = reply.tasks[0]["task_id"], reply.tasks[1]["task_id"]
+             if lam.recorder.matches(t, lam.topics.all_results) and json.loads(p)["task_id"] in {x.task_id for x in reply.tasks}]
+    first, second = reply.tasks[0].task_id, reply.tasks[1].task_id
     states = [(t.rsplit("/", 1)[1], s) for t, s in order]
     assert states.index((first, "succeeded")) < states.index((second, "accepted"))
 
@@ -68,7 +68,7 @@ def test_failure_skips_the_rest_of_the_chain(lam):
     lam.agent("a1")
     reply = lam.send("echo one && echo fail it broke && echo three")
     assert reply.status == "partial"
-    assert [t["state"] for t in reply.tasks] == ["succeeded", "failed", "skipped"]
+    assert [t.state for t in reply.tasks] == ["succeeded", "failed", "skipped"]
     assert "it broke" in reply.response
 
 
@@ -77,10 +77,10 @@ def test_least_loaded_agent_is_chosen(lam):
     lam.agent("a1")
     lam.agent("a2")
     slow = lam.submit("echo sleep 3 slow")
-    lam.recorder.wait_for(Result, lam.topics.result(""), lambda r: r.state == "accepted")
+    lam.recorder.wait_for(Result, lam.topics.all_results, lambda r: r.state == "accepted")
     busy = lam.recorder.parsed(Task, lam.topics.task("echo"))[0].agent
     quick = lam.send("echo quick")
-    assert quick.tasks[0]["agent"] != busy
+    assert quick.tasks[0].agent != busy
     assert lam.reply_to(slow).status == "succeeded"
 
 
@@ -94,7 +94,7 @@ def test_agent_killed_before_accepting_task_runs_on_the_other(lam):
     first.kill()
     reply = lam.reply_to(prompt)
     assert reply.status == "succeeded"
-    assert reply.tasks[0]["agent"] == "a2"
+    assert reply.tasks[0].agent == "a2"
     attempts = [t.attempt for t in lam.recorder.parsed(Task, lam.topics.task("echo"))]
     assert attempts == [1, 2]
 
@@ -104,7 +104,7 @@ def test_accepted_task_is_never_rerun_elsewhere(lam):
     first = lam.agent("a1")
     lam.agent("a2")
     prompt = lam.submit("echo sleep 5 once")
-    lam.recorder.wait_for(Result, lam.topics.result(""), lambda r: r.state == "accepted" and r.agent == "a1")
+    lam.recorder.wait_for(Result, lam.topics.all_results, lambda r: r.state == "accepted" and r.agent == "a1")
     first.kill()
     reply = lam.reply_to(prompt)
     assert reply.status == "failed"
@@ -124,13 +124,13 @@ def test_duplicate_and_late_deliveries_are_not_run(lam):
     other = Task(task_id=new_id(), prompt_id=new_id(), capability="echo", action="say", agent="someone-else",
                  args={"text": "not mine"}, accept_by=time.time() + 30)
     lam.publish(other)
-    lam.recorder.wait_for(Result, lam.topics.result(late.task_id))
-    lam.recorder.wait_for(Result, lam.topics.result(task.task_id), lambda r: r.state == "succeeded")
+    lam.recorder.wait_for(Result, lam.topics.result("+", late.task_id))
+    lam.recorder.wait_for(Result, lam.topics.result("+", task.task_id), lambda r: r.state == "succeeded")
     time.sleep(0.5)
-    assert [r.state for r in lam.recorder.parsed(Result, lam.topics.result(task.task_id))] == ["accepted", "succeeded"]
-    late_results = lam.recorder.parsed(Result, lam.topics.result(late.task_id))
+    assert [r.state for r in lam.recorder.parsed(Result, lam.topics.result("+", task.task_id))] == ["accepted", "succeeded"]
+    late_results = lam.recorder.parsed(Result, lam.topics.result("+", late.task_id))
     assert [r.state for r in late_results] == ["rejected"] and "dispatch window" in late_results[0].message
-    assert lam.recorder.on(lam.topics.result(other.task_id)) == []
+    assert lam.recorder.on(lam.topics.result("+", other.task_id)) == []
 
 
 def test_task_queued_while_agent_was_away_is_delivered_on_reconnect(lam):
@@ -141,7 +141,7 @@ def test_task_queued_while_agent_was_away_is_delivered_on_reconnect(lam):
                 args={"text": "held for you"}, accept_by=time.time() + 60)
     lam.publish(task)
     lam.agent("a1")
-    result = lam.recorder.wait_for(Result, lam.topics.result(task.task_id), lambda r: r.state == "succeeded")
+    result = lam.recorder.wait_for(Result, lam.topics.result("+", task.task_id), lambda r: r.state == "succeeded")
     assert result.message == "held for you"
 
 
@@ -161,7 +161,7 @@ def test_coordinator_killed_mid_prompt_finishes_after_restart(lam):
     coordinator = lam.coordinator()
     lam.agent("a1")
     running = lam.submit("echo sleep 2 finished")
-    lam.recorder.wait_for(Result, lam.topics.result(""), lambda r: r.state == "accepted")
+    lam.recorder.wait_for(Result, lam.topics.all_results, lambda r: r.state == "accepted")
     coordinator.kill()
     while_down = lam.submit("echo asked while down")
     lam.coordinator()
@@ -177,7 +177,7 @@ def test_bad_input_is_refused_on_lam_errors_and_the_next_prompt_works(lam):
     t = lam.topics
     garbage = {
         t.prompts: [b"{not json", b'{"prompt": 42}', b"\xff\xfe", b'["a list"]', b"x" * 70_000],
-        t.result("abc"): [b"{}", b'{"task_id": "abc", "agent": "a1", "state": "exploded"}'],
+        t.result("a1", "abc"): [b"{}", b'{"task_id": "abc", "agent": "a1", "state": "exploded"}'],
         t.agent_status("ghost"): [b"nope", b'{"state": "online", "agent": "other"}'],
         t.task("echo"): [b"[]", b'{"task_id": "x"}', b'{"task_id": "a/b", "prompt_id": "p", "capability": "echo",'
                                                      b' "action": "say", "agent": "a1"}'],
@@ -237,7 +237,7 @@ def test_agent_sigterm_goes_offline_and_fails_running_task_cleanly(lam):
     lam.coordinator()
     agent = lam.agent("a1", extra_config="[agent]\nstop_grace = 0.5\n")
     prompt = lam.submit("echo sleep 20 long")
-    lam.recorder.wait_for(Result, lam.topics.result(""), lambda r: r.state == "accepted")
+    lam.recorder.wait_for(Result, lam.topics.all_results, lambda r: r.state == "accepted")
     assert agent.stop() == 0
     final = lam.recorder.parsed(Presence, lam.topics.agent_status("a1"))[-1]
     assert final.state == "offline"

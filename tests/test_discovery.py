@@ -125,11 +125,11 @@ def test_commands_reach_that_agent(discovery):
     for key, command in expected.items():
         button = configs[f"homeassistant/button/lamx_agent_desk/{key}/config"]
         prompt = Prompt.from_payload(button["payload_press"].encode())
-        assert (prompt.prompt, prompt.source, prompt.metadata) == (command, SOURCE, {"agent": "desk"})
+        assert (prompt.prompt, prompt.source, prompt.metadata.to_dict()) == (command, SOURCE, {"agent": "desk"})
         assert parse_command(prompt.prompt) is not None
     volume = configs["homeassistant/number/lamx_agent_desk/volume/config"]
     prompt = Prompt.from_payload(render(volume["command_template"], value=42.0).encode())
-    assert (prompt.prompt, prompt.metadata) == ("computer volume 42", {"agent": "desk"})
+    assert (prompt.prompt, prompt.metadata.to_dict()) == ("computer volume 42", {"agent": "desk"})
     assert parse_command(prompt.prompt).args == {"level": 42}
     # Each press is a new prompt: an id in the payload would make the coordinator drop repeats.
     assert Prompt.from_payload(render(volume["command_template"], value=42).encode()).id != prompt.id
@@ -295,5 +295,5 @@ def test_prompt_for_a_named_agent_runs_there(lam):
     lam.coordinator()
     lam.agent("first", "echo")
     lam.agent("second", "echo")
-    assert lam.send("echo say hi").tasks[0]["agent"] == "first"  # least loaded, then by name
-    assert lam.send("echo say hi", agent="second").tasks[0]["agent"] == "second"
+    assert lam.send("echo say hi").tasks[0].agent == "first"  # least loaded, then by name
+    assert lam.send("echo say hi", agent="second").tasks[0].agent == "second"

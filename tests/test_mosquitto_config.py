@@ -17,7 +17,7 @@ import pytest
 from conftest import mosquitto_available
 from helpers import ROOT, Process, Recorder, free_port, wait_for_port, wait_until
 from lamcontrol.bus import BrokerSettings, Bus, BusError
-from lamcontrol.protocol import Presence, Prompt, Reply, Result, Task, parse
+from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, Reply, Result, Task, parse
 
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed")
 
@@ -126,7 +126,7 @@ def test_an_agent_cannot_send_prompts_or_speak_for_others(hardened, monitor):
     bridge = hardened.bus("bridge")
     bridge.publish(Prompt(prompt="echo say allowed")).wait_for_publish(5)
     monitor.wait_for(Prompt, topics.prompts, lambda p: p.prompt == "echo say allowed")
-    monitor.wait_for(Result, topics.result("t1"))
+    monitor.wait_for(Result, topics.result("desk", "t1"))
     monitor.wait_for(Presence, topics.agent_status("desk"))
     time.sleep(QUIET)
     assert [p.prompt for p in monitor.parsed(Prompt, topics.prompts)] == ["echo say allowed"]
@@ -176,7 +176,7 @@ def test_echo_round_trip_with_a_user_per_component(hardened, monitor):
                               "--config", str(hardened.config("desk"))], hardened.dir)
     try:
         topics = monitor.topics
-        monitor.wait_for(Presence, topics.coordinator_status, lambda p: p.state == "online")
+        monitor.wait_for(CoordinatorPresence, topics.coordinator_status, lambda p: p.state == "online")
         monitor.wait_for(Presence, topics.agent_status("desk"), lambda p: p.state == "online")
         replies: list[Reply] = []
         bridge = hardened.bus("bridge", {topics.all_replies: lambda t, p: replies.append(parse(Reply, p))})
@@ -184,7 +184,7 @@ def test_echo_round_trip_with_a_user_per_component(hardened, monitor):
         bridge.publish(prompt).wait_for_publish(5)
         reply = wait_until(lambda: next((r for r in replies if r.prompt_id == prompt.id), None), 20,
                            f"the reply\n{coordinator.log()}\n{agent.log()}")
-        assert reply.status == "succeeded" and reply.tasks[0]["agent"] == "desk"
+        assert reply.status == "succeeded" and reply.tasks[0].agent == "desk"
         assert "through the hardened broker" in reply.response
         # Home Assistant discovery got through the coordinator's rights too.
         ha_seen: list[str] = []

@@ -9,18 +9,94 @@ import pytest
 from lamcontrol.coordinator.grammar import parse_chain
 from lamcontrol.bus import BrokerSettings
 from lamcontrol.config import ConfigError
-from lamcontrol.protocol import (ErrorRecord, Presence, Prompt, ProtocolError, Reply, Result, Task, Topics, decode,
-                                 parse)
+from lamcontrol.protocol import (CoordinatorPresence, ErrorRecord, LegacyResult, Metadata, Presence, Prompt,
+                                 PromptStatus, ProtocolError, Reply, Result, ResultState, Task, TaskSummary, Topics,
+                                 check_agent_id, decode, describe_event, parse, read)
 
 
 def test_topics_follow_the_design_under_any_prefix():
     t = Topics("home")
-    assert (t.prompts, t.reply("p1"), t.task("browser"), t.result("t1")) == \
-        ("home/prompts", "home/replies/p1", "home/tasks/browser", "home/results/t1")
+    assert (t.prompts, t.reply("p1"), t.task("browser"), t.result("pc", "t1")) == \
+        ("home/prompts", "home/replies/p1", "home/tasks/browser", "home/agents/pc/results/t1")
     assert (t.agent_status("pc"), t.coordinator_status, t.errors) == \
         ("home/agents/pc/status", "home/coordinator/status", "home/errors")
     assert Presence(state="online", agent="pc").topic(t) == "home/agents/pc/status"
-    assert Presence(state="online", agent="coordinator").topic(t) == "home/coordinator/status"
+    assert CoordinatorPresence(state="online").topic(t) == "home/coordinator/status"
+
+
+MESSAGES = [
+    Prompt(prompt="echo hi", id="p1"),
+    Reply(prompt_id="p1", status=PromptStatus.SUCCEEDED, response="hi",
+          tasks=[TaskSummary(task_id="t1", command="echo hi", state="succeeded", agent="pc")]),
+    Task(task_id="t1", prompt_id="p1", capability="echo", action="say", agent="pc"),
+    Result(task_id="t1", agent="pc", state=ResultState.ACCEPTED),
+    Presence(state="online", agent="pc", capabilities={"echo": ["say"]}),
+    CoordinatorPresence(state="online"),
+    ErrorRecord(component="pc", topic_name="x", error="bad"),
+]
+
+
+@pytest.mark.parametrize("prefix", ["lam", "home/lam", "a/b/c"])
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_each_message_finds_its_class_and_ids_from_its_topic(prefix, message):
+    topics = Topics(prefix)
+    topic = message.topic(topics)
+    match = topics.match(topic)
+    assert match.cls is type(message)
+    assert read(topics, topic, message.to_json()) == message
+    assert describe_event(prefix, topic, message.to_json())[0] == type(message).event
+
+
+def test_matching_ignores_other_topics_and_carries_ids():
+    topics = Topics("home/lam")
+    assert topics.match("home/lam/agents/pc/results/t1").ids == {"agent": "pc", "task_id": "t1"}
+    assert topics.match("home/lam/results/t1").cls is LegacyResult
+    assert topics.match("home/lam/state/agents/pc/last_result") is None
+    assert topics.match("lam/prompts") is None and topics.match("home/lamprompts") is None
+    assert describe_event("home/lam", "home/lam/agents/pc/results/t1",
+                          Result(task_id="t1", agent="pc", state="succeeded", message="done").to_json()) == \
+        ("result", "t1 pc succeeded: done")
+
+
+def test_a_message_must_agree_with_its_topic():
+    topics = Topics("lam")
+    forged = Result(task_id="t1", agent="other", state="rejected").to_json()
+    with pytest.raises(ProtocolError, match="topic's agent") as error:
+        read(topics, topics.result("pc", "t1"), forged)
+    assert error.value.field == "agent"
+    with pytest.raises(ProtocolError, match="topic's task_id"):
+        read(topics, topics.result("other", "t2"), forged)
+
+
+def test_reply_tasks_are_typed():
+    reply = parse(Reply, MESSAGES[1].to_json())
+    assert reply.tasks == MESSAGES[1].tasks and reply.status is PromptStatus.SUCCEEDED
+    with pytest.raises(ProtocolError) as error:
+        Reply.from_dict({"prompt_id": "p", "status": "failed", "response": "", "tasks": [{"task_id": "t"}]})
+    assert error.value.field == "tasks[0].command"
+
+
+@pytest.mark.parametrize("timeout", ["soon", float("nan"), float("inf"), 0, -1, True])
+def test_metadata_timeout_must_be_a_finite_positive_number(timeout):
+    with pytest.raises(ProtocolError) as error:
+        Prompt.from_dict({"prompt": "hi", "metadata": {"timeout": timeout}})
+    assert error.value.field == "metadata.timeout"
+
+
+def test_metadata_is_typed_and_keeps_other_keys():
+    prompt = Prompt.from_payload(b'{"prompt": "hi", "metadata": {"timeout": 5, "agent": "pc", "k": 1}}')
+    assert prompt.metadata == Metadata(timeout=5, agent="pc", extra={"k": 1})
+    assert json.loads(prompt.to_json())["metadata"] == {"timeout": 5, "agent": "pc", "k": 1}
+    with pytest.raises(ProtocolError, match="metadata.agent"):
+        Prompt.from_dict({"prompt": "hi", "metadata": {"agent": "a/b"}})
+
+
+def test_reserved_agent_ids_are_refused():
+    with pytest.raises(ProtocolError, match="reserved"):
+        check_agent_id("coordinator")
+    topics = Topics("lam")
+    with pytest.raises(ProtocolError, match="reserved"):
+        read(topics, topics.agent_status("coordinator"), Presence(state="online", agent="coordinator").to_json())
 
 
 def test_messages_round_trip_as_compact_json():

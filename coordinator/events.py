@@ -1,0 +1,111 @@
+"""What the coordinator tells its extensions, and how they listen.
+
+The core emits one event per fact, synchronously, inside the transaction that recorded it;
+whatever a handler publishes goes out after the core's own messages (a reply before the
+Home Assistant state that mirrors it). An extension is any object built from the bus and the
+events (``extension(bus, events)``, see :class:`Extension`) that subscribes to what it needs::
+
+    events.on(Replied, lambda event: ...)
+
+A handler that raises is logged; it never stops the core.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+from lamcontrol.bus import Bus
+from lamcontrol.protocol import Presence, Prompt, Reply, Result, Task
+
+from .grammar import ParseResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptReceived:
+    """A prompt the coordinator took on: new, or resumed from the journal after a restart."""
+
+    prompt: Prompt
+
+
+@dataclass(frozen=True)
+class PromptParsed:
+    """What the parser made of a prompt; ``failed`` when the configured parser broke and the grammar answered."""
+
+    prompt: Prompt
+    result: ParseResult
+    failed: bool = False
+
+
+@dataclass(frozen=True)
+class TaskDispatched:
+    """A task offered to an agent (again, on each new attempt)."""
+
+    task: Task
+
+
+@dataclass(frozen=True)
+class TaskFinished:
+    """A task's end (``state`` succeeded or failed); ``agent`` is None when no agent took it."""
+
+    task_id: str
+    capability: str
+    agent: str | None
+    state: str
+    message: str = ""
+    data: dict = field(default_factory=dict)
+    attempt: int = 0
+
+    def result(self) -> Result | None:
+        """The task's end as its agent's last result, or None when no agent took it."""
+        if self.agent is None:
+            return None
+        return Result(task_id=self.task_id, agent=self.agent, state=self.state, message=self.message,
+                      data=self.data, attempt=self.attempt)
+
+
+@dataclass(frozen=True)
+class Replied:
+    """The one reply a prompt got."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class PresenceChanged:
+    """A valid retained presence of an agent (online or offline)."""
+
+    presence: Presence
+
+
+@dataclass(frozen=True)
+class AgentForgotten:
+    """An agent's retained presence was cleared: forget it."""
+
+    agent_id: str
+
+
+E = TypeVar("E")
+
+
+class Events:
+    """Event type -> handlers, called in the order they subscribed."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[type, list[Callable[[Any], None]]] = {}
+
+    def on(self, event_type: type[E], handler: Callable[[E], None]) -> None:
+        self._handlers.setdefault(event_type, []).append(handler)
+
+    def emit(self, event: object) -> None:
+        for handler in self._handlers.get(type(event), ()):
+            try:
+                handler(event)
+            except Exception:
+                log.exception("extension failed on %s", type(event).__name__)
+
+
+Extension = Callable[[Bus, Events], object]  # builds an extension, which subscribes as it is made

@@ -1,0 +1,84 @@
+"""Intake: what a prompt asks for, held for confirmation when it is risky, then handed to the router."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Callable
+
+from lamcontrol.protocol import Prompt, PromptStatus, Risk
+
+from .events import Events, PromptParsed
+from .grammar import Command, ParseResult, parse_chain
+from .parsing import Context, Parser, is_cancellation, is_confirmation
+from .registry import Registry
+from .routing import Reply
+from .runs import Held
+from .settings import Clock, Settings
+
+log = logging.getLogger(__name__)
+
+Start = Callable[[Prompt, float, list[Command], str], None]
+
+
+class Intake:
+    """Turns each new prompt into commands, or into a question, a refusal or a cancellation."""
+
+    def __init__(self, settings: Settings, clock: Clock, parser: Parser, registry: Registry, start: Start,
+                 reply: Reply, events: Events) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.parser = parser
+        self.registry = registry
+        self.start = start
+        self.reply = reply
+        self.events = events
+        self.held: dict[str, Held] = {}  # by source
+        self.transcripts: dict[str, deque[str]] = {}  # recent commands by source, for the parser
+
+    def handle(self, prompt: Prompt, deadline: float) -> None:
+        source = prompt.source
+        held = self.held.pop(source, None)
+        if held and held.expires >= self.clock.time():
+            if is_confirmation(prompt.prompt):
+                self._start(prompt, deadline, held.commands, held.note)
+                return
+            if is_cancellation(prompt.prompt):
+                self.reply(prompt.id, PromptStatus.IGNORED, "Cancelled.", [])
+                return
+        result = self._parse(prompt)
+        if not result.commands:
+            self.reply(prompt.id, PromptStatus.IGNORED, result.reason or "That is not something I can do.", [])
+            return
+        risky = [c for c in result.commands if c.risk == Risk.HIGH]
+        if risky:
+            window = self.settings.confirm_window
+            self.held[source] = Held(prompt, result.commands, self.clock.time() + window, result.note)
+            what = " and ".join(c.text for c in risky)
+            self.reply(prompt.id, PromptStatus.NEEDS_CONFIRMATION,
+                       f"Are you sure you want me to run {what}? Say confirm within {window:g} seconds.", [])
+            return
+        self._start(prompt, deadline, result.commands, result.note)
+
+    def _parse(self, prompt: Prompt) -> ParseResult:
+        context = Context(source=prompt.source, transcript=list(self.transcripts.get(prompt.source, ())),
+                          known=self.registry.offers, vocabulary=self.registry.vocabulary())
+        try:
+            result, failed = self.parser.parse(prompt.prompt, context), False
+        except Exception:
+            log.exception("parser %s failed; falling back to the command grammar", self.parser.name)
+            result, failed = parse_chain(prompt.prompt, self.registry.offers), True
+        self.events.emit(PromptParsed(prompt, result, failed))
+        return result
+
+    def _start(self, prompt: Prompt, deadline: float, commands: list[Command], note: str) -> None:
+        transcript = self.transcripts.setdefault(prompt.source, deque(maxlen=self.settings.transcript))
+        transcript.extend(c.text for c in commands)
+        self.start(prompt, deadline, commands, note)
+
+    def expire(self) -> None:
+        """Forget held commands nobody confirmed in time."""
+        now = self.clock.time()
+        for source, held in list(self.held.items()):
+            if held.expires < now:
+                del self.held[source]

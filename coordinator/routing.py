@@ -1,0 +1,220 @@
+"""Dispatch and routing: each command of a run, in order, to the least-loaded agent offering it.
+
+A task is re-offered when its agent rejects it, does not accept within ``ack_timeout`` or
+vanishes before accepting; an accepted task is never run elsewhere unless it is idempotent.
+Every prompt is answered by its deadline. The router keeps no lock of its own: the
+coordinator calls it inside its transaction.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from typing import Callable
+
+from lamcontrol.protocol import Prompt, PromptStatus, Result, ResultState, Task, TaskSummary, new_id
+
+from .events import Events, TaskDispatched, TaskFinished
+from .grammar import Command
+from .journal import Journal
+from .registry import Registry
+from .runs import (ACCEPTED, DISPATCHED, FAILED, OUT, SKIPPED, WAITING, Job, Run, command_from_dict,
+                   command_to_dict, describe)
+from .settings import Clock, Settings
+
+log = logging.getLogger(__name__)
+
+Reply = Callable[[str, PromptStatus, str, list[TaskSummary]], None]
+
+
+class Router:
+    """Runs, their jobs, the tasks waiting for an agent, and the timers on them."""
+
+    def __init__(self, settings: Settings, clock: Clock, journal: Journal, registry: Registry,
+                 publish: Callable[[Task], object], reply: Reply, events: Events) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.journal = journal
+        self.registry = registry
+        self.publish = publish
+        self.reply = reply
+        self.events = events
+        self.runs: dict[str, Run] = {}
+        self.jobs: dict[str, tuple[Run, Job]] = {}
+        # Reminders (when, "ack" or "run", task or prompt id), soonest first; stale ones are skipped.
+        self._due: list[tuple[float, str, str]] = []
+        # Tasks with no agent yet, oldest first, by (capability, action).
+        self._waiting: dict[tuple[str, str], dict[str, None]] = {}
+        self._started = clock.monotonic()
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def start(self, prompt: Prompt, deadline: float, commands: list[Command], note: str = "") -> None:
+        """Carry out a prompt's commands in order."""
+        jobs = [Job(new_id(), i, c) for i, c in enumerate(commands)]
+        for job in jobs:
+            self.journal.add_task(prompt.id, job.task_id, job.position, command_to_dict(job.command))
+        self._open(Run(prompt, deadline, jobs, note))
+
+    def resume(self, prompt: Prompt, deadline: float, tasks: list[dict]) -> None:
+        """Take up a run the journal recorded; a task out for acceptance gets a new accept window."""
+        jobs = [Job(t["task_id"], t["position"], command_from_dict(t["command"]), t["state"], t["agent"],
+                    t["attempt"], message=t["message"], data=t["data"]) for t in tasks]
+        for job in jobs:
+            if job.state == DISPATCHED:
+                job.ack_deadline = self.clock.time() + self.settings.ack_timeout  # its answer may be queued for us
+                heapq.heappush(self._due, (job.ack_deadline, "ack", job.task_id))
+        self._open(Run(prompt, deadline, jobs))
+
+    def _open(self, run: Run) -> None:
+        self.runs[run.prompt.id] = run
+        heapq.heappush(self._due, (run.deadline, "run", run.prompt.id))
+        for job in run.jobs:
+            self.jobs[job.task_id] = (run, job)
+        self._advance(run)
+
+    def _advance(self, run: Run) -> None:
+        """Dispatch the next command of a run, or answer when there is nothing left."""
+        job = run.current()
+        if job is None:
+            self._finish(run)
+        elif job.state == WAITING:
+            self._dispatch(run, job)
+
+    def _finish(self, run: Run) -> None:
+        for job in run.jobs:
+            self.jobs.pop(job.task_id, None)
+        self.runs.pop(run.prompt.id, None)
+        status, response = run.outcome()
+        self.reply(run.prompt.id, status, response, [j.summary() for j in run.jobs])
+
+    # -- dispatch -----------------------------------------------------------------------
+
+    def _dispatch(self, run: Run, job: Job) -> None:
+        command = job.command
+        others = self._not_asked_for(run.prompt)
+        agent = self.registry.pick(command.capability, command.action, job.tried | others)
+        now = self.clock.time()
+        if agent is None and job.tried and now >= job.retry_at:
+            if job.retry_at:  # every capable agent was tried: begin another round, busy ones may have room
+                job.tried.clear()
+                agent = self.registry.pick(command.capability, command.action, job.tried | others)
+            job.retry_at = 0.0 if agent else now + self.settings.retry_round
+        if agent is None:
+            warming_up = self.clock.monotonic() - self._started < self.settings.warmup
+            if not warming_up and not self.registry.ever_offered(command.capability, command.action):
+                self._end_job(run, job, FAILED, f"No agent can do {describe(command)}.")
+            else:
+                job.state, job.agent = WAITING, None
+                self._waiting.setdefault(job.kind, {})[job.task_id] = None
+            return
+        self._waiting.get(job.kind, {}).pop(job.task_id, None)
+        job.state, job.agent, job.attempt = DISPATCHED, agent.presence.agent, job.attempt + 1
+        job.ack_deadline = now + self.settings.ack_timeout
+        heapq.heappush(self._due, (job.ack_deadline, "ack", job.task_id))
+        agent.inflight += 1
+        task = Task(task_id=job.task_id, prompt_id=run.prompt.id, capability=command.capability,
+                    action=command.action, agent=job.agent, command=command.text, args=command.args,
+                    attempt=job.attempt, accept_by=job.ack_deadline,
+                    deadline=min(run.deadline, now + self.settings.task_timeout), risk=command.risk)
+        self.journal.update_task(job.task_id, DISPATCHED, job.agent, job.attempt)
+        self.publish(task)
+        self.events.emit(TaskDispatched(task))
+
+    def _not_asked_for(self, prompt: Prompt) -> set[str]:
+        """All agents but the one the prompt's metadata ``agent`` names, if it names one."""
+        wanted = prompt.metadata.agent
+        if not wanted:
+            return set()
+        return {agent_id for agent_id in self.registry.agents if agent_id != wanted}
+
+    def _redispatch(self, run: Run, job: Job, reason: str) -> None:
+        log.info("task %s: %s; trying another agent", job.task_id, reason)
+        self.registry.release(job.agent)
+        if job.agent:
+            job.tried.add(job.agent)
+        job.state, job.agent = WAITING, None
+        self._dispatch(run, job)
+
+    def _end_job(self, run: Run, job: Job, state: str, message: str, data: dict | None = None) -> None:
+        if job.state in OUT:
+            self.registry.release(job.agent)
+        job.state, job.message, job.data = state, message, data or {}
+        self._waiting.get(job.kind, {}).pop(job.task_id, None)
+        self.journal.update_task(job.task_id, state, job.agent, job.attempt, message, job.data)
+        self.events.emit(TaskFinished(job.task_id, job.command.capability, job.agent, state, message, job.data,
+                                      job.attempt))
+        if state == FAILED:
+            for later in run.jobs[job.position + 1:]:
+                later.state = SKIPPED
+        self._advance(run)
+
+    # -- what agents say ----------------------------------------------------------------
+
+    def result(self, result: Result) -> None:
+        """An agent's word on a task; only the agent the task is out with is heard."""
+        found = self.jobs.get(result.task_id)
+        if found is None:
+            return  # a task from an answered prompt, or not ours
+        run, job = found
+        if result.agent != job.agent or job.state not in OUT:
+            log.info("ignoring %s from %s for task %s (now %s on %s)", result.state, result.agent,
+                     result.task_id, job.state, job.agent)
+            return
+        if result.state == ResultState.ACCEPTED:
+            job.state = ACCEPTED
+            self.journal.update_task(job.task_id, ACCEPTED, job.agent, job.attempt)
+        elif result.state == ResultState.REJECTED:
+            self._redispatch(run, job, f"{job.agent} rejected it ({result.message})")
+        else:
+            self._end_job(run, job, result.state, result.message, result.data)
+            self.retry_waiting()  # the agent has room for a waiting task
+
+    def agent_gone(self, agent_id: str) -> None:
+        """Re-offer what the agent had not accepted (and idempotent work); fail what it was running."""
+        log.info("agent %s went offline", agent_id)
+        for run, job in list(self.jobs.values()):
+            if job.agent != agent_id:
+                continue
+            if job.state == DISPATCHED:
+                self._redispatch(run, job, f"{agent_id} went offline before accepting")
+            elif job.state == ACCEPTED and job.command.idempotent:
+                self._redispatch(run, job, f"{agent_id} went offline while running it")
+            elif job.state == ACCEPTED:
+                self._end_job(run, job, FAILED,
+                              f"The agent {agent_id} went offline while running {describe(job.command)}.")
+
+    def retry_waiting(self) -> None:
+        """Offer waiting tasks again, oldest first; once one finds no agent, the rest of its kind wait on."""
+        for kind, queue in list(self._waiting.items()):
+            for task_id in list(queue):
+                run, job = self.jobs[task_id]  # a finished job has left its queue already
+                self._dispatch(run, job)
+                if job.state == WAITING:
+                    break
+            if not queue:
+                del self._waiting[kind]
+
+    # -- timers -------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Accept windows and deadlines that passed; then offer waiting tasks again."""
+        now = self.clock.time()
+        while self._due and self._due[0][0] < now:
+            _, what, key = heapq.heappop(self._due)
+            if what == "ack" and key in self.jobs:
+                run, job = self.jobs[key]
+                if job.state == DISPATCHED and now > job.ack_deadline:
+                    self._redispatch(run, job, f"{job.agent} did not accept in time")
+            elif what == "run" and key in self.runs:
+                self._time_out(self.runs[key])
+        self.retry_waiting()
+
+    def _time_out(self, run: Run) -> None:
+        job = run.current()
+        if job is not None:
+            if job.state == WAITING:
+                message = f"No agent could take {describe(job.command)} in time."
+            else:
+                message = f"{describe(job.command).capitalize()} did not finish in time."
+            self._end_job(run, job, FAILED, message)

@@ -1,0 +1,39 @@
+"""The coordinator's timings and switches (``[coordinator]`` in the config), and its clock."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every timing in seconds."""
+
+    ack_timeout: float = 5.0  # an agent must accept a task within this
+    prompt_timeout: float = 60.0  # a prompt is answered within this, unless its metadata asks otherwise
+    max_prompt_timeout: float = 600.0  # the longest a prompt's metadata may ask for
+    task_timeout: float = 45.0  # a task's own deadline, within its prompt's
+    confirm_window: float = 30.0  # a high-risk command waits this long for "confirm"
+    heartbeat: float = 30.0  # between the coordinator's presence announcements
+    warmup: float = 3.0  # after start, unknown capabilities are waited for, not failed
+    retry_round: float = 1.0  # pause before offering a task again to agents that refused it
+    tick: float = 0.1  # between checks of timeouts and waiting tasks
+    prune_every: float = 3600.0  # between journal clean-ups
+    transcript: int = 5  # commands remembered per source, for the parser's context
+    legacy_results: bool = False  # also take results on the old topic lam/results/<task_id>
+
+    @classmethod
+    def from_config(cls, section: dict) -> Settings:
+        """The settings a ``[coordinator]`` section names; the rest keep their defaults."""
+        return cls(**{f.name: type(f.default)(section[f.name]) for f in fields(cls) if f.name in section})
+
+
+class Clock:
+    """Wall time for deadlines on the wire, monotonic time for intervals; tests pass their own."""
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
