@@ -226,6 +226,9 @@ class Bus:
         if held is not None:
             held.append((topic, payload, qos, retain))
             return None
+        return self._send(topic, payload, qos, retain)
+
+    def _send(self, topic: str, payload: bytes | str, qos: int, retain: bool) -> mqtt.MQTTMessageInfo:
         return self._client.publish(topic, payload, qos=qos, retain=retain)
 
     def refuse(self, topic: str, error: Exception | str, payload: bytes = b"") -> None:
@@ -293,9 +296,18 @@ class Bus:
             if None in burst:
                 running = False
                 burst = burst[:burst.index(None)]
-            if self.transaction is None:
-                self._handle(burst)
-                continue
+            self._handle_burst(burst)
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Handle one message now, on the calling thread, exactly as the dispatcher would."""
+        self._handle_burst([(topic, payload, 0, 0)])
+
+    def _handle_burst(self, burst: list[tuple[str, Any, int, int]]) -> None:
+        """Run the handlers, inside one transaction when there is one (what they publish goes out
+        once it commits), then acknowledge the burst."""
+        if self.transaction is None:
+            self._handle(burst)
+        else:
             self._held.messages = held = []
             try:
                 with self.transaction():
@@ -305,8 +317,8 @@ class Bus:
             finally:
                 self._held.messages = None
             for topic, payload, qos, retain in held:
-                self._client.publish(topic, payload, qos=qos, retain=retain)
-            self._ack(burst)
+                self._send(topic, payload, qos, retain)
+        self._ack(burst)
 
     def _handle(self, burst: list[tuple[str, Any, int, int]]) -> None:
         for topic, payload, mid, qos in burst:
@@ -315,8 +327,6 @@ class Bus:
                     self._guarded(callback, "connect")
             else:
                 self._guarded(functools.partial(self._route, topic, payload), topic, payload)
-        if self.transaction is None:
-            self._ack(burst)
 
     def _route(self, topic: str, payload: bytes) -> None:
         check_size(payload, self.settings.max_payload)

@@ -1,0 +1,293 @@
+"""Routing in process: the real coordinator, journal and bus routing, with a bus that never connects
+and a clock the test moves. Redispatch, timeouts, confirmation and crash resume, deterministically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lamcontrol.agents.main import main as agent_main
+from lamcontrol.bus import BrokerSettings, Bus
+from lamcontrol.coordinator.discovery import Discovery
+from lamcontrol.coordinator.events import PresenceChanged, Replied, TaskDispatched, TaskFinished
+from lamcontrol.coordinator.journal import Journal
+from lamcontrol.coordinator.parsing import ChainParser
+from lamcontrol.coordinator.service import Coordinator
+from lamcontrol.coordinator.settings import Settings
+from lamcontrol.protocol import (ErrorRecord, LegacyResult, Message, Presence, Prompt, Reply, Result, Task,
+                                 read)
+
+ECHO = {"echo": ["fail", "say", "sleep"]}
+
+
+class FakeClock:
+    """Wall and monotonic time that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class FakeBus(Bus):
+    """The real bus (subscriptions, parsing, transactions), never connected: what goes out is kept."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent: list[tuple[str, bytes]] = []
+
+    def _send(self, topic: str, payload: bytes | str, qos: int, retain: bool) -> None:
+        self.sent.append((topic, payload if isinstance(payload, bytes) else payload.encode()))
+
+
+class Routing:
+    """A coordinator on a fake bus and clock, with agents played by the test."""
+
+    def __init__(self, journal: Path, **settings: float | bool) -> None:
+        self.journal = journal
+        self.settings = Settings(**{"warmup": 0.0, **settings})
+        self.clock = FakeClock()
+        self.coordinator = self.restart()
+
+    def restart(self) -> Coordinator:
+        """A new coordinator on the same journal, as after a crash; it takes up what was open."""
+        self.coordinator = Coordinator(BrokerSettings(prefix="home/lam"), ChainParser(), Journal(self.journal),
+                                       self.settings, self.clock, bus_factory=FakeBus)
+        self.bus = self.coordinator.bus
+        with self.coordinator.transaction():
+            self.coordinator.resume()
+        return self.coordinator
+
+    def deliver(self, message: Message, topic: str | None = None) -> None:
+        self.bus.handle(topic or message.topic(self.bus.topics), message.to_json())
+
+    def online(self, agent: str, capabilities: dict = ECHO, max_concurrent: int = 4) -> None:
+        self.deliver(Presence(state="online", agent=agent, capabilities=capabilities, max_concurrent=max_concurrent))
+
+    def offline(self, agent: str) -> None:
+        self.deliver(Presence(state="offline", agent=agent))
+
+    def send(self, text: str, source: str = "test", **metadata: object) -> Prompt:
+        prompt = Prompt(prompt=text, source=source, metadata=metadata)
+        self.deliver(prompt)
+        return prompt
+
+    def say(self, task: Task, state: str, message: str = "", agent: str | None = None) -> None:
+        """``agent`` (default: the task's own) reports on the task, on its own topic."""
+        self.deliver(Result(task_id=task.task_id, agent=agent or task.agent, state=state, message=message))
+
+    def advance(self, seconds: float) -> None:
+        self.clock.now += seconds
+        self.coordinator.tick()
+
+    def sent(self, kind: type[Message]) -> list:
+        found = [read(self.bus.topics, t, p) for t, p in self.bus.sent]
+        return [m for m in found if type(m) is kind]
+
+    def tasks(self) -> list[Task]:
+        return self.sent(Task)
+
+    def replies(self) -> list[Reply]:
+        return self.sent(Reply)
+
+
+@pytest.fixture
+def routing(tmp_path: Path) -> Routing:
+    return Routing(tmp_path / "journal.db")
+
+
+def test_rejected_task_goes_to_the_next_agent(routing):
+    routing.online("a1")
+    routing.online("a2")
+    prompt = routing.send("echo hello")
+    [first] = routing.tasks()
+    assert first.agent == "a1" and first.attempt == 1
+    routing.say(first, "rejected", "busy")
+    second = routing.tasks()[1]
+    assert (second.task_id, second.agent, second.attempt) == (first.task_id, "a2", 2)
+    routing.say(second, "accepted")
+    routing.say(second, "succeeded", "hello")
+    [reply] = routing.replies()
+    assert (reply.prompt_id, reply.status, reply.response) == (prompt.id, "succeeded", "hello")
+    assert [(t.agent, t.state) for t in reply.tasks] == [("a2", "succeeded")]
+
+
+def test_a_task_not_accepted_in_time_goes_elsewhere_and_the_late_word_is_ignored(routing):
+    routing.online("a1")
+    routing.online("a2")
+    routing.send("echo hello")
+    [first] = routing.tasks()
+    routing.advance(routing.settings.ack_timeout - 0.01)
+    assert len(routing.tasks()) == 1
+    routing.advance(0.02)
+    second = routing.tasks()[1]
+    assert second.agent == "a2"
+    routing.say(first, "accepted")  # a1 woke up too late: not heard
+    routing.say(first, "succeeded", "from a1")
+    assert routing.replies() == []
+    routing.say(second, "accepted")
+    routing.say(second, "succeeded", "from a2")
+    assert [r.response for r in routing.replies()] == ["from a2"]
+
+
+def test_agent_offline_before_accepting_means_another_agent_and_after_accepting_a_failure(routing):
+    routing.online("a1")
+    routing.online("a2")
+    routing.send("echo sleep 1 nap")
+    routing.offline("a1")
+    assert [t.agent for t in routing.tasks()] == ["a1", "a2"]
+    routing.say(routing.tasks()[1], "accepted")
+    routing.offline("a2")
+    [reply] = routing.replies()
+    assert reply.status == "failed" and "went offline while running" in reply.response
+
+
+def test_idempotent_work_of_an_agent_gone_offline_is_offered_again(routing):
+    routing.online("a1")
+    routing.send("echo hello")  # saying something twice does no harm
+    routing.say(routing.tasks()[0], "accepted")
+    routing.offline("a1")
+    routing.online("a2")
+    [_, again] = routing.tasks()
+    assert (again.agent, again.attempt) == ("a2", 2)
+
+
+def test_deadlines_answer_every_prompt(routing):
+    routing.online("a1")
+    routing.send("echo hello", timeout=2.0)
+    [task] = routing.tasks()
+    routing.say(task, "accepted")
+    routing.advance(1.9)
+    assert routing.replies() == []
+    routing.advance(0.2)
+    [reply] = routing.replies()
+    assert reply.status == "failed" and reply.response == "Echo say did not finish in time."
+
+
+def test_waiting_for_an_agent_until_one_comes_or_the_deadline_passes(routing):
+    routing.online("a1", max_concurrent=1)
+    routing.send("echo hello")
+    routing.send("echo again", timeout=3.0)
+    [first] = routing.tasks()  # a1 is full: the second waits
+    routing.say(first, "accepted")
+    routing.say(first, "succeeded", "hello")
+    second = routing.tasks()[1]
+    assert second.agent == "a1" and second.args == {"text": "again"}
+    routing.send("echo late", timeout=1.0)
+    routing.advance(1.1)
+    assert routing.replies()[-1].response == "No agent could take echo say in time."
+
+
+def test_high_risk_commands_wait_for_the_same_source_to_confirm(routing):
+    routing.online("pc", {"computer": ["power"]})
+    asked = routing.send("computer power shutdown", source="r1")
+    assert routing.replies()[-1].status == "needs_confirmation" and routing.tasks() == []
+    routing.send("confirm", source="other")  # not the one asked
+    assert routing.tasks() == []
+    routing.send("confirm", source="r1")
+    [task] = routing.tasks()
+    assert (task.capability, task.action, task.args, task.risk) == ("computer", "power", {"mode": "shutdown"}, "high")
+    assert task.prompt_id != asked.id
+    routing.send("computer power shutdown", source="r1")
+    routing.advance(routing.settings.confirm_window + 1)
+    routing.send("confirm", source="r1")
+    assert len(routing.tasks()) == 1
+
+
+def test_a_restarted_coordinator_finishes_what_the_journal_shows_open(routing):
+    routing.online("a1")
+    prompt = routing.send("echo hello && echo again")
+    [task] = routing.tasks()
+    routing.say(task, "accepted")
+    routing.say(task, "succeeded", "hello")
+    dispatched = routing.tasks()[1]
+    routing.restart()  # the first coordinator is gone without a word
+    routing.online("a1")
+    routing.say(dispatched, "accepted")
+    routing.say(dispatched, "succeeded", "again")
+    [reply] = routing.replies()
+    assert (reply.prompt_id, reply.response) == (prompt.id, "hello. again.")
+    routing.deliver(prompt)  # a redelivery after the restart is not run again
+    assert len(routing.tasks()) == 0 and len(routing.replies()) == 1
+
+
+def test_a_resumed_task_nobody_accepts_is_offered_again(routing):
+    routing.online("a1")
+    routing.online("a2")
+    routing.send("echo hello")
+    routing.restart()
+    routing.online("a1")
+    routing.online("a2")
+    routing.advance(routing.settings.ack_timeout + 0.1)
+    [task] = routing.tasks()
+    assert task.attempt == 2
+
+
+def test_results_count_only_from_the_assignees_own_topic(routing):
+    routing.online("a1")
+    routing.online("a2")
+    routing.send("echo hello")
+    [task] = routing.tasks()
+    routing.say(task, "rejected", agent="a2")  # a2 speaks about a1's task on its own topic: ignored
+    forged = Result(task_id=task.task_id, agent="a1", state="rejected")
+    routing.deliver(forged, routing.bus.topics.result("a2", task.task_id))  # a2 claims to be a1: refused
+    routing.deliver(LegacyResult(task_id=task.task_id, agent="a1", state="rejected"))  # old topic: off
+    assert len(routing.tasks()) == 1
+    [record] = routing.sent(ErrorRecord)
+    assert "topic's agent" in record.error and record.topic_name == "home/lam/agents/a2/results/" + task.task_id
+    routing.say(task, "succeeded", "hello")
+    assert routing.replies()[0].status == "succeeded"
+
+
+def test_the_legacy_results_topic_when_a_setting_allows_it(tmp_path):
+    routing = Routing(tmp_path / "journal.db", legacy_results=True)
+    routing.online("a1")
+    routing.send("echo hello")
+    [task] = routing.tasks()
+    routing.deliver(LegacyResult(task_id=task.task_id, agent="a1", state="succeeded", message="hello"))
+    assert routing.replies()[0].response == "hello"
+
+
+@pytest.mark.parametrize("text, status, response, states", [
+    ("echo one && computer volume 30", "partial", "one. No agent can do computer volume.", ["succeeded", "failed"]),
+    ("computer volume 30 && echo two", "failed", "No agent can do computer volume. Skipped echo two.",
+     ["failed", "skipped"]),
+])
+def test_a_chain_reply_says_what_happened_to_every_step(routing, text, status, response, states):
+    routing.online("a1")
+    routing.send(text)
+    for task in routing.tasks():
+        routing.say(task, "accepted")
+        routing.say(task, "succeeded", task.args["text"])
+    [reply] = routing.replies()
+    assert (reply.status, reply.response, [t.state for t in reply.tasks]) == (status, response, states)
+
+
+def test_extensions_hear_the_events_and_publish_after_the_reply(routing):
+    heard = []
+    for kind in (PresenceChanged, TaskDispatched, TaskFinished, Replied):
+        routing.coordinator.events.on(kind, lambda event: heard.append(type(event).__name__))
+    Discovery(routing.bus, routing.coordinator.events)
+    routing.online("a1")
+    prompt = routing.send("echo hello")
+    [task] = routing.tasks()
+    routing.say(task, "accepted")
+    routing.say(task, "succeeded", "hello")
+    assert heard == ["PresenceChanged", "TaskDispatched", "TaskFinished", "Replied"]
+    topics = [t for t, _ in routing.bus.sent]
+    reply_at = topics.index(routing.bus.topics.reply(prompt.id))
+    assert topics.index(routing.bus.topics.last_reply) > reply_at
+    assert read(routing.bus.topics, topics[reply_at], routing.bus.sent[reply_at][1]).response == "hello"
+    last = dict(routing.bus.sent)[routing.bus.topics.last_result("a1")]
+    assert Result.from_payload(last) == Result(task_id=task.task_id, agent="a1", state="succeeded",
+                                               message="hello", attempt=1)
+
+
+def test_an_agent_cannot_take_a_reserved_id(capsys):
+    assert agent_main(["--id", "coordinator", "--capability", "echo"]) == 2
+    assert "'coordinator' is reserved" in capsys.readouterr().err
