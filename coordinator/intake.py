@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Callable
 
 from lamcontrol.protocol import Prompt, PromptStatus, Risk
@@ -21,20 +22,19 @@ log = logging.getLogger(__name__)
 Start = Callable[[Prompt, float, list[Command], str], None]
 
 
+@dataclass(eq=False)
 class Intake:
     """Turns each new prompt into commands, or into a question, a refusal or a cancellation."""
 
-    def __init__(self, settings: Settings, clock: Clock, parser: Parser, registry: Registry, start: Start,
-                 reply: Reply, events: Events) -> None:
-        self.settings = settings
-        self.clock = clock
-        self.parser = parser
-        self.registry = registry
-        self.start = start
-        self.reply = reply
-        self.events = events
-        self.held: dict[str, Held] = {}  # by source
-        self.transcripts: dict[str, deque[str]] = {}  # recent commands by source, for the parser
+    settings: Settings
+    clock: Clock
+    parser: Parser
+    registry: Registry
+    start: Start
+    reply: Reply
+    events: Events
+    held: dict[str, Held] = field(default_factory=dict)  # by source
+    transcripts: dict[str, deque[str]] = field(default_factory=dict)  # recent commands by source, for the parser
 
     def handle(self, prompt: Prompt, deadline: float) -> None:
         source = prompt.source

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+from dataclasses import dataclass, field
 from typing import Callable
 
 from lamcontrol.protocol import Prompt, PromptStatus, Result, ResultState, Task, TaskSummary, new_id
@@ -27,25 +28,26 @@ log = logging.getLogger(__name__)
 Reply = Callable[[str, PromptStatus, str, list[TaskSummary]], None]
 
 
+@dataclass(eq=False)
 class Router:
     """Runs, their jobs, the tasks waiting for an agent, and the timers on them."""
 
-    def __init__(self, settings: Settings, clock: Clock, journal: Journal, registry: Registry,
-                 publish: Callable[[Task], object], reply: Reply, events: Events) -> None:
-        self.settings = settings
-        self.clock = clock
-        self.journal = journal
-        self.registry = registry
-        self.publish = publish
-        self.reply = reply
-        self.events = events
-        self.runs: dict[str, Run] = {}
-        self.jobs: dict[str, tuple[Run, Job]] = {}
-        # Reminders (when, "ack" or "run", task or prompt id), soonest first; stale ones are skipped.
-        self._due: list[tuple[float, str, str]] = []
-        # Tasks with no agent yet, oldest first, by (capability, action).
-        self._waiting: dict[tuple[str, str], dict[str, None]] = {}
-        self._started = clock.monotonic()
+    settings: Settings
+    clock: Clock
+    journal: Journal
+    registry: Registry
+    publish: Callable[[Task], object]
+    reply: Reply
+    events: Events
+    runs: dict[str, Run] = field(default_factory=dict)
+    jobs: dict[str, tuple[Run, Job]] = field(default_factory=dict)
+    # Reminders (when, "ack" or "run", task or prompt id), soonest first; stale ones are skipped.
+    _due: list[tuple[float, str, str]] = field(default_factory=list)
+    # Tasks with no agent yet, oldest first, by (capability, action).
+    _waiting: dict[tuple[str, str], dict[str, None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._started = self.clock.monotonic()
 
     # -- runs ---------------------------------------------------------------------------
 
