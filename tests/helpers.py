@@ -150,7 +150,7 @@ class LamSystem:
     def __init__(self, broker_url: str, tmp_path: Path) -> None:
         self.broker_url = broker_url
         self.tmp_path = tmp_path
-        self.prefix = f"t{uuid.uuid4().hex[:8]}"
+        self.prefix = f"t{uuid.uuid4().hex[:8]}/lam"  # a slash in the prefix, as config allows
         self.settings = BrokerSettings(url=broker_url, prefix=self.prefix)
         self.topics = self.settings.topics
         self.processes: list[Process] = []

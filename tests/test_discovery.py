@@ -15,7 +15,7 @@ import jinja2
 import pytest
 
 from helpers import ROOT, wait_until
-from lamcontrol.coordinator.discovery import Configs
+from lamcontrol.coordinator.discovery import Configs, node_id
 from lamcontrol.coordinator.grammar import parse_command
 from lamcontrol.bus import BrokerSettings
 from lamcontrol.protocol import PROMPT_STATUSES, Presence, Prompt, Reply, Result, Task, Topics
@@ -218,10 +218,10 @@ def ha(lam):
 
 def test_discovery_on_connect_birth_and_forget(lam, ha):
     lam.coordinator(extra_config=lam.ha_config)
-    node = f"{lam.prefix}_coordinator"
+    node = node_id(lam.topics, "coordinator")
     wait_until(lambda: len(ha.configs(node)) == 4, 20, "the coordinator's four entities")
     agent = lam.agent("pantry", "echo")
-    agent_node = f"{lam.prefix}_agent_pantry"
+    agent_node = node_id(lam.topics, "agent", "pantry")
     wait_until(lambda: len(ha.configs(agent_node)) == 4, 20, "the agent's four entities")
     assert all(json.loads(p)["unique_id"] for p in ha.configs(agent_node).values())
 
@@ -276,7 +276,7 @@ def test_media_buttons_reach_that_agent_only(lam, ha):
     lam.coordinator(extra_config=lam.ha_config)
     for agent, load in (("aaa", 0), ("desk", 2)):  # presences as two computer agents would announce them
         lam.bus.publish(computer_presence(agent, load), retain=True).wait_for_publish(10)
-    node = f"{lam.prefix}_agent_desk"
+    node = node_id(lam.topics, "agent", "desk")
     wait_until(lambda: len(ha.configs(node)) == 9, 20, "the computer agent's nine entities")
     button = json.loads(ha.configs(node)[f"{lam.ha_prefix}/button/{node}/next/config"])
     lam.publish_raw(button["command_topic"], button["payload_press"])
