@@ -235,8 +235,9 @@ class Discovery:
         """Keep each known agent's latest finished task, retained, for its sensor and event."""
         result = event.result()
         if result is not None and result.agent in self.agents and result.state in FINISHED:
-            self.bus.publish_raw(self.topics.last_result(result.agent), result.to_json(), retain=True, qos=STATE_QOS)
+            self.bus.publish_after(self.topics.last_result(result.agent), result.to_json(), retain=True,
+                                   qos=STATE_QOS)
 
     def replied(self, event: Replied) -> None:
         """Keep the latest reply, retained, for the coordinator's sensor and event."""
-        self.bus.publish_raw(self.topics.last_reply, event.reply.to_json(), retain=True, qos=STATE_QOS)
+        self.bus.publish_after(self.topics.last_reply, event.reply.to_json(), retain=True, qos=STATE_QOS)

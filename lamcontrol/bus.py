@@ -222,7 +222,16 @@ class Bus:
     def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False,
                     qos: int = 1) -> mqtt.MQTTMessageInfo | None:
         """Publish now; or, from a handler inside a transaction, as soon as it commits (returns None)."""
-        held = getattr(self._held, "messages", None)
+        return self._publish_held("messages", topic, payload, qos, retain)
+
+    def publish_after(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1) -> None:
+        """Like :meth:`publish_raw`, but inside a transaction only after everything else the
+        handlers published: for what merely mirrors those messages (dashboard state)."""
+        self._publish_held("after", topic, payload, qos, retain)
+
+    def _publish_held(self, kind: str, topic: str, payload: bytes | str, qos: int,
+                      retain: bool) -> mqtt.MQTTMessageInfo | None:
+        held = getattr(self._held, kind, None)
         if held is not None:
             held.append((topic, payload, qos, retain))
             return None
@@ -308,15 +317,15 @@ class Bus:
         if self.transaction is None:
             self._handle(burst)
         else:
-            self._held.messages = held = []
+            self._held.messages, self._held.after = held, after = [], []
             try:
                 with self.transaction():
                     self._handle(burst)
             except Exception:
                 log.exception("%s: could not commit the handling of %d message(s)", self.component, len(burst))
             finally:
-                self._held.messages = None
-            for topic, payload, qos, retain in held:
+                self._held.messages = self._held.after = None
+            for topic, payload, qos, retain in held + after:
                 self._send(topic, payload, qos, retain)
         self._ack(burst)
 
