@@ -140,6 +140,11 @@ def test_oversized_and_undecodable_payloads_are_refused():
         decode(b"\xff")
 
 
+def test_deeply_nested_json_is_refused_not_a_crash():
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        Prompt.from_payload(b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+
+
 def test_error_record_uses_the_topic_key_on_the_wire():
     record = ErrorRecord.about("coordinator", "lam/prompts", ValueError("bad"), b"\xffpayload" * 100)
     wire = json.loads(record.to_json())
