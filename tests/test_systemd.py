@@ -40,7 +40,7 @@ def unit_settings(path: Path) -> configparser.ConfigParser:
 
 
 def test_system_units_verify_and_are_sandboxed(tmp_path):
-    done = lam_cli("systemd", "install", "--prefix", str(tmp_path), "--broker", "mqtt://10.0.0.2:1883")
+    done = lam_cli("systemd", "install", "--prefix", str(tmp_path), "--broker-url", "mqtt://10.0.0.2:1883")
     assert done.returncode == 0, done.stderr
     assert "systemctl enable --now lam-broker.service lam-coordinator.service lam-bridge.service" in done.stdout
     unit_dir = tmp_path / "etc/systemd/system"
