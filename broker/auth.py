@@ -6,7 +6,8 @@ treated as a known client and keeps its queue; nameless clients (``mosquitto_sub
 ``-u``) are let in only while ``allow_anonymous`` is on.
 
 With a password file (argon2 hashes, ``user:hash`` lines), :class:`PasswordFileAuth` lets in
-its users, and nameless clients only from this machine while ``allow_anonymous`` is on.
+its users, and clients that log in as nobody in it without a password only from this machine
+while ``allow_anonymous`` is on (LAMControl's tools name themselves by their client id).
 :class:`AclFileCheck` keeps each user to the topics of an ACL file in Mosquitto's format
 (``user NAME`` then ``topic read|write|readwrite FILTER`` lines, ``pattern`` lines with ``%u``
 and ``%c``), so ``lam join`` writes one ACL for both brokers. Both files are read again
@@ -96,10 +97,10 @@ class PasswordFileAuth(BaseAuthPlugin):
         self.users = Reloading(self.config.password_file, parse_hashes)
 
     async def authenticate(self, *, session: Session) -> bool:
-        if not session.username:
+        hashed = self.users.get().get(session.username or "")
+        if not hashed and not session.password:  # no login (our tools name themselves by client id)
             session.is_anonymous = True
             return bool(self.config.allow_anonymous) and is_local(session)
-        hashed = self.users.get().get(session.username)
         session.is_anonymous = False
         try:
             return bool(hashed) and self.hasher.verify(session.password or "", hashed)
@@ -150,7 +151,7 @@ class AclFileCheck(BaseTopicPlugin):
             return True  # what a client may read was decided when it subscribed
         if session is None or not topic:
             return False
-        if not session.username:
+        if session.is_anonymous or not session.username:
             return is_local(session)
         users, patterns = self.acl.get()
         needed = "write" if action == Action.PUBLISH else "read"

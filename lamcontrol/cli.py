@@ -160,7 +160,8 @@ def wants_embedded_broker(args: argparse.Namespace, cfg: dict) -> bool:
     """True unless a broker was named: --broker, $LAM_BROKER, or a config ``[broker] url`` of its own."""
     if args.broker or os.environ.get("LAM_BROKER"):
         return False
-    own = (lamconfig.DEFAULTS["broker"]["url"], f"mqtt://{cfg['embedded_broker']['listen']}")
+    listen = cfg["embedded_broker"]["listen"]
+    own = (lamconfig.DEFAULTS["broker"]["url"], f"mqtt://{listen}", f"mqtt://{local_address(listen)}" if listen else "")
     return cfg["broker"]["url"] in own
 
 

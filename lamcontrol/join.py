@@ -72,7 +72,7 @@ class UserFolder:
     @property
     def items(self) -> list[str]:
         listed = self.path / USERS_FILE
-        return [i for i in listed.read_text().split(",") if i.strip()] if listed.is_file() else []
+        return [i.strip() for i in listed.read_text().split(",") if i.strip()] if listed.is_file() else []
 
     def exists(self) -> bool:
         return bool(self.items)
