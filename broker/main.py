@@ -20,6 +20,7 @@ from pathlib import Path
 
 from amqtt.errors import BrokerError
 
+from lamcontrol import __version__
 from lamcontrol import config as lamconfig
 from lamcontrol.broker.auth import hash_password, parse_hashes, password_file_text
 from lamcontrol.service import pet_watchdog, sd_notify, setup_logging
@@ -127,6 +128,7 @@ def add_user(password_file: str, username: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lam-broker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"lam-broker (lamcontrol) {__version__}")
     parser.add_argument("--config", help="TOML config file (its [embedded_broker] section)")
     parser.add_argument("--listen", help="host:port for plain MQTT (default 127.0.0.1:1883; '' for none); beyond "
                                          "loopback it needs --password-file")

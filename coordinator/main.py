@@ -16,7 +16,7 @@ from .service import Coordinator
 def build(cfg: dict) -> Coordinator:
     """A coordinator configured from a loaded config."""
     section = cfg["coordinator"]
-    journal = Journal(section["journal"] or lamconfig.state_dir() / "journal.db", float(section["journal_days"]))
+    journal = Journal(lamconfig.state_path("coordinator", "journal", section["journal"]), float(section["journal_days"]))
     return Coordinator(BrokerSettings.from_config(cfg), build_parser(cfg), journal,
                        ack_timeout=float(section["ack_timeout"]), prompt_timeout=float(section["prompt_timeout"]),
                        task_timeout=float(section["task_timeout"]), confirm_window=float(section["confirm_window"]),

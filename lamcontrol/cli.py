@@ -8,7 +8,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -152,8 +151,9 @@ def bridge_installed() -> bool:
 
 
 def component(module: str, *extra: str) -> list[str]:
-    """The command line that runs one component with this interpreter."""
-    return [sys.executable, "-m", module, *extra]
+    """The command line that runs one component with this interpreter and installation (-P: never a
+    lamcontrol folder that happens to be in the current directory)."""
+    return [sys.executable, "-P", "-m", module, *extra]
 
 
 def wants_embedded_broker(args: argparse.Namespace, cfg: dict) -> bool:
@@ -190,7 +190,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     embedded = wants_embedded_broker(args, cfg)
     common = [*(["--config", args.config] if args.config else [])]
     agent_id = args.agent_id or cfg["agent"]["id"] or lamconfig.default_agent_id()
-    url, logins, plan, exposed = cfg["broker"]["url"], {}, [], ""
+    url, logins, plan, exposed, listen = cfg["broker"]["url"], {}, [], "", ""
     if embedded:
         from lamcontrol.broker.main import Listeners
 
@@ -233,7 +233,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda number, frame: stopping.append(number))
     processes: dict[str, subprocess.Popen] = {}
     try:
-        if not start_all(plan, processes, url, stopping):
+        if not start_all(plan, processes, listen, stopping):
             return EXIT_UNREACHABLE
         if not stopping:
             settings = BrokerSettings.from_config({**cfg, "broker": {**cfg["broker"], "url": url}})
@@ -250,30 +250,28 @@ def cmd_up(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def start_all(plan: list[Step], processes: dict[str, subprocess.Popen], url: str, stopping: list[int]) -> bool:
+def start_all(plan: list[Step], processes: dict[str, subprocess.Popen], listen: str, stopping: list[int]) -> bool:
     """Start each component in order; False when the embedded broker did not start (it said why)."""
     for step in plan:
         if stopping:
             return True
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **step.env}
         processes[step.name] = subprocess.Popen(step.argv, env=env, start_new_session=True)
-        if step.name == "broker" and not listening(processes["broker"], BrokerSettings(url=url)):
+        if step.name == "broker" and not listening(processes["broker"], listen):
             return False
     return True
 
 
-def listening(process: subprocess.Popen, settings: BrokerSettings, timeout: float = 30.0) -> bool:
-    """True once the broker accepts connections; False if it exits first or takes too long."""
+def listening(process: subprocess.Popen, listen: str, timeout: float = 30.0) -> bool:
+    """True once the broker holds its port (found without connecting); False if it exits first or is too slow."""
+    host, port = lamconfig.host_port(listen, "--listen")
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
-        try:
-            socket.create_connection((settings.host, settings.port), timeout=0.5).close()
+        if lamconfig.bind_problem(host, port):  # it was free before the broker started
             return True
-        except OSError:
-            time.sleep(0.1)
+        time.sleep(0.1)
     if process.poll() is None:
-        print(f"lam up: the embedded broker did not listen on {settings.host}:{settings.port} within "
-              f"{timeout:g} seconds", file=sys.stderr)
+        print(f"lam up: the embedded broker did not listen on {listen} within {timeout:g} seconds", file=sys.stderr)
     return False
 
 
