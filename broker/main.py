@@ -84,6 +84,8 @@ class Listeners:
             if name == "tls":
                 listeners[name].update(ssl=True, certfile=str(Path(self.cert_file).expanduser()),
                                        keyfile=str(Path(self.key_file).expanduser()))
+        if "default" not in listeners:  # aMQTT wants a listener by that name
+            listeners["default"] = listeners.pop(next(iter(listeners)))
         if self.password_file:
             plugins = {"lamcontrol.broker.auth.PasswordFileAuth": {"password_file": self.password_file,
                                                                    "allow_anonymous": self.allow_anonymous}}

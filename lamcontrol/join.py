@@ -233,26 +233,32 @@ def wait_online(settings: BrokerSettings, agent_id: str, seconds: float) -> bool
         bus.stop()
 
 
+def make_user(args: argparse.Namespace, cfg: dict) -> tuple[UserFolder, list[str]]:
+    """The users folder with the new agent in it, and the agent's capabilities."""
+    agent_id = check_id(args.agent_id, "agent id")
+    capabilities = [check_id(c, "capability") for c in args.capability or DEFAULT_CAPABILITIES]
+    folder = UserFolder.of(cfg, args.mosquitto)
+    if folder.embedded:
+        folder.ensure_local(args.local_id or cfg["agent"]["id"] or lamconfig.default_agent_id(),
+                            lamconfig.installed_capabilities())
+    elif not folder.exists():
+        raise lamconfig.ConfigError(f"{folder.path} has no users list: run lam mosquitto-config --out {folder.path} "
+                                    "first")
+    if agent_id in {user_name(i) for i in folder.items} and not args.again:
+        raise lamconfig.ConfigError(f"{agent_id} already has a user; use --again to print its commands again "
+                                    "(its password stays)")
+    folder.add(agent_item(agent_id, capabilities))
+    return folder, capabilities
+
+
 def cmd_join(args: argparse.Namespace) -> int:
     cfg = lamconfig.load(args.config)
     try:
-        agent_id = check_id(args.agent_id, "agent id")
-        capabilities = [check_id(c, "capability") for c in args.capability or DEFAULT_CAPABILITIES]
-        folder = UserFolder.of(cfg, args.mosquitto)
-        if folder.embedded:
-            folder.ensure_local(args.local_id or cfg["agent"]["id"] or lamconfig.default_agent_id(),
-                                lamconfig.installed_capabilities())
-        elif not folder.exists():
-            raise lamconfig.ConfigError(f"{folder.path} has no users list: run lam mosquitto-config --out "
-                                        f"{folder.path} first")
-        if agent_id in {user_name(i) for i in folder.items} and not args.again:
-            raise lamconfig.ConfigError(f"{agent_id} already has a user; use --again to print its commands again "
-                                        "(its password stays)")
-        folder.add(agent_item(agent_id, capabilities))
+        folder, capabilities = make_user(args, cfg)
         address = args.address or lan_address()
-        url, ca_pem = (args.broker_url, "") if args.broker_url else broker_url(cfg, address)
-        if args.mosquitto and not args.broker_url:
-            url = f"mqtt://{address}:1883"
+        url, ca_pem = broker_url(cfg, address)
+        if args.broker_url or args.mosquitto:
+            url, ca_pem = args.broker_url or f"mqtt://{address}:1883", ""
         with tempfile.TemporaryDirectory(prefix="lam-wheel-") as built:
             wheel = Path(args.wheel).resolve() if args.wheel else build_wheel(Path(built))
             digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
@@ -260,28 +266,31 @@ def cmd_join(args: argparse.Namespace) -> int:
                 wanted = ",".join(extras(capabilities))
                 requirement = (f"lamcontrol{f'[{wanted}]' if wanted else ''} @ "
                                f"http://{address}:{server.port}/{wheel.name}#sha256={digest}")
-                print(report(folder, agent_id, address, commands(agent_id, url, folder.password(agent_id),
-                                                                 capabilities, requirement, folder.prefix, ca_pem)),
-                      flush=True)
+                script = commands(args.agent_id, url, folder.password(args.agent_id), capabilities, requirement,
+                                  folder.prefix, ca_pem)
+                print(report(folder, args.agent_id, address, script, cfg["embedded_broker"]["listen"]), flush=True)
                 monitor = BrokerSettings(url=cfg["broker"]["url"], prefix=folder.prefix, username="monitor",
                                          password=folder.password("monitor"))
-                if not wait_online(monitor, agent_id, args.wait):
-                    print(f"{agent_id} did not come online within {args.wait:g} seconds; its log says why: "
-                          f"journalctl --user -u lam-agent@{agent_id} (on {agent_id})", file=sys.stderr)
-                    return EXIT_FAILED
+                online = wait_online(monitor, args.agent_id, args.wait)
     except (lamconfig.ConfigError, ValueError, ProtocolError, OSError) as exc:
         print(f"lam join: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_OK
-    print(f"\n{agent_id} is online. Try: lam send --agent {agent_id} \"echo hello from {agent_id}\"", flush=True)
+    if not online:
+        print(f"{args.agent_id} did not come online within {args.wait:g} seconds; its log says why: journalctl "
+              f"--user -u lam-agent@{args.agent_id} (on {args.agent_id})", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"\n{args.agent_id} is online. Try: lam send --agent {args.agent_id} \"echo hello from "
+          f"{args.agent_id}\"", flush=True)
     return EXIT_OK
 
 
-def report(folder: UserFolder, agent_id: str, address: str, script: str) -> str:
+def report(folder: UserFolder, agent_id: str, address: str, script: str, listen: str) -> str:
     if folder.embedded:
+        _, port = lamconfig.host_port(listen or "127.0.0.1:1883", "[embedded_broker] listen")
         broker = ("Start (or restart) the broker with these users, open to the network:\n"
-                  "  lam up --listen 0.0.0.0:1883\n(users added later need no restart)")
+                  f"  lam up --listen 0.0.0.0:{port}\n(users added later need no restart)")
     else:
         broker = ("Make Mosquitto read the new user: sudo systemctl reload mosquitto (or kill -HUP its pid).")
     return (f"{agent_id} has an MQTT user, a password and an ACL entry in {folder.path}.\n{broker}\n\n"

@@ -179,3 +179,48 @@ def test_joining_a_mosquitto_broker(tmp_path):
         check_users_and_acl(port, users, reload=lambda: mosquitto.signal(1))  # SIGHUP: Mosquitto rereads them
     finally:
         mosquitto.stop()
+
+
+def test_embedded_broker_over_tls_and_what_join_hands_out(tmp_path):
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    users = folder(tmp_path / "users", embedded=True)
+    users.add("monitor", agent_item("desk", ["echo"]))
+    port = free_port()
+    broker = Process("broker-tls", [sys.executable, "-m", "lamcontrol.broker.main", "--listen", "",
+                                    "--tls-listen", f"0.0.0.0:{port}", "--cert", str(cert), "--key", str(key),
+                                    "--password-file", str(users.path / "passwd")], tmp_path)
+    try:
+        wait_for_port(port)
+        tls = BrokerSettings(url=f"mqtts://127.0.0.1:{port}", prefix=users.prefix, username="desk",
+                             password=users.password("desk"), ca_file=str(cert))
+        bus = Bus(tls, component="tls-desk", report=False)
+        bus.start(timeout=10)
+        bus.stop()
+        with pytest.raises(BusError):
+            Bus(BrokerSettings(url=f"mqtts://127.0.0.1:{port}", username="desk", password="wrong",
+                               ca_file=str(cert)), component="tls-stranger", report=False).start(timeout=3)
+    finally:
+        broker.stop()
+
+    from lamcontrol.join import broker_url, commands
+
+    cfg = lamconfig.DEFAULTS | {"embedded_broker": {**lamconfig.DEFAULTS["embedded_broker"],
+                                                    "tls_listen": f"0.0.0.0:{port}", "cert_file": str(cert)}}
+    url, pem = broker_url(cfg, "192.0.2.7")
+    assert url == f"mqtts://192.0.2.7:{port}" and "BEGIN CERTIFICATE" in pem
+    script = commands("desk", url, "secret", ["echo"], "lamcontrol @ http://192.0.2.7:1/x.whl", "lam", pem)
+    assert "cat > ~/.config/lamcontrol/broker-ca.pem" in script and 'ca_file = "~/.config/lamcontrol/broker-ca.pem"' \
+        in script
+
+
+def test_broker_refuses_what_it_must_not_run(tmp_path):
+    for args, complaint in ((["--listen", "0.0.0.0:1"], "refusing to listen on 0.0.0.0:1 without users and passwords"),
+                            (["--listen", "", "--tls-listen", "127.0.0.1:1"], "--tls-listen needs --cert and --key"),
+                            (["--listen", "nowhere"], "must look like host:port")):
+        done = subprocess.run([sys.executable, "-m", "lamcontrol.broker.main", *args], capture_output=True,
+                              text=True, timeout=60, cwd=ROOT)
+        assert done.returncode == 2 and done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+        assert complaint in done.stderr
