@@ -19,6 +19,7 @@ import argparse
 import functools
 import hashlib
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -80,10 +81,9 @@ class UserFolder:
     def password(self, user: str) -> str:
         return (self.path / "credentials" / user).read_text().strip()
 
-    def add(self, *items: str) -> list[str]:
-        """Add users (an agent listed again gets its new capabilities); the names added."""
+    def add(self, *items: str) -> None:
+        """Add users (an agent listed again gets its new capabilities), with passwords and ACL entries."""
         known = {user_name(i): i for i in self.items}
-        added = [user_name(i) for i in items if user_name(i) not in known]
         known.update({user_name(i): i for i in items})
         users = ops.parse_users(",".join(known.values()))
         self.path.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,6 @@ class UserFolder:
             ops.write_password_file(self.path / "passwd", passwords)
         lamconfig.write_private(self.path / "acl", ops.acl_file(users, Topics(self.prefix), self.discovery))
         lamconfig.write_private(self.path / USERS_FILE, ",".join(known.values()) + "\n")
-        return added
 
     def ensure_local(self, agent_id: str, capabilities: list[str]) -> None:
         """This machine's components and agent have users (lam up calls it)."""
@@ -116,8 +115,11 @@ def build_wheel(out: Path) -> Path:
         raise lamconfig.ConfigError("this installation was not made from a source checkout: give the wheel to "
                                     "serve with --wheel FILE (python -m pip wheel --no-deps -w dist . where the "
                                     "source is)")
+    leftover = not (root / "build").exists()  # setuptools builds in the source tree: tidy up after it
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(root)],
                           capture_output=True, text=True)
+    if leftover:
+        shutil.rmtree(root / "build", ignore_errors=True)
     wheels = sorted(out.glob("lamcontrol-*.whl"))
     if done.returncode != 0 or not wheels:
         raise lamconfig.ConfigError(f"building the wheel failed: {(done.stderr or done.stdout).strip()[-500:]}")

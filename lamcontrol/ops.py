@@ -185,8 +185,10 @@ def mosquitto_conf(out: Path, listen: str, tls_listen: str, cert: str, key: str,
              "max_queued_messages 100000", "max_inflight_messages 100", "max_packet_size 262144"]
     if listen:
         host, port = lamconfig.host_port(listen, "--listen")
-        lines += ["", "# Plain MQTT: keep it on the loopback interface unless the network is trusted.",
-                  f"listener {port} {host}"]
+        about = ("# Plain MQTT on this machine only." if lamconfig.is_loopback(host) else
+                 "# Plain MQTT open to the network: users and passwords are required, but travel unencrypted;"
+                 "\n# give --cert and --key for a TLS listener where the network is not trusted.")
+        lines += ["", about, f"listener {port} {host}"]
     if cert:
         host, port = lamconfig.host_port(tls_listen, "--tls-listen")
         lines += ["", "# MQTT over TLS for the rest of the network.", f"listener {port} {host}",
