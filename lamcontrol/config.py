@@ -82,7 +82,7 @@ MODEL: dict[str, Section] = {
                                      "lam-broker adduser FILE USER)"),
         "acl_file": Setting("", "topic rules per user, in Mosquitto's acl_file format (lam join writes it)"),
         "allow_anonymous": Setting(True, "clients with no user name may connect; with a password_file only from "
-                                         "this machine"),
+                                         "this machine (a proxy on it counts as this machine)"),
         "users_dir": Setting("", "where lam join keeps users, passwords and the ACL", state_file="mqtt"),
     }),
     "coordinator": Section("lam-coordinator: parsing, routing, the journal, replies", {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -93,3 +95,26 @@ def test_readme_table_lists_every_key():
     for name, _, settings in config_docs.all_sections():
         for key in settings:
             assert f"| `[{name}] {key}` |" in readme, (name, key)
+
+
+def lam(*args: str, config_text: str | None = None, tmp_path=None) -> subprocess.CompletedProcess:
+    extra = []
+    if config_text is not None:
+        path = tmp_path / "lam.toml"
+        path.write_text(config_text)
+        extra = ["--config", str(path)]
+    return subprocess.run([sys.executable, "-m", "lamcontrol", *args, *extra], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+
+
+def test_lam_config_example_and_check(tmp_path):
+    assert lam("config", "example").stdout == config_docs.example()
+    good = lam("config", "check", config_text="[capabilities.echo]\nmax_sleep = 3\n", tmp_path=tmp_path)
+    assert good.returncode == 0 and "every key is known" in good.stdout
+    typo = lam("config", "check", config_text="[capabilities.computer]\nvolume_stp = 3\n", tmp_path=tmp_path)
+    assert typo.returncode == 2
+    assert typo.stderr.strip().endswith("[capabilities.computer] has unknown keys: volume_stp (did you mean "
+                                        "volume_step?)")
+    sent = lam("send", "echo hi", config_text="[coordinator]\nack_timout = 3\n", tmp_path=tmp_path)
+    assert sent.returncode == 2 and "Traceback" not in sent.stderr
+    assert "[coordinator] has unknown keys: ack_timout (did you mean ack_timeout?)" in sent.stderr
