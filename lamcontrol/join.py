@@ -174,6 +174,24 @@ def broker_url(cfg: dict, address: str) -> tuple[str, str]:
     return f"mqtt://{address}:{port}", ""
 
 
+def mosquitto_url(conf: Path, address: str) -> tuple[str, str]:
+    """(URL the new machine uses for the Mosquitto that ``conf`` configures, its certificate's PEM for mqtts://)."""
+    listeners: list[dict[str, str]] = []
+    for words in (line.split() for line in conf.read_text().splitlines()):
+        if words[:1] == ["listener"] and len(words) >= 2:
+            listeners.append({"port": words[1], "host": words[2] if len(words) > 2 else "0.0.0.0", "cert": ""})
+        elif words[:1] == ["certfile"] and listeners and len(words) == 2:
+            listeners[-1]["cert"] = words[1]
+    reachable = [ln for ln in listeners if not lamconfig.is_loopback(ln["host"])]
+    if not reachable:
+        raise lamconfig.ConfigError(f"{conf} listens on this machine only: run lam mosquitto-config again with "
+                                    "--listen 0.0.0.0:1883, or --cert and --key for TLS")
+    chosen = max(reachable, key=lambda ln: bool(ln["cert"]))  # TLS where there is a TLS listener
+    if chosen["cert"]:
+        return f"mqtts://{address}:{chosen['port']}", Path(chosen["cert"]).read_text()
+    return f"mqtt://{address}:{chosen['port']}", ""
+
+
 def commands(agent_id: str, url: str, password: str, capabilities: list[str], requirement: str, prefix: str,
              ca_pem: str = "") -> str:
     """The shell lines that install, configure and start the agent on the new machine."""
@@ -258,9 +276,12 @@ def cmd_join(args: argparse.Namespace) -> int:
     try:
         folder, capabilities = make_user(args, cfg)
         address = args.address or lan_address()
-        url, ca_pem = broker_url(cfg, address)
-        if args.broker_url or args.mosquitto:
-            url, ca_pem = args.broker_url or f"mqtt://{address}:1883", ""
+        if args.broker_url:
+            url, ca_pem = args.broker_url, ""
+        elif args.mosquitto:
+            url, ca_pem = mosquitto_url(folder.path / "mosquitto.conf", address)
+        else:
+            url, ca_pem = broker_url(cfg, address)
         with tempfile.TemporaryDirectory(prefix="lam-wheel-") as built:
             wheel = Path(args.wheel).resolve() if args.wheel else build_wheel(Path(built))
             digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
@@ -309,8 +330,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                       help=f"capabilities it offers (default: {', '.join(DEFAULT_CAPABILITIES)})")
     join.add_argument("--address", help="this machine's address as the new one reaches it (default: the address "
                                         "of the default route)")
-    join.add_argument("--broker-url", help="the URL the new machine uses for the broker (default: mqtt://ADDRESS "
-                                           "and the embedded broker's port; mqtts:// with its tls_listen)")
+    join.add_argument("--broker-url", help="the URL the new machine uses for the broker (default: ADDRESS and the "
+                                           "broker's port, mqtts:// where it has a TLS listener)")
     join.add_argument("--mosquitto", metavar="DIR", help="Mosquitto is the broker: the folder lam mosquitto-config "
                                                           "wrote (default: the embedded broker's users)")
     join.add_argument("--local-id", help="id of this machine's own agent, for its user (default: [agent] id, "

@@ -181,11 +181,16 @@ def test_joining_a_mosquitto_broker(tmp_path):
         mosquitto.stop()
 
 
-def test_embedded_broker_over_tls_and_what_join_hands_out(tmp_path):
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
     cert, key = tmp_path / "server.pem", tmp_path / "server.key"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def test_embedded_broker_over_tls_and_what_join_hands_out(tmp_path):
+    cert, key = certificate(tmp_path)
     users = folder(tmp_path / "users", embedded=True)
     users.add("monitor", agent_item("desk", ["echo"]))
     port = free_port()
@@ -224,3 +229,23 @@ def test_broker_refuses_what_it_must_not_run(tmp_path):
                               text=True, timeout=60, cwd=ROOT)
         assert done.returncode == 2 and done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
         assert complaint in done.stderr
+
+
+def test_join_hands_out_the_mosquitto_listener_the_network_reaches(tmp_path):
+    from lamcontrol.join import mosquitto_url
+
+    cert, key = certificate(tmp_path)
+    for listen, extra, expected in (("127.0.0.1:1883", [], None), ("0.0.0.0:1884", [], "mqtt://192.0.2.7:1884"),
+                                    ("127.0.0.1:1883", ["--cert", str(cert), "--key", str(key), "--tls-listen",
+                                                        "0.0.0.0:8884"], "mqtts://192.0.2.7:8884")):
+        out = tmp_path / f"mosquitto-{listen.replace(':', '-')}-{len(extra)}"
+        done = subprocess.run([sys.executable, "-m", "lamcontrol", "mosquitto-config", "--out", str(out), "--users",
+                               "coordinator", "--listen", listen, "--owner", "root", *extra],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+        if expected is None:
+            with pytest.raises(lamconfig.ConfigError, match="listens on this machine only"):
+                mosquitto_url(out / "mosquitto.conf", "192.0.2.7")
+            continue
+        url, pem = mosquitto_url(out / "mosquitto.conf", "192.0.2.7")
+        assert url == expected and (pem == cert.read_text() if extra else pem == "")
