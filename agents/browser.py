@@ -7,6 +7,7 @@ One browser session serves every task (see :mod:`agents.webdriver`).
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import quote, quote_plus, urlsplit
 
 from . import webdriver
@@ -21,6 +22,7 @@ SEARCHES = {
 }
 FIRST_VIDEO = "a#video-title[href*='/watch']"
 # True once the page's video plays; nudges a paused one (autoplay may wait for a gesture).
+log = logging.getLogger(__name__)
 PLAY_VIDEO = """
 const video = document.querySelector('video');
 if (!video) return false;
@@ -43,6 +45,11 @@ class Browser(Capability):
     }
 
     def __init__(self, settings: dict | None = None) -> None:
+        settings = dict(settings or {})
+        if "headless" not in settings and not webdriver.has_display():
+            settings["headless"] = True
+            log.info("browser: no display here, so the browser runs headless (in a desktop session, start the "
+                     "agent there to see it, or set [capabilities.browser] headless = false)")
         super().__init__(settings)
         self.session: webdriver.Session | None = None
 

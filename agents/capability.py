@@ -21,6 +21,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
+from lamcontrol.config import Setting, checked, refuse_unknown
+
 ENTRY_POINT_GROUP = "lamcontrol.capabilities"
 
 
@@ -38,14 +40,6 @@ class Outcome:
 
     message: str
     data: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One config key of a capability: its default (which fixes its type) and what it means."""
-
-    default: Any
-    help: str
 
 
 Handler = Callable[[Any, dict], "str | Outcome"]
@@ -94,19 +88,10 @@ class Capability:
     @classmethod
     def validate_settings(cls, settings: dict) -> dict:
         """The settings with defaults filled in; a ValueError names any bad key."""
-        unknown = set(settings) - set(cls.config_schema)
-        if unknown:
-            raise ValueError(f"[capabilities.{cls.name}] has unknown keys: {', '.join(sorted(unknown))}")
-        merged = {}
-        for key, setting in cls.config_schema.items():
-            value = settings.get(key, setting.default)
-            expected = type(setting.default)
-            if expected is float and isinstance(value, int):
-                value = float(value)
-            if not isinstance(value, expected) or isinstance(value, bool) and expected is not bool:
-                raise ValueError(f"[capabilities.{cls.name}] {key} must be {expected.__name__}")
-            merged[key] = value
-        return merged
+        where = f"[capabilities.{cls.name}]"
+        refuse_unknown(where, settings, cls.config_schema)
+        return {key: checked(where, key, settings.get(key, setting.default), setting.default)
+                for key, setting in cls.config_schema.items()}
 
     def check(self) -> None:
         """Raise Unavailable when this machine cannot run the capability."""

@@ -1,16 +1,30 @@
-"""Authentication for the embedded broker when no password file is configured.
+"""Who may connect to the embedded broker, and which topics each user may use.
 
-aMQTT throws away the queued messages of anonymous sessions when they disconnect. Every
-LAMControl client presents a user name, so a session with a name is treated as a known
-client and keeps its queue across reconnects; nameless clients (``mosquitto_sub`` with no
-``-u``) are let in as anonymous only while ``allow_anonymous`` is on.
+Without a password file, :class:`NamedSessionAuth` lets everyone in: aMQTT throws away the
+queued messages of anonymous sessions when they disconnect, so a session with a name is
+treated as a known client and keeps its queue; nameless clients (``mosquitto_sub`` with no
+``-u``) are let in only while ``allow_anonymous`` is on.
+
+With a password file (argon2 hashes, ``user:hash`` lines), :class:`PasswordFileAuth` lets in
+its users, and clients that log in as nobody in it without a password only from this machine
+while ``allow_anonymous`` is on (LAMControl's tools name themselves by their client id).
+:class:`AclFileCheck` keeps each user to the topics of an ACL file in Mosquitto's format
+(``user NAME`` then ``topic read|write|readwrite FILTER`` lines, ``pattern`` lines with ``%u``
+and ``%c``), so ``lam join`` writes one ACL for both brokers. Both files are read again
+when they change: a user added by ``lam join`` can connect without a restart.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from amqtt.plugins.base import BaseAuthPlugin
+from amqtt.contexts import Action
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.plugins.topic_checking import TopicAccessControlListPlugin
 from amqtt.session import Session
 
 
@@ -27,3 +41,128 @@ class NamedSessionAuth(BaseAuthPlugin):
     @dataclass
     class Config:
         allow_anonymous: bool = True
+
+
+def hash_password(password: str) -> str:
+    """An argon2 hash for a password file line."""
+    from pwdlib import PasswordHash
+
+    return PasswordHash.recommended().hash(password)
+
+
+def password_file_text(hashes: dict[str, str]) -> str:
+    """``user:hash`` lines."""
+    return "".join(f"{user}:{hashed}\n" for user, hashed in hashes.items())
+
+
+def is_local(session: Session) -> bool:
+    try:
+        return ipaddress.ip_address(session.remote_address or "").is_loopback
+    except ValueError:
+        return False
+
+
+class Reloading:
+    """A file's parsed content, read again whenever its modification time changes."""
+
+    def __init__(self, path: str, parse: Any) -> None:
+        self.path, self.parse = Path(path), parse
+        self.stamp: float | None = None
+        self.value = parse("")
+
+    def get(self) -> Any:
+        try:
+            stamp = os.stat(self.path).st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp != self.stamp:
+            self.stamp = stamp
+            self.value = self.parse(self.path.read_text() if stamp is not None else "")
+        return self.value
+
+
+def parse_hashes(text: str) -> dict[str, str]:
+    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {user.strip(): hashed.strip() for user, hashed in pairs}
+
+
+class PasswordFileAuth(BaseAuthPlugin):
+    """Users of an argon2 password file; nameless clients only from this machine, if allowed."""
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        from pwdlib import PasswordHash
+
+        self.hasher = PasswordHash.recommended()
+        self.users = Reloading(self.config.password_file, parse_hashes)
+
+    async def authenticate(self, *, session: Session) -> bool:
+        hashed = self.users.get().get(session.username or "")
+        if not hashed and not session.password:  # no login (our tools name themselves by client id)
+            session.is_anonymous = True
+            return bool(self.config.allow_anonymous) and is_local(session)
+        session.is_anonymous = False
+        try:
+            return bool(hashed) and self.hasher.verify(session.password or "", hashed)
+        except Exception:  # an unreadable hash refuses this user, never the broker
+            return False
+
+    @dataclass
+    class Config:
+        password_file: str = ""
+        allow_anonymous: bool = False
+
+
+@dataclass
+class Rule:
+    access: str  # read, write or readwrite
+    topic: str
+    pattern: bool = False  # %u and %c stand for the user and the client id
+
+
+def parse_acl(text: str) -> tuple[dict[str, list[Rule]], list[Rule]]:
+    """(rules per user, pattern rules for everyone) of a Mosquitto ACL file."""
+    users: dict[str, list[Rule]] = {}
+    patterns: list[Rule] = []
+    current: list[Rule] | None = None
+    for line in text.splitlines():
+        words = line.split(None, 2)
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "user" and len(words) > 1:
+            current = users.setdefault(line.split(None, 1)[1].strip(), [])
+        elif words[0] in ("topic", "pattern") and len(words) > 1:
+            access, topic = (words[1], words[2]) if len(words) == 3 else ("readwrite", words[1])
+            rule = Rule(access, topic.strip(), words[0] == "pattern")
+            (patterns if rule.pattern else current if current is not None else []).append(rule)
+    return users, patterns
+
+
+class AclFileCheck(BaseTopicPlugin):
+    """Each user to the topics its ACL entry gives; nameless local clients (allowed by the auth) everywhere."""
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        self.acl = Reloading(self.config.acl_file, parse_acl)
+
+    async def topic_filtering(self, *, session: Session | None = None, topic: str | None = None,
+                              action: Action | None = None) -> bool:
+        if action == Action.RECEIVE:
+            return True  # what a client may read was decided when it subscribed
+        if session is None or not topic:
+            return False
+        if session.is_anonymous or not session.username:
+            return is_local(session)
+        users, patterns = self.acl.get()
+        needed = "write" if action == Action.PUBLISH else "read"
+        for rule in [*users.get(session.username, []), *patterns]:
+            allowed = rule.topic
+            if rule.pattern:
+                allowed = allowed.replace("%u", session.username).replace("%c", session.client_id or "")
+            if needed in rule.access and TopicAccessControlListPlugin.topic_ac(topic, allowed):
+                return True
+        return False
+
+    @dataclass
+    class Config:
+        acl_file: str = ""

@@ -1,8 +1,9 @@
-"""``lam-broker``: the embedded aMQTT broker, LAMControl's zero-setup default.
+"""lam-broker: the embedded aMQTT broker, LAMControl's zero-setup default.
 
-It listens on 127.0.0.1:1883 unless told otherwise. With a password file (argon2 hashes,
-made by ``lam-broker adduser FILE USER``) only listed users get in; without one, named
-clients keep their queued messages across reconnects and anonymous ones may watch.
+It listens on 127.0.0.1:1883 unless told otherwise. Beyond loopback it needs a password
+file (argon2 hashes; lam join makes one, with an ACL): only its users get in, and nameless
+clients only from this machine. Without one, named clients keep their queued messages
+across reconnects and anonymous ones may watch. TLS listens where --tls-listen says.
 Production setups can use Mosquitto instead: nothing in LAMControl depends on aMQTT.
 """
 
@@ -14,24 +15,85 @@ import getpass
 import logging
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from amqtt.errors import BrokerError
+
+from lamcontrol import __version__
 from lamcontrol import config as lamconfig
+from lamcontrol.broker.auth import hash_password, parse_hashes, password_file_text
 from lamcontrol.service import pet_watchdog, sd_notify, setup_logging
 
 log = logging.getLogger("lam-broker")
 
 
-def broker_config(listen: str, websocket: str = "", password_file: str = "", allow_anonymous: bool = True) -> dict:
-    """The aMQTT configuration for our options."""
-    listeners = {"default": {"type": "tcp", "bind": listen}}
-    if websocket:
-        listeners["ws"] = {"type": "ws", "bind": websocket}
-    if password_file:
-        auth = {"amqtt.plugins.authentication.FileAuthPlugin": {"password_file": password_file}}
-    else:
-        auth = {"lamcontrol.broker.auth.NamedSessionAuth": {"allow_anonymous": allow_anonymous}}
-    return {"listeners": listeners, "plugins": auth}
+@dataclass
+class Listeners:
+    """Where the broker listens and who may come in."""
+
+    listen: str = "127.0.0.1:1883"
+    websocket: str = ""
+    tls_listen: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    password_file: str = ""
+    acl_file: str = ""
+    allow_anonymous: bool = True
+
+    @classmethod
+    def from_config(cls, section: dict, **chosen: str | None) -> Listeners:
+        """``[embedded_broker]`` with the options given (None: not given) applied."""
+        fields = ("listen", "websocket", "tls_listen", "cert_file", "key_file", "password_file", "acl_file",
+                  "allow_anonymous")
+        return cls(**{key: section[key] if chosen.get(key) is None else chosen[key] for key in fields})
+
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        """Listener name -> (host, port); ConfigError on a bad address."""
+        named = {"default": self.listen, "ws": self.websocket, "tls": self.tls_listen}
+        return {name: lamconfig.host_port(value, f"{name} listener") for name, value in named.items() if value}
+
+    def problem(self) -> str:
+        """Why these settings must not run ('' when they may)."""
+        addresses = self.addresses()
+        if not addresses:
+            return "no listener: give --listen, --websocket or --tls-listen"
+        if self.tls_listen and not (self.cert_file and self.key_file):
+            return "--tls-listen needs --cert and --key"
+        for value in (self.cert_file, self.key_file, self.password_file):
+            if value and not Path(value).expanduser().is_file():
+                return f"{value} does not exist"
+        exposed = [f"{h}:{p}" for h, p in addresses.values() if not lamconfig.is_loopback(h)]
+        if exposed and not self.password_file:
+            return (f"refusing to listen on {', '.join(exposed)} without users and passwords (anyone on the network "
+                    "could use the bus). Make them with: lam join NAME (a user for each of this machine's components "
+                    "and for the agent NAME), then: lam up --listen " + exposed[0] +
+                    "; or give --password-file (lam-broker adduser FILE USER); or listen on 127.0.0.1")
+        for host, port in addresses.values():
+            busy = lamconfig.bind_problem(host, port)
+            if busy:
+                return (f"cannot listen on {host}:{port}: {busy} (another broker? then use it: "
+                        f"lam up --broker mqtt://127.0.0.1:{port}; or pick another port)")
+        return ""
+
+    def amqtt_config(self) -> dict:
+        """The aMQTT configuration for these settings."""
+        listeners: dict[str, dict] = {}
+        for name, (host, port) in self.addresses().items():
+            listeners[name] = {"type": "ws" if name == "ws" else "tcp", "bind": f"{host}:{port}"}
+            if name == "tls":
+                listeners[name].update(ssl=True, certfile=str(Path(self.cert_file).expanduser()),
+                                       keyfile=str(Path(self.key_file).expanduser()))
+        if "default" not in listeners:  # aMQTT wants a listener by that name
+            listeners["default"] = listeners.pop(next(iter(listeners)))
+        if self.password_file:
+            plugins = {"lamcontrol.broker.auth.PasswordFileAuth": {"password_file": self.password_file,
+                                                                   "allow_anonymous": self.allow_anonymous}}
+            if self.acl_file:
+                plugins["lamcontrol.broker.auth.AclFileCheck"] = {"acl_file": self.acl_file}
+        else:
+            plugins = {"lamcontrol.broker.auth.NamedSessionAuth": {"allow_anonymous": self.allow_anonymous}}
+        return {"listeners": listeners, "plugins": plugins}
 
 
 async def serve(config: dict) -> None:
@@ -54,16 +116,13 @@ async def serve(config: dict) -> None:
 
 def add_user(password_file: str, username: str) -> int:
     """Add or replace a user in an argon2 password file (password read from stdin or a prompt)."""
-    from pwdlib import PasswordHash
-
     password = getpass.getpass(f"password for {username}: ") if sys.stdin.isatty() else sys.stdin.readline().strip()
     if not password:
         print("lam-broker: empty password refused", file=sys.stderr)
         return 2
     path = Path(password_file)
-    lines = [l for l in path.read_text().splitlines() if not l.startswith(f"{username}:")] if path.exists() else []
-    lines.append(f"{username}:{PasswordHash.recommended().hash(password)}")
-    lamconfig.write_private(path, "\n".join(lines) + "\n")
+    hashes = parse_hashes(path.read_text()) if path.exists() else {}
+    lamconfig.write_private(path, password_file_text({**hashes, username: hash_password(password)}))
     print(f"user {username} written to {path}")
     return 0
 
@@ -71,16 +130,23 @@ def add_user(password_file: str, username: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lam-broker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="TOML config file ([embedded_broker] section)")
-    parser.add_argument("--listen", help="host:port for MQTT (default 127.0.0.1:1883)")
+    parser.add_argument("--version", action="version", version=f"lam-broker (lamcontrol) {__version__}")
+    parser.add_argument("--config", help="TOML config file (its [embedded_broker] section)")
+    parser.add_argument("--listen", help="host:port for plain MQTT (default 127.0.0.1:1883; '' for none); beyond "
+                                         "loopback it needs --password-file")
     parser.add_argument("--websocket", help="host:port for MQTT over websockets (off by default)")
-    parser.add_argument("--password-file", help="argon2 password file; only its users may connect")
+    parser.add_argument("--tls-listen", help="host:port for MQTT over TLS, with --cert and --key")
+    parser.add_argument("--cert", help="server certificate (PEM) for --tls-listen")
+    parser.add_argument("--key", help="private key of --cert")
+    parser.add_argument("--password-file", help="argon2 password file; only its users may connect (nameless "
+                                                "clients only from this machine, unless --no-anonymous)")
+    parser.add_argument("--acl-file", help="topic rules per user, in Mosquitto's acl_file format")
     parser.add_argument("--no-anonymous", action="store_true", help="refuse clients that give no user name")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     sub = parser.add_subparsers(dest="command")
-    adduser = sub.add_parser("adduser", help="add a user to a password file")
-    adduser.add_argument("file")
-    adduser.add_argument("username")
+    adduser = sub.add_parser("adduser", help="add a user to a password file (the password is read from stdin)")
+    adduser.add_argument("file", help="the password file")
+    adduser.add_argument("username", help="the user to add or replace")
     args = parser.parse_args(argv)
     if args.command == "adduser":
         return add_user(args.file, args.username)
@@ -88,16 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        section = lamconfig.load(args.config)["embedded_broker"]
+        listeners = Listeners.from_config(
+            lamconfig.load(args.config)["embedded_broker"], listen=args.listen, websocket=args.websocket,
+            tls_listen=args.tls_listen, cert_file=args.cert, key_file=args.key, password_file=args.password_file,
+            acl_file=args.acl_file, allow_anonymous=False if args.no_anonymous else None)
+        problem = listeners.problem()
     except lamconfig.ConfigError as exc:
-        print(f"lam-broker: {exc}", file=sys.stderr)
+        problem = str(exc)
+    if problem:
+        print(f"lam-broker: {problem}", file=sys.stderr)
         return 2
-    config = broker_config(args.listen or section["listen"], args.websocket or section["websocket"],
-                           args.password_file or section["password_file"],
-                           section["allow_anonymous"] and not args.no_anonymous)
     try:
-        asyncio.run(serve(config))
-    except OSError as exc:
+        asyncio.run(serve(listeners.amqtt_config()))
+    except (OSError, BrokerError) as exc:
         print(f"lam-broker: cannot listen: {exc}", file=sys.stderr)
         return 1
     return 0

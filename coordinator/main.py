@@ -21,7 +21,7 @@ EXTENSIONS = (discovery.extension, metrics.extension)  # each: the config -> a f
 def build(cfg: dict) -> Coordinator:
     """A coordinator configured from a loaded config, with the extensions the config turns on."""
     section = cfg["coordinator"]
-    journal = Journal(section["journal"] or lamconfig.state_dir() / "journal.db", float(section["journal_days"]))
+    journal = Journal(lamconfig.state_path("coordinator", "journal", section["journal"]), float(section["journal_days"]))
     coordinator = Coordinator(BrokerSettings.from_config(cfg), build_parser(cfg), journal,
                               Settings.from_config(section))
     for configured in EXTENSIONS:

@@ -1,9 +1,8 @@
-"""``lam``: start the whole system, send prompts, watch the bus, list agents, try the parser."""
+"""lam: start the whole system, send prompts, watch the bus, list agents, try the parser."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -12,41 +11,25 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
 
+from . import __version__
 from . import config as lamconfig
-from . import http_client
-from . import ops  # systemd install, mosquitto-config, agents forget
+from . import config_docs, http_client, join, ops
 from .bus import BrokerSettings, Bus, BusError
+from .console import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, broker_options, collect_retained, config_option,
+                      connect, print_table, settings_from)
 from .protocol import Presence, Prompt, ProtocolError, Reply, describe_event, parse, read
 
-EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
 COLOURS = {"prompt": "36", "task": "34", "result": "35", "reply": "32", "agent": "33", "error": "31",
            "coordinator": "33", "other": "37"}
 
 
-# -- helpers ----------------------------------------------------------------------------
-
-def settings_from(args: argparse.Namespace) -> BrokerSettings:
-    cfg = lamconfig.load(args.config, args.broker)
-    if getattr(args, "ca_file", None):
-        cfg["broker"]["ca_file"] = args.ca_file
-    return BrokerSettings.from_config(cfg)
-
-
-def connect(args: argparse.Namespace, handlers: dict[str, Callable[[str, bytes], None]], component: str) -> Bus:
-    """A short-lived bus with handlers subscribed, or BusError."""
-    bus = Bus(settings_from(args), component=component, report=False)
-    for topic_filter, handler in handlers.items():
-        bus.on(topic_filter, handler)
-    bus.start(timeout=args.connect_timeout)
-    return bus
-
-
 def send_prompt(args: argparse.Namespace, text: str) -> Reply | None:
     """Publish one prompt and wait for its reply (None on timeout)."""
-    prompt = Prompt(prompt=text, source=args.source, metadata={"timeout": args.timeout})
+    metadata = {"timeout": args.timeout, **({"agent": args.agent} if args.agent else {})}
+    prompt = Prompt(prompt=text, source=args.source, metadata=metadata)
     replies: queue.Queue[Reply] = queue.Queue()
     bus = Bus(settings_from(args), component="lam-cli")
     topics = bus.topics
@@ -79,23 +62,6 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 # -- lam agents -------------------------------------------------------------------------
 
-def collect_retained(args: argparse.Namespace, topic_filter: str, quiet: float = 0.5) -> dict[str, bytes]:
-    """Retained messages under a filter: read until the bus has been quiet for ``quiet`` seconds."""
-    seen: dict[str, bytes] = {}
-    last = [time.monotonic()]
-
-    def keep(topic: str, payload: bytes) -> None:
-        seen[topic] = payload
-        last[0] = time.monotonic()
-
-    bus = connect(args, {topic_filter: keep}, "lam-cli")
-    last[0] = time.monotonic()
-    while time.monotonic() - last[0] < quiet:
-        time.sleep(0.05)
-    bus.stop()
-    return seen
-
-
 def ago(ts: float) -> str:
     seconds = max(0, time.time() - ts)
     if seconds < 90:
@@ -110,12 +76,6 @@ def agent_rows(presences: list[Presence]) -> list[list[str]]:
         load = f"{p.load}/{p.max_concurrent}" if p.state == "online" else "-"
         rows.append([p.agent, p.state, p.host or "-", load, offered, ago(p.ts)])
     return rows
-
-
-def print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
@@ -183,10 +143,6 @@ def cmd_parse(args: argparse.Namespace) -> int:
 
 # -- lam up -----------------------------------------------------------------------------
 
-def installed_capabilities() -> list[str]:
-    return sorted(ep.name for ep in importlib.metadata.entry_points(group="lamcontrol.capabilities"))
-
-
 def bridge_installed() -> bool:
     try:
         return importlib.util.find_spec("lamcontrol.r1_bridge.main") is not None
@@ -195,41 +151,81 @@ def bridge_installed() -> bool:
 
 
 def component(module: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", module, *extra]
+    """The command line that runs one component with this interpreter and installation (-P: never a
+    lamcontrol folder that happens to be in the current directory)."""
+    return [sys.executable, "-P", "-m", module, *extra]
 
 
 def wants_embedded_broker(args: argparse.Namespace, cfg: dict) -> bool:
     """True unless a broker was named: --broker, $LAM_BROKER, or a config ``[broker] url`` of its own."""
     if args.broker or os.environ.get("LAM_BROKER"):
         return False
-    own = (lamconfig.DEFAULTS["broker"]["url"], f"mqtt://{cfg['embedded_broker']['listen']}")
+    listen = cfg["embedded_broker"]["listen"]
+    own = (lamconfig.DEFAULTS["broker"]["url"], f"mqtt://{listen}", f"mqtt://{local_address(listen)}" if listen else "")
     return cfg["broker"]["url"] in own
 
 
 STOP_SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
 
 
+@dataclass
+class Step:
+    """One component lam up starts: its name, command line and extra environment."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def local_address(listen: str) -> str:
+    """host:port that reaches a listener on this machine (its wildcard address is not one)."""
+    host, port = lamconfig.host_port(listen, "--listen")
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     cfg = lamconfig.load(args.config, args.broker)
     embedded = wants_embedded_broker(args, cfg)
     common = [*(["--config", args.config] if args.config else [])]
-    url = cfg["broker"]["url"]
-    plan: list[tuple[str, list[str]]] = []
-    if embedded:
-        listen = cfg["embedded_broker"]["listen"]
-        url = f"mqtt://{listen}"
-        plan.append(("broker", component("lamcontrol.broker.main", *common, "--listen", listen)))
-    linked = [*common, "--broker", url]
-    plan.append(("coordinator", component("lamcontrol.coordinator.main", *linked)))
     agent_id = args.agent_id or cfg["agent"]["id"] or lamconfig.default_agent_id()
-    agent_args = [*linked, "--id", agent_id]
-    for name in args.capability or ():
-        agent_args += ["--capability", name]
-    if not args.capability:
-        agent_args.append("--all")
-    plan.append(("agent", component("lamcontrol.agents.main", *agent_args)))
+    url, logins, plan, exposed, listen = cfg["broker"]["url"], {}, [], "", ""
+    if embedded:
+        from lamcontrol.broker.main import Listeners
+
+        listen = args.listen or cfg["embedded_broker"]["listen"]
+        if not listen:
+            raise lamconfig.ConfigError("lam up needs a plain listener for its own components: give --listen")
+        url = f"mqtt://{local_address(listen)}"
+        users, login_args = join.UserFolder.of(cfg), {}
+        if users.exists():  # made by lam join: every component logs in as itself
+            users.ensure_local(agent_id, args.capability or lamconfig.installed_capabilities())
+            login_args = {"--password-file": str(users.path / "passwd"), "--acl-file": str(users.path / "acl")}
+            logins = {name: users.password(user) for name, user in
+                      (("coordinator", "coordinator"), ("bridge", "bridge"), ("agent", agent_id))}
+            exposed = f"{listen}, users in {users.path}"
+        problem = Listeners.from_config(cfg["embedded_broker"], listen=listen,
+                                        password_file=login_args.get("--password-file"),
+                                        acl_file=login_args.get("--acl-file")).problem()
+        if problem:
+            print(f"lam up: {problem}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        broker_args = [*common, "--listen", listen, *(arg for pair in login_args.items() for arg in pair)]
+        plan.append(Step("broker", component("lamcontrol.broker.main", *broker_args)))
+
+    def linked(name: str, module: str, *extra: str) -> Step:
+        """A component that connects to the broker, as its own user when there are users."""
+        if name not in logins:
+            return Step(name, component(module, *common, "--broker", url, *extra))
+        login = url.replace("://", f"://{agent_id if name == 'agent' else name}@", 1)
+        return Step(name, component(module, *common, "--broker", login, *extra), {"LAM_BROKER_PASSWORD": logins[name]})
+
+    offered = [arg for c in args.capability or () for arg in ("--capability", c)] or ["--all"]
+    plan += [linked("coordinator", "lamcontrol.coordinator.main"),
+             linked("agent", "lamcontrol.agents.main", "--id", agent_id, *offered)]
     if bridge_installed() and not args.no_bridge:
-        plan.append(("bridge", component("lamcontrol.r1_bridge.main", *linked)))
+        plan.append(linked("bridge", "lamcontrol.r1_bridge.main"))
     stopping: list[int] = []
     # Ctrl-C, SIGTERM and a closed terminal all stop everything, in order; the children run in a
     # session of their own, so the terminal's Ctrl-C reaches only us and never the broker first.
@@ -237,12 +233,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda number, frame: stopping.append(number))
     processes: dict[str, subprocess.Popen] = {}
     try:
-        if not start_all(plan, processes, cfg, stopping):
+        if not start_all(plan, processes, listen, stopping):
             return EXIT_UNREACHABLE
         if not stopping:
             settings = BrokerSettings.from_config({**cfg, "broker": {**cfg["broker"], "url": url}})
             late = wait_until_online(settings, agent_id, processes, stopping)
-            print(banner(cfg, url, processes, late), flush=True)
+            print(banner(cfg, url, processes, late, exposed), flush=True)
         while not stopping and all(p.poll() is None for p in processes.values()):
             time.sleep(0.2)
     finally:
@@ -254,22 +250,29 @@ def cmd_up(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def start_all(plan: list[tuple[str, list[str]]], processes: dict[str, subprocess.Popen], cfg: dict,
-              stopping: list[int]) -> bool:
-    """Start each component in order; False when the embedded broker could not start."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for name, argv in plan:
+def start_all(plan: list[Step], processes: dict[str, subprocess.Popen], listen: str, stopping: list[int]) -> bool:
+    """Start each component in order; False when the embedded broker did not start (it said why)."""
+    for step in plan:
         if stopping:
             return True
-        processes[name] = subprocess.Popen(argv, env=env, start_new_session=True)
-        if name == "broker":
-            time.sleep(1.0)
-            if processes[name].poll() is not None:
-                print(f"lam up: the embedded broker could not start on {cfg['embedded_broker']['listen']} "
-                      "(is another broker using the port? then run: lam up --broker mqtt://host:port)",
-                      file=sys.stderr)
-                return False
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **step.env}
+        processes[step.name] = subprocess.Popen(step.argv, env=env, start_new_session=True)
+        if step.name == "broker" and not listening(processes["broker"], listen):
+            return False
     return True
+
+
+def listening(process: subprocess.Popen, listen: str, timeout: float = 30.0) -> bool:
+    """True once the broker holds its port (found without connecting); False if it exits first or is too slow."""
+    host, port = lamconfig.host_port(listen, "--listen")
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if lamconfig.bind_problem(host, port):  # it was free before the broker started
+            return True
+        time.sleep(0.1)
+    if process.poll() is None:
+        print(f"lam up: the embedded broker did not listen on {listen} within {timeout:g} seconds", file=sys.stderr)
+    return False
 
 
 def stop_all(processes: dict[str, subprocess.Popen]) -> None:
@@ -315,8 +318,10 @@ def wait_until_online(settings: BrokerSettings, agent_id: str, processes: dict[s
     return [name for topic, name in expected.items() if topic not in online]
 
 
-def banner(cfg: dict, url: str, processes: dict[str, subprocess.Popen], late: list[str]) -> str:
+def banner(cfg: dict, url: str, processes: dict[str, subprocess.Popen], late: list[str], exposed: str) -> str:
     lines = [f"\nLAMControl is up on {url}: {', '.join(processes)}."]
+    if exposed:
+        lines.append(f"  open to the network on {exposed}; add a machine: lam join NAME")
     if late:
         lines.append(f"  not online yet: {', '.join(late)} (their log lines above say why)")
     if "bridge" in processes:
@@ -332,44 +337,79 @@ def banner(cfg: dict, url: str, processes: dict[str, subprocess.Popen], late: li
 
 # -- entry point ------------------------------------------------------------------------
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """lam config example | check | docs."""
+    if args.config_command == "example":
+        print(config_docs.example(), end="")
+        return EXIT_OK
+    if args.config_command == "check":
+        from lamcontrol.agents import capability
+
+        cfg = lamconfig.load(args.config)
+        for name, settings in cfg["capabilities"].items():
+            try:
+                capability.load(name).validate_settings(settings)
+            except (capability.Unavailable, ValueError) as exc:
+                raise lamconfig.ConfigError(f"{cfg.get('path', 'the config')}: {exc}") from None
+        print(f"{cfg.get('path', 'no config file')}: every key is known and well typed")
+        return EXIT_OK
+    root = config_docs.source_root()
+    if root is None:
+        raise lamconfig.ConfigError("lam config docs runs in a source checkout (an editable install)")
+    for path, text in config_docs.generated(root).items():
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+            print(f"wrote {path}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lam", description=__doc__)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--broker", help="mqtt://[user:pass@]host:port, mqtts:// for TLS (default: $LAM_BROKER, "
-                                         "then the config file)")
-    common.add_argument("--config", help="TOML config file (default: $LAM_CONFIG, ~/.config/lamcontrol/config.toml)")
-    common.add_argument("--ca-file", help="CA certificate for mqtts://")
-    common.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the broker")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"lam (lamcontrol) {__version__}")
+    configured, bus = config_option(), broker_options()
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", parents=[common], help="start broker, coordinator, bridge and a local agent")
+    up = sub.add_parser("up", parents=[configured, bus], help="start broker, coordinator, bridge and a local agent")
+    up.add_argument("--listen", help="host:port for the embedded broker (default: [embedded_broker] listen, "
+                                     "127.0.0.1:1883); beyond loopback it needs users: lam join NAME makes them")
     up.add_argument("--capability", "-c", action="append", help="capabilities for the local agent (default: all)")
     up.add_argument("--agent-id", help="id of the local agent (default: the host name)")
     up.add_argument("--no-bridge", action="store_true", help="do not start the HTTP bridge")
     up.set_defaults(func=cmd_up)
 
-    send = sub.add_parser("send", parents=[common], help="send a prompt and print the reply")
-    send.add_argument("prompt", nargs="+")
+    send = sub.add_parser("send", parents=[configured, bus], help="send a prompt and print the reply")
+    send.add_argument("prompt", nargs="+", help="what to do, in words or as a command")
     send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply")
     send.add_argument("--source", default="cli", help="who is asking (confirmations are per source)")
+    send.add_argument("--agent", help="only this agent may run the prompt's tasks")
     send.add_argument("--json", action="store_true", help="print the whole reply as JSON")
     send.set_defaults(func=cmd_send)
     http_client.add_arguments(send, sub)
 
-    agents = sub.add_parser("agents", parents=[common], help="list agents from their retained presence")
-    agents.add_argument("--json", action="store_true")
+    agents = sub.add_parser("agents", parents=[configured, bus], help="list agents from their retained presence")
+    agents.add_argument("--json", action="store_true", help="print them as JSON")
     agents.set_defaults(func=cmd_agents)
 
-    monitor = sub.add_parser("monitor", parents=[common], help="a live, readable line per event")
-    monitor.add_argument("--no-colour", action="store_true")
+    monitor = sub.add_parser("monitor", parents=[configured, bus], help="a live, readable line per event")
+    monitor.add_argument("--no-colour", action="store_true", help="plain text even on a terminal")
     monitor.add_argument("--duration", type=float, help="stop after this many seconds")
     monitor.set_defaults(func=cmd_monitor)
 
-    parse_cmd = sub.add_parser("parse", parents=[common], help="show the commands a prompt becomes (offline)")
-    parse_cmd.add_argument("prompt", nargs="+")
+    parse_cmd = sub.add_parser("parse", parents=[configured], help="show the commands a prompt becomes (offline)")
+    parse_cmd.add_argument("prompt", nargs="+", help="what a person would say")
     parse_cmd.add_argument("--explain", action="store_true", help="say which parser answered and why")
     parse_cmd.set_defaults(func=cmd_parse)
-    ops.add_commands(sub, common)
+
+    config = sub.add_parser("config", help="the configuration file: an example with every key, or a check")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_sub.add_parser("example", help="print every key with its default and meaning").set_defaults(
+        func=cmd_config)
+    config_sub.add_parser("check", parents=[configured], help="load the config and say what is wrong").set_defaults(
+        func=cmd_config)
+    config_sub.add_parser("docs", help="rewrite the example file and the README's key table (source checkout)"
+                          ).set_defaults(func=cmd_config)
+    join.add_command(sub)
+    ops.add_commands(sub)
     return parser
 
 

@@ -1,5 +1,10 @@
 """One TOML file configures every process; defaults work with no file at all.
 
+Every key lives once, in :data:`MODEL`, with its default and what it means; the example file
+and the README's key table are generated from it (``lam config example``), and a key the
+model does not know is refused, with the closest known one suggested. Adding a key is one
+line in its section.
+
 Where things are looked for, first match wins:
 
 * the config file: ``--config``, then ``$LAM_CONFIG``, then ``~/.config/lamcontrol/config.toml``,
@@ -13,97 +18,201 @@ and ``$LAM_BROKER_PASSWORD`` overrides the broker password.
 from __future__ import annotations
 
 import copy
+import difflib
+import importlib.metadata
+import ipaddress
 import os
 import socket
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULTS: dict[str, Any] = {
-    "broker": {
-        "url": "mqtt://127.0.0.1:1883",
-        "username": "",
-        "password": "",
-        "password_file": "",
-        "ca_file": "",
-        "cert_file": "",
-        "key_file": "",
-        "tls_insecure": False,
-        "keepalive": 30,
-        "prefix": "lam",
-        "max_payload": 64 * 1024,
-    },
-    "embedded_broker": {
-        "listen": "127.0.0.1:1883",
-        "websocket": "",
-        "password_file": "",
-        "allow_anonymous": True,
-    },
-    "coordinator": {
-        "journal": "",  # default: journal.db in the state directory
-        "journal_days": 7.0,  # answered prompts are kept this long
-        "ack_timeout": 5.0,
-        "prompt_timeout": 60.0,
-        "task_timeout": 45.0,
-        "confirm_window": 30.0,
-        "heartbeat": 30.0,
-        "metrics_port": 0,  # Prometheus metrics on this port; 0 = off
-        "metrics_bind": "127.0.0.1",
-        "max_prompt_timeout": 600.0,
-        "warmup": 3.0,
-        "retry_round": 1.0,
-        "tick": 0.1,
-        "prune_every": 3600.0,
-        "legacy_results": False,
-    },
-    "homeassistant": {
-        "enabled": True,
-        "discovery_prefix": "homeassistant",
-    },
-    "agent": {
-        "id": "",
-        "capabilities": ["echo"],
-        "max_concurrent": 4,
-        "heartbeat": 30.0,
-        "stop_grace": 10.0,
-    },
-    "groq": {
-        "api_key": "",
-        "api_key_file": "",
-        "model": "openai/gpt-oss-20b",
-        "base_url": "",
-        "timeout": 10.0,
-        "max_retries": 1,
-        "reasoning_effort": "low",
-    },
-    "bridge": {
-        "listen": "127.0.0.1:8080",
-        "public_url": "",  # the address the R1 uses, for the install QR code (default: as requested)
-        "cert_file": "",  # HTTPS when both are set
-        "key_file": "",
-        "cors_origins": [],  # e.g. ["https://example.org"]; empty: no cross-origin access
-        "max_wait": 30.0,  # longest "wait" a client may ask for, in seconds
-        "max_body": 16 * 1024,
-        "threads": 16,
-        "token_file": "",  # default: bridge-tokens.json in the state directory
-        "admin_file": "",  # default: bridge-admin.json in the state directory
-        "secret_key_file": "",  # default: bridge-secret.key in the state directory
-        "login_attempts": 5,  # failed logins or token guesses allowed per client address...
-        "login_window": 300.0,  # ...within this many seconds
-        "metrics_listen": "",  # e.g. "127.0.0.1:9108"; empty: /metrics on the bridge, behind a token
-        "keep": 1000,  # prompts and tasks remembered for the status endpoints
-        "stream_max_age": 300.0,  # seconds a dashboard's live stream lasts before the browser reconnects
-        "title": "LAMControl",
-        "theme_color": "#FE5000",
-    },
-    "capabilities": {},
-}
+CAPABILITY_GROUP = "lamcontrol.capabilities"
 
+
+@dataclass(frozen=True)
+class Setting:
+    """One config key: its default (which fixes its type) and what it means.
+
+    ``state_file`` names the file in the state directory used while the value is empty.
+    """
+
+    default: Any
+    help: str
+    state_file: str = ""
+
+
+@dataclass(frozen=True)
+class Section:
+    """A ``[table]`` of the config file.
+
+    ``fill`` is False for a section whose reader applies the defaults itself (``[openclaw]``
+    takes its certificate from ``[bridge]`` unless it names its own).
+    """
+
+    help: str
+    settings: dict[str, Setting] = field(default_factory=dict)
+    fill: bool = True
+
+
+MODEL: dict[str, Section] = {
+    "broker": Section("how every component reaches the MQTT broker", {
+        "url": Setting("mqtt://127.0.0.1:1883", "mqtt://host:port; mqtts:// for TLS, ws:// or wss:// for websockets; "
+                                                "--broker and $LAM_BROKER win over it"),
+        "username": Setting("", "MQTT user; empty: none (the embedded broker on loopback needs none)"),
+        "password": Setting("", "better: password_file or $LAM_BROKER_PASSWORD"),
+        "password_file": Setting("", "file holding the MQTT password"),
+        "ca_file": Setting("", "CA certificate for mqtts:// and wss://; empty: the system's"),
+        "cert_file": Setting("", "client certificate, for brokers that ask for one"),
+        "key_file": Setting("", "private key of cert_file"),
+        "tls_insecure": Setting(False, "skip the host name check (self-signed test brokers only)"),
+        "keepalive": Setting(30, "seconds between MQTT keepalives"),
+        "prefix": Setting("lam", "every topic starts with this"),
+        "max_payload": Setting(64 * 1024, "bigger incoming messages are refused on lam/errors"),
+    }),
+    "embedded_broker": Section("lam-broker, which lam up starts unless a broker is named", {
+        "listen": Setting("127.0.0.1:1883", "host:port for plain MQTT; '' for none. Beyond loopback it needs "
+                                            "password_file (lam join makes one)"),
+        "websocket": Setting("", "host:port for MQTT over websockets, e.g. 127.0.0.1:8081"),
+        "tls_listen": Setting("", "host:port for MQTT over TLS (mqtts://), e.g. 0.0.0.0:8883; needs cert_file"),
+        "cert_file": Setting("", "server certificate (PEM) for tls_listen"),
+        "key_file": Setting("", "private key of cert_file"),
+        "password_file": Setting("", "argon2 password file: only its users get in (lam join, or "
+                                     "lam-broker adduser FILE USER)"),
+        "acl_file": Setting("", "topic rules per user, in Mosquitto's acl_file format (lam join writes it)"),
+        "allow_anonymous": Setting(True, "clients with no user name may connect; with a password_file only from "
+                                         "this machine (a proxy on it counts as this machine)"),
+        "users_dir": Setting("", "where lam join keeps users, passwords and the ACL", state_file="mqtt"),
+    }),
+    "coordinator": Section("lam-coordinator: parsing, routing, the journal, replies", {
+        "journal": Setting("", "SQLite journal", state_file="journal.db"),
+        "journal_days": Setting(7.0, "answered prompts are kept this long"),
+        "ack_timeout": Setting(5.0, "seconds an agent has to accept a task before another gets it"),
+        "prompt_timeout": Setting(60.0, "every prompt is answered within this many seconds"),
+        "task_timeout": Setting(45.0, "seconds a task may run"),
+        "confirm_window": Setting(30.0, "seconds to say \"confirm\" after a power command"),
+        "heartbeat": Setting(30.0, "seconds between retained status messages"),
+        "metrics_port": Setting(0, "Prometheus metrics on this port; 0 = off"),
+        "metrics_bind": Setting("127.0.0.1", "address the metrics port listens on"),
+        "max_prompt_timeout": Setting(600.0, "the longest metadata.timeout a prompt may ask for, in seconds"),
+        "warmup": Setting(3.0, "seconds after start to wait for agents' retained presence before routing"),
+        "retry_round": Setting(1.0, "seconds between tries to place tasks that found no free agent"),
+        "tick": Setting(0.1, "seconds between checks of deadlines and accept windows"),
+        "prune_every": Setting(3600.0, "seconds between prunings of the journal"),
+        "legacy_results": Setting(False, "also accept results on the old lam/results/<task_id> topic, which an "
+                                         "ACL cannot bind to one agent"),
+    }),
+    "homeassistant": Section("Home Assistant MQTT discovery, published by the coordinator", {
+        "enabled": Setting(True, "agents and the coordinator appear in Home Assistant"),
+        "discovery_prefix": Setting("homeassistant", "Home Assistant's discovery prefix"),
+    }),
+    "agent": Section("lam-agent", {
+        "id": Setting("", "the agent's id; empty: the host name"),
+        "capabilities": Setting(["echo"], "capabilities to offer (lam up offers every installed one instead)"),
+        "max_concurrent": Setting(4, "tasks run at once"),
+        "heartbeat": Setting(30.0, "seconds between retained status messages"),
+        "stop_grace": Setting(10.0, "seconds running tasks get to finish on SIGTERM"),
+    }),
+    "groq": Section("the LLM parser; without a key the offline grammar answers", {
+        "api_key": Setting("", "better: api_key_file or $GROQ_API_KEY"),
+        "api_key_file": Setting("", "file holding the Groq API key"),
+        "model": Setting("openai/gpt-oss-20b", "Groq model id"),
+        "base_url": Setting("", "API base URL; empty: Groq itself"),
+        "timeout": Setting(10.0, "seconds to wait for Groq"),
+        "max_retries": Setting(1, "retries after a failed call"),
+        "reasoning_effort": Setting("low", "low, medium or high, for models that reason"),
+    }),
+    "bridge": Section("lam-bridge: the HTTP API, the R1 page, the dashboard", {
+        "listen": Setting("127.0.0.1:8080", "host:port for HTTP(S)"),
+        "public_url": Setting("", "the address the R1 uses, for the install QR code, e.g. "
+                                  "https://lam.example.net:8443; empty: as requested"),
+        "cert_file": Setting("", "HTTPS certificate (an R1 loads creations over HTTPS only)"),
+        "key_file": Setting("", "private key of cert_file"),
+        "cors_origins": Setting([], "origins allowed cross-origin access, e.g. [\"https://example.org\"]"),
+        "max_wait": Setting(30.0, "longest \"wait\" a client may ask for, in seconds"),
+        "max_body": Setting(16 * 1024, "largest request body, in bytes"),
+        "threads": Setting(16, "requests served at once"),
+        "token_file": Setting("", "API token hashes", state_file="bridge-tokens.json"),
+        "admin_file": Setting("", "the admin password's hash", state_file="bridge-admin.json"),
+        "secret_key_file": Setting("", "key signing the dashboard's sessions", state_file="bridge-secret.key"),
+        "login_attempts": Setting(5, "failed logins or token guesses allowed per client address..."),
+        "login_window": Setting(300.0, "...within this many seconds"),
+        "metrics_listen": Setting("", "host:port for Prometheus metrics; empty: /metrics on the bridge, "
+                                      "behind a token"),
+        "keep": Setting(1000, "prompts and tasks remembered for the status endpoints"),
+        "stream_max_age": Setting(300.0, "seconds a dashboard's live stream lasts before the browser reconnects"),
+        "title": Setting("LAMControl", "the R1 page's title"),
+        "theme_color": Setting("#FE5000", "the R1 page's colour"),
+    }),
+    "openclaw": Section("the R1's push-to-talk voice gateway, inside lam-bridge", {
+        "enabled": Setting(True, "listen for R1s"),
+        "host": Setting("0.0.0.0", "address to listen on (the R1 reaches it over the LAN)"),
+        "port": Setting(18789, "port to listen on"),
+        "cert_file": Setting("", "certificate for wss://; default: [bridge] cert_file"),
+        "key_file": Setting("", "private key of cert_file; default: [bridge] key_file"),
+        "reply_timeout": Setting(75.0, "seconds an R1 waits for a reply"),
+        "advertise": Setting([], "addresses for the pairing QR code; empty: this machine's LAN addresses"),
+    }, fill=False),
+}
+CAPABILITIES = "capabilities"  # [capabilities.<name>]: each capability declares its own settings
+
+
+def defaults() -> dict[str, Any]:
+    """Every section with its defaults (``[openclaw]`` stays as written; its reader fills it)."""
+    return {name: {key: copy.deepcopy(s.default) for key, s in section.settings.items()} if section.fill else {}
+            for name, section in MODEL.items()} | {CAPABILITIES: {}}
+
+
+DEFAULTS: dict[str, Any] = defaults()
 SEARCH_PATH = ("~/.config/lamcontrol/config.toml", "/etc/lamcontrol/config.toml")
 
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message says what to fix."""
+
+
+def refuse_unknown(where: str, given: Any, known: Any, what: str = "keys") -> None:
+    """ConfigError naming what in ``given`` is not in ``known``, with the closest known name."""
+    unknown = [name for name in given if name not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(known), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(known)) or 'none'}"
+        raise ConfigError(f"{where} has unknown {what}: {', '.join(unknown)} ({hint})")
+
+
+def checked(where: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` if it has the type of ``default`` (an int where a float goes is made a float)."""
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, expected) and (expected is bool or not isinstance(value, bool)):
+        return value
+    kinds = {bool: "true or false", int: "a whole number", float: "a number", str: "text in quotes", dict: "a table"}
+    kind = f"{expected.__name__} ({kinds[expected]})" if expected in kinds else expected.__name__
+    raise ConfigError(f"{where} {key} must be {kind}, not {value!r}")
+
+
+def installed_capabilities() -> list[str]:
+    """Names of the installed capabilities (entry points; nothing is imported)."""
+    return sorted(ep.name for ep in importlib.metadata.entry_points(group=CAPABILITY_GROUP))
+
+
+def validate(config: dict[str, Any], source: str = "the config") -> dict[str, Any]:
+    """``config`` (as read from TOML) with values checked against the model; ConfigError names the problem."""
+    refuse_unknown(source, config, [*MODEL, CAPABILITIES], "sections")
+    for name, values in config.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table, not {values!r}")
+        if name == CAPABILITIES:
+            refuse_unknown(f"{source}: [capabilities]", values, installed_capabilities(),
+                           "capabilities (none installed by that name)")
+            continue
+        schema = MODEL[name].settings
+        refuse_unknown(f"{source}: [{name}]", values, schema)
+        for key, value in values.items():
+            values[key] = checked(f"{source}: [{name}]", key, value, schema[key].default)
+    return config
 
 
 def config_path(explicit: str | None = None) -> Path | None:
@@ -138,7 +247,7 @@ def load(path: str | None = None, broker: str | None = None) -> dict[str, Any]:
     found = config_path(path)
     if found:
         try:
-            config = merge(config, tomllib.loads(found.read_text()))
+            config = merge(config, validate(tomllib.loads(found.read_text()), str(found)))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{found}: {exc}") from None
         config["path"] = str(found)
@@ -160,13 +269,14 @@ def read_secret(value: str = "", file: str = "", env: str = "") -> str:
     return value
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read, atomically (secrets, tokens, hashes)."""
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write a file atomically, readable only by its owner unless ``mode`` says otherwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
+    os.chmod(temporary, mode)
     os.replace(temporary, path)
 
 
@@ -182,3 +292,38 @@ def state_dir() -> Path:
     path = Path(base).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def state_path(section: str, key: str, value: str = "") -> Path:
+    """``value`` as a path, or when empty the key's file in the state directory (see ``Setting.state_file``)."""
+    return Path(value).expanduser() if value else state_dir() / MODEL[section].settings[key].state_file
+
+
+def host_port(value: str, what: str = "address") -> tuple[str, int]:
+    """``host:port`` (``[::1]:1883`` for IPv6; an empty host is every interface) as a pair; ConfigError if not."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{what} must look like host:port, e.g. 127.0.0.1:1883, not {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_problem(host: str, port: int) -> str:
+    """Why nothing could listen on ``host:port`` now ('' when it could)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return ""

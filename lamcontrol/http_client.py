@@ -1,7 +1,7 @@
 """A client for LAMControl bridges over HTTP, with fail-over between several of them.
 
-The successor of the original ``r1_client_distributed.py``: ``lam send --http URL [--http
-URL2 ...]`` tries the bridges in order, moves on when one cannot be reached or is not
+The successor of the original r1_client_distributed.py: lam send --http URL [--http
+URL2 ...] tries the bridges in order, moves on when one cannot be reached or is not
 healthy, and retries the round with back-off. The prompt id is chosen here and sent with
 every attempt, so a retry can never make a command run twice (a bridge answers a known id
 with the prompt it already has, and the coordinator drops a prompt id it has seen).
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
+from .console import print_table
 from .protocol import new_id
 
 USER_AGENT = f"lamcontrol/{__version__}"
@@ -172,8 +173,6 @@ def health_rows(client: BridgeClient) -> tuple[list[list[str]], list[dict]]:
 
 def bridges_command(args: argparse.Namespace) -> int:
     """``lam bridges --http URL ... [--monitor]``: each bridge's health, once or refreshed until Ctrl-C."""
-    from .cli import print_table
-
     client = BridgeClient(args.http, ca_file=args.ca_file or "")
     clear = args.monitor and sys.stdout.isatty()
     try:
@@ -204,5 +203,5 @@ def add_arguments(send: argparse.ArgumentParser, sub: Any) -> None:
     bridges.add_argument("--monitor", action="store_true", help="refresh until Ctrl-C")
     bridges.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes")
     bridges.add_argument("--ca-file", help="CA certificate for https:// bridges")
-    bridges.add_argument("--json", action="store_true")
+    bridges.add_argument("--json", action="store_true", help="print their health as JSON")
     bridges.set_defaults(func=bridges_command)

@@ -1,13 +1,13 @@
-"""Running LAMControl for real: ``lam systemd install``, ``lam mosquitto-config``, ``lam agents forget``.
+"""Running LAMControl for real: lam systemd install, lam mosquitto-config, lam agents forget.
 
-* ``lam systemd install`` writes sandboxed system units for the broker, coordinator and
-  bridge (or, with ``--user``, the ``lam-agent@.service`` template for the desktop session)
+* lam systemd install writes sandboxed system units for the broker, coordinator and
+  bridge (or, with --user, the lam-agent@.service template for the desktop session)
   and a config per component, then prints the commands that enable them.
-* ``lam mosquitto-config`` writes a Mosquitto configuration for a home network: no
+* lam mosquitto-config writes a Mosquitto configuration for a home network: no
   anonymous access, one user per component with a generated password, an ACL that keeps
   each agent to its own tasks, presence and results, and a TLS listener when given a
   certificate.
-* ``lam agents forget ID`` clears an agent's retained presence and its Home Assistant
+* lam agents forget ID clears an agent's retained presence and its Home Assistant
   entities.
 """
 
@@ -25,17 +25,19 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cli  # imported by cli: use its helpers at call time only
 from . import config as lamconfig
+from .console import EXIT_FAILED, EXIT_OK, broker_options, collect_retained, config_option, connect, settings_from
 from .protocol import Presence, ProtocolError, Topics, check_id, parse
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Add ``systemd install``, ``mosquitto-config`` and ``agents forget`` to ``lam``."""
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add systemd install, mosquitto-config and agents forget to lam."""
     systemd = sub.add_parser("systemd", help="install systemd units for this machine")
     systemd_sub = systemd.add_subparsers(dest="systemd_command", required=True)
-    install = systemd_sub.add_parser("install", parents=[common], help="write units and configs, print how to "
-                                                                      "enable them")
+    install = systemd_sub.add_parser("install", parents=[config_option()],
+                                     help="write units and configs, print how to enable them")
+    install.add_argument("--broker-url", help="the broker URL written into the configs (default: [broker] url of "
+                                              "the config file)")
     install.add_argument("--user", action="store_true", help="install the agent as a user service of the desktop "
                                                              "session instead of the system services")
     install.add_argument("--dry-run", action="store_true", help="print what would be written, write nothing")
@@ -45,11 +47,12 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                          help="capabilities of this machine's agent (--user; default: every installed one)")
     install.add_argument("--no-broker", action="store_true", help="no lam-broker unit (Mosquitto is the broker)")
     install.add_argument("--no-bridge", action="store_true", help="no lam-bridge unit")
-    install.add_argument("--credentials", help="the credentials folder `lam mosquitto-config` wrote: each component "
+    install.add_argument("--credentials", help="the credentials folder lam mosquitto-config wrote: each component "
                                                "then logs in as its own MQTT user")
     install.set_defaults(func=cmd_systemd_install)
 
-    mosq = sub.add_parser("mosquitto-config", parents=[common], help="write a hardened Mosquitto configuration")
+    mosq = sub.add_parser("mosquitto-config", parents=[config_option()],
+                          help="write a hardened Mosquitto configuration")
     mosq.add_argument("--out", required=True, help="folder for mosquitto.conf, passwd, acl and credentials/")
     mosq.add_argument("--users", help="comma-separated: coordinator, bridge, homeassistant, monitor, "
                                       "agent:ID:cap1+cap2 (default: the four, plus an agent for this host with "
@@ -59,16 +62,16 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     mosq.add_argument("--tls-listen", default="0.0.0.0:8883", help="TLS listener when --cert is given")
     mosq.add_argument("--cert", help="server certificate (PEM) for the TLS listener")
     mosq.add_argument("--key", help="private key of --cert")
-    mosq.add_argument("--cafile", help="CA that signs client certificates (clients must then present one)")
+    mosq.add_argument("--client-ca", help="CA that signs client certificates (clients must then present one)")
     mosq.add_argument("--owner", help="user the broker runs as, who must read passwd and acl "
                                       "(default: mosquitto, when running as root)")
     mosq.set_defaults(func=cmd_mosquitto_config)
 
     agents = sub.choices["agents"]
     agents_sub = agents.add_subparsers(dest="agents_command")
-    forget = agents_sub.add_parser("forget", parents=[common], help="remove an agent: clear its retained presence "
-                                                                   "and its Home Assistant entities")
-    forget.add_argument("agent_id", metavar="ID")
+    forget = agents_sub.add_parser("forget", parents=[config_option(), broker_options()],
+                                   help="remove an agent: clear its retained presence and its Home Assistant entities")
+    forget.add_argument("agent_id", metavar="ID", help="the agent to forget")
     forget.add_argument("--force", action="store_true", help="even when the agent says it is online")
     forget.set_defaults(func=cmd_agents_forget)
 
@@ -82,11 +85,11 @@ def cmd_agents_forget(args: argparse.Namespace) -> int:
         agent_id = check_id(args.agent_id, "agent id")
     except ProtocolError as exc:
         print(f"lam agents forget: {exc}", file=sys.stderr)
-        return cli.EXIT_FAILED
+        return EXIT_FAILED
     cfg = lamconfig.load(args.config, args.broker)
-    settings = cli.settings_from(args)
+    settings = settings_from(args)
     status_topic = settings.topics.agent_status(agent_id)
-    found = cli.collect_retained(args, status_topic).get(status_topic)
+    found = collect_retained(args, status_topic).get(status_topic)
     if not found:
         print(f"no agent {agent_id} is known on this broker; clearing whatever it may have left", file=sys.stderr)
     else:
@@ -96,18 +99,18 @@ def cmd_agents_forget(args: argparse.Namespace) -> int:
             online = False
         if online and not args.force:
             print(f"agent {agent_id} says it is online: stop it first (or use --force)", file=sys.stderr)
-            return cli.EXIT_FAILED
+            return EXIT_FAILED
     topics = [status_topic]
     if cfg["homeassistant"]["enabled"]:
         topics += Configs(settings.topics, cfg["homeassistant"]["discovery_prefix"]).agent_topics(agent_id)
-    bus = cli.connect(args, {}, "lam-cli")
+    bus = connect(args, {}, "lam-cli")
     try:
         for topic in topics:
             bus.publish_raw(topic, b"", retain=True).wait_for_publish(args.connect_timeout)
     finally:
         bus.stop()
     print(f"forgot agent {agent_id}")
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 # -- lam mosquitto-config ---------------------------------------------------------------
@@ -161,19 +164,17 @@ def parse_users(spec: str) -> list[MqttUser]:
     return list(users.values())
 
 
+def user_spec(user: MqttUser) -> str:
+    """The user as an item of a --users list."""
+    return f"agent:{user.name}:{'+'.join(user.capabilities)}" if user.capabilities else user.name
+
+
 def default_users() -> str:
-    capabilities = "+".join(c for c in cli.installed_capabilities()) or "echo"
+    capabilities = "+".join(lamconfig.installed_capabilities()) or "echo"
     return ",".join([*COMPONENTS, f"agent:{lamconfig.default_agent_id()}:{capabilities}"])
 
 
-def host_port(value: str, what: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{what} must be host:port, not {value!r}")
-    return host, int(port)
-
-
-def mosquitto_conf(out: Path, listen: str, tls_listen: str, cert: str, key: str, cafile: str) -> str:
+def mosquitto_conf(out: Path, listen: str, tls_listen: str, cert: str, key: str, client_ca: str) -> str:
     lines = ["# Mosquitto for LAMControl, written by `lam mosquitto-config`: every component logs in",
              "# as its own user and the ACL keeps it to its own topics.",
              "per_listener_settings false", "allow_anonymous false",
@@ -183,15 +184,17 @@ def mosquitto_conf(out: Path, listen: str, tls_listen: str, cert: str, key: str,
              "# The default of 1000 silently drops messages for a subscriber that falls behind.",
              "max_queued_messages 100000", "max_inflight_messages 100", "max_packet_size 262144"]
     if listen:
-        host, port = host_port(listen, "--listen")
-        lines += ["", "# Plain MQTT: keep it on the loopback interface unless the network is trusted.",
-                  f"listener {port} {host}"]
+        host, port = lamconfig.host_port(listen, "--listen")
+        about = ("# Plain MQTT on this machine only." if lamconfig.is_loopback(host) else
+                 "# Plain MQTT open to the network: users and passwords are required, but travel unencrypted;"
+                 "\n# give --cert and --key for a TLS listener where the network is not trusted.")
+        lines += ["", about, f"listener {port} {host}"]
     if cert:
-        host, port = host_port(tls_listen, "--tls-listen")
+        host, port = lamconfig.host_port(tls_listen, "--tls-listen")
         lines += ["", "# MQTT over TLS for the rest of the network.", f"listener {port} {host}",
                   f"certfile {Path(cert).resolve()}", f"keyfile {Path(key).resolve()}", "tls_version tlsv1.2"]
-        if cafile:
-            lines += [f"cafile {Path(cafile).resolve()}", "require_certificate true"]
+        if client_ca:
+            lines += [f"cafile {Path(client_ca).resolve()}", "require_certificate true"]
     return "\n".join(lines) + "\n"
 
 
@@ -260,14 +263,14 @@ def cmd_mosquitto_config(args: argparse.Namespace) -> int:
             raise ValueError("--cert and --key go together")
         if not args.listen and not args.cert:
             raise ValueError("the broker needs a listener: give --listen, or --cert and --key")
-        for name, value in (("--cert", args.cert), ("--key", args.key), ("--cafile", args.cafile)):
+        for name, value in (("--cert", args.cert), ("--key", args.key), ("--client-ca", args.client_ca)):
             if value and not Path(value).is_file():
                 raise ValueError(f"{name} {value} does not exist")
         out = Path(args.out).expanduser().resolve()
-        conf = mosquitto_conf(out, args.listen, args.tls_listen, args.cert, args.key, args.cafile)
+        conf = mosquitto_conf(out, args.listen, args.tls_listen, args.cert, args.key, args.client_ca)
     except (ValueError, ProtocolError) as exc:
         print(f"lam mosquitto-config: {exc}", file=sys.stderr)
-        return cli.EXIT_FAILED
+        return EXIT_FAILED
     owner = broker_owner(args.owner)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -275,21 +278,23 @@ def cmd_mosquitto_config(args: argparse.Namespace) -> int:
         write_password_file(out / "passwd", passwords)
         (out / "acl").write_text(acl_file(users, topics, discovery))
         (out / "mosquitto.conf").write_text(conf)
+        lamconfig.write_private(out / "users", ",".join(map(user_spec, users)) + "\n")
         for name in ("passwd", "acl"):
             (out / name).chmod(0o600)
             if owner:
                 os.chown(out / name, owner.pw_uid, owner.pw_gid)
     except OSError as exc:
         print(f"lam mosquitto-config: cannot write {exc.filename or out}: {exc.strerror}", file=sys.stderr)
-        return cli.EXIT_FAILED
+        return EXIT_FAILED
     print(f"wrote {out / 'mosquitto.conf'}, passwd and acl for {', '.join(u.name for u in users)}\n"
           f"passwords (one file per user, mode 0600): {out / 'credentials'}/\n\n"
           f"run it:        mosquitto -c {out / 'mosquitto.conf'}\n"
           f"or include it: ln -s {out / 'mosquitto.conf'} /etc/mosquitto/conf.d/lamcontrol.conf\n\n"
           f"each component's config then says who it is, e.g.\n"
           f"  [broker]\n  username = \"coordinator\"\n  password_file = \"{out / 'credentials' / 'coordinator'}\"\n"
-          f"or: lam systemd install --credentials {out / 'credentials'}")
-    return cli.EXIT_OK
+          f"or: lam systemd install --credentials {out / 'credentials'}\n"
+          f"another machine's agent: lam join NAME --mosquitto {out}")
+    return EXIT_OK
 
 
 # -- lam systemd install ----------------------------------------------------------------
@@ -397,11 +402,13 @@ def toml_string(value: str) -> str:
 
 
 def component_config(url: str, prefix: str, username: str = "", password_file: str = "",
-                     capabilities: list[str] | None = None) -> str:
-    lines = ["# Written by `lam systemd install`; every key is described in the README.", "[broker]",
+                     capabilities: list[str] | None = None, ca_file: str = "") -> str:
+    lines = ["# Written by LAMControl; every key is described in the README.", "[broker]",
              f"url = {toml_string(url)}", f"prefix = {toml_string(prefix)}"]
     if username:
         lines += [f"username = {toml_string(username)}", f"password_file = {toml_string(password_file)}"]
+    if ca_file:
+        lines.append(f"ca_file = {toml_string(ca_file)}")
     if capabilities is not None:
         lines += ["", "[agent]", "capabilities = [" + ", ".join(toml_string(c) for c in capabilities) + "]"]
     return "\n".join(lines) + "\n"
@@ -438,7 +445,7 @@ def user_plan(args: argparse.Namespace, url: str, prefix: str, bindir: Path) -> 
     agent_id = check_id(args.agent_id or lamconfig.default_agent_id(), "agent id")
     home = Path.home()
     confdir = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
-    capabilities = args.capability or cli.installed_capabilities()
+    capabilities = args.capability or lamconfig.installed_capabilities()
     files = [Planned(confdir / "systemd" / "user" / "lam-agent@.service", agent_unit(bindir))]
     if args.credentials:
         secret = confdir / "lamcontrol" / f"agent-{agent_id}.password"
@@ -465,14 +472,14 @@ def rooted(prefix: str, path: Path) -> Path:
 
 
 def cmd_systemd_install(args: argparse.Namespace) -> int:
-    cfg = lamconfig.load(args.config, args.broker)
+    cfg = lamconfig.load(args.config, args.broker_url)
     bindir = script_dir()
     try:
         plan = user_plan if args.user else system_plan
         files, commands = plan(args, cfg["broker"]["url"], cfg["broker"]["prefix"], bindir)
     except ProtocolError as exc:
         print(f"lam systemd install: {exc}", file=sys.stderr)
-        return cli.EXIT_FAILED
+        return EXIT_FAILED
     for planned in files:
         target = rooted(args.prefix, planned.path)
         if planned.keep and target.exists():
@@ -483,19 +490,14 @@ def cmd_systemd_install(args: argparse.Namespace) -> int:
             print(f"--- would write {target}\n{shown}")
             continue
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, planned.mode)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(planned.text)
-            target.chmod(planned.mode)
+            lamconfig.write_private(target, planned.text, planned.mode)
         except OSError as exc:
             print(f"lam systemd install: cannot write {target}: {exc.strerror} "
                   f"(run it as root, or use --user or --prefix DIR)", file=sys.stderr)
-            return cli.EXIT_FAILED
+            return EXIT_FAILED
         print(f"wrote {target}")
     if not args.user and str(bindir).startswith(("/home/", "/root/")):
         print(f"\nwarning: the services run as their own user, who cannot read {bindir}; install LAMControl "
-              f"outside home folders first (e.g. python3 -m venv /opt/lamcontrol && "
-              f"/opt/lamcontrol/bin/pip install 'lamcontrol[all]')", file=sys.stderr)
+              f"outside home folders first, as the README's Install section says", file=sys.stderr)
     print("\nenable them:\n  " + "\n  ".join(commands))
-    return cli.EXIT_OK
+    return EXIT_OK

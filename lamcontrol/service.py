@@ -21,11 +21,14 @@ log = logging.getLogger(__name__)
 
 def component_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
     """The command line every LAMControl process shares: --broker, --config, --log-level."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog=prog, description=(description or "").replace("``", ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"{prog} (lamcontrol) {__version__}")
     parser.add_argument("--broker", help="mqtt://[user:pass@]host:port (default: $LAM_BROKER or the config)")
     parser.add_argument("--config", help="TOML config file")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
 

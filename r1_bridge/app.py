@@ -75,9 +75,8 @@ class BridgeSettings:
                 raise lamconfig.ConfigError(f"[bridge] {name} {path} does not exist")
         return settings
 
-    def state_file(self, name: str, default: str) -> Path:
-        chosen = getattr(self, name)
-        return Path(chosen).expanduser() if chosen else lamconfig.state_dir() / default
+    def state_file(self, name: str) -> Path:
+        return lamconfig.state_path("bridge", name, getattr(self, name))
 
     @property
     def https(self) -> bool:
@@ -90,8 +89,8 @@ class Bridge:
     def __init__(self, relay: Relay, settings: BridgeSettings) -> None:
         self.relay = relay
         self.settings = settings
-        self.tokens = TokenStore(settings.state_file("token_file", "bridge-tokens.json"))
-        self.admin = AdminPassword(settings.state_file("admin_file", "bridge-admin.json"))
+        self.tokens = TokenStore(settings.state_file("token_file"))
+        self.admin = AdminPassword(settings.state_file("admin_file"))
         self.limiter = RateLimiter(settings.login_attempts, settings.login_window)
         self.metrics = Metrics()
         self.hub = EventHub(relay.topics)
@@ -161,7 +160,7 @@ def create_app(relay: Relay, settings: BridgeSettings) -> Flask:
     state = Bridge(relay, settings)
     app.extensions["lam"] = state
     app.config.update(
-        SECRET_KEY=load_secret_key(settings.state_file("secret_key_file", "bridge-secret.key")),
+        SECRET_KEY=load_secret_key(settings.state_file("secret_key_file")),
         MAX_CONTENT_LENGTH=settings.max_body,
         SESSION_COOKIE_NAME="lam_session", SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_SECURE=settings.https,

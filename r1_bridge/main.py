@@ -79,10 +79,10 @@ class BridgeService:
 def first_run(settings: BridgeSettings) -> list[str]:
     """Create the admin password and a first token when there are none; the lines to show once."""
     lines = []
-    admin = AdminPassword(settings.state_file("admin_file", "bridge-admin.json"))
+    admin = AdminPassword(settings.state_file("admin_file"))
     if not admin.is_set:
         lines.append(f"  admin login: {admin.USERNAME} / {admin.generate()}   (change it: lam-bridge passwd)")
-    tokens = TokenStore(settings.state_file("token_file", "bridge-tokens.json"))
+    tokens = TokenStore(settings.state_file("token_file"))
     if tokens.empty:
         lines.append(f"  API token:   {tokens.create('first')}   (more: lam-bridge token create)")
     return lines
@@ -110,7 +110,7 @@ def cmd_serve(args: argparse.Namespace, cfg: dict) -> int:
 
 
 def cmd_token(args: argparse.Namespace, cfg: dict) -> int:
-    store = TokenStore(BridgeSettings.from_config(cfg).state_file("token_file", "bridge-tokens.json"))
+    store = TokenStore(BridgeSettings.from_config(cfg).state_file("token_file"))
     if args.action == "create":
         print(store.create(args.name or f"token-{datetime.now():%Y%m%d-%H%M%S}"))
         return 0
@@ -133,7 +133,7 @@ def cmd_token(args: argparse.Namespace, cfg: dict) -> int:
 
 
 def cmd_passwd(args: argparse.Namespace, cfg: dict) -> int:
-    admin = AdminPassword(BridgeSettings.from_config(cfg).state_file("admin_file", "bridge-admin.json"))
+    admin = AdminPassword(BridgeSettings.from_config(cfg).state_file("admin_file"))
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:

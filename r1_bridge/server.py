@@ -21,6 +21,8 @@ from typing import Callable
 from waitress import wasyncore
 from waitress.server import create_server
 
+from lamcontrol import config as lamconfig
+
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
@@ -30,10 +32,7 @@ CHUNK = 64 * 1024
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """``host:port`` (``[::1]:8080`` for IPv6) to a pair; ValueError with a readable message."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"listen address {listen!r} must look like host:port, e.g. 127.0.0.1:8080")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return lamconfig.host_port(listen, "listen address")
 
 
 def format_host(host: str) -> str:

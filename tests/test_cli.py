@@ -24,7 +24,7 @@ def lam_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def test_parse_prints_commands_without_a_broker():
-    result = lam_cli("parse", "browser youtube weezer && computer volume 50", "--broker", "mqtt://127.0.0.1:1")
+    result = lam_cli("parse", "browser youtube weezer && computer volume 50")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["commands"] == [
@@ -184,15 +184,53 @@ def test_lam_up_uses_the_broker_the_config_names(broker, tmp_path):
     assert up.stop() == 0
 
 
-def test_example_config_is_valid_for_every_part():
-    from lamcontrol.agents import capability
-    from lamcontrol import config
-    from lamcontrol.r1_bridge.app import BridgeSettings
-    from lamcontrol.r1_bridge.openclaw import GatewaySettings
+def test_version_and_help_a_person_can_read():
+    from lamcontrol import __version__
+    from lamcontrol.cli import build_parser
 
-    cfg = config.load(str(ROOT / "config" / "lamcontrol.example.toml"))
-    assert set(cfg) - {"path"} <= set(config.DEFAULTS) | {"openclaw"}
-    for name, settings in cfg["capabilities"].items():
-        capability.load(name).validate_settings(settings)
-    BridgeSettings.from_config(cfg)
-    GatewaySettings.from_config(cfg)
+    assert lam_cli("--version").stdout.strip() == f"lam (lamcontrol) {__version__}"
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            for child in getattr(action, "choices", None) or {}:
+                if isinstance(action.choices, dict):
+                    yield from parsers(action.choices[child])
+
+    seen = list(parsers(build_parser()))
+    assert {p.prog for p in seen} >= {"lam up", "lam join", "lam config example", "lam systemd install"}
+    for parser in seen:
+        assert "`" not in parser.format_help(), parser.prog
+        for action in parser._actions:
+            if action.dest not in ("help", "version") and not action.choices:
+                assert action.help, f"{parser.prog} {action.option_strings or action.dest} has no help"
+    options = {p.prog: {o for a in p._actions for o in a.option_strings} for p in seen}
+    for quiet in ("lam parse", "lam systemd install", "lam mosquitto-config", "lam join", "lam config check"):
+        assert not options[quiet] & {"--broker", "--ca-file", "--connect-timeout"}, quiet
+    assert [o for o in options["lam mosquitto-config"] if "ca" in o] == ["--client-ca"]
+    assert {"--broker", "--ca-file", "--connect-timeout"} <= options["lam send"]
+
+
+def test_a_port_clash_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "lamcontrol", "up", "--listen", f"127.0.0.1:{port}"],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT,
+                              env={**os.environ, "LAM_STATE_DIR": str(tmp_path)})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"lam up: cannot listen on 127.0.0.1:{port}: Address already in use (another broker? then use it: "
+        f"lam up --broker mqtt://127.0.0.1:{port}; or pick another port)"]
+
+
+def test_lam_up_refuses_the_network_without_users(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lamcontrol", "up", "--listen", f"0.0.0.0:{free_port()}"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "LAM_STATE_DIR": str(tmp_path)})
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "refusing to listen on 0.0.0.0" in done.stderr and "without users and passwords" in done.stderr
+    assert "lam join NAME" in done.stderr

@@ -40,7 +40,7 @@ def unit_settings(path: Path) -> configparser.ConfigParser:
 
 
 def test_system_units_verify_and_are_sandboxed(tmp_path):
-    done = lam_cli("systemd", "install", "--prefix", str(tmp_path), "--broker", "mqtt://10.0.0.2:1883")
+    done = lam_cli("systemd", "install", "--prefix", str(tmp_path), "--broker-url", "mqtt://10.0.0.2:1883")
     assert done.returncode == 0, done.stderr
     assert "systemctl enable --now lam-broker.service lam-coordinator.service lam-bridge.service" in done.stdout
     unit_dir = tmp_path / "etc/systemd/system"
@@ -66,7 +66,8 @@ def test_agent_user_template_verifies(tmp_path):
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
     done = lam_cli("systemd", "install", "--user", "--agent-id", "desk", "-c", "echo", "-c", "browser",
-                   "--prefix", str(tmp_path / "root"), env={"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".cfg")})
+                   "--broker-url", "mqtt://broker-host:1883", "--prefix", str(tmp_path / "root"),
+                   env={"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".cfg")})
     assert done.returncode == 0, done.stderr
     assert "systemctl --user enable --now lam-agent@desk.service" in done.stdout
     staged = tmp_path / "root" / str(home / ".cfg").lstrip("/")
@@ -75,7 +76,7 @@ def test_agent_user_template_verifies(tmp_path):
     service = unit_settings(template)["Service"]
     assert service["Type"] == "notify" and "--id %i --config %E/lamcontrol/agent-%i.toml" in service["ExecStart"]
     config = (staged / "lamcontrol/agent-desk.toml").read_text()
-    assert 'capabilities = ["echo", "browser"]' in config
+    assert 'capabilities = ["echo", "browser"]' in config and 'url = "mqtt://broker-host:1883"' in config
 
 
 def test_broken_unit_fails_verification(tmp_path):

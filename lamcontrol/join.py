@@ -1,0 +1,344 @@
+"""lam join NAME: bring another machine's agent onto this machine's bus.
+
+Run it where the broker runs. It gives the new agent an MQTT user, a password and an ACL
+entry (in the embedded broker's users folder, or with --mosquitto in the folder that
+lam mosquitto-config wrote), builds this installation's wheel and serves it over HTTP, prints
+the commands to paste on the new machine (install, config, user service), and waits until
+the new agent says it is online.
+
+The users folder holds ``users`` (the user list, in lam mosquitto-config's --users form),
+``credentials/<user>`` (each password, mode 0600), ``passwd`` (hashes: argon2 for the
+embedded broker, mosquitto_passwd's for Mosquitto) and ``acl`` (Mosquitto's format, which
+the embedded broker reads too). Users, passwords and ACL lines come from the same functions
+as lam mosquitto-config's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from . import config as lamconfig
+from . import config_docs, ops
+from .bus import BrokerSettings, Bus, BusError
+from .console import EXIT_FAILED, EXIT_OK, config_option
+from .protocol import Presence, ProtocolError, Topics, check_id, parse
+
+USERS_FILE = "users"
+LOCAL_COMPONENTS = ("coordinator", "bridge", "monitor")
+DEFAULT_CAPABILITIES = ("echo", "browser", "computer")
+VENV = "~/.local/share/lamcontrol"  # the new machine's agent runs as a user service: its home is fine
+CONFIG_DIR = "~/.config/lamcontrol"
+
+
+def user_name(item: str) -> str:
+    """The user an item of a --users list names (agent:ID:caps names ID)."""
+    return item.split(":")[1] if item.startswith("agent:") else item
+
+
+def agent_item(agent_id: str, capabilities: list[str]) -> str:
+    return ops.user_spec(ops.MqttUser(agent_id, capabilities))
+
+
+@dataclass
+class UserFolder:
+    """The users, passwords and ACL of one broker (see the module's description)."""
+
+    path: Path
+    embedded: bool
+    prefix: str
+    discovery: str
+
+    @classmethod
+    def of(cls, cfg: dict, mosquitto: str | None = None) -> UserFolder:
+        """The embedded broker's folder ([embedded_broker] users_dir), or the Mosquitto one given."""
+        section = cfg["embedded_broker"]
+        path = Path(mosquitto) if mosquitto else lamconfig.state_path("embedded_broker", "users_dir",
+                                                                          section["users_dir"])
+        return cls(path.expanduser().resolve(), not mosquitto, cfg["broker"]["prefix"],
+                   cfg["homeassistant"]["discovery_prefix"])
+
+    @property
+    def items(self) -> list[str]:
+        listed = self.path / USERS_FILE
+        return [i.strip() for i in listed.read_text().split(",") if i.strip()] if listed.is_file() else []
+
+    def exists(self) -> bool:
+        return bool(self.items)
+
+    def password(self, user: str) -> str:
+        return (self.path / "credentials" / user).read_text().strip()
+
+    def add(self, *items: str) -> None:
+        """Add users (an agent listed again gets its new capabilities), with passwords and ACL entries."""
+        known = {user_name(i): i for i in self.items}
+        known.update({user_name(i): i for i in items})
+        users = ops.parse_users(",".join(known.values()))
+        self.path.mkdir(parents=True, exist_ok=True)
+        passwords = ops.credentials(self.path / "credentials", users)
+        if self.embedded:
+            from lamcontrol.broker.auth import hash_password, password_file_text
+
+            lamconfig.write_private(self.path / "passwd",
+                                    password_file_text({u: hash_password(p) for u, p in passwords.items()}))
+        else:
+            ops.write_password_file(self.path / "passwd", passwords)
+        lamconfig.write_private(self.path / "acl", ops.acl_file(users, Topics(self.prefix), self.discovery))
+        lamconfig.write_private(self.path / USERS_FILE, ",".join(known.values()) + "\n")
+
+    def ensure_local(self, agent_id: str, capabilities: list[str]) -> None:
+        """This machine's components and agent have users (lam up calls it)."""
+        missing = [c for c in LOCAL_COMPONENTS if c not in {user_name(i) for i in self.items}]
+        mine = agent_item(agent_id, capabilities)
+        if missing or mine not in self.items:
+            self.add(*missing, mine)
+
+
+# -- the wheel ----------------------------------------------------------------------------
+
+def build_wheel(out: Path) -> Path:
+    """This installation's wheel, built from its source checkout into ``out``."""
+    root = config_docs.source_root()
+    if root is None:
+        raise lamconfig.ConfigError("this installation was not made from a source checkout: give the wheel to "
+                                    "serve with --wheel FILE (python -m pip wheel --no-deps -w dist . where the "
+                                    "source is)")
+    leftover = not (root / "build").exists()  # setuptools builds in the source tree: tidy up after it
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(root)],
+                          capture_output=True, text=True)
+    if leftover:
+        shutil.rmtree(root / "build", ignore_errors=True)
+    wheels = sorted(out.glob("lamcontrol-*.whl"))
+    if done.returncode != 0 or not wheels:
+        raise lamconfig.ConfigError(f"building the wheel failed: {(done.stderr or done.stdout).strip()[-500:]}")
+    return wheels[-1]
+
+
+class WheelServer:
+    """Serves one file over HTTP in a thread, until stopped."""
+
+    def __init__(self, wheel: Path, host: str, port: int) -> None:
+        handler = functools.partial(QuietHandler, directory=str(wheel.parent))
+        self.server = ThreadingHTTPServer((host, port), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="wheel-server", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def __enter__(self) -> WheelServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        print(f"served {self.path} to {self.client_address[0]}", flush=True)
+
+
+def lan_address() -> str:
+    """This machine's address on the network its default route leads to (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+            return probe.getsockname()[0]
+        except OSError:
+            return socket.gethostname()
+
+
+# -- what the new machine runs ------------------------------------------------------------
+
+def broker_url(cfg: dict, address: str) -> tuple[str, str]:
+    """(URL the new machine uses for the embedded broker, the CA certificate's PEM for mqtts:// or '')."""
+    section = cfg["embedded_broker"]
+    if section["tls_listen"] and section["cert_file"]:
+        _, port = lamconfig.host_port(section["tls_listen"], "[embedded_broker] tls_listen")
+        return f"mqtts://{address}:{port}", Path(section["cert_file"]).expanduser().read_text()
+    _, port = lamconfig.host_port(section["listen"] or "127.0.0.1:1883", "[embedded_broker] listen")
+    return f"mqtt://{address}:{port}", ""
+
+
+def mosquitto_url(conf: Path, address: str) -> tuple[str, str]:
+    """(URL the new machine uses for the Mosquitto that ``conf`` configures, its certificate's PEM for mqtts://)."""
+    listeners: list[dict[str, str]] = []
+    for words in (line.split() for line in conf.read_text().splitlines()):
+        if words[:1] == ["listener"] and len(words) >= 2:
+            listeners.append({"port": words[1], "host": words[2] if len(words) > 2 else "0.0.0.0", "cert": ""})
+        elif words[:1] == ["certfile"] and listeners and len(words) == 2:
+            listeners[-1]["cert"] = words[1]
+    reachable = [ln for ln in listeners if not lamconfig.is_loopback(ln["host"])]
+    if not reachable:
+        raise lamconfig.ConfigError(f"{conf} listens on this machine only: run lam mosquitto-config again with "
+                                    "--listen 0.0.0.0:1883, or --cert and --key for TLS")
+    chosen = max(reachable, key=lambda ln: bool(ln["cert"]))  # TLS where there is a TLS listener
+    if chosen["cert"]:
+        return f"mqtts://{address}:{chosen['port']}", Path(chosen["cert"]).read_text()
+    return f"mqtt://{address}:{chosen['port']}", ""
+
+
+def commands(agent_id: str, url: str, password: str, capabilities: list[str], requirement: str, prefix: str,
+             ca_pem: str = "") -> str:
+    """The shell lines that install, configure and start the agent on the new machine."""
+    config, secret, ca = (f"{CONFIG_DIR}/agent-{agent_id}.toml", f"{CONFIG_DIR}/agent-{agent_id}.password",
+                          f"{CONFIG_DIR}/broker-ca.pem")
+    text = ops.component_config(url, prefix, agent_id, secret, capabilities, ca_file=ca if ca_pem else "")
+    lines = [f"python3 -m venv --system-site-packages {VENV}",
+             f"{VENV}/bin/pip install {shlex.quote(requirement)}",
+             f"mkdir -p {CONFIG_DIR}",
+             f"(umask 077 && echo {shlex.quote(password)} > {secret})"]
+    if ca_pem:
+        lines.append(f"cat > {ca} <<'END'\n{ca_pem.strip()}\nEND")
+    lines += [f"cat > {config} <<'END'\n{text.strip()}\nEND",
+              f"{VENV}/bin/lam systemd install --user --agent-id {agent_id}",
+              "systemctl --user daemon-reload",
+              "systemctl --user import-environment DISPLAY XAUTHORITY WAYLAND_DISPLAY",
+              f"systemctl --user enable --now lam-agent@{agent_id}.service"]
+    return "\n".join(lines)
+
+
+def extras(capabilities: list[str]) -> list[str]:
+    """The pip extras the capabilities need."""
+    from lamcontrol.agents import capability
+
+    found = []
+    for name in capabilities:
+        try:
+            extra = capability.load(name).extra
+        except capability.Unavailable:
+            continue
+        if extra and extra not in found:
+            found.append(extra)
+    return found
+
+
+def wait_online(settings: BrokerSettings, agent_id: str, seconds: float) -> bool:
+    """True once the agent's presence says online, within ``seconds``."""
+    online = threading.Event()
+
+    def seen(topic: str, payload: bytes) -> None:
+        try:
+            if payload and parse(Presence, payload).state == "online":
+                online.set()
+        except ProtocolError:
+            pass
+
+    bus = Bus(settings, component="lam-join", report=False)
+    bus.on(settings.topics.agent_status(agent_id), seen)
+    deadline = time.monotonic() + seconds
+    while not bus.connected.is_set():
+        try:
+            bus.start(timeout=max(1.0, deadline - time.monotonic()))
+        except BusError:
+            if time.monotonic() >= deadline:
+                return False
+    try:
+        return online.wait(max(0.0, deadline - time.monotonic()))
+    finally:
+        bus.stop()
+
+
+def make_user(args: argparse.Namespace, cfg: dict) -> tuple[UserFolder, list[str]]:
+    """The users folder with the new agent in it, and the agent's capabilities."""
+    agent_id = check_id(args.agent_id, "agent id")
+    capabilities = [check_id(c, "capability") for c in args.capability or DEFAULT_CAPABILITIES]
+    folder = UserFolder.of(cfg, args.mosquitto)
+    if folder.embedded:
+        folder.ensure_local(args.local_id or cfg["agent"]["id"] or lamconfig.default_agent_id(),
+                            lamconfig.installed_capabilities())
+    elif not folder.exists():
+        raise lamconfig.ConfigError(f"{folder.path} has no users list: run lam mosquitto-config --out {folder.path} "
+                                    "first")
+    if agent_id in {user_name(i) for i in folder.items} and not args.again:
+        raise lamconfig.ConfigError(f"{agent_id} already has a user; use --again to print its commands again "
+                                    "(its password stays)")
+    folder.add(agent_item(agent_id, capabilities))
+    return folder, capabilities
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    cfg = lamconfig.load(args.config)
+    try:
+        folder, capabilities = make_user(args, cfg)
+        address = args.address or lan_address()
+        if args.broker_url:
+            url, ca_pem = args.broker_url, ""
+        elif args.mosquitto:
+            url, ca_pem = mosquitto_url(folder.path / "mosquitto.conf", address)
+        else:
+            url, ca_pem = broker_url(cfg, address)
+        with tempfile.TemporaryDirectory(prefix="lam-wheel-") as built:
+            wheel = Path(args.wheel).resolve() if args.wheel else build_wheel(Path(built))
+            digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+            with WheelServer(wheel, "0.0.0.0", args.port) as server:
+                wanted = ",".join(extras(capabilities))
+                requirement = (f"lamcontrol{f'[{wanted}]' if wanted else ''} @ "
+                               f"http://{address}:{server.port}/{wheel.name}#sha256={digest}")
+                script = commands(args.agent_id, url, folder.password(args.agent_id), capabilities, requirement,
+                                  folder.prefix, ca_pem)
+                print(report(folder, args.agent_id, address, script, cfg["embedded_broker"]["listen"]), flush=True)
+                monitor = BrokerSettings(url=cfg["broker"]["url"], prefix=folder.prefix, username="monitor",
+                                         password=folder.password("monitor"))
+                online = wait_online(monitor, args.agent_id, args.wait)
+    except (lamconfig.ConfigError, ValueError, ProtocolError, OSError) as exc:
+        print(f"lam join: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_OK
+    if not online:
+        print(f"{args.agent_id} did not come online within {args.wait:g} seconds; its log says why: journalctl "
+              f"--user -u lam-agent@{args.agent_id} (on {args.agent_id})", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"\n{args.agent_id} is online. Try: lam send --agent {args.agent_id} \"echo hello from "
+          f"{args.agent_id}\"", flush=True)
+    return EXIT_OK
+
+
+def report(folder: UserFolder, agent_id: str, address: str, script: str, listen: str) -> str:
+    if folder.embedded:
+        _, port = lamconfig.host_port(listen or "127.0.0.1:1883", "[embedded_broker] listen")
+        broker = ("Start (or restart) the broker with these users, open to the network:\n"
+                  f"  lam up --listen 0.0.0.0:{port}\n(users added later need no restart)")
+    else:
+        broker = ("Make Mosquitto read the new user: sudo systemctl reload mosquitto (or kill -HUP its pid).")
+    return (f"{agent_id} has an MQTT user, a password and an ACL entry in {folder.path}.\n{broker}\n\n"
+            f"On {agent_id}, paste these (they hold its password: nowhere else, please):\n\n{script}\n\n"
+            f"Serving the wheel from http://{address} and waiting for {agent_id} to come online "
+            f"(Ctrl-C stops).")
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    join = sub.add_parser("join", parents=[config_option()], help="make a user for another machine's agent and "
+                                                                  "print the commands that install and start it")
+    join.add_argument("agent_id", metavar="NAME", help="the new agent's id, usually that machine's host name")
+    join.add_argument("--capability", "-c", action="append",
+                      help=f"capabilities it offers (default: {', '.join(DEFAULT_CAPABILITIES)})")
+    join.add_argument("--address", help="this machine's address as the new one reaches it (default: the address "
+                                        "of the default route)")
+    join.add_argument("--broker-url", help="the URL the new machine uses for the broker (default: ADDRESS and the "
+                                           "broker's port, mqtts:// where it has a TLS listener)")
+    join.add_argument("--mosquitto", metavar="DIR", help="Mosquitto is the broker: the folder lam mosquitto-config "
+                                                          "wrote (default: the embedded broker's users)")
+    join.add_argument("--local-id", help="id of this machine's own agent, for its user (default: [agent] id, "
+                                         "else the host name)")
+    join.add_argument("--wheel", help="the wheel to serve (default: built from this installation's source)")
+    join.add_argument("--port", type=int, default=0, help="port to serve the wheel on (default: any free one)")
+    join.add_argument("--wait", type=float, default=1800.0, help="seconds to wait for the agent to come online")
+    join.add_argument("--again", action="store_true", help="print the commands for an agent that has a user "
+                                                            "already")
+    join.set_defaults(func=cmd_join)

@@ -1,0 +1,120 @@
+"""The config model: unknown keys refused with a suggestion, and the docs generated from it kept fresh."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from helpers import ROOT
+from lamcontrol import config, config_docs
+from lamcontrol.agents.computer import Computer
+from lamcontrol.r1_bridge.app import BridgeSettings
+from lamcontrol.r1_bridge.openclaw import GatewaySettings
+
+
+def load_text(tmp_path, text: str) -> dict:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return config.load(str(path))
+
+
+@pytest.mark.parametrize("text, complaint", [
+    ("[coordinator]\nack_timout = 3\n", "[coordinator] has unknown keys: ack_timout (did you mean ack_timeout?)"),
+    ("[coordinater]\nack_timeout = 3\n", "has unknown sections: coordinater (did you mean coordinator?)"),
+    ("[bridge]\nlisten = 8080\n", "[bridge] listen must be str (text in quotes), not 8080"),
+    ("[agent]\nmax_concurrent = true\n", "[agent] max_concurrent must be int (a whole number), not True"),
+    ("[broker]\nkeepalive = 2.5\n", "[broker] keepalive must be int"),
+    ("broker = 1\n", "[broker] must be a table"),
+    ("[capabilities.browsr]\nheadless = true\n", "unknown capabilities (none installed by that name): browsr "
+                                                 "(did you mean browser?)"),
+    ("[openclaw]\nlisten = \"0.0.0.0:1\"\n", "[openclaw] has unknown keys: listen"),
+])
+def test_bad_keys_name_the_key_the_section_and_a_close_match(tmp_path, text, complaint):
+    with pytest.raises(config.ConfigError) as refused:
+        load_text(tmp_path, text)
+    assert complaint in str(refused.value) and str(tmp_path) in str(refused.value)
+
+
+def test_good_values_load_and_defaults_fill_the_rest(tmp_path):
+    cfg = load_text(tmp_path, "[coordinator]\nack_timeout = 3\n[capabilities.echo]\nmax_sleep = 5\n")
+    assert cfg["coordinator"]["ack_timeout"] == 3.0 and isinstance(cfg["coordinator"]["ack_timeout"], float)
+    assert cfg["coordinator"]["prompt_timeout"] == config.MODEL["coordinator"].settings["prompt_timeout"].default
+    assert cfg["capabilities"] == {"echo": {"max_sleep": 5}}
+
+
+def test_capability_settings_suggest_the_close_match():
+    with pytest.raises(ValueError, match=re.escape("[capabilities.computer] has unknown keys: volume_stpe "
+                                                   "(did you mean volume_step?)")):
+        Computer({"volume_stpe": 5})
+
+
+def test_every_key_is_documented_and_readers_agree_with_the_model():
+    for name, section in config.MODEL.items():
+        assert section.help, name
+        for key, setting in section.settings.items():
+            assert setting.help.strip(), f"[{name}] {key} has no help"
+    for name, _, settings in config_docs.all_sections():
+        for key, setting in settings.items():
+            assert setting.help.strip(), f"[{name}] {key} has no help"
+    # The bridge and the voice gateway read their sections into dataclasses: every field is in the model, with
+    # the model's default, so no key goes undocumented.
+    for section, reader in (("bridge", BridgeSettings), ("openclaw", GatewaySettings)):
+        model = config.MODEL[section].settings
+        fields = {f.name: f for f in dataclasses.fields(reader)}
+        assert set(fields) == set(model), section
+        for key, field in fields.items():
+            default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+            assert default == model[key].default, f"[{section}] {key}"
+
+
+def test_generated_files_are_fresh():
+    stale = config_docs.stale(ROOT)
+    assert not stale, f"run `lam config docs`: {', '.join(map(str, stale))} differ from the config model"
+
+
+def test_the_example_with_every_key_uncommented_loads(tmp_path):
+    example = (ROOT / config_docs.EXAMPLE).read_text()
+    uncommented = "\n".join(re.sub(r"^# (\w+ = .*?)(\s+# .*)?$", r"\1", line) for line in example.splitlines())
+    parsed = tomllib.loads(uncommented)
+    documented = {(name, key) for name, values in parsed.items() if name != "capabilities" for key in values}
+    documented |= {(f"capabilities.{cap}", key) for cap, values in parsed.get("capabilities", {}).items()
+                   for key in values}
+    expected = {(name, key) for name, _, settings in config_docs.all_sections() for key in settings}
+    assert documented == expected
+    cfg = load_text(tmp_path, uncommented)
+    assert cfg["broker"]["url"] == config.DEFAULTS["broker"]["url"]
+
+
+def test_readme_table_lists_every_key():
+    readme = (ROOT / "README.md").read_text()
+    for name, _, settings in config_docs.all_sections():
+        for key in settings:
+            assert f"| `[{name}] {key}` |" in readme, (name, key)
+
+
+def lam(*args: str, config_text: str | None = None, tmp_path=None) -> subprocess.CompletedProcess:
+    extra = []
+    if config_text is not None:
+        path = tmp_path / "lam.toml"
+        path.write_text(config_text)
+        extra = ["--config", str(path)]
+    return subprocess.run([sys.executable, "-m", "lamcontrol", *args, *extra], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+
+
+def test_lam_config_example_and_check(tmp_path):
+    assert lam("config", "example").stdout == config_docs.example()
+    good = lam("config", "check", config_text="[capabilities.echo]\nmax_sleep = 3\n", tmp_path=tmp_path)
+    assert good.returncode == 0 and "every key is known" in good.stdout
+    typo = lam("config", "check", config_text="[capabilities.computer]\nvolume_stp = 3\n", tmp_path=tmp_path)
+    assert typo.returncode == 2
+    assert typo.stderr.strip().endswith("[capabilities.computer] has unknown keys: volume_stp (did you mean "
+                                        "volume_step?)")
+    sent = lam("send", "echo hi", config_text="[coordinator]\nack_timout = 3\n", tmp_path=tmp_path)
+    assert sent.returncode == 2 and "Traceback" not in sent.stderr
+    assert "[coordinator] has unknown keys: ack_timout (did you mean ack_timeout?)" in sent.stderr
