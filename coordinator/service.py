@@ -307,8 +307,11 @@ class Coordinator:
         job.ack_deadline = now + self.ack_timeout
         heapq.heappush(self._due, (job.ack_deadline, "ack", job.task_id))
         agent.inflight += 1
+        args = command.args
+        if command.capability == "ai" and isinstance(run.prompt.metadata.get("image"), str):
+            args = {**args, "image": run.prompt.metadata["image"]}  # a photo from the R1, for the vision model
         task = Task(task_id=job.task_id, prompt_id=run.prompt.id, capability=command.capability,
-                    action=command.action, agent=job.agent, command=command.text, args=command.args,
+                    action=command.action, agent=job.agent, command=command.text, args=args,
                     attempt=job.attempt, accept_by=job.ack_deadline, deadline=min(run.deadline, now + self.task_timeout),
                     risk=command.risk)
         self.journal.update_task(job.task_id, "dispatched", job.agent, job.attempt)
