@@ -56,9 +56,9 @@ def token_required(view: Callable) -> Callable:
             locked = state.limiter.fail(*keys)
             log.warning("invalid API token from %s for %s %s", client, request.method, request.path)
             if locked:
-                log.warning("locked out %s for %g seconds after %d invalid tokens",
-                            "its address" if keys[0] in locked else "that token", state.settings.login_window,
-                            state.settings.login_attempts)
+                log.warning("locked out %s for %g seconds after %d invalid tokens; valid tokens are still served",
+                            f"invalid tokens from {client}" if keys[0] in locked else "one invalid token",
+                            state.settings.login_window, state.settings.login_attempts)
             return json_error("Invalid token", 401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         if admin_session() and csrf_ok():
             return view(*args, **kwargs)
@@ -74,7 +74,7 @@ def json_body() -> dict:
     if not raw.strip():
         raise BadRequest('The request has no body: send a JSON object such as {"prompt": "..."}')
     try:
-        data = json.loads(raw)
+        data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise BadRequest("The request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
