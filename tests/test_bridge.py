@@ -494,3 +494,26 @@ def test_lam_bridge_first_run_tokens_and_password(system, broker, tmp_path):
     assert "API token" not in again.log() and "admin login" not in again.log()
     taken = run()  # the port is in use: a clear error, no traceback
     assert taken.returncode == 2 and "cannot listen" in taken.stderr and "Traceback" not in taken.stderr
+
+
+def test_under_systemd_the_first_start_secrets_stay_out_of_the_journal(system, tmp_path):
+    """systemd sets $JOURNAL_STREAM when output goes to the journal: the secrets go to a private file."""
+    state = tmp_path / "state"
+    port = free_port()
+    config = str(system.config("bridge-journal", NO_VOICE_GATEWAY))
+    process = system.start("bridge-journal", "lamcontrol.r1_bridge.main", "--config", config, "--listen",
+                           f"127.0.0.1:{port}", env={"LAM_STATE_DIR": str(state), "JOURNAL_STREAM": "8:12345"})
+    secrets_file = state / "bridge-first-start.txt"
+    wait_until(lambda: "First start" in process.log(), 20, f"first-run output\n{process.log()}")
+    wait_for_port(port)
+    log = process.log()
+    assert str(secrets_file) in log and "API token:" not in log and "admin login" not in log
+    assert (secrets_file.stat().st_mode & 0o777) == 0o600
+    written = secrets_file.read_text()
+    token = re.search(r"API token:\s+(\S+)", written).group(1)
+    password = re.search(r"admin login: admin / (\S+)", written).group(1)
+    assert token not in log and password not in log
+    answer = requests.post(f"http://127.0.0.1:{port}/api/prompt", json={"prompt": "echo journal-free", "wait": 10},
+                           headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert answer.json()["response"] == "journal-free"
+    assert process.stop() == 0

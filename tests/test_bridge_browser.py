@@ -136,18 +136,101 @@ def test_r1_page_pairs_talks_and_speaks(r1, bridge, screenshots):
     assert "failed" in r1.find_elements(By.CSS_SELECTOR, "#log .reply")[-1].get_attribute("class")
 
 
-def test_r1_page_asks_for_a_token_and_drops_a_refused_one(r1, bridge):
+def setup_status(driver) -> str:
+    return driver.find_element(By.ID, "setup-status").text
+
+
+def test_r1_page_checks_a_token_on_save_and_says_why_it_is_refused(r1, bridge):
     r1.get(f"{bridge.url}/r1")
     wait = WebDriverWait(r1, 20)
-    wait.until(EC.visibility_of_element_located((By.ID, "token"))).send_keys("not-a-token")
+    field = wait.until(EC.visibility_of_element_located((By.ID, "token")))
+    assert field.rect["height"] <= 48  # one line, not stretched over the screen
+    field.send_keys("not-a-token")
     r1.find_element(By.ID, "save-token").click()
-    wait.until(EC.visibility_of_element_located((By.ID, "typed"))).send_keys("echo hi", Keys.ENTER)
-    wait.until(EC.visibility_of_element_located((By.ID, "token")))  # refused: back to the token form
-    assert r1.execute_script("return window.__secure.lam_token") is None
-    r1.find_element(By.ID, "token").send_keys(bridge.token)
+    wait.until(lambda d: "refused this token" in setup_status(d))
+    assert "Invalid token" in setup_status(r1) and r1.find_element(By.ID, "token").is_displayed()
+    assert r1.execute_script("return window.__secure.lam_token") is None  # nothing saved
+    extra = bridge.bridge.tokens.create("soon revoked")
+    field.clear()
+    field.send_keys(extra)
     fire(r1, "sideClick")  # the side button saves too
-    wait.until(EC.visibility_of_element_located((By.ID, "typed"))).send_keys("echo welcome back", Keys.ENTER)
-    wait.until(lambda d: last_reply(d) == "welcome back")
+    wait.until(EC.visibility_of_element_located((By.ID, "typed"))).send_keys("echo welcome", Keys.ENTER)
+    wait.until(lambda d: last_reply(d) == "welcome")
+
+    # A token revoked later: the next send goes back to the form and says why, where it can be seen.
+    bridge.bridge.tokens.revoke("soon revoked")
+    r1.find_element(By.ID, "typed").send_keys("echo hi", Keys.ENTER)
+    wait.until(EC.visibility_of_element_located((By.ID, "token")))
+    assert "refused the saved token" in setup_status(r1)
+    assert r1.execute_script("return window.__secure.lam_token") is None
+
+
+def test_quick_scroll_wheel_ticks_all_count(r1, bridge):
+    r1.get(f"{bridge.url}/r1#token={bridge.token}")
+    WebDriverWait(r1, 20).until(EC.visibility_of_element_located((By.ID, "talk")))
+    r1.execute_script("""var log = document.getElementById('log');
+      for (var i = 0; i < 40; i++) { var p = document.createElement('p'); p.textContent = 'line ' + i; log.appendChild(p); }
+      log.scrollTop = 0;
+      for (var j = 0; j < 5; j++) { window.dispatchEvent(new CustomEvent('scrollDown')); }""")
+    assert r1.execute_script("return document.getElementById('log').scrollTop") == 240
+
+
+def r1_states(driver, bridge, folder: Path) -> list[str]:
+    """Bring the R1 page through each of its states, a picture of each in ``folder``; their names."""
+    wait = WebDriverWait(driver, 30)
+    taken = []
+
+    def picture(name: str) -> None:
+        path = folder / f"r1-{name}.png"
+        driver.save_screenshot(str(path))
+        with path.open("rb") as png:
+            header = png.read(24)
+        assert header[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")) == (480, 564)  # 240x282 @2x
+        taken.append(name)
+
+    driver.get(f"{bridge.url}/r1")
+    wait.until(EC.visibility_of_element_located((By.ID, "token")))
+    picture("setup")
+    driver.find_element(By.ID, "token").send_keys("a-wrong-token")
+    driver.find_element(By.ID, "save-token").click()
+    wait.until(lambda d: "refused" in setup_status(d))
+    picture("setup-refused")
+    driver.find_element(By.ID, "token").clear()
+    driver.find_element(By.ID, "token").send_keys(bridge.token)
+    driver.find_element(By.ID, "save-token").click()
+    wait.until(EC.visibility_of_element_located((By.ID, "talk")))
+    picture("ready")
+    fire(driver, "longPressStart")
+    wait.until(lambda d: d.find_element(By.ID, "talk").text == "Listening…")
+    picture("listening")
+    driver.execute_script("window.__nextTranscript = 'echo sleep 3'")
+    fire(driver, "longPressEnd")
+    wait.until(lambda d: d.find_element(By.ID, "status").text == "Working…")
+    picture("working")
+    wait.until(lambda d: last_reply(d) != "Hold the side button and speak.")
+    driver.find_element(By.ID, "typed").send_keys("echo The kitchen lights are on.", Keys.ENTER)
+    wait.until(lambda d: last_reply(d) == "The kitchen lights are on.")
+    picture("reply")
+    driver.find_element(By.ID, "typed").send_keys("echo fail The printer is not answering.", Keys.ENTER)
+    wait.until(lambda d: "printer" in last_reply(d))
+    picture("failed")
+    return taken
+
+
+def test_every_r1_page_state_at_240x282(r1, bridge, screenshots):
+    """The pictures in docs/ come from here: LAM_SCREENSHOTS=docs refreshes them."""
+    assert r1_states(r1, bridge, screenshots) == ["setup", "setup-refused", "ready", "listening", "working", "reply",
+                                                   "failed"]
+    plain = chromium(240, 282, 2)  # a browser without the R1's microphone: typing instead
+    try:
+        plain.get(f"{bridge.url}/r1#token={bridge.token}")
+        WebDriverWait(plain, 20).until(EC.visibility_of_element_located((By.ID, "talk")))
+        fire(plain, "longPressStart")
+        WebDriverWait(plain, 20).until(lambda d: "type instead" in d.find_element(By.ID, "status").text)
+        plain.save_screenshot(str(screenshots / "r1-no-microphone.png"))
+    finally:
+        plain.quit()
 
 
 def test_r1_page_without_speech_falls_back_to_typing(bridge):
