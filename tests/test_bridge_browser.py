@@ -126,7 +126,7 @@ def test_r1_page_pairs_talks_and_speaks(r1, bridge, screenshots):
         wait.until(lambda d, t=text: last_reply(d) == t)
     bottom = r1.execute_script("return document.getElementById('log').scrollTop")
     assert bottom > 0
-    r1.save_screenshot(str(screenshots / "r1.png"))
+    r1.save_screenshot(str(screenshots / "bridge-r1.png"))
     fire(r1, "scrollUp")
     wait.until(lambda d: d.execute_script("return document.getElementById('log').scrollTop") < bottom)
 
@@ -248,6 +248,14 @@ def test_r1_page_without_speech_falls_back_to_typing(bridge):
         driver.quit()
 
 
+RED, GREEN = "rgba(255, 107, 91, 1)", "rgba(91, 210, 122, 1)"  # admin.css --bad and --ok
+
+
+def overlapping(a: dict, b: dict) -> bool:
+    return not (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"] or
+                a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
+
+
 def login(driver, bridge) -> None:
     driver.get(f"{bridge.url}/")
     wait = WebDriverWait(driver, 20)
@@ -279,16 +287,31 @@ def test_dashboard_shows_agents_live_and_sends_prompts(desktop, bridge, system, 
              for e in desktop.find_elements(By.CSS_SELECTOR, "#stream li")}
     assert {"prompt", "task", "result", "reply", "agent"} <= kinds
 
+    # A failed reply is red, in the answer and in the stream; a good one green.
+    prompt.send_keys("echo fail the printer is out of paper", Keys.ENTER)
+    wait.until(lambda d: "out of paper" in d.find_element(By.ID, "reply").text)
+    assert desktop.find_element(By.ID, "reply").value_of_css_property("color") == RED
+    failed_line = wait.until(lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, "#stream li.kind-reply")
+                                        if "failed: " in e.text and "out of paper" in e.text])[0]
+    assert failed_line.find_element(By.CSS_SELECTOR, ".kind").value_of_css_property("color") == RED
+    good_line = [e for e in desktop.find_elements(By.CSS_SELECTOR, "#stream li.kind-reply")
+                 if "succeeded: seen on the dashboard" in e.text][0]
+    assert good_line.find_element(By.CSS_SELECTOR, ".kind").value_of_css_property("color") == GREEN
+
     system.processes[-1].stop()  # the agent says goodbye: the table follows
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#agents tr[data-agent="dash-agent"] td.state.offline'))
-    desktop.save_screenshot(str(screenshots / "dashboard.png"))
+    desktop.save_screenshot(str(screenshots / "bridge-dashboard.png"))
 
 
 def test_install_page_shows_the_creation_qr_code(desktop, bridge, screenshots):
     login(desktop, bridge)
     desktop.get(f"{bridge.url}/r1/install")
     wait = WebDriverWait(desktop, 20)
-    wait.until(EC.element_to_be_clickable((By.ID, "pair"))).click()
+    pair = wait.until(EC.element_to_be_clickable((By.ID, "pair")))
+    assert not desktop.execute_script("return document.getElementById('qr').closest('section').contains(arguments[0])", pair)
+    assert not overlapping(pair.rect, desktop.find_element(By.ID, "qr").rect)
+    desktop.save_screenshot(str(screenshots / "bridge-install.png"))
+    pair.click()
     wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, "#qr svg")))
     creation = json.loads(desktop.find_element(By.ID, "creation").text)
     assert creation["url"].startswith(f"{bridge.url}/r1#token=") and creation["themeColor"] == "#FE5000"
@@ -302,3 +325,19 @@ def test_install_page_shows_the_creation_qr_code(desktop, bridge, screenshots):
     assert json.loads(scanned.stdout) == creation  # what the R1's scanner reads
     token = creation["url"].split("#token=")[1]
     assert requests.get(f"{bridge.url}/api/workers", headers={"Authorization": f"Bearer {token}"}, timeout=10).ok
+
+
+def test_pair_page_makes_new_codes_with_a_real_button(desktop, start_bridge, screenshots):
+    voice = start_bridge(voice=True)
+    login(desktop, voice)
+    desktop.get(f"{voice.url}/r1/pair")
+    wait = WebDriverWait(desktop, 20)
+    wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, "#qr svg")))
+    desktop.save_screenshot(str(screenshots / "r1-pair.png"))
+    button = desktop.find_element(By.ID, "new-code")
+    assert button.text == "Make a new code" and button.value_of_css_property("cursor") == "pointer"
+    assert button.value_of_css_property("border-top-style") == "solid"  # drawn as a button, not as text
+    assert button.rect["height"] >= 30 and button.rect["width"] >= 100
+    old_code = voice.service.gateway.store.pairing_token()
+    button.click()
+    wait.until(lambda d: voice.service.gateway.store.pairing_token() != old_code)
