@@ -95,13 +95,20 @@ def first_run(settings: BridgeSettings) -> list[str]:
 FIRST_START_FILE = "bridge-first-start.txt"
 
 
-def announce_first_run(lines: list[str], settings: BridgeSettings) -> None:
-    """Show the first-start secrets once: on the terminal, or under systemd in a private file.
+def output_is_journal() -> bool:
+    """Whether standard output is systemd's journal: ``$JOURNAL_STREAM`` names its device and inode."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        stat = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
+    return f"{stat.st_dev}:{stat.st_ino}" == f"{device}:{inode}"
 
-    ``$JOURNAL_STREAM`` is set by systemd when the output goes to the journal, where any
-    reader of the system log would find the password.
-    """
-    if not os.environ.get("JOURNAL_STREAM"):
+
+def announce_first_run(lines: list[str], settings: BridgeSettings) -> None:
+    """Show the first-start secrets once: on the terminal, or under systemd in a private file
+    (whoever may read the system journal would find the password there)."""
+    if not output_is_journal():
         print("First start: keep these now, they are not shown again:", *lines, sep="\n", flush=True)
         return
     path = settings.state_file("admin_file", "bridge-admin.json").parent / FIRST_START_FILE

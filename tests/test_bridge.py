@@ -445,12 +445,17 @@ def test_lam_send_http_reports_refusals(bridge, capsys, monkeypatch):
     assert "Invalid token" in capsys.readouterr().err
     assert lam_main(["send", "--http", f"http://127.0.0.1:{free_port()}", "echo hi"]) == 2
     assert "no bridge took the prompt" in capsys.readouterr().err
+    # A failed command is reported at once, with its sentence.
+    monkeypatch.setenv("LAM_TOKEN", bridge.token)
+    assert lam_main(["send", "--http", bridge.url, "--timeout", "15", "echo fail out of ink"]) == 1
+    assert capsys.readouterr().out.strip() == "out of ink"
 
 
 # -- the lam-bridge command ------------------------------------------------------------------
 
 def test_lam_bridge_first_run_tokens_and_password(system, broker, tmp_path):
-    env = {"LAM_STATE_DIR": str(tmp_path / "state")}
+    # A $JOURNAL_STREAM inherited from elsewhere (this output is a file, not the journal) changes nothing.
+    env = {"LAM_STATE_DIR": str(tmp_path / "state"), "JOURNAL_STREAM": "1:1"}
     port = free_port()
     config = str(system.config("bridge-main", NO_VOICE_GATEWAY))
     argv = [sys.executable, "-m", "lamcontrol.r1_bridge.main", "--config", config, "--listen", f"127.0.0.1:{port}"]
@@ -497,12 +502,16 @@ def test_lam_bridge_first_run_tokens_and_password(system, broker, tmp_path):
 
 
 def test_under_systemd_the_first_start_secrets_stay_out_of_the_journal(system, tmp_path):
-    """systemd sets $JOURNAL_STREAM when output goes to the journal: the secrets go to a private file."""
+    """systemd sets $JOURNAL_STREAM when output goes to the journal: the secrets go to a private file.
+    (A $JOURNAL_STREAM inherited from a parent whose output went there does not count.)"""
     state = tmp_path / "state"
     port = free_port()
     config = str(system.config("bridge-journal", NO_VOICE_GATEWAY))
+    journal = system.tmp_path / "bridge-journal.log"  # where the process's output goes: our "journal"
+    journal.touch()
+    stream = f"{journal.stat().st_dev}:{journal.stat().st_ino}"
     process = system.start("bridge-journal", "lamcontrol.r1_bridge.main", "--config", config, "--listen",
-                           f"127.0.0.1:{port}", env={"LAM_STATE_DIR": str(state), "JOURNAL_STREAM": "8:12345"})
+                           f"127.0.0.1:{port}", env={"LAM_STATE_DIR": str(state), "JOURNAL_STREAM": stream})
     secrets_file = state / "bridge-first-start.txt"
     wait_until(lambda: "First start" in process.log(), 20, f"first-run output\n{process.log()}")
     wait_for_port(port)
