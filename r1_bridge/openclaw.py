@@ -537,6 +537,10 @@ class Gateway:
     async def _chat_send(self, ws: ServerConnection, device_id: str, request_id: str, params: dict) -> None:
         """Acknowledge at once; the answer follows as chat events, even for a retry."""
         message = _field(params, "message", str, required=True)
+        try:
+            message.encode()
+        except UnicodeEncodeError:
+            raise FrameError("params.message has a lone surrogate, which is not valid Unicode") from None
         session_key = _short_id(_field(params, "sessionKey", str, "main"), "params.sessionKey")
         key = _short_id(_field(params, "idempotencyKey", str, new_id()), "params.idempotencyKey")
         run = self.runs.get((device_id, key))

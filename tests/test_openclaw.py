@@ -468,6 +468,7 @@ def test_bad_frames_are_answered_as_openclaw_does(system):
         '{"type": "req", "id": "c1", "method": "chat.send", "params": {"message": 42}}',
         '{"type": "req", "id": "c2", "method": "chat.send", "params": {}}',
         '{"type": "req", "id": "c3", "method": "chat.send", "params": {"message": "hi", "idempotencyKey": ""}}',
+        '{"type": "req", "id": "c6", "method": "chat.send", "params": {"message": "echo \\ud800", "idempotencyKey": "s"}}',
         '{"type": "req", "id": "c4", "method": "chat.send", "params": {"message": "hi", "attachments": "x"}}',
         '{"type": "req", "id": "c5", "method": "chat.send", "params": {"message": "hi", '
         '"attachments": [{"type": "image", "mimeType": "image/jpeg", "content": "not base64!"}]}}',
