@@ -19,13 +19,14 @@ from werkzeug.exceptions import HTTPException
 
 from lamcontrol import __version__
 from lamcontrol import config as lamconfig
-from lamcontrol.protocol import Presence, Reply, parse
+from lamcontrol.protocol import Reply, parse
 
 from .activity import EventHub, TaskTracker
 from .api import api, metrics
 from .auth import AdminPassword, RateLimiter, TokenStore, load_secret_key
 from .metrics import Metrics
 from .pages import pages
+from .presence import known_agents
 from .relay import Relay
 from .web import GONE, HERE, gone, iso, json_error
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STALE_AFTER_BEATS = 3  # an agent silent for this many heartbeats is gone (it would have refreshed its presence)
 
 
 @dataclass
@@ -117,13 +117,8 @@ class Bridge:
         except ValueError:
             pass  # the relay refuses it; nothing to count
 
-    def agents(self) -> list[Presence]:
-        """Agents' presences, without those not heard from in a while; see :func:`expire_presences`."""
-        expire_presences(self.relay)
-        return list(self.relay.agents.values())
-
     def health(self) -> tuple[dict, int]:
-        agents = self.agents()
+        agents = known_agents(self.relay)
         online = [a for a in agents if a.state == "online"]
         coordinator = self.relay.coordinator
         connected = self.relay.bus.connected.is_set()
@@ -143,22 +138,6 @@ class Bridge:
                       "failed_tasks": self.tracker.counts["failed"], "active_workers": len(online)},
         }
         return body, 503 if status == "unhealthy" else 200
-
-
-def expire_presences(relay: Relay, now: float | None = None) -> list[str]:
-    """Forget agents not heard from for ``STALE_AFTER_BEATS`` heartbeats; their ids.
-
-    A live agent republishes its presence every heartbeat, so an old one is left over (a
-    crashed agent whose broker kept it, or a fake); the bridge does not show it.
-    """
-    now = time.time() if now is None else now
-    stale = [agent_id for agent_id, presence in list(relay.agents.items())
-             if now - presence.ts > STALE_AFTER_BEATS * max(presence.heartbeat, 1.0)]
-    for agent_id in stale:
-        relay.agents.pop(agent_id, None)
-    if stale:
-        log.info("forgot agents not heard from in %d heartbeats: %s", STALE_AFTER_BEATS, ", ".join(stale))
-    return stale
 
 
 def create_app(relay: Relay, settings: BridgeSettings) -> Flask:

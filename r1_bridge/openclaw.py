@@ -55,6 +55,7 @@ from .devices import DeviceStore
 from .identity import IdentityError, verify
 from .pairing import pairing_payload
 from .photos import PhotoError, attachment_bytes, fit
+from .presence import online_agents
 from .relay import Relay
 
 log = logging.getLogger(__name__)
@@ -648,13 +649,13 @@ class Gateway:
             self._loop.call_soon_threadsafe(run.add_step, text)
 
     def _ai_online(self) -> bool:
-        return any(agent.offers("ai", "ask") for agent in self.relay.online_agents())
+        return any(agent.offers("ai", "ask") for agent in online_agents(self.relay))
 
     # -- status -----------------------------------------------------------------------
 
     def _health(self) -> dict:
         coordinator = self.relay.coordinator.state if self.relay.coordinator else "unknown"
-        agents = sorted(agent.agent for agent in self.relay.online_agents())
+        agents = sorted(agent.agent for agent in online_agents(self.relay))
         ok = coordinator == "online"
         return {"ok": ok, "status": "ok" if ok else "degraded", "coordinator": coordinator, "agents": agents}
 
@@ -664,7 +665,7 @@ class Gateway:
 
     def _tools(self) -> list[dict]:
         offered: dict[str, list[str]] = {}
-        for agent in self.relay.online_agents():
+        for agent in online_agents(self.relay):
             for capability, actions in agent.capabilities.items():
                 for action in actions:
                     offered.setdefault(f"{capability} {action}", []).append(agent.agent)

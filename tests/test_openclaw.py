@@ -33,7 +33,7 @@ from websockets.sync.client import connect
 from lamcontrol.bus import BrokerSettings
 from lamcontrol import config as lamconfig
 from lamcontrol.config import ConfigError
-from lamcontrol.protocol import Prompt, Task
+from lamcontrol.protocol import Presence, Prompt, Task
 from lamcontrol.r1_bridge import devices
 from lamcontrol.r1_bridge.devices import DeviceStore
 from lamcontrol.r1_bridge.main import BridgeService
@@ -570,6 +570,20 @@ def test_a_chain_streams_a_delta_per_command_then_the_final(system):
     final = events[-1]
     assert final["state"] == "final" and final["message"]["content"][0]["text"] == system.lam.reply_to(prompt).response
     assert [e["seq"] for e in events] == [0, 1, 2, 3]
+
+
+@ONE_BROKER
+def test_agents_gone_quiet_do_not_count(system):
+    """A leftover presence (a crashed agent's, or a fake) neither answers health nor takes questions."""
+    ghost = Presence(state="online", agent="ghost", capabilities={"ai": ["ask"]}, heartbeat=10.0, ts=time.time() - 60)
+    system.lam.publish(ghost)
+    wait_until(lambda: "ghost" in system.relay.agents, what="the ghost's presence")
+    r1, _ = system.paired()
+    assert "ghost" not in r1.request("health")["payload"]["agents"] and "ghost" not in system.relay.agents
+    system.lam.publish(ghost)
+    wait_until(lambda: "ghost" in system.relay.agents, what="the ghost's presence again")
+    _, spoken = r1.say("what a lovely morning")  # not a command, and no live ai agent: no "ai ..." prompt
+    assert spoken and not system.prompts("ai what a lovely morning")
 
 
 def camera_photo(width: int = 1600, height: int = 1200) -> bytes:
