@@ -96,7 +96,7 @@ def json_body() -> dict:
 
 @api.errorhandler(BadRequest)
 def bad_request(exc: BadRequest) -> Response:
-    return json_error(str(exc), exc.status)
+    return json_error(str(exc), 400)
 
 
 def wait_seconds(value: Any, where: str) -> float:

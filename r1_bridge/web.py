@@ -23,11 +23,7 @@ HERE = Path(__file__).parent
 
 
 class BadRequest(Exception):
-    """A client mistake; the message is sent back as the error (HTTP 400 unless ``status`` says)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+    """A client mistake; the message is sent back as the error, with HTTP 400."""
 
 
 def bridge() -> Bridge:
