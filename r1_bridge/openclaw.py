@@ -444,7 +444,7 @@ class Gateway:
             request_id = request_id or request_id_of(raw)
             if request_id:
                 await self._send(ws, error(request_id, exc.code, str(exc), exc.details))
-            if exc.close or not request_id:
+            if exc.close or not request_id or ws not in self.connected:  # a failed handshake ends it too
                 await ws.close(exc.close or CLOSE_POLICY, str(exc)[:120])
                 return False
         except ConnectionClosed:

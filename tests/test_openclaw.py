@@ -501,6 +501,11 @@ def test_bad_frames_are_answered_as_openclaw_does(system):
         other, _ = system.paired(f"r1-garbage-{number}")
         other.ws.send(raw)
         assert other.closed_with() == 1008, raw
+    # A handshake that fails is answered, then the connection ends.
+    for params in ({"auth": "nope", "device": {"id": "r1"}}, {"auth": {"token": "x"}}, {"minProtocol": "3"}):
+        stranger = system.r1()
+        refused = stranger.request("connect", params)
+        assert refused["error"]["code"] == "INVALID_REQUEST" and stranger.closed_with() == 1008
     # Before connect, frames are small: 64 KiB at most.
     flood = system.r1()
     flood.ws.send("x" * 70_000)
