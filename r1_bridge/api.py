@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import math
 from typing import Any, Callable
 
@@ -22,10 +21,10 @@ from .auth import digest
 from .metrics import CONTENT_TYPE
 from .presence import known_agents
 from .relay import Exchange
-from .web import HERE, BadRequest, admin_session, bridge, client_address, csrf_ok, iso, json_error, too_many_attempts
+from .web import (HERE, BadRequest, admin_session, auth_log, bridge, client_address, csrf_ok, iso, json_error,
+                  too_many_attempts)
 
 api = Blueprint("api", __name__, url_prefix="/api")
-log = logging.getLogger("lamcontrol.r1_bridge.auth")
 
 MAX_PROMPT_CHARS = 2000
 # The original LAMControl R1 client never polls: it prints the first answer it gets.
@@ -55,9 +54,9 @@ def token_required(view: Callable) -> Callable:
             if wait:
                 return too_many_attempts(wait)
             locked = state.limiter.fail(*keys)
-            log.warning("invalid API token from %s for %s %s", client, request.method, request.path)
+            auth_log.warning("invalid API token from %s for %s %s", client, request.method, request.path)
             if locked:
-                log.warning("locked out %s for %g seconds after %d invalid tokens; valid tokens are still served",
+                auth_log.warning("locked out %s for %g seconds after %d invalid tokens; valid tokens are still served",
                             f"invalid tokens from {client}" if keys[0] in locked else "one invalid token",
                             state.settings.login_window, state.settings.login_attempts)
             return json_error("Invalid token", 401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})

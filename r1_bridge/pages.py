@@ -13,7 +13,7 @@ from markupsafe import Markup
 from .auth import new_csrf_token
 from .devices import DeviceStore, format_time
 from .pairing import qr_svg
-from .web import admin_session, bridge, client_address, csrf_ok, json_error, log as auth_log, too_many_attempts
+from .web import admin_session, auth_log, bridge, client_address, csrf_ok, json_error, too_many_attempts
 
 pages = Blueprint("pages", __name__)
 
@@ -65,19 +65,18 @@ def login() -> Any:
     username = request.form.get("username", "")
     # Per address and user: someone else's typos elsewhere do not lock the admin out; many
     # failures for the one user from anywhere (a spread-out guesser) do, for a while.
-    keys = (f"login {client} {username}",)
-    wait = max(state.limiter.retry_after(*keys), state.user_limiter.retry_after(f"user {username}"))
+    here, anywhere = f"login {client} {username}", f"user {username}"
+    wait = max(state.limiter.retry_after(here), state.user_limiter.retry_after(anywhere))
     if wait:
         return too_many_attempts(wait)
     if not csrf_ok():
         return json_error("Missing or wrong CSRF token; reload the page", 403)
     if not state.admin.verify(username, request.form.get("password", "")):
-        locked = state.limiter.fail(*keys) + state.user_limiter.fail(f"user {username}")
+        locked_here, locked_anywhere = state.limiter.fail(here), state.user_limiter.fail(anywhere)
         auth_log.warning("failed dashboard login for user %r from %s", username[:64], client)
-        if locked:
+        if locked_here or locked_anywhere:
             auth_log.warning("locked out dashboard logins for user %r%s for %g seconds", username[:64],
-                             "" if any(k.startswith("user ") for k in locked) else f" from {client}",
-                             state.settings.login_window)
+                             "" if locked_anywhere else f" from {client}", state.settings.login_window)
         return render_template("login.html", error="Wrong user name or password.",
                                next=local_path(request.form.get("next"))), 401
     session.clear()

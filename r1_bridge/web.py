@@ -17,7 +17,7 @@ from flask import Response, current_app, jsonify, request, session
 if TYPE_CHECKING:
     from .app import Bridge
 
-log = logging.getLogger("lamcontrol.r1_bridge.auth")
+auth_log = logging.getLogger("lamcontrol.r1_bridge.auth")  # failed logins and lockouts
 
 HERE = Path(__file__).parent
 
