@@ -1,5 +1,9 @@
 """ai: answers questions and drafts text with a Groq-hosted model (``ai <question or task>``).
 
+A task may carry a photo (``args.image``, a JPEG data URL the R1 bridge made small): then a
+Groq vision model (``vision_model``) answers the question about it. The photo is only sent
+to Groq, never kept.
+
 The answer comes back as the result's sentence, short and plain so the R1 can speak it; the
 full text is in the result's data. Nothing the model writes is ever run: code in an answer is
 left out of the spoken sentence and only returned as text.
@@ -10,6 +14,7 @@ standard paths) and ``$GROQ_API_KEY``; any non-empty key of ``[capabilities.ai]`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 
@@ -29,6 +34,8 @@ SYSTEM_PROMPT = (
 _CODE = re.compile(r"```.*?(?:```|$)", re.S)
 _MARKUP = re.compile(r"(?m)^\s*(?:#+|[-*+] |\d+\. |> )|[*_`#]+")
 MAX_PROMPT = 4000
+MAX_IMAGE = 4 * 1024 * 1024  # Groq's limit for a request with a Base64 image
+VISION_MODEL = "meta-llama/llama-4-scout-17b-16e-instruct"
 
 
 def speakable(text: str, limit: int) -> str:
@@ -51,6 +58,7 @@ class Ai(Capability):
         "api_key": Setting("", "Groq API key (better: api_key_file or $GROQ_API_KEY); empty: [groq]"),
         "api_key_file": Setting("", "file holding the Groq API key; empty: [groq]"),
         "model": Setting("", "Groq model id; empty: [groq] model"),
+        "vision_model": Setting(VISION_MODEL, "Groq model id for questions about a photo"),
         "base_url": Setting("", "Groq API base URL; empty: [groq] base_url, else Groq itself"),
         "timeout": Setting(30.0, "seconds to wait for an answer"),
         "max_retries": Setting(1, "retries after a failed call (never after a rate limit)"),
@@ -61,6 +69,7 @@ class Ai(Capability):
     def __init__(self, settings: dict | None = None) -> None:
         super().__init__(settings)
         self.chat: GroqChat | None = None
+        self.vision: GroqChat | None = None
 
     def groq_settings(self) -> GroqSettings:
         try:
@@ -68,7 +77,7 @@ class Ai(Capability):
         except lamconfig.ConfigError as exc:
             log.warning("ignoring [groq] of the config file: %s", exc)
             shared = {}
-        own = {k: v for k, v in self.settings.items() if k not in ("max_tokens", "max_chars")}
+        own = {k: v for k, v in self.settings.items() if k not in ("max_tokens", "max_chars", "vision_model")}
         try:
             return GroqSettings.from_config(shared, own)
         except (ValueError, lamconfig.ConfigError) as exc:
@@ -81,7 +90,10 @@ class Ai(Capability):
                               "or $GROQ_API_KEY")
 
     def start(self) -> None:
-        self.chat = GroqChat(self.groq_settings())
+        settings = self.groq_settings()
+        self.chat = GroqChat(settings)
+        # Vision models do not reason: Groq refuses reasoning_effort for them.
+        self.vision = GroqChat(dataclasses.replace(settings, model=self.settings["vision_model"], reasoning_effort=""))
 
     @action()
     def ask(self, args: dict) -> Outcome:
@@ -90,12 +102,19 @@ class Ai(Capability):
             raise TaskFailed("That question is too long for me.")
         if self.chat is None:
             self.start()
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+        content, chat = prompt, self.chat
+        image = args.get("image")
+        if image is not None:
+            if not isinstance(image, str) or not image.startswith("data:image/") or len(image) > MAX_IMAGE:
+                raise TaskFailed("I cannot read that photo.")
+            content = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": image}}]
+            chat = self.vision
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
         try:
-            answer = self.chat.complete(messages, max_tokens=self.settings["max_tokens"])
+            answer = chat.complete(messages, max_tokens=self.settings["max_tokens"])
         except LLMUnavailable as exc:
             raise TaskFailed(f"I couldn't get an answer: {exc}.") from None
         spoken = speakable(answer, self.settings["max_chars"])
         if not spoken:
             raise TaskFailed("The answer was only code, which I don't run or read out.")
-        return Outcome(spoken, {"answer": answer, "model": self.chat.settings.model})
+        return Outcome(spoken, {"answer": answer, "model": chat.settings.model})

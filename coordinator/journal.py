@@ -92,7 +92,9 @@ class Journal:
                     (state, agent, attempt, message, json.dumps(data or {}), task_id))
 
     def set_reply(self, prompt_id: str, reply: bytes) -> None:
-        self._write("UPDATE prompts SET reply = ? WHERE id = ?", (reply.decode(), prompt_id))
+        # A photo (metadata.image) is kept only until the prompt is answered.
+        self._write("UPDATE prompts SET reply = ?, body = json_remove(body, '$.metadata.image') WHERE id = ?",
+                    (reply.decode(), prompt_id))
 
     def open_prompts(self) -> list[tuple[Prompt, float, list[dict]]]:
         """Prompts without a reply, oldest first, each with its deadline and recorded tasks."""

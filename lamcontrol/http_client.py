@@ -111,7 +111,7 @@ class BridgeClient:
             raise Unreachable(f"HTTP {status} {data.get('error', '')}".strip())
         if status != 200:
             raise Refused(f"{base} refused the prompt (HTTP {status}): {data.get('error', 'no reason given')}")
-        while data.get("status") != "completed" and (left := deadline - time.monotonic()) > 0:
+        while data.get("status") == "pending" and (left := deadline - time.monotonic()) > 0:
             status, data = self.call(base, "GET", f"/api/prompt/{body['id']}/status?wait={left:.1f}",
                                      timeout=left + 10)
             if status != 200:
@@ -144,7 +144,7 @@ def send_command(args: argparse.Namespace) -> int:
         return 2
     if args.json:
         print(json.dumps(state, ensure_ascii=False))
-    elif state.get("status") == "completed":
+    elif state.get("status") in ("completed", "failed"):
         print(state.get("response", ""))
     else:
         print(f"no reply within {args.timeout:g} seconds (prompt {state.get('id')})", file=sys.stderr)

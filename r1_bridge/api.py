@@ -8,76 +8,89 @@ is ``pending`` until the coordinator's reply arrives, then ``completed`` with it
 from __future__ import annotations
 
 import functools
-import hmac
 import json
 import math
 from typing import Any, Callable
 
-from flask import Blueprint, Response, jsonify, request, session
+from flask import Blueprint, Response, jsonify, request
 
 from lamcontrol import __version__
 from lamcontrol.protocol import Presence, Prompt, ProtocolError
 
-from .app import HERE, bridge, iso, json_error
+from .auth import digest
 from .metrics import CONTENT_TYPE
+from .presence import known_agents
 from .relay import Exchange
+from .web import (HERE, BadRequest, admin_session, auth_log, bridge, client_address, csrf_ok, iso, json_error,
+                  too_many_attempts)
 
 api = Blueprint("api", __name__, url_prefix="/api")
 
 MAX_PROMPT_CHARS = 2000
-
-
-def client_address() -> str:
-    return request.remote_addr or "unknown"
-
-
-def admin_session() -> bool:
-    """A logged-in dashboard whose password has not changed since."""
-    return session.get("admin") == bridge().admin.fingerprint and bridge().admin.is_set
-
-
-def csrf_ok() -> bool:
-    expected = session.get("csrf")
-    sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token") or ""
-    return bool(expected) and hmac.compare_digest(sent.encode(), expected.encode())
+# The original LAMControl R1 client never polls: it prints the first answer it gets.
+LEGACY_CLIENT = "LAMControl-R1-Client"
+LEGACY_WAIT = 25.0  # it gives up after 30 seconds
 
 
 def token_required(view: Callable) -> Callable:
-    """A valid bearer token, or a dashboard session with its CSRF header; guesses are rate-limited."""
+    """A valid bearer token, or a dashboard session with its CSRF header.
+
+    A valid token is always served. Wrong tokens are counted per address and per token, so
+    a client repeating a revoked token, or someone guessing, is locked out without locking
+    out the others that share the address (every local tool comes from 127.0.0.1).
+    """
 
     @functools.wraps(view)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         state = bridge()
-        client = client_address()
-        wait = state.limiter.retry_after(client)
-        if wait:
-            return json_error(f"Too many failed attempts; try again in {wait} seconds", 429, **{"Retry-After": str(wait)})
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            if state.tokens.check(token.strip()):
+        token = token.strip()
+        if scheme.lower() == "bearer" and token:
+            if state.tokens.check(token):
                 return view(*args, **kwargs)
-            state.limiter.fail(client)
-            return json_error("Invalid token", 401, **{"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            client = client_address()
+            keys = (f"address {client}", f"token {digest(token)}")
+            wait = state.limiter.retry_after(*keys)
+            if wait:
+                return too_many_attempts(wait)
+            locked = state.limiter.fail(*keys)
+            auth_log.warning("invalid API token from %s for %s %s", client, request.method, request.path)
+            if locked:
+                auth_log.warning("locked out %s for %g seconds after %d invalid tokens; valid tokens are still served",
+                            f"invalid tokens from {client}" if keys[0] in locked else "one invalid token",
+                            state.settings.login_window, state.settings.login_attempts)
+            return json_error("Invalid token", 401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         if admin_session() and csrf_ok():
             return view(*args, **kwargs)
         return json_error("Authentication required: send Authorization: Bearer <token>", 401,
-                          **{"WWW-Authenticate": "Bearer"})
+                          headers={"WWW-Authenticate": "Bearer"})
 
     return guarded
 
 
 def json_body() -> dict:
-    """The request's JSON object, or a 400 naming what is wrong."""
-    data = request.get_json(silent=True)
-    if data is None:
-        raise BadRequest("Request body must be JSON (Content-Type: application/json)")
+    """The request's JSON object, or a 400 naming what is wrong with it."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        raise BadRequest('The request has no body: send a JSON object such as {"prompt": "..."}')
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("The request body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        if request.is_json:
+            raise BadRequest(f"The request body is not valid JSON: {exc.msg} at character {exc.pos}") from None
+        raise BadRequest("The request body must be JSON, sent with Content-Type: application/json") from None
+    except RecursionError:
+        raise BadRequest("The request body is nested too deeply") from None
     if not isinstance(data, dict):
-        raise BadRequest("Request body must be a JSON object")
+        raise BadRequest("The request body must be a JSON object")
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise BadRequest(f"The request has a lone surrogate ({exc.object[exc.start:exc.end]!a}), which is not "
+                         "valid Unicode: send each character whole") from None
     return data
-
-
-class BadRequest(Exception):
-    """A client mistake; the message is sent back as the error."""
 
 
 @api.errorhandler(BadRequest)
@@ -99,6 +112,13 @@ def wait_seconds(value: Any, where: str) -> float:
     return min(float(value), bridge().settings.max_wait)
 
 
+def default_wait(body: dict) -> float:
+    """The wait a client gets that did not ask for one: the original R1 client cannot poll."""
+    if "wait" in body or not request.headers.get("User-Agent", "").startswith(LEGACY_CLIENT):
+        return 0.0
+    return min(LEGACY_WAIT, bridge().settings.max_wait)
+
+
 def result_of(exchange: Exchange) -> dict | None:
     reply = exchange.reply
     if reply is None:
@@ -107,28 +127,44 @@ def result_of(exchange: Exchange) -> dict | None:
             "timestamp": iso(reply.ts)}
 
 
+def outcome(exchange: Exchange) -> str:
+    """``pending`` until the reply comes, then ``completed``, or ``failed`` when the prompt failed."""
+    if exchange.reply is None:
+        return "pending"
+    return "completed" if exchange.reply.ok else "failed"
+
+
 def prompt_state(exchange: Exchange, wait: float = 0.0) -> dict:
     """The prompt's state as the API shows it, once it has a reply or ``wait`` seconds have passed."""
     if wait:
         exchange.done.wait(wait)
     result = result_of(exchange)
-    state = {"status": "completed" if result else "pending", "id": exchange.prompt.id,
+    state = {"status": outcome(exchange), "id": exchange.prompt.id,
              "response": result["message"] if result else None, "timestamp": iso(exchange.submitted)}
     if result:
         state["result"] = result
     return state
 
 
+def text_field(body: dict, name: str) -> str:
+    value = body.get(name)
+    if value is None:
+        raise BadRequest(f'No {name} provided: send {{"{name}": "..."}}')
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string, not {type(value).__name__}")
+    if not value.strip():
+        raise BadRequest(f'No {name} provided: send {{"{name}": "..."}} with some text')
+    return value
+
+
 @api.post("/prompt")
 @token_required
 def post_prompt() -> Response:
     body = json_body()
-    text = body.get("prompt")
-    if not isinstance(text, str) or not text.strip():
-        raise BadRequest("No prompt provided: send {\"prompt\": \"...\"}")
+    text = text_field(body, "prompt")
     if len(text) > MAX_PROMPT_CHARS:
         raise BadRequest(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
-    wait = wait_seconds(body.get("wait"), "wait")
+    wait = wait_seconds(body.get("wait"), "wait") or default_wait(body)
     fields = {"prompt": text.strip(), "source": body.get("source", "r1"), "metadata": body.get("metadata", {})}
     if "id" in body:
         fields["id"] = body["id"]
@@ -154,6 +190,19 @@ def prompt_status(prompt_id: str) -> Response:
     return jsonify(prompt_state(exchange, wait))
 
 
+def prompt_as_task(exchange: Exchange) -> dict:
+    """A prompt in the task-status shape: the original R1 page polls it with the prompt's id."""
+    body = {"id": exchange.prompt.id, "prompt_id": exchange.prompt.id, "command": exchange.prompt.prompt,
+            "worker_id": None, "timestamp": iso(exchange.submitted)}
+    reply = exchange.reply
+    if reply is None:
+        return {**body, "state": "pending", "status": "pending", "message": "Task is being processed..."}
+    agents = sorted({t.get("agent") for t in reply.tasks if t.get("agent")})
+    return {**body, "state": reply.status, "status": outcome(exchange), "success": reply.ok,
+            "message": reply.response, "worker_id": ",".join(agents) or None, "output": {"tasks": reply.tasks},
+            "result": {"state": reply.status, "message": reply.response, "data": {"tasks": reply.tasks}}}
+
+
 @api.get("/task/<task_id>/status")
 @token_required
 def task_status(task_id: str) -> Response:
@@ -162,13 +211,17 @@ def task_status(task_id: str) -> Response:
     if task is None:
         found = state.relay.find_task(task_id)
         if found is None:
-            return json_error("Task not found", 404)
+            exchange = state.relay.exchanges.get(task_id)
+            if exchange is None:
+                return json_error("Task not found (neither a task id nor a prompt id this bridge knows)", 404)
+            return jsonify(prompt_as_task(exchange))
         exchange, summary = found
         task = {**summary, "prompt_id": exchange.prompt.id, "ts": exchange.reply.ts if exchange.reply else 0}
     body = {"id": task_id, "prompt_id": task.get("prompt_id"), "command": task.get("command", ""),
             "worker_id": task.get("agent"), "state": task["state"], "timestamp": iso(task.get("ts") or 0)}
     if task["state"] in ("succeeded", "failed"):
-        body.update(status="completed", success=task["state"] == "succeeded", message=task.get("message", ""),
+        body.update(status="completed" if task["state"] == "succeeded" else "failed",
+                    success=task["state"] == "succeeded", message=task.get("message", ""),
                     output=task.get("data", {}),
                     result={"state": task["state"], "message": task.get("message", ""), "data": task.get("data", {})})
     else:
@@ -199,9 +252,9 @@ def worker_view(presence: Presence, topics_prefix: str) -> dict:
 @api.get("/workers")
 @token_required
 def workers() -> Response:
-    relay = bridge().relay
-    agents = sorted(relay.agents.values(), key=lambda p: p.agent)
-    return jsonify(workers=[worker_view(p, relay.topics.prefix) for p in agents], total_workers=len(agents),
+    state = bridge()
+    agents = sorted(known_agents(state.relay), key=lambda p: p.agent)
+    return jsonify(workers=[worker_view(p, state.relay.topics.prefix) for p in agents], total_workers=len(agents),
                    online_workers=sum(1 for p in agents if p.state == "online"))
 
 

@@ -7,14 +7,14 @@ an API token or an admin login.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from lamcontrol import __version__
@@ -22,16 +22,19 @@ from lamcontrol import config as lamconfig
 from lamcontrol.protocol import Reply, parse
 
 from .activity import EventHub, TaskTracker
+from .api import api, metrics
 from .auth import AdminPassword, RateLimiter, TokenStore, load_secret_key
 from .metrics import Metrics
+from .pages import pages
+from .presence import known_agents
 from .relay import Relay
+from .web import GONE, HERE, gone, iso, json_error
 
 if TYPE_CHECKING:
     from .openclaw import Gateway
 
 log = logging.getLogger(__name__)
 
-HERE = Path(__file__).parent
 
 
 @dataclass
@@ -91,7 +94,8 @@ class Bridge:
         self.settings = settings
         self.tokens = TokenStore(settings.state_file("token_file"))
         self.admin = AdminPassword(settings.state_file("admin_file"))
-        self.limiter = RateLimiter(settings.login_attempts, settings.login_window)
+        self.limiter = RateLimiter(settings.login_attempts, settings.login_window)  # per address, token, login
+        self.user_limiter = RateLimiter(settings.login_attempts * 4, settings.login_window)  # per user name
         self.metrics = Metrics()
         self.hub = EventHub(relay.topics)
         self.tracker = TaskTracker(relay.topics, settings.keep)
@@ -113,7 +117,7 @@ class Bridge:
             pass  # the relay refuses it; nothing to count
 
     def health(self) -> tuple[dict, int]:
-        agents = list(self.relay.agents.values())
+        agents = known_agents(self.relay)
         online = [a for a in agents if a.state == "online"]
         coordinator = self.relay.coordinator
         connected = self.relay.bus.connected.is_set()
@@ -135,27 +139,8 @@ class Bridge:
         return body, 503 if status == "unhealthy" else 200
 
 
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def json_error(message: str, status: int, **headers: str) -> Response:
-    response = jsonify(error=message)
-    response.status_code = status
-    response.headers.update(headers)
-    return response
-
-
-def bridge() -> Bridge:
-    """The bridge serving the current request."""
-    return current_app.extensions["lam"]
-
-
 def create_app(relay: Relay, settings: BridgeSettings) -> Flask:
     """The WSGI application for one relay (already started or not)."""
-    from .api import api, metrics
-    from .pages import pages
-
     app = Flask(__name__, static_folder=str(HERE / "static"), template_folder=str(HERE / "templates"))
     state = Bridge(relay, settings)
     app.extensions["lam"] = state
@@ -168,6 +153,8 @@ def create_app(relay: Relay, settings: BridgeSettings) -> Flask:
     app.json.sort_keys = False
     app.register_blueprint(api)
     app.register_blueprint(pages)
+    for number, ((method, rule), replacement) in enumerate(GONE.items()):
+        app.add_url_rule(rule, f"gone_{number}", functools.partial(gone, replacement), methods=[method])
     if not settings.metrics_listen:
         app.add_url_rule("/metrics", view_func=metrics)
 
@@ -185,8 +172,8 @@ def create_app(relay: Relay, settings: BridgeSettings) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
-        messages = {404: "Not found", 405: "Method not allowed",
-                    413: f"Request body too large (the limit is {settings.max_body} bytes)"}
+        messages = {404: f"Not found: {request.path}", 405: f"Method {request.method} is not allowed on {request.path}",
+                    413: too_large(settings.max_body)}
         return json_error(messages.get(exc.code, exc.description or exc.name), exc.code or 400)
 
     @app.errorhandler(Exception)
@@ -195,6 +182,10 @@ def create_app(relay: Relay, settings: BridgeSettings) -> Flask:
         return json_error("Internal error; the bridge log has the details", 500)
 
     return app
+
+
+def too_large(limit: int) -> str:
+    return f"Request body too large: the API takes at most {limit} bytes ([bridge] max_body)"
 
 
 def cors(response: Response, allowed: list[str]) -> None:

@@ -137,7 +137,7 @@ class AdminPassword:
 
 
 class RateLimiter:
-    """At most ``limit`` failures per client address within ``window`` seconds."""
+    """At most ``limit`` failures per key (an address, a user, a credential) within ``window`` seconds."""
 
     def __init__(self, limit: int, window: float) -> None:
         self.limit = limit
@@ -145,26 +145,36 @@ class RateLimiter:
         self._failures: dict[str, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
 
-    def _recent(self, client: str, now: float) -> deque[float]:
-        failures = self._failures[client]
+    def _recent(self, key: str, now: float) -> deque[float]:
+        failures = self._failures[key]
         while failures and failures[0] <= now - self.window:
             failures.popleft()
         if not failures:
-            del self._failures[client]
+            del self._failures[key]
         return failures
 
-    def retry_after(self, client: str) -> int:
-        """Seconds until ``client`` may try again; 0 when it may now."""
+    def retry_after(self, *keys: str) -> int:
+        """Seconds until none of ``keys`` is locked out; 0 when all may try now."""
         now = time.monotonic()
+        wait = 0
         with self._lock:
-            failures = self._recent(client, now)
-            if len(failures) < self.limit:
-                return 0
-            return max(1, int(failures[0] + self.window - now + 0.999))
+            for key in keys:
+                failures = self._recent(key, now)
+                if len(failures) >= self.limit:
+                    wait = max(wait, int(failures[-self.limit] + self.window - now + 0.999), 1)
+        return wait
 
-    def fail(self, client: str) -> None:
+    def fail(self, *keys: str) -> list[str]:
+        """Count a failure against each key; the keys it locked out just now."""
+        now = time.monotonic()
+        locked = []
         with self._lock:
-            self._failures[client].append(time.monotonic())
+            for key in keys:
+                failures = self._failures[key]
+                failures.append(now)
+                if len(self._recent(key, now)) == self.limit:
+                    locked.append(key)
+        return locked
 
 
 def load_secret_key(path: Path) -> bytes:

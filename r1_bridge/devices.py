@@ -52,6 +52,7 @@ class Device:
     platform: str = ""
     family: str = ""
     token_hash: str = ""
+    public_key: str = ""  # Base64url Ed25519 key, pinned when the device proved it holds it
     state: str = "active"  # or "revoked"
     paired: float = field(default_factory=time.time)
     last_seen: float = 0.0
@@ -138,10 +139,10 @@ class DeviceStore:
             record = self._read()["devices"].get(device_id)
         return self._device(record) if record else None
 
-    def pair(self, device_id: str, name: str = "", platform: str = "", family: str = "") -> str:
+    def pair(self, device_id: str, name: str = "", platform: str = "", family: str = "", public_key: str = "") -> str:
         """Record a device (again) and return its new device token; only the hash is kept."""
         token = new_token()
-        device = Device(device_id, name, platform, family, HASHER.hash(token), last_seen=time.time())
+        device = Device(device_id, name, platform, family, HASHER.hash(token), public_key, last_seen=time.time())
         with self._editing() as data:
             data["devices"][device_id] = asdict(device)
         return token

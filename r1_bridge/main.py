@@ -6,7 +6,9 @@
     lam-bridge devices [list | revoke ID | new-code]   (R1s paired for voice)
 
 On its first start the bridge creates an API token and an admin password and prints each
-once; only their hashes are kept (in the state directory, or where ``[bridge]`` says).
+once; only their hashes are kept (in the state directory, or where ``[bridge]`` says). Under
+systemd, whose journal would keep them, they go to a private file instead and only its path
+is logged.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
 import sys
 from datetime import datetime
 
@@ -21,7 +24,7 @@ from lamcontrol import config as lamconfig
 from lamcontrol.bus import BrokerSettings
 from lamcontrol.service import component_parser, run_service, setup_logging
 
-from .app import Bridge, BridgeSettings, create_app
+from .app import Bridge, BridgeSettings, create_app, too_large
 from .auth import AdminPassword, TokenStore
 from .devices import add_commands as add_device_commands, run_command as cmd_devices
 from .openclaw import Gateway
@@ -46,7 +49,8 @@ class BridgeService:
         self.bridge: Bridge = self.app.extensions["lam"]
         self.server = Server(self.app, self.settings.listen, threads=self.settings.threads,
                              cert_file=self.settings.cert_file, key_file=self.settings.key_file,
-                             max_body=max(self.settings.max_body, WAITRESS_BODY_LIMIT))
+                             max_body=max(self.settings.max_body, WAITRESS_BODY_LIMIT),
+                             too_large=too_large(self.settings.max_body))
         self.metrics_server = None
         self.gateway = Gateway.from_config(self.relay, cfg)  # the R1's OpenClaw port; None when disabled
         self.bridge.gateway = self.gateway
@@ -88,6 +92,32 @@ def first_run(settings: BridgeSettings) -> list[str]:
     return lines
 
 
+FIRST_START_FILE = "bridge-first-start.txt"
+
+
+def output_is_journal() -> bool:
+    """Whether standard output is systemd's journal: ``$JOURNAL_STREAM`` names its device and inode."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        stat = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
+    return f"{stat.st_dev}:{stat.st_ino}" == f"{device}:{inode}"
+
+
+def announce_first_run(lines: list[str], settings: BridgeSettings) -> None:
+    """Show the first-start secrets once: on the terminal, or under systemd in a private file
+    (whoever may read the system journal would find the password there)."""
+    if not output_is_journal():
+        print("First start: keep these now, they are not shown again:", *lines, sep="\n", flush=True)
+        return
+    path = settings.state_file("admin_file").parent / FIRST_START_FILE
+    lamconfig.write_private(path, "\n".join(["LAMControl bridge, first start: keep these, then delete this file.",
+                                             *lines, ""]))
+    print(f"First start: the admin password and API token are in {path} (readable by this service's user "
+          "only); read it, then delete it.", flush=True)
+
+
 def cmd_serve(args: argparse.Namespace, cfg: dict) -> int:
     if args.listen:
         cfg["bridge"]["listen"] = args.listen
@@ -104,7 +134,7 @@ def cmd_serve(args: argparse.Namespace, cfg: dict) -> int:
     service.start()
     print(f"LAMControl bridge on {service.url}  (dashboard: {service.url}/  R1 page: {service.url}/r1)", flush=True)
     if secrets_once:
-        print("First start: keep these now, they are not shown again:", *secrets_once, sep="\n", flush=True)
+        announce_first_run(secrets_once, service.settings)
     run_service(service.ready, service.stop, "bridge")
     return 0
 

@@ -1,19 +1,30 @@
 """An OpenClaw-compatible WebSocket gateway, so a stock R1's push-to-talk reaches LAMControl.
 
-The R1 turns speech into text itself and sends it over a WebSocket (protocol 3 of the
-OpenClaw gateway); the gateway publishes it as a prompt (source ``r1-voice:<device>``) and
-sends back the reply's sentence, which the R1 speaks. Frames, as the R1 uses them::
+The R1 turns speech into text itself and sends it over a WebSocket (OpenClaw's gateway
+protocol, versions 3 and 4); the gateway publishes it as a prompt (source
+``r1-voice:<device>``) and streams back what happens, which the R1 speaks. Frames::
 
     gateway → {type:"event", event:"connect.challenge", payload:{nonce, ts}}
-    R1      → {type:"req", id, method:"connect", params:{auth:{token}, device:{id, ...}, client, ...}}
-    gateway → {type:"res", id, ok:true, payload:{type:"hello-ok", protocol:3, policy, auth:{deviceToken, ...}}}
-    R1      → {type:"req", id, method:"chat.send", params:{sessionKey, message, idempotencyKey}}
+    R1      → {type:"req", id, method:"connect", params:{minProtocol, maxProtocol, client, role, scopes,
+                auth:{token | deviceToken}, device?:{id, publicKey, signature, signedAt, nonce}}}
+    gateway → {type:"res", id, ok:true, payload:{type:"hello-ok", protocol, server, features, snapshot,
+                auth:{deviceToken, role, scopes}, policy}}
+    R1      → {type:"req", id, method:"chat.send", params:{sessionKey, message, idempotencyKey, attachments?}}
     gateway → {type:"res", id, ok:true, payload:{runId, status:"started"}}
+    gateway → {type:"event", event:"chat", payload:{runId, sessionKey, seq, state:"delta", deltaText, message}}
+              (one per command of a chain, as its result arrives)
     gateway → {type:"event", event:"chat", payload:{runId, sessionKey, seq, state:"final", message}}
 
-The R1 pairs with the pairing token from the QR code and is given a device token for later
-connections (:mod:`r1_bridge.devices`). A wrong or revoked token gets ``UNAUTHORIZED`` and
-close code 1008. The server runs on its own thread and event loop, beside the HTTP server.
+Pairing: the R1 presents the pairing token from the QR code and is given a device token for
+later connections (:mod:`r1_bridge.devices`). A client that signs the challenge with an
+Ed25519 device key (OpenClaw's device identity, :mod:`r1_bridge.identity`) is verified and its
+key pinned; one that sends no signature pairs on the token alone. Errors use OpenClaw's codes:
+a refused token is ``NOT_PAIRED`` and closes 1008, a protocol mismatch ``INVALID_REQUEST`` and
+closes 1002, a frame that is not JSON closes 1008.
+
+Photos in ``chat.send.attachments`` go with the question to the ``ai`` capability, scaled to
+fit one MQTT message (:mod:`r1_bridge.photos`). Frames may be 25 MB once the device is
+authenticated, 64 KiB before. The server runs on its own thread and event loop.
 """
 
 from __future__ import annotations
@@ -37,17 +48,23 @@ from websockets.exceptions import ConnectionClosed
 
 from lamcontrol import __version__
 from lamcontrol.config import ConfigError
-from lamcontrol.protocol import Reply, new_id
+from lamcontrol.protocol import Reply, Result, new_id
 
+from .activity import FINAL_STATES, TaskTracker
 from .devices import DeviceStore
+from .identity import IdentityError, verify
 from .pairing import pairing_payload
+from .photos import PhotoError, attachment_bytes, fit
+from .presence import online_agents
 from .relay import Relay
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = 3
+MIN_PROTOCOL, MAX_PROTOCOL = 3, 4
 DEFAULT_PORT = 18789
-MAX_FRAME = 64 * 1024
+MAX_FRAME_BEFORE_AUTH = 64 * 1024
+MAX_FRAME = 25 * 1024 * 1024  # as OpenClaw: room for photos once authenticated
+MAX_BUFFERED = 2 * MAX_FRAME
 CONNECT_TIMEOUT = 30.0  # to authenticate after the socket opens
 TICK_INTERVAL = 15.0
 ROLE = "operator"
@@ -58,20 +75,35 @@ MAX_ID = 128
 KEEP_RUNS = 1000
 KEEP_HISTORY = 50
 QUESTION_WINDOW = 120.0  # seconds after a confirmation question in which "no" answers it
-CLOSE_POLICY = 1008
+PHOTO_HEADROOM = 8 * 1024  # bytes of a prompt or task message left for all but the photo
+MAX_PHOTO_QUESTION = 1000
+CLOSE_PROTOCOL, CLOSE_POLICY = 1002, 1008
+METHODS = ["chat.send", "chat.history", "health", "system-presence", "tools.catalog"]
+EVENTS = ["connect.challenge", "tick", "chat"]
 
 EMPTY_SENTENCE = "I did not catch that. Please say it again."
 NO_REPLY_SENTENCE = "LAMControl did not answer in time. Is the coordinator running?"
 FAILED_SENTENCE = "Something went wrong on the bridge; please try again."
 BROKER_AWAY_SENTENCE = "The bridge cannot reach the message broker right now; please try again shortly."
+NO_EYES_SENTENCE = "I cannot look at photos: no agent with the ai capability is online."
+PHOTO_QUESTION = "What is in this photo?"
 
 
 class FrameError(ValueError):
-    """A frame the gateway cannot act on; ``code`` is the OpenClaw error code."""
+    """A request the gateway refuses: an OpenClaw error code, and how to end the connection.
 
-    def __init__(self, message: str, code: str = "INVALID_REQUEST") -> None:
+    ``close`` is a WebSocket close code when the connection must end (after the error frame).
+    """
+
+    def __init__(self, message: str, code: str = "INVALID_REQUEST", close: int = 0, details: dict | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.close = close
+        self.details = details
+
+
+class NotJson(Exception):
+    """A frame that is not JSON text: OpenClaw closes the connection (1008)."""
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -95,12 +127,13 @@ def event(name: str, payload: dict) -> dict:
     return {"type": "event", "event": name, "payload": payload}
 
 
-def response(request_id: Any, payload: dict) -> dict:
+def response(request_id: str, payload: dict) -> dict:
     return {"type": "res", "id": request_id, "ok": True, "payload": payload}
 
 
-def error(request_id: Any, code: str, message: str) -> dict:
-    return {"type": "res", "id": request_id, "ok": False, "error": {"code": code, "message": message}}
+def error(request_id: str, code: str, message: str, details: dict | None = None) -> dict:
+    shape = {"code": code, "message": message, **({"details": details} if details else {})}
+    return {"type": "res", "id": request_id, "ok": False, "error": shape}
 
 
 def text_message(role: str, text: str) -> dict:
@@ -116,8 +149,9 @@ def _field(params: dict, name: str, kind: type, default: Any = None, required: b
     value = params.get(name, default)
     if value is None and not required:
         return default
+    kinds = {str: "string", dict: "JSON object", list: "list"}
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise FrameError(f"params.{name} must be a {'string' if kind is str else 'JSON object'}")
+        raise FrameError(f"params.{name} must be a {kinds[kind]}")
     return value
 
 
@@ -128,19 +162,20 @@ def _short_id(value: Any, name: str) -> str:
 
 
 def read_frame(raw: str | bytes) -> dict:
-    """A request frame, checked; FrameError says what is wrong with anything else."""
+    """A request frame, checked. NotJson for anything but JSON text; FrameError for a frame
+    that is JSON but not a request (with the id to answer, when it has one)."""
     if isinstance(raw, bytes):
-        raise FrameError("frames must be JSON text, not binary")
+        raise NotJson("frames must be JSON text, not binary")
     try:
         frame = json.loads(raw)
-    except ValueError as exc:
-        raise FrameError(f"the frame is not JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise NotJson(f"the frame is not JSON ({exc})") from None
     if not isinstance(frame, dict):
         raise FrameError("a frame must be a JSON object")
     if frame.get("type") != "req":
         raise FrameError(f"unknown frame type {frame.get('type')!r}: the gateway only takes requests (type \"req\")")
-    if not isinstance(frame.get("id"), (str, int)) or isinstance(frame.get("id"), bool):
-        raise FrameError("a request needs an id (a string)")
+    if not isinstance(frame.get("id"), str) or not frame["id"]:
+        raise FrameError("a request needs an id (a non-empty string)")
     if not isinstance(frame.get("method"), str) or not frame["method"]:
         raise FrameError("a request needs a method (a string)")
     if frame.get("params") is None:
@@ -150,14 +185,26 @@ def read_frame(raw: str | bytes) -> dict:
     return frame
 
 
-def request_id_of(raw: str | bytes) -> Any:
+def request_id_of(raw: str) -> str | None:
     """The id of a frame that failed to read, when it has a usable one (for the error frame)."""
     try:
         frame = json.loads(raw)
-    except (ValueError, TypeError):
+    except (ValueError, RecursionError):
         return None
     value = frame.get("id") if isinstance(frame, dict) else None
-    return value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    return value if isinstance(value, str) and value else None
+
+
+def negotiate(params: dict) -> int:
+    """The protocol version both sides speak: the highest in the client's range and ours."""
+    low, high = params.get("minProtocol", MIN_PROTOCOL), params.get("maxProtocol", MIN_PROTOCOL)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+        raise FrameError("params.minProtocol and params.maxProtocol must be integers")
+    if high < MIN_PROTOCOL or low > MAX_PROTOCOL or low > high:
+        raise FrameError("protocol mismatch", close=CLOSE_PROTOCOL,
+                         details={"expectedProtocol": MAX_PROTOCOL, "minProtocol": MIN_PROTOCOL,
+                                  "maxProtocol": MAX_PROTOCOL})
+    return min(high, MAX_PROTOCOL)
 
 
 @dataclass
@@ -217,10 +264,44 @@ class GatewaySettings:
 
 @dataclass
 class Run:
-    """One utterance and the sentence that answers it; retries with the same key share it."""
+    """One utterance: the sentences of its commands as they finish, then the answer.
+
+    Retries with the same idempotency key share it; every connection delivering it gets
+    the same events.
+    """
 
     id: str
-    answer: asyncio.Task
+    answer: asyncio.Task | None = None
+    steps: list[str] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add_step(self, text: str) -> None:
+        self.steps.append(text)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def progress(self) -> None:
+        """Until a step is added or the answer is ready."""
+        changed = asyncio.ensure_future(self._changed.wait())
+        try:
+            await asyncio.wait([changed, self.answer], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+
+
+class StepTracker(TaskTracker):
+    """The bus's task results, each final one handed to ``on_step(prompt_id, message)``."""
+
+    def __init__(self, relay: Relay, on_step: Callable[[str, str], None]) -> None:
+        super().__init__(relay.topics)
+        self.on_step = on_step
+        relay.watchers.append(self.watch)
+
+    def _on_result(self, result: Result) -> None:
+        before = self.get(result.task_id)
+        super()._on_result(result)
+        if before and before["state"] not in FINAL_STATES and result.state in FINAL_STATES and result.message:
+            self.on_step(before["prompt_id"], result.message)
 
 
 class Gateway:
@@ -239,9 +320,11 @@ class Gateway:
         self.port = self._socket.getsockname()[1]
         self.started = time.time()
         self.runs: OrderedDict[tuple[str, str], Run] = OrderedDict()
+        self.streaming: dict[str, Run] = {}  # prompt id -> the run waiting for its reply
         self.history: dict[str, deque] = {}
         self.asked: dict[str, float] = {}  # device -> when its last answer asked for a confirmation
         self.connected: dict[ServerConnection, str] = {}
+        self.steps = StepTracker(relay, self._on_step) if relay else None
         self._tasks: set[asyncio.Task] = set()
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="openclaw")
         self._closed = threading.Event()
@@ -293,7 +376,8 @@ class Gateway:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
-            server: Server = await serve(self._serve, sock=self._socket, ssl=self._ssl, max_size=MAX_FRAME)
+            server: Server = await serve(self._serve, sock=self._socket, ssl=self._ssl,
+                                         max_size=MAX_FRAME_BEFORE_AUTH)
         except Exception as exc:
             self._error = exc
             self._ready.set()
@@ -313,7 +397,8 @@ class Gateway:
 
     async def _serve(self, ws: ServerConnection) -> None:
         remote = "%s:%s" % ws.remote_address[:2] if ws.remote_address else "?"
-        await self._send(ws, event("connect.challenge", {"nonce": secrets.token_hex(16), "ts": now_ms()}))
+        nonce = secrets.token_hex(16)
+        await self._send(ws, event("connect.challenge", {"nonce": nonce, "ts": now_ms()}))
         ticker = self._spawn(self._tick(ws))
         connect_by = time.monotonic() + CONNECT_TIMEOUT
         try:
@@ -325,7 +410,7 @@ class Gateway:
                 except TimeoutError:
                     await ws.close(CLOSE_POLICY, "connect first")
                     return
-                if not await self._handle(ws, raw, remote):
+                if not await self._handle(ws, raw, remote, nonce):
                     return
         except ConnectionClosed:
             pass
@@ -333,71 +418,98 @@ class Gateway:
             ticker.cancel()
             self.connected.pop(ws, None)
 
-    async def _handle(self, ws: ServerConnection, raw: str | bytes, remote: str) -> bool:
+    async def _handle(self, ws: ServerConnection, raw: str | bytes, remote: str, nonce: str) -> bool:
         """Answer one frame; False when the connection was closed."""
+        request_id = None
         try:
             frame = read_frame(raw)
-            if frame["method"] == "connect":
-                return await self._connect(ws, frame, remote)
+            request_id = frame["id"]
             device_id = self.connected.get(ws)
             if device_id is None:
-                return await self._refuse(ws, frame["id"], remote, "?", f"{frame['method']} before connect")
+                if frame["method"] != "connect":
+                    raise FrameError("the first request must be connect", close=CLOSE_POLICY)
+                return await self._connect(ws, frame, remote, nonce)
+            if frame["method"] == "connect":
+                raise FrameError("already connected")
             if not await self._blocking(self.store.is_active, device_id):
-                return await self._refuse(ws, frame["id"], remote, device_id, "the device was revoked")
+                return await self._refuse(ws, request_id, remote, device_id, "the device was revoked")
             answer = await self._request(ws, device_id, frame)
             if answer is not None:
                 await self._send(ws, answer)
+        except NotJson as exc:
+            log.warning("R1 gateway closed the connection from %s: %s", remote, exc)
+            await ws.close(CLOSE_POLICY, "invalid frame: not JSON")
+            return False
         except FrameError as exc:
-            await self._send(ws, error(request_id_of(raw), exc.code, str(exc)))
+            request_id = request_id or request_id_of(raw)
+            if request_id:
+                await self._send(ws, error(request_id, exc.code, str(exc), exc.details))
+            if exc.close or not request_id or ws not in self.connected:  # a failed handshake ends it too
+                await ws.close(exc.close or CLOSE_POLICY, str(exc)[:120])
+                return False
         except ConnectionClosed:
             raise
         except Exception:
             log.exception("R1 gateway failed on a frame from %s", remote)
-            await self._send(ws, error(request_id_of(raw), "UNAVAILABLE", FAILED_SENTENCE))
+            if request_id:
+                await self._send(ws, error(request_id, "UNAVAILABLE", FAILED_SENTENCE))
         return True
 
-    async def _connect(self, ws: ServerConnection, frame: dict, remote: str) -> bool:
+    async def _connect(self, ws: ServerConnection, frame: dict, remote: str, nonce: str) -> bool:
         params = frame["params"]
+        protocol = negotiate(params)
         auth = _field(params, "auth", dict, {})
         device = _field(params, "device", dict, {})
         client = _field(params, "client", dict, {})
         device_id = _short_id(device.get("id"), "params.device.id")
-        low, high = params.get("minProtocol", PROTOCOL), params.get("maxProtocol", PROTOCOL)
-        if isinstance(low, int) and isinstance(high, int) and not low <= PROTOCOL <= high:
-            raise FrameError(f"this gateway speaks protocol {PROTOCOL} only", "PROTOCOL_MISMATCH")
-        offered = [t for t in (auth.get("deviceToken"), auth.get("token")) if isinstance(t, str) and t]
+        offered = [t for t in (auth.get("token"), auth.get("deviceToken")) if isinstance(t, str) and t]
+        public_key = ""
+        if device.get("signature") is not None:
+            try:
+                public_key = verify(device, client, str(params.get("role", ROLE)), list(params.get("scopes") or []),
+                                    offered, nonce, now_ms())
+            except IdentityError as exc:
+                log.warning("R1 gateway refused %s from %s: %s", device_id, remote, exc)
+                raise FrameError(str(exc), close=CLOSE_POLICY) from None
+        known = await self._blocking(self.store.get, device_id)
+        if known and known.public_key and known.public_key != public_key:
+            return await self._refuse(ws, frame["id"], remote, device_id,
+                                      "this device signs its connections, and this one is not signed by its key")
         token = None
         for candidate in offered:
             if await self._blocking(self.store.is_pairing_token, candidate):
                 token = await self._blocking(self.store.pair, device_id, str(client.get("displayName", ""))[:64],
                                              str(client.get("platform", ""))[:32],
-                                             str(client.get("deviceFamily", ""))[:32])
-                log.info("R1 %s paired from %s", device_id, remote)
+                                             str(client.get("deviceFamily", ""))[:32], public_key)
+                log.info("R1 %s paired from %s%s", device_id, remote, " (device key verified)" if public_key else "")
                 break
             if await self._blocking(self.store.authenticate, device_id, candidate):
                 token = candidate
                 break
         if token is None:
-            known = await self._blocking(self.store.get, device_id)
             reason = "the device was revoked" if known and not known.active else \
                 "no token" if not offered else "the token is not valid"
             return await self._refuse(ws, frame["id"], remote, device_id, reason)
         self.connected[ws] = device_id
+        ws.protocol.max_size = MAX_FRAME
         await self._send(ws, response(frame["id"], {
-            "type": "hello-ok", "protocol": PROTOCOL,
-            "server": {"name": "lamcontrol", "version": __version__},
-            "policy": {"tickIntervalMs": int(TICK_INTERVAL * 1000), "maxPayload": MAX_FRAME},
+            "type": "hello-ok", "protocol": protocol,
+            "server": {"version": __version__, "connId": new_id()},
+            "features": {"methods": METHODS, "events": EVENTS},
+            "snapshot": {"presence": self._presence(), "health": self._health(),
+                         "stateVersion": {"presence": len(self.connected), "health": 0},
+                         "uptimeMs": int((time.time() - self.started) * 1000), "authMode": "token"},
             "auth": {"deviceToken": token, "role": ROLE, "scopes": SCOPES},
-            "presence": self._presence(), "health": self._health(),
-            "stateVersion": 1, "uptimeMs": int((time.time() - self.started) * 1000),
+            "policy": {"maxPayload": MAX_FRAME, "maxBufferedBytes": MAX_BUFFERED,
+                       "tickIntervalMs": int(TICK_INTERVAL * 1000)},
         }))
         return True
 
-    async def _refuse(self, ws: ServerConnection, request_id: Any, remote: str, device_id: str, reason: str) -> bool:
+    async def _refuse(self, ws: ServerConnection, request_id: str, remote: str, device_id: str, reason: str) -> bool:
         log.warning("R1 gateway refused %s from %s: %s", device_id, remote, reason)
-        await self._send(ws, error(request_id, "UNAUTHORIZED", f"not paired: {reason}; scan the pairing code again"))
+        await self._send(ws, error(request_id, "NOT_PAIRED", f"pairing required: {reason}; scan the pairing code again"))
         self.connected.pop(ws, None)
-        await ws.close(CLOSE_POLICY, "unauthorized")
+        await ws.close(CLOSE_POLICY, "pairing required")
         return False
 
     async def _request(self, ws: ServerConnection, device_id: str, frame: dict) -> dict | None:
@@ -406,11 +518,11 @@ class Gateway:
         if method == "chat.send":
             await self._chat_send(ws, device_id, request_id, params)
             return None
-        if method in ("health", "gateway.health"):
+        if method == "health":
             return response(request_id, self._health())
         if method == "system-presence":
             return response(request_id, {"entries": self._presence()})
-        if method in ("tools.catalog", "tools.effective"):
+        if method == "tools.catalog":
             return response(request_id, {"tools": self._tools()})
         if method == "chat.history":
             session_key = _field(params, "sessionKey", str, "main")
@@ -419,19 +531,27 @@ class Gateway:
             if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0:
                 messages = messages[len(messages) - limit:] if limit else []
             return response(request_id, {"sessionKey": session_key, "messages": messages})
-        return response(request_id, {"method": method})
+        raise FrameError(f"unknown method: {method}")
 
     # -- chat -------------------------------------------------------------------------
 
-    async def _chat_send(self, ws: ServerConnection, device_id: str, request_id: Any, params: dict) -> None:
-        """Acknowledge at once; the answer follows as a final chat event, even for a retry."""
+    async def _chat_send(self, ws: ServerConnection, device_id: str, request_id: str, params: dict) -> None:
+        """Acknowledge at once; the answer follows as chat events, even for a retry."""
         message = _field(params, "message", str, required=True)
+        try:
+            message.encode()
+        except UnicodeEncodeError:
+            raise FrameError("params.message has a lone surrogate, which is not valid Unicode") from None
         session_key = _short_id(_field(params, "sessionKey", str, "main"), "params.sessionKey")
         key = _short_id(_field(params, "idempotencyKey", str, new_id()), "params.idempotencyKey")
         run = self.runs.get((device_id, key))
         if run is None:
-            run_id = new_id()
-            run = Run(run_id, self._spawn(self._answer(device_id, message, session_key, run_id)))
+            try:
+                photos = [p for p in map(attachment_bytes, _field(params, "attachments", list, [])) if p]
+            except PhotoError as exc:
+                raise FrameError(f"params.attachments: {exc}") from None
+            run = Run(new_id())
+            run.answer = self._spawn(self._answer(run, device_id, message, photos[0] if photos else None, session_key))
             self.runs[(device_id, key)] = run
             while len(self.runs) > KEEP_RUNS:
                 self.runs.popitem(last=False)
@@ -439,15 +559,29 @@ class Gateway:
         self._spawn(self._deliver(ws, run, session_key))
 
     async def _deliver(self, ws: ServerConnection, run: Run, session_key: str) -> None:
-        sentence = await asyncio.shield(run.answer)
-        await self._send(ws, event("chat", {"runId": run.id, "sessionKey": session_key, "seq": 0, "state": "final",
-                                            "message": text_message("assistant", sentence)}))
+        """A delta event for each command's sentence as it comes, then the final answer."""
+        sent = 0
+        while True:
+            for text in run.steps[sent:]:
+                sent += 1
+                await self._send(ws, event("chat", {
+                    "runId": run.id, "sessionKey": session_key, "seq": sent - 1, "state": "delta", "deltaText": text,
+                    "message": text_message("assistant", " ".join(run.steps[:sent]))}))
+            if run.answer.done():
+                break
+            await run.progress()
+        sentence = run.answer.result()
+        await self._send(ws, event("chat", {"runId": run.id, "sessionKey": session_key, "seq": sent,
+                                            "state": "final", "message": text_message("assistant", sentence)}))
 
-    async def _answer(self, device_id: str, text: str, session_key: str, run_id: str) -> str:
+    async def _answer(self, run: Run, device_id: str, text: str, photo: bytes | None, session_key: str) -> str:
         """The sentence the R1 speaks for one utterance."""
+        metadata = {"device": device_id, "run": run.id, "session": session_key}
         try:
-            sentence = await self._answer_text(device_id, text.strip(), {"device": device_id, "run": run_id,
-                                                                         "session": session_key})
+            if photo is not None:
+                sentence = await self._answer_photo(run, device_id, text.strip(), photo, metadata)
+            else:
+                sentence = await self._answer_text(run, device_id, text.strip(), metadata)
         except BrokerAway:
             sentence = BROKER_AWAY_SENTENCE
         except Exception:
@@ -457,12 +591,12 @@ class Gateway:
         history.extend([text_message("user", text), text_message("assistant", sentence)])
         return sentence
 
-    async def _answer_text(self, device_id: str, text: str, metadata: dict) -> str:
+    async def _answer_text(self, run: Run, device_id: str, text: str, metadata: dict) -> str:
         if not text:
             return EMPTY_SENTENCE
         source = voice_source(device_id)
         answering_question = time.monotonic() - self.asked.pop(device_id, float("-inf")) < QUESTION_WINDOW
-        reply = await self._ask(text, source, metadata)
+        reply = await self._ask(run, text, source, metadata)
         if reply is None:
             return NO_REPLY_SENTENCE
         if reply.status == "needs_confirmation":
@@ -470,15 +604,34 @@ class Gateway:
         elif reply.status == "ignored" and not answering_question and self._ai_online():
             # Not a command: a question or chit-chat, for the ai capability to answer. (Right
             # after a confirmation question, "ignored" is the answer to it: "no" cancelled.)
-            answer = await self._ask("ai " + text.replace("&&", "and"), source, metadata)
-            return answer.response if answer else NO_REPLY_SENTENCE
+            return await self._ask_ai(run, text, source, metadata)
         return reply.response
 
-    async def _ask(self, text: str, source: str, metadata: dict) -> Reply | None:
+    async def _answer_photo(self, run: Run, device_id: str, text: str, photo: bytes, metadata: dict) -> str:
+        """A photo and its question, for the ai capability's vision model."""
+        if not self._ai_online():
+            return NO_EYES_SENTENCE
+        question = text[:MAX_PHOTO_QUESTION] or PHOTO_QUESTION
+        budget = self.relay.bus.settings.max_payload - PHOTO_HEADROOM - 2 * len(question.encode())
+        try:
+            image = await self._blocking(fit, photo, budget)
+        except PhotoError as exc:
+            return f"Sorry, {exc}."
+        return await self._ask_ai(run, question, voice_source(device_id), {**metadata, "image": image})
+
+    async def _ask_ai(self, run: Run, text: str, source: str, metadata: dict) -> str:
+        answer = await self._ask(run, "ai " + text.replace("&&", "and"), source, metadata)
+        return answer.response if answer else NO_REPLY_SENTENCE
+
+    async def _ask(self, run: Run, text: str, source: str, metadata: dict) -> Reply | None:
         if not self.relay.bus.connected.is_set():
             raise BrokerAway
         exchange = self.relay.submit(text, source=source, metadata=metadata)
-        return await self._blocking(self._wait_reply, exchange.prompt.id)
+        self.streaming[exchange.prompt.id] = run
+        try:
+            return await self._blocking(self._wait_reply, exchange.prompt.id)
+        finally:
+            self.streaming.pop(exchange.prompt.id, None)
 
     def _wait_reply(self, prompt_id: str) -> Reply | None:
         """The reply, waited for in slices so that stopping the gateway is not held up."""
@@ -489,14 +642,20 @@ class Gateway:
                 return reply
         return None
 
+    def _on_step(self, prompt_id: str, text: str) -> None:
+        """A command of a prompt finished (on the bus's thread): stream its sentence."""
+        run = self.streaming.get(prompt_id)
+        if run is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(run.add_step, text)
+
     def _ai_online(self) -> bool:
-        return any(agent.offers("ai", "ask") for agent in self.relay.online_agents())
+        return any(agent.offers("ai", "ask") for agent in online_agents(self.relay))
 
     # -- status -----------------------------------------------------------------------
 
     def _health(self) -> dict:
         coordinator = self.relay.coordinator.state if self.relay.coordinator else "unknown"
-        agents = sorted(agent.agent for agent in self.relay.online_agents())
+        agents = sorted(agent.agent for agent in online_agents(self.relay))
         ok = coordinator == "online"
         return {"ok": ok, "status": "ok" if ok else "degraded", "coordinator": coordinator, "agents": agents}
 
@@ -506,7 +665,7 @@ class Gateway:
 
     def _tools(self) -> list[dict]:
         offered: dict[str, list[str]] = {}
-        for agent in self.relay.online_agents():
+        for agent in online_agents(self.relay):
             for capability, actions in agent.capabilities.items():
                 for action in actions:
                     offered.setdefault(f"{capability} {action}", []).append(agent.agent)
@@ -536,4 +695,3 @@ class Gateway:
 
     async def _blocking(self, func: Callable, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
-

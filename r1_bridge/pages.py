@@ -10,11 +10,10 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, redirect, render_template, request, session, url_for
 from markupsafe import Markup
 
-from .api import admin_session, client_address, csrf_ok
-from .app import bridge, json_error
 from .auth import new_csrf_token
 from .devices import DeviceStore, format_time
 from .pairing import qr_svg
+from .web import admin_session, auth_log, bridge, client_address, csrf_ok, json_error, too_many_attempts
 
 pages = Blueprint("pages", __name__)
 
@@ -63,13 +62,21 @@ def login() -> Any:
     if request.method == "GET":
         return render_template("login.html", error="", next=local_path(request.args.get("next")))
     client = client_address()
-    wait = state.limiter.retry_after(client)
+    username = request.form.get("username", "")
+    # Per address and user: someone else's typos elsewhere do not lock the admin out; many
+    # failures for the one user from anywhere (a spread-out guesser) do, for a while.
+    here, anywhere = f"login {client} {username}", f"user {username}"
+    wait = max(state.limiter.retry_after(here), state.user_limiter.retry_after(anywhere))
     if wait:
-        return json_error(f"Too many failed logins; try again in {wait} seconds", 429, **{"Retry-After": str(wait)})
+        return too_many_attempts(wait)
     if not csrf_ok():
         return json_error("Missing or wrong CSRF token; reload the page", 403)
-    if not state.admin.verify(request.form.get("username", ""), request.form.get("password", "")):
-        state.limiter.fail(client)
+    if not state.admin.verify(username, request.form.get("password", "")):
+        locked_here, locked_anywhere = state.limiter.fail(here), state.user_limiter.fail(anywhere)
+        auth_log.warning("failed dashboard login for user %r from %s", username[:64], client)
+        if locked_here or locked_anywhere:
+            auth_log.warning("locked out dashboard logins for user %r%s for %g seconds", username[:64],
+                             "" if locked_anywhere else f" from {client}", state.settings.login_window)
         return render_template("login.html", error="Wrong user name or password.",
                                next=local_path(request.form.get("next"))), 401
     session.clear()

@@ -11,6 +11,7 @@ so rate limits and logs see the browser, not 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import logging
 import select
 import socket
@@ -19,7 +20,9 @@ import threading
 from typing import Callable
 
 from waitress import wasyncore
+from waitress.channel import HTTPChannel
 from waitress.server import create_server
+from waitress.task import ErrorTask
 
 from lamcontrol import config as lamconfig
 
@@ -146,11 +149,28 @@ def relay(tls: ssl.SSLSocket, plain: socket.socket) -> None:
                 to_tls += data
 
 
+def json_errors(body_limit_message: str) -> type[HTTPChannel]:
+    """A waitress channel whose own errors (a body over its limit, a malformed request) are JSON too."""
+
+    class JsonErrorTask(ErrorTask):
+        def execute(self) -> None:
+            error = self.request.error
+            message = body_limit_message if error.code == 413 else f"{error.reason}: {error.body}"
+            body = json.dumps({"error": message}).encode()
+            self.status = f"{error.code} {error.reason}"
+            self.response_headers.extend([("Content-Type", "application/json"), ("Connection", "close")])
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    return type("JsonErrorChannel", (HTTPChannel,), {"error_task_class": JsonErrorTask})
+
+
 class Server:
     """The bridge's HTTP(S) listener; ``port`` is known once constructed (``0`` picks a free one)."""
 
     def __init__(self, app: Callable, listen: str, threads: int = 16, cert_file: str = "", key_file: str = "",
-                 max_body: int = 1024 * 1024) -> None:
+                 max_body: int = 1024 * 1024, too_large: str = "Request body too large") -> None:
         host, port = parse_listen(listen)
         self.https = bool(cert_file and key_file)
         self.tls: TLSFront | None = None
@@ -163,6 +183,7 @@ class Server:
         else:
             self.waitress = create_server(app, host=host, port=port, **options)
             self.host, self.port = host, self.waitress.effective_port
+        self.waitress.channel_class = json_errors(too_large)
         self._thread = threading.Thread(target=self.waitress.run, name="waitress", daemon=True)
 
     @property

@@ -16,6 +16,7 @@ from openapi_spec_validator import validate as validate_spec
 from conftest import Broker
 from helpers import LamSystem
 from lamcontrol import config as lamconfig
+from lamcontrol.r1_bridge.devices import DeviceStore
 from lamcontrol.r1_bridge.main import BridgeService
 
 PASSWORD = "correct horse battery"
@@ -43,13 +44,17 @@ def system(broker, tmp_path_factory):
 class RunningBridge:
     """A bridge on a free port, its state files in ``state``, with a token and the admin password set."""
 
-    def __init__(self, system: LamSystem, state: Path, broker_url: str | None = None, **bridge: object) -> None:
+    def __init__(self, system: LamSystem, state: Path, broker_url: str | None = None, voice: bool = False,
+                 **bridge: object) -> None:
         self.state = state
-        cfg = lamconfig.load(str(system.config(f"bridge-{state.name}", NO_VOICE_GATEWAY)), broker_url)
+        gateway = '[openclaw]\nhost = "127.0.0.1"\nport = 0\n' if voice else NO_VOICE_GATEWAY
+        cfg = lamconfig.load(str(system.config(f"bridge-{state.name}", gateway)), broker_url)
         cfg["bridge"].update(listen="127.0.0.1:0", token_file=str(state / "tokens.json"),
                              admin_file=str(state / "admin.json"), secret_key_file=str(state / "secret.key"),
                              **bridge)
         self.service = BridgeService(cfg)
+        if self.service.gateway:
+            self.service.gateway.store = DeviceStore(state / "r1-devices.json")
         self.bridge = self.service.bridge
         self.token = self.bridge.tokens.create("test")
         self.bridge.admin.set(PASSWORD)
@@ -70,11 +75,12 @@ class RunningBridge:
 
 @pytest.fixture(scope="module")
 def start_bridge(system, tmp_path_factory):
-    """``start_bridge(**[bridge] settings)`` → a running bridge, stopped after the module."""
+    """``start_bridge(**[bridge] settings)`` → a running bridge, stopped after the module (``voice=True``:
+    with the R1 voice gateway on a free port)."""
     started: list[RunningBridge] = []
 
-    def start(broker_url: str | None = None, **settings: object) -> RunningBridge:
-        running = RunningBridge(system, tmp_path_factory.mktemp("bridge"), broker_url, **settings)
+    def start(broker_url: str | None = None, voice: bool = False, **settings: object) -> RunningBridge:
+        running = RunningBridge(system, tmp_path_factory.mktemp("bridge"), broker_url, voice, **settings)
         started.append(running)
         if broker_url is None:
             running.service.relay.bus.ready.wait(15)

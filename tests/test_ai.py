@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from lamcontrol.agents.ai import SYSTEM_PROMPT, Ai, speakable
+import base64
+import io
+
+from PIL import Image
+
+from lamcontrol.agents.ai import SYSTEM_PROMPT, VISION_MODEL, Ai, speakable
 from lamcontrol.agents.capability import TaskFailed, Unavailable
 from helpers import unset
 from stubs.groq_server import GroqStub, rate_limited, retired, server_error, slow
@@ -112,6 +117,47 @@ def test_groq_section_is_shared_and_overridden(stub, tmp_path, monkeypatch):
     assert stub.requests[-1].headers["Authorization"] == "Bearer shared-key"
     Ai({"model": "openai/gpt-oss-20b"}).run("ask", {"prompt": "hi"})
     assert stub.calls[-1]["model"] == "openai/gpt-oss-20b"
+
+
+def jpeg_url(colour: str = "red", size: tuple[int, int] = (64, 48)) -> tuple[str, bytes]:
+    encoded = io.BytesIO()
+    Image.new("RGB", size, colour).save(encoded, "JPEG")
+    return "data:image/jpeg;base64," + base64.b64encode(encoded.getvalue()).decode(), encoded.getvalue()
+
+
+def test_a_photo_goes_to_the_vision_model_with_the_question(stub):
+    url, raw = jpeg_url()
+    stub.answer = "A red square."
+    outcome = ai_for(stub).run("ask", {"prompt": "what colour is this", "image": url})
+    assert outcome.message == "A red square." and outcome.data == {"answer": "A red square.", "model": VISION_MODEL}
+    call = stub.calls[-1]
+    assert call["model"] == VISION_MODEL and "reasoning_effort" not in call
+    assert call["messages"][-1]["content"][0] == {"type": "text", "text": "what colour is this"}
+    assert stub.images() == [raw]
+    # The next plain question uses the text model again, photo-free.
+    ai_for(stub).run("ask", {"prompt": "and now?"})
+    assert stub.calls[-1]["model"] == "openai/gpt-oss-20b" and stub.images() == []
+
+
+def test_the_vision_model_is_a_setting(stub):
+    url, _ = jpeg_url("blue")
+    ai_for(stub, vision_model="meta-llama/llama-4-maverick-17b-128e-instruct").run("ask", {"prompt": "what", "image": url})
+    assert stub.calls[-1]["model"] == "meta-llama/llama-4-maverick-17b-128e-instruct"
+
+
+@pytest.mark.parametrize("image", [42, "http://example.org/cat.jpg", "data:text/plain;base64,aGk=",
+                                   "data:image/jpeg;base64," + "A" * (4 * 1024 * 1024)])
+def test_unusable_photos_are_refused_before_groq(stub, image):
+    with pytest.raises(TaskFailed, match="cannot read that photo"):
+        ai_for(stub).run("ask", {"prompt": "what is it", "image": image})
+    assert stub.calls == []
+
+
+def test_the_stand_in_refuses_images_for_a_text_model(stub):
+    """The stand-in checks what Groq checks, so the tests above mean something."""
+    url, _ = jpeg_url()
+    with pytest.raises(TaskFailed, match="couldn't get an answer"):
+        ai_for(stub, vision_model="openai/gpt-oss-20b").run("ask", {"prompt": "what", "image": url})
 
 
 def test_speakable():

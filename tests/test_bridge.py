@@ -5,6 +5,7 @@ Every response is checked against the OpenAPI description the bridge serves.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -18,7 +19,7 @@ from bridgekit import (NO_VOICE_GATEWAY, PASSWORD, bridge, broker, csrf_from, du
                        openapi, self_signed_certificate, start_bridge, system)
 from helpers import ROOT, free_port, wait_for_port, wait_until
 from lamcontrol.cli import main as lam_main
-from lamcontrol.protocol import Prompt
+from lamcontrol.protocol import Presence, Prompt
 
 
 def post_prompt(bridge, body, token=None, **kwargs):
@@ -64,12 +65,14 @@ def test_prompt_without_wait_is_pending_then_completed(bridge, system, openapi):
     assert final["status"] == "completed" and final["response"] == "rested"
 
 
-def test_failed_command_completes_with_its_sentence(bridge, openapi):
+def test_failed_command_reports_failed_with_its_sentence(bridge, openapi):
     answer = openapi.check(post_prompt(bridge, {"prompt": "echo fail the disk is full", "wait": 10}),
                            "/api/prompt", "post")
-    assert answer["status"] == "completed"
+    assert answer["status"] == "failed"
     assert answer["result"]["status"] == "failed" and answer["result"]["success"] is False
     assert "the disk is full" in answer["response"]
+    again = bridge.session().get(f"{bridge.url}/api/prompt/{answer['id']}/status", timeout=10)
+    assert openapi.check(again, "/api/prompt/{id}/status")["status"] == "failed"
 
 
 def test_wait_is_capped_by_the_configured_maximum(start_bridge, openapi):
@@ -127,13 +130,21 @@ def test_metrics_on_a_port_of_their_own(start_bridge):
 
 # -- every way to get it wrong -------------------------------------------------------------
 
+JSON = {"Content-Type": "application/json"}
 BAD_PROMPTS = [
-    ({"data": "not json", "headers": {"Content-Type": "text/plain"}}, 400, "JSON"),
-    ({"data": "{broken", "headers": {"Content-Type": "application/json"}}, 400, "JSON"),
+    ({"data": "not json", "headers": {"Content-Type": "text/plain"}}, 400, "Content-Type: application/json"),
+    ({"data": "{broken", "headers": JSON}, 400, "not valid JSON: Expecting property name"),
+    ({"data": "", "headers": JSON}, 400, "no body"),
+    ({"data": b"\xff\xfe{}", "headers": JSON}, 400, "not UTF-8"),
+    ({"data": "[" * 5000 + "]" * 5000, "headers": JSON}, 400, "nested too deeply"),
     ({"json": ["echo hi"]}, 400, "object"),
     ({"json": {}}, 400, "No prompt"),
     ({"json": {"prompt": "   "}}, 400, "No prompt"),
-    ({"json": {"prompt": 42}}, 400, "No prompt"),
+    ({"json": {"prompt": 42}}, 400, "prompt must be a string"),
+    ({"json": {"prompt": ["echo hi"]}}, 400, "prompt must be a string"),
+    ({"data": '{"prompt": "echo \\ud800 hi"}', "headers": JSON}, 400, "lone surrogate ('\\ud800')"),
+    ({"data": '{"prompt": "echo hi", "source": "r1\\udfff"}', "headers": JSON}, 400, "lone surrogate"),
+    ({"data": '{"prompt": "echo hi", "metadata": {"\\ud83d": 1}}', "headers": JSON}, 400, "lone surrogate"),
     ({"json": {"prompt": "x" * 2001}}, 400, "longer"),
     ({"json": {"prompt": "echo hi", "source": 7}}, 400, "source"),
     ({"json": {"prompt": "echo hi", "source": "s" * 65}}, 400, "source"),
@@ -143,7 +154,8 @@ BAD_PROMPTS = [
     ({"json": {"prompt": "echo hi", "wait": True}}, 400, "wait"),
     ({"json": {"prompt": "echo hi", "id": "a/b"}}, 400, "id"),
     ({"json": {"prompt": "echo hi", "id": 5}}, 400, "id"),
-    ({"data": json.dumps({"prompt": "x" * 100_000}), "headers": {"Content-Type": "application/json"}}, 413, "too large"),
+    ({"data": json.dumps({"prompt": "x" * 100_000}), "headers": JSON}, 413, "at most 16384 bytes"),
+    ({"data": json.dumps({"prompt": "x" * 1_100_000}), "headers": JSON}, 413, "at most 16384 bytes"),
 ]
 
 
@@ -168,6 +180,70 @@ def test_unknown_ids_and_paths_get_a_json_error(bridge, method, path, status):
     assert response.headers["Content-Type"] == "application/json" and response.json()["error"]
 
 
+@pytest.mark.parametrize("method,path,replaced_by", [
+    ("post", "/api/worker/register", "lam-agent"),
+    ("post", "/api/worker/desk_computer/heartbeat", "presence"),
+    ("delete", "/api/worker/desk_computer/remove", "lam agents forget"),
+    ("get", "/r1/login", "/r1"),
+    ("post", "/r1/login", "/r1"),
+    ("post", "/r1", "POST /api/prompt"),
+    ("get", "/r1/logout", "revoke"),
+])
+def test_routes_of_the_original_server_say_what_replaced_them(bridge, openapi, method, path, replaced_by):
+    response = getattr(requests, method)(f"{bridge.url}{path}", json={"worker_type": "browser"}, timeout=10)
+    documented = path.replace("desk_computer", "{id}")
+    body = openapi.check(response, documented, method) if documented in openapi.spec["paths"] else response.json()
+    assert response.status_code == 410 and "original LAMControl" in body["error"]
+    assert replaced_by in body["replaced_by"]
+
+
+ORIGINAL_CLIENT = {"User-Agent": "LAMControl-R1-Client-Distributed/3.0", "Content-Type": "application/json"}
+
+
+def test_the_original_r1_client_gets_its_answer_without_polling(bridge, openapi):
+    """It posts {prompt, source, metadata}, prints ``response`` and never polls."""
+    body = {"prompt": "echo from the old client", "source": "r1", "metadata": {}}
+    answer = openapi.check(bridge.session().post(f"{bridge.url}/api/prompt", json=body, headers=ORIGINAL_CLIENT,
+                                                 timeout=30), "/api/prompt", "post")
+    assert answer["status"] == "completed" and answer["response"] == "from the old client"
+    modern = openapi.check(post_prompt(bridge, {"prompt": "echo from a new client"}), "/api/prompt", "post")
+    assert modern["status"] == "pending" and modern["response"] is None  # others choose their wait
+
+
+def test_task_status_takes_prompt_ids_as_the_original_page_sends(bridge, openapi):
+    answer = openapi.check(post_prompt(bridge, {"prompt": "echo polled by prompt id", "wait": 10}), "/api/prompt", "post")
+    state = openapi.check(bridge.session().get(f"{bridge.url}/api/task/{answer['id']}/status", timeout=10),
+                          "/api/task/{id}/status")
+    assert state["status"] == "completed" and state["success"] is True and state["message"] == "polled by prompt id"
+    assert state["worker_id"] == "a1" and state["prompt_id"] == answer["id"]
+    failed = openapi.check(post_prompt(bridge, {"prompt": "echo fail no luck", "wait": 10}), "/api/prompt", "post")
+    state = openapi.check(bridge.session().get(f"{bridge.url}/api/task/{failed['id']}/status", timeout=10),
+                          "/api/task/{id}/status")
+    assert state["status"] == "failed" and state["success"] is False and "no luck" in state["message"]
+    # A task id still gives the task itself.
+    task_id = answer["result"]["tasks"][0]["task_id"]
+    task = openapi.check(bridge.session().get(f"{bridge.url}/api/task/{task_id}/status", timeout=10),
+                         "/api/task/{id}/status")
+    assert task["id"] == task_id and task["state"] == "succeeded" and task["status"] == "completed"
+
+
+def test_agents_not_heard_from_are_forgotten(bridge, system, openapi):
+    """A presence three heartbeats old (a crashed agent's, or a fake) is not shown as a worker."""
+    for agent_id, age in (("ghost", 120.0), ("sleepy", 60.0)):
+        presence = Presence(state="online", agent=agent_id, capabilities={"nothing": ["here"]}, heartbeat=30.0,
+                            ts=time.time() - age)
+        system.publish(presence)
+    wait_until(lambda: {"ghost", "sleepy"} <= set(bridge.service.relay.agents), what="both presences")
+    try:
+        workers = openapi.check(bridge.session().get(f"{bridge.url}/api/workers", timeout=10), "/api/workers")
+        shown = [w["worker_id"] for w in workers["workers"]]
+        assert "ghost" not in shown and "sleepy" in shown and "ghost" not in bridge.service.relay.agents
+        health = openapi.check(requests.get(f"{bridge.url}/api/health", timeout=10), "/api/health")
+        assert health["workers"] == workers["total_workers"]
+    finally:
+        system.publish_raw(system.topics.agent_status("sleepy"), b"")
+
+
 @pytest.mark.parametrize("path,method", [("/api/prompt", "post"), ("/api/prompt/x/status", "get"),
                                          ("/api/task/x/status", "get"), ("/api/workers", "get")])
 def test_api_needs_a_token(bridge, openapi, path, method):
@@ -177,14 +253,21 @@ def test_api_needs_a_token(bridge, openapi, path, method):
     assert "token" in openapi.check(response, spec_path, method)["error"].lower()
 
 
-def test_token_guesses_are_rate_limited(start_bridge, openapi):
+def test_token_guesses_are_rate_limited_but_valid_tokens_never(start_bridge, openapi, caplog):
     guarded = start_bridge(login_attempts=3, login_window=60.0)
+    guess = "guess-" + "x" * 20
     for _ in range(3):
-        response = post_prompt(guarded, {"prompt": "echo hi"}, token="guess")
+        response = post_prompt(guarded, {"prompt": "echo hi"}, token=guess)
         assert openapi.check(response, "/api/prompt", "post")["error"] == "Invalid token"
-    blocked = post_prompt(guarded, {"prompt": "echo hi"})  # even the right token waits now
-    assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
-    assert "too many" in openapi.check(blocked, "/api/prompt", "post")["error"].lower()
+    for token in (guess, "another-guess"):  # this address's wrong tokens wait now...
+        blocked = post_prompt(guarded, {"prompt": "echo hi"}, token=token)
+        assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
+        assert "too many" in openapi.check(blocked, "/api/prompt", "post")["error"].lower()
+    right = post_prompt(guarded, {"prompt": "echo still served", "wait": 10})  # ...a valid one never does
+    assert openapi.check(right, "/api/prompt", "post")["response"] == "still served"
+    log = caplog.text
+    assert log.count("invalid API token from 127.0.0.1") == 3 and "locked out invalid tokens from 127.0.0.1" in log
+    assert guess not in log and guarded.token not in log
 
 
 def test_revoked_tokens_stop_working_at_once(bridge):
@@ -243,14 +326,25 @@ def test_dashboard_session_uses_the_api_only_with_its_csrf_token(bridge):
     assert reply.json()["response"] == "from the dashboard"
 
 
-def test_failed_logins_are_rate_limited(start_bridge):
+def test_failed_logins_are_rate_limited_and_logged(start_bridge, caplog):
     guarded = start_bridge(login_attempts=2, login_window=60.0)
-    browser = requests.Session()
-    csrf = csrf_from(browser.get(f"{guarded.url}/login", timeout=10).text)
-    attempt = {"csrf_token": csrf, "username": "admin", "password": "guess"}
-    assert [browser.post(f"{guarded.url}/login", data=attempt, timeout=10).status_code for _ in range(3)] == [401, 401, 429]
-    right = browser.post(f"{guarded.url}/login", data={**attempt, "password": PASSWORD}, timeout=10)
-    assert right.status_code == 429 and "Too many" in right.json()["error"]
+
+    def login(username: str, password: str) -> int:
+        browser = requests.Session()
+        attempt = {"csrf_token": csrf_from(browser.get(f"{guarded.url}/login", timeout=10).text),
+                   "username": username, "password": password}
+        return browser.post(f"{guarded.url}/login", data=attempt, allow_redirects=False, timeout=10).status_code
+
+    # Someone mistyping another user name from this address locks out only that name.
+    assert [login("root", "guess-secret") for _ in range(3)] == [401, 401, 429]
+    assert login("admin", PASSWORD) == 302
+    assert [login("admin", "guess-secret") for _ in range(3)] == [401, 401, 429]
+    assert login("admin", PASSWORD) == 429
+    assert "failed dashboard login for user 'admin' from 127.0.0.1" in caplog.text
+    assert "locked out dashboard logins for user 'root' from 127.0.0.1" in caplog.text
+    assert "guess-secret" not in caplog.text and PASSWORD not in caplog.text
+    # API tokens from the same address are not affected.
+    assert post_prompt(guarded, {"prompt": "echo hi"}).status_code == 200
 
 
 def test_a_new_password_logs_sessions_out(start_bridge):
@@ -352,12 +446,17 @@ def test_lam_send_http_reports_refusals(bridge, capsys, monkeypatch):
     assert "Invalid token" in capsys.readouterr().err
     assert lam_main(["send", "--http", f"http://127.0.0.1:{free_port()}", "echo hi"]) == 2
     assert "no bridge took the prompt" in capsys.readouterr().err
+    # A failed command is reported at once, with its sentence.
+    monkeypatch.setenv("LAM_TOKEN", bridge.token)
+    assert lam_main(["send", "--http", bridge.url, "--timeout", "15", "echo fail out of ink"]) == 1
+    assert capsys.readouterr().out.strip() == "out of ink"
 
 
 # -- the lam-bridge command ------------------------------------------------------------------
 
 def test_lam_bridge_first_run_tokens_and_password(system, broker, tmp_path):
-    env = {"LAM_STATE_DIR": str(tmp_path / "state")}
+    # A $JOURNAL_STREAM inherited from elsewhere (this output is a file, not the journal) changes nothing.
+    env = {"LAM_STATE_DIR": str(tmp_path / "state"), "JOURNAL_STREAM": "1:1"}
     port = free_port()
     config = str(system.config("bridge-main", NO_VOICE_GATEWAY))
     argv = [sys.executable, "-m", "lamcontrol.r1_bridge.main", "--config", config, "--listen", f"127.0.0.1:{port}"]
@@ -401,3 +500,49 @@ def test_lam_bridge_first_run_tokens_and_password(system, broker, tmp_path):
     assert "API token" not in again.log() and "admin login" not in again.log()
     taken = run()  # the port is in use: a clear error, no traceback
     assert taken.returncode == 2 and "cannot listen" in taken.stderr and "Traceback" not in taken.stderr
+
+
+def test_under_systemd_the_first_start_secrets_stay_out_of_the_journal(system, tmp_path):
+    """systemd sets $JOURNAL_STREAM when output goes to the journal: the secrets go to a private file.
+    (A $JOURNAL_STREAM inherited from a parent whose output went there does not count.)"""
+    state = tmp_path / "state"
+    port = free_port()
+    config = str(system.config("bridge-journal", NO_VOICE_GATEWAY))
+    journal = system.tmp_path / "bridge-journal.log"  # where the process's output goes: our "journal"
+    journal.touch()
+    stream = f"{journal.stat().st_dev}:{journal.stat().st_ino}"
+    process = system.start("bridge-journal", "lamcontrol.r1_bridge.main", "--config", config, "--listen",
+                           f"127.0.0.1:{port}", env={"LAM_STATE_DIR": str(state), "JOURNAL_STREAM": stream})
+    secrets_file = state / "bridge-first-start.txt"
+    wait_until(lambda: "First start" in process.log(), 20, f"first-run output\n{process.log()}")
+    wait_for_port(port)
+    log = process.log()
+    assert str(secrets_file) in log and "API token:" not in log and "admin login" not in log
+    assert (secrets_file.stat().st_mode & 0o777) == 0o600
+    written = secrets_file.read_text()
+    token = re.search(r"API token:\s+(\S+)", written).group(1)
+    password = re.search(r"admin login: admin / (\S+)", written).group(1)
+    assert token not in log and password not in log
+    answer = requests.post(f"http://127.0.0.1:{port}/api/prompt", json={"prompt": "echo journal-free", "wait": 10},
+                           headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert answer.json()["response"] == "journal-free"
+    assert process.stop() == 0
+
+
+def test_the_bridge_modules_import_without_circles():
+    """Shared request helpers live in r1_bridge/web.py, below the API and the pages that use them."""
+    package = ROOT / "r1_bridge"
+    imports: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        guarded = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and ast.unparse(block.test) == "TYPE_CHECKING" for node in ast.walk(block)}
+        imports[path.stem] = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                              and node.level == 1 and node.module and id(node) not in guarded}
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        return any(m == target or (m not in seen and reaches(m, target, seen | {m})) for m in imports.get(start, ()))
+
+    circles = sorted(module for module in imports if reaches(module, module, set()))
+    assert circles == []
+    assert "web" in imports["api"] and "web" in imports["pages"] and not imports["web"]

@@ -1,49 +1,153 @@
-"""The R1 gateway: a client speaking the R1's side of the OpenClaw frames, against the real gateway,
-a real broker, coordinator and echo agent."""
+"""The R1 gateway: a client speaking OpenClaw's gateway protocol (3 and 4), written from its
+published frame schemas, against the real gateway, a real broker, coordinator and echo agent.
+
+The schemas below transcribe OpenClaw's TypeBox definitions (``schema/frames.ts``,
+``snapshot.ts``, ``logs-chat.ts``, ``error-codes.ts``) into JSON Schema; every frame the
+gateway sends is checked against them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import io
 import json
 import logging
 import re
+import sqlite3
 import ssl
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jsonschema import Draft202012Validator
+from PIL import Image
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from lamcontrol.bus import BrokerSettings
 from lamcontrol import config as lamconfig
 from lamcontrol.config import ConfigError
-from lamcontrol.protocol import Prompt
+from lamcontrol.protocol import Presence, Prompt, Task
 from lamcontrol.r1_bridge import devices
 from lamcontrol.r1_bridge.devices import DeviceStore
 from lamcontrol.r1_bridge.main import BridgeService
-from lamcontrol.r1_bridge.openclaw import BROKER_AWAY_SENTENCE, Gateway, GatewaySettings, voice_source
+from lamcontrol.r1_bridge.openclaw import (BROKER_AWAY_SENTENCE, NO_EYES_SENTENCE, Gateway, GatewaySettings,
+                                           voice_source)
 from lamcontrol.r1_bridge.pairing import pairing_payload, qr_svg
 from lamcontrol.r1_bridge.relay import Relay
 
 from bridgekit import PASSWORD, csrf_from, logged_in, self_signed_certificate
 from helpers import wait_until
-from stubs.groq_server import GroqStub
+from stubs.groq_server import VISION_MODELS, GroqStub
 
 ONE_BROKER = pytest.mark.parametrize("broker", ["mosquitto"], indirect=True)  # pairing runs on both
 
+# -- OpenClaw's frame schemas -----------------------------------------------------------------
+
+TEXT = {"type": "string", "minLength": 1}
+COUNT = {"type": "integer", "minimum": 0}
+TEXTS = {"type": "array", "items": TEXT}
+
+
+def closed(properties: dict, required: tuple[str, ...] = ()) -> dict:
+    """A TypeBox ``Type.Object(..., {additionalProperties: false})``; ``required`` lists the non-optional keys."""
+    return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
+
+
+ERROR_CODES = ["NOT_LINKED", "NOT_PAIRED", "AGENT_TIMEOUT", "FORBIDDEN", "INVALID_REQUEST", "UNAVAILABLE"]
+ERROR_SHAPE = closed({"code": {"enum": ERROR_CODES}, "message": TEXT, "details": {}, "retryable": {"type": "boolean"},
+                      "retryAfterMs": COUNT}, ("code", "message"))
+RESPONSE_FRAME = closed({"type": {"const": "res"}, "id": TEXT, "ok": {"type": "boolean"}, "payload": {},
+                         "error": ERROR_SHAPE}, ("type", "id", "ok"))
+STATE_VERSION = closed({"presence": COUNT, "health": COUNT}, ("presence", "health"))
+EVENT_FRAME = closed({"type": {"const": "event"}, "event": TEXT, "payload": {}, "seq": COUNT,
+                      "stateVersion": STATE_VERSION}, ("type", "event"))
+PRESENCE_ENTRY = closed({**{k: TEXT for k in ("host", "ip", "version", "platform", "deviceFamily", "modelIdentifier",
+                                              "mode", "reason", "deviceId", "instanceId")},
+                         "lastInputSeconds": COUNT, "tags": TEXTS, "text": {"type": "string"}, "ts": COUNT,
+                         "roles": TEXTS, "scopes": TEXTS}, ("ts",))
+SNAPSHOT = closed({"presence": {"type": "array", "items": PRESENCE_ENTRY}, "health": {},
+                   "stateVersion": STATE_VERSION, "uptimeMs": COUNT, "configPath": TEXT, "stateDir": TEXT,
+                   "sessionDefaults": closed({"defaultAgentId": TEXT, "mainKey": TEXT, "mainSessionKey": TEXT,
+                                              "scope": TEXT}, ("defaultAgentId", "mainKey", "mainSessionKey")),
+                   "authMode": {"enum": ["none", "token", "password", "trusted-proxy"]},
+                   "updateAvailable": {"type": "object"}, "versionMismatch": {"type": "object"}},
+                  ("presence", "health", "stateVersion", "uptimeMs"))
+HELLO_OK = closed({
+    "type": {"const": "hello-ok"}, "protocol": {"type": "integer", "minimum": 1},
+    "server": closed({"version": TEXT, "connId": TEXT}, ("version", "connId")),
+    "features": closed({"methods": TEXTS, "events": TEXTS}, ("methods", "events")),
+    "snapshot": SNAPSHOT, "canvasHostUrl": TEXT,
+    "auth": closed({"deviceToken": TEXT, "role": TEXT, "scopes": TEXTS, "issuedAtMs": COUNT},
+                   ("deviceToken", "role", "scopes")),
+    "policy": closed({"maxPayload": {"type": "integer", "minimum": 1}, "maxBufferedBytes": {"type": "integer", "minimum": 1},
+                      "tickIntervalMs": {"type": "integer", "minimum": 1}}, ("maxPayload", "maxBufferedBytes", "tickIntervalMs")),
+    "transport": {"enum": ["json-ws", "protobuf-ws"]},
+}, ("type", "protocol", "server", "features", "snapshot", "policy"))
+CHAT_BASE = {"runId": TEXT, "sessionKey": TEXT, "spawnedBy": TEXT, "seq": COUNT}
+CHAT_EVENT = {"oneOf": [
+    closed({**CHAT_BASE, "state": {"const": "delta"}, "message": {}, "deltaText": {"type": "string"},
+            "replace": {"type": "boolean"}, "usage": {}}, ("runId", "sessionKey", "seq", "state", "deltaText")),
+    closed({**CHAT_BASE, "state": {"const": "final"}, "message": {}, "usage": {}, "stopReason": {"type": "string"}},
+           ("runId", "sessionKey", "seq", "state")),
+]}
+
+
+def check(schema: dict, value: object) -> None:
+    Draft202012Validator(schema).validate(value)
+
+
+# -- the client ------------------------------------------------------------------------------
+
+def b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+class DeviceKey:
+    """An OpenClaw device identity: an Ed25519 key, its id the SHA-256 of the raw public key."""
+
+    def __init__(self) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        self.raw = self.key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.id = hashlib.sha256(self.raw).hexdigest()
+
+    def device(self, client: dict, role: str, scopes: list[str], token: str, nonce: str,
+               signed_at: int | None = None, device_id: str | None = None) -> dict:
+        """``connect.params.device``: the v3 payload signed for this challenge."""
+        signed_at = int(time.time() * 1000) if signed_at is None else signed_at
+        device_id = device_id or self.id
+        payload = "|".join(["v3", device_id, client["id"], client["mode"], role, ",".join(scopes), str(signed_at),
+                            token, nonce, client["platform"].strip().lower(),
+                            client.get("deviceFamily", "").strip().lower()])
+        return {"id": device_id, "publicKey": b64url(self.raw), "signature": b64url(self.key.sign(payload.encode())),
+                "signedAt": signed_at, "nonce": nonce}
+
+
+CLIENT = {"id": "rabbit-r1", "displayName": "Kitchen R1", "version": "20260901", "platform": "Android",
+          "deviceFamily": "rabbit-r1", "mode": "ui"}
+SCOPES = ["operator.read", "operator.write"]
+
 
 class R1:
-    """The R1's side of the gateway protocol."""
+    """The client's side of the gateway protocol; every frame it receives is schema-checked."""
 
     def __init__(self, url: str, ssl_context: ssl.SSLContext | None = None) -> None:
-        self.ws = connect(url, open_timeout=10, ssl=ssl_context)
+        self.ws = connect(url, open_timeout=10, ssl=ssl_context, max_size=None)
         self.events: list[dict] = []
         self.challenge = self.receive()
 
     def receive(self, timeout: float = 30) -> dict:
-        return json.loads(self.ws.recv(timeout))
+        frame = json.loads(self.ws.recv(timeout))
+        check({"oneOf": [RESPONSE_FRAME, EVENT_FRAME]}, frame)
+        if frame["type"] == "event" and frame["event"] == "chat":
+            check(CHAT_EVENT, frame["payload"])
+        return frame
 
     def send_raw(self, data: str | bytes) -> dict:
         """Send anything; the next response frame."""
@@ -64,30 +168,46 @@ class R1:
         assert response["id"] == request_id
         return response
 
-    def hello(self, token: str, device_id: str = "r1-kitchen", **auth: str) -> dict:
-        return self.request("connect", {
-            "minProtocol": 3, "maxProtocol": 3, "role": "operator", "scopes": ["operator.read", "operator.write"],
-            "auth": {"token": token, **auth}, "device": {"id": device_id, "publicKey": "cHVibGlj"},
-            "client": {"displayName": "Kitchen R1", "platform": "android", "deviceFamily": "rabbit-r1"}})
+    def hello(self, token: str, device_id: str = "r1-kitchen", protocols: tuple[int, int] = (3, 3),
+              key: DeviceKey | None = None, **auth: str) -> dict:
+        """``connect``; with ``key``, signed as OpenClaw's own clients sign it."""
+        params = {"minProtocol": protocols[0], "maxProtocol": protocols[1], "client": CLIENT, "role": "operator",
+                  "scopes": SCOPES, "auth": {"token": token, **auth}}
+        if key:
+            params["device"] = key.device(CLIENT, "operator", SCOPES, token, self.challenge["payload"]["nonce"])
+        else:
+            params["device"] = {"id": device_id, "publicKey": "cHVibGlj"}  # what the R1 sends: no signature
+        answer = self.request("connect", params)
+        if answer["ok"]:
+            check(HELLO_OK, answer["payload"])
+        return answer
 
-    def final(self, run_id: str) -> dict:
-        """The final chat event of a run."""
-        while True:
-            found = next((e for e in self.events if e.get("event") == "chat" and e["payload"]["runId"] == run_id), None)
-            if found:
-                self.events.remove(found)
-                return found["payload"]
-            self.events.append(self.receive())
+    def chat_events(self, run_id: str) -> list[dict]:
+        """The chat events of a run, through its final one."""
+        found: list[dict] = []
+        while not found or found[-1]["state"] != "final":
+            mine = [e for e in self.events if e.get("event") == "chat" and e["payload"]["runId"] == run_id]
+            for frame in mine:
+                self.events.remove(frame)
+                found.append(frame["payload"])
+            if not found or found[-1]["state"] != "final":
+                self.events.append(self.receive())
+        assert [e["seq"] for e in found] == list(range(len(found)))
+        return found
 
-    def say(self, text: str, key: str | None = None) -> tuple[str, str]:
-        """Push-to-talk: the run id and the sentence the R1 would speak."""
+    def send_chat(self, text: str, key: str | None = None, **params: object) -> str:
         ack = self.request("chat.send", {"sessionKey": "main", "message": text,
-                                         "idempotencyKey": key or uuid.uuid4().hex})
+                                         "idempotencyKey": key or uuid.uuid4().hex, **params})
         assert ack["ok"] and ack["payload"]["status"] == "started", ack
-        payload = self.final(ack["payload"]["runId"])
+        return ack["payload"]["runId"]
+
+    def say(self, text: str, key: str | None = None, **params: object) -> tuple[str, str]:
+        """Push-to-talk: the run id and the sentence the R1 would speak."""
+        run_id = self.send_chat(text, key, **params)
+        payload = self.chat_events(run_id)[-1]
         assert payload["state"] == "final" and payload["sessionKey"] == "main"
         assert payload["message"]["role"] == "assistant"
-        return ack["payload"]["runId"], payload["message"]["content"][0]["text"]
+        return run_id, payload["message"]["content"][0]["text"]
 
     def closed_with(self) -> int:
         with pytest.raises(ConnectionClosed):
@@ -155,6 +275,25 @@ def devices_cli(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="lam-bridge")
     devices.add_commands(parser.add_subparsers(dest="command"))
     return devices.run_command(parser.parse_args(["devices", *argv]), {})
+
+
+@pytest.mark.parametrize("protocols, spoken", [((3, 3), 3), ((4, 4), 4), ((3, 4), 4), ((2, 9), 4)])
+def test_protocol_versions_are_negotiated(system, protocols, spoken):
+    r1 = system.r1()
+    hello = r1.hello(system.store.pairing_token(), protocols=protocols)
+    assert hello["ok"] and hello["payload"]["protocol"] == spoken
+    assert "chat.send" in hello["payload"]["features"]["methods"] and "chat" in hello["payload"]["features"]["events"]
+    assert r1.say("echo in protocol %d" % spoken)[1] == "in protocol %d" % spoken
+
+
+@pytest.mark.parametrize("protocols", [(5, 6), (1, 2)])
+def test_protocol_mismatch_is_answered_as_openclaw_does(system, protocols):
+    r1 = system.r1()
+    refused = r1.hello(system.store.pairing_token(), protocols=protocols)
+    assert refused["ok"] is False and refused["error"]["code"] == "INVALID_REQUEST"
+    assert refused["error"]["message"] == "protocol mismatch" and refused["error"]["details"]["expectedProtocol"] == 4
+    assert r1.closed_with() == 1002
+    assert system.store.devices() == []
 
 
 def test_pairing_prompt_and_reconnect(system, capsys):
@@ -270,7 +409,8 @@ def test_bad_token_is_refused_and_logged(system, caplog):
     r1 = system.r1()
     wrong = "not-the-token-" + uuid.uuid4().hex
     refused = r1.hello(wrong)
-    assert refused["ok"] is False and refused["error"]["code"] == "UNAUTHORIZED"
+    assert refused["ok"] is False and refused["error"]["code"] == "NOT_PAIRED"
+    assert refused["error"]["message"].startswith("pairing required")
     assert r1.closed_with() == 1008
     assert "r1-kitchen" in caplog.text and "refused" in caplog.text and wrong not in caplog.text
 
@@ -278,7 +418,8 @@ def test_bad_token_is_refused_and_logged(system, caplog):
     early = system.r1()
     response = early.request("chat.send", {"sessionKey": "main", "message": "computer power shutdown",
                                            "idempotencyKey": "k1"})
-    assert response["ok"] is False and response["error"]["code"] == "UNAUTHORIZED"
+    assert response["ok"] is False and response["error"]["code"] == "INVALID_REQUEST"
+    assert "first request must be connect" in response["error"]["message"]
     assert early.closed_with() == 1008
     assert not system.prompts("computer power shutdown")
     assert system.store.devices() == []
@@ -301,11 +442,11 @@ def test_revoked_device_is_refused(system, capsys):
 
     # The live connection is refused at its next request; so is every way back in.
     response = r1.request("chat.send", {"sessionKey": "main", "message": "echo after", "idempotencyKey": "k2"})
-    assert response["ok"] is False and response["error"]["code"] == "UNAUTHORIZED"
+    assert response["ok"] is False and response["error"]["code"] == "NOT_PAIRED"
     assert r1.closed_with() == 1008
     for token in (device_token, old_pairing_token, other_token):
         again = system.r1()
-        assert again.hello(token)["error"]["code"] == "UNAUTHORIZED"
+        assert again.hello(token)["error"]["code"] == "NOT_PAIRED"
         assert again.closed_with() == 1008
     assert not system.prompts("echo after")
 
@@ -317,38 +458,31 @@ def test_revoked_device_is_refused(system, capsys):
 
 
 @ONE_BROKER
-def test_garbage_frames_get_error_frames(system):
-    r1 = system.r1()
-    assert r1.send_raw("hello?")["error"]["code"] == "INVALID_REQUEST"  # before connect: still open
-    assert r1.hello(system.store.pairing_token())["ok"]
-    garbage = [
-        ("not json at all", None),
-        (b"\x00\x01binary", None),
-        ("[1, 2, 3]", None),
-        ('"just a string"', None),
-        ('{"type": "event", "event": "chat", "id": "e1"}', "e1"),
-        ('{"type": "res", "id": "r1", "ok": true}', "r1"),
-        ('{"type": "req", "id": "m1"}', "m1"),
-        ('{"type": "req", "method": "health"}', None),
-        ('{"type": "req", "id": "p1", "method": "health", "params": [1]}', "p1"),
-        ('{"type": "req", "id": "c1", "method": "chat.send", "params": {"message": 42}}', "c1"),
-        ('{"type": "req", "id": "c2", "method": "chat.send", "params": {}}', "c2"),
-        ('{"type": "req", "id": "c3", "method": "chat.send", "params": {"message": "hi", "idempotencyKey": ""}}', "c3"),
-        ('{"type": "req", "id": "h1", "method": "connect", "params": {"auth": "nope"}}', "h1"),
-        ('{"type": "req", "id": "h2", "method": "connect", "params": {"auth": {"token": "x"}}}', "h2"),
+def test_bad_frames_are_answered_as_openclaw_does(system):
+    r1, _ = system.paired()
+    answered = [
+        '{"type": "event", "event": "chat", "id": "e1"}',
+        '{"type": "res", "id": "r1", "ok": true}',
+        '{"type": "req", "id": "m1"}',
+        '{"type": "req", "id": "p1", "method": "health", "params": [1]}',
+        '{"type": "req", "id": "c1", "method": "chat.send", "params": {"message": 42}}',
+        '{"type": "req", "id": "c2", "method": "chat.send", "params": {}}',
+        '{"type": "req", "id": "c3", "method": "chat.send", "params": {"message": "hi", "idempotencyKey": ""}}',
+        '{"type": "req", "id": "c6", "method": "chat.send", "params": {"message": "echo \\ud800", "idempotencyKey": "s"}}',
+        '{"type": "req", "id": "c4", "method": "chat.send", "params": {"message": "hi", "attachments": "x"}}',
+        '{"type": "req", "id": "c5", "method": "chat.send", "params": {"message": "hi", '
+        '"attachments": [{"type": "image", "mimeType": "image/jpeg", "content": "not base64!"}]}}',
+        '{"type": "req", "id": "h1", "method": "connect", "params": {}}',
+        '{"type": "req", "id": "u1", "method": "talk.speak", "params": {"text": "hi"}}',
     ]
-    for raw, request_id in garbage:
+    for raw in answered:
         response = r1.send_raw(raw)
         assert response["ok"] is False and response["error"]["code"] == "INVALID_REQUEST", raw
-        assert response["id"] == request_id and response["error"]["message"]
+        assert response["id"] == json.loads(raw)["id"] and response["error"]["message"]
+    assert response["error"]["message"] == "unknown method: talk.speak"
 
     # Still connected and answering.
-    mismatch = r1.request("connect", {"minProtocol": 4, "maxProtocol": 5, "auth": {"token": "x"},
-                                      "device": {"id": "r1-kitchen"}})
-    assert mismatch["ok"] is False and mismatch["error"]["code"] == "PROTOCOL_MISMATCH"
     assert r1.send_raw('{"type": "req", "id": "n1", "method": "health", "params": null}')["ok"] is True
-    unknown = r1.request("node.list", {"anything": 1})
-    assert unknown["ok"] is True
     health = r1.request("health")["payload"]
     assert health["ok"] is True and health["coordinator"] == "online" and "a1" in health["agents"]
     presence = r1.request("system-presence")["payload"]["entries"]
@@ -361,10 +495,151 @@ def test_garbage_frames_get_error_frames(system):
                                                                       ("assistant", "still fine")]
     assert not system.prompts("hi")
 
+    # A frame that is not JSON, or has no id to answer, ends the connection (policy violation).
+    for number, raw in enumerate(["not json at all", b"\x00\x01binary", "[1, 2, 3]", '"just a string"',
+                                  '{"type": "req", "method": "health"}', '{"type": "req", "id": 5, "method": "health"}']):
+        other, _ = system.paired(f"r1-garbage-{number}")
+        other.ws.send(raw)
+        assert other.closed_with() == 1008, raw
+    # A handshake that fails is answered, then the connection ends.
+    for params in ({"auth": "nope", "device": {"id": "r1"}}, {"auth": {"token": "x"}}, {"minProtocol": "3"}):
+        stranger = system.r1()
+        refused = stranger.request("connect", params)
+        assert refused["error"]["code"] == "INVALID_REQUEST" and stranger.closed_with() == 1008
+    # Before connect, frames are small: 64 KiB at most.
     flood = system.r1()
     flood.ws.send("x" * 70_000)
-    assert flood.closed_with() == 1009  # frames over 64 KiB close the connection (message too big)
+    assert flood.closed_with() == 1009
     assert r1.request("health")["ok"] is True
+
+
+@ONE_BROKER
+def test_signed_device_identity_is_verified_and_pinned(system):
+    key = DeviceKey()
+    r1 = system.r1()
+    hello = r1.hello(system.store.pairing_token(), protocols=(4, 4), key=key)
+    assert hello["ok"], hello
+    assert system.store.get(key.id).public_key == b64url(key.raw)
+    device_token = hello["payload"]["auth"]["deviceToken"]
+    assert r1.say("echo signed")[1] == "signed"
+    [prompt] = system.prompts("echo signed")
+    assert prompt.source == voice_source(key.id)
+
+    # Reconnecting with the device token, signed again: fine. Unsigned, or signed by another key: refused.
+    again = system.r1()
+    assert again.hello(device_token, protocols=(4, 4), key=key)["ok"]
+    unsigned = system.r1()
+    refused = unsigned.hello(device_token, key.id)
+    assert refused["error"]["code"] == "NOT_PAIRED" and unsigned.closed_with() == 1008
+    impostor = system.r1()
+    params = {"minProtocol": 4, "maxProtocol": 4, "client": CLIENT, "role": "operator", "scopes": SCOPES,
+              "auth": {"token": system.store.pairing_token()},
+              "device": DeviceKey().device(CLIENT, "operator", SCOPES, system.store.pairing_token(),
+                                           impostor.challenge["payload"]["nonce"], device_id=key.id)}
+    refused = impostor.request("connect", params)
+    assert refused["error"]["code"] == "INVALID_REQUEST" and "mismatch" in refused["error"]["message"]
+    assert impostor.closed_with() == 1008
+    assert system.store.get(key.id).public_key == b64url(key.raw)
+
+
+@pytest.mark.parametrize("spoil, words", [
+    (lambda d, c: {**d, "signature": b64url(b"\0" * 64)}, "signature invalid"),
+    (lambda d, c: {**d, "nonce": "not-the-challenge"}, "nonce mismatch"),
+    (lambda d, c: {**d, "id": "0" * 64}, "identity mismatch"),
+    (lambda d, c: {**d, "publicKey": "short"}, "public key invalid"),
+    (lambda d, c: d | {"signedAt": d["signedAt"] - 3_600_000}, "expired"),
+    (lambda d, c: c.update(platform="ios") or d, "signature invalid"),  # the signed client details changed
+])
+def test_bad_device_signatures_are_refused(system, spoil, words):
+    r1 = system.r1()
+    client = dict(CLIENT)
+    token = system.store.pairing_token()
+    device = DeviceKey().device(client, "operator", SCOPES, token, r1.challenge["payload"]["nonce"])
+    device = spoil(device, client)
+    refused = r1.request("connect", {"minProtocol": 3, "maxProtocol": 4, "client": client, "role": "operator",
+                                     "scopes": SCOPES, "auth": {"token": token}, "device": device})
+    assert refused["ok"] is False and refused["error"]["code"] == "INVALID_REQUEST"
+    assert words in refused["error"]["message"]
+    assert r1.closed_with() == 1008 and system.store.devices() == []
+
+
+@ONE_BROKER
+def test_a_chain_streams_a_delta_per_command_then_the_final(system):
+    r1, _ = system.paired()
+    run_id = r1.send_chat("echo first && echo second && echo third")
+    events = r1.chat_events(run_id)
+    deltas = [e for e in events if e["state"] == "delta"]
+    assert [e["deltaText"] for e in deltas] == ["first", "second", "third"]
+    assert deltas[-1]["message"]["content"][0]["text"] == "first second third"
+    [prompt] = system.prompts("echo first && echo second && echo third")
+    final = events[-1]
+    assert final["state"] == "final" and final["message"]["content"][0]["text"] == system.lam.reply_to(prompt).response
+    assert [e["seq"] for e in events] == [0, 1, 2, 3]
+
+
+@ONE_BROKER
+def test_agents_gone_quiet_do_not_count(system):
+    """A leftover presence (a crashed agent's, or a fake) neither answers health nor takes questions."""
+    ghost = Presence(state="online", agent="ghost", capabilities={"ai": ["ask"]}, heartbeat=10.0, ts=time.time() - 60)
+    system.lam.publish(ghost)
+    wait_until(lambda: "ghost" in system.relay.agents, what="the ghost's presence")
+    r1, _ = system.paired()
+    assert "ghost" not in r1.request("health")["payload"]["agents"] and "ghost" not in system.relay.agents
+    system.lam.publish(ghost)
+    wait_until(lambda: "ghost" in system.relay.agents, what="the ghost's presence again")
+    _, spoken = r1.say("what a lovely morning")  # not a command, and no live ai agent: no "ai ..." prompt
+    assert spoken and not system.prompts("ai what a lovely morning")
+
+
+def camera_photo(width: int = 1600, height: int = 1200) -> bytes:
+    """A noisy photo, as big as a phone camera's: it does not compress well."""
+    image = Image.frombytes("RGB", (width, height), bytes(random_bytes(width * height * 3)))
+    encoded = io.BytesIO()
+    image.save(encoded, "JPEG", quality=95)
+    return encoded.getvalue()
+
+
+def random_bytes(count: int) -> bytes:
+    return hashlib.shake_256(b"photo").digest(count)
+
+
+@ONE_BROKER
+def test_a_photo_goes_to_the_ai_agent_and_its_vision_model(system):
+    photo = camera_photo()
+    assert len(photo) > 200_000  # more than the 64 KiB an unauthenticated frame may carry
+    with GroqStub("It is a grey, noisy picture.") as groq:
+        r1, _ = system.paired()
+        attachment = {"type": "image", "mimeType": "image/jpeg", "fileName": "camera.jpg",
+                      "content": base64.b64encode(photo).decode()}
+        _, spoken = r1.say("what is this?", attachments=[attachment])
+        assert spoken == NO_EYES_SENTENCE  # no ai agent yet
+
+        system.lam.agent("brain", "ai", extra_config=f'[capabilities.ai]\napi_key = "k"\nbase_url = "{groq.url}"\n')
+        wait_until(lambda: any(a.offers("ai", "ask") for a in system.relay.online_agents()), what="the ai agent")
+        _, spoken = r1.say("what is this?", attachments=[attachment])
+        assert spoken == "It is a grey, noisy picture."
+        call = groq.calls[-1]
+        assert call["model"] in VISION_MODELS and call["messages"][-1]["content"][0]["text"] == "what is this?"
+        [sent] = groq.images()
+        with Image.open(io.BytesIO(sent)) as seen:
+            assert seen.format == "JPEG" and max(seen.size) <= 1024 and seen.size[0] / seen.size[1] == pytest.approx(4 / 3, 0.02)
+        [prompt] = system.prompts("ai what is this?")
+        assert prompt.metadata["image"].startswith("data:image/jpeg;base64,")
+        [task] = [t for t in system.lam.recorder.parsed(Task, system.lam.topics.task("ai")) if t.prompt_id == prompt.id]
+        assert task.args["image"] == prompt.metadata["image"] and len(task.to_json()) <= system.relay.bus.settings.max_payload
+        # Once answered, the coordinator's journal no longer holds the photo.
+        system.lam.reply_to(prompt)
+        with sqlite3.connect(system.lam.tmp_path / "journal.db") as journal:
+            [(body,)] = journal.execute("SELECT body FROM prompts WHERE id = ?", (prompt.id,)).fetchall()
+        kept = json.loads(body)["metadata"]
+        assert kept["device"] == "r1-kitchen" and "image" not in kept
+
+        # A photo without a question gets the default one; an unreadable photo is said so.
+        r1.say("", attachments=[attachment])
+        assert groq.calls[-1]["messages"][-1]["content"][0]["text"] == "What is in this photo?"
+        broken = {**attachment, "content": base64.b64encode(b"not a picture").decode()}
+        assert r1.say("what is this?", attachments=[broken])[1] == "Sorry, I could not read that photo."
+        assert len(groq.calls) == 2
 
 
 def test_pairing_code(tmp_path):

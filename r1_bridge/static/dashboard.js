@@ -82,9 +82,14 @@
     refreshTimer = setTimeout(refresh, 150);
   }
 
+  /* A reply line reads "<prompt id> <status>: <sentence>". */
+  function failedReply(event) {
+    return event.kind === "reply" && /^\S+ (failed|partial|rejected):/.test(event.text);
+  }
+
   function addEvent(event) {
     var item = document.createElement("li");
-    item.className = "event kind-" + event.kind;
+    item.className = "event kind-" + event.kind + (failedReply(event) ? " failed" : "");
     var time = document.createElement("time");
     time.textContent = new Date(event.ts * 1000).toTimeString().slice(0, 8);
     var kind = document.createElement("span");

@@ -6,6 +6,7 @@
 (function () {
   "use strict";
   var API = document.body.getAttribute("data-api");
+  var CHECK = document.body.getAttribute("data-check");
   var MAX_WAIT = parseFloat(document.body.getAttribute("data-max-wait")) || 20;
   var TOKEN_KEY = "lam_token";
   var token = null;
@@ -47,10 +48,13 @@
   }
 
   /* -- views -------------------------------------------------------------------------- */
-  function show(view) {
+  function show(view, why) {
     $("setup").hidden = view !== "setup";
     $("main").hidden = view !== "main";
-    if (view === "setup") { $("token").focus(); }
+    if (view === "setup") {
+      $("setup-status").textContent = why || "";
+      $("token").focus();
+    }
   }
 
   function status(text) { $("status").textContent = text || ""; }
@@ -78,27 +82,55 @@
     })]);
   }
 
-  function call(method, url, body) {
-    var options = {method: method, headers: {"Authorization": "Bearer " + token}, cache: "no-store"};
+  /* A request with ``bearer``; a 401 comes back as an error whose ``refused`` says why. */
+  function request(method, url, bearer, body) {
+    var options = {method: method, headers: {"Authorization": "Bearer " + bearer}, cache: "no-store"};
     if (body) {
       options.headers["Content-Type"] = "application/json";
       options.body = JSON.stringify(body);
     }
     return withTimeout(fetch(url, options), MAX_WAIT + 10).then(function (response) {
       return response.json().catch(function () { return {}; }).then(function (data) {
-        if (response.status === 401) {
-          forgetToken();
-          show("setup");
-          throw new Error("The token was refused; enter a new one.");
-        }
-        if (!response.ok) { throw new Error(data.error || ("Error " + response.status)); }
-        return data;
+        if (response.ok) { return data; }
+        var error = new Error(data.error || ("Error " + response.status));
+        error.refused = response.status === 401;
+        throw error;
       });
+    }, function (error) {
+      throw new Error(error.message === "The bridge did not answer in time." ? error.message
+        : "Cannot reach the bridge (" + error.message + ").");
     });
   }
 
+  function call(method, url, body) {
+    return request(method, url, token, body).catch(function (error) {
+      if (error.refused) {
+        var why = "The bridge refused the saved token (" + error.message + "). Enter a new one.";
+        forgetToken();
+        show("setup", why);
+        error.message = why;
+      }
+      throw error;
+    });
+  }
+
+  /* Save a token only after the bridge accepted it, else say why not. */
+  function checkAndSave(value) {
+    $("save-token").disabled = true;
+    $("setup-status").textContent = "Checking the token…";
+    return request("GET", CHECK, value)
+      .then(function () { return saveToken(value); })
+      .then(function () { $("token").value = ""; show("main"); })
+      .catch(function (error) {
+        $("setup-status").textContent = error.refused
+          ? "The bridge refused this token: " + error.message + ". Check it and try again."
+          : error.message;
+      })
+      .then(function () { $("save-token").disabled = false; });
+  }
+
   function finish(state, tries) {
-    if (state.status === "completed") { return state; }
+    if (state.status !== "pending") { return state; }
     if (tries <= 0) { throw new Error("Still working on it; no answer yet."); }
     return call("GET", API + "/" + encodeURIComponent(state.id) + "/status?wait=" + MAX_WAIT)
       .then(function (next) { return finish(next, tries - 1); });
@@ -188,8 +220,8 @@
   });
   $("save-token").addEventListener("click", function () {
     var value = $("token").value.trim();
-    if (!value) { return; }
-    saveToken(value).then(function () { $("token").value = ""; show("main"); });
+    if (!value) { $("setup-status").textContent = "Paste a token first."; return; }
+    checkAndSave(value);
   });
 
   /* -- start: a token in the URL fragment (from pairing) is stored, then removed ---------- */

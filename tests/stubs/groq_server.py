@@ -8,12 +8,16 @@ Point the SDK at it with ``Groq(api_key="test", base_url=stub.url)`` (or ``[groq
         stub.calls[-1]["model"], stub.system_prompt()     # what the client sent
 
 ``answer`` may also be a function of the request's JSON body returning a :class:`Reply`, so a
-test can answer by prompt. Replies: :func:`answer`, :func:`error`, :func:`rate_limited`,
+test can answer by prompt. Requests are checked as Groq checks them: message content is text or
+a list of ``text`` and ``image_url`` parts (images only for a vision model, as a URL or a Base64
+``data:`` URL, a Base64 request at most 4 MB), no ``reasoning_effort`` for a vision model;
+:meth:`GroqStub.images` gives the images a call carried. Replies: :func:`answer`, :func:`error`, :func:`rate_limited`,
 :func:`server_error`, :func:`retired`, :func:`unknown_model`, :func:`slow`, :func:`malformed`.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import threading
@@ -25,6 +29,8 @@ from typing import Callable
 from standins import Request, Response, StandIn
 
 PATH = "/openai/v1/chat/completions"
+VISION_MODELS = ("meta-llama/llama-4-scout-17b-16e-instruct", "meta-llama/llama-4-maverick-17b-128e-instruct")
+MAX_BASE64_REQUEST = 4 * 1024 * 1024
 PLENTY = {  # the rate-limit headers Groq sends with every answer, far from any limit
     "x-ratelimit-limit-requests": "1000", "x-ratelimit-remaining-requests": "999",
     "x-ratelimit-reset-requests": "1m26.4s", "x-ratelimit-limit-tokens": "8000",
@@ -102,6 +108,15 @@ class GroqStub(StandIn):
         """The JSON bodies of the chat completion requests, oldest first."""
         return [r.json() for r in self.requests if r.path == PATH]
 
+    def images(self, index: int = -1) -> list[bytes]:
+        """The images (decoded) that a call sent in ``image_url`` parts."""
+        found = []
+        for message in self.calls[index]["messages"]:
+            for part in message["content"] if isinstance(message["content"], list) else ():
+                if part["type"] == "image_url":
+                    found.append(base64.b64decode(part["image_url"]["url"].partition(",")[2]))
+        return found
+
     def system_prompt(self, index: int = -1) -> str:
         messages = self.calls[index]["messages"]
         return next((m["content"] for m in messages if m["role"] == "system"), "")
@@ -119,6 +134,10 @@ class GroqStub(StandIn):
         except ValueError:
             return Response(400, {"error": {"message": "invalid JSON", "type": "invalid_request_error",
                                             "code": "json_invalid"}})
+        problem = refusal(body, len(request.body))
+        if problem:
+            return Response(400, {"error": {"message": problem, "type": "invalid_request_error",
+                                            "code": "invalid_request_error"}})
         reply = self.script.popleft() if self.script else self._default(body)
         if reply.delay:
             self.stopping.wait(reply.delay)
@@ -137,3 +156,31 @@ class GroqStub(StandIn):
 
     def _default(self, body: dict) -> Reply:
         return answer(self.answer) if isinstance(self.answer, str) else self.answer(body)
+
+
+def refusal(body: dict, size: int) -> str:
+    """What Groq would refuse in this request body, or ""."""
+    model = body.get("model", "")
+    if "reasoning_effort" in body and model in VISION_MODELS:
+        return f"`reasoning_effort` is not supported with model `{model}`"
+    for message in body.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, str) or content is None:
+            continue
+        if not isinstance(content, list) or message.get("role") != "user":
+            return "'messages.content' must be a string, or a list of parts in a user message"
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                continue
+            if kind != "image_url" or not isinstance(part.get("image_url"), dict):
+                return f"unknown content part {part!r}"
+            if model not in VISION_MODELS:
+                return f"model `{model}` does not support image input"
+            url = part["image_url"].get("url", "")
+            if url.startswith("data:"):
+                if ";base64," not in url or size > MAX_BASE64_REQUEST:
+                    return "a Base64 image request must be a data URL and at most 4MB"
+            elif not url.startswith(("http://", "https://")):
+                return "image_url.url must be a URL or a data URL"
+    return ""
