@@ -9,9 +9,9 @@ import pytest
 
 from corpus import CASES
 from lamcontrol.coordinator.grammar import parse_chain
-from lamcontrol.coordinator.groq_parser import SYSTEM_PROMPT
+from lamcontrol.coordinator.groq_parser import system_prompt
+from lamcontrol.coordinator.language import installed, screen
 from lamcontrol.coordinator.parsing import Context, build_parser
-from lamcontrol.coordinator.sentences import screen
 from helpers import unset
 from stubs.groq_server import (GroqStub, answer, malformed, rate_limited, retired, server_error, slow,
                                unknown_model, error)
@@ -41,19 +41,19 @@ def shape(commands) -> list[tuple]:
 
 def test_answer_becomes_commands_and_the_request_is_what_groq_expects(stub):
     stub.answer = "browser youtube play weezer"
-    result = parser_for(stub).parse("open youtube music and play weezer", Context(source="r1"))
-    assert result.parser == "groq" and not result.note
+    result = parser_for(stub).parse("get weezer going on youtube music", Context(source="r1"))
+    assert result.parser == "groq" and "did not match" in result.note
     assert shape(result.commands) == [("browser", "youtube", {"query": "weezer", "play": True})]
     call = stub.calls[-1]
     assert call["model"] == "openai/gpt-oss-20b" and call["reasoning_effort"] == "low"
     assert [m["role"] for m in call["messages"]] == ["system", "user"]
-    assert call["messages"][1]["content"].endswith("Prompt: open youtube music and play weezer")
+    assert call["messages"][1]["content"].endswith("Prompt: get weezer going on youtube music")
     assert stub.requests[-1].headers["Authorization"] == "Bearer test-key"
 
 
 def test_model_and_effort_are_configurable(stub):
     stub.answer = "computer volume up"
-    parser_for(stub, model="qwen/qwen3.6-27b", reasoning_effort="medium").parse("louder please", Context())
+    parser_for(stub, model="qwen/qwen3.6-27b", reasoning_effort="medium").parse("more oomph", Context())
     assert stub.calls[-1]["model"] == "qwen/qwen3.6-27b" and stub.calls[-1]["reasoning_effort"] == "medium"
 
 
@@ -61,14 +61,15 @@ def test_system_prompt_stays_short(stub):
     stub.answer = "x"
     parser_for(stub).parse("hello there", Context())
     sent = stub.system_prompt()
-    assert sent == SYSTEM_PROMPT
+    assert sent == system_prompt(installed())
+    assert "computer volume <level>" in sent and "telegram <name> <message>" in sent
     # ~4 characters a token in English: under 1,000 tokens with room to spare
     assert len(sent) < 3200 and len(sent.split()) < 600
 
 
 def test_chain(stub):
     stub.answer = "computer media back && computer media back"
-    result = parser_for(stub).parse("can you skip back twice on my computer", Context())
+    result = parser_for(stub).parse("rewind two tunes", Context())
     assert result.parser == "groq" and [c.text for c in result.commands] == ["computer media back"] * 2
 
 
@@ -83,7 +84,7 @@ def test_x_is_no_command_with_the_offline_reason(stub, reply):
 def test_transcript_and_vocabulary_reach_the_model(stub):
     stub.answer = "computer volume up"
     context = Context(transcript=["browser google tacos", "computer volume 30"], vocabulary={"messaging": ["Jason"]})
-    result = parser_for(stub).parse("now turn it up", context)
+    result = parser_for(stub).parse("now do it again but more", context)
     assert result.commands[0].args == {"level": "up"}
     sent = stub.calls[-1]["messages"][1]["content"]
     assert "browser google tacos\ncomputer volume 30" in sent and "Jason" in sent
@@ -91,7 +92,7 @@ def test_transcript_and_vocabulary_reach_the_model(stub):
 
 def test_answers_one_command_a_line(stub):
     stub.answer = "computer volume mute\ncomputer power lock"
-    result = parser_for(stub).parse("mute and lock", Context())
+    result = parser_for(stub).parse("shush and lock up shop", Context())
     assert [c.text for c in result.commands] == ["computer volume mute", "computer power lock"]
 
 
@@ -113,9 +114,9 @@ def test_answers_one_command_a_line(stub):
 ])
 def test_anything_the_grammar_refuses_falls_back_offline(stub, bad):
     stub.answer = bad
-    result = parser_for(stub).parse("volume up", Context())
+    result = parser_for(stub).parse("make the volume thing go up", Context())
     assert result.parser == "sentences" and "understood without the LLM" in result.note
-    assert [c.text for c in result.commands] == ["computer volume up"]
+    assert not result.commands and result.reason
 
 
 def test_rigid_commands_and_refusals_never_reach_the_llm(stub):
@@ -227,18 +228,21 @@ def test_key_from_file_and_environment(stub, tmp_path, monkeypatch):
 
 
 def test_corpus_replayed_through_the_llm(stub):
-    """A model answering the corpus's expected commands yields exactly those, validated."""
+    """A model answering the corpus's expected commands yields exactly those, validated; prompts the
+    templates understand never reach it."""
     expected = {case.prompt.strip(): case.expected for case in CASES}
     stub.answer = lambda body: answer(expected[body["messages"][-1]["content"].split("Prompt: ", 1)[1]])
     parser = parser_for(stub)
+    paths = []
     for case in CASES:
         result = parser.parse(case.prompt, Context())
         assert shape(result.commands) == shape(parse_chain(case.expected).commands), case.prompt
-        rigid = bool(parse_chain(case.prompt).commands)
-        assert result.parser == ("grammar" if rigid else "sentences" if screen(case.prompt) else "groq"), case.prompt
-        assert not result.note
-    assert len(stub.calls) > 150
-    assert all(call["messages"][0]["content"] == SYSTEM_PROMPT for call in stub.calls)
+        fast = installed().understand(case.prompt)
+        if screen(case.prompt) or fast.commands and not fast.note:
+            assert result.parser == "sentences", case.prompt
+        paths.append(result.parser)
+    assert 0 < paths.count("groq") == len(stub.calls) < len(CASES) // 4
+    assert all(call["messages"][0]["content"] == system_prompt(installed()) for call in stub.calls)
 
 
 def test_end_to_end_through_the_coordinator(lam):
