@@ -50,8 +50,8 @@ INSERT_TEXT = "arguments[0].focus(); document.execCommand('insertText', false, a
 SENT = "return arguments[0].textContent.trim() === '' && document.body.innerText.includes(arguments[1]);"
 
 
-RECIPIENT = Arg("name", "name", "recipient", names="contacts", one_word=True)
-MESSAGE = Arg("message", "text", "a message")
+RECIPIENT = Arg("name", "name", "a recipient", names="contacts", one_word=True)
+MESSAGE = Arg("message", "text", "a message", maximum=max(MAX_LENGTH.values()))
 
 
 def said_on(platform: str) -> tuple[Sentences, ...]:

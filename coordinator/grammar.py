@@ -58,6 +58,13 @@ class ParseResult:
         return data
 
 
+def parse_command(text: str, language: Language | None = None) -> Command:
+    """One rigid command of ``language`` (default: the installed capabilities), or a GrammarError."""
+    from .language import installed
+
+    return (language or installed()).parse_command(text)
+
+
 def parse_chain(text: str, known: Known | None = None, vocabulary: dict | None = None,
                 language: Language | None = None) -> ParseResult:
     """A whole prompt in the rigid grammar of ``language`` (default: the installed capabilities,

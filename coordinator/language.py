@@ -87,7 +87,9 @@ class Reading:
 class Language:
     """Specs by capability name, plus the names agents know (``{capability: [names]}``)."""
 
-    def __init__(self, specs: dict[str, CapabilitySpec], names: dict[str, list] | None = None) -> None:
+    def __init__(self, specs: dict[str, CapabilitySpec], names: dict[str, list] | None = None,
+                 online: set[str] | None = None) -> None:
+        self.online = online  # the capabilities online agents offer (None: all of them), for the LLM
         self.specs = {name: self._with_names(spec, (names or {}).get(name, ())) for name, spec in specs.items()}
         self.forms: dict[str, list[tuple[CapabilitySpec, ActionSpec, Syntax]]] = {}
         for spec in self.specs.values():
@@ -108,10 +110,14 @@ class Language:
 
     @classmethod
     def with_rigid(cls, specs: dict[str, CapabilitySpec], offered: dict[str, list[str]],
-                   names: dict[str, list] | None = None) -> Language:
+                   names: dict[str, list] | None = None, online: set[str] | None = None) -> Language:
         """Specs, plus ``<capability> <action> <text>`` for capabilities offered without one."""
         merged = {c: rigid_only(c, a) for c, a in offered.items() if c not in specs}
-        return cls({**merged, **specs}, names)
+        return cls({**merged, **specs}, names, online)
+
+    def _shown(self) -> list[CapabilitySpec]:
+        return sorted((s for s in self.specs.values() if self.online is None or s.name in self.online),
+                      key=lambda s: s.name)
 
     # -- the rigid grammar ----------------------------------------------------------------
 
@@ -166,8 +172,8 @@ class Language:
                 at += 1
                 continue
             name = word[1:-1]
-            if at >= len(tokens):
-                return args if last else None
+            if at >= len(tokens):  # a missing argument: the check says which
+                return args
             if last:
                 args[name] = text[tokens[at].start():].strip()
                 return args
@@ -372,21 +378,21 @@ class Language:
     # -- the LLM's command list -----------------------------------------------------------
 
     def command_lines(self) -> list[str]:
-        """One line per rigid form, with what its arguments are."""
+        """Per capability its summary, then one line per action: its rigid forms and typed arguments' shapes."""
         lines = []
-        for spec in sorted(self.specs.values(), key=lambda s: s.name):
+        for spec in self._shown():
+            if spec.summary:
+                lines.append(f"# {spec.name}: {spec.summary}")
             for action in spec.actions:
-                for form in action.syntax:
-                    hints = [f"{a.name}: {_hint(a)}" for a in action.args
-                             if f"{{{a.name}}}" in form.form and _hint(a) != a.name]
-                    note = f"   ({action.summary}{'; ' if hints and action.summary else ''}{'; '.join(hints)})" \
-                        if action.summary or hints else ""
-                    lines.append(f"{form.form.replace('{', '<').replace('}', '>')}{note}")
+                forms = " | ".join(f.form.replace("{", "<").replace("}", ">") for f in action.syntax)
+                hints = "; ".join(f"{a.name}: {_hint(a)}" for a in action.args if _hint(a))
+                lines.append(f"{forms}   ({hints})" if hints else forms)
         return lines
 
     def example_lines(self) -> list[str]:
-        return [f"{said} => {command}" for spec in sorted(self.specs.values(), key=lambda s: s.name)
-                for action in spec.actions for said, command in action.examples[:1]]
+        """The first example of each capability."""
+        return [f"{said} => {command}" for spec in self._shown()
+                for said, command in [e for action in spec.actions for e in action.examples][:1]]
 
 
 def _original(text: str, entity) -> str:
@@ -401,6 +407,7 @@ def _typed(arg) -> bool:
 
 
 def _hint(arg) -> str:
+    """The shape of a typed argument for the LLM ('' for free text and names)."""
     if arg.type in ("int", "number") and arg.minimum is not None:
         extra = "|" + "|".join(arg.choices) if arg.choices else ""
         return f"{arg.minimum:g}-{arg.maximum:g}{extra}" if arg.maximum is not None else f">= {arg.minimum:g}"
@@ -408,7 +415,7 @@ def _hint(arg) -> str:
         return "|".join(arg.choices)
     if arg.type == "url":
         return "a full https:// address"
-    return arg.help or arg.name
+    return ""
 
 
 def _best_chain(language: Language, text: str, start: int, joins: tuple) -> list[Reading] | None:

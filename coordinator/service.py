@@ -31,6 +31,7 @@ from .journal import Journal
 from .metrics import build_metrics
 from .parsing import Context, Parser, is_cancellation, is_confirmation
 from .registry import Registry
+from .specs import SpecStore
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,8 @@ class Coordinator:
         self.bus.on(self.topics.prompts, self.on_prompt)
         self.bus.on(self.topics.all_results, self.on_result)
         self.bus.on(self.topics.all_agent_statuses, self.on_presence)
+        self.specs = SpecStore(self.bus.settings.max_payload)  # what online agents understand
+        self.bus.on(f"{self.topics.prefix}/agents/+/spec", self.specs.on_spec)
         self.bus.on_connect(self.announce)
         self.discovery = Discovery(self.bus, discovery_prefix) if discovery_prefix else None
         self.metrics = build_metrics(self, metrics_port, metrics_bind)
@@ -254,7 +257,8 @@ class Coordinator:
 
     def _parse(self, prompt: Prompt) -> ParseResult:
         context = Context(source=prompt.source, transcript=list(self.transcripts.get(prompt.source, ())),
-                          known=self.registry.offers, vocabulary=self.registry.vocabulary())
+                          known=self.registry.offers, vocabulary=self.registry.vocabulary(),
+                          language=self.specs.language(self.registry))
         try:
             return self.metrics.parsed(self.parser.parse(prompt.prompt, context))
         except Exception:

@@ -54,7 +54,7 @@ class Arg:
     help: str = ""  # what it is, in a few words (used in errors and the LLM's command list)
     choices: tuple = ()  # the allowed words (for "int", words allowed besides the numbers)
     minimum: float | None = None
-    maximum: float | None = None
+    maximum: float | None = None  # for text: the longest (default MAX_TEXT characters)
     optional: bool = False
     names: str = ""  # the name list (``contacts``, ``apps``) a sentence slot draws from
     command_like: bool = False  # screened for shell words, on every path
@@ -68,7 +68,12 @@ class Arg:
 
     @property
     def what(self) -> str:
-        return self.help or self.name
+        """What it is, with its article ("a volume level")."""
+        return self.help or f"a {self.name}"
+
+    @property
+    def What(self) -> str:  # noqa: N802
+        return self.what[:1].upper() + self.what[1:]
 
     def _range(self) -> str:
         words = f", or {', '.join(self.choices[:-1])} or {self.choices[-1]}" if self.choices else ""
@@ -86,38 +91,39 @@ class Arg:
         if self.type == "flag":
             if isinstance(value, bool):
                 return value
-            raise ArgumentError(f"{self.name} must be true or false.")
+            raise ArgumentError(f"{self.What} must be true or false.")
         if self.choices and isinstance(value, str) and value.casefold() in self.choices:
             return value.casefold()
         if self.type == "choice":
-            raise ArgumentError(f"{self.what[:1].upper()}{self.what[1:]} is {', '.join(self.choices[:-1])} "
-                                f"or {self.choices[-1]}.")
+            raise ArgumentError(f"{self.What} is {', '.join(self.choices[:-1])} or {self.choices[-1]}.")
         if self.type in ("int", "number"):
             return self._number(value)
-        text = str(value)
-        if len(text) > MAX_TEXT:
-            raise ArgumentError(f"The {self.what} is too long.")
+        if not isinstance(value, str):
+            raise ArgumentError(f"The command needs {self.what}.")
+        text = value
+        if len(text) > (self.maximum or MAX_TEXT):
+            raise ArgumentError(f"{self.What} is too long.")
         if self.type == "url":
             return self._url(text, spoken)
         if self.type == "name" and not LONG_NAME.match(text):
-            raise ArgumentError(f"A {self.what} may only hold letters, digits, spaces and . @ ' + -")
+            raise ArgumentError(f"{self.What} may only hold letters, digits, spaces and . @ ' + -")
         if self.command_like and SHELL.search(text):
-            raise ArgumentError(f"That {self.what} looks like a shell command; an application name may only "
-                                "hold letters, digits, spaces and - _ . +")
+            raise ArgumentError(f"That looks like a shell command; {self.what} may only hold letters, digits, "
+                                "spaces and - _ . +")
         return text
 
     def _number(self, value: Any) -> int | float:
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise ArgumentError(f"The {self.what} must be {self._range()}.") from None
+            raise ArgumentError(f"{self.What} must be {self._range()}.") from None
         if self.type == "int":
             if not number.is_integer():
-                raise ArgumentError(f"The {self.what} must be {self._range()}.")
+                raise ArgumentError(f"{self.What} must be {self._range()}.")
             number = int(number)
         if isinstance(value, bool) or (self.minimum is not None and number < self.minimum) or \
                 (self.maximum is not None and number > self.maximum):
-            raise ArgumentError(f"The {self.what} must be {self._range()}.")
+            raise ArgumentError(f"{self.What} must be {self._range()}.")
         return number
 
     def _url(self, text: str, spoken: bool) -> str:
@@ -265,3 +271,35 @@ def rigid_only(capability: str, actions: list[str]) -> CapabilitySpec:
     return CapabilitySpec(capability, actions=tuple(
         ActionSpec(a, syntax=(Syntax(f"{capability} {a} {{text}}"),), args=(Arg("text", optional=True),))
         for a in actions))
+
+
+def spec_topic(prefix: str, agent_id: str) -> str:
+    """Where an agent advertises its specs (retained): ``<prefix>/agents/<id>/spec``."""
+    return f"{prefix}/agents/{agent_id}/spec"
+
+
+def specs_payload(agent_id: str, specs: list[CapabilitySpec]) -> str:
+    """The JSON an agent publishes: ``{"version", "agent", "capabilities": {name: spec}}``."""
+    import json
+
+    return json.dumps({"version": SPEC_VERSION, "agent": agent_id,
+                       "capabilities": {s.name: s.to_dict() for s in specs}}, separators=(",", ":"))
+
+
+def read_specs(payload: bytes, max_size: int = 1 << 20) -> dict[str, CapabilitySpec]:
+    """The specs in an agent's payload; ValueError for anything else. Specs it cannot read are skipped,
+    so a newer agent's richer spec never breaks an older coordinator."""
+    import json
+
+    if len(payload) > max_size:
+        raise ValueError("the spec is too large")
+    data = json.loads(payload)
+    if not isinstance(data, dict) or not isinstance(data.get("capabilities"), dict):
+        raise ValueError("a spec payload holds a capabilities object")
+    specs = {}
+    for name, spec in data["capabilities"].items():
+        try:
+            specs[str(name)] = CapabilitySpec.from_dict(spec)
+        except ValueError:
+            continue
+    return specs

@@ -35,6 +35,9 @@ def parser_for(stub, **groq):
                                   **groq}})
 
 
+MISSED = "get the tunes going the other way"  # no template matches it: it goes to Groq
+
+
 def shape(commands) -> list[tuple]:
     return [(c.capability, c.action, c.args) for c in commands]
 
@@ -130,11 +133,12 @@ def test_rigid_commands_and_refusals_never_reach_the_llm(stub):
 def test_rate_limit_backs_off_without_waiting(stub):
     stub.then(rate_limited(retry_after=30))
     parser = parser_for(stub, max_retries=2)  # the SDK must not sleep and retry a 429
-    first = parser.parse("shut down my computer", Context())
-    assert [c.text for c in first.commands] == ["computer power shutdown"]
+    first = parser.parse(MISSED, Context())
+    assert not first.commands and first.reason
     assert first.parser == "sentences" and "rate-limit" in first.note
     assert len(stub.calls) == 1
-    second = parser.parse("pause the music", Context())
+    assert parser.parse("pause the music", Context()).commands  # the fast path needs no Groq
+    second = parser.parse(MISSED, Context())
     assert second.parser == "sentences" and "s left" in second.note
     assert len(stub.calls) == 1, "Groq must not be asked while rate-limited"
 
@@ -143,8 +147,8 @@ def test_exhausted_limit_headers_pause_the_llm(stub):
     stub.then(answer("computer volume up", headers={"x-ratelimit-remaining-requests": "0",
                                                      "x-ratelimit-reset-requests": "1m30s"}))
     parser = parser_for(stub)
-    assert parser.parse("louder", Context()).parser == "groq"
-    again = parser.parse("louder", Context())
+    assert parser.parse(MISSED, Context()).parser == "groq"
+    again = parser.parse(MISSED, Context())
     assert again.parser == "sentences" and "requests limit" in again.note and len(stub.calls) == 1
 
 
@@ -152,8 +156,8 @@ def test_few_tokens_left_pause_the_llm(stub):
     stub.then(answer("computer volume up", headers={"x-ratelimit-remaining-tokens": "12",
                                                      "x-ratelimit-reset-tokens": "7.66s"}))
     parser = parser_for(stub)
-    parser.parse("louder", Context())
-    assert "tokens limit" in parser.parse("louder", Context()).note and len(stub.calls) == 1
+    parser.parse(MISSED, Context())
+    assert "tokens limit" in parser.parse(MISSED, Context()).note and len(stub.calls) == 1
 
 
 @pytest.mark.parametrize("reply, why", [
@@ -165,37 +169,36 @@ def test_few_tokens_left_pause_the_llm(stub):
 ])
 def test_failures_fall_back(stub, reply, why):
     stub.then(reply)
-    result = parser_for(stub).parse("next song", Context())
+    result = parser_for(stub).parse(MISSED, Context())
     assert result.parser == "sentences" and why in result.note
-    assert [c.text for c in result.commands] == ["computer media next"]
+    assert not result.commands and result.reason
 
 
 def test_server_errors_are_retried_as_configured(stub):
     stub.then(server_error(502), answer("computer media next"))
-    result = parser_for(stub, max_retries=1).parse("skip this song", Context())
+    result = parser_for(stub, max_retries=1).parse(MISSED, Context())
     assert result.parser == "groq" and len(stub.calls) == 2
 
 
 def test_repeated_failures_pause_the_llm(stub):
     stub.answer = lambda body: server_error(503)
     parser = parser_for(stub)
-    parser.parse("mute", Context())
-    result = parser.parse("mute", Context())
-    assert result.commands and "s left" in result.note and len(stub.calls) == 1
+    parser.parse(MISSED, Context())
+    result = parser.parse(MISSED, Context())
+    assert result.reason and "s left" in result.note and len(stub.calls) == 1
 
 
 def test_slow_groq_times_out_and_nothing_hangs(stub):
     stub.then(slow(30, "computer volume up"))
-    result = parser_for(stub, timeout=0.5).parse("volume down", Context())
-    assert result.parser == "sentences" and "timed out" in result.note
-    assert [c.text for c in result.commands] == ["computer volume down"]
+    result = parser_for(stub, timeout=0.5).parse(MISSED, Context())
+    assert result.parser == "sentences" and "timed out" in result.note and result.reason
 
 
 def test_unreachable_groq(stub):
     url = stub.url
     stub.__exit__(None, None, None)
     result = build_parser({"groq": {"api_key": "k", "base_url": url, "max_retries": 0, "timeout": 2}}) \
-        .parse("lock my computer", Context())
+        .parse(MISSED, Context())
     assert result.parser == "sentences" and "unreachable" in result.note
 
 
@@ -204,10 +207,10 @@ def test_retired_model_is_named_in_the_log(stub, reply, caplog):
     stub.then(reply)
     parser = parser_for(stub, model="llama-3.3-70b-versatile")
     with caplog.at_level(logging.ERROR, logger="lamcontrol.llm"):
-        result = parser.parse("mute", Context())
-    assert result.commands and "no longer serves the model llama-3.3-70b-versatile" in result.note
+        result = parser.parse(MISSED, Context())
+    assert result.reason and "no longer serves the model llama-3.3-70b-versatile" in result.note
     assert any("set [groq] model" in r.getMessage() and "openai/gpt-oss-20b" in r.getMessage() for r in caplog.records)
-    parser.parse("mute", Context())
+    parser.parse(MISSED, Context())
     assert len(stub.calls) == 1, "a retired model is not asked again on every prompt"
 
 
@@ -220,10 +223,10 @@ def test_key_from_file_and_environment(stub, tmp_path, monkeypatch):
     key_file = tmp_path / "groq.key"
     key_file.write_text("file-key\n")
     stub.answer = "computer volume mute"
-    build_parser({"groq": {"api_key_file": str(key_file), "base_url": stub.url}}).parse("mute", Context())
+    build_parser({"groq": {"api_key_file": str(key_file), "base_url": stub.url}}).parse(MISSED, Context())
     assert stub.requests[-1].headers["Authorization"] == "Bearer file-key"
     monkeypatch.setenv("GROQ_API_KEY", "env-key")
-    build_parser({"groq": {"base_url": stub.url}}).parse("mute", Context())
+    build_parser({"groq": {"base_url": stub.url}}).parse(MISSED, Context())
     assert stub.requests[-1].headers["Authorization"] == "Bearer env-key"
 
 
@@ -234,7 +237,7 @@ def test_corpus_replayed_through_the_llm(stub):
     stub.answer = lambda body: answer(expected[body["messages"][-1]["content"].split("Prompt: ", 1)[1]])
     parser = parser_for(stub)
     paths = []
-    for case in CASES:
+    for case in [c for c in CASES if not c.xfail]:  # known misses of the templates never reach Groq
         result = parser.parse(case.prompt, Context())
         assert shape(result.commands) == shape(parse_chain(case.expected).commands), case.prompt
         fast = installed().understand(case.prompt)

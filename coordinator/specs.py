@@ -1,0 +1,70 @@
+"""The specs agents advertise, and the language of what is online.
+
+Agents publish their capabilities' specs retained on ``lam/agents/<id>/spec``. The store keeps
+them by agent; :meth:`SpecStore.language` builds (and caches) the :class:`~coordinator.language.Language`
+of the online agents: each capability from an advertised spec, else the installed spec of that name
+(an older agent that advertises none), else its rigid actions from presence.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from lamcontrol.language import CapabilitySpec, read_specs
+
+from .language import Language, installed_specs
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+class SpecStore:
+    def __init__(self, max_payload: int = 1 << 20) -> None:
+        self.max_payload = max_payload
+        self.by_agent: dict[str, dict[str, CapabilitySpec]] = {}
+        self._lock = threading.Lock()
+        self._cached: tuple[str, Language] | None = None
+
+    def on_spec(self, topic: str, payload: bytes) -> None:
+        """A retained ``lam/agents/<id>/spec``; an empty payload forgets the agent's specs."""
+        agent_id = topic.split("/")[-2]
+        if not payload:
+            with self._lock:
+                self.by_agent.pop(agent_id, None)
+            return
+        try:
+            specs = read_specs(payload, self.max_payload)
+        except ValueError as exc:
+            log.warning("ignoring the spec of agent %s: %s", agent_id, exc)
+            return
+        with self._lock:
+            self.by_agent[agent_id] = specs
+
+    def language(self, registry: Registry) -> Language:
+        """What the online agents understand (installed capabilities when none is online)."""
+        offered: dict[str, list[str]] = {}
+        advertised: dict[str, CapabilitySpec] = {}
+        with self._lock:
+            for agent_id, info in list(registry.agents.items()):
+                if not info.online:
+                    continue
+                for capability, actions in info.presence.capabilities.items():
+                    offered.setdefault(capability, []).extend(a for a in actions if a not in offered[capability])
+                    spec = self.by_agent.get(agent_id, {}).get(capability)
+                    if spec is not None:
+                        known = advertised.get(capability)
+                        advertised[capability] = spec if known is None else known.with_lists(
+                            {k: sorted({*map(str, known.lists.get(k, ())), *map(str, v)}) for k, v in spec.lists.items()})
+        names = registry.vocabulary()
+        key = repr((sorted(offered.items()), sorted((k, v.to_dict()) for k, v in advertised.items())
+                    if advertised else None, sorted(names.items())))
+        if self._cached and self._cached[0] == key:
+            return self._cached[1]
+        installed = installed_specs()
+        specs = {**installed, **{c: installed[c] for c in offered if c in installed}, **advertised}
+        language = Language.with_rigid(specs, {c: a for c, a in offered.items() if c not in specs},
+                                       {c: n for c, n in names.items() if c not in advertised},
+                                       online=set(offered) or None)
+        self._cached = (key, language)
+        return language
