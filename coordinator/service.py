@@ -140,7 +140,7 @@ class Coordinator:
         self.specs = SpecStore(self.bus.settings.max_payload)  # what online agents understand
         self.bus.on(f"{self.topics.prefix}/agents/+/spec", self.specs.on_spec)
         self.bus.on_connect(self.announce)
-        self.discovery = Discovery(self.bus, discovery_prefix) if discovery_prefix else None
+        self.discovery = Discovery(self.bus, discovery_prefix, specs_of=self.specs.of_agent) if discovery_prefix else None
         self.metrics = build_metrics(self, metrics_port, metrics_bind)
 
     # -- life cycle ---------------------------------------------------------------------

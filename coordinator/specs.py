@@ -41,6 +41,11 @@ class SpecStore:
         with self._lock:
             self.by_agent[agent_id] = specs
 
+    def of_agent(self, agent_id: str) -> dict[str, CapabilitySpec]:
+        """An agent's specs: what it advertised, else the installed spec of each capability."""
+        with self._lock:
+            return {**installed_specs(), **self.by_agent.get(agent_id, {})}
+
     def language(self, registry: Registry) -> Language:
         """What the online agents understand (installed capabilities when none is online)."""
         offered: dict[str, list[str]] = {}
