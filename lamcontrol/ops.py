@@ -28,6 +28,7 @@ from pathlib import Path
 from . import cli  # imported by cli: use its helpers at call time only
 from . import config as lamconfig
 from .protocol import Presence, ProtocolError, Topics, check_id, parse
+from .language import spec_topic
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -97,7 +98,7 @@ def cmd_agents_forget(args: argparse.Namespace) -> int:
         if online and not args.force:
             print(f"agent {agent_id} says it is online: stop it first (or use --force)", file=sys.stderr)
             return cli.EXIT_FAILED
-    topics = [status_topic]
+    topics = [status_topic, spec_topic(settings.topics.prefix, agent_id)]
     if cfg["homeassistant"]["enabled"]:
         topics += Configs(settings.topics, cfg["homeassistant"]["discovery_prefix"]).agent_topics(agent_id)
     bus = cli.connect(args, {}, "lam-cli")
@@ -134,6 +135,7 @@ class MqttUser:
         if self.name == "monitor":
             return [f"read {lam}", f"read {discovery}/#", "read $SYS/#"]
         return [*(f"read {topics.task(c)}" for c in self.capabilities), f"write {topics.agent_status(self.name)}",
+                f"write {spec_topic(topics.prefix, self.name)}",
                 f"write {topics.all_results.replace('+', '#')}", f"write {topics.errors}"]
 
 

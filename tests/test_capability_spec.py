@@ -1,0 +1,138 @@
+"""A capability is one module: its language travels with it.
+
+A ``weather`` capability that exists only in a temporary module and its entry point (a
+dist-info folder on PYTHONPATH, nothing edited anywhere else) is understood end to end: its
+agent advertises the spec on the broker, the coordinator (which does not have the module)
+routes "what's the weather in paris" to it without asking the LLM, lists it in the LLM's
+instructions, and ``lam parse`` understands it where the module is installed. Older and newer
+sides get along: a coordinator reading an agent without a spec falls back to the installed
+spec, else to the rigid actions in presence; a spec with keys it does not know is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from helpers import ROOT, unset, wait_until
+from lamcontrol.coordinator.language import Language, installed_specs
+from lamcontrol.coordinator.registry import Registry
+from lamcontrol.coordinator.specs import SpecStore
+from lamcontrol.language import (SPEC_VERSION, ActionSpec, Arg, ArgumentError, CapabilitySpec, read_specs,
+                                 spec_topic, specs_payload)
+from lamcontrol.protocol import Presence
+from stubs.groq_server import GroqStub
+
+WEATHER = '''
+"""weather: the forecast for a city (answers from a table, for the test)."""
+
+from lamcontrol.agents.capability import Arg, Capability, Outcome, action
+
+
+class Weather(Capability):
+    name = "weather"
+    summary = "Tells the weather forecast for a city."
+
+    @action(syntax=["weather forecast {city}"], args=[Arg("city", "text", "a city")], idempotent=True,
+            sentences=["[(what's|what is|how's|how is)] the (weather|forecast) (in|for) {city} [today]",
+                       "(weather|forecast) (in|for) {city}", "tell me the forecast for {city}"],
+            examples=[("what's the weather in paris", "weather forecast paris")])
+    def forecast(self, args: dict) -> Outcome:
+        """The forecast for a city."""
+        return Outcome(f"Sunny in {args['city']}.", {"city": args["city"]})
+'''
+
+
+@pytest.fixture
+def weather(tmp_path):
+    """The capability as a plugin: a module and a dist-info with its entry point; the PYTHONPATH to use."""
+    site = tmp_path / "plugin"
+    (site / "lam_weather-0.1.dist-info").mkdir(parents=True)
+    (site / "lam_weather.py").write_text(textwrap.dedent(WEATHER))
+    (site / "lam_weather-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: lam-weather\n"
+                                                                 "Version: 0.1\n")
+    (site / "lam_weather-0.1.dist-info" / "entry_points.txt").write_text(
+        "[lamcontrol.capabilities]\nweather = lam_weather:Weather\n")
+    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+
+def lam_parse(env: dict, *args: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "lamcontrol", "parse", *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**{k: v for k, v in os.environ.items() if not k.startswith("GROQ_")}, **env},
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_lam_parse_understands_an_installed_plugin(weather):
+    parsed = lam_parse(weather, "--explain", "tell me the forecast for paris")
+    assert [c["command"] for c in parsed["commands"]] == ["weather forecast paris"]
+    assert parsed["parser"] == "sentences"
+    assert lam_parse({}, "what's the weather in paris")["commands"] == []  # not installed: not understood
+
+
+def test_a_plugin_is_understood_end_to_end(lam, weather, monkeypatch):
+    unset(monkeypatch, "GROQ_API_KEY")
+    with GroqStub("x") as groq:
+        lam.coordinator(f'[groq]\napi_key = "test-key"\nbase_url = "{groq.url}"\nmax_retries = 0\n')
+        lam.agent("sky", "weather", env=weather)
+        topic = spec_topic(lam.prefix, "sky")
+        specs = read_specs(wait_until(lambda: next((p for _, p in lam.recorder.on(topic) if p), None), 20, "the spec"))
+        assert specs["weather"].action("forecast").syntax[0].form == "weather forecast {city}"
+        for prompt in ("what's the weather in paris", "weather in paris", "tell me the forecast for paris"):
+            reply = lam.send(prompt)
+            assert reply.response == "Sunny in paris." and reply.tasks[0]["agent"] == "sky"
+        assert groq.calls == [], "sentences the templates match never reach the LLM"
+        lam.send("is it going to be nice out in lisbon")  # no template: Groq is asked, with weather listed
+        system = groq.calls[-1]["messages"][0]["content"]
+        assert "weather forecast <city>" in system and "what's the weather in paris => weather forecast paris" in system
+
+
+def test_a_coordinator_without_a_spec_falls_back():
+    """No spec from an agent: the installed spec of that name, else the rigid actions in presence."""
+    registry = Registry()
+    registry.update(Presence(state="online", agent="old", capabilities={"computer": ["volume"], "lamp": ["on"]}))
+    language = SpecStore().language(registry)
+    assert language.parse_chain("computer volume 30").commands[0].args == {"level": 30}
+    assert language.understand("turn it up").commands[0].text == "computer volume up"
+    lamp = language.parse_chain("lamp on the desk one")
+    assert (lamp.commands[0].capability, lamp.commands[0].args) == ("lamp", {"text": "the desk one"})
+
+
+def test_an_advertised_spec_wins_and_a_newer_spec_is_read():
+    registry = Registry()
+    registry.update(Presence(state="online", agent="new", capabilities={"lamp": ["on"]}))
+    spec = CapabilitySpec("lamp", "Lamps.", (ActionSpec("on", syntax=(), args=(Arg("which", "choice", "a lamp",
+                                                                                     choices=("desk", "door")),)),))
+    data = json.loads(specs_payload("new", [spec]))
+    data["capabilities"]["lamp"]["future_key"] = {"anything": 1}  # a newer agent's field
+    data["capabilities"]["lamp"]["actions"][0]["syntax"] = [{"form": "lamp on {which}", "fixed": {}, "later": 2}]
+    data["capabilities"]["broken"] = {"actions": "not a list of actions"}
+    store = SpecStore()
+    store.on_spec(spec_topic("lam", "new"), json.dumps(data).encode())
+    language = store.language(registry)
+    assert language.parse_chain("lamp on desk").commands[0].args == {"which": "desk"}
+    assert "is desk or door" in language.parse_chain("lamp on attic").reason
+    store.on_spec(spec_topic("lam", "new"), b"{not json")  # ignored, with a warning
+    assert data["version"] == SPEC_VERSION and "broken" not in read_specs(json.dumps(data).encode())
+
+
+def test_an_older_coordinator_reads_a_newer_agents_presence():
+    """The spec is a topic of its own: presence keeps its old shape (capabilities, flat vocabulary)."""
+    presence = Presence(state="online", agent="a", capabilities={"messaging": ["telegram"]},
+                        vocabulary={"messaging": ["Mary Ann"]})
+    assert set(json.loads(presence.to_json())) >= {"state", "agent", "capabilities", "vocabulary"}
+
+
+def test_argument_checks_are_the_same_for_gate_and_agent():
+    spec = installed_specs()["computer"]
+    volume = spec.action("volume")
+    with pytest.raises(ArgumentError, match="0 to 100"):
+        volume.check({"level": 150})
+    assert Language({"computer": spec}).parse_chain("computer volume 150").reason == str(
+        pytest.raises(ArgumentError, volume.check, {"level": 150}).value)
