@@ -49,8 +49,6 @@ QUESTION = re.compile(r"^(?:what|who|whom|whose|why|how|when|where|which|is|are|
 OPENER_WORDS = {"hey", "hi", "ok", "okay", "so", "um", "uh", "alright", "yo", "well", "oh", "please", "kindly",
                 "just", "can", "could", "would", "will", "you", "rabbit", "quickly"}
 CLOSER_WORDS = {"please", "now", "thanks"}
-# Home Assistant intents that act on the house without naming a device or an area ("turn off all the lights").
-HOUSE_WIDE = {"HassTurnOn", "HassTurnOff", "HassLightSet"}
 HOUSE_SLOTS = {"name", "area", "floor"}
 
 
@@ -367,7 +365,7 @@ class Language:
         readings = []
         for spec in self.specs.values():
             for action in spec.actions:
-                if action.assist and (spec.lists.get("devices") or spec.lists.get("areas")):
+                if action.assist and _names_one(text, spec.lists.get("devices", ()), spec.lists.get("areas", ())):
                     said = _without_fillers(text)
                     devices = tuple(d if isinstance(d, str) else _Frozen(d) for d in spec.lists.get("devices", ()))
                     if _house_understands(said, devices, tuple(spec.lists.get("areas", ()))):
@@ -490,14 +488,19 @@ def _house_lists(devices: tuple, areas: tuple) -> dict:
             "floor": TextSlotList.from_tuples([], allow_template=False)}
 
 
-@lru_cache(maxsize=4096)
+def _names_one(text: str, devices, areas) -> bool:
+    """The clause says one of the advertised device or area names (a cheap test before Home Assistant's
+    sentences, which only count when they name one)."""
+    said = f" {folded(text)} "
+    return any(f" {folded(name if isinstance(name, str) else str(name.get('out')))} " in said
+               for name in (*devices, *areas))
+
+
 def _house_understands(text: str, devices: tuple, areas: tuple) -> bool:
     """Home Assistant's own English intents match the clause, naming one of our devices or areas."""
     intents, _ = _house_intents()
-    for result in recognize_all(text, intents, slot_lists=_house_lists(devices, areas)):
-        if HOUSE_SLOTS & set(result.entities) or result.intent.name in HOUSE_WIDE and "domain" in result.entities:
-            return True
-    return False
+    return any(HOUSE_SLOTS & set(result.entities)
+               for result in recognize_all(text, intents, slot_lists=_house_lists(devices, areas)))
 
 
 @lru_cache(maxsize=1)
