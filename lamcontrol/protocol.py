@@ -373,6 +373,10 @@ def describe_event(prefix: str, topic: str, payload: bytes) -> tuple[str, str]:
         if kind == "replies":
             r = parse(Reply, payload)
             return "reply", f"{r.prompt_id} {r.status}: {r.response}"
+        if kind == "agents" and parts[-1] == "spec":  # lamcontrol.language: what its capabilities understand
+            spec = decode(payload) if payload else {}
+            names = sorted(spec.get("capabilities") or {}) if isinstance(spec, dict) else []
+            return "agent", f"{parts[-2]} spec: {' '.join(names) or 'cleared'}"
         if kind in ("agents", "coordinator"):
             if not payload:
                 return "agent", f"{topic} cleared"

@@ -40,7 +40,7 @@ def test_echo_round_trip_reads_like_a_log(lam):
     assert kinds(lam, prompt.id) == ["prompt", "task", "accepted", "succeeded", "reply"]
     task = lam.recorder.parsed(Task, lam.topics.task("echo"))[0]
     assert (task.capability, task.action, task.args) == ("echo", "say", {"text": "hello"})
-    statuses = {p.agent: p for p in lam.recorder.parsed(Presence, f"{lam.prefix}/agents/")
+    statuses = {p.agent: p for p in lam.recorder.parsed(Presence, lam.topics.agent_status("a1"))
                 + lam.recorder.parsed(Presence, lam.topics.coordinator_status)}
     assert statuses["coordinator"].state == "online" and statuses["a1"].state == "online"
     assert statuses["a1"].capabilities == {"echo": ["fail", "say", "sleep"]}

@@ -136,3 +136,11 @@ def test_argument_checks_are_the_same_for_gate_and_agent():
         volume.check({"level": 150})
     assert Language({"computer": spec}).parse_chain("computer volume 150").reason == str(
         pytest.raises(ArgumentError, volume.check, {"level": 150}).value)
+
+
+def test_lam_monitor_reads_a_spec_line():
+    from lamcontrol.protocol import describe_event
+
+    payload = specs_payload("sky", [CapabilitySpec("weather")]).encode()
+    assert describe_event("lam", spec_topic("lam", "sky"), payload) == ("agent", "sky spec: weather")
+    assert describe_event("lam", spec_topic("lam", "sky"), b"") == ("agent", "sky spec: cleared")
