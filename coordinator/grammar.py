@@ -47,7 +47,8 @@ class ParseResult:
     commands: list[Command] = field(default_factory=list)
     parser: str = "grammar"
     reason: str = ""
-    note: str = ""
+    note: str = ""  # said to the person with the reply (e.g. that the LLM was not used)
+    why: str = ""  # which path answered and why (``lam parse --explain``); ambiguous readings say so
 
     def to_dict(self) -> dict:
         data = {"commands": [c.to_dict() for c in self.commands], "parser": self.parser}

@@ -50,6 +50,7 @@ OPENER_WORDS = {"hey", "hi", "ok", "okay", "so", "um", "uh", "alright", "yo", "w
                 "just", "can", "could", "would", "will", "you", "rabbit", "quickly"}
 CLOSER_WORDS = {"please", "now", "thanks"}
 HOUSE_SLOTS = {"name", "area", "floor"}
+AMBIGUOUS = "the templates read it more than one way"
 
 
 def screen(prompt: str) -> str:
@@ -217,8 +218,9 @@ class Language:
     # -- sentences ------------------------------------------------------------------------
 
     @cached_property
-    def _intents(self) -> tuple[Intents, dict, dict]:
-        """hassil intents of every action's sentences, the slot lists, and intent name -> what it means."""
+    def _intents(self) -> tuple[Intents, dict, dict, set]:
+        """hassil intents of every action's sentences, the slot lists, intent name -> what it means, and
+        the one-word name slots (filled per clause)."""
         data: dict = {"language": "en", "intents": {}, "lists": {},
                       "expansion_rules": {"opener": OPENER, "closer": CLOSER}}
         meaning: dict[str, tuple] = {}
@@ -262,21 +264,38 @@ class Language:
         return WildcardSlotList(name)
 
     def understand(self, prompt: str) -> ParseResult:
-        """The prompt read by the templates: commands, or none and why. ``note`` says how sure."""
+        """The prompt read by the templates: commands, or none and why; ``why`` says how they matched."""
         why = screen(prompt)
         if why:
             return ParseResult(parser="sentences", reason=why)
         text = TRAILING.sub("", prompt.strip())
-        best = self._chain(text, 0, tuple(m.span() for m in JOINS.finditer(text))[:2 * MAX_CLAUSES])
+        best = self._chain(text, tuple(m.span() for m in JOINS.finditer(text))[:2 * MAX_CLAUSES])
         if best and all(r.ok for r in best):
-            ambiguous = [r for r in best if r.how == "ambiguous"]
+            hows = sorted({r.how for r in best})
             return ParseResult(commands=[c for r in best for c in r.commands], parser="sentences",
-                               note="ambiguous" if ambiguous else "")
+                               why=AMBIGUOUS if AMBIGUOUS in hows else f"matched by {' and '.join(hows)}")
         return ParseResult(parser="sentences", reason=self._why_not(text))
 
-    def _chain(self, text: str, start: int, joins: tuple) -> list[Reading] | None:
-        """The reading of text[start:] with the most clauses, every one understood; None if none is."""
-        return _best_chain(self, text, start, joins)
+    def _chain(self, text: str, joins: tuple) -> list[Reading] | None:
+        """The reading with the most clauses, every one understood (None if there is none). A whole
+        reading wins when no free-text slot swallowed an "and" or a "then"."""
+        memo: dict[int, list[Reading] | None] = {}
+
+        def best(at: int) -> list[Reading] | None:
+            if at not in memo:
+                whole = self.clause(text[at:].strip())
+                options = [[whole]] if whole.ok else []
+                if not (whole.ok and not whole.swallowed):
+                    for join_start, join_end in joins:
+                        head = text[at:join_start].strip() if join_start > at else ""
+                        first = self.clause(head) if head else None
+                        rest = best(join_end) if first and first.ok else None
+                        if rest:
+                            options.append([first, *rest])
+                memo[at] = max(options, key=len, default=None)
+            return memo[at]
+
+        return best(0)
 
     def _why_not(self, text: str) -> str:
         whole = self.clause(text)
@@ -288,7 +307,7 @@ class Language:
                 rest = text[end:].strip()
                 return f"I understood \"{text[:start].strip()}\" but not \"{rest}\"."
         if text.endswith("?") or QUESTION.match(text):
-            return "That sounds like a question; say \"ask the AI\" and the question to have it answered."
+            return "That sounds like a question, not something I can do."
         return "I don't know how to do that."
 
     def clause(self, text: str) -> Reading:
@@ -298,7 +317,7 @@ class Language:
             once = self.clause(repeat["clause"])
             if once.ok:
                 times = COUNTS.get((repeat["n"] or repeat["times"]).casefold()) or int(repeat["n"])
-                return Reading(once.commands * times, score=once.score, how=once.how)
+                return Reading(once.commands * times, score=once.score, how=once.how, swallowed=once.swallowed)
         readings = self._readings(text) + self._assist(text)
         if not readings:
             return Reading()
@@ -307,15 +326,15 @@ class Language:
         rivals = [r for r in readings[1:] if r.score == best.score and r.ok and
                   [c.text for c in r.commands] != [c.text for c in best.commands]]
         if best.ok and rivals:
-            best.how = "ambiguous"
+            best.how = AMBIGUOUS
         return best
 
     def _readings(self, text: str) -> list[Reading]:
         intents, lists, meaning, dynamic = self._intents
         if dynamic:
             said = {w.strip(",.!?:") for w in text.split()} | set(re.findall(r'"[^"]+"', text))
-            advertised = {str(v) for spec in self.specs.values() for values in spec.lists.values() for v in values
-                          if isinstance(v, str)}
+            advertised = {str(v) for spec in self.specs.values() for action in spec.actions for a in action.args
+                          if a.one_word for v in spec.lists.get(a.names, ())}
             words = TextSlotList.from_tuples([(w, w) for w in said | advertised if w], allow_template=False)
             lists = {**lists, **{name: words for name in dynamic}}
         readings = []
@@ -338,7 +357,8 @@ class Language:
                 readings.append(Reading(reason=str(exc), score=(1, listed, result.text_chunks_matched)))
                 continue
             times = int(values.get("times") or 1)
-            readings.append(Reading([command] * times, score=(2, listed, result.text_chunks_matched), how="template",
+            readings.append(Reading([command] * times, score=(2, listed, result.text_chunks_matched),
+                                    how=f"the {spec.name} templates",
                                     swallowed=swallowed))
         return readings
 
@@ -356,7 +376,7 @@ class Language:
                 elif value.startswith('"') and value.endswith('"'):
                     args[arg.name] = value.strip('"')
                 elif arg.one_word and len(value.split()) > 1:
-                    raise ArgumentError(f"I don't know anyone called {value}.")
+                    raise ArgumentError(f"{arg.What} of several words must be advertised or quoted: {value}.")
         return args
 
     # -- Home Assistant's own sentences -----------------------------------------------------
@@ -367,10 +387,12 @@ class Language:
             for action in spec.actions:
                 if action.assist and _names_one(text, spec.lists.get("devices", ()), spec.lists.get("areas", ())):
                     said = _without_fillers(text)
-                    devices = tuple(d if isinstance(d, str) else _Frozen(d) for d in spec.lists.get("devices", ()))
-                    if _house_understands(said, devices, tuple(spec.lists.get("areas", ()))):
+                    devices = tuple((d, "") if isinstance(d, str) else (str(d.get("out") or d.get("in")),
+                                                                      str((d.get("context") or {}).get("domain", "")))
+                                    for d in spec.lists.get("devices", ()))
+                    if _house_understands(said, devices, tuple(map(str, spec.lists.get("areas", ())))):
                         command = self.command(spec, action, {action.assist: said})
-                        readings.append(Reading([command], score=(2, 1, 0), how="home assistant"))
+                        readings.append(Reading([command], score=(2, 1, 0), how="Home Assistant's own sentences"))
         return readings
 
     # -- the LLM's command list -----------------------------------------------------------
@@ -416,43 +438,6 @@ def _hint(arg) -> str:
     return ""
 
 
-def _best_chain(language: Language, text: str, start: int, joins: tuple) -> list[Reading] | None:
-    memo: dict[int, list[Reading] | None] = {}
-
-    def best(at: int) -> list[Reading] | None:
-        if at in memo:
-            return memo[at]
-        options = []
-        whole = language.clause(text[at:].strip())
-        if whole.ok:
-            if not whole.swallowed:
-                memo[at] = [whole]
-                return memo[at]
-            options.append([whole])
-        for join_start, join_end in joins:
-            if join_start <= at:
-                continue
-            head = text[at:join_start].strip()
-            if not head:
-                continue
-            first = language.clause(head)
-            if first.ok:
-                rest = best(join_end)
-                if rest:
-                    options.append([first, *rest])
-        memo[at] = max(options, key=len, default=None)
-        return memo[at]
-
-    return best(start)
-
-
-class _Frozen(dict):
-    """A hashable device entry (name and context), for the caches below."""
-
-    def __hash__(self) -> int:
-        return hash(repr(sorted(self.items())))
-
-
 def _without_fillers(text: str) -> str:
     words = text.split()
     while len(words) > 1 and words[0].casefold().strip(",") in OPENER_WORDS:
@@ -463,11 +448,11 @@ def _without_fillers(text: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _house_intents() -> tuple:
+def _house_intents() -> Intents:
+    """Home Assistant's own English sentences (home-assistant-intents)."""
     from home_assistant_intents import get_intents
 
-    data = get_intents("en")
-    return Intents.from_dict(data), data
+    return Intents.from_dict(get_intents("en"))
 
 
 # A device advertised without its kind (``--names``) may be any of these.
@@ -476,13 +461,9 @@ DOMAINS = ("light", "switch", "fan", "cover", "lock", "climate", "media_player",
 
 
 @lru_cache(maxsize=8)
-def _house_lists(devices: tuple, areas: tuple) -> dict:
-    """Slot lists for Home Assistant's sentences: devices with their domain (every domain when unknown)."""
-    named = []
-    for device in devices:
-        name = device["out"] if isinstance(device, dict) else str(device)
-        context = device.get("context") if isinstance(device, dict) else None
-        named += [(name, name, context)] if context else [(name, name, {"domain": d}) for d in DOMAINS]
+def _house_lists(devices: tuple[tuple[str, str], ...], areas: tuple[str, ...]) -> dict:
+    """Slot lists for Home Assistant's sentences: (name, domain) devices, every domain when unknown."""
+    named = [(name, name, {"domain": d}) for name, domain in devices for d in ((domain,) if domain else DOMAINS)]
     return {"name": TextSlotList.from_tuples(named, allow_template=False),
             "area": TextSlotList.from_tuples([(str(a), str(a)) for a in areas], allow_template=False),
             "floor": TextSlotList.from_tuples([], allow_template=False)}
@@ -496,9 +477,9 @@ def _names_one(text: str, devices, areas) -> bool:
                for name in (*devices, *areas))
 
 
-def _house_understands(text: str, devices: tuple, areas: tuple) -> bool:
+def _house_understands(text: str, devices: tuple[tuple[str, str], ...], areas: tuple[str, ...]) -> bool:
     """Home Assistant's own English intents match the clause, naming one of our devices or areas."""
-    intents, _ = _house_intents()
+    intents = _house_intents()
     return any(HOUSE_SLOTS & set(result.entities)
                for result in recognize_all(text, intents, slot_lists=_house_lists(devices, areas)))
 

@@ -10,7 +10,8 @@ is read by the capabilities' sentence templates (:mod:`coordinator.language`); w
 the whole prompt unambiguously, that is the answer (the fast path: no LLM call). The rest goes to
 Groq when a key is configured, and back to the templates' best reading when it is not or when
 Groq fails, is rate-limited or answers something the grammar refuses. ``ParseResult.parser``
-names who answered (``grammar``, ``sentences`` or ``groq``) and ``note`` says why.
+names who answered (``grammar``, ``sentences`` or ``groq``), ``why`` says why that path, and
+``note`` what the person is told besides (that the LLM was not used).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from lamcontrol.config import ConfigError
 from lamcontrol.llm import GroqChat, GroqSettings, LLMUnavailable
 
 from .grammar import Known, ParseResult
-from .language import Language, installed, screen
+from .language import AMBIGUOUS, Language, installed, screen
 
 if TYPE_CHECKING:
     from .groq_parser import GroqParser
@@ -62,35 +63,34 @@ class ChainParser:
 
     def explain(self, result: ParseResult) -> str:
         """Which path answered, and why that one."""
-        why = {
-            "grammar": "the prompt is already in the command language",
-            "sentences": result.note or "the capabilities' sentence templates matched the whole prompt",
-            "groq": result.note or "the templates did not match the whole prompt, so Groq was asked",
-        }.get(result.parser, "")
+        why = result.why or {"grammar": "the prompt is already in the command language"}.get(result.parser, "")
         return f"answered by the {result.parser} parser" + (f": {why}" if why else "")
 
     def parse(self, prompt: str, context: Context) -> ParseResult:
         language = context.understood
         matched = language.understand(prompt)
-        if matched.commands and not matched.note:  # the fast path
+        if matched.commands and matched.why != AMBIGUOUS:  # the fast path: no LLM call
             return matched
         rigid = language.parse_chain(prompt)
         if rigid.commands:
             return rigid
-        if matched.reason and matched.reason == screen(prompt):
+        if not matched.commands and matched.reason == screen(prompt):  # empty, too long, or a jailbreak
+            matched.why = "no parser may see this prompt"
             return matched
         if not self.llm:
-            matched.note = matched.note and "the templates read it more than one way; no Groq key to ask"
+            matched.why = (f"{matched.why}; no Groq key to ask" if matched.commands else
+                           "the templates did not match the whole prompt, and no Groq key is configured")
             return matched
         try:
             answered = self.llm.ask(prompt, context)
         except LLMUnavailable as exc:
             matched.note = f"understood without the LLM ({exc})"
+            matched.why = f"Groq was asked but failed: {exc}"
             return matched
         if not answered.commands:  # the model said x; the templates may know what was missing
             answered.reason = matched.reason or answered.reason
-        answered.note = ("the templates read it more than one way" if matched.commands else
-                         "the templates did not match the whole prompt")
+        answered.why = (f"{AMBIGUOUS}, so Groq was asked" if matched.commands else
+                        "the templates did not match the whole prompt, so Groq was asked")
         return answered
 
 

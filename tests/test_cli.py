@@ -46,7 +46,7 @@ def test_parse_explains_which_parser_answered_and_why():
     rigid, loose = explained("computer volume 30"), explained("set the volume to 30 percent")
     assert rigid["commands"] == loose["commands"]
     assert rigid["explain"] == "answered by the grammar parser: the prompt is already in the command language"
-    assert loose["parser"] == "sentences" and "templates matched the whole prompt" in loose["explain"]
+    assert loose["parser"] == "sentences" and "matched by the computer templates" in loose["explain"]
 
 
 def test_parse_names_stand_in_for_what_agents_advertise():
