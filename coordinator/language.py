@@ -269,26 +269,33 @@ class Language:
         if why:
             return ParseResult(parser="sentences", reason=why)
         text = TRAILING.sub("", prompt.strip())
-        best = self._chain(text, tuple(m.span() for m in JOINS.finditer(text))[:2 * MAX_CLAUSES])
+        readings: dict[str, Reading] = {}  # each clause is read once per prompt
+
+        def clause(part: str) -> Reading:
+            if part not in readings:
+                readings[part] = self.clause(part)
+            return readings[part]
+
+        best = self._chain(text, tuple(m.span() for m in JOINS.finditer(text))[:2 * MAX_CLAUSES], clause)
         if best and all(r.ok for r in best):
             hows = sorted({r.how for r in best})
             return ParseResult(commands=[c for r in best for c in r.commands], parser="sentences",
                                why=AMBIGUOUS if AMBIGUOUS in hows else f"matched by {' and '.join(hows)}")
-        return ParseResult(parser="sentences", reason=self._why_not(text))
+        return ParseResult(parser="sentences", reason=self._why_not(text, clause))
 
-    def _chain(self, text: str, joins: tuple) -> list[Reading] | None:
+    def _chain(self, text: str, joins: tuple, clause) -> list[Reading] | None:
         """The reading with the most clauses, every one understood (None if there is none). A whole
         reading wins when no free-text slot swallowed an "and" or a "then"."""
         memo: dict[int, list[Reading] | None] = {}
 
         def best(at: int) -> list[Reading] | None:
             if at not in memo:
-                whole = self.clause(text[at:].strip())
+                whole = clause(text[at:].strip())
                 options = [[whole]] if whole.ok else []
                 if not (whole.ok and not whole.swallowed):
                     for join_start, join_end in joins:
                         head = text[at:join_start].strip() if join_start > at else ""
-                        first = self.clause(head) if head else None
+                        first = clause(head) if head else None
                         rest = best(join_end) if first and first.ok else None
                         if rest:
                             options.append([first, *rest])
@@ -297,12 +304,12 @@ class Language:
 
         return best(0)
 
-    def _why_not(self, text: str) -> str:
-        whole = self.clause(text)
+    def _why_not(self, text: str, clause) -> str:
+        whole = clause(text)
         if whole.reason:
             return whole.reason
         for start, end in [m.span() for m in JOINS.finditer(text)]:
-            first = self.clause(text[:start])
+            first = clause(text[:start].strip())
             if first.ok:
                 rest = text[end:].strip()
                 return f"I understood \"{text[:start].strip()}\" but not \"{rest}\"."
