@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-from lamcontrol.language import ActionSpec, Arg, ArgumentError, CapabilitySpec, Entity, Sentences, Syntax
+from lamcontrol.language import ActionSpec, Arg, ArgumentError, CapabilitySpec, Entity, Sentences, Syntax, listed_value
 
 __all__ = ["ActionSpec", "Arg", "Capability", "CapabilitySpec", "Entity", "Outcome", "Sentences", "Setting",
            "Syntax", "TaskFailed", "Unavailable", "action", "require"]
@@ -111,8 +111,7 @@ class Capability:
 
     def vocabulary(self) -> list[str]:
         """Every name it knows, flat (what older coordinators read from presence)."""
-        return sorted({v if isinstance(v, str) else str(v.get("out") or v.get("in"))
-                       for values in self.names().values() for v in values}, key=str.casefold)
+        return sorted({listed_value(v) for values in self.names().values() for v in values}, key=str.casefold)
 
     @classmethod
     def spec(cls) -> CapabilitySpec:

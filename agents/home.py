@@ -232,7 +232,7 @@ class Watcher:
                 called = {states[entity_id].get("attributes", {}).get("friendly_name") or entity_id.split(".")[-1],
                           *(registry.get(entity_id) or {}).get("aliases", [])}
                 domain = entity_id.split(".")[0]
-                found["devices"].update(json.dumps({"in": n, "out": n, "context": {"domain": domain}}) for n in called
+                found["devices"].update(json.dumps({"in": n, "context": {"domain": domain}}) for n in called
                                         if isinstance(n, str) and n.strip())
                 found.get(f"{domain}s", set()).update(called)
         for area in self.command(ws, "config/area_registry/list"):

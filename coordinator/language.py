@@ -23,7 +23,7 @@ from functools import cached_property, lru_cache
 
 from hassil import Intents, RangeSlotList, TextSlotList, WildcardSlotList, recognize_all
 
-from lamcontrol.language import ActionSpec, ArgumentError, CapabilitySpec, Syntax, rigid_only
+from lamcontrol.language import ActionSpec, ArgumentError, CapabilitySpec, Syntax, listed_value, rigid_only
 
 from .grammar import Command, GrammarError, ParseResult
 
@@ -105,7 +105,7 @@ class Language:
             return spec
         lists = {a.names for action in spec.actions for a in action.args if a.names}
         lists |= {n for n in ("devices", "areas") if any(a.assist for a in spec.actions)}
-        return spec.with_lists({k: sorted({*spec.lists.get(k, ()), *names}) for k in lists})
+        return spec.with_lists({k: list(names) for k in lists}, add=True)
 
     @classmethod
     def with_rigid(cls, specs: dict[str, CapabilitySpec], offered: dict[str, list[str]],
@@ -198,7 +198,7 @@ class Language:
         """The advertised spelling of a name said, or ''."""
         wanted = folded(said)
         for value in spec.lists.get(list_name, ()):
-            out = value if isinstance(value, str) else str(value.get("out") or value.get("in"))
+            out = listed_value(value)
             if folded(out) == wanted:
                 return out
         return ""
@@ -340,8 +340,8 @@ class Language:
         intents, lists, meaning, dynamic = self._intents
         if dynamic:
             said = {w.strip(",.!?:") for w in text.split()} | set(re.findall(r'"[^"]+"', text))
-            advertised = {str(v) for spec in self.specs.values() for action in spec.actions for a in action.args
-                          if a.one_word for v in spec.lists.get(a.names, ())}
+            advertised = {listed_value(v) for spec in self.specs.values() for action in spec.actions
+                          for a in action.args if a.one_word for v in spec.lists.get(a.names, ())}
             words = TextSlotList.from_tuples([(w, w) for w in said | advertised if w], allow_template=False)
             lists = {**lists, **{name: words for name in dynamic}}
         readings = []
@@ -394,10 +394,9 @@ class Language:
             for action in spec.actions:
                 if action.assist and _names_one(text, spec.lists.get("devices", ()), spec.lists.get("areas", ())):
                     said = _without_fillers(text)
-                    devices = tuple((d, "") if isinstance(d, str) else (str(d.get("out") or d.get("in")),
-                                                                      str((d.get("context") or {}).get("domain", "")))
-                                    for d in spec.lists.get("devices", ()))
-                    if _house_understands(said, devices, tuple(map(str, spec.lists.get("areas", ())))):
+                    devices = tuple((listed_value(d), "" if isinstance(d, str) else
+                                     str((d.get("context") or {}).get("domain", ""))) for d in spec.lists.get("devices", ()))
+                    if _house_understands(said, devices, tuple(map(listed_value, spec.lists.get("areas", ())))):
                         command = self.command(spec, action, {action.assist: said})
                         readings.append(Reading([command], score=(2, 1, 0), how="Home Assistant's own sentences"))
         return readings
@@ -480,7 +479,7 @@ def _names_one(text: str, devices, areas) -> bool:
     """The clause says one of the advertised device or area names (a cheap test before Home Assistant's
     sentences, which only count when they name one)."""
     said = f" {folded(text)} "
-    return any(f" {folded(name if isinstance(name, str) else str(name.get('out')))} " in said
+    return any(f" {folded(listed_value(name))} " in said
                for name in (*devices, *areas))
 
 

@@ -59,8 +59,7 @@ class SpecStore:
                     spec = self.by_agent.get(agent_id, {}).get(capability)
                     if spec is not None:
                         known = advertised.get(capability)
-                        advertised[capability] = spec if known is None else known.with_lists(
-                            {k: sorted({*map(str, known.lists.get(k, ())), *map(str, v)}) for k, v in spec.lists.items()})
+                        advertised[capability] = spec if known is None else known.with_lists(spec.lists, add=True)
         names = registry.vocabulary()
         key = repr((sorted(offered.items()), sorted((k, v.to_dict()) for k, v in advertised.items())
                     if advertised else None, sorted(names.items())))

@@ -11,6 +11,7 @@ Assistant entities it wants. The spec travels as JSON on ``lam/agents/<id>/spec`
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -32,6 +33,11 @@ def _plain(cls, data: dict) -> dict:
     """The keys of ``data`` that ``cls`` knows (a newer side may send more)."""
     known = {f.name for f in fields(cls)}
     return {k: v for k, v in data.items() if k in known}
+
+
+def listed_value(value: str | dict) -> str:
+    """What a list entry stands for: the string itself, or an ``{"in", "out"}`` entry's out (else in)."""
+    return value if isinstance(value, str) else str(value.get("out") or value.get("in"))
 
 
 def spoken_address(text: str) -> str:
@@ -232,9 +238,13 @@ class CapabilitySpec:
     def action(self, name: str) -> ActionSpec | None:
         return next((a for a in self.actions if a.name == name), None)
 
-    def with_lists(self, lists: dict) -> CapabilitySpec:
-        """The spec with more names (what the agent learned at run time: contacts, devices)."""
-        merged = {**self.lists, **{k: list(v) for k, v in lists.items()}}
+    def with_lists(self, lists: dict, add: bool = False) -> CapabilitySpec:
+        """The spec with these lists (what the agent learned at run time: contacts, devices), replacing
+        its own, or with ``add`` joining them (each entry once)."""
+        merged = dict(self.lists)
+        for key, values in lists.items():
+            entries = [*self.lists.get(key, ()), *values] if add else list(values)
+            merged[key] = list({json.dumps(v, sort_keys=True): v for v in entries}.values())
         return CapabilitySpec(self.name, self.summary, self.actions, merged, self.rules, self.version)
 
     def to_dict(self) -> dict:
@@ -280,8 +290,6 @@ def spec_topic(prefix: str, agent_id: str) -> str:
 
 def specs_payload(agent_id: str, specs: list[CapabilitySpec]) -> str:
     """The JSON an agent publishes: ``{"version", "agent", "capabilities": {name: spec}}``."""
-    import json
-
     return json.dumps({"version": SPEC_VERSION, "agent": agent_id,
                        "capabilities": {s.name: s.to_dict() for s in specs}}, separators=(",", ":"))
 
@@ -289,8 +297,6 @@ def specs_payload(agent_id: str, specs: list[CapabilitySpec]) -> str:
 def read_specs(payload: bytes, max_size: int = 1 << 20) -> dict[str, CapabilitySpec]:
     """The specs in an agent's payload; ValueError for anything else. Specs it cannot read are skipped,
     so a newer agent's richer spec never breaks an older coordinator."""
-    import json
-
     if len(payload) > max_size:
         raise ValueError("the spec is too large")
     data = json.loads(payload)

@@ -144,3 +144,18 @@ def test_lam_monitor_reads_a_spec_line():
     payload = specs_payload("sky", [CapabilitySpec("weather")]).encode()
     assert describe_event("lam", spec_topic("lam", "sky"), payload) == ("agent", "sky spec: weather")
     assert describe_event("lam", spec_topic("lam", "sky"), b"") == ("agent", "sky spec: cleared")
+
+
+def test_names_of_every_online_agent_are_known():
+    """Two messaging agents with different contacts: the coordinator knows both lists; an offline one's go."""
+    messaging = installed_specs()["messaging"]
+    registry, store = Registry(), SpecStore()
+    for agent, contact in (("a", "Mary Ann"), ("b", "Uncle Bob")):
+        registry.update(Presence(state="online", agent=agent, capabilities={"messaging": ["telegram"]}))
+        store.on_spec(spec_topic("lam", agent), specs_payload(agent, [messaging.with_lists({"contacts": [contact]})])
+                      .encode())
+    texts = lambda: [c.text for c in store.language(registry).understand(  # noqa: E731
+        "text mary ann on telegram hi and text uncle bob on telegram bye").commands]
+    assert texts() == ['telegram "Mary Ann" hi', 'telegram "Uncle Bob" bye']
+    registry.update(Presence(state="offline", agent="b"))
+    assert 'telegram "Uncle Bob" bye' not in texts()
