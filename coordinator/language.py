@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_PROMPT = 2000
 MAX_CLAUSES = 6
+FUZZY = 85  # rapidfuzz ratio from which a name said is taken for an advertised one
 OPENER = ("[(hey|hi|ok|okay|so|um|uh|alright|yo|well|oh|now) [rabbit]] [(so|now|then|um)] "
           "[(can|could|would|will) you] [(please|kindly)] [please] [(just|quickly|go ahead and|also)] "
           "[(i need you to|i want you to)]")
@@ -195,13 +196,16 @@ class Language:
         return None
 
     def canonical(self, spec: CapabilitySpec, list_name: str, said: str) -> str:
-        """The advertised spelling of a name said, or ''."""
+        """The advertised spelling of a name said, or ''; a close spelling counts (speech to text
+        writes "jayson" for Jason), by rapidfuzz's ratio."""
+        from rapidfuzz import fuzz, process
+
+        names = {folded(listed_value(v)): listed_value(v) for v in spec.lists.get(list_name, ())}
         wanted = folded(said)
-        for value in spec.lists.get(list_name, ()):
-            out = listed_value(value)
-            if folded(out) == wanted:
-                return out
-        return ""
+        if wanted in names or not wanted:
+            return names.get(wanted, "")
+        found = process.extractOne(wanted, list(names), scorer=fuzz.ratio, score_cutoff=FUZZY)
+        return names[found[0]] if found else ""
 
     def parse_chain(self, text: str) -> ParseResult:
         """A whole prompt in the rigid grammar: ``x``, one command, or ``&&`` chains."""

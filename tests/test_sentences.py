@@ -55,6 +55,8 @@ CONTACTS = Context(vocabulary={"messaging": ["Jason", "Mom"], "computer": ["spot
     ("tell MOM on discord I'm home", "discord Mom I'm home"),
     ("open spotify", "computer run spotify"),  # an advertised application beats the website
     ("open youtube", "browser site https://www.youtube.com"),
+    ("text jayson on telegram hi", "telegram Jason hi"),  # speech to text's spelling of an advertised name
+    ("text tom on telegram hi", "telegram tom hi"),  # too far from Mom: a name of its own
 ])
 def test_vocabulary(prompt, expected):
     result = ChainParser().parse(prompt, CONTACTS)
