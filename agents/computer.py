@@ -373,8 +373,7 @@ class Computer(Capability):
     lists = {"apps": []}
     rules = {"it": "[(the|my)] (volume|sound|audio|music|it|that)",
              "bit": "[(a|one)] [(bit|little|notch|tad)] [more]",
-             "computer": "[(the|my|this)] (computer|pc|laptop|desktop|machine|mac|screen)",
-             "times": "(twice|two times|{times} times)"}
+             "computer": "[(the|my|this)] (computer|pc|laptop|desktop|machine|mac|screen)"}
 
     def names(self) -> dict[str, list]:
         return {"apps": sorted(name for name, _ in self.apps.values())}
@@ -473,13 +472,14 @@ class Computer(Capability):
                    "hit pause", "hold on pause (it|that)", "turn off the music"), {"key": "pause"}),
         Sentences(("(play|resume|continue|unpause) [(it|the (music|song|track)|playing|playback)] [again]",
                    "play music", "start the music again"), {"key": "play"}),
-        Sentences(("(next|skip|skip ahead|skip forward) [(song|track|one)] [<times> [(songs|tracks)]]",
+        Sentences(("(next|skip|skip ahead|skip forward) [(song|track|one)] [{times}]",
                    "skip (this|the) (song|track|one)", "[(go|skip)] to the next (song|track)",
-                   "play the next (song|track)", "skip [(forward|ahead)] {times} (songs|tracks)",
+                   "play the next (song|track)", "skip [(forward|ahead)] {count} (songs|tracks)",
                    "next one"), {"key": "next"}),
         Sentences(("(previous|last) (song|track)", "(go|skip) back [(a|one)] [(song|track)]",
                    "back one (song|track)", "play the (previous|last) (song|track)",
-                   "play the (song|track) before this one", "(go|skip) back {times} (songs|tracks)"),
+                   "play the (song|track) before this one", "(go|skip) back {count} (songs|tracks)",
+                   "(go|skip) back {times} [on <computer>]"),
                   {"key": "back"}),
     ], examples=[("skip this song", "computer media next"), ("pause the music", "computer media pause")],
         entities=[Entity("button", "play", "Play", "computer media play", "mdi:play"),

@@ -38,8 +38,12 @@ OPENER = ("[(hey|hi|ok|okay|so|um|uh|alright|yo|well|oh|now) [rabbit]] [(so|now|
 CLOSER = "[(please|now|for me|thanks|thank you)]"
 TRAILING = re.compile(r"[\s,.!?]+$")
 JOINS = re.compile(r"\s*(?:,\s*and then|,\s*then|,\s*and|\band then\b|\bthen\b|\band\b|;|,)\s*", re.I)
-REPEAT = re.compile(r"^(?P<clause>.+?)\s+(?P<times>twice|thrice|(?P<n>two|three|four|five|\d) times)$", re.I)
-COUNTS = {"twice": 2, "thrice": 3, "two": 2, "three": 3, "four": 4, "five": 5}
+COUNTS = {"twice": 2, "thrice": 3, **{f"{word} times": n for n, word in enumerate(
+    ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"), 2)}, **{f"{n} times": n for n in range(2, 11)}}
+REPEAT = re.compile(rf"^(?P<clause>.+?)\s+(?P<times>{'|'.join(COUNTS)})$", re.I)
+# Slots any template may use: {times} ("twice", "three times") repeats the command, as does {count} ("skip two songs").
+REPEATS = {"times": TextSlotList.from_tuples(list(COUNTS.items()), allow_template=False, name="times"),
+           "count": RangeSlotList("count", start=2, stop=10)}
 TOKEN = re.compile(r'"[^"]*"|\S+')
 JAILBREAK = re.compile(
     r"\b(?:ignore|disregard|forget|override|bypass)\b.{0,40}\b(?:instructions?|rules|prompts?|guidelines|"
@@ -228,7 +232,7 @@ class Language:
         data: dict = {"language": "en", "intents": {}, "lists": {},
                       "expansion_rules": {"opener": OPENER, "closer": CLOSER}}
         meaning: dict[str, tuple] = {}
-        lists: dict = {"times": RangeSlotList("times", start=2, stop=10)}
+        lists: dict = dict(REPEATS)
         dynamic: set[str] = set()  # one-word names: filled per clause with its words and advertised names
         for spec in self.specs.values():
             prefix = f"{spec.name}__"
@@ -243,7 +247,7 @@ class Language:
                     for listed, slot in set(re.findall(r"\{(\w+)(?::(\w+))?\}", " ".join(templates))):
                         name = f"{prefix}{action.name}__{listed}"
                         arg = action.arg(slot or listed)
-                        if listed == "times":
+                        if listed in REPEATS:
                             continue
                         if (arg is None or slot) and listed in spec.lists:  # a declared list, parsed by hassil
                             data["lists"][name] = {"values": spec.lists.get(listed, [])}
@@ -251,8 +255,8 @@ class Language:
                             dynamic.add(name)
                         else:  # typed slots; free ones (``{rest}``) are wildcards
                             lists[name] = self._slot_list(name, arg)
-                    slotted = [re.sub(r"\{(\w+)(?::(\w+))?\}", lambda m, p=f"{prefix}{action.name}__": "{times}"
-                                      if m[1] == "times" else f"{{{p}{m[1]}:{m[2] or m[1]}}}", t) for t in templates]
+                    slotted = [re.sub(r"\{(\w+)(?::(\w+))?\}", lambda m, p=f"{prefix}{action.name}__": m[0]
+                                      if m[1] in REPEATS else f"{{{p}{m[1]}:{m[2] or m[1]}}}", t) for t in templates]
                     data["intents"][key] = {"data": [{"sentences": [f"<opener> ({t}) <closer>" for t in slotted]}]}
                     meaning[key] = (spec, action, group)
         intents = Intents.from_dict(data)
@@ -327,7 +331,7 @@ class Language:
         if repeat:
             once = self.clause(repeat["clause"])
             if once.ok:
-                times = COUNTS.get((repeat["n"] or repeat["times"]).casefold()) or int(repeat["n"])
+                times = COUNTS[repeat["times"].casefold()]
                 return Reading(once.commands * times, score=once.score, how=once.how, swallowed=once.swallowed)
         readings = self._readings(text) + self._assist(text)
         if not readings:
@@ -355,8 +359,8 @@ class Language:
                       for name, entity in result.entities.items()}
             said = {name: _original(text, entity) for name, entity in result.entities.items()}
             swallowed = any(entity.is_wildcard and JOINS.search(str(entity.text)) for entity in result.entities.values())
-            listed = sum(1 for name, entity in result.entities.items() if entity.value != entity.text
-                         or _typed(action.arg(name)))
+            listed = sum(1 for name, entity in result.entities.items() if name not in REPEATS
+                         and (entity.value != entity.text or _typed(action.arg(name))))
             if group.ask:
                 readings.append(Reading(reason=group.ask.format(**said), score=(2, listed, result.text_chunks_matched)))
                 continue
@@ -367,7 +371,7 @@ class Language:
             except ArgumentError as exc:
                 readings.append(Reading(reason=str(exc), score=(1, listed, result.text_chunks_matched)))
                 continue
-            times = int(values.get("times") or 1)
+            times = int(values.get("times") or values.get("count") or 1)
             readings.append(Reading([command] * times, score=(2, listed, result.text_chunks_matched),
                                     how=f"the {spec.name} templates",
                                     swallowed=swallowed))
