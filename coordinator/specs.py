@@ -25,6 +25,7 @@ class SpecStore:
         self.by_agent: dict[str, dict[str, CapabilitySpec]] = {}
         self._lock = threading.Lock()
         self._cached: tuple[str, Language] | None = None
+        self._received = 0  # specs read so far: a new one means a new language
 
     def on_spec(self, topic: str, payload: bytes) -> None:
         """A retained ``lam/agents/<id>/spec``; an empty payload forgets the agent's specs."""
@@ -32,6 +33,7 @@ class SpecStore:
         if not payload:
             with self._lock:
                 self.by_agent.pop(agent_id, None)
+                self._received += 1
             return
         try:
             specs = read_specs(payload, self.max_payload)
@@ -40,6 +42,7 @@ class SpecStore:
             return
         with self._lock:
             self.by_agent[agent_id] = specs
+            self._received += 1
 
     def of_agent(self, agent_id: str) -> dict[str, CapabilitySpec]:
         """An agent's specs: what it advertised, else the installed spec of each capability."""
@@ -50,23 +53,21 @@ class SpecStore:
         """What the online agents understand (installed capabilities when none is online)."""
         offered: dict[str, list[str]] = {}
         advertised: dict[str, CapabilitySpec] = {}
+        online = sorted(a for a, info in list(registry.agents.items()) if info.online)
+        names = registry.vocabulary()
+        key = repr((online, [registry.agents[a].presence.capabilities for a in online], self._received,
+                    sorted(names.items())))
+        if self._cached and self._cached[0] == key:
+            return self._cached[1]
         with self._lock:
-            for agent_id, info in list(registry.agents.items()):
-                if not info.online:
-                    continue
-                for capability, actions in info.presence.capabilities.items():
+            for agent_id in online:
+                for capability, actions in registry.agents[agent_id].presence.capabilities.items():
                     offered.setdefault(capability, []).extend(a for a in actions if a not in offered[capability])
                     spec = self.by_agent.get(agent_id, {}).get(capability)
                     if spec is not None:
                         known = advertised.get(capability)
                         advertised[capability] = spec if known is None else known.with_lists(spec.lists, add=True)
-        names = registry.vocabulary()
-        key = repr((sorted(offered.items()), sorted((k, v.to_dict()) for k, v in advertised.items())
-                    if advertised else None, sorted(names.items())))
-        if self._cached and self._cached[0] == key:
-            return self._cached[1]
-        installed = installed_specs()
-        specs = {**installed, **{c: installed[c] for c in offered if c in installed}, **advertised}
+        specs = {**installed_specs(), **advertised}
         language = Language.with_rigid(specs, {c: a for c, a in offered.items() if c not in specs},
                                        {c: n for c, n in names.items() if c not in advertised},
                                        online=set(offered) or None)
