@@ -144,7 +144,8 @@ class Language:
 
     def parse_command(self, text: str) -> Command:
         """One rigid command, or a GrammarError saying what is wrong."""
-        tokens = list(TOKEN.finditer(text.strip()))
+        text = text.strip()
+        tokens = list(TOKEN.finditer(text))
         if not tokens:
             raise GrammarError("The command is empty.")
         verb = tokens[0].group().casefold()

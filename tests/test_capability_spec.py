@@ -159,3 +159,11 @@ def test_names_of_every_online_agent_are_known():
     assert texts() == ['telegram "Mary Ann" hi', 'telegram "Uncle Bob" bye']
     registry.update(Presence(state="offline", agent="b"))
     assert 'telegram "Uncle Bob" bye' not in texts()
+
+
+def test_rigid_chains_keep_each_commands_words():
+    language = Language(installed_specs(), {"messaging": ["Mary Ann"]})
+    chain = language.parse_chain("browser google weather &&   telegram Mary Ann hi there&&discord \"Uncle Bob\" ok")
+    assert [(c.action, c.args) for c in chain.commands] == [
+        ("google", {"query": "weather"}), ("telegram", {"name": "Mary Ann", "message": "hi there"}),
+        ("discord", {"name": "Uncle Bob", "message": "ok"})]
