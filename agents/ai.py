@@ -21,7 +21,7 @@ import re
 from lamcontrol import config as lamconfig
 from lamcontrol.llm import GroqChat, GroqSettings, LLMUnavailable
 
-from .capability import Capability, Outcome, Setting, TaskFailed, Unavailable, action, require
+from .capability import Arg, Capability, Outcome, Sentences, Setting, TaskFailed, Unavailable, action, require
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,18 @@ class Ai(Capability):
         # Vision models do not reason: Groq refuses reasoning_effort for them.
         self.vision = GroqChat(dataclasses.replace(settings, model=self.settings["vision_model"], reasoning_effort=""))
 
-    @action()
+    lists = {"task_verbs": ["summarize", "translate", "draft", "write", "compose", "explain", "rewrite",
+                            "brainstorm", "describe", "outline", "proofread", "paraphrase"]}
+
+    @action(syntax=["ai {prompt}", "openinterpreter {prompt}"], args=[Arg("prompt", "text", "a question or task")],
+            sentences=[
+        Sentences(("(ask|have|tell|get) [the] (ai|assistant|chatbot|llm|open interpreter) [to] {prompt}",
+                   "(ai|assistant)[,] {prompt}", "use open interpreter to {prompt}")),
+        Sentences(("{task_verbs} {rest}",), compose={"prompt": "{task_verbs} {rest}"}),
+        Sentences(("ask [the] (ai|assistant)",), ask="What should I ask the ai?"),
+    ], examples=[("ask the ai why the sky is blue", "ai why the sky is blue")], photo="image")
     def ask(self, args: dict) -> Outcome:
+        """Answer a question or write something."""
         prompt = require(args, "prompt").strip()
         if len(prompt) > MAX_PROMPT:
             raise TaskFailed("That question is too long for me.")

@@ -11,7 +11,10 @@ import logging
 from urllib.parse import quote, quote_plus, urlsplit
 
 from . import webdriver
-from .capability import Capability, Outcome, Setting, TaskFailed, action, require
+from .capability import Arg, Capability, Outcome, Sentences, Setting, Syntax, TaskFailed, action
+
+URL = Arg("url", "url", "a web address")
+QUERY = Arg("query", "text", "something to search for")
 
 # Site name -> (how a person calls it, base URL setting, path of a search for a quoted query).
 SEARCHES = {
@@ -70,36 +73,86 @@ class Browser(Capability):
             self.start()
         return self.session.use()
 
-    @action()
+    lists = {"sites": [{"in": "(youtube|you tube)", "out": "https://www.youtube.com"},
+                       {"in": "youtube music", "out": "https://music.youtube.com"},
+                       {"in": "(gmail|my (email|e-mail|mail|inbox))", "out": "https://mail.google.com"},
+                       {"in": "google", "out": "https://www.google.com"},
+                       {"in": "amazon", "out": "https://www.amazon.com"},
+                       {"in": "reddit", "out": "https://www.reddit.com"},
+                       {"in": "wikipedia", "out": "https://www.wikipedia.org"},
+                       {"in": "github", "out": "https://github.com"}],
+             "play_verbs": ["play", "put on", "listen to", "watch", "hear", "i want to (hear|listen to|watch)",
+                            "i wanna (hear|listen to|watch)", "i'd like to (hear|listen to|watch)"]}
+    rules = {"search": "(search|look up|look for|find|google|search for|look|check)",
+             "some": "[(some|the song|the video|me)]",
+             "open": "(open|go to|visit|take me to|pull up|navigate to|show me|load|bring up|open up|check)"}
+
+    @action(syntax=["browser site {url}"], args=[URL], idempotent=True, sentences=[
+        Sentences(("<open> [the] {sites:url} [(site|website|page)] [for me]", "check my {sites:url}")),
+        Sentences(("<open> [the] [(site|website|page)] {url} [for me]",)),
+    ], examples=[("open rabbit.tech", "browser site https://rabbit.tech"),
+                 ("open youtube", "browser site https://www.youtube.com")])
     def site(self, args: dict) -> Outcome:
-        url = require(args, "url").strip()
+        """Open a web address."""
+        url = args["url"]
         parts = urlsplit(url)
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise TaskFailed("I can only open web addresses that start with http:// or https://.")
         with self._use() as driver:
             webdriver.navigate(driver, url, parts.hostname)
             return Outcome(f"Opened {parts.hostname}", page(driver))
 
-    @action()
+    @action(syntax=["browser google {query}"], args=[QUERY], idempotent=True, sentences=[
+        Sentences(("(google|search [the web] for|search the (web|internet) for|look up|search google for|"
+                   "search for|look for) {query} [on (google|the web)]", "find {query} on google",
+                   "(open|go to) google and (search for|look up|find|search) {query}")),
+        Sentences(("(search|look up|search for|google|search google|search google for)",),
+                  ask="What should I search for?"),
+    ], examples=[("look up the population of canada", "browser google the population of canada")])
     def google(self, args: dict) -> Outcome:
+        """Search Google."""
         return self._search("google", args)
 
-    @action()
+    @action(syntax=["browser gmail {query}"], args=[QUERY], idempotent=True, sentences=[
+        Sentences(("<search> [in] [my] (gmail|email|e-mail|mail|inbox) for {query}",
+                   "<search> [for] {query} in my (gmail|email|mail|inbox)",
+                   "(look for|find|search for) (emails|mails|mail) (about|regarding|for) {query}",
+                   "search gmail for {query}")),
+        Sentences(("(find|look for|search for|show me) (emails|mails) from {sender}",),
+                  compose={"query": "from:{sender}"}),
+    ], examples=[("search my email for invoices", "browser gmail invoices")])
     def gmail(self, args: dict) -> Outcome:
+        """Search Gmail."""
         return self._search("gmail", args)
 
-    @action()
+    @action(syntax=["browser amazon {query}"], args=[QUERY], idempotent=True, sentences=[
+        Sentences(("<search> [for] [(a|an|me a|me an|me)] {query} on amazon", "(search|look|shop) amazon for "
+                   "[(a|an)] {query}", "amazon {query}", "(buy|shop for|order) [(a|an|some|me)] {query} "
+                   "[on amazon]", "(i need to|i want to) buy [(a|an|some)] {query}",
+                   "(open|go to) amazon and (search for|look for|find) [(a|an)] {query}")),
+        Sentences(("(search|find something on) amazon",), ask="What should I look for on Amazon?"),
+    ], examples=[("look up hiking boots on amazon", "browser amazon hiking boots")])
     def amazon(self, args: dict) -> Outcome:
+        """Search Amazon."""
         return self._search("amazon", args)
 
-    @action()
+    @action(syntax=[Syntax("browser youtube play {query}", {"play": True}), "browser youtube {query}"],
+            args=[QUERY, Arg("play", "flag", optional=True, repeats=(True,))], idempotent=True, sentences=[
+        Sentences(("({play_verbs}) <some> {query} [on youtube [music]]",
+                   "(open|go to) youtube [music] and (play|watch) {query}", "youtube play {query}"),
+                  {"play": True}),
+        Sentences(("(search|look up|look for|find) [on] youtube for {query}", "youtube [search] {query}",
+                   "(show me|find [me]|search for|look up) {query} on youtube",
+                   "(open|go to) youtube and (search for|look for|find) {query}")),
+        Sentences(("({play_verbs}) something on amazon",), ask="I can only play things from YouTube."),
+    ], examples=[("play weezer", "browser youtube play weezer"),
+                 ("search youtube for cat videos", "browser youtube cat videos")])
     def youtube(self, args: dict) -> Outcome:
+        """Search YouTube, or play its first video."""
         if args.get("play") is True:
-            return self._play(require(args, "query"))
+            return self._play(args["query"])
         return self._search("youtube", args)
 
     def _search(self, site: str, args: dict) -> Outcome:
-        query = require(args, "query").strip()
+        query = args["query"]
         label = SEARCHES[site][0]
         with self._use() as driver:
             webdriver.navigate(driver, self._search_url(site, query), label)

@@ -11,6 +11,11 @@ entry-point group; built-ins register exactly the way a third-party package does
 Handlers are methods marked with :func:`action`. Each gets the task's ``args`` dict and
 returns the sentence a person hears (or an :class:`Outcome` with data); a failure is a
 :class:`TaskFailed` carrying that sentence.
+
+The same decorator declares the action's language (README.md, "Writing a capability"): its
+rigid syntax, typed arguments, sentence templates and examples (see :mod:`lamcontrol.language`).
+Arguments are checked against those declarations before the handler runs, with the very code
+the coordinator's gate uses; :meth:`Capability.spec` is what the agent advertises.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 from lamcontrol.config import Setting, checked, refuse_unknown
+from lamcontrol.language import ActionSpec, Arg, ArgumentError, CapabilitySpec, Entity, Sentences, Syntax, listed_value
+
+__all__ = ["ActionSpec", "Arg", "Capability", "CapabilitySpec", "Entity", "Outcome", "Sentences", "Setting",
+           "Syntax", "TaskFailed", "Unavailable", "action", "require"]
 
 ENTRY_POINT_GROUP = "lamcontrol.capabilities"
 
@@ -45,11 +54,21 @@ class Outcome:
 Handler = Callable[[Any, dict], "str | Outcome"]
 
 
-def action(name: str | None = None) -> Callable[[Handler], Handler]:
-    """Mark a method as the handler of an action (by default, the method's name)."""
+def action(name: str | None = None, *, syntax: tuple = (), args: tuple[Arg, ...] = (),
+           sentences: tuple[Sentences | str, ...] = (), **declared: Any) -> Callable[[Handler], Handler]:
+    """Mark a method as the handler of an action (by default, the method's name) and declare its language.
+
+    ``syntax`` holds rigid forms (strings or :class:`Syntax`), ``sentences`` templates (strings or
+    :class:`Sentences` groups); ``declared`` are the other :class:`ActionSpec` fields (summary,
+    examples, risk, idempotent, entities, assist).
+    """
 
     def mark(func: Handler) -> Handler:
         func.lam_action = name or func.__name__  # type: ignore[attr-defined]
+        func.lam_spec = ActionSpec(  # type: ignore[attr-defined]
+            func.lam_action, summary=declared.pop("summary", (func.__doc__ or "").strip().split("\n")[0]),
+            syntax=tuple(s if isinstance(s, Syntax) else Syntax(s) for s in syntax), args=tuple(args),
+            sentences=tuple(s if isinstance(s, Sentences) else Sentences((s,)) for s in sentences), **declared)
         return func
 
     return mark
@@ -72,14 +91,34 @@ class Capability:
     requirements: ClassVar[tuple[str, ...]] = ()  # modules that must import
     platforms: ClassVar[tuple[str, ...]] = ("linux", "darwin", "win32")
     config_schema: ClassVar[dict[str, Setting]] = {}
+    lists: ClassVar[dict[str, list]] = {}  # name lists its sentence slots draw from (sites, verbs)
+    rules: ClassVar[dict[str, str]] = {}  # hassil expansion rules its templates share
 
     def __init__(self, settings: dict | None = None) -> None:
         self.settings = self.validate_settings(settings or {})
         self.on_change: Callable[[], None] = lambda: None  # the runtime re-announces presence
 
+    def names(self) -> dict[str, list]:
+        """Name lists learned at run time (contacts from the config, devices from Home Assistant)."""
+        return {}
+
     def vocabulary(self) -> list[str]:
-        """Names this capability knows (rooms, devices, contacts) for parsers to route by."""
-        return []
+        """Every name it knows, flat (what older coordinators read from presence)."""
+        return sorted({listed_value(v) for values in self.names().values() for v in values}, key=str.casefold)
+
+    @classmethod
+    def spec(cls) -> CapabilitySpec:
+        """The declared language, from the class alone (what ``lam parse`` reads without a broker)."""
+        actions = tuple(func.lam_spec for _, func in vars_with_bases(cls) if hasattr(func, "lam_spec"))
+        return CapabilitySpec(cls.name, cls.summary, tuple(sorted(actions, key=lambda a: a.name)),
+                              dict(cls.lists), dict(cls.rules))
+
+    def advertised_spec(self) -> CapabilitySpec:
+        """The spec this agent advertises: the offered actions, with the names it knows now."""
+        spec = self.spec().with_lists(self.names())
+        offered = set(self.actions())
+        return CapabilitySpec(spec.name, spec.summary, tuple(a for a in spec.actions if a.name in offered),
+                              spec.lists, spec.rules)
 
     def changed(self) -> None:
         """Call when actions or vocabulary change, so the agent announces them again."""
@@ -124,6 +163,12 @@ class Capability:
         method = self.handlers().get(action_name)
         if method is None:
             raise TaskFailed(f"{self.name} cannot {action_name}.")
+        declared = getattr(getattr(self, method), "lam_spec", None)
+        if declared is not None and declared.args:
+            try:
+                args = declared.check(args)
+            except ArgumentError as exc:
+                raise TaskFailed(str(exc)) from None
         result = getattr(self, method)(args)
         return result if isinstance(result, Outcome) else Outcome(str(result))
 

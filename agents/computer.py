@@ -32,11 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .capability import Capability, Outcome, Setting, TaskFailed, Unavailable, action
+from .capability import Arg, Capability, Entity, Outcome, Sentences, Setting, TaskFailed, Unavailable, action
 
 VOLUME_WORDS = ("up", "down", "mute", "unmute")
 MEDIA_KEYS = ("play", "pause", "next", "back")
 POWER_MODES = ("lock", "sleep", "restart", "shutdown")
+LEVEL = Arg("level", "int", "a volume level", choices=VOLUME_WORDS, minimum=0, maximum=100, repeats=("up", "down"))
+KEY = Arg("key", "choice", "a media key", choices=MEDIA_KEYS)
+MODE = Arg("mode", "choice", "a power mode", choices=POWER_MODES, risky=("sleep", "restart", "shutdown"))
+APP = Arg("app", "name", "an application name", names="apps", command_like=True)
 BACKENDS = ("auto", "wpctl", "pactl", "osascript", "keys")
 SPOKEN_NAME = re.compile(r"^[\w][\w .+-]{0,63}$")
 DESKTOP_FIELD_CODE = re.compile(r"%(.)")  # %% is a percent sign, every other %x a field code
@@ -366,6 +370,14 @@ class Computer(Capability):
             self.mixer = MIXERS[name]
             return
 
+    lists = {"apps": []}
+    rules = {"it": "[(the|my)] (volume|sound|audio|music|it|that)",
+             "bit": "[(a|one)] [(bit|little|notch|tad)] [more]",
+             "computer": "[(the|my|this)] (computer|pc|laptop|desktop|machine|mac|screen)"}
+
+    def names(self) -> dict[str, list]:
+        return {"apps": sorted(name for name, _ in self.apps.values())}
+
     def actions(self) -> list[str]:
         self.probe()
         names = {"power"}
@@ -379,14 +391,30 @@ class Computer(Capability):
 
     # -- volume ---------------------------------------------------------------------------
 
-    @action()
+    @action(syntax=["computer volume {level}"], args=[LEVEL], idempotent=True, sentences=[
+        Sentences(("(turn|crank|bump|pump|jack) [<it>] up [<it>] [<bit>]", "(louder|make it louder|<it> louder)",
+                   "(increase|raise|boost) <it> [<bit>]", "<it> up [<bit>]", "(crank|bump) it",
+                   "(it's|it is) too (quiet|soft)", "<it> (is|it's) too (quiet|low)", "more volume"),
+                  {"level": "up"}),
+        Sentences(("(turn|bring) [<it>] down [<it>] [<bit>]", "[(a|a little|a bit)] (quieter|softer|lower)",
+                   "make [<it>] (quieter|softer) [<bit>]", "make <it> <bit> (quieter|softer)", "(lower|decrease|reduce) <it> [<bit>]", "lower it",
+                   "<it> down [<bit>]", "(it's|it is) [(way|much)] too loud"), {"level": "down"}),
+        Sentences(("[(set|turn|change|put)] <it> [(up|down)] (to|at|on) {level} [(percent|%)]",
+                   "(volume|sound) {level} [(percent|%)]", "make it {level} (percent|%)",
+                   "set volume {level} [(percent|%)]")),
+        Sentences(("(max|maximum|full) volume", "<it> (to|at) (max|maximum|full)", "<it> all the way up",
+                   "<it> to the max"), {"level": 100}),
+        Sentences(("half volume", "<it> (to|at) half"), {"level": 50}),
+        Sentences(("(mute|silence|kill the sound|turn off the (sound|audio)) [<it>] [<computer>]",),
+                  {"level": "mute"}),
+        Sentences(("unmute [<it>] [<computer>]", "(turn|bring) (the|my) (sound|audio) back [on]",
+                   "bring (the|my) sound back"), {"level": "unmute"}),
+        Sentences(("(set|change) <it>",), ask="What level should I set the volume to?"),
+    ], examples=[("set the volume to 30 percent", "computer volume 30"), ("turn it up", "computer volume up")],
+        entities=[Entity("number", "volume", "Volume", "computer volume {value}", "mdi:volume-high", 0, 100, "%")])
     def volume(self, args: dict) -> Outcome:
-        level = args.get("level")
-        if isinstance(level, str):
-            level = level.strip().lower()
-        valid_number = isinstance(level, int) and not isinstance(level, bool) and 0 <= level <= 100
-        if not valid_number and level not in VOLUME_WORDS:
-            raise TaskFailed("Volume must be a number from 0 to 100, up, down, mute or unmute.")
+        """Set the volume: 0 to 100, up, down, mute or unmute."""
+        level = args["level"]
         self.probe()
         if self.mixer:
             return self.volume_with_mixer(self.mixer, level)
@@ -439,11 +467,28 @@ class Computer(Capability):
 
     # -- media ----------------------------------------------------------------------------
 
-    @action()
+    @action(syntax=["computer media {key}"], args=[KEY], sentences=[
+        Sentences(("(pause|stop) [(it|that|the (music|song|track|video)|playing|playback)]",
+                   "hit pause", "hold on pause (it|that)", "turn off the music"), {"key": "pause"}),
+        Sentences(("(play|resume|continue|unpause) [(it|the (music|song|track)|playing|playback)] [again]",
+                   "play music", "start the music again"), {"key": "play"}),
+        Sentences(("(next|skip|skip ahead|skip forward) [(song|track|one)] [{times}]",
+                   "skip (this|the) (song|track|one)", "[(go|skip)] to the next (song|track)",
+                   "play the next (song|track)", "skip [(forward|ahead)] {count} (songs|tracks)",
+                   "next one"), {"key": "next"}),
+        Sentences(("(previous|last) (song|track)", "(go|skip) back [(a|one)] [(song|track)]",
+                   "back one (song|track)", "play the (previous|last) (song|track)",
+                   "play the (song|track) before this one", "(go|skip) back {count} (songs|tracks)",
+                   "(go|skip) back {times} [on <computer>]"),
+                  {"key": "back"}),
+    ], examples=[("skip this song", "computer media next"), ("pause the music", "computer media pause")],
+        entities=[Entity("button", "play", "Play", "computer media play", "mdi:play"),
+                  Entity("button", "pause", "Pause", "computer media pause", "mdi:pause"),
+                  Entity("button", "next", "Next", "computer media next", "mdi:skip-next"),
+                  Entity("button", "previous", "Previous", "computer media back", "mdi:skip-previous")])
     def media(self, args: dict) -> Outcome:
-        key = args.get("key")
-        if key not in MEDIA_KEYS:
-            raise TaskFailed("Media control is play, pause, next or back.")
+        """Press a media key: play, pause, next or back."""
+        key = args["key"]
         player = self.player()
         if player:
             verb = {"back": "previous"}.get(key, key)
@@ -469,11 +514,14 @@ class Computer(Capability):
 
     # -- applications ---------------------------------------------------------------------
 
-    @action("run")
+    @action("run", syntax=["computer run {app}"], args=[APP], sentences=[
+        Sentences(("(open|launch|start|run|fire up|start up|open up|bring up) [(the|my)] {app} [(app|application)]"
+                   " [for me]",)),
+        Sentences(("(open|launch|start|run)",), ask="What should I open?"),
+    ], examples=[("open the calculator", "computer run calculator")])
     def start_app(self, args: dict) -> Outcome:
-        app = args.get("app")
-        if not isinstance(app, str) or not app.strip():
-            raise TaskFailed("Which application should I start?")
+        """Start an application from the allow-list."""
+        app = args["app"]
         allowed = ", ".join(sorted(name for name, _ in self.apps.values())) or "none"
         if not SPOKEN_NAME.match(app.strip()):
             raise TaskFailed(f"I only start applications by name from my list ({allowed}).")
@@ -501,11 +549,18 @@ class Computer(Capability):
 
     # -- power ----------------------------------------------------------------------------
 
-    @action()
+    @action(syntax=["computer power {mode}"], args=[MODE], sentences=[
+        Sentences(("lock [(it|up|down)] [<computer>] [(up|down)]", "lock [the] screen"), {"mode": "lock"}),
+        Sentences(("(put|send) <computer> to sleep", "(sleep|suspend|hibernate) [<computer>]"),
+                  {"mode": "sleep"}),
+        Sentences(("(restart|reboot) [<computer>]",), {"mode": "restart"}),
+        Sentences(("(shut|power) [<computer>] (down|off)", "turn <computer> off", "(shut down|power down|power off|"
+                   "turn off) <computer>", "shutdown [<computer>]"), {"mode": "shutdown"}),
+        Sentences(("turn off",), ask="What should I turn off?"),
+    ], examples=[("lock my computer", "computer power lock"), ("shut down my computer", "computer power shutdown")])
     def power(self, args: dict) -> Outcome:
-        mode = args.get("mode")
-        if mode not in POWER_MODES:
-            raise TaskFailed("Power is lock, sleep, restart or shutdown.")
+        """Lock, sleep, restart or shut down the computer (all but lock are confirmed first)."""
+        mode = args["mode"]
         command = self.power_commands.get(mode)
         if not command:
             raise TaskFailed(f"I do not know how to {mode} this computer; set power_commands.{mode}.")

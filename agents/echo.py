@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from .capability import Capability, Outcome, Setting, TaskFailed, action, require
+from .capability import Arg, Capability, Outcome, Setting, TaskFailed, action
 
 
 class Echo(Capability):
@@ -16,23 +16,26 @@ class Echo(Capability):
         super().__init__(settings)
         self.stopping = threading.Event()
 
-    @action()
+    @action(syntax=["echo {text}"], args=[Arg("text", "text", "some text")], idempotent=True,
+            examples=[("echo hello", "echo hello")])
     def say(self, args: dict) -> Outcome:
-        text = require(args, "text")
+        """Answer with the text."""
+        text = args["text"]
         return Outcome(text, {"text": text})
 
-    @action()
+    @action(syntax=["echo sleep {seconds} {text}"], args=[Arg("seconds", "number", "a number of seconds", minimum=0),
+                                                           Arg("text", optional=True)])
     def sleep(self, args: dict) -> Outcome:
         """Pause (for tests and load checks), then answer like ``say``."""
-        seconds = args.get("seconds")
-        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= self.settings["max_sleep"]:
+        seconds = args["seconds"]
+        if seconds > self.settings["max_sleep"]:
             raise TaskFailed(f"I can only sleep between 0 and {self.settings['max_sleep']:g} seconds.")
         if self.stopping.wait(seconds):
             raise TaskFailed("The agent stopped before the pause ended.")
         text = args.get("text") or f"Slept {seconds:g} seconds."
         return Outcome(text, {"text": text, "seconds": seconds})
 
-    @action()
+    @action(syntax=["echo fail {text}"], args=[Arg("text", optional=True)])
     def fail(self, args: dict) -> Outcome:
         """Always fails with the given sentence (for tests)."""
         raise TaskFailed(args.get("text") or "Failing as asked.")

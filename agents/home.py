@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 from lamcontrol import __version__
 from lamcontrol.config import ConfigError, read_secret
 
-from .capability import Capability, Outcome, Setting, TaskFailed, Unavailable, action, require
+from .capability import Arg, Capability, Outcome, Sentences, Setting, TaskFailed, Unavailable, action, require
 
 log = logging.getLogger(__name__)
 
@@ -219,21 +219,27 @@ class Watcher:
                     raise HomeError(f"Home Assistant refused {kind}: {message.get('error', {}).get('message', '')}")
                 return message.get("result")
 
-    def names(self, ws) -> list[str]:
-        """What Assist matches: exposed entities' names and aliases, areas' names and aliases."""
+    def names(self, ws) -> dict[str, list[str]]:
+        """What Assist matches: exposed entities' names and aliases (scenes and scripts also on their
+        own), areas' names and aliases."""
         exposed = self.command(ws, "homeassistant/expose_entity/list").get("exposed_entities", {})
         entity_ids = [e for e, assistants in exposed.items() if assistants.get("conversation")]
         states = {s.get("entity_id"): s for s in self.command(ws, "get_states")}
         registry = self.command(ws, "config/entity_registry/get_entries", entity_ids=entity_ids) or {}
-        names = set()
+        found: dict[str, set] = {"devices": set(), "areas": set(), "scenes": set(), "scripts": set()}
         for entity_id in entity_ids:
             if entity_id in states:
-                names.add(states[entity_id].get("attributes", {}).get("friendly_name") or entity_id.split(".")[-1])
-                names.update((registry.get(entity_id) or {}).get("aliases", []))
+                called = {states[entity_id].get("attributes", {}).get("friendly_name") or entity_id.split(".")[-1],
+                          *(registry.get(entity_id) or {}).get("aliases", [])}
+                domain = entity_id.split(".")[0]
+                found["devices"].update(json.dumps({"in": n, "context": {"domain": domain}}) for n in called
+                                        if isinstance(n, str) and n.strip())
+                found.get(f"{domain}s", set()).update(called)
         for area in self.command(ws, "config/area_registry/list"):
-            names.add(area.get("name", ""))
-            names.update(area.get("aliases", []))
-        return sorted({n.strip() for n in names if isinstance(n, str) and n.strip()}, key=str.casefold)
+            found["areas"].update([area.get("name", ""), *area.get("aliases", [])])
+        devices = [json.loads(d) for d in sorted(found.pop("devices"))]  # with their domain, for Assist's sentences
+        return {"devices": devices, **{key: sorted({n.strip() for n in names if isinstance(n, str) and n.strip()},
+                                                   key=str.casefold) for key, names in found.items()}}
 
 
 class Home(Capability):
@@ -254,7 +260,7 @@ class Home(Capability):
         super().__init__(settings)
         if self.settings["timeout"] <= 0 or self.settings["refresh"] < 1:
             raise ValueError("[capabilities.home] timeout must be above 0 and refresh at least 1 second")
-        self.names: list[str] = []
+        self.known: dict[str, list[str]] = {}
         self.watcher: Watcher | None = None
 
     @cached_property
@@ -290,21 +296,24 @@ class Home(Capability):
         if "client" in self.__dict__:
             self.client.close()
 
-    def vocabulary(self) -> list[str]:
-        return list(self.names)
+    def names(self) -> dict[str, list[str]]:
+        return dict(self.known)
 
-    def _set_names(self, names: list[str]) -> None:
-        if names != self.names:
-            self.names = names
-            log.info("Home Assistant exposes %d names", len(names))
+    def _set_names(self, names: dict[str, list[str]]) -> None:
+        if names != self.known:
+            self.known = names
+            log.info("Home Assistant exposes %d devices and %d areas", len(names["devices"]), len(names["areas"]))
             self.changed()
 
     # -- actions ------------------------------------------------------------------------
 
-    @action()
+    lists = {"devices": [], "areas": [], "scenes": [], "scripts": []}
+
+    @action(syntax=["home {text}"], args=[Arg("text", "text", "something to tell the home")], assist="text",
+            examples=[("turn off the living room lights", "home turn off the living room lights")])
     def say(self, args: dict) -> Outcome:
-        """Hand the sentence to Assist and answer with its reply."""
-        text = require(args, "text").strip()
+        """Hand a sentence about the house to Home Assistant's Assist (what its own intents understand)."""
+        text = args["text"]
         try:
             response = self.client.converse(text, self.settings["language"])
         except HomeError as exc:
@@ -318,15 +327,20 @@ class Home(Capability):
         return Outcome(speech or "Done.", {"speech": speech, "response_type": response.get("response_type"),
                                            "success": done, "failed": failed})
 
-    @action()
+    @action(syntax=["home scene {name}"], args=[Arg("name", "name", "a scene name", names="scenes")],
+            idempotent=True, sentences=["(activate|turn on|start|set|switch to) [the] {name} scene"])
     def scene(self, args: dict) -> Outcome:
-        return self._turn_on(require(args, "name"), ("scene",))
+        """Activate a scene."""
+        return self._turn_on(args["name"], ("scene",))
 
-    @action()
+    @action(syntax=["home script {name}"], args=[Arg("name", "name", "a script name", names="scripts")],
+            sentences=["(run|start|execute|trigger) [the] {name} script"])
     def script(self, args: dict) -> Outcome:
-        return self._turn_on(require(args, "name"), ("script",))
+        """Run a script."""
+        return self._turn_on(args["name"], ("script",))
 
-    @action("run")
+    @action("run", syntax=["home run {name}", "google home {name}"],
+            args=[Arg("name", "name", "a script or scene name", names="scripts")])
     def run_named(self, args: dict) -> Outcome:
         """A script of that name, else a scene (what a Google Home automation became)."""
         return self._turn_on(require(args, "name"), ("script", "scene"))

@@ -31,7 +31,7 @@ from lamcontrol import __version__
 from lamcontrol.config import ConfigError, read_secret
 
 from . import webdriver
-from .capability import Capability, Outcome, Setting, TaskFailed, Unavailable, action, require
+from .capability import Arg, Capability, Outcome, Sentences, Setting, TaskFailed, Unavailable, action, require
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,34 @@ LOGIN = "input[type='password']"
 # The composer is a rich editor; typing through the editing API works for any character.
 INSERT_TEXT = "arguments[0].focus(); document.execCommand('insertText', false, arguments[1]);"
 SENT = "return arguments[0].textContent.trim() === '' && document.body.innerText.includes(arguments[1]);"
+
+
+RECIPIENT = Arg("name", "name", "a recipient", names="contacts", one_word=True)
+MESSAGE = Arg("message", "text", "a message", maximum=max(MAX_LENGTH.values()))
+
+
+def said_on(platform: str) -> tuple[Sentences, ...]:
+    """The sentences of one platform: ``on`` is how people name it."""
+    on = {"facebook": "(facebook|messenger|facebook messenger|fb)"}.get(platform, platform)
+    to = "[(saying|that|to say|to|and say|:)]"
+    return (Sentences((f"send a {on} [message] to {{name}} {to} {{message}}",
+                       f"(text|message|tell|dm|ping|write to|reply to|send a message to|let) {{name}} [know] "
+                       f"(on|via|over) {on} {to} {{message}}",
+                       f"(text|message|tell) {{name}} {{message}} on {on}",
+                       f"send {{name}} a {on} message {to} {{message}}",
+                       f"on {on} (tell|text|message) {{name}} {to} {{message}}",
+                       f"{on} [message] [to] {{name}} {to} {{message}}")),
+            Sentences((f"(text|message|send a message to|tell) {{name}} (on|via) {on}",),
+                      ask="What should I say to {name}?"))
+
+
+ASKS = (Sentences(("(text|message|tell|dm|ping|write to) {name} {message}",),
+                  ask="Should I message {name} on telegram, discord or facebook?"),
+        Sentences(("(send|write) [a] message (saying|that) {message}", "(text|message|tell|dm) (him|her|them) "
+                   "[on (telegram|discord|facebook|messenger)] {message}",
+                   "(send a message|text|message) (on|via) (telegram|discord|facebook|messenger)",
+                   "send a (telegram|discord|facebook) [message] [(saying|that)] {message}"),
+                  ask="Who should I message?"))
 
 
 class RedactSecrets(logging.Filter):
@@ -180,9 +208,9 @@ class Messaging(Capability):
     def actions(self) -> list[str]:
         return sorted(platform for platform in PLATFORMS if platform not in self.unusable)
 
-    def vocabulary(self) -> list[str]:
+    def names(self) -> dict[str, list]:
         """The contact names as configured, so parsers know who can be messaged."""
-        return sorted(self.settings["contacts"])
+        return {"contacts": sorted(self.settings["contacts"])}
 
     def check(self) -> None:
         super().check()
@@ -209,8 +237,10 @@ class Messaging(Capability):
 
     # -- actions ------------------------------------------------------------------------
 
-    @action()
+    @action(syntax=["telegram {name} {message}"], args=[RECIPIENT, MESSAGE], sentences=said_on("telegram") + ASKS,
+            examples=[("text Jason on telegram to check the shopping list", "telegram Jason check the shopping list")])
     def telegram(self, args: dict) -> Outcome:
+        """Message a contact on Telegram."""
         name, chat, message = self._prepare("telegram", args)
         url = f"{self.settings['telegram_api_url'].rstrip('/')}/bot{self.tokens['telegram']}/sendMessage"
         body = self._post("telegram", url, {"chat_id": int(chat) if chat.lstrip("-").isdigit() else chat,
@@ -218,8 +248,10 @@ class Messaging(Capability):
         result = body.get("result") if isinstance(body.get("result"), dict) else {}
         return Outcome(f"Sent to {name} on Telegram", {"message_id": result.get("message_id")})
 
-    @action()
+    @action(syntax=["discord {name} {message}"], args=[RECIPIENT, MESSAGE], sentences=said_on("discord"),
+            examples=[("message John on discord saying the meeting moved", "discord John the meeting moved")])
     def discord(self, args: dict) -> Outcome:
+        """Message a contact on Discord."""
         name, target, message = self._prepare("discord", args)
         content = {"content": message, "allowed_mentions": {"parse": []}}
         if is_web_url(target):
@@ -231,8 +263,9 @@ class Messaging(Capability):
                               headers=self._discord_headers())
         return Outcome(f"Sent to {name} on Discord", {"message_id": sent.get("id")})
 
-    @action()
+    @action(syntax=["facebook {name} {message}"], args=[RECIPIENT, MESSAGE], sentences=said_on("facebook"))
     def facebook(self, args: dict) -> Outcome:
+        """Message a contact on Facebook Messenger."""
         from selenium.common.exceptions import TimeoutException
         from selenium.webdriver.common.by import By
         from selenium.webdriver.common.keys import Keys

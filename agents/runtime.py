@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus
+from lamcontrol.language import advertisement
 from lamcontrol.protocol import Presence, PresenceState, Result, ResultState, Task, check_agent_id
 
 from .capability import Capability, TaskFailed
@@ -43,6 +44,7 @@ class Agent:
         self._running: dict[str, Task] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._stopping = threading.Event()
+        self._advertised = b""  # the spec last published; sent again after every connect
         # Room beyond the limit: a task failed at its deadline may still hold its thread.
         self._pool = ThreadPoolExecutor(max_workers=2 * max_concurrent + 2, thread_name_prefix="task")
         self.bus = Bus(settings, component=f"agent {agent_id}", client_id=f"{settings.prefix}-agent-{agent_id}",
@@ -51,7 +53,7 @@ class Agent:
         for name, capability in capabilities.items():
             self.bus.subscribe(Task, self._on_task, capability=name)
             capability.on_change = self.announce
-        self.bus.on_connect(self.announce)
+        self.bus.on_connect(self._reconnected)
 
     # -- presence -----------------------------------------------------------------------
 
@@ -66,7 +68,19 @@ class Agent:
 
     def announce(self) -> None:
         if self.bus.connected.is_set() and not self._stopping.is_set():
+            self.advertise()
             self.bus.publish(self.presence(), retain=True)
+
+    def advertise(self) -> None:
+        """The capabilities' specs, retained on ``lam/agents/<id>/spec`` (README.md, "Topics")."""
+        spec = advertisement(self.id, [c.advertised_spec() for c in self.capabilities.values()])
+        if spec.to_json() != self._advertised:
+            self.bus.publish(spec, retain=True)
+            self._advertised = spec.to_json()
+
+    def _reconnected(self) -> None:
+        self._advertised = b""
+        self.announce()
 
     def _heartbeat_loop(self) -> None:
         """Presence every heartbeat; in between, fail tasks that ran past their deadline."""

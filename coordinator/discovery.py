@@ -2,47 +2,55 @@
 
 Each agent is a device with a connectivity binary sensor (no availability, so a dead agent
 shows *off* rather than *unavailable*), a load sensor, a last-result sensor and an event
-entity fired per finished task; an agent offering ``computer`` also gets play, pause, next
-and previous buttons and a volume slider, each of which sends a prompt that only that
-agent may run (prompt metadata ``{"agent": "<id>"}``). The coordinator is a device with a
-text entity to send a prompt, a last-reply sensor and an event entity per reply.
+entity fired per finished task, plus the buttons and sliders its capabilities' specs declare
+for the actions it offers (a computer agent's play, pause, next, previous and volume), each of
+which sends a prompt that only that agent may run (prompt metadata ``{"agent": "<id>"}``). The
+coordinator is a device with a text entity to send a prompt, a last-reply sensor and an event
+entity per reply. Every template reads ``value_json`` only when the payload is JSON, so the
+empty retained payloads that delete state leave Home Assistant's log quiet.
 
 Configs are published retained at QoS 1 on every connect and again whenever Home
-Assistant's (unretained) birth message ``<prefix>/status`` says ``online``. Forgetting an
-agent (its retained presence cleared) deletes its entities with empty retained configs.
+Assistant's (unretained) birth message ``<prefix>/status`` says ``online``. The first presence
+of an agent after the coordinator starts also clears every entity it no longer has (what it
+offered before the coordinator stopped is unknown). Forgetting an agent (its retained presence
+cleared) deletes its entities with empty retained configs.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import re
-from typing import Any
+import socket
+from typing import Any, Callable
 
 from lamcontrol import __version__
 from lamcontrol.bus import Bus
+from lamcontrol.config import host_port
+from lamcontrol.language import CapabilitySpec, Entity
 from lamcontrol.protocol import FINISHED, PROMPT_STATUSES, Presence, PresenceState, Prompt, Topics
 
-from .events import AgentForgotten, Events, Extension, PresenceChanged, Replied, TaskFinished
+from .events import AgentForgotten, Events, Extension, PresenceChanged, Replied, SpecsChanged, TaskFinished
+from .language import installed_specs
 
 log = logging.getLogger(__name__)
 STATE_QOS = 0  # retained state for sensors: the next one replaces it, so no acknowledgement is needed
 
-ORIGIN = {"name": "LAMControl", "sw_version": __version__}
 SOURCE = "homeassistant"
 TEXT_MAX = 255  # Home Assistant's limit for text entities and sensor states
-STATE = "{{ value_json.state }}"
-MEDIA_BUTTONS = {"play": ("Play", "play", "mdi:play"), "pause": ("Pause", "pause", "mdi:pause"),
-                 "next": ("Next", "next", "mdi:skip-next"),
-                 "previous": ("Previous", "back", "mdi:skip-previous")}
+JSON = "value_json is defined"  # false for the empty payloads that delete retained state
+STATE = f"{{{{ value_json.state if {JSON} else 'offline' }}}}"
 VALUE = "\0value\0"  # stands for the text Home Assistant sends, in a command template
 
 
 def node_id(topics: Topics, kind: str, name: str = "") -> str:
-    """A discovery node id (``[a-zA-Z0-9_-]`` only), unique per LAM prefix."""
+    """A discovery node id (``[a-zA-Z0-9_-]`` only), unique per LAM prefix: a name that had to be
+    changed to fit gets a short hash of itself, so ``kitchen.pi`` and ``kitchen_pi`` stay apart."""
     raw = "_".join(part for part in (topics.prefix, kind, name) if part)
-    return re.sub(r"[^a-zA-Z0-9_-]", "_", raw)
+    safe = re.sub(r"[^a-zA-Z0-9_-]", "_", raw)
+    return safe if safe == raw else f"{safe}_{hashlib.sha1(raw.encode()).hexdigest()[:6]}"
 
 
 def prompt_payload(text: str, agent: str | None = None) -> str:
@@ -53,9 +61,9 @@ def prompt_payload(text: str, agent: str | None = None) -> str:
 
 
 def fields(**chosen: str) -> str:
-    """A template making a JSON object of payload fields: ``fields(event_type="state")``."""
+    """A template making a JSON object of payload fields: ``fields(event_type="state")`` ('' for no JSON)."""
     pairs = ", ".join(f"'{name}': value_json.{field}" for name, field in chosen.items())
-    return f"{{{{ {{{pairs}}} | to_json }}}}"
+    return f"{{{{ {{{pairs}}} | to_json if {JSON} else '' }}}}"
 
 
 def availability(*status_topics: str) -> dict[str, Any]:
@@ -67,14 +75,14 @@ def availability(*status_topics: str) -> dict[str, Any]:
 def text_sensor(name: str, icon: str, topic: str, text: str, available: dict, **attributes: str) -> dict[str, Any]:
     """A sensor showing the ``text`` field of the JSON on ``topic``, with chosen fields as attributes."""
     return {"name": name, "icon": icon, "state_topic": topic,
-            "value_template": f"{{{{ value_json.{text}[:{TEXT_MAX}] }}}}",
+            "value_template": f"{{{{ value_json.{text}[:{TEXT_MAX}] if {JSON} else '' }}}}",
             "json_attributes_topic": topic, "json_attributes_template": fields(**attributes), **available}
 
 
 def event(name: str, icon: str, topic: str, kinds: tuple[str, ...], kind: str, available: dict,
           **data: str) -> dict[str, Any]:
     """An event entity fired by each JSON on ``topic``, typed by its ``kind`` field, carrying ``data``."""
-    return {"name": name, "icon": icon, "state_topic": topic, "event_types": [str(k) for k in kinds],
+    return {"name": name, "icon": icon, "state_topic": topic, "event_types": list(kinds),
             "value_template": fields(event_type=kind, **data), **available}
 
 
@@ -88,35 +96,57 @@ def connectivity(status_topic: str) -> dict[str, Any]:
 def extension(cfg: dict) -> Extension | None:
     """Discovery under ``[homeassistant] discovery_prefix``, or None when ``enabled`` is false."""
     section = cfg["homeassistant"]
-    return functools.partial(Discovery, discovery_prefix=section["discovery_prefix"]) if section["enabled"] else None
+    if not section["enabled"]:
+        return None
+    return functools.partial(Discovery, discovery_prefix=section["discovery_prefix"], dashboard_url=dashboard_url(cfg))
+
+
+def dashboard_url(cfg: dict) -> str:
+    """Where people reach the bridge's dashboard: ``[bridge] public_url``, else its listen address."""
+    bridge = cfg["bridge"]
+    if bridge["public_url"]:
+        return bridge["public_url"].rstrip("/") + "/"
+    host, port = host_port(bridge["listen"], "[bridge] listen")
+    if host in ("0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"{'https' if bridge['cert_file'] else 'http'}://{host}:{port}/"
 
 
 class Configs:
     """The discovery configs of the coordinator and of each agent, by config topic."""
 
-    def __init__(self, topics: Topics, discovery_prefix: str = "homeassistant") -> None:
+    def __init__(self, topics: Topics, discovery_prefix: str = "homeassistant", dashboard_url: str = "",
+                 specs_of: Callable[[str], dict[str, CapabilitySpec]] = lambda agent_id: installed_specs()) -> None:
         self.topics = topics
         self.prefix = discovery_prefix.rstrip("/")
         self.coordinator_node = node_id(topics, "coordinator")
+        self.dashboard_url = dashboard_url
+        self.specs_of = specs_of  # an agent's capability specs (the entities they want)
+        self.origin = {"name": "LAMControl", "sw_version": __version__,
+                       **({"support_url": dashboard_url} if dashboard_url else {})}
 
     def config_topic(self, component: str, node: str, key: str) -> str:
         return f"{self.prefix}/{component}/{node}/{key}/config"
 
     def _entity(self, component: str, node: str, key: str, device: dict, body: dict) -> tuple[str, dict]:
-        config = {"unique_id": f"{node}_{key}", **body, "device": device, "origin": ORIGIN, "qos": 1}
+        config = {"unique_id": f"{node}_{key}", "object_id": f"{node}_{key}", **body, "device": device,
+                  "origin": self.origin, "qos": 1}
         return self.config_topic(component, node, key), config
 
     def coordinator_configs(self) -> dict[str, dict]:
         node = self.coordinator_node
         status = self.topics.coordinator_status
         device = {"identifiers": [node], "name": "LAMControl", "manufacturer": "LAMControl",
-                  "model": "Coordinator", "sw_version": __version__}
+                  "model": "Coordinator", "sw_version": __version__,
+                  **({"configuration_url": self.dashboard_url} if self.dashboard_url else {})}
         last_reply = self.topics.last_reply
         entities = [
             ("binary_sensor", "connectivity", connectivity(status)),
+            # Its state is the empty box, read from the retained last reply: never "unknown" after a restart.
             ("text", "prompt", {"name": "Prompt", "icon": "mdi:microphone-message",
                                 "command_topic": self.topics.prompts, "command_template": prompt_payload(VALUE),
-                                "min": 1, "max": TEXT_MAX, "mode": "text", **availability(status)}),
+                                "state_topic": last_reply, "value_template": "{{ '' }}",
+                                "min": 0, "max": TEXT_MAX, "mode": "text", **availability(status)}),
             ("sensor", "last_reply", text_sensor("Last reply", "mdi:message-reply-text", last_reply, "response",
                                                  availability(status), status="status", prompt_id="prompt_id")),
             ("event", "reply", event("Reply", "mdi:message-reply", last_reply, PROMPT_STATUSES, "status",
@@ -124,67 +154,89 @@ class Configs:
         ]
         return dict(self._entity(c, node, k, device, b) for c, k, b in entities)
 
-    def agent_configs(self, presence: Presence, media: bool) -> dict[str, dict]:
-        """Configs for one agent; ``media`` adds the computer's buttons and volume slider."""
+    def agent_configs(self, presence: Presence) -> dict[str, dict]:
+        """Configs for one agent: the basics, and the entities its specs declare for what it offers."""
         agent = presence.agent
         node = node_id(self.topics, "agent", agent)
         status = self.topics.agent_status(agent)
         last = self.topics.last_result(agent)
         device = {"identifiers": [node], "name": f"LAM agent {agent}", "manufacturer": "LAMControl",
-                  "model": "Agent", "via_device": self.coordinator_node}
+                  "model": "Agent", "via_device": self.coordinator_node,
+                  **({"configuration_url": self.dashboard_url} if self.dashboard_url else {})}
         if presence.version:
             device["sw_version"] = presence.version
         coordinator_up = availability(self.topics.coordinator_status)
         entities = [
             ("binary_sensor", "connectivity", connectivity(status)),
             ("sensor", "load", {"name": "Load", "icon": "mdi:progress-clock", "state_topic": status,
-                                "value_template": "{{ value_json.load }}", "unit_of_measurement": "tasks",
+                                "value_template": f"{{{{ value_json.load if {JSON} else 0 }}}}", "unit_of_measurement": "tasks",
                                 "state_class": "measurement", "json_attributes_topic": status,
                                 "json_attributes_template": fields(capabilities="capabilities",
                                                                    max_concurrent="max_concurrent", host="host"),
                                 **availability(status)}),
+            # "state" is a name Home Assistant drops from attributes: the outcome goes as "outcome".
             ("sensor", "last_result", text_sensor("Last result", "mdi:clipboard-check-outline", last, "message",
-                                                  coordinator_up, state="state", task_id="task_id")),
+                                                  coordinator_up, outcome="state", task_id="task_id")),
             ("event", "task", event("Task", "mdi:checkbox-marked-circle-outline", last, FINISHED, "state",
                                     coordinator_up, message="message", task_id="task_id")),
         ]
-        if media:
-            both = availability(self.topics.coordinator_status, status)
-            for key, (name, media_key, icon) in MEDIA_BUTTONS.items():
-                entities.append(("button", key, {"name": name, "icon": icon, "command_topic": self.topics.prompts,
-                                                 "payload_press": prompt_payload(f"computer media {media_key}", agent),
-                                                 **both}))
-            entities.append(("number", "volume", {
-                "name": "Volume", "icon": "mdi:volume-high", "command_topic": self.topics.prompts,
-                "command_template": prompt_payload("computer volume {{ value | int }}", agent),
-                "min": 0, "max": 100, "step": 1, "mode": "slider", "unit_of_measurement": "%", **both}))
+        both = availability(self.topics.coordinator_status, status)
+        entities += [(e.component, e.key, self._control(e, agent, both)) for e in self._wanted(presence)]
         return dict(self._entity(c, node, k, device, b) for c, k, b in entities)
 
+    def _wanted(self, presence: Presence) -> list[Entity]:
+        """The entities the agent's specs declare for the actions it offers."""
+        specs = self.specs_of(presence.agent)
+        return [entity for capability, actions in presence.capabilities.items() if capability in specs
+                for action in specs[capability].actions if action.name in actions for entity in action.entities]
+
+    def _control(self, entity: Entity, agent: str, available: dict) -> dict:
+        """A button pressing, or a slider sending, the entity's command to that agent only."""
+        body = {"name": entity.name, "command_topic": self.topics.prompts, **({"icon": entity.icon} if entity.icon else {}),
+                **available}
+        if entity.component == "number":
+            body.update(command_template=prompt_payload(entity.command.replace("{value}", "{{ value | int }}"), agent),
+                        min=entity.minimum, max=entity.maximum, step=1, mode="slider",
+                        **({"unit_of_measurement": entity.unit} if entity.unit else {}))
+        else:
+            body["payload_press"] = prompt_payload(entity.command, agent)
+        return body
+
     def agent_topics(self, agent_id: str) -> list[str]:
-        """Every retained topic discovery may have left for an agent (configs and last result)."""
-        everything = self.agent_configs(Presence(state=PresenceState.OFFLINE, agent=agent_id), media=True)
-        return [*everything, self.topics.last_result(agent_id)]
+        """Every retained topic discovery may have left for an agent: configs of every entity any spec
+        declares, and its last result."""
+        offering_all = Presence(state=PresenceState.ONLINE, agent=agent_id, capabilities={
+            name: [a.name for a in spec.actions] for name, spec in self.specs_of(agent_id).items()})
+        return [*self.agent_configs(offering_all), self.topics.last_result(agent_id)]
 
 
 class Discovery:
     """Publishes and withdraws discovery configs; keeps the retained state they read.
 
-    A coordinator extension: it follows the coordinator's events (presence changed, agent
-    forgotten, task finished, replied). Every handler runs under the coordinator's lock or
-    on the bus dispatcher thread, so the agent table needs no lock of its own.
+    A coordinator extension: it follows the coordinator's events (presence and specs changed,
+    agent forgotten, task finished, replied). Every handler runs under the coordinator's lock or
+    on the bus dispatcher thread, so its tables need no lock of their own.
     """
 
-    def __init__(self, bus: Bus, events: Events, discovery_prefix: str = "homeassistant") -> None:
+    def __init__(self, bus: Bus, events: Events, discovery_prefix: str = "homeassistant",
+                 dashboard_url: str = "") -> None:
         self.bus = bus
         self.topics = bus.topics
-        self.configs = Configs(bus.topics, discovery_prefix)
+        self.specs: dict[str, dict[str, CapabilitySpec]] = {}  # what each agent advertised
+        self.configs = Configs(bus.topics, discovery_prefix, dashboard_url, self.specs_of)
         self.agents: dict[str, dict[str, dict]] = {}  # agent id -> {config topic: config}
+        self.presences: dict[str, Presence] = {}  # the last presence of each agent
         bus.on(f"{self.configs.prefix}/status", self.on_ha_status)
         bus.on_connect(self.publish_all)
         events.on(PresenceChanged, lambda event: self.presence_received(event.presence))
+        events.on(SpecsChanged, self.specs_changed)
         events.on(AgentForgotten, lambda event: self.forget(event.agent_id))
         events.on(TaskFinished, self.task_finished)
         events.on(Replied, self.replied)
+
+    def specs_of(self, agent_id: str) -> dict[str, CapabilitySpec]:
+        """An agent's specs: what it advertised, else what is installed here."""
+        return {**installed_specs(), **self.specs.get(agent_id, {})}
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -202,8 +254,10 @@ class Discovery:
     def forget(self, agent_id: str) -> None:
         """Delete an agent's entities and its retained last result."""
         self.agents.pop(agent_id, None)
+        self.presences.pop(agent_id, None)
         for topic in self.configs.agent_topics(agent_id):
             self.bus.publish_raw(topic, b"", retain=True)
+        self.specs.pop(agent_id, None)
         log.info("removed agent %s from Home Assistant", agent_id)
 
     # -- handlers -----------------------------------------------------------------------
@@ -216,20 +270,26 @@ class Discovery:
         """An agent's (valid) presence: publish or update its entities."""
         agent_id = presence.agent
         known = self.agents.get(agent_id)
-        if presence.online:
-            media = {"media", "volume"} <= set(presence.capabilities.get("computer", ()))
-            configs = self.configs.agent_configs(presence, media)
-        elif known is None:  # first seen offline: what it offers is unknown, keep to the basics
-            configs = self.configs.agent_configs(presence, media=False)
-        else:
+        if not presence.online and known is not None:
             return
+        self.presences[agent_id] = presence
+        configs = self.configs.agent_configs(presence)  # first seen offline: only the basics (it offers nothing)
         if configs == known:
             return
         self.agents[agent_id] = configs
-        stale = [t for t in (known or {}) if t not in configs]
+        # First sight since we started: whatever it had before (buttons of a capability it lost) goes too.
+        before = known if known is not None else self.configs.agent_topics(agent_id)[:-1]
+        stale = [t for t in before if t not in configs]
         for topic_name in stale:
             self.bus.publish_raw(topic_name, b"", retain=True)
         self._publish(configs)
+
+    def specs_changed(self, event: SpecsChanged) -> None:
+        """An agent's advertised specs: the entities they declare follow."""
+        self.specs[event.agent_id] = event.specs
+        presence = self.presences.get(event.agent_id)
+        if presence is not None and presence.online:
+            self.presence_received(presence)
 
     def task_finished(self, event: TaskFinished) -> None:
         """Keep each known agent's latest finished task, retained, for its sensor and event."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 from lamcontrol.bus import Bus
+from lamcontrol.language import CapabilitySpec
 from lamcontrol.protocol import Presence, Prompt, Reply, Result, Task
 
 from .grammar import ParseResult
@@ -79,6 +80,14 @@ class PresenceChanged:
     """A valid retained presence of an agent (online or offline)."""
 
     presence: Presence
+
+
+@dataclass(frozen=True)
+class SpecsChanged:
+    """What an agent's capabilities understand, as it advertised them (empty once cleared)."""
+
+    agent_id: str
+    specs: dict[str, CapabilitySpec]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from .registry import Registry
 from .routing import Reply
 from .runs import Held
 from .settings import Clock, Settings
+from .specs import SpecStore
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Intake:
     start: Start
     reply: Reply
     events: Events
+    specs: SpecStore = field(default_factory=SpecStore)  # what the online agents understand
     held: dict[str, Held] = field(default_factory=dict)  # by source
     transcripts: dict[str, deque[str]] = field(default_factory=dict)  # recent commands by source, for the parser
 
@@ -62,7 +64,8 @@ class Intake:
 
     def _parse(self, prompt: Prompt) -> ParseResult:
         context = Context(source=prompt.source, transcript=list(self.transcripts.get(prompt.source, ())),
-                          known=self.registry.offers, vocabulary=self.registry.vocabulary())
+                          known=self.registry.offers, vocabulary=self.registry.vocabulary(),
+                          language=self.specs.language(self.registry))
         try:
             result, failed = self.parser.parse(prompt.prompt, context), False
         except Exception:

@@ -6,10 +6,12 @@ A parser takes the prompt text and a :class:`Context` and returns a
 
 :func:`build_parser` gives a :class:`ChainParser`: a prompt already in the rigid language is
 taken as it is; empty prompts and attempts to change the rules are refused at once; the rest
-goes to Groq when a key is configured, and to the offline sentence grammar when it is not or
-when Groq fails, is rate-limited or answers something the grammar refuses. ``ParseResult.parser``
-names who answered (``grammar``, ``groq`` or ``sentences``) and ``note`` says when the LLM was
-configured but the prompt was understood without it.
+is read by the capabilities' sentence templates (:mod:`coordinator.language`); when they match
+the whole prompt unambiguously, that is the answer (the fast path: no LLM call). The rest goes to
+Groq when a key is configured, and back to the templates' best reading when it is not or when
+Groq fails, is rate-limited or answers something the grammar refuses. ``ParseResult.parser``
+names who answered (``grammar``, ``sentences`` or ``groq``), ``why`` says why that path, and
+``note`` what the person is told besides (that the LLM was not used).
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ from typing import TYPE_CHECKING, Protocol
 from lamcontrol.config import ConfigError
 from lamcontrol.llm import GroqChat, GroqSettings, LLMUnavailable
 
-from .home_routing import route_home
-from .grammar import Known, ParseResult, parse_chain
-from .sentences import SentenceParser, screen
+from .grammar import Known, ParseResult
+from .language import AMBIGUOUS, Language, installed, screen
 
 if TYPE_CHECKING:
     from .groq_parser import GroqParser
@@ -39,6 +40,11 @@ class Context:
     transcript: list[str] = field(default_factory=list)  # this source's recent commands, oldest first
     known: Known | None = None  # (capability, action) offered by an online agent
     vocabulary: dict[str, list[str]] = field(default_factory=dict)  # names agents advertise, by capability
+    language: Language | None = None  # what online agents understand (default: the installed capabilities)
+
+    @property
+    def understood(self) -> Language:
+        return self.language or installed(self.vocabulary)
 
 
 class Parser(Protocol):
@@ -48,51 +54,44 @@ class Parser(Protocol):
 
 
 class ChainParser:
-    """Rigid commands as they are; otherwise Groq (when configured), then the sentence grammar."""
+    """Rigid commands and unambiguous template matches at once; otherwise Groq (when configured)."""
 
     name = "chain"
 
     def __init__(self, llm: GroqParser | None = None) -> None:
         self.llm = llm
-        self.offline = SentenceParser()
 
     def explain(self, result: ParseResult) -> str:
-        """Which parser answered, and why that one."""
-        why = {
-            "grammar": "the prompt is already in the command language",
-            "home": "it names something the home agent advertises",
-            "groq": "Groq understood it",
-            "sentences": (result.note if result.note else
-                          "Groq declined it, the offline grammar said why" if self.llm else
-                          "no Groq API key is configured, so the offline grammar answered"),
-        }.get(result.parser, "")
+        """Which path answered, and why that one."""
+        why = result.why or {"grammar": "the prompt is already in the command language"}.get(result.parser, "")
         return f"answered by the {result.parser} parser" + (f": {why}" if why else "")
 
     def parse(self, prompt: str, context: Context) -> ParseResult:
-        rigid = parse_chain(prompt, context.known)
+        language = context.understood
+        matched = language.understand(prompt)
+        if matched.commands and matched.why != AMBIGUOUS:  # the fast path: no LLM call
+            return matched
+        rigid = language.parse_chain(prompt)
         if rigid.commands:
             return rigid
-        screened = screen(prompt)
-        if screened:
-            return screened
-        routed = route_home(prompt, context.vocabulary)
-        if routed:
-            result = parse_chain(routed, context.known)
-            result.parser = "home"
-            return result
-        note = ""
-        if self.llm:
-            try:
-                answered = self.llm.ask(prompt, context)
-            except LLMUnavailable as exc:
-                note = f"understood without the LLM ({exc})"
-            else:
-                if not answered.commands:  # the model said x; the grammar may know what was missing
-                    answered.reason = self.offline.parse(prompt, context).reason or answered.reason
-                return answered
-        result = self.offline.parse(prompt, context)
-        result.note = note
-        return result
+        if not matched.commands and matched.reason == screen(prompt):  # empty, too long, or a jailbreak
+            matched.why = "no parser may see this prompt"
+            return matched
+        if not self.llm:
+            matched.why = (f"{matched.why}; no Groq key to ask" if matched.commands else
+                           "the templates did not match the whole prompt, and no Groq key is configured")
+            return matched
+        try:
+            answered = self.llm.ask(prompt, context)
+        except LLMUnavailable as exc:
+            matched.note = f"understood without the LLM ({exc})"
+            matched.why = f"Groq was asked but failed: {exc}"
+            return matched
+        if not answered.commands:  # the model said x; the templates may know what was missing
+            answered.reason = matched.reason or answered.reason
+        answered.why = (f"{AMBIGUOUS}, so Groq was asked" if matched.commands else
+                        "the templates did not match the whole prompt, so Groq was asked")
+        return answered
 
 
 CONFIRMATIONS = {"confirm", "confirmed", "i confirm", "yes", "yeah", "yep", "yup", "sure", "ok", "okay",

@@ -34,7 +34,7 @@ class AgentInfo:
 class Registry:
     """Agent presence by id, with least-loaded choice."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock = Clock()) -> None:
         self.clock = clock
         self.agents: dict[str, AgentInfo] = {}
 

@@ -115,8 +115,10 @@ class Router:
         job.ack_deadline = now + self.settings.ack_timeout
         heapq.heappush(self._due, (job.ack_deadline, "ack", job.task_id))
         agent.inflight += 1
+        photo = run.prompt.metadata.image
+        args = {**command.args, command.photo: photo} if command.photo and photo else command.args
         task = Task(task_id=job.task_id, prompt_id=run.prompt.id, capability=command.capability,
-                    action=command.action, agent=job.agent, command=command.text, args=command.args,
+                    action=command.action, agent=job.agent, command=command.text, args=args,
                     attempt=job.attempt, accept_by=job.ack_deadline,
                     deadline=min(run.deadline, now + self.settings.task_timeout), risk=command.risk)
         self.journal.update_task(job.task_id, DISPATCHED, job.agent, job.attempt)

@@ -86,11 +86,11 @@ class Held:
 
 def command_from_dict(data: dict) -> Command:
     return Command(data["capability"], data["action"], data["args"], data["command"], data.get("risk", Risk.LOW),
-                   data.get("idempotent", False))
+                   data.get("idempotent", False), data.get("photo", ""))
 
 
 def command_to_dict(command: Command) -> dict:
-    return {**command.to_dict(), "risk": command.risk, "idempotent": command.idempotent}
+    return {**command.to_dict(), "risk": command.risk, "idempotent": command.idempotent, "photo": command.photo}
 
 
 def describe(command: Command) -> str:

@@ -18,16 +18,17 @@ from typing import Callable, Iterator
 
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus
-from lamcontrol.protocol import (CoordinatorPresence, LegacyResult, Presence, PresenceState, Prompt, PromptStatus,
+from lamcontrol.protocol import (AgentSpec, CoordinatorPresence, LegacyResult, Presence, PresenceState, Prompt, PromptStatus,
                                  ProtocolError, Reply, Result, TaskSummary, check_id, decode)
 
-from .events import AgentForgotten, Events, PresenceChanged, PromptReceived, Replied
+from .events import AgentForgotten, Events, PresenceChanged, PromptReceived, Replied, SpecsChanged
 from .intake import Intake
 from .journal import Journal
 from .parsing import Parser
 from .registry import Registry
 from .routing import Router
 from .settings import Clock, Settings
+from .specs import SpecStore
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,15 @@ class Coordinator:
                                will=self.presence(PresenceState.OFFLINE), persistent=True, ack_when_handled=True,
                                transaction=self.transaction)
         self.router = Router(settings, clock, journal, self.registry, self.bus.publish, self.reply, self.events)
-        self.intake = Intake(settings, clock, parser, self.registry, self.router.start, self.reply, self.events)
+        self.specs = SpecStore()  # what the online agents understand
+        self.intake = Intake(settings, clock, parser, self.registry, self.router.start, self.reply, self.events,
+                             self.specs)
         self.bus.on(self.bus.topics.prompts, self.on_prompt)
         self.bus.subscribe(Result, self.router.result)
         if settings.legacy_results:
             self.bus.subscribe(LegacyResult, self.router.result)
         self.bus.subscribe(Presence, self.on_presence, cleared=self.on_cleared)
+        self.bus.subscribe(AgentSpec, self.on_spec, cleared=self.on_spec_cleared)
         self.bus.on_connect(self.announce)
 
     # -- life cycle ---------------------------------------------------------------------
@@ -175,3 +179,13 @@ class Coordinator:
         with self._lock:
             self.registry.forget(ids["agent"])
         self.events.emit(AgentForgotten(ids["agent"]))
+
+    def on_spec(self, message: AgentSpec) -> None:
+        with self.transaction():
+            self.specs.on_spec(message)
+            self.events.emit(SpecsChanged(message.agent, self.specs.advertised(message.agent)))
+
+    def on_spec_cleared(self, ids: dict[str, str]) -> None:
+        with self.transaction():
+            self.specs.on_cleared(ids)
+            self.events.emit(SpecsChanged(ids["agent"], {}))

@@ -133,12 +133,21 @@ def cmd_parse(args: argparse.Namespace) -> int:
 
     cfg = lamconfig.load(args.config)
     parser = build_parser(cfg)
-    result = parser.parse(" ".join(args.prompt), Context(source="cli"))
+    result = parser.parse(" ".join(args.prompt), Context(source="cli", vocabulary=names_given(args.names)))
     data = result.to_dict()
     if args.explain:
         data["explain"] = parser.explain(result)
     print(json.dumps(data, ensure_ascii=False))
     return EXIT_OK
+
+
+def names_given(given: list[str]) -> dict[str, list[str]]:
+    """``--names home=kitchen,desk lamp`` as ``{"home": ["kitchen", "desk lamp"]}``."""
+    names: dict[str, list[str]] = {}
+    for item in given:
+        capability, _, listed = item.partition("=")
+        names.setdefault(capability.strip(), []).extend(n.strip() for n in listed.split(",") if n.strip())
+    return names
 
 
 # -- lam up -----------------------------------------------------------------------------
@@ -398,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     parse_cmd = sub.add_parser("parse", parents=[configured], help="show the commands a prompt becomes (offline)")
     parse_cmd.add_argument("prompt", nargs="+", help="what a person would say")
     parse_cmd.add_argument("--explain", action="store_true", help="say which parser answered and why")
+    parse_cmd.add_argument("--names", action="append", default=[], metavar="CAPABILITY=NAME,NAME",
+                           help="names an agent would advertise (home devices and areas, contacts, apps); repeatable")
     parse_cmd.set_defaults(func=cmd_parse)
 
     config = sub.add_parser("config", help="the configuration file: an example with every key, or a check")

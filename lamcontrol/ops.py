@@ -100,7 +100,7 @@ def cmd_agents_forget(args: argparse.Namespace) -> int:
         if online and not args.force:
             print(f"agent {agent_id} says it is online: stop it first (or use --force)", file=sys.stderr)
             return EXIT_FAILED
-    topics = [status_topic]
+    topics = [status_topic, settings.topics.agent_spec(agent_id)]
     if cfg["homeassistant"]["enabled"]:
         topics += Configs(settings.topics, cfg["homeassistant"]["discovery_prefix"]).agent_topics(agent_id)
     bus = connect(args, {}, "lam-cli")
@@ -137,7 +137,8 @@ class MqttUser:
         if self.name == "monitor":
             return [f"read {lam}", f"read {discovery}/#", "read $SYS/#"]
         return [*(f"read {topics.task(c)}" for c in self.capabilities), f"write {topics.agent_status(self.name)}",
-                f"write {topics.result(self.name, '#')}", f"write {topics.errors}"]
+                f"write {topics.agent_spec(self.name)}", f"write {topics.result(self.name, '#')}",
+                f"write {topics.errors}"]
 
 
 def parse_users(spec: str) -> list[MqttUser]:

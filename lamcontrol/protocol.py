@@ -12,6 +12,7 @@ Topics under the prefix (which may itself contain slashes, ``home/lam``)::
     tasks/<capability>               Task            coordinator -> agents
     agents/<agent>/results/<task_id> Result          agent -> coordinator
     agents/<agent>/status            Presence        agent, retained
+    agents/<agent>/spec              AgentSpec       agent, retained
     coordinator/status               CoordinatorPresence  coordinator, retained
     errors                           ErrorRecord     any component
     results/<task_id>                LegacyResult    older agents (``[coordinator] legacy_results``)
@@ -140,6 +141,9 @@ class Topics:
 
     def agent_status(self, agent_id: str) -> str:
         return self.build(Presence.topic_pattern, agent=agent_id)
+
+    def agent_spec(self, agent_id: str) -> str:
+        return self.build(AgentSpec.topic_pattern, agent=agent_id)
 
     @property
     def coordinator_status(self) -> str:
@@ -338,18 +342,22 @@ class Metadata(Record):
 
     ``timeout``: seconds within which to answer, a finite number above 0 (the coordinator caps
     it; without it, ``[coordinator] prompt_timeout``). ``agent``: the only agent that may run the
-    prompt's commands. Other keys are carried along untouched in ``extra``.
+    prompt's commands. ``image``: a photo the prompt is about, as a ``data:image/...`` URL (the
+    bridge scales an R1 photo to fit one message); it goes to the action that declares it takes a
+    photo, and leaves the journal once the prompt is answered. Other keys are carried along
+    untouched in ``extra``.
     """
 
     kind: ClassVar[str] = "metadata"
     timeout: float | None = None
     agent: str | None = None
+    image: str | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "metadata") -> Metadata:
         if isinstance(data, dict):
-            known = {k: data[k] for k in ("timeout", "agent") if k in data}
+            known = {k: data[k] for k in ("timeout", "agent", "image") if k in data}
             data = {**known, "extra": {k: v for k, v in data.items() if k not in known}}
         return super().from_dict(data, where)
 
@@ -358,9 +366,11 @@ class Metadata(Record):
             raise ProtocolError("must be a finite number of seconds above 0", "metadata.timeout")
         if self.agent is not None:
             check_id(self.agent, "metadata.agent")
+        if self.image is not None and not self.image.startswith("data:image/"):
+            raise ProtocolError("must be a data:image/... URL", "metadata.image")
 
     def to_dict(self) -> dict[str, Any]:
-        chosen = {"timeout": self.timeout, "agent": self.agent}
+        chosen = {"timeout": self.timeout, "agent": self.agent, "image": self.image}
         return {**self.extra, **{k: v for k, v in chosen.items() if v is not None}}
 
 
@@ -549,6 +559,24 @@ class CoordinatorPresence(Presence):
 
     def _load(self) -> str:
         return ""
+
+
+@dataclass
+class AgentSpec(Message):
+    """What an agent's capabilities understand, retained beside its presence: ``capabilities`` maps
+    each name to its spec (read by :mod:`lamcontrol.language`, which skips what it cannot read, so a
+    newer agent never breaks an older coordinator). An empty payload clears it."""
+
+    kind: ClassVar[str] = "spec"
+    event: ClassVar[str] = "agent"
+    topic_pattern: ClassVar[str] = "agents/{agent}/spec"
+    ids = ("agent",)
+    agent: str
+    capabilities: dict = field(default_factory=dict)
+    version: int = 1
+
+    def describe(self) -> str:
+        return f"{self.agent} spec: {' '.join(sorted(self.capabilities)) or 'none'}"
 
 
 @dataclass

@@ -197,10 +197,11 @@ def prompt_as_task(exchange: Exchange) -> dict:
     reply = exchange.reply
     if reply is None:
         return {**body, "state": "pending", "status": "pending", "message": "Task is being processed..."}
-    agents = sorted({t.get("agent") for t in reply.tasks if t.get("agent")})
+    agents = sorted({t.agent for t in reply.tasks if t.agent})
+    tasks = [t.to_dict() for t in reply.tasks]
     return {**body, "state": reply.status, "status": outcome(exchange), "success": reply.ok,
-            "message": reply.response, "worker_id": ",".join(agents) or None, "output": {"tasks": reply.tasks},
-            "result": {"state": reply.status, "message": reply.response, "data": {"tasks": reply.tasks}}}
+            "message": reply.response, "worker_id": ",".join(agents) or None, "output": {"tasks": tasks},
+            "result": {"state": reply.status, "message": reply.response, "data": {"tasks": tasks}}}
 
 
 @api.get("/task/<task_id>/status")

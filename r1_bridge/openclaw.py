@@ -48,9 +48,9 @@ from websockets.exceptions import ConnectionClosed
 
 from lamcontrol import __version__
 from lamcontrol.config import ConfigError
-from lamcontrol.protocol import Reply, Result, new_id
+from lamcontrol.protocol import FINISHED, Reply, Result, new_id
 
-from .activity import FINAL_STATES, TaskTracker
+from .activity import TaskTracker
 from .devices import DeviceStore
 from .identity import IdentityError, verify
 from .pairing import pairing_payload
@@ -300,7 +300,7 @@ class StepTracker(TaskTracker):
     def _on_result(self, result: Result) -> None:
         before = self.get(result.task_id)
         super()._on_result(result)
-        if before and before["state"] not in FINAL_STATES and result.state in FINAL_STATES and result.message:
+        if before and before["state"] not in FINISHED and result.state in FINISHED and result.message:
             self.on_step(before["prompt_id"], result.message)
 
 

@@ -130,7 +130,7 @@ def test_youtube_play_without_results_fails(settings, sites):
 
 @pytest.mark.parametrize("args", [{}, {"query": ""}, {"query": 7}])
 def test_search_without_a_query_fails(browser, args):
-    with pytest.raises(TaskFailed, match="missing its query"):
+    with pytest.raises(TaskFailed, match="needs something to search for"):
         browser.run("google", args)
 
 

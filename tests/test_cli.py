@@ -46,7 +46,18 @@ def test_parse_explains_which_parser_answered_and_why():
     rigid, loose = explained("computer volume 30"), explained("set the volume to 30 percent")
     assert rigid["commands"] == loose["commands"]
     assert rigid["explain"] == "answered by the grammar parser: the prompt is already in the command language"
-    assert loose["parser"] == "sentences" and "no Groq API key" in loose["explain"]
+    assert loose["parser"] == "sentences" and "matched by the computer templates" in loose["explain"]
+
+
+def test_parse_names_stand_in_for_what_agents_advertise():
+    def parsed(*args: str) -> dict:
+        return json.loads(lam_cli("parse", *args).stdout)
+
+    chain = "text mary ann on telegram I'm on my way and turn off the living room lights"
+    named = parsed("--names", "messaging=Mary Ann", "--names", "home=living room,desk lamp", chain)
+    assert [c["command"] for c in named["commands"]] == ['telegram "Mary Ann" I\'m on my way',
+                                                       "home turn off the living room lights"]
+    assert parsed(chain)["commands"] == []  # without the names, "mary ann" is no one and the lights nothing
 
 
 def test_parse_of_something_not_for_us_gives_a_reason():

@@ -68,9 +68,8 @@ def discovery():
 
 
 def all_configs(discovery: Configs) -> dict[str, dict]:
-    return {**discovery.coordinator_configs(), **discovery.agent_configs(computer_presence(), media=True),
-            **discovery.agent_configs(Presence(state="online", agent="kitchen.pi", capabilities={"echo": ["say"]}),
-                                      media=False)}
+    return {**discovery.coordinator_configs(), **discovery.agent_configs(computer_presence()),
+            **discovery.agent_configs(Presence(state="online", agent="kitchen.pi", capabilities={"echo": ["say"]}))}
 
 
 def test_payloads_follow_the_documented_schema(discovery):
@@ -97,7 +96,38 @@ def test_payloads_follow_the_documented_schema(discovery):
         if match["component"] == "number":
             assert config["min"] < config["max"] and config["step"] > 0
     nodes = {CONFIG_TOPIC.match(t)["node"] for t in configs}
-    assert nodes == {"lamx_coordinator", "lamx_agent_desk", "lamx_agent_kitchen_pi"}
+    assert {"lamx_coordinator", "lamx_agent_desk"} < nodes and len(nodes) == 3
+    for config in configs.values():
+        assert config["object_id"] == config["unique_id"]
+
+
+def test_ids_differing_in_punctuation_are_different_devices(discovery):
+    """Default agent ids are host names: kitchen.pi and kitchen_pi must not share a device, and
+    forgetting one must not touch the other's entities."""
+    dotted, underscored = (Presence(state="online", agent=a, capabilities={"echo": ["say"]})
+                           for a in ("kitchen.pi", "kitchen_pi"))
+    dotted_topics, underscored_topics = discovery.agent_configs(dotted), discovery.agent_configs(underscored)
+    assert not set(dotted_topics) & set(underscored_topics)
+    assert {c["device"]["identifiers"][0] for c in dotted_topics.values()}.isdisjoint(
+        c["device"]["identifiers"][0] for c in underscored_topics.values())
+    assert not set(discovery.agent_topics("kitchen.pi")) & set(underscored_topics)
+
+
+def test_templates_survive_the_empty_payloads_that_delete_state(discovery):
+    """An empty retained payload has no value_json: every template still renders, to nothing harmful."""
+    for topic, config in all_configs(discovery).items():
+        for key in ("value_template", "json_attributes_template"):
+            if key in config:
+                assert render(config[key], value="") in ("", "offline", "0"), (topic, key)
+        for entry in config.get("availability", []):
+            assert render(entry["value_template"], value="") == "offline"
+
+
+def test_dashboard_and_origin_links():
+    configs = Configs(Topics("lamx"), "homeassistant", dashboard_url="http://lam.local:8080")
+    for config in [*configs.coordinator_configs().values(), *configs.agent_configs(computer_presence()).values()]:
+        assert config["device"]["configuration_url"] == "http://lam.local:8080"
+        assert config["origin"]["support_url"] == "http://lam.local:8080"
 
 
 def test_connectivity_shows_off_not_unavailable(discovery):
@@ -119,7 +149,7 @@ def test_connectivity_shows_off_not_unavailable(discovery):
 
 
 def test_commands_reach_that_agent(discovery):
-    configs = discovery.agent_configs(computer_presence(), media=True)
+    configs = discovery.agent_configs(computer_presence())
     expected = {"play": "computer media play", "pause": "computer media pause", "next": "computer media next",
                 "previous": "computer media back"}
     for key, command in expected.items():
@@ -138,19 +168,22 @@ def test_commands_reach_that_agent(discovery):
 def test_text_entity_sends_any_sentence_as_a_prompt(discovery):
     text = discovery.coordinator_configs()["homeassistant/text/lamx_coordinator/prompt/config"]
     assert text["command_topic"] == "lamx/prompts"
+    # A state from the retained last reply: after a restart the box is empty, not "unknown".
+    assert text["state_topic"] == "lamx/state/coordinator/last_reply" or text["state_topic"].endswith("last_reply")
+    assert render(text["value_template"], payload=b'{"response":"hi"}') == "" and text["min"] == 0
     said = 'play "Buddy Holly" by weezer {not json}'
     prompt = Prompt.from_payload(render(text["command_template"], value=said).encode())
     assert (prompt.prompt, prompt.source) == (said, SOURCE)
 
 
 def test_state_templates_read_results_and_replies(discovery):
-    agent = discovery.agent_configs(computer_presence(), media=False)
+    agent = discovery.agent_configs(computer_presence())
     result = Result(task_id="t1", agent="desk", state="succeeded", message="Volume set to 42.").to_json()
     last = agent["homeassistant/sensor/lamx_agent_desk/last_result/config"]
     assert last["state_topic"] == "lamx/state/agents/desk/last_result"
     assert render(last["value_template"], payload=result) == "Volume set to 42."
     attributes = json.loads(render(last["json_attributes_template"], payload=result))
-    assert attributes == {"state": "succeeded", "task_id": "t1"}
+    assert attributes == {"outcome": "succeeded", "task_id": "t1"}  # "state" is dropped by Home Assistant
     event = agent["homeassistant/event/lamx_agent_desk/task/config"]
     fired = json.loads(render(event["value_template"], payload=result))
     assert fired["event_type"] in event["event_types"] and fired["message"] == "Volume set to 42."
@@ -196,6 +229,10 @@ class Watcher:
         with self._lock:
             return {t: p for t, p, _ in self.seen if f"/{node}/" in t}
 
+    def live(self, node: str) -> dict[str, bytes]:
+        """The config topics of a node whose latest payload is not a deletion."""
+        return {t: p for t, p in self.configs(node).items() if p}
+
     def count(self, topic_part: str) -> int:
         with self._lock:
             return sum(1 for t, _, _ in self.seen if topic_part in t)
@@ -222,12 +259,12 @@ def test_discovery_on_connect_birth_and_forget(lam, ha):
     wait_until(lambda: len(ha.configs(node)) == 4, 20, "the coordinator's four entities")
     agent = lam.agent("pantry", "echo")
     agent_node = node_id(lam.topics, "agent", "pantry")
-    wait_until(lambda: len(ha.configs(agent_node)) == 4, 20, "the agent's four entities")
-    assert all(json.loads(p)["unique_id"] for p in ha.configs(agent_node).values())
+    wait_until(lambda: len(ha.live(agent_node)) == 4, 20, "the agent's four entities")
+    assert all(json.loads(p)["unique_id"] for p in ha.live(agent_node).values())
 
     # Published retained: a Home Assistant that connects later reads them all.
     late = Watcher(lam.broker_url, lam.ha_prefix)
-    wait_until(lambda: len(late.configs(agent_node)) == 4, 10, "retained configs")
+    wait_until(lambda: len(late.live(agent_node)) == 4, 10, "retained configs")
     assert all(retained for t, _, retained in late.seen if f"/{agent_node}/" in t)
     late.close()
 
@@ -248,7 +285,7 @@ def test_discovery_on_connect_birth_and_forget(lam, ha):
     assert "refused" in lam_forget(lam, "pantry", expect_ok=False)
     agent.stop()
     lam.recorder.wait_for(Presence, lam.topics.agent_status("pantry"), lambda p: p.state == "offline")
-    assert all(ha.configs(agent_node).values()), "an offline agent keeps its entities"
+    assert len(ha.live(agent_node)) == 4, "an offline agent keeps its entities"
     lam_forget(lam, "pantry")
     wait_until(lambda: ha.configs(agent_node) and not any(ha.configs(agent_node).values()), 10, "empty configs")
     wait_until(lambda: lam.recorder.on(lam.topics.agent_status("pantry"))[-1][1] == b"", 10, "presence cleared")
@@ -277,7 +314,7 @@ def test_media_buttons_reach_that_agent_only(lam, ha):
     for agent, load in (("aaa", 0), ("desk", 2)):  # presences as two computer agents would announce them
         lam.bus.publish(computer_presence(agent, load), retain=True).wait_for_publish(10)
     node = node_id(lam.topics, "agent", "desk")
-    wait_until(lambda: len(ha.configs(node)) == 9, 20, "the computer agent's nine entities")
+    wait_until(lambda: len(ha.live(node)) == 9, 20, "the computer agent's nine entities")
     button = json.loads(ha.configs(node)[f"{lam.ha_prefix}/button/{node}/next/config"])
     lam.publish_raw(button["command_topic"], button["payload_press"])
     volume = json.loads(ha.configs(node)[f"{lam.ha_prefix}/number/{node}/volume/config"])
@@ -297,3 +334,18 @@ def test_prompt_for_a_named_agent_runs_there(lam):
     lam.agent("second", "echo")
     assert lam.send("echo say hi").tasks[0].agent == "first"  # least loaded, then by name
     assert lam.send("echo say hi", agent="second").tasks[0].agent == "second"
+
+
+def test_a_capability_lost_while_the_coordinator_was_down_loses_its_entities(lam, ha):
+    """The agent drops computer while no coordinator runs; the next coordinator removes its buttons."""
+    coordinator = lam.coordinator(extra_config=lam.ha_config)
+    lam.bus.publish(computer_presence("desk"), retain=True).wait_for_publish(10)
+    node = node_id(lam.topics, "agent", "desk")
+    wait_until(lambda: len(ha.live(node)) == 9, 20, "the computer agent's nine entities")
+    coordinator.stop()
+    echo_only = Presence(state="online", agent="desk", max_concurrent=4, capabilities={"echo": ["say"]})
+    lam.bus.publish(echo_only, retain=True).wait_for_publish(10)
+    lam.coordinator(extra_config=lam.ha_config)
+    wait_until(lambda: len(ha.live(node)) == 4, 20, lambda: f"only the basics left: {sorted(ha.live(node))}")
+    assert not any("/button/" in t or "/number/" in t for t in ha.live(node))
+    lam.bus.publish_raw(lam.topics.agent_status("desk"), b"", retain=True).wait_for_publish(10)

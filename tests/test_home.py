@@ -20,6 +20,8 @@ from lamcontrol.agents.capability import TaskFailed, Unavailable
 from lamcontrol.agents.home import Home
 from hass_server import HASS, HomeAssistant
 from helpers import wait_until
+from lamcontrol.language import read_specs
+from lamcontrol.protocol import AgentSpec
 from lamcontrol.protocol import Presence
 
 EXPOSED = {"Bedroom", "Desk lamp", "Garage door", "Good night", "Kitchen", "Living Room", "Living room lights",
@@ -174,5 +176,16 @@ def test_home_from_the_bus(lam, house, tmp_path):
     lam.coordinator()
     reply = lam.send("home turn off the desk lamp")
     assert (reply.status, reply.response) == ("succeeded", "Turned off the light"), reply
+    assert house.state("light.desk_lamp")["state"] == "off"
+    # The spec carries each device with its domain, for Home Assistant's own sentences.
+    topic = lam.topics.agent_spec("home1")
+    spec = wait_until(lambda: next((s["home"] for m in reversed(lam.recorder.parsed(AgentSpec, topic))
+                                    if (s := read_specs(m)) and s["home"].lists.get("devices")), None),
+                      20, "the home agent's spec with its devices")
+    assert {"in": "Desk lamp", "context": {"domain": "light"}} in spec.lists["devices"]
+    # Natural sentences, one or chained, reach Home Assistant as it understands them.
+    chained = lam.send("hey, turn on the desk lamp and then switch off the desk lamp please")
+    assert chained.status == "succeeded", chained
+    assert [t.command for t in chained.tasks] == ["home turn on the desk lamp", "home switch off the desk lamp"]
     assert house.state("light.desk_lamp")["state"] == "off"
     assert house.token not in agent.log()

@@ -151,9 +151,9 @@ def test_unknown_names_are_never_guessed(tmp_path, telegram):
 
 
 @pytest.mark.parametrize("args, sentence", [
-    ({"message": "hi"}, "The task is missing its name."),
-    ({"name": "jason"}, "The task is missing its message."),
-    ({"name": "jason", "message": "   "}, "The task is missing its message."),
+    ({"message": "hi"}, "The command needs a recipient."),
+    ({"name": "jason"}, "The command needs a message."),
+    ({"name": "jason", "message": "   "}, "The command needs a message."),
     ({"name": "jason", "message": "x" * 4097},
      "That message is too long for Telegram (4097 characters, at most 4096)."),
 ])

@@ -2,7 +2,8 @@
 
 ``prompts.tsv`` holds one case a line: the prompt, the expected rigid command text (``x`` for
 none) and optionally ``reason: <words the reason must contain>`` or ``xfail: <why it is a
-known miss>``. Lines starting with ``#`` are comments.
+known miss>``. Lines starting with ``#`` are comments, except ``# names: CAPABILITY=NAME,NAME``:
+the names agents advertise while the file is scored (what ``lam parse --names`` stands in for).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROMPTS = Path(__file__).with_name("prompts.tsv")
+FRESH = Path(__file__).with_name("fresh.tsv")
 
 
 @dataclass(frozen=True)
@@ -38,4 +40,16 @@ def load(path: Path = PROMPTS) -> list[Case]:
     return cases
 
 
+def names(path: Path) -> dict[str, list[str]]:
+    """The ``# names:`` lines of a corpus file, by capability."""
+    found: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("# names:"):
+            capability, _, listed = line.removeprefix("# names:").strip().partition("=")
+            found.setdefault(capability.strip(), []).extend(n.strip() for n in listed.split(",") if n.strip())
+    return found
+
+
 CASES = load()
+FRESH_CASES = load(FRESH)
+FRESH_NAMES = names(FRESH)

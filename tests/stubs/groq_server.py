@@ -91,9 +91,10 @@ def malformed() -> Reply:
 class GroqStub(StandIn):
     """Serves ``POST /openai/v1/chat/completions``; records every request in ``requests``."""
 
-    def __init__(self, answer_with: str | Callable[[dict], Reply] = "x") -> None:
+    def __init__(self, answer_with: str | Callable[[dict], Reply] = "x", latency: float = 0.0) -> None:
         super().__init__(self._respond)
         self.answer = answer_with
+        self.latency = latency  # seconds every answer takes at least (benchmarks: Groq's own, ~0.3)
         self.script: deque[Reply] = deque()
         self.stopping = threading.Event()
         self._ids = itertools.count(1)
@@ -139,8 +140,8 @@ class GroqStub(StandIn):
             return Response(400, {"error": {"message": problem, "type": "invalid_request_error",
                                             "code": "invalid_request_error"}})
         reply = self.script.popleft() if self.script else self._default(body)
-        if reply.delay:
-            self.stopping.wait(reply.delay)
+        if reply.delay or self.latency:
+            self.stopping.wait(max(reply.delay, self.latency))
         if reply.content is None:
             return Response(reply.status, reply.body or "", content_type="application/json", headers=reply.headers)
         completion = {

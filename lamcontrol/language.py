@@ -1,0 +1,303 @@
+"""What a capability says it understands: the spec an agent advertises and the coordinator reads.
+
+A capability declares, beside its handlers, a :class:`CapabilitySpec`: per action the rigid
+syntax (``computer volume {level}``), typed arguments (:class:`Arg`, whose :meth:`Arg.check` is
+the one validation both the coordinator's gate and the agent run), risk and idempotence,
+sentence templates in hassil's syntax (alternatives ``(a|b)``, optional words ``[the]``, slots
+``{query}``, rules ``<opener>``), the name lists a slot draws from, a few examples and the Home
+Assistant entities it wants. The spec travels as JSON on ``lam/agents/<id>/spec`` (retained,
+``version`` below); readers ignore keys they do not know, so older and newer sides get along.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from .protocol import AgentSpec
+
+SPEC_VERSION = 1
+MAX_TEXT = 2000
+NAME = re.compile(r"^[\w][\w.@'+-]{0,63}$")  # a one-word name, as typed in a rigid command
+LONG_NAME = re.compile(r"^[\w][\w .@'+-]{0,63}$")  # an advertised or quoted name may hold spaces
+SHELL = re.compile(r"[`;|<>$]|&&|(?:^|\s)[-~/]|\b(?:sudo|rm|bash|sh|zsh|cmd|powershell|curl|wget|chmod|eval|exec)\b", re.I)
+TYPES = ("text", "name", "int", "number", "url", "choice", "flag")
+
+
+class ArgumentError(ValueError):
+    """An argument that does not fit its declaration; the message is a sentence for a person."""
+
+
+def _plain(cls, data: dict) -> dict:
+    """The keys of ``data`` that ``cls`` knows (a newer side may send more)."""
+    known = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in known}
+
+
+def listed_value(value: str | dict) -> str:
+    """What a list entry stands for: the string itself, or an ``{"in", "out"}`` entry's out (else in)."""
+    return value if isinstance(value, str) else str(value.get("out") or value.get("in"))
+
+
+def spoken_address(text: str) -> str:
+    """``rabbit dot tech`` or ``example.com/page`` as an https address ('' when it is not one)."""
+    address = re.sub(r"\s+dot\s+", ".", text.strip().casefold()).replace(" ", "")
+    if "://" in address:
+        return address
+    host = address.split("/")[0]
+    if re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}|\d{1,3}(\.\d{1,3}){3}", host):
+        return f"https://{address}"
+    return ""
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One typed argument. ``check`` converts and validates; its errors are sentences."""
+
+    name: str
+    type: str = "text"  # one of TYPES
+    help: str = ""  # what it is, in a few words (used in errors and the LLM's command list)
+    choices: tuple = ()  # the allowed words (for "int", words allowed besides the numbers)
+    minimum: float | None = None
+    maximum: float | None = None  # for text: the longest (default MAX_TEXT characters)
+    optional: bool = False
+    names: str = ""  # the name list (``contacts``, ``apps``) a sentence slot draws from
+    command_like: bool = False  # screened for shell words, on every path
+    one_word: bool = False  # in a sentence, a name not advertised (nor quoted) is one word
+    repeats: tuple = ()  # values that make the action not idempotent
+    risky: tuple = ()  # values that make the action high risk
+
+    def __post_init__(self) -> None:
+        if self.type not in TYPES:
+            raise ValueError(f"argument {self.name}: unknown type {self.type!r}")
+
+    @property
+    def what(self) -> str:
+        """What it is, with its article ("a volume level")."""
+        return self.help or f"a {self.name}"
+
+    @property
+    def What(self) -> str:  # noqa: N802
+        return self.what[:1].upper() + self.what[1:]
+
+    def _range(self) -> str:
+        words = f", or {', '.join(self.choices[:-1])} or {self.choices[-1]}" if self.choices else ""
+        return f"a number from {self.minimum:g} to {self.maximum:g}{words}"
+
+    def check(self, value: Any, spoken: bool = False) -> Any:
+        """The value converted to its type; ArgumentError when it does not fit.
+
+        ``spoken`` values come from a sentence: a spoken web address may lack its https://.
+        """
+        if isinstance(value, str):
+            value = value.strip()
+        if value in (None, ""):
+            raise ArgumentError(f"The command needs {self.what}.")
+        if self.type == "flag":
+            if isinstance(value, bool):
+                return value
+            raise ArgumentError(f"{self.What} must be true or false.")
+        if self.choices and isinstance(value, str) and value.casefold() in self.choices:
+            return value.casefold()
+        if self.type == "choice":
+            raise ArgumentError(f"{self.What} is {', '.join(self.choices[:-1])} or {self.choices[-1]}.")
+        if self.type in ("int", "number"):
+            return self._number(value)
+        if not isinstance(value, str):
+            raise ArgumentError(f"The command needs {self.what}.")
+        text = value
+        if len(text) > (self.maximum or MAX_TEXT):
+            raise ArgumentError(f"{self.What} is too long.")
+        if self.type == "url":
+            return self._url(text, spoken)
+        if self.type == "name" and not LONG_NAME.match(text):
+            raise ArgumentError(f"{self.What} may only hold letters, digits, spaces and . @ ' + -")
+        if self.command_like and SHELL.search(text):
+            raise ArgumentError(f"That looks like a shell command; {self.what} may only hold letters, digits, "
+                                "spaces and - _ . +")
+        return text
+
+    def _number(self, value: Any) -> int | float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ArgumentError(f"{self.What} must be {self._range()}.") from None
+        if self.type == "int":
+            if not number.is_integer():
+                raise ArgumentError(f"{self.What} must be {self._range()}.")
+            number = int(number)
+        if isinstance(value, bool) or (self.minimum is not None and number < self.minimum) or \
+                (self.maximum is not None and number > self.maximum):
+            raise ArgumentError(f"{self.What} must be {self._range()}.")
+        return number
+
+    def _url(self, text: str, spoken: bool) -> str:
+        url = spoken_address(text) if spoken else text
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or " " in url:
+            raise ArgumentError("A site must be a full http:// or https:// address.")
+        return url
+
+
+@dataclass(frozen=True)
+class Syntax:
+    """One rigid form: literal words then ``{arg}`` slots, e.g. ``browser youtube play {query}``.
+
+    ``fixed`` are argument values the form implies (``{"play": True}``).
+    """
+
+    form: str
+    fixed: dict = field(default_factory=dict)
+
+    @property
+    def words(self) -> list[str]:
+        return self.form.split()
+
+    @property
+    def literals(self) -> list[str]:
+        return [w.casefold() for w in self.words if not w.startswith("{")]
+
+
+@dataclass(frozen=True)
+class Sentences:
+    """Natural sentence templates (hassil syntax) for an action, and the argument values they imply.
+
+    ``compose`` builds an argument from slots: ``{"prompt": "{verb} {rest}"}``. A group with an
+    ``ask`` is a sentence that misses something: matching it answers with that question, filled in
+    from its slots (``"Should I message {name} on telegram, discord or facebook?"``).
+    """
+
+    templates: tuple[str, ...]
+    fixed: dict = field(default_factory=dict)
+    compose: dict = field(default_factory=dict)
+    ask: str = ""
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A Home Assistant entity an agent with this action gets: a button or a number slider.
+
+    ``command`` is the rigid command it sends; a number's ``{value}`` is the slider's value.
+    """
+
+    component: str  # "button" or "number"
+    key: str
+    name: str
+    command: str
+    icon: str = ""
+    minimum: float = 0
+    maximum: float = 100
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    name: str
+    summary: str = ""
+    syntax: tuple[Syntax, ...] = ()
+    args: tuple[Arg, ...] = ()
+    sentences: tuple[Sentences, ...] = ()
+    examples: tuple[tuple[str, str], ...] = ()  # (what a person says, the rigid command)
+    risk: str = "low"
+    idempotent: bool = False
+    entities: tuple[Entity, ...] = ()
+    assist: str = ""  # the argument that takes whole sentences Home Assistant's own intents understand
+    photo: str = ""  # the argument that receives the prompt's photo (metadata.image), when it carries one
+
+    def arg(self, name: str) -> Arg | None:
+        return next((a for a in self.args if a.name == name), None)
+
+    def check(self, args: dict, spoken: bool = False) -> dict:
+        """Every declared argument checked and converted; undeclared ones (a newer sender's) pass as they are."""
+        checked = {k: v for k, v in args.items() if self.arg(k) is None}
+        for arg in self.args:
+            if args.get(arg.name) in (None, "") and arg.optional:
+                continue
+            checked[arg.name] = arg.check(args.get(arg.name), spoken)
+        return checked
+
+    def risk_of(self, args: dict) -> str:
+        return "high" if self.risk == "high" or any(args.get(a.name) in a.risky for a in self.args if a.risky) \
+            else "low"
+
+    def idempotent_for(self, args: dict) -> bool:
+        return self.idempotent and not any(args.get(a.name) in a.repeats for a in self.args if a.repeats)
+
+
+@dataclass(frozen=True)
+class CapabilitySpec:
+    """A capability's whole language; ``lists`` are the names its slots draw from."""
+
+    name: str
+    summary: str = ""
+    actions: tuple[ActionSpec, ...] = ()
+    lists: dict = field(default_factory=dict)  # list name -> ["value" | {"in": "spoken", "out": "value"}]
+    rules: dict = field(default_factory=dict)  # hassil expansion rules its templates use
+    version: int = SPEC_VERSION
+
+    def action(self, name: str) -> ActionSpec | None:
+        return next((a for a in self.actions if a.name == name), None)
+
+    def with_lists(self, lists: dict, add: bool = False) -> CapabilitySpec:
+        """The spec with these lists (what the agent learned at run time: contacts, devices), replacing
+        its own, or with ``add`` joining them (each entry once)."""
+        merged = dict(self.lists)
+        for key, values in lists.items():
+            entries = [*self.lists.get(key, ()), *values] if add else list(values)
+            merged[key] = list({json.dumps(v, sort_keys=True): v for v in entries}.values())
+        return CapabilitySpec(self.name, self.summary, self.actions, merged, self.rules, self.version)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CapabilitySpec:
+        """A spec from JSON; unknown keys (a newer agent's) are ignored, bad shapes raise ValueError."""
+        try:
+            actions = tuple(_action(a) for a in data.get("actions", ()))
+            lists = {str(k): list(v) for k, v in dict(data.get("lists") or {}).items()}
+            return cls(name=str(data["name"]), summary=str(data.get("summary", "")), actions=actions,
+                       lists=lists, rules={str(k): str(v) for k, v in dict(data.get("rules") or {}).items()},
+                       version=int(data.get("version", SPEC_VERSION)))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a capability spec: {exc}") from None
+
+
+def _action(data: dict) -> ActionSpec:
+    plain = _plain(ActionSpec, data)
+    plain["syntax"] = tuple(Syntax(**_plain(Syntax, s)) for s in data.get("syntax", ()))
+    plain["args"] = tuple(Arg(**{k: tuple(v) if isinstance(v, list) else v for k, v in _plain(Arg, a).items()})
+                          for a in data.get("args", ()))
+    plain["sentences"] = tuple(Sentences(**{k: tuple(v) if k == "templates" else v
+                                            for k, v in _plain(Sentences, s).items()})
+                               for s in data.get("sentences", ()))
+    plain["examples"] = tuple(tuple(e) for e in data.get("examples", ()))
+    plain["entities"] = tuple(Entity(**_plain(Entity, e)) for e in data.get("entities", ()))
+    return ActionSpec(**plain)
+
+
+def rigid_only(capability: str, actions: list[str]) -> CapabilitySpec:
+    """What an agent without a spec offers: ``<capability> <action> <text>`` for each action."""
+    return CapabilitySpec(capability, actions=tuple(
+        ActionSpec(a, syntax=(Syntax(f"{capability} {a} {{text}}"),), args=(Arg("text", optional=True),))
+        for a in actions))
+
+
+def advertisement(agent_id: str, specs: list[CapabilitySpec]) -> AgentSpec:
+    """The retained message an agent publishes on ``<prefix>/agents/<id>/spec``."""
+    return AgentSpec(agent=agent_id, capabilities={s.name: s.to_dict() for s in specs}, version=SPEC_VERSION)
+
+
+def read_specs(message: AgentSpec) -> dict[str, CapabilitySpec]:
+    """The specs an agent advertised. Specs it cannot read are skipped, so a newer agent's richer
+    spec never breaks an older coordinator."""
+    specs = {}
+    for name, spec in message.capabilities.items():
+        try:
+            specs[str(name)] = CapabilitySpec.from_dict(spec)
+        except ValueError:
+            continue
+    return specs
