@@ -1,6 +1,13 @@
 """The aMQTT broker as ``lam-broker`` runs it, hardened against clients that come and go at once.
 
-Three faults of aMQTT 0.12 are worked around here:
+Four faults of aMQTT 0.12 are worked around here:
+
+* aMQTT looks a connecting client's id up in its session table, deletes or takes over the
+  session it finds (disconnecting its live owner) and only then checks the password. Any
+  client, even one with a wrong password, could end the coordinator's session by presenting
+  its client id. Here the CONNECT is checked first, and a client's id is its user name (as with
+  Mosquitto's ``use_username_as_clientid``): a login can only ever take over its own session.
+  Nameless clients get ids of their own (``anonymous-<id>``); refused ones a throwaway id.
 
 * When a client connects, aMQTT walks its table of subscriptions (every client's topic filters)
   and, for each filter that matches a retained message, waits for those messages to be written
@@ -13,6 +20,11 @@ Three faults of aMQTT 0.12 are worked around here:
   over, but the old connection's ending then marks the shared session disconnected: the new,
   live connection gets nothing more (messages are queued as if it were away) until it
   reconnects. Here the session is marked connected again whenever a live connection owns it.
+* A connection's handler, when stopped, cancels its reader task and waits for the reader to say
+  it stopped; a reader cancelled while it is already winding down (its client vanished a moment
+  earlier, as after a broker restart under load) never says so, and the wait never ends. The
+  take-over of that client's session, or the broker's shutdown on SIGTERM, then hangs for ever.
+  Here stopping a handler waits a bounded time, then gives up on it with a log line.
 * That walk at connect time sends the connecting client the retained messages matching *any*
   client's filters, so every ``lam send`` got every retained presence and state message. Here a
   client gets retained messages only for the filters it holds itself.
@@ -20,12 +32,21 @@ Three faults of aMQTT 0.12 are worked around here:
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
+from amqtt.mqtt.connect import ConnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
+
+log = logging.getLogger("lam-broker")
+
+HANDLER_STOP_TIMEOUT = 2.0  # seconds a client connection is given to stop
 
 
 class SnapshotDict(dict):
@@ -33,6 +54,26 @@ class SnapshotDict(dict):
 
     def __iter__(self) -> Iterator[Any]:
         return iter(list(self.keys()))
+
+
+class ReplayReader(ReaderAdapter):
+    """A reader that first hands out bytes already read from the connection, then reads on."""
+
+    def __init__(self, head: bytes, reader: ReaderAdapter) -> None:
+        self.head = head
+        self.reader = reader
+
+    async def read(self, n: int = -1) -> bytes:
+        if not self.head:
+            return await self.reader.read(n)
+        if n < 0:
+            data, self.head = self.head + await self.reader.read(n), b""
+        else:
+            data, self.head = self.head[:n], self.head[n:]
+        return data
+
+    def feed_eof(self) -> None:
+        self.reader.feed_eof()
 
 
 def mark_connected(session: Session) -> None:
@@ -46,6 +87,31 @@ class EmbeddedBroker(Broker):
     def __init__(self, config: dict) -> None:
         super().__init__(config)
         self._subscriptions = SnapshotDict()
+
+    async def _initialize_client_session(self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str,
+                                         remote_port: int) -> tuple[BrokerProtocolHandler, Session]:
+        connect = await ConnectPacket.from_stream(reader)
+        connect.payload.client_id = await self.bound_client_id(connect)
+        return await super()._initialize_client_session(ReplayReader(bytes(connect.to_bytes()), reader), writer,
+                                                        remote_address, remote_port)
+
+    async def bound_client_id(self, connect: ConnectPacket) -> str:
+        """The id a connection gets: its user name once its password checks out."""
+        if not connect.username:
+            return f"anonymous-{connect.client_id}" if connect.client_id else ""
+        probe = Session()
+        probe.client_id, probe.username, probe.password = connect.username, connect.username, connect.password
+        if await self._authenticate(probe, None):
+            return connect.username
+        return f"refused-{uuid.uuid4().hex}"
+
+    async def _stop_handler(self, handler: BrokerProtocolHandler) -> None:
+        try:
+            await asyncio.wait_for(super()._stop_handler(handler), HANDLER_STOP_TIMEOUT)
+        except asyncio.TimeoutError:
+            client = handler.session.client_id if handler.session else "?"
+            log.warning("connection of %s did not stop within %g s; left to close with the socket",
+                        client, HANDLER_STOP_TIMEOUT)
 
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
                                                          session: Session) -> None:
