@@ -5,9 +5,10 @@ Four faults of aMQTT 0.12 are worked around here:
 * aMQTT looks a connecting client's id up in its session table, deletes or takes over the
   session it finds (disconnecting its live owner) and only then checks the password. Any
   client, even one with a wrong password, could end the coordinator's session by presenting
-  its client id. Here the CONNECT is checked first, and a client's id is its user name (as with
-  Mosquitto's ``use_username_as_clientid``): a login can only ever take over its own session.
-  Nameless clients get ids of their own (``anonymous-<id>``); refused ones a throwaway id.
+  its client id. Here the CONNECT is checked first, and the broker keys a session by user name
+  and client id together (``<user>:<client id>``): a login can only ever take over a session of
+  its own, and one user may still run several clients. Nameless clients get ids of their own
+  (``anonymous:<id>``), refused ones a throwaway id.
 
 * When a client connects, aMQTT walks its table of subscriptions (every client's topic filters)
   and, for each filter that matches a retained message, waits for those messages to be written
@@ -96,14 +97,14 @@ class EmbeddedBroker(Broker):
                                                         remote_address, remote_port)
 
     async def bound_client_id(self, connect: ConnectPacket) -> str:
-        """The id a connection gets: its user name once its password checks out."""
+        """The session key of a connection: ``<user>:<client id>`` once its password checks out."""
         if not connect.username:
-            return f"anonymous-{connect.client_id}" if connect.client_id else ""
+            return f"anonymous:{connect.client_id}" if connect.client_id else ""
         probe = Session()
-        probe.client_id, probe.username, probe.password = connect.username, connect.username, connect.password
+        probe.client_id, probe.username, probe.password = connect.client_id, connect.username, connect.password
         if await self._authenticate(probe, None):
-            return connect.username
-        return f"refused-{uuid.uuid4().hex}"
+            return f"{connect.username}:{connect.client_id or uuid.uuid4().hex}"
+        return f"refused:{uuid.uuid4().hex}"
 
     async def _stop_handler(self, handler: BrokerProtocolHandler) -> None:
         try:
