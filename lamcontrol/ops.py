@@ -190,14 +190,18 @@ def host_port(value: str, what: str) -> tuple[str, int]:
     return host, int(port)
 
 
+# Mosquitto 2.0 applies this to the listener above it (before any listener, it opens a default
+# one on port 1883 of every interface), so it follows each listener line.
+BOUND_IDS = ["# A client's id is its user name: no login can take over another's session; each user",
+             "# has one connection at a time (give every tool that runs alongside a user of its own).",
+             "use_username_as_clientid true"]
+
+
 def mosquitto_conf(out: Path, listen: str, tls_listen: str, cert: str, key: str, cafile: str) -> str:
     lines = ["# Mosquitto for LAMControl, written by `lam mosquitto-config`: every component logs in",
              "# as its own user and the ACL keeps it to its own topics.",
              "per_listener_settings false", "allow_anonymous false",
              f"password_file {out / 'passwd'}", f"acl_file {out / 'acl'}",
-             "# A client's id is its user name: no login can take over another's session, and each",
-             "# user has one connection at a time (give every concurrently running tool a user of its own).",
-             "use_username_as_clientid true",
              "", "# Queued tasks, results and retained presence survive a broker restart. The folder must be",
              "# writable by the broker's user, or Mosquitto silently runs without persistence.",
              "persistence true", f"persistence_location {out / 'persistence'}/", "autosave_interval 30",
@@ -208,10 +212,10 @@ def mosquitto_conf(out: Path, listen: str, tls_listen: str, cert: str, key: str,
     if listen:
         host, port = host_port(listen, "--listen")
         lines += ["", "# Plain MQTT: keep it on the loopback interface unless the network is trusted.",
-                  f"listener {port} {host}"]
+                  f"listener {port} {host}", *BOUND_IDS]
     if cert:
         host, port = host_port(tls_listen, "--tls-listen")
-        lines += ["", "# MQTT over TLS for the rest of the network.", f"listener {port} {host}",
+        lines += ["", "# MQTT over TLS for the rest of the network.", f"listener {port} {host}", *BOUND_IDS,
                   f"certfile {Path(cert).resolve()}", f"keyfile {Path(key).resolve()}", "tls_version tlsv1.2"]
         if cafile:
             lines += [f"cafile {Path(cafile).resolve()}", "require_certificate true"]
