@@ -72,21 +72,31 @@ def test_agent_sigkill(mosquitto_system):
     assert_clean(system, prompts, all_succeeded=False)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 items 3 and 8: a task re-offered after its accept window is "
-                                       "dropped as a duplicate by the agent that saw it once; a frozen agent "
-                                       "stays in rotation")
-def test_agent_sigstop_and_sigcont(mosquitto_system):
-    """An agent frozen for 1.3x the ack timeout: its tasks go elsewhere or run when it is back."""
-    system = mosquitto_system
+def freeze_a1(system: System, during: int) -> list:
+    """Prompts before, while a1 is frozen for 1.3x the ack timeout, and after."""
     prompts = system.load.send(40, seconds=0.1, timeout=TIMEOUT)
     agent = process(system, "a1")
     agent.signal(signal.SIGSTOP)
     try:
-        prompts += system.load.send(40, seconds=0.1, timeout=TIMEOUT, pace=1.3 * system.ack_timeout / 40)
+        prompts += system.load.send(during, seconds=0.1, timeout=TIMEOUT, pace=1.3 * system.ack_timeout / during)
     finally:
         agent.signal(signal.SIGCONT)
-    prompts += system.load.send(40, seconds=0.1, timeout=TIMEOUT)
-    assert_clean(system, prompts)
+    return prompts + system.load.send(40, seconds=0.1, timeout=TIMEOUT)
+
+
+@pytest.mark.xfail(strict=False, reason="issue 15 item 4: an `accepted` that reaches the coordinator after the accept "
+                                        "window lets a second agent run the task too (about one run in three: not "
+                                        "strict, as the race does not always happen)")
+def test_agent_sigstop_and_sigcont(mosquitto_system):
+    """An agent frozen for 1.3x the ack timeout while another is well: every task runs, once."""
+    assert_clean(mosquitto_system, freeze_a1(mosquitto_system, 40))
+
+
+def test_lone_agent_frozen_past_the_accept_window(mosquitto_system):
+    """The only agent frozen for 1.3x the ack timeout: back long before the prompts' deadlines, it
+    runs every task, once."""
+    assert process(mosquitto_system, "a2").stop() == 0
+    assert_clean(mosquitto_system, freeze_a1(mosquitto_system, 10))
 
 
 def test_coordinator_sigkill_under_load_repeated(mosquitto_system):
@@ -109,13 +119,16 @@ def test_mosquitto_restart_with_persistence(mosquitto_system):
     system = mosquitto_system
     prompts = system.load.send(80, seconds=0.5, timeout=TIMEOUT)
     broker = system.broker
-    assert broker.close() == 0
+    assert broker.process.stop() == 0
     broker.start()
     assert any((broker.folder / "persistence").iterdir()), "Mosquitto wrote no persistence file"
     prompts += system.load.send(40, seconds=0.1, timeout=TIMEOUT)
     assert_clean(system, prompts)
 
 
+@pytest.mark.xfail(strict=False, reason="issue 15 item 4: the coordinator's accept timers keep running while it is "
+                                        "cut off from the broker, so tasks accepted meanwhile are offered again and "
+                                        "run twice (8 of 260 in one run, none in another: not strict)")
 def test_embedded_broker_sigkill_and_sigterm(tmp_path):
     """The embedded broker killed mid-load, restarted, then stopped with SIGTERM mid-load (it must
     exit, whatever state the kill left it in), three times over.
@@ -157,8 +170,6 @@ def test_embedded_broker_sigkill_and_sigterm(tmp_path):
 
 
 @pytest.mark.skipif(bool(netns_problem()), reason=netns_problem() or "network namespaces available")
-@pytest.mark.xfail(strict=True, reason="issue 15 items 3 and 8: a cut-off agent stays in rotation and tasks "
-                                       "re-offered to it after an accept window are dropped as duplicates")
 def test_silent_network_cut_between_an_agent_and_the_broker(tmp_path):
     """Agent a1 in a network namespace of its own; blackhole routes both ways for a while."""
     net = Namespaces()
@@ -177,8 +188,10 @@ def test_silent_network_cut_between_an_agent_and_the_broker(tmp_path):
                 prompts += system.load.send(60, seconds=0.1, timeout=TIMEOUT, pace=0.1)
             finally:
                 net.mend()
+            ran_before = len(system.record("a1").read_text().splitlines())
             prompts += system.load.send(40, seconds=0.1, timeout=TIMEOUT)
             assert_clean(system, prompts)
+            assert len(system.record("a1").read_text().splitlines()) > ran_before, "a1 never came back"
         finally:
             system.close()
             broker.close()
