@@ -129,11 +129,12 @@ class Load:
         with self._lock:
             return "online" in self.presence[who][since:]
 
-    def send(self, count: int, seconds: float = 0.0, timeout: float = 20.0, pace: float = 0.01) -> list[Prompt]:
+    def send(self, count: int, seconds: float = 0.0, timeout: float = 20.0, pace: float = 0.01,
+             source: str = "faults") -> list[Prompt]:
         """Publish ``count`` prompts ``echo sleep <seconds> <token>``, each with its own token."""
         prompts = []
         for _ in range(count):
-            prompt = Prompt(prompt=f"echo sleep {seconds:g} tok{uuid.uuid4().hex[:12]}", source="faults",
+            prompt = Prompt(prompt=f"echo sleep {seconds:g} tok{uuid.uuid4().hex[:12]}", source=source,
                             metadata={"timeout": timeout})
             self.bus.publish(prompt)
             prompts.append(prompt)
