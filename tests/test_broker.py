@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,7 +24,7 @@ RETAINED = 5
 def embedded_broker(tmp_path):
     """A ``lam-broker`` process on a free port; yields (port, process)."""
     port = free_port()
-    process = Process("lam-broker", [sys.executable, "-m", "lamcontrol.broker.main", "--listen", f"127.0.0.1:{port}"], tmp_path)
+    process = Process("lam-broker", [sys.executable, "-m", "lamcontrol.broker.main", "--listen", f"127.0.0.1:{port}", "--stop-timeout", "3"], tmp_path)
     wait_for_port(port)
     yield port, process
     process.stop()
@@ -209,3 +211,31 @@ def test_a_login_cannot_take_over_another_users_session(tmp_path):
             client.close()
         broker.stop()
     assert "Unhandled exception" not in broker.log()
+
+
+def test_sigterm_ends_the_broker_while_a_client_has_stopped_reading(tmp_path):
+    """A subscriber that stops reading (frozen, or cut off without a FIN) leaves the broker
+    waiting to flush its socket for ever; SIGTERM must still end ``lam-broker``."""
+    port = free_port()
+    broker = Process("lam-broker-stuck", [sys.executable, "-m", "lamcontrol.broker.main", "--listen",
+                                          f"127.0.0.1:{port}", "--stop-timeout", "3"], tmp_path)
+    wait_for_port(port)
+    stuck = Client(port, "stuck-reader", ["lam/flood"], persistent=False)
+    assert stuck.problem() == ""
+    stuck.client.loop_stop()  # the socket stays open; nobody reads it any more
+    flooder = Client(port, "flooder", [], persistent=False)
+    try:
+        for _ in range(400):
+            flooder.client.publish("lam/flood", b"z" * 60_000, qos=0)
+        wait_until(lambda: not flooder.client.want_write(), 30, "the flood sent")
+        time.sleep(1)  # let the broker fill the stuck reader's socket
+        broker.signal(signal.SIGTERM)
+        try:
+            code = broker.popen.wait(3 + 10)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"lam-broker ignored SIGTERM\n{broker.log()[-2000:]}")
+        assert code in (0, 1), broker.log()
+    finally:
+        flooder.close()
+        stuck.client.socket() and stuck.client.socket().close()
+        broker.stop()
