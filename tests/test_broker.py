@@ -24,7 +24,7 @@ RETAINED = 5
 def embedded_broker(tmp_path):
     """A ``lam-broker`` process on a free port; yields (port, process)."""
     port = free_port()
-    process = Process("lam-broker", [sys.executable, "-m", "lamcontrol.broker.main", "--listen", f"127.0.0.1:{port}", "--stop-timeout", "3"], tmp_path)
+    process = Process("lam-broker", [sys.executable, "-m", "lamcontrol.broker.main", "--listen", f"127.0.0.1:{port}"], tmp_path)
     wait_for_port(port)
     yield port, process
     process.stop()
@@ -237,5 +237,5 @@ def test_sigterm_ends_the_broker_while_a_client_has_stopped_reading(tmp_path):
         assert code in (0, 1), broker.log()
     finally:
         flooder.close()
-        stuck.client.socket() and stuck.client.socket().close()
+        stuck.close(abrupt=True)
         broker.stop()
