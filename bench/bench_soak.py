@@ -104,8 +104,8 @@ def main() -> int:
 
     print(f"soak: {len(prompts)} prompts, {args.agents} agents, {args.broker}; sent in {sent - started:.1f} s, "
           f"all answered after {elapsed:.1f} s ({len(prompts) / elapsed:.0f} prompts/s)")
-    print(f"answered once {tally.once}, lost {tally.lost}, answered twice {tally.twice}, "
-          f"accepted by two agents {tally.accepted_by_two}, run twice {tally.ran_twice}, statuses {dict(tally.statuses)}")
+    print(f"answered once {tally.once}, lost {tally.lost}, answered twice {tally.twice}, accepted by two agents "
+          f"{tally.accepted_by_two}, run twice {tally.ran_twice}, statuses {dict(tally.statuses)}")
     print(f"journal on disk at the end: {journal / 1024 / 1024:.1f} MB")
     print(f"{'process':<14}{'first MB':>10}{'peak MB':>10}{'last MB':>10}{'samples':>9}")
     for name, values in sampler.samples.items():

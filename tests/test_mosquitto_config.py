@@ -279,7 +279,8 @@ def test_tls_listener():
 
 def test_bad_user_lists_are_refused():
     for users, complaint in (("coordinator,agent:desk", "agent:ID:capability"), ("robot", "users are"),
-                             ("agent:monitor:echo", "may not be called"), ("coordinator,coordinator", "twice"),
+                             ("agent:monitor:echo", "may not be called"),
+                             ("client:bridge", "may not be called"), ("client:a/b", "client name"), ("coordinator,coordinator", "twice"),
                              ("agent:a/b:echo", "agent id")):
         done = lam_cli("mosquitto-config", "--out", tempfile.gettempdir() + "/lam-never-written", "--users", users)
         assert done.returncode != 0 and complaint in done.stderr, (users, done.stderr)
