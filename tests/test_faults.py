@@ -129,6 +129,20 @@ def test_mosquitto_restart_with_persistence(mosquitto_system):
     assert_clean(system, prompts)
 
 
+def test_prompts_queued_for_the_coordinator_survive_a_mosquitto_restart(mosquitto_system):
+    """Prompts sent while the coordinator is down wait in Mosquitto; with persistence on they
+    outlive a broker restart and are answered once the coordinator is back."""
+    system = mosquitto_system
+    process(system, "coordinator").kill()
+    prompts = system.load.send(60, seconds=0, timeout=TIMEOUT + 20)
+    time.sleep(1)  # the last of them in the broker's queue for the coordinator
+    assert system.broker.process.stop() == 0
+    system.broker.start()
+    wait_until(system.load.bus.ready.is_set, 30, "the load generator back on the broker")
+    system.coordinator()
+    assert_clean(system, prompts)
+
+
 @pytest.mark.xfail(strict=False, reason="issue 15 item 4: the coordinator's accept timers keep running while it is "
                                         "cut off from the broker, so tasks accepted meanwhile are offered again and "
                                         "run twice (8 of 260 in one run, none in another: not strict)")
