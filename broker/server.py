@@ -21,11 +21,11 @@ Four faults of aMQTT 0.12 are worked around here:
   over, but the old connection's ending then marks the shared session disconnected: the new,
   live connection gets nothing more (messages are queued as if it were away) until it
   reconnects. Here the session is marked connected again whenever a live connection owns it.
-* A connection's handler, when stopped, cancels its reader task and waits for the reader to say
-  it stopped; a reader cancelled while it is already winding down (its client vanished a moment
-  earlier, as after a broker restart under load) never says so, and the wait never ends. The
-  take-over of that client's session, or the broker's shutdown on SIGTERM, then hangs for ever.
-  Here stopping a handler waits a bounded time, then gives up on it with a log line.
+* Stopping a connection's handler waits without bound: for its reader task to report that it
+  stopped (it never does if cancelled while already winding down) and for the socket to drain
+  (never, if the client stopped reading). A take-over of that client's session, or the broker's
+  shutdown on SIGTERM, would wait as long. Here stopping a handler waits a bounded time, then
+  gives up on it with a log line; ``lam-broker`` adds a deadline on the whole shutdown.
 * That walk at connect time sends the connecting client the retained messages matching *any*
   client's filters, so every ``lam send`` got every retained presence and state message. Here a
   client gets retained messages only for the filters it holds itself.
@@ -41,6 +41,7 @@ from typing import Any
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
+from amqtt.errors import AMQTTError
 from amqtt.mqtt.connect import ConnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
@@ -91,7 +92,11 @@ class EmbeddedBroker(Broker):
 
     async def _initialize_client_session(self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str,
                                          remote_port: int) -> tuple[BrokerProtocolHandler, Session]:
-        connect = await ConnectPacket.from_stream(reader)
+        try:
+            connect = await ConnectPacket.from_stream(reader)
+        except Exception as exc:  # not a readable CONNECT: end the connection, as aMQTT does
+            await writer.close()
+            raise AMQTTError(f"no readable CONNECT packet: {exc!r}") from exc
         connect.payload.client_id = await self.bound_client_id(connect)
         return await super()._initialize_client_session(ReplayReader(bytes(connect.to_bytes()), reader), writer,
                                                         remote_address, remote_port)

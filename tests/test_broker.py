@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -239,3 +240,20 @@ def test_sigterm_ends_the_broker_while_a_client_has_stopped_reading(tmp_path):
         flooder.close()
         stuck.close(abrupt=True)
         broker.stop()
+
+
+def test_garbage_instead_of_connect_is_refused(embedded_broker):
+    """Bytes that are no MQTT CONNECT end that connection only; the broker serves on."""
+    port, process = embedded_broker
+    for junk in (b"\x00" * 10, b"\x10\xff\xff\xff\xff\x7f", b"GET / HTTP/1.1\r\n\r\n", b"\x10\x02\x00",
+                 bytes(range(256))):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(junk)
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(1024) in (b"", b"\x20\x02\x00\x01")  # closed, or CONNACK "unacceptable protocol"
+    client = Client(port, "after-the-junk", ["lam/x"], persistent=False)
+    try:
+        assert client.problem() == ""
+    finally:
+        client.close()
+    assert "Unhandled exception" not in process.log()

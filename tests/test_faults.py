@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from conftest import mosquitto_available
-from faultkit import Broker, Load, Namespaces, System, netns_problem
+from faultkit import Broker, Namespaces, System, netns_problem
 from helpers import wait_until
 from lamcontrol.bus import Bus
 from lamcontrol.protocol import Result, Task, parse
