@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 from .capability import Arg, Capability, Outcome, Setting, TaskFailed, action
@@ -10,11 +11,21 @@ from .capability import Arg, Capability, Outcome, Setting, TaskFailed, action
 class Echo(Capability):
     name = "echo"
     summary = "Answers with what it was given; for checking the system end to end."
-    config_schema = {"max_sleep": Setting(60.0, "longest pause `echo sleep` may take, in seconds")}
+    config_schema = {"max_sleep": Setting(60.0, "longest pause `echo sleep` may take, in seconds"),
+                     "run_record": Setting("", "file to append a JSON line to (action and args) as each "
+                                               "action starts: the agent's own record of what it ran")}
 
     def __init__(self, settings: dict | None = None) -> None:
         super().__init__(settings)
         self.stopping = threading.Event()
+        self._record_lock = threading.Lock()
+
+    def run(self, action_name: str, args: dict) -> Outcome:
+        if self.settings["run_record"]:
+            line = json.dumps({"action": action_name, "args": args}) + "\n"
+            with self._record_lock, open(self.settings["run_record"], "a", encoding="utf-8") as record:
+                record.write(line)
+        return super().run(action_name, args)
 
     @action(syntax=["echo {text}"], args=[Arg("text", "text", "some text")], idempotent=True,
             examples=[("echo hello", "echo hello")])

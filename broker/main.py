@@ -13,8 +13,10 @@ import argparse
 import asyncio
 import getpass
 import logging
+import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +98,21 @@ class Listeners:
         return {"listeners": listeners, "plugins": plugins}
 
 
-async def serve(config: dict) -> None:
+def exit_after(seconds: float) -> threading.Timer:
+    """Force the process out after ``seconds``, whatever its event loop is stuck on."""
+
+    def expire() -> None:
+        log.error("shutdown did not finish within %g s; exiting anyway", seconds)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+async def serve(config: dict, stop_timeout: float = 10.0) -> None:
     from lamcontrol.broker.server import EmbeddedBroker
 
     broker = EmbeddedBroker(config)
@@ -110,8 +126,14 @@ async def serve(config: dict) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     sd_notify("STOPPING=1")
+    # The process leaves within stop_timeout (plus a little for the loop's own cleanup) even if
+    # the broker's shutdown hangs on a client connection.
+    exit_after(stop_timeout + 2)
     watchdog.cancel()
-    await broker.shutdown()
+    try:
+        await asyncio.wait_for(broker.shutdown(), stop_timeout)
+    except asyncio.TimeoutError:
+        log.error("broker shutdown took longer than %g s; stopping without it", stop_timeout)
 
 
 def add_user(password_file: str, username: str) -> int:
@@ -142,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 "clients only from this machine, unless --no-anonymous)")
     parser.add_argument("--acl-file", help="topic rules per user, in Mosquitto's acl_file format")
     parser.add_argument("--no-anonymous", action="store_true", help="refuse clients that give no user name")
+    parser.add_argument("--stop-timeout", type=float, default=10.0,
+                        help="seconds a shutdown may take before the process exits anyway (default 10)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     sub = parser.add_subparsers(dest="command")
     adduser = sub.add_parser("adduser", help="add a user to a password file (the password is read from stdin)")
@@ -165,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lam-broker: {problem}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(listeners.amqtt_config()))
+        asyncio.run(serve(listeners.amqtt_config(), args.stop_timeout))
     except (OSError, BrokerError) as exc:
         print(f"lam-broker: cannot listen: {exc}", file=sys.stderr)
         return 1

@@ -1,6 +1,14 @@
 """The aMQTT broker as ``lam-broker`` runs it, hardened against clients that come and go at once.
 
-Three faults of aMQTT 0.12 are worked around here:
+Four faults of aMQTT 0.12 are worked around here:
+
+* aMQTT looks a connecting client's id up in its session table, deletes or takes over the
+  session it finds (disconnecting its live owner) and only then checks the password. Any
+  client, even one with a wrong password, could end the coordinator's session by presenting
+  its client id. Here the CONNECT is checked first, and the broker keys a session by user name
+  and client id together (``<user>:<client id>``): a login can only ever take over a session of
+  its own, and one user may still run several clients. Nameless clients get ids of their own
+  (``anonymous:<id>``), refused ones a throwaway id.
 
 * When a client connects, aMQTT walks its table of subscriptions (every client's topic filters)
   and, for each filter that matches a retained message, waits for those messages to be written
@@ -13,6 +21,11 @@ Three faults of aMQTT 0.12 are worked around here:
   over, but the old connection's ending then marks the shared session disconnected: the new,
   live connection gets nothing more (messages are queued as if it were away) until it
   reconnects. Here the session is marked connected again whenever a live connection owns it.
+* Stopping a connection's handler waits without bound: for its reader task to report that it
+  stopped (it never does if cancelled while already winding down) and for the socket to drain
+  (never, if the client stopped reading). A take-over of that client's session, or the broker's
+  shutdown on SIGTERM, would wait as long. Here stopping a handler waits a bounded time, then
+  gives up on it with a log line; ``lam-broker`` adds a deadline on the whole shutdown.
 * That walk at connect time sends the connecting client the retained messages matching *any*
   client's filters, so every ``lam send`` got every retained presence and state message. Here a
   client gets retained messages only for the filters it holds itself.
@@ -20,12 +33,22 @@ Three faults of aMQTT 0.12 are worked around here:
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
+from amqtt.errors import AMQTTError
+from amqtt.mqtt.connect import ConnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
+
+log = logging.getLogger("lam-broker")
+
+HANDLER_STOP_TIMEOUT = 2.0  # seconds a client connection is given to stop
 
 
 class SnapshotDict(dict):
@@ -33,6 +56,26 @@ class SnapshotDict(dict):
 
     def __iter__(self) -> Iterator[Any]:
         return iter(list(self.keys()))
+
+
+class ReplayReader(ReaderAdapter):
+    """A reader that first hands out bytes already read from the connection, then reads on."""
+
+    def __init__(self, head: bytes, reader: ReaderAdapter) -> None:
+        self.head = head
+        self.reader = reader
+
+    async def read(self, n: int = -1) -> bytes:
+        if not self.head:
+            return await self.reader.read(n)
+        if n < 0:
+            data, self.head = self.head + await self.reader.read(n), b""
+        else:
+            data, self.head = self.head[:n], self.head[n:]
+        return data
+
+    def feed_eof(self) -> None:
+        self.reader.feed_eof()
 
 
 def mark_connected(session: Session) -> None:
@@ -46,6 +89,35 @@ class EmbeddedBroker(Broker):
     def __init__(self, config: dict) -> None:
         super().__init__(config)
         self._subscriptions = SnapshotDict()
+
+    async def _initialize_client_session(self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str,
+                                         remote_port: int) -> tuple[BrokerProtocolHandler, Session]:
+        try:
+            connect = await ConnectPacket.from_stream(reader)
+        except Exception as exc:  # not a readable CONNECT: end the connection, as aMQTT does
+            await writer.close()
+            raise AMQTTError(f"no readable CONNECT packet: {exc!r}") from exc
+        connect.payload.client_id = await self.bound_client_id(connect)
+        return await super()._initialize_client_session(ReplayReader(bytes(connect.to_bytes()), reader), writer,
+                                                        remote_address, remote_port)
+
+    async def bound_client_id(self, connect: ConnectPacket) -> str:
+        """The session key of a connection: ``<user>:<client id>`` once its password checks out."""
+        if not connect.username:
+            return f"anonymous:{connect.client_id}" if connect.client_id else ""
+        probe = Session()
+        probe.client_id, probe.username, probe.password = connect.client_id, connect.username, connect.password
+        if await self._authenticate(probe, None):
+            return f"{connect.username}:{connect.client_id or uuid.uuid4().hex}"
+        return f"refused:{uuid.uuid4().hex}"
+
+    async def _stop_handler(self, handler: BrokerProtocolHandler) -> None:
+        try:
+            await asyncio.wait_for(super()._stop_handler(handler), HANDLER_STOP_TIMEOUT)
+        except asyncio.TimeoutError:
+            client = handler.session.client_id if handler.session else "?"
+            log.warning("connection of %s did not stop within %g s; left to close with the socket",
+                        client, HANDLER_STOP_TIMEOUT)
 
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
                                                          session: Session) -> None:

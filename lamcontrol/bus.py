@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import queue
+import random
 import socket
 import ssl
 import threading
@@ -33,6 +34,7 @@ M = TypeVar("M", bound=Message)
 Handler = Callable[[str, bytes], None]
 Cleared = Callable[[dict[str, str]], None]
 BURST = 64  # messages handled together, in one transaction when there is one
+RECONNECT_MIN, RECONNECT_MAX = 0.5, 8.0  # seconds; each wait is drawn at random below a doubling cap
 SCHEMES = {"mqtt": ("tcp", False, 1883), "mqtts": ("tcp", True, 8883), "ws": ("websockets", False, 80),
            "wss": ("websockets", True, 443)}
 
@@ -154,7 +156,8 @@ class Bus:
             client.tls_insecure_set(s.tls_insecure)
         if will is not None:
             client.will_set(will.topic(self.topics), will.to_json(), qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._backoff = RECONNECT_MIN
+        client.reconnect_delay_set(min_delay=RECONNECT_MIN, max_delay=RECONNECT_MIN)
         client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect_cb
         client.on_connect_fail = self._on_connect_fail
@@ -261,6 +264,7 @@ class Bus:
             log.error("%s: %s", self.component, self.last_error)
             return
         self.last_error = ""
+        self._backoff = RECONNECT_MIN
         self.connected.set()
         filters = sorted({f for f, _ in self._handlers} | {self.topics.build(cls.topic_pattern, **s.ids)
                                                            for cls, subs in self._typed.items() for s in subs})
@@ -271,13 +275,22 @@ class Bus:
             self.ready.set()
         self._inbox.put(("connect", None, 0, 0))
 
+    def _back_off(self, client: mqtt.Client) -> None:
+        """Set paho's next reconnect wait: random ("full jitter"), so clients cut off together
+        do not all come back at once, under a cap that doubles per failure up to RECONNECT_MAX."""
+        self._backoff = min(self._backoff * 2, RECONNECT_MAX)
+        wait = random.uniform(RECONNECT_MIN, self._backoff)
+        client.reconnect_delay_set(min_delay=wait, max_delay=wait)
+
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self.last_error = "connection failed"
+        self._back_off(client)
         log.warning("%s: cannot reach %s, retrying", self.component, self.settings.safe_url)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self.connected.clear()
         self.ready.clear()
+        self._back_off(client)
         if reason.is_failure:
             self.last_error = self.last_error or f"disconnected ({reason})"  # keep a refusal's reason
             log.warning("%s disconnected from broker (%s); reconnecting", self.component, reason)

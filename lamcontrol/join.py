@@ -45,11 +45,11 @@ CONFIG_DIR = "~/.config/lamcontrol"
 
 def user_name(item: str) -> str:
     """The user an item of a --users list names (agent:ID:caps names ID)."""
-    return item.split(":")[1] if item.startswith("agent:") else item
+    return item.split(":")[1] if item.startswith(("agent:", "client:")) else item
 
 
 def agent_item(agent_id: str, capabilities: list[str]) -> str:
-    return ops.user_spec(ops.MqttUser(agent_id, capabilities))
+    return ops.user_spec(ops.MqttUser(agent_id, capabilities, "agent"))
 
 
 @dataclass

@@ -55,16 +55,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                           help="write a hardened Mosquitto configuration")
     mosq.add_argument("--out", required=True, help="folder for mosquitto.conf, passwd, acl and credentials/")
     mosq.add_argument("--users", help="comma-separated: coordinator, bridge, homeassistant, monitor, "
-                                      "agent:ID:cap1+cap2 (default: the four, plus an agent for this host with "
-                                      "every installed capability)")
+                                      "agent:ID:cap1+cap2, client:NAME (default: the four, plus an agent for this "
+                                      "host with every installed capability)")
     mosq.add_argument("--listen", default="127.0.0.1:1883", help="plain listener, host:port ('' for none; "
                                                                   "default 127.0.0.1:1883)")
     mosq.add_argument("--tls-listen", default="0.0.0.0:8883", help="TLS listener when --cert is given")
     mosq.add_argument("--cert", help="server certificate (PEM) for the TLS listener")
     mosq.add_argument("--key", help="private key of --cert")
     mosq.add_argument("--client-ca", help="CA that signs client certificates (clients must then present one)")
-    mosq.add_argument("--owner", help="user the broker runs as, who must read passwd and acl "
-                                      "(default: mosquitto, when running as root)")
+    mosq.add_argument("--owner", help="user the broker runs as, who must read passwd and acl and write "
+                                      "persistence/ (default: mosquitto, when running as root)")
+    mosq.add_argument("--legacy-results", action="store_true", help="agents may also write results under "
+                                                                     "lam/results/# (for agents from before the move "
+                                                                     "to lam/agents/<id>/results/)")
     mosq.set_defaults(func=cmd_mosquitto_config)
 
     agents = sub.choices["agents"]
@@ -118,27 +121,35 @@ def cmd_agents_forget(args: argparse.Namespace) -> int:
 COMPONENTS = ("coordinator", "bridge", "homeassistant", "monitor")
 
 
+def agent_acl(agent_id: str, capabilities: list[str], topics: Topics, legacy_results: bool = False) -> list[str]:
+    """An agent's ACL section: it reads its capabilities' tasks and writes only its own subtree
+    ``<prefix>/agents/<id>/#`` (presence, results, spec) and error reports; with
+    ``legacy_results`` also ``<prefix>/results/#``, for agents older than the results move."""
+    own_subtree = topics.build("agents/{agent}/#", agent=agent_id)
+    legacy = [f"topic write {topics.build('results/#')}"] if legacy_results else []
+    return [f"user {agent_id}", *(f"topic read {topics.task(c)}" for c in capabilities), f"topic write {own_subtree}",
+            *legacy, f"topic write {topics.errors}"]
+
+
 @dataclass
 class MqttUser:
     """One MQTT login and the topics it may use."""
 
     name: str
     capabilities: list[str] = field(default_factory=list)  # agents only
+    kind: str = "component"  # component, agent, or client (a person's `lam send`, `lam monitor`, scripts)
 
-    def acl(self, topics: Topics, discovery: str) -> list[str]:
-        """``topic`` lines of this user's ACL section."""
+    def acl(self, topics: Topics, discovery: str, legacy_results: bool = False) -> list[str]:
+        """This user's ACL section."""
+        if self.kind == "agent":
+            return agent_acl(self.name, self.capabilities, topics, legacy_results)
         lam = topics.all
-        if self.name == "coordinator":
-            return [f"readwrite {lam}", f"readwrite {discovery}/#"]
-        if self.name == "bridge":
-            return [f"read {lam}", f"write {topics.prompts}", f"write {topics.errors}"]
-        if self.name == "homeassistant":
-            return [f"readwrite {discovery}/#", f"read {lam}", f"write {topics.prompts}"]
-        if self.name == "monitor":
-            return [f"read {lam}", f"read {discovery}/#", "read $SYS/#"]
-        return [*(f"read {topics.task(c)}" for c in self.capabilities), f"write {topics.agent_status(self.name)}",
-                f"write {topics.agent_spec(self.name)}", f"write {topics.result(self.name, '#')}",
-                f"write {topics.errors}"]
+        rules = {"coordinator": [f"readwrite {lam}", f"readwrite {discovery}/#"],
+                 "bridge": [f"read {lam}", f"write {topics.prompts}", f"write {topics.errors}"],
+                 "homeassistant": [f"readwrite {discovery}/#", f"read {lam}", f"write {topics.prompts}"],
+                 "monitor": [f"read {lam}", f"read {discovery}/#", "read $SYS/#"]}
+        own = rules[self.name] if self.kind == "component" else [f"read {lam}", f"write {topics.prompts}"]
+        return [f"user {self.name}", *(f"topic {rule}" for rule in own)]
 
 
 def parse_users(spec: str) -> list[MqttUser]:
@@ -152,11 +163,16 @@ def parse_users(spec: str) -> list[MqttUser]:
             name = check_id(parts[1], "agent id")
             if name in COMPONENTS:
                 raise ValueError(f"{item!r}: an agent may not be called {name}")
-            user = MqttUser(name, [check_id(c, "capability") for c in parts[2].split("+")])
+            user = MqttUser(name, [check_id(c, "capability") for c in parts[2].split("+")], "agent")
+        elif item.startswith("client:"):
+            name = check_id(item.partition(":")[2], "client name")
+            if name in COMPONENTS:
+                raise ValueError(f"{item!r}: a client may not be called {name}")
+            user = MqttUser(name, kind="client")
         elif item in COMPONENTS:
             user = MqttUser(item)
         else:
-            raise ValueError(f"{item!r}: users are {', '.join(COMPONENTS)} or agent:ID:cap1+cap2")
+            raise ValueError(f"{item!r}: users are {', '.join(COMPONENTS)}, agent:ID:cap1+cap2 or client:NAME")
         if user.name in users:
             raise ValueError(f"user {user.name} is listed twice")
         users[user.name] = user
@@ -167,7 +183,9 @@ def parse_users(spec: str) -> list[MqttUser]:
 
 def user_spec(user: MqttUser) -> str:
     """The user as an item of a --users list."""
-    return f"agent:{user.name}:{'+'.join(user.capabilities)}" if user.capabilities else user.name
+    if user.kind == "agent":
+        return f"agent:{user.name}:{'+'.join(user.capabilities)}"
+    return f"client:{user.name}" if user.kind == "client" else user.name
 
 
 def default_users() -> str:
@@ -175,11 +193,21 @@ def default_users() -> str:
     return ",".join([*COMPONENTS, f"agent:{lamconfig.default_agent_id()}:{capabilities}"])
 
 
+# Mosquitto 2.0 applies this to the listener above it (before any listener, it opens a default
+# one on port 1883 of every interface), so it follows each listener line.
+BOUND_IDS = ["# A client's id is its user name: no login can take over another's session; each user",
+             "# has one connection at a time (give every tool that runs alongside a user of its own).",
+             "use_username_as_clientid true"]
+
+
 def mosquitto_conf(out: Path, listen: str, tls_listen: str, cert: str, key: str, client_ca: str) -> str:
     lines = ["# Mosquitto for LAMControl, written by `lam mosquitto-config`: every component logs in",
              "# as its own user and the ACL keeps it to its own topics.",
              "per_listener_settings false", "allow_anonymous false",
              f"password_file {out / 'passwd'}", f"acl_file {out / 'acl'}",
+             "", "# Queued tasks, results and retained presence survive a broker restart. The folder must be",
+             "# writable by the broker's user, or Mosquitto silently runs without persistence.",
+             "persistence true", f"persistence_location {out / 'persistence'}/", "autosave_interval 30",
              "", "# Without it a QoS 1 round trip waits on Nagle's algorithm for tens of milliseconds.",
              "set_tcp_nodelay true",
              "# The default of 1000 silently drops messages for a subscriber that falls behind.",
@@ -189,22 +217,22 @@ def mosquitto_conf(out: Path, listen: str, tls_listen: str, cert: str, key: str,
         about = ("# Plain MQTT on this machine only." if lamconfig.is_loopback(host) else
                  "# Plain MQTT open to the network: users and passwords are required, but travel unencrypted;"
                  "\n# give --cert and --key for a TLS listener where the network is not trusted.")
-        lines += ["", about, f"listener {port} {host}"]
+        lines += ["", about, f"listener {port} {host}", *BOUND_IDS]
     if cert:
         host, port = lamconfig.host_port(tls_listen, "--tls-listen")
-        lines += ["", "# MQTT over TLS for the rest of the network.", f"listener {port} {host}",
+        lines += ["", "# MQTT over TLS for the rest of the network.", f"listener {port} {host}", *BOUND_IDS,
                   f"certfile {Path(cert).resolve()}", f"keyfile {Path(key).resolve()}", "tls_version tlsv1.2"]
         if client_ca:
             lines += [f"cafile {Path(client_ca).resolve()}", "require_certificate true"]
     return "\n".join(lines) + "\n"
 
 
-def acl_file(users: list[MqttUser], topics: Topics, discovery: str) -> str:
+def acl_file(users: list[MqttUser], topics: Topics, discovery: str, legacy_results: bool = False) -> str:
     lines = ["# LAMControl topic rules, one section per user (user names come from the password file).",
-             "# Agents read only the tasks of their capabilities and write only their own presence,",
-             "# results and error reports."]
+             "# Agents read only the tasks of their capabilities and write only under their own",
+             "# agents/<id>/ subtree (presence, results, spec) and error reports."]
     for user in users:
-        lines += ["", f"user {user.name}", *(f"topic {rule}" for rule in user.acl(topics, discovery))]
+        lines += ["", *user.acl(topics, discovery, legacy_results)]
     return "\n".join(lines) + "\n"
 
 
@@ -277,11 +305,13 @@ def cmd_mosquitto_config(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         passwords = credentials(out / "credentials", users)
         write_password_file(out / "passwd", passwords)
-        (out / "acl").write_text(acl_file(users, topics, discovery))
+        (out / "acl").write_text(acl_file(users, topics, discovery, args.legacy_results))
         (out / "mosquitto.conf").write_text(conf)
         lamconfig.write_private(out / "users", ",".join(map(user_spec, users)) + "\n")
+        (out / "persistence").mkdir(mode=0o700, exist_ok=True)
         for name in ("passwd", "acl"):
             (out / name).chmod(0o600)
+        for name in ("passwd", "acl", "persistence"):
             if owner:
                 os.chown(out / name, owner.pw_uid, owner.pw_gid)
     except OSError as exc:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,13 +38,16 @@ class Client:
     """
 
     def __init__(self, port: int, client_id: str, filters: list[str], persistent: bool = True,
-                 will_topic: str = "") -> None:
+                 will_topic: str = "", login: tuple[str, str] | None = None) -> None:
         self.client_id = client_id
         self.received: list[bytes] = []
         self.subscribed = threading.Event()
         self.dropped = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent)
-        self.client.username_pw_set(client_id)
+        self.client.username_pw_set(*(login or (client_id,)))
+        self.refused = threading.Event()
+        self.client.on_connect = lambda client, userdata, flags, reason, properties: (
+            self.refused.set() if reason.is_failure else None)
         if will_topic:
             self.client.will_set(will_topic, b'{"online": false}', qos=1, retain=True)
         self.client.reconnect_delay_set(60, 60)
@@ -170,3 +176,84 @@ def test_websocket_listener_and_password_file(tmp_path):
         listener.stop()
         sender.stop()
         broker.stop()
+
+
+def add_user(passwords, user: str, password: str) -> None:
+    added = subprocess.run([sys.executable, "-m", "lamcontrol.broker.main", "adduser", str(passwords), user],
+                           input=password + "\n", capture_output=True, text=True, timeout=30)
+    assert added.returncode == 0, added.stderr
+
+
+def test_a_login_cannot_take_over_another_users_session(tmp_path):
+    """Client ids are bound to logins: another user, or a wrong password, presenting the
+    coordinator's client id neither disconnects it nor takes its queued messages."""
+    passwords = tmp_path / "passwd"
+    for user in ("coordinator", "desk"):
+        add_user(passwords, user, f"{user}-secret")
+    port = free_port()
+    broker = Process("lam-broker-ids", [sys.executable, "-m", "lamcontrol.broker.main", "--listen",
+                                        f"127.0.0.1:{port}", "--password-file", str(passwords)], tmp_path)
+    wait_for_port(port)
+    coordinator = Client(port, "lam-coordinator", ["lam/prompts"], login=("coordinator", "coordinator-secret"))
+    assert coordinator.problem() == ""
+    intruders = [Client(port, "lam-coordinator", ["lam/prompts"], login=login)
+                 for login in (("desk", "desk-secret"), ("coordinator", "wrong"), ("desk", "wrong"))]
+    # The second coordinator client of the same user under another id lives alongside the first.
+    publisher = Client(port, "lam-cli-1", [], persistent=False, login=("coordinator", "coordinator-secret"))
+    try:
+        assert intruders[0].problem() == ""  # desk gets in, in a session of its own
+        wait_until(lambda: all(i.refused.is_set() for i in intruders[1:]), 15, "the wrong passwords refused")
+        publisher.publish("lam/prompts", b"still mine")
+        wait_until(lambda: coordinator.received == [b"still mine"], 15, "the prompt at the coordinator")
+        assert not coordinator.dropped.is_set()
+        wait_until(lambda: intruders[0].received == [b"still mine"], 15, "desk's own subscription")
+    finally:
+        for client in (publisher, coordinator, *intruders):
+            client.close()
+        broker.stop()
+    assert "Unhandled exception" not in broker.log()
+
+
+def test_sigterm_ends_the_broker_while_a_client_has_stopped_reading(tmp_path):
+    """A subscriber that stops reading (frozen, or cut off without a FIN) leaves the broker
+    waiting to flush its socket for ever; SIGTERM must still end ``lam-broker``."""
+    port = free_port()
+    broker = Process("lam-broker-stuck", [sys.executable, "-m", "lamcontrol.broker.main", "--listen",
+                                          f"127.0.0.1:{port}", "--stop-timeout", "3"], tmp_path)
+    wait_for_port(port)
+    stuck = Client(port, "stuck-reader", ["lam/flood"], persistent=False)
+    assert stuck.problem() == ""
+    stuck.client.loop_stop()  # the socket stays open; nobody reads it any more
+    flooder = Client(port, "flooder", [], persistent=False)
+    try:
+        for _ in range(400):
+            flooder.client.publish("lam/flood", b"z" * 60_000, qos=0)
+        wait_until(lambda: not flooder.client.want_write(), 30, "the flood sent")
+        time.sleep(1)  # let the broker fill the stuck reader's socket
+        broker.signal(signal.SIGTERM)
+        try:
+            code = broker.popen.wait(3 + 10)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"lam-broker ignored SIGTERM\n{broker.log()[-2000:]}")
+        assert code in (0, 1), broker.log()
+    finally:
+        flooder.close()
+        stuck.close(abrupt=True)
+        broker.stop()
+
+
+def test_garbage_instead_of_connect_is_refused(embedded_broker):
+    """Bytes that are no MQTT CONNECT end that connection only; the broker serves on."""
+    port, process = embedded_broker
+    for junk in (b"\x00" * 10, b"\x10\xff\xff\xff\xff\x7f", b"GET / HTTP/1.1\r\n\r\n", b"\x10\x02\x00",
+                 bytes(range(256))):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(junk)
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(1024) in (b"", b"\x20\x02\x00\x01")  # closed, or CONNACK "unacceptable protocol"
+    client = Client(port, "after-the-junk", ["lam/x"], persistent=False)
+    try:
+        assert client.problem() == ""
+    finally:
+        client.close()
+    assert "Unhandled exception" not in process.log()

@@ -3,6 +3,8 @@ and the whole system works through it with one user per component."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import stat
 import subprocess
@@ -16,6 +18,7 @@ import pytest
 
 from conftest import mosquitto_available
 from helpers import ROOT, Process, Recorder, free_port, wait_for_port, wait_until
+from lamcontrol import ops
 from lamcontrol.bus import BrokerSettings, Bus, BusError
 from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, Reply, Result, Task, parse
 
@@ -83,6 +86,15 @@ def hardened():
     broker.close()
 
 
+@pytest.fixture(scope="module")
+def legacy_hardened():
+    """Written with --legacy-results: agents may still write lam/results/#."""
+    broker = HardenedBroker("--legacy-results")
+    assert f"topic write {broker.prefix}/results/#" in (broker.dir / "acl").read_text()
+    yield broker
+    broker.close()
+
+
 @pytest.fixture
 def monitor(hardened):
     recorder = Recorder(hardened.settings("monitor"))
@@ -104,6 +116,11 @@ def test_files_are_private_and_passwords_never_printed(hardened):
             assert password not in text
     conf = (hardened.dir / "mosquitto.conf").read_text()
     assert "allow_anonymous false" in conf and "set_tcp_nodelay true" in conf and "max_queued_messages" in conf
+    assert f"listener {hardened.port} 127.0.0.1\n" + "\n".join(ops.BOUND_IDS) in conf and "persistence true" in conf
+    persistence = hardened.dir / "persistence"
+    assert f"persistence_location {persistence}/" in conf
+    if os.geteuid() == 0:  # Mosquitto drops to its own user, who must write there
+        assert persistence.stat().st_uid == pwd.getpwnam("mosquitto").pw_uid
 
 
 def test_strangers_are_refused(hardened):
@@ -122,15 +139,21 @@ def test_an_agent_cannot_send_prompts_or_speak_for_others(hardened, monitor):
         .wait_for_publish(5)
     own = Presence(state="online", agent="desk", capabilities={"echo": ["say"]})
     desk.publish(own, retain=True).wait_for_publish(5)
-    desk.publish(Result(task_id="t1", agent="desk", state="succeeded")).wait_for_publish(5)
+    # Results: only under its own subtree; neither the shared results topic nor another agent's.
+    forged = Result(task_id="t1", agent="lab", state="succeeded").to_json()
+    for topic in (topics.build("results/t1"), f"{hardened.prefix}/agents/lab/results/t1"):
+        desk.publish_raw(topic, forged).wait_for_publish(5)
+    own_result = f"{hardened.prefix}/agents/desk/results/t1"
+    desk.publish_raw(own_result, Result(task_id="t1", agent="desk", state="succeeded").to_json()).wait_for_publish(5)
     bridge = hardened.bus("bridge")
     bridge.publish(Prompt(prompt="echo say allowed")).wait_for_publish(5)
     monitor.wait_for(Prompt, topics.prompts, lambda p: p.prompt == "echo say allowed")
-    monitor.wait_for(Result, topics.result("desk", "t1"))
+    monitor.wait_for(Result, own_result)
     monitor.wait_for(Presence, topics.agent_status("desk"))
     time.sleep(QUIET)
     assert [p.prompt for p in monitor.parsed(Prompt, topics.prompts)] == ["echo say allowed"]
     assert not monitor.on(topics.agent_status("lab"))
+    assert not monitor.on(topics.build("results/t1")) and not monitor.on(f"{hardened.prefix}/agents/lab/")
     desk.publish_raw(topics.agent_status("desk"), b"", retain=True).wait_for_publish(5)
     for bus in (desk, bridge):
         bus.stop()
@@ -152,8 +175,7 @@ def test_an_agent_reads_only_its_own_capabilities(hardened):
 
 
 def test_monitor_is_read_only_and_home_assistant_gets_discovery(hardened, monitor):
-    watcher = hardened.bus("monitor")
-    watcher.publish(Prompt(prompt="echo say from the monitor")).wait_for_publish(5)
+    monitor.bus.publish(Prompt(prompt="echo say from the monitor")).wait_for_publish(5)
     ha_seen: list[str] = []
     ha = hardened.bus("homeassistant", {f"ha{hardened.prefix}/#": lambda t, p: ha_seen.append(t),
                                         f"{hardened.prefix}/#": lambda t, p: ha_seen.append(t)})
@@ -165,11 +187,37 @@ def test_monitor_is_read_only_and_home_assistant_gets_discovery(hardened, monito
     monitor.wait_for(Prompt, hardened.prefix + "/prompts", lambda p: p.prompt == "echo say from home assistant")
     time.sleep(QUIET)
     assert [p.prompt for p in monitor.parsed(Prompt, hardened.prefix + "/prompts")] == ["echo say from home assistant"]
-    for bus in (watcher, ha, coordinator):
+    for bus in (ha, coordinator):
         bus.stop()
 
 
-def test_echo_round_trip_with_a_user_per_component(hardened, monitor):
+def test_a_login_cannot_take_over_another_users_session(hardened):
+    """An agent's login presenting the coordinator's client id gets a session of its own."""
+    connects: list[int] = []
+    received: list[bytes] = []
+    coordinator = Bus(hardened.settings("coordinator"), component="test-coordinator",
+                      client_id=f"{hardened.prefix}-coordinator", persistent=True, report=False)
+    coordinator.on(f"{hardened.prefix}/prompts", lambda topic, payload: received.append(payload))
+    coordinator.on_connect(lambda: connects.append(1))
+    coordinator.start(timeout=10)
+    intruder = Bus(hardened.settings("desk"), component="intruder", client_id=coordinator.client_id,
+                   persistent=True, report=False)
+    intruder.start(timeout=10)
+    bridge = hardened.bus("bridge")
+    try:
+        bridge.publish(Prompt(prompt="echo say still the coordinator's")).wait_for_publish(5)
+        wait_until(lambda: received, 10, "the prompt at the coordinator")
+        time.sleep(QUIET)
+        assert len(connects) == 1 and coordinator.connected.is_set() and len(received) == 1
+    finally:
+        for bus in (bridge, intruder, coordinator):
+            bus.stop()
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_echo_round_trip_with_a_user_per_component(legacy, request):
+    hardened = request.getfixturevalue("legacy_hardened" if legacy else "hardened")
+    monitor = Recorder(hardened.settings("monitor"))
     coordinator = Process("coordinator", [sys.executable, "-m", "lamcontrol.coordinator.main", "--config",
                                           str(hardened.config("coordinator"))], hardened.dir)
     agent = Process("agent", [sys.executable, "-m", "lamcontrol.agents.main", "--id", "desk", "--capability", "echo",
@@ -195,6 +243,7 @@ def test_echo_round_trip_with_a_user_per_component(hardened, monitor):
     finally:
         agent.stop()
         coordinator.stop()
+        monitor.bus.stop()
     logs = coordinator.log() + agent.log()
     for user in ("coordinator", "desk"):
         assert hardened.password(user) not in logs
@@ -229,7 +278,8 @@ def test_tls_listener():
 
 def test_bad_user_lists_are_refused():
     for users, complaint in (("coordinator,agent:desk", "agent:ID:capability"), ("robot", "users are"),
-                             ("agent:monitor:echo", "may not be called"), ("coordinator,coordinator", "twice"),
+                             ("agent:monitor:echo", "may not be called"),
+                             ("client:bridge", "may not be called"), ("client:a/b", "client name"), ("coordinator,coordinator", "twice"),
                              ("agent:a/b:echo", "agent id")):
         done = lam_cli("mosquitto-config", "--out", tempfile.gettempdir() + "/lam-never-written", "--users", users)
         assert done.returncode != 0 and complaint in done.stderr, (users, done.stderr)

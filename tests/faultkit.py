@@ -1,0 +1,339 @@
+"""Fault-test kit: a LAMControl system of real processes on a broker the test may kill, a load
+generator that records every reply and result it sees, and the agents' own records of what
+they ran (the echo capability's ``run_record``).
+
+The measure, per the reliability issue: per prompt id every reply, per task id every
+``accepted`` and ``succeeded`` with the agent that sent it; "ran twice" is counted from the
+agents' records, "accepted twice" from the bus.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from helpers import ROOT, Process, free_port, wait_for_port, wait_until
+from lamcontrol.bus import BrokerSettings, Bus
+from lamcontrol.protocol import Presence, Prompt, Reply, Result, parse
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+class Broker:
+    """The embedded broker, or Mosquitto as ``lam mosquitto-config`` writes it (users, ACL,
+    persistence), on a free port; it can be stopped, killed and started again."""
+
+    def __init__(self, kind: str, folder: Path, prefix: str, users: str = "", *options: str,
+                 host: str = "127.0.0.1", wrap: tuple[str, ...] = ()) -> None:
+        self.kind, self.folder, self.prefix, self.host, self.wrap = kind, folder, prefix, host, wrap
+        self.port = free_port()
+        self.url = f"mqtt://{host}:{self.port}"
+        self.hardened = kind == "mosquitto"
+        if self.hardened:
+            # Mosquitto drops to its own user, who must reach passwd, acl and persistence/.
+            self.folder = folder = Path(tempfile.mkdtemp(prefix="lam-faults-"))
+            folder.chmod(0o755)
+            config = folder / "mosquitto-lam.toml"
+            config.write_text(f'[broker]\nprefix = "{prefix}"\n[homeassistant]\ndiscovery_prefix = "ha{prefix}"\n')
+            done = subprocess.run([sys.executable, "-m", "lamcontrol", "mosquitto-config", "--out", str(folder),
+                                   "--users", users, "--config", str(config), "--listen", f"{host}:{self.port}",
+                                   *options], capture_output=True, text=True, timeout=60, cwd=ROOT)
+            assert done.returncode == 0, done.stderr
+        self.process: Process | None = None
+        self.starts = 0
+        self.start()
+
+    def argv(self) -> list[str]:
+        if self.hardened:
+            return [MOSQUITTO, "-c", str(self.folder / "mosquitto.conf")]
+        return [sys.executable, "-m", "lamcontrol.broker.main", "--listen", f"{self.host}:{self.port}",
+                "--stop-timeout", "5"]
+
+    def start(self) -> None:
+        self.starts += 1
+        self.process = Process(f"broker-{self.kind}-{self.starts}", [*self.wrap, *self.argv()], self.folder)
+        if not self.wrap:
+            wait_for_port(self.port)
+
+    def close(self) -> None:
+        if self.process:
+            self.process.stop()
+        if self.hardened:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def settings(self, user: str = "") -> BrokerSettings:
+        password = (self.folder / "credentials" / user).read_text().strip() if self.hardened and user else ""
+        return BrokerSettings(url=self.url, prefix=self.prefix, username=user if self.hardened else "",
+                              password=password)
+
+    def credentials(self, user: str) -> str:
+        """The [broker] lines a component's config needs to log in as ``user``."""
+        if not self.hardened:
+            return ""
+        return f'username = "{user}"\npassword_file = "{self.folder / "credentials" / user}"\n'
+
+
+class Load:
+    """Sends prompts and records every reply (per prompt id) and every result (per task id, with
+    the agent it came from), through a persistent session so a broker restart loses nothing."""
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.replies: dict[str, list[Reply]] = defaultdict(list)
+        self.results: dict[str, list[tuple[str, str]]] = defaultdict(list)  # task id -> [(state, agent)]
+        self.presence: dict[str, list[str]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self.bus = Bus(settings, component="fault-load", client_id=f"{settings.prefix}-load-{uuid.uuid4().hex[:6]}",
+                       persistent=True, report=False)
+        topics = self.bus.topics
+        self.topics = topics
+        self.bus.on(topics.all_replies, self._reply)
+        for results in (topics.build("results/+"), topics.all_results):
+            self.bus.on(results, self._result)
+        self.bus.on(f"{topics.prefix}/agents/+/status", self._presence)
+        self.bus.on(topics.coordinator_status, self._presence)
+        self.bus.start(timeout=20)
+
+    def _reply(self, topic: str, payload: bytes) -> None:
+        reply = parse(Reply, payload)
+        with self._lock:
+            self.replies[reply.prompt_id].append(reply)
+
+    def _result(self, topic: str, payload: bytes) -> None:
+        result = parse(Result, payload)
+        parts = topic.split("/")
+        agent = parts[-3] if parts[-4:-3] == ["agents"] else result.agent  # the topic names it, after the move
+        with self._lock:
+            self.results[result.task_id].append((result.state, agent))
+
+    def _presence(self, topic: str, payload: bytes) -> None:
+        if payload:
+            presence = parse(Presence, payload)
+            with self._lock:
+                self.presence[presence.agent or "coordinator"].append(presence.state)
+
+    def online(self, who: str, since: int = 0) -> bool:
+        with self._lock:
+            return "online" in self.presence[who][since:]
+
+    def send(self, count: int, seconds: float = 0.0, timeout: float = 20.0, pace: float = 0.01,
+             source: str = "faults") -> list[Prompt]:
+        """Publish ``count`` prompts ``echo sleep <seconds> <token>``, each with its own token."""
+        prompts = []
+        for _ in range(count):
+            prompt = Prompt(prompt=f"echo sleep {seconds:g} tok{uuid.uuid4().hex[:12]}", source=source,
+                            metadata={"timeout": timeout})
+            self.bus.publish(prompt)
+            prompts.append(prompt)
+            time.sleep(pace)
+        return prompts
+
+    def wait_answered(self, prompts: list[Prompt], timeout: float) -> None:
+        """Wait (bounded) until every prompt has a reply; the counts say what happened if not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(not self.replies.get(p.id) for p in prompts):
+            time.sleep(0.1)
+        time.sleep(0.5)  # room for a second reply to show up
+
+    def tally(self, prompts: list[Prompt], runs: Counter) -> Tally:
+        with self._lock:
+            replies = {p.id: list(self.replies.get(p.id, [])) for p in prompts}
+            results = {k: list(v) for k, v in self.results.items()}
+        task_ids = {t["task_id"] for rs in replies.values() for r in rs for t in r.tasks if t.get("task_id")}
+        accepted_by = {t: {a for s, a in results.get(t, []) if s == "accepted"} for t in task_ids}
+        tokens = {p.prompt.rsplit(" ", 1)[1] for p in prompts}
+        return Tally(prompts=len(prompts),
+                     once=sum(len(r) == 1 for r in replies.values()),
+                     lost=sum(not r for r in replies.values()),
+                     twice=sum(len(r) > 1 for r in replies.values()),
+                     accepted_by_two=sum(len(a) > 1 for a in accepted_by.values()),
+                     ran_twice=sum(runs[t] > 1 for t in tokens),
+                     statuses=Counter(r[0].status for r in replies.values() if r))
+
+    def close(self) -> None:
+        self.bus.stop()
+
+
+@dataclass
+class Tally:
+    """What a fault test counted."""
+
+    prompts: int
+    once: int
+    lost: int
+    twice: int
+    accepted_by_two: int  # tasks two different agents said they accepted (bus view)
+    ran_twice: int  # prompts whose task the agents' own records show run more than once
+    statuses: Counter = field(default_factory=Counter)
+
+    def clean(self) -> bool:
+        return self.once == self.prompts and not (self.lost or self.twice or self.accepted_by_two or self.ran_twice)
+
+
+class System:
+    """Coordinator and echo agents as real processes, each logging in as itself on a hardened
+    broker; every echo agent keeps a record of the tasks it ran."""
+
+    def __init__(self, broker: Broker, folder: Path, ack_timeout: float = 2.0,
+                 wrap: dict[str, tuple[str, ...]] | None = None) -> None:
+        self.broker, self.folder, self.ack_timeout = broker, folder, ack_timeout
+        self.wrap = wrap or {}  # process name -> command prefix (e.g. `ip netns exec NS`)
+        self.processes: dict[str, Process] = {}
+        self.load = Load(broker.settings("load"))
+        self.journal = folder / "journal.db"
+
+    def config(self, name: str, body: str, user: str, url: str = "") -> Path:
+        path = self.folder / f"{name}.toml"
+        path.write_text(f'[broker]\nurl = "{url or self.broker.url}"\nprefix = "{self.broker.prefix}"\n'
+                        f'{self.broker.credentials(user)}[homeassistant]\nenabled = false\n{body}')
+        return path
+
+    def coordinator(self) -> Process:
+        seen = len(self.load.presence["coordinator"])
+        config = self.config("coordinator", f'[coordinator]\njournal = "{self.journal}"\n'
+                                            f"ack_timeout = {self.ack_timeout}\n", "coordinator")
+        process = self._start("coordinator", "lamcontrol.coordinator.main", "--config", str(config))
+        wait_until(lambda: self.load.online("coordinator", seen), 60, lambda: f"coordinator online\n{process.log()}")
+        return process
+
+    def record(self, agent_id: str) -> Path:
+        return self.folder / f"runs-{agent_id}.jsonl"
+
+    def agent(self, agent_id: str, max_concurrent: int = 4, url: str = "") -> Process:
+        seen = len(self.load.presence[agent_id])
+        config = self.config(f"agent-{agent_id}", f'[capabilities.echo]\nrun_record = "{self.record(agent_id)}"\n',
+                             agent_id, url)
+        process = self._start(agent_id, "lamcontrol.agents.main", "--id", agent_id, "--capability", "echo",
+                              "--max-concurrent", str(max_concurrent), "--config", str(config))
+        wait_until(lambda: self.load.online(agent_id, seen), 60, lambda: f"agent {agent_id} online\n{process.log()}")
+        return process
+
+    def _start(self, name: str, module: str, *args: str) -> Process:
+        runs = sum(1 for n in self.processes if n.split("#")[0] == name)
+        process = Process(f"{name}-{runs}", [*self.wrap.get(name, ()), sys.executable, "-m", module, *args],
+                          self.folder)
+        self.processes[f"{name}#{runs}"] = process
+        return process
+
+    def runs(self) -> Counter:
+        """How many times the agents' own records show each token run."""
+        runs: Counter = Counter()
+        for path in self.folder.glob("runs-*.jsonl"):
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    runs[json.loads(line)["args"]["text"].rsplit(" ", 1)[-1]] += 1
+        return runs
+
+    def tally(self, prompts: list[Prompt]) -> Tally:
+        return self.load.tally(prompts, self.runs())
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in self.processes.values())
+
+    def frozen(self) -> Iterator[None]:
+        """Every LAMControl process stopped (SIGSTOP) meanwhile; continued after."""
+        return freeze([p for p in self.processes.values() if p.popen.poll() is None])
+
+    def close(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            process.signal(signal.SIGCONT)
+            process.stop()
+        self.load.close()
+
+
+@contextmanager
+def freeze(processes: list[Process]) -> Iterator[None]:
+    for process in processes:
+        process.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.signal(signal.SIGCONT)
+
+
+# -- network namespaces -----------------------------------------------------------------
+
+def ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, f"ip {' '.join(args)}: {done.stderr}"
+
+
+class Namespaces:
+    """Two network namespaces joined by a veth pair, with addresses that exist only inside them:
+    the broker's side and an agent's side. ``cut()`` adds blackhole routes both ways (no FIN, no
+    RST: packets just vanish), ``mend()`` removes them. Everything is deleted on close."""
+
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 10000}{uuid.uuid4().hex[:4]}"
+        self.broker_ns, self.agent_ns = f"lamb{tag}", f"lama{tag}"
+        octet = 16 + int(uuid.uuid4().hex[:2], 16) % 200
+        self.broker_ip, self.agent_ip = f"10.{octet}.77.1", f"10.{octet}.77.2"
+        self.created: list[str] = []
+        try:
+            for ns in (self.broker_ns, self.agent_ns):
+                ip("netns", "add", ns)
+                self.created.append(ns)
+                ip("-n", ns, "link", "set", "lo", "up")
+            ip("link", "add", f"vb{tag}", "netns", self.broker_ns, "type", "veth", "peer", "name", f"va{tag}",
+               "netns", self.agent_ns)
+            for ns, dev, address in ((self.broker_ns, f"vb{tag}", self.broker_ip),
+                                     (self.agent_ns, f"va{tag}", self.agent_ip)):
+                ip("-n", ns, "addr", "add", f"{address}/30", "dev", dev)
+                ip("-n", ns, "link", "set", dev, "up")
+        except BaseException:
+            self.close()
+            raise
+
+    def exec(self, ns: str) -> tuple[str, ...]:
+        return ("ip", "netns", "exec", ns)
+
+    def cut(self) -> None:
+        ip("-n", self.broker_ns, "route", "add", "blackhole", f"{self.agent_ip}/32")
+        ip("-n", self.agent_ns, "route", "add", "blackhole", f"{self.broker_ip}/32")
+
+    def mend(self) -> None:
+        ip("-n", self.broker_ns, "route", "del", "blackhole", f"{self.agent_ip}/32")
+        ip("-n", self.agent_ns, "route", "del", "blackhole", f"{self.broker_ip}/32")
+
+    @contextmanager
+    def entered(self, ns: str) -> Iterator[None]:
+        """Run the block's new sockets and threads in ``ns`` (threads started inside keep it)."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        home = os.open("/proc/self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+        try:
+            if libc.setns(target, 0x40000000) != 0:  # CLONE_NEWNET
+                raise OSError(ctypes.get_errno(), f"setns {ns}")
+            yield
+        finally:
+            libc.setns(home, 0x40000000)
+            os.close(home)
+            os.close(target)
+
+    def close(self) -> None:
+        for ns in self.created:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+        self.created = []
+
+
+def netns_problem() -> str:
+    """Why this machine cannot make network namespaces ('' if it can)."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if not shutil.which("ip"):
+        return "the ip command (iproute2) is missing"
+    return ""
