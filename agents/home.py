@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 from lamcontrol import __version__
 from lamcontrol.config import ConfigError, read_secret
 
-from .capability import Arg, Capability, Outcome, Sentences, Setting, TaskFailed, Unavailable, action, require
+from .capability import Arg, Capability, Outcome, Setting, TaskFailed, Unavailable, action, require
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import pytest
 from paho.mqtt.client import topic_matches_sub
 
 from lamcontrol.agents.capability import Capability, Unavailable
-from lamcontrol.bus import BrokerSettings, Bus
+from lamcontrol.bus import BrokerSettings, Bus, BusError
 from lamcontrol.protocol import CoordinatorPresence, Message, Presence, Prompt, Reply, parse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +64,19 @@ def running(capability: Capability) -> Iterator[Capability]:
     capability.start()
     yield capability
     capability.close()
+
+
+def assert_tls_login(port: int, ca_file: str, username: str, password: str, prefix: str = "lam") -> None:
+    """A TLS listener on 127.0.0.1:port lets this user in, checking the server against ca_file, and
+    refuses a wrong password."""
+    url = f"mqtts://127.0.0.1:{port}"
+    bus = Bus(BrokerSettings(url=url, prefix=prefix, username=username, password=password, ca_file=ca_file),
+              component="tls-test", report=False)
+    bus.start(timeout=10)
+    bus.stop()
+    with pytest.raises(BusError):
+        Bus(BrokerSettings(url=url, username=username, password="wrong", ca_file=ca_file),
+            component="tls-stranger", report=False).start(timeout=3)
 
 
 def wait_for_port(port: int, timeout: float = 15.0) -> None:

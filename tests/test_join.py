@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import mosquitto_available
-from helpers import ROOT, Process, Recorder, free_port, wait_for_port, wait_until
+from helpers import ROOT, Process, Recorder, assert_tls_login, free_port, wait_for_port, wait_until
 from lamcontrol import config as lamconfig
 from lamcontrol.bus import BrokerSettings, Bus, BusError
 from lamcontrol.join import UserFolder, agent_item, lan_address
@@ -199,14 +199,7 @@ def test_embedded_broker_over_tls_and_what_join_hands_out(tmp_path):
                                     "--password-file", str(users.path / "passwd")], tmp_path)
     try:
         wait_for_port(port)
-        tls = BrokerSettings(url=f"mqtts://127.0.0.1:{port}", prefix=users.prefix, username="desk",
-                             password=users.password("desk"), ca_file=str(cert))
-        bus = Bus(tls, component="tls-desk", report=False)
-        bus.start(timeout=10)
-        bus.stop()
-        with pytest.raises(BusError):
-            Bus(BrokerSettings(url=f"mqtts://127.0.0.1:{port}", username="desk", password="wrong",
-                               ca_file=str(cert)), component="tls-stranger", report=False).start(timeout=3)
+        assert_tls_login(port, str(cert), "desk", users.password("desk"), users.prefix)
     finally:
         broker.stop()
 

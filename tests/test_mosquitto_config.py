@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import mosquitto_available
-from helpers import ROOT, Process, Recorder, free_port, wait_for_port, wait_until
+from helpers import ROOT, Process, Recorder, assert_tls_login, free_port, wait_for_port, wait_until
 from lamcontrol import ops
 from lamcontrol.bus import BrokerSettings, Bus, BusError
 from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, Reply, Result, Task, parse
@@ -263,14 +263,7 @@ def test_tls_listener():
         conf = (broker.dir / "mosquitto.conf").read_text()
         assert f"listener {tls_port} 127.0.0.1" in conf and "tls_version tlsv1.2" in conf
         wait_for_port(tls_port)
-        settings = BrokerSettings(url=f"mqtts://127.0.0.1:{tls_port}", prefix=broker.prefix, username="monitor",
-                                  password=broker.password("monitor"), ca_file=str(cert))
-        bus = Bus(settings, component="tls-test", report=False)
-        bus.start(timeout=10)
-        bus.stop()
-        with pytest.raises(BusError):
-            Bus(BrokerSettings(url=f"mqtts://127.0.0.1:{tls_port}", username="monitor", password="wrong",
-                               ca_file=str(cert)), component="tls-test", report=False).start(timeout=2)
+        assert_tls_login(tls_port, str(cert), "monitor", broker.password("monitor"), broker.prefix)
     finally:
         broker.close()
         shutil.rmtree(keys, ignore_errors=True)
