@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from lamcontrol.coordinator.parsing import Context, build_parser  # noqa: E402
+from lamcontrol.coordinator.language import Context  # noqa: E402
+from lamcontrol.coordinator.parsing import build_parser  # noqa: E402
 from corpus import CASES, FRESH_CASES, FRESH_NAMES  # noqa: E402
 
 SETS = {"repo": (CASES, {}), "fresh": (FRESH_CASES, FRESH_NAMES)}

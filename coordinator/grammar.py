@@ -1,19 +1,13 @@
-"""The rigid command language every parser must produce (README.md, "Commands").
+"""What understanding produces: rigid commands (README.md, "Commands") and parse results.
 
-``parse_chain("browser youtube weezer && computer volume 50")`` gives the commands in order,
-or none and a reason. Every other parser (the LLM, the sentence templates) hands its output to
-this one, so nothing reaches an agent that this grammar did not accept. The forms and argument
-checks come from the capabilities' own specs (:mod:`lamcontrol.language`): this module knows no
-capability by name.
+The gate that makes them, :func:`coordinator.language.parse_chain`, builds its forms and argument
+checks from the capabilities' own specs: nothing here knows a capability by name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
-
-if TYPE_CHECKING:
-    from .language import Language
+from typing import Callable
 
 Known = Callable[[str, str], bool]
 
@@ -58,26 +52,3 @@ class ParseResult:
         if self.note:
             data["note"] = self.note
         return data
-
-
-def parse_command(text: str, language: Language | None = None) -> Command:
-    """One rigid command of ``language`` (default: the installed capabilities), or a GrammarError."""
-    from .language import installed
-
-    return (language or installed()).parse_command(text)
-
-
-def parse_chain(text: str, known: Known | None = None, vocabulary: dict | None = None,
-                language: Language | None = None) -> ParseResult:
-    """A whole prompt in the rigid grammar of ``language`` (default: the installed capabilities,
-    with ``vocabulary``'s names and ``known``'s actions for capabilities without a spec)."""
-    from .language import installed
-
-    if language is None:
-        language = installed(vocabulary)
-    result = language.parse_chain(text)
-    words = text.split()
-    if not result.commands and known and len(words) >= 2 and words[0].lower() not in language.specs \
-            and known(words[0].lower(), words[1].lower()):  # an agent's action without a spec
-        return language.with_rigid({}, {words[0].lower(): [words[1].lower()]}).parse_chain(text)
-    return result

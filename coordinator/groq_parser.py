@@ -3,7 +3,7 @@
 The model gets a short system prompt (well under 1,000 tokens: free-tier limits count every
 token of every call) listing the commands of the capabilities online agents offer (read from
 their specs), the source's recent commands and the prompt, and answers with rigid command text. That text is only ever *data*: it must pass
-:func:`~coordinator.grammar.parse_chain` (unknown verbs, bad URLs and malformed commands are
+:func:`~coordinator.language.parse_chain` (unknown verbs, bad URLs and malformed commands are
 refused) and a shell-fragment check before it becomes a command. Anything else raises
 :class:`~lamcontrol.llm.LLMUnavailable`, and the caller falls back to the offline grammar.
 """
@@ -16,8 +16,7 @@ import re
 from lamcontrol.llm import GroqChat, LLMUnavailable
 
 from .grammar import ParseResult
-from .language import Language
-from .parsing import Context
+from .language import Context, Language
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,9 @@ from typing import Callable
 from lamcontrol.protocol import Prompt, PromptStatus, Risk
 
 from .events import Events, PromptParsed
-from .grammar import Command, ParseResult, parse_chain
-from .parsing import Context, Parser, is_cancellation, is_confirmation
+from .grammar import Command, ParseResult
+from .language import Context, parse_chain
+from .parsing import Parser, is_cancellation, is_confirmation
 from .registry import Registry
 from .routing import Reply
 from .runs import Held

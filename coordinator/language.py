@@ -25,7 +25,7 @@ from hassil import Intents, RangeSlotList, TextSlotList, WildcardSlotList, recog
 
 from lamcontrol.language import ActionSpec, ArgumentError, CapabilitySpec, Syntax, listed_value, rigid_only
 
-from .grammar import Command, GrammarError, ParseResult
+from .grammar import Command, GrammarError, Known, ParseResult
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,12 @@ class Language:
         """Names given for a capability as a whole (``--names home=...``) join each list its slots read."""
         if not names:
             return spec
-        lists = {a.names for action in spec.actions for a in action.args if a.names}
-        lists |= {n for n in ("devices", "areas") if any(a.assist for a in spec.actions)}
-        return spec.with_lists({k: list(names) for k in lists}, add=True)
+        lists = {k: list(names) for action in spec.actions for a in action.args if (k := a.names)}
+        if any(a.assist for a in spec.actions):
+            # A house's names are devices and areas both; "kitchen light" also names the kitchen.
+            rooms = [name.rsplit(" ", 1)[0] for name in names if " " in name.strip()]
+            lists |= {"devices": list(names), "areas": list(dict.fromkeys([*names, *rooms]))}
+        return spec.with_lists(lists, add=True)
 
     @classmethod
     def with_rigid(cls, specs: dict[str, CapabilitySpec], offered: dict[str, list[str]],
@@ -524,3 +527,37 @@ def installed(names: dict | None = None) -> Language:
             _INSTALLED.clear()
         _INSTALLED[key] = Language(installed_specs(), names)
     return _INSTALLED[key]
+
+
+@dataclass
+class Context:
+    """What a parser may know besides the prompt."""
+
+    source: str = ""
+    transcript: list[str] = field(default_factory=list)  # this source's recent commands, oldest first
+    known: Known | None = None  # (capability, action) offered by an online agent
+    vocabulary: dict[str, list[str]] = field(default_factory=dict)  # names agents advertise, by capability
+    language: Language | None = None  # what online agents understand (default: the installed capabilities)
+
+    @property
+    def understood(self) -> Language:
+        return self.language or installed(self.vocabulary)
+
+
+def parse_command(text: str, language: Language | None = None) -> Command:
+    """One rigid command of ``language`` (default: the installed capabilities), or a GrammarError."""
+    return (language or installed()).parse_command(text)
+
+
+def parse_chain(text: str, known: Known | None = None, vocabulary: dict | None = None,
+                language: Language | None = None) -> ParseResult:
+    """A whole prompt in the rigid grammar of ``language`` (default: the installed capabilities,
+    with ``vocabulary``'s names and ``known``'s actions for capabilities without a spec)."""
+    if language is None:
+        language = installed(vocabulary)
+    result = language.parse_chain(text)
+    words = text.split()
+    if not result.commands and known and len(words) >= 2 and words[0].lower() not in language.specs \
+            and known(words[0].lower(), words[1].lower()):  # an agent's action without a spec
+        return language.with_rigid({}, {words[0].lower(): [words[1].lower()]}).parse_chain(text)
+    return result

@@ -1,8 +1,8 @@
 """How the coordinator turns a prompt into commands: the parser interface.
 
-A parser takes the prompt text and a :class:`Context` and returns a
+A parser takes the prompt text and a :class:`~coordinator.language.Context` and returns a
 :class:`~coordinator.grammar.ParseResult`. Whatever it produces must have passed through
-:func:`~coordinator.grammar.parse_chain`, the one gate to the agents.
+:func:`~coordinator.language.parse_chain`, the one gate to the agents.
 
 :func:`build_parser` gives a :class:`ChainParser`: a prompt already in the rigid language is
 taken as it is; empty prompts and attempts to change the rules are refused at once; the rest
@@ -17,34 +17,16 @@ names who answered (``grammar``, ``sentences`` or ``groq``), ``why`` says why th
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from lamcontrol.config import ConfigError
 from lamcontrol.llm import GroqChat, GroqSettings, LLMUnavailable
 
-from .grammar import Known, ParseResult
-from .language import AMBIGUOUS, Language, installed, screen
-
-if TYPE_CHECKING:
-    from .groq_parser import GroqParser
+from .grammar import ParseResult
+from .groq_parser import GroqParser
+from .language import AMBIGUOUS, Context, screen
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Context:
-    """What a parser may know besides the prompt."""
-
-    source: str = ""
-    transcript: list[str] = field(default_factory=list)  # this source's recent commands, oldest first
-    known: Known | None = None  # (capability, action) offered by an online agent
-    vocabulary: dict[str, list[str]] = field(default_factory=dict)  # names agents advertise, by capability
-    language: Language | None = None  # what online agents understand (default: the installed capabilities)
-
-    @property
-    def understood(self) -> Language:
-        return self.language or installed(self.vocabulary)
 
 
 class Parser(Protocol):
@@ -128,8 +110,6 @@ def build_parser(config: dict) -> Parser:
     if not settings.configured:
         log.info("no Groq API key: prompts are understood by the offline grammar")
         return ChainParser()
-    from .groq_parser import GroqParser
-
     try:
         chat = GroqChat(settings)
     except ImportError:

@@ -129,7 +129,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 # -- lam parse --------------------------------------------------------------------------
 
 def cmd_parse(args: argparse.Namespace) -> int:
-    from lamcontrol.coordinator.parsing import Context, build_parser
+    from lamcontrol.coordinator.language import Context
+    from lamcontrol.coordinator.parsing import build_parser
 
     cfg = lamconfig.load(args.config)
     parser = build_parser(cfg)

@@ -5,7 +5,6 @@ Every response is checked against the OpenAPI description the bridge serves.
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import subprocess
@@ -527,22 +526,3 @@ def test_under_systemd_the_first_start_secrets_stay_out_of_the_journal(system, t
                            headers={"Authorization": f"Bearer {token}"}, timeout=60)
     assert answer.json().get("response") == "journal-free", answer.text
     assert process.stop() == 0
-
-
-def test_the_bridge_modules_import_without_circles():
-    """Shared request helpers live in r1_bridge/web.py, below the API and the pages that use them."""
-    package = ROOT / "r1_bridge"
-    imports: dict[str, set[str]] = {}
-    for path in package.glob("*.py"):
-        tree = ast.parse(path.read_text())
-        guarded = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
-                   and ast.unparse(block.test) == "TYPE_CHECKING" for node in ast.walk(block)}
-        imports[path.stem] = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                              and node.level == 1 and node.module and id(node) not in guarded}
-
-    def reaches(start: str, target: str, seen: set[str]) -> bool:
-        return any(m == target or (m not in seen and reaches(m, target, seen | {m})) for m in imports.get(start, ()))
-
-    circles = sorted(module for module in imports if reaches(module, module, set()))
-    assert circles == []
-    assert "web" in imports["api"] and "web" in imports["pages"] and not imports["web"]

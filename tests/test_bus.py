@@ -249,8 +249,17 @@ def test_survives_a_broker_restart(broker, lam):
     lam.coordinator()
     lam.agent("a1")
     assert lam.send("echo before").status == "succeeded"
+    restarted = time.time()
     broker.restart()
     wait_until(lambda: lam.recorder.bus.ready.is_set() and lam.bus.ready.is_set(), 45, "test clients reconnected")
+
+    def back(kind: type[Presence], topic: str) -> bool:
+        return any(p.online and p.ts >= restarted for p in lam.recorder.parsed(kind, topic))
+
+    # Without persistence the broker forgot every subscription: wait until both say online again
+    # (the last wills the broker sent as it stopped say offline).
+    wait_until(lambda: back(CoordinatorPresence, lam.topics.coordinator_status)
+               and back(Presence, lam.topics.agent_status("a1")), 45, "the coordinator and the agent back online")
     reply = lam.send("echo after", timeout=45)
     assert reply.status == "succeeded" and reply.response == "after"
 

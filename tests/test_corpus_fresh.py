@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from corpus import FRESH_CASES, FRESH_NAMES, Case
-from lamcontrol.coordinator.grammar import parse_chain
-from lamcontrol.coordinator.parsing import ChainParser, Context
+from lamcontrol.coordinator.language import parse_chain
+from lamcontrol.coordinator.language import Context
+from lamcontrol.coordinator.parsing import ChainParser
 
 BAR = 0.95  # the share of the fresh set the offline path must get right
 

@@ -16,7 +16,7 @@ import pytest
 
 from helpers import ROOT, wait_until
 from lamcontrol.coordinator.discovery import Configs, node_id
-from lamcontrol.coordinator.grammar import parse_command
+from lamcontrol.coordinator.language import parse_command
 from lamcontrol.bus import BrokerSettings
 from lamcontrol.protocol import PROMPT_STATUSES, Presence, Prompt, Reply, Result, Task, Topics
 

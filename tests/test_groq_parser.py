@@ -8,10 +8,11 @@ import logging
 import pytest
 
 from corpus import CASES
-from lamcontrol.coordinator.grammar import parse_chain
+from lamcontrol.coordinator.language import parse_chain
 from lamcontrol.coordinator.groq_parser import system_prompt
 from lamcontrol.coordinator.language import AMBIGUOUS, installed, screen
-from lamcontrol.coordinator.parsing import Context, build_parser
+from lamcontrol.coordinator.language import Context
+from lamcontrol.coordinator.parsing import build_parser
 from helpers import unset
 from stubs.groq_server import (GroqStub, answer, malformed, rate_limited, retired, server_error, slow,
                                unknown_model, error)

@@ -41,6 +41,52 @@ def test_bare_import_check_sees_a_bare_import():
     assert bare_imports(sample) == [(1, "agents.main"), (2, "coordinator")]
 
 
+PACKAGES = {"lamcontrol": "lamcontrol", **{folder: f"lamcontrol.{folder}" for folder in COMPONENTS}}
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Each project module and the project modules it imports, wherever in the file (a function-level
+    import still ties two modules together); only ``if TYPE_CHECKING:`` blocks do not count."""
+    modules = {f"{package}.{path.stem}": path for folder, package in PACKAGES.items()
+               for path in (ROOT / folder).glob("*.py")}
+    imports = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        guarded = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and ast.unparse(block.test) == "TYPE_CHECKING" for node in ast.walk(block)}
+        package = name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(tree):
+            if id(node) in guarded:
+                continue
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(filter(None, (package if node.level == 1 else "", node.module or "")))
+                found |= {base, *(f"{base}.{alias.name}" for alias in node.names)}
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+        imports[name] = {module for module in found if module in modules and module != name}
+    return imports
+
+
+def circles(imports: dict[str, set[str]]) -> list[str]:
+    def reaches(start: str, target: str, seen: frozenset[str]) -> bool:
+        return any(m == target or (m not in seen and reaches(m, target, seen | {m})) for m in imports.get(start, ()))
+
+    return sorted(module for module in imports if reaches(module, module, frozenset()))
+
+
+def test_no_module_imports_itself_round_a_circle():
+    """Shared helpers live a level below the modules that use them: the CLI's in lamcontrol.console,
+    the bridge's in r1_bridge/web.py, understanding's types in coordinator/grammar.py."""
+    imports = module_imports()
+    assert len(imports) > 50 and "lamcontrol.r1_bridge.web" in imports["lamcontrol.r1_bridge.api"]
+    assert circles(imports) == []
+
+
+def test_the_circle_check_sees_a_circle():
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c"]
+
+
 def test_installed_components_resolve_inside_the_namespace(tmp_path):
     """Outside the checkout, the components import as lamcontrol.* and no bare `agents` comes from us."""
     probe = ("import importlib.util, json, lamcontrol.agents.main, lamcontrol.r1_bridge.app;"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lamcontrol.coordinator.grammar import parse_chain
+from lamcontrol.coordinator.language import parse_chain
 from lamcontrol.bus import BrokerSettings
 from lamcontrol.config import ConfigError
 from lamcontrol.protocol import (CoordinatorPresence, ErrorRecord, LegacyResult, Metadata, Presence, Prompt,

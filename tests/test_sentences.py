@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from corpus import CASES, Case
-from lamcontrol.coordinator.grammar import parse_chain
-from lamcontrol.coordinator.parsing import ChainParser, Context, build_parser, is_cancellation, is_confirmation
+from lamcontrol.coordinator.language import parse_chain
+from lamcontrol.coordinator.language import Context
+from lamcontrol.coordinator.parsing import ChainParser, build_parser, is_cancellation, is_confirmation
 
 
 @pytest.fixture(autouse=True)
