@@ -26,13 +26,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-from lamcontrol.config import Setting, checked, refuse_unknown
+from lamcontrol.config import Setting, capability_entry_points, checked, refuse_unknown
 from lamcontrol.language import ActionSpec, Arg, ArgumentError, CapabilitySpec, Entity, Sentences, Syntax, listed_value
 
 __all__ = ["ActionSpec", "Arg", "Capability", "CapabilitySpec", "Entity", "Outcome", "Sentences", "Setting",
            "Syntax", "TaskFailed", "Unavailable", "action", "require"]
 
-ENTRY_POINT_GROUP = "lamcontrol.capabilities"
 
 
 class TaskFailed(Exception):
@@ -181,14 +180,9 @@ def vars_with_bases(cls: type) -> list[tuple[str, Any]]:
     return list(seen.items())
 
 
-def available() -> dict[str, importlib.metadata.EntryPoint]:
-    """Every installed capability, by name."""
-    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-
-
 def load(name: str) -> type[Capability]:
     """The capability class registered under ``name``."""
-    entry_points = available()
+    entry_points = capability_entry_points()
     if name not in entry_points:
         known = ", ".join(sorted(entry_points)) or "none"
         raise Unavailable(f"no capability named {name!r} is installed (installed: {known})")

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     if args.list:
-        for name in sorted(capability.available()):
+        for name in lamconfig.installed_capabilities():
             print(name)
         return 0
     try:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lam-agent: {exc}", file=sys.stderr)
         return 2
     if args.all:
-        capabilities = load_capabilities(sorted(capability.available()), cfg["capabilities"], optional=True)
+        capabilities = load_capabilities(lamconfig.installed_capabilities(), cfg["capabilities"], optional=True)
     else:
         capabilities = load_capabilities(args.capability or section["capabilities"], cfg["capabilities"])
     if not capabilities:

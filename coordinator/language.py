@@ -23,6 +23,7 @@ from functools import cached_property, lru_cache
 
 from hassil import Intents, RangeSlotList, TextSlotList, WildcardSlotList, recognize_all
 
+from lamcontrol.config import capability_entry_points
 from lamcontrol.language import ActionSpec, ArgumentError, CapabilitySpec, Syntax, listed_value, rigid_only
 
 from .grammar import Command, GrammarError, Known, ParseResult
@@ -505,10 +506,8 @@ def _house_understands(text: str, devices: tuple[tuple[str, str], ...], areas: t
 @lru_cache(maxsize=1)
 def installed_specs() -> dict[str, CapabilitySpec]:
     """The specs of every capability installed here (entry points), for ``lam parse`` without a broker."""
-    from lamcontrol.agents.capability import available
-
     specs = {}
-    for name, entry_point in available().items():
+    for name, entry_point in capability_entry_points().items():
         try:
             specs[name] = entry_point.load().spec()
         except Exception as exc:  # a broken third-party capability must not break understanding

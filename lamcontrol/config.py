@@ -193,9 +193,14 @@ def checked(where: str, key: str, value: Any, default: Any) -> Any:
     raise ConfigError(f"{where} {key} must be {kind}, not {value!r}")
 
 
+def capability_entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    """Every installed capability's entry point, by name (nothing is imported until one is loaded)."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=CAPABILITY_GROUP)}
+
+
 def installed_capabilities() -> list[str]:
-    """Names of the installed capabilities (entry points; nothing is imported)."""
-    return sorted(ep.name for ep in importlib.metadata.entry_points(group=CAPABILITY_GROUP))
+    """Names of the installed capabilities."""
+    return sorted(capability_entry_points())
 
 
 def validate(config: dict[str, Any], source: str = "the config") -> dict[str, Any]:

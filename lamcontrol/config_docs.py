@@ -6,13 +6,12 @@ Capability sections come from the built-in capabilities' own ``config_schema``.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import textwrap
 from pathlib import Path
 from typing import Any
 
-from .config import CAPABILITY_GROUP, MODEL, Setting
+from .config import MODEL, Setting, capability_entry_points
 
 EXAMPLE = Path("config") / "lamcontrol.example.toml"
 README = Path("README.md")
@@ -34,8 +33,7 @@ HEADER = """\
 
 def builtin_capabilities() -> dict[str, Any]:
     """The capability classes that ship with LAMControl, by name (third-party plugins document themselves)."""
-    found = {ep.name: ep for ep in importlib.metadata.entry_points(group=CAPABILITY_GROUP)
-             if ep.value.startswith("lamcontrol.")}
+    found = {name: ep for name, ep in capability_entry_points().items() if ep.value.startswith("lamcontrol.")}
     return {name: found[name].load() for name in sorted(found)}
 
 
