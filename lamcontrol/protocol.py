@@ -517,8 +517,9 @@ class Presence(Message):
     state: PresenceState
     agent: str
     capabilities: dict = field(default_factory=dict)
-    load: int = 0
+    load: int = 0  # tasks accepted and not finished (running or queued)
     max_concurrent: int = 1
+    max_queued: int = 0  # tasks accepted beyond max_concurrent, each started as a running one ends
     host: str = ""
     version: str = ""
     heartbeat: float = 30.0
