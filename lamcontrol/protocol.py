@@ -27,6 +27,7 @@ import enum
 import functools
 import json
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -81,9 +82,12 @@ def new_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+NOT_IN_IDS = re.compile("[/+#\0 ]")
+
+
 def check_id(value: str, field_name: str) -> str:
     """Ids end up in topic levels: refuse wildcards, separators and empties."""
-    if not value or len(value) > 128 or any(c in value for c in "/+#\0 ") or not value.isprintable():
+    if not value or len(value) > 128 or NOT_IN_IDS.search(value) or not value.isprintable():
         raise ProtocolError("must be 1-128 printable characters without '/', '+', '#' or spaces", field_name)
     return value
 
