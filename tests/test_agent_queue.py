@@ -13,27 +13,19 @@ import pytest
 from helpers import wait_until
 from lamcontrol.agents.echo import Echo
 from lamcontrol.agents.runtime import Agent
-from lamcontrol.bus import BrokerSettings, Bus
+from lamcontrol.bus import BrokerSettings
 from lamcontrol.protocol import Result, Task, new_id, read
-
-
-class RecordingBus(Bus):
-    """The real bus, never connected: what goes out is kept."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.sent: list[tuple[str, bytes]] = []
-
-    def _send(self, topic: str, payload: bytes | str, qos: int, retain: bool) -> None:
-        self.sent.append((topic, payload if isinstance(payload, bytes) else payload.encode()))
+from test_routing import FakeBus
 
 
 class Harness:
+    """An agent with the echo capability, which records each action as it starts it."""
+
     def __init__(self, record: Path, max_concurrent: int, max_queued: int) -> None:
         self.record = record
         echo = Echo({"run_record": str(record)})
         self.agent = Agent("a1", {"echo": echo}, BrokerSettings(), max_concurrent=max_concurrent,
-                           max_queued=max_queued, stop_grace=0.0, bus_factory=RecordingBus)
+                           max_queued=max_queued, stop_grace=0.0, bus_factory=FakeBus)
         self.bus = self.agent.bus
 
     def task(self, action: str = "sleep", deadline: float = 60.0, **args) -> Task:
