@@ -32,7 +32,8 @@ class Harness:
         """Hand the agent a task, as its bus would; ``sleep`` ones take 30 seconds."""
         now = time.time()
         task = Task(task_id=new_id(), prompt_id=new_id(), capability="echo", action=action, agent="a1",
-                    args={"seconds": 30, **args} if action == "sleep" else args, accept_by=now + 5, deadline=now + deadline)
+                    args={"seconds": 30, **args} if action == "sleep" else args, accept_by=now + 5,
+                    deadline=now + deadline)
         self.bus.handle(task.topic(self.bus.topics), task.to_json())
         return task
 
@@ -41,7 +42,8 @@ class Harness:
         return [(r.state, r.message) for r in found if isinstance(r, Result) and r.task_id == task.task_id]
 
     def ran(self) -> list[dict]:
-        return [json.loads(line)["args"] for line in self.record.read_text().splitlines()] if self.record.exists() else []
+        lines = self.record.read_text().splitlines() if self.record.exists() else []
+        return [json.loads(line)["args"] for line in lines]
 
 
 @pytest.fixture
