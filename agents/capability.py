@@ -20,6 +20,7 @@ the coordinator's gate uses; :meth:`Capability.spec` is what the agent advertise
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import sys
@@ -149,8 +150,10 @@ class Capability:
         """Release what start() acquired."""
 
     @classmethod
+    @functools.cache
     def handlers(cls) -> dict[str, str]:
-        """Action name -> method name, for every method marked with @action."""
+        """Action name -> method name, for every method marked with @action (found once per class:
+        every task asks)."""
         return {func.lam_action: attr for attr, func in vars_with_bases(cls) if hasattr(func, "lam_action")}
 
     def actions(self) -> list[str]:

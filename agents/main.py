@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id", help="agent id (default: [agent] id, else the host name)")
     parser.add_argument("--capability", "-c", action="append", help="capability to offer (repeatable)")
     parser.add_argument("--max-concurrent", type=int, help="tasks run at once (default 4)")
+    parser.add_argument("--max-queued", type=int, help="tasks accepted beyond that, run as slots free (default 8)")
     parser.add_argument("--all", action="store_true", help="offer every installed capability that can run here")
     parser.add_argument("--list", action="store_true", help="list installed capabilities and exit")
     args = parser.parse_args(argv)
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         print("lam-agent: no capability can run here (see the messages above)", file=sys.stderr)
         return 2
     agent = Agent(agent_id, capabilities, settings, max_concurrent=args.max_concurrent or section["max_concurrent"],
-                  heartbeat=float(section["heartbeat"]), stop_grace=float(section["stop_grace"]))
+                  heartbeat=float(section["heartbeat"]), stop_grace=float(section["stop_grace"]),
+                  max_queued=section["max_queued"] if args.max_queued is None else args.max_queued)
     agent.start()
     run_service(agent.bus.ready.is_set, agent.stop, f"agent {agent_id}")
     return 0

@@ -3,8 +3,11 @@
 An agent announces itself with retained presence (its last will says offline), takes the
 tasks addressed to it on ``lam/tasks/<capability>``, answers ``accepted`` before any work
 starts, runs each task on its own thread under a concurrency limit and a deadline, and
-publishes ``succeeded`` or ``failed`` with a sentence. Duplicate deliveries (QoS 1 is
-at-least-once) and tasks that arrive after their dispatch window are never run.
+publishes ``succeeded`` or ``failed`` with a sentence. When every slot is taken it still
+accepts a few tasks (``max_queued``), each started as a running one ends, if by its recent
+pace it will run them before their deadline; otherwise it answers ``rejected`` (busy), so the
+coordinator can look elsewhere. Duplicate deliveries (QoS 1 is at-least-once) and tasks that
+arrive after their dispatch window are never run.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus
@@ -27,27 +31,33 @@ log = logging.getLogger(__name__)
 
 SEEN_TASKS = 10_000
 DEADLINE_CHECK = 0.1  # seconds between deadline checks
+FIRST_PACE = 1.0  # seconds a task is taken to run until some have run
+OUT_OF_TIME = "The task ran out of time."
 
 
 class Agent:
     """One agent process serving one or more capabilities."""
 
     def __init__(self, agent_id: str, capabilities: dict[str, Capability], settings: BrokerSettings,
-                 max_concurrent: int = 4, heartbeat: float = 30.0, stop_grace: float = 10.0) -> None:
+                 max_concurrent: int = 4, heartbeat: float = 30.0, stop_grace: float = 10.0,
+                 max_queued: int = 8, bus_factory: Callable[..., Bus] = Bus) -> None:
         self.id = check_agent_id(agent_id)
         self.capabilities = capabilities
         self.max_concurrent = max_concurrent
+        self.max_queued = max_queued
         self.heartbeat = heartbeat
         self.stop_grace = stop_grace
         self.host = socket.gethostname()
         self._lock = threading.Lock()
-        self._running: dict[str, Task] = {}
+        self._running: dict[str, Task] = {}  # accepted and not finished: running, or queued for a slot
+        self._queued: OrderedDict[str, Task] = OrderedDict()  # accepted, waiting for a slot, oldest first
+        self._pace = FIRST_PACE  # recent seconds per task, for what the queue can promise
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._stopping = threading.Event()
         self._advertised = b""  # the spec last published; sent again after every connect
         # Room beyond the limit: a task failed at its deadline may still hold its thread.
         self._pool = ThreadPoolExecutor(max_workers=2 * max_concurrent + 2, thread_name_prefix="task")
-        self.bus = Bus(settings, component=f"agent {agent_id}", client_id=f"{settings.prefix}-agent-{agent_id}",
+        self.bus = bus_factory(settings, component=f"agent {agent_id}", client_id=f"{settings.prefix}-agent-{agent_id}",
                        will=self.presence(PresenceState.OFFLINE), persistent=True)
         self.topics = self.bus.topics
         for name, capability in capabilities.items():
@@ -63,7 +73,8 @@ class Agent:
         vocabulary = {name: words for name, cap in self.capabilities.items() if online and (words := cap.vocabulary())}
         return Presence(state=state, agent=self.id, capabilities=capabilities, vocabulary=vocabulary,
                         load=len(self._running),
-                        max_concurrent=self.max_concurrent, host=self.host, version=__version__,
+                        max_concurrent=self.max_concurrent, max_queued=self.max_queued, host=self.host,
+                        version=__version__,
                         heartbeat=self.heartbeat)
 
     def announce(self) -> None:
@@ -88,7 +99,7 @@ class Agent:
         while not self._stopping.wait(DEADLINE_CHECK):
             now = time.time()
             for task in [t for t in list(self._running.values()) if t.deadline and now > t.deadline]:
-                self._finish(task, ResultState.FAILED, "The task ran out of time.")
+                self._finish(task, ResultState.FAILED, OUT_OF_TIME)
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + self.heartbeat
                 self.announce()
@@ -129,9 +140,9 @@ class Agent:
             self._publish(task, ResultState.REJECTED, refusal)
             return
         with self._lock:
-            self._running[task.task_id] = task
+            self._running[task.task_id] = self._queued[task.task_id] = task
         self._publish(task, ResultState.ACCEPTED, "")
-        self._pool.submit(self._run, task)
+        self._start_queued()
 
     def _refusal(self, task: Task) -> str:
         """Why this agent will not run the task, or '' when it will."""
@@ -142,11 +153,35 @@ class Agent:
             return "The agent is shutting down."
         if task.accept_by and time.time() > task.accept_by:
             return "The task arrived after its dispatch window closed."
-        if len(self._running) >= self.max_concurrent:
+        if len(self._running) - len(self._queued) >= self.max_concurrent and not self._may_queue(task):
             return "The agent is busy."
         return ""
 
+    def _may_queue(self, task: Task) -> bool:
+        """Room in the queue, and by the recent pace the task would run before its deadline (after the
+        running tasks and those queued before it)."""
+        if len(self._queued) >= self.max_queued:
+            return False
+        rounds = len(self._queued) // self.max_concurrent + 2
+        return not task.deadline or time.time() + rounds * self._pace < task.deadline
+
+    def _start_queued(self) -> None:
+        """Start queued tasks, oldest first, while a slot is free; once stopping, fail them instead."""
+        while True:
+            with self._lock:
+                full = len(self._running) - len(self._queued) >= self.max_concurrent
+                if not self._queued or (full and not self._stopping.is_set()):
+                    return
+                _, task = self._queued.popitem(last=False)
+            if self._stopping.is_set():
+                self._finish(task, ResultState.FAILED, "The agent stopped before the task started.")
+            elif task.deadline and time.time() > task.deadline:
+                self._finish(task, ResultState.FAILED, OUT_OF_TIME)  # never started late
+            else:
+                self._pool.submit(self._run, task)
+
     def _run(self, task: Task) -> None:
+        started = time.monotonic()
         try:
             outcome = self.capabilities[task.capability].run(task.action, task.args)
         except TaskFailed as exc:
@@ -156,14 +191,19 @@ class Agent:
             self._finish(task, ResultState.FAILED, f"Something went wrong: {exc.__class__.__name__}.")
         else:
             self._finish(task, ResultState.SUCCEEDED, outcome.message, outcome.data)
+        finally:
+            self._pace += (time.monotonic() - started - self._pace) / 8
 
     def _finish(self, task: Task, state: ResultState, message: str, data: dict | None = None) -> None:
-        """Publish the final result once, whoever gets here first (handler, deadline or stop)."""
+        """Publish the final result once, whoever gets here first (handler, deadline or stop); a freed
+        slot starts the oldest queued task."""
         with self._lock:
             if self._running.pop(task.task_id, None) is None:
                 return
+            self._queued.pop(task.task_id, None)
         log.info("task %s %s: %s", task.task_id, state, message)
         self._publish(task, state, message, data or {})
+        self._start_queued()
 
     def _publish(self, task: Task, state: ResultState, message: str, data: dict | None = None) -> None:
         self.bus.publish(Result(task_id=task.task_id, agent=self.id, state=state, message=message,

@@ -7,11 +7,13 @@ pipelined (prompts per second), and printed with LAM/raw ratios.
 
     python bench/bench_bus.py                  # Mosquitto with set_tcp_nodelay true
     python bench/bench_bus.py --broker amqtt   # the embedded broker
+    python bench/bench_bus.py --distinct       # every prompt new to the parser (no remembered reading)
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import os
 import queue
@@ -150,7 +152,8 @@ def measure_raw(port: int, count: int, burst: int) -> tuple[list[float], float]:
     return result
 
 
-def measure_lam(port: int, count: int, burst: int, workdir: Path, max_concurrent: int) -> tuple[list[float], float]:
+def measure_lam(port: int, count: int, burst: int, workdir: Path, limits: list[str],
+                distinct: bool) -> tuple[list[float], float]:
     url = f"mqtt://127.0.0.1:{port}"
     env = {**os.environ, "LAM_STATE_DIR": str(workdir)}
     config = workdir / "bench.toml"
@@ -158,7 +161,7 @@ def measure_lam(port: int, count: int, burst: int, workdir: Path, max_concurrent
     processes = [subprocess.Popen([sys.executable, "-m", module, "--config", str(config), "--log-level", "WARNING",
                                    *extra], cwd=ROOT, env=env)
                  for module, extra in (("lamcontrol.coordinator.main", []),
-                                       ("lamcontrol.agents.main", ["--id", "bench", "-c", "echo", "--max-concurrent", str(max_concurrent)]))]
+                                       ("lamcontrol.agents.main", ["--id", "bench", "-c", "echo", *limits]))]
     answers: queue.Queue = queue.Queue()
     online: set[str] = set()
     bus = Bus(BrokerSettings(url=url), component="bench")
@@ -172,7 +175,9 @@ def measure_lam(port: int, count: int, burst: int, workdir: Path, max_concurrent
             time.sleep(0.05)
         if len(online) < 2:
             raise RuntimeError("the coordinator and agent did not come online")
-        timer = Timer(lambda i: bus.publish(Prompt(prompt="echo hello", source="bench")), answers)
+        numbers = itertools.count()
+        text = (lambda: f"echo hello {next(numbers)}") if distinct else (lambda: "echo hello")
+        timer = Timer(lambda i: bus.publish(Prompt(prompt=text(), source="bench")), answers)
         timer.sequential(50)
         return timer.sequential(count), timer.pipelined(burst)
     finally:
@@ -191,19 +196,24 @@ def main() -> int:
     parser.add_argument("--broker", choices=["mosquitto", "amqtt"], default="mosquitto")
     parser.add_argument("--count", type=int, default=1000, help="sequential round trips")
     parser.add_argument("--burst", type=int, default=3000, help="pipelined prompts")
-    parser.add_argument("--max-concurrent", type=int, default=4, help="the agent's limit (default: lam up's, 4)")
+    parser.add_argument("--max-concurrent", type=int, help="tasks the agent runs at once (default: lam up's)")
+    parser.add_argument("--max-queued", type=int, help="tasks the agent queues beyond that (default: lam up's)")
+    parser.add_argument("--distinct", action="store_true",
+                        help="a different prompt each time, so the coordinator parses every one afresh")
     args = parser.parse_args()
+    limits = [arg for flag, value in (("--max-concurrent", args.max_concurrent), ("--max-queued", args.max_queued))
+              if value is not None for arg in (flag, str(value))]
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         broker = start_broker(args.broker, port, Path(tmp))
         try:
             raw_seq, raw_rate = measure_raw(port, args.count, args.burst)
-            lam_seq, lam_rate = measure_lam(port, args.count, args.burst, Path(tmp), args.max_concurrent)
+            lam_seq, lam_rate = measure_lam(port, args.count, args.burst, Path(tmp), limits, args.distinct)
         finally:
             broker.terminate()
             broker.wait(10)
     print(f"broker: {args.broker}, {args.count} sequential round trips, {args.burst} pipelined, journal on, "
-          f"agent max_concurrent {args.max_concurrent}")
+          f"agent limits: {' '.join(limits) or 'the defaults'}{', distinct prompts' if args.distinct else ''}")
     print(f"{'':24}{'p50 µs':>10}{'p99 µs':>10}{'prompts/s':>12}")
     print(f"{'raw paho, 4 hops':24}{pct(raw_seq, 50):10.0f}{pct(raw_seq, 99):10.0f}{raw_rate:12.0f}")
     print(f"{'LAM echo':24}{pct(lam_seq, 50):10.0f}{pct(lam_seq, 99):10.0f}{lam_rate:12.0f}")

@@ -16,9 +16,10 @@ else the installed ones) and the names agents know. From them it makes
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 
 from hassil import Intents, RangeSlotList, TextSlotList, WildcardSlotList, recognize_all
@@ -57,6 +58,7 @@ OPENER_WORDS = {"hey", "hi", "ok", "okay", "so", "um", "uh", "alright", "yo", "w
 CLOSER_WORDS = {"please", "now", "thanks"}
 HOUSE_SLOTS = {"name", "area", "floor"}
 AMBIGUOUS = "the templates read it more than one way"
+REMEMBERED = 512  # prompts whose reading a language keeps (the same button, the same words, again)
 
 
 def screen(prompt: str) -> str:
@@ -72,6 +74,23 @@ def screen(prompt: str) -> str:
 
 def folded(text: str) -> str:
     return " ".join(text.replace("\u2019", "'").casefold().strip(" \"'.,!?").split())
+
+
+def remembered(method):
+    """Keep a language's reading of a text: it depends on nothing else (a changed language is a new
+    :class:`Language`). Each caller gets its own :class:`ParseResult` to annotate."""
+
+    @functools.wraps(method)
+    def reading(self: Language, text: str) -> ParseResult:
+        key = (method.__name__, text)
+        result = self._remembered.get(key)
+        if result is None:
+            if len(self._remembered) >= REMEMBERED:
+                self._remembered.clear()
+            result = self._remembered[key] = method(self, text)
+        return replace(result, commands=list(result.commands))
+
+    return reading
 
 
 @dataclass
@@ -95,6 +114,7 @@ class Language:
     def __init__(self, specs: dict[str, CapabilitySpec], names: dict[str, list] | None = None,
                  online: set[str] | None = None) -> None:
         self.online = online  # the capabilities online agents offer (None: all of them), for the LLM
+        self._remembered: dict[tuple[str, str], ParseResult] = {}
         self.specs = {name: self._with_names(spec, (names or {}).get(name, ())) for name, spec in specs.items()}
         self.forms: dict[str, list[tuple[CapabilitySpec, ActionSpec, Syntax]]] = {}
         for spec in self.specs.values():
@@ -216,6 +236,7 @@ class Language:
         found = process.extractOne(wanted, list(names), scorer=fuzz.ratio, score_cutoff=FUZZY)
         return names[found[0]] if found else ""
 
+    @remembered
     def parse_chain(self, text: str) -> ParseResult:
         """A whole prompt in the rigid grammar: ``x``, one command, or ``&&`` chains."""
         stripped = text.strip().strip("`").strip()
@@ -276,6 +297,7 @@ class Language:
             return TextSlotList.from_strings(arg.choices, name=name)
         return WildcardSlotList(name)
 
+    @remembered
     def understand(self, prompt: str) -> ParseResult:
         """The prompt read by the templates: commands, or none and why; ``why`` says how they matched."""
         why = screen(prompt)

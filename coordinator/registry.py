@@ -28,7 +28,8 @@ class AgentInfo:
 
     @property
     def full(self) -> bool:
-        return self.inflight >= max(1, self.presence.max_concurrent)
+        """As many tasks out with it as it runs at once, plus as many as it said it would queue."""
+        return self.inflight >= max(1, self.presence.max_concurrent) + max(0, self.presence.max_queued)
 
 
 class Registry:

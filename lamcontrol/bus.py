@@ -138,7 +138,7 @@ class Bus:
         self._typed: dict[type[Message], list[Subscription]] = {}
         self._on_connect: list[Callable[[], None]] = []
         self._pending_subs: set[int] = set()
-        self._inbox: queue.Queue = queue.Queue()
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._dispatcher = threading.Thread(target=self._dispatch, name=f"{component}-dispatch", daemon=True)
         self._client = self._make_client(persistent, will)
 

@@ -111,6 +111,8 @@ MODEL: dict[str, Section] = {
         "id": Setting("", "the agent's id; empty: the host name"),
         "capabilities": Setting(["echo"], "capabilities to offer (lam up offers every installed one instead)"),
         "max_concurrent": Setting(4, "tasks run at once"),
+        "max_queued": Setting(8, "tasks accepted beyond max_concurrent when the agent will start them before their "
+                                 "deadline, each started as a running one ends; 0 = none"),
         "heartbeat": Setting(30.0, "seconds between retained status messages"),
         "stop_grace": Setting(10.0, "seconds running tasks get to finish on SIGTERM"),
     }),

@@ -27,10 +27,11 @@ import enum
 import functools
 import json
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, Callable, ClassVar, TypeVar, get_args, get_origin, get_type_hints
 
 DEFAULT_PREFIX = "lam"
 DEFAULT_MAX_PAYLOAD = 64 * 1024
@@ -81,9 +82,12 @@ def new_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+NOT_IN_IDS = re.compile("[/+#\0 ]")
+
+
 def check_id(value: str, field_name: str) -> str:
     """Ids end up in topic levels: refuse wildcards, separators and empties."""
-    if not value or len(value) > 128 or any(c in value for c in "/+#\0 ") or not value.isprintable():
+    if not value or len(value) > 128 or NOT_IN_IDS.search(value) or not value.isprintable():
         raise ProtocolError("must be 1-128 printable characters without '/', '+', '#' or spaces", field_name)
     return value
 
@@ -112,7 +116,7 @@ class Topics:
 
     def build(self, pattern: str, **ids: str) -> str:
         """``pattern`` (``"replies/{prompt_id}"``) under the prefix; a missing id becomes ``+``."""
-        levels = [ids.get(level[1:-1], "+") if level.startswith("{") else level for level in pattern.split("/")]
+        levels = [ids.get(level[1:-1], "+") if level.startswith("{") else level for level in _levels(pattern)]
         return "/".join([self.prefix, *levels])
 
     def match(self, topic: str) -> Match | None:
@@ -121,7 +125,7 @@ class Topics:
             return None
         levels = topic[len(self.prefix) + 1:].split("/")
         for cls in MESSAGES:
-            ids = _match_levels(cls.topic_pattern.split("/"), levels)
+            ids = _match_levels(_levels(cls.topic_pattern), levels)
             if ids is not None:
                 return Match(cls, ids)
         return None
@@ -184,7 +188,12 @@ class Topics:
         return topic.rsplit("/", 1)[-1]
 
 
-def _match_levels(pattern: list[str], levels: list[str]) -> dict[str, str] | None:
+@functools.cache
+def _levels(pattern: str) -> tuple[str, ...]:
+    return tuple(pattern.split("/"))
+
+
+def _match_levels(pattern: tuple[str, ...], levels: list[str]) -> dict[str, str] | None:
     if len(pattern) != len(levels):
         return None
     ids = {}
@@ -198,33 +207,49 @@ def _match_levels(pattern: list[str], levels: list[str]) -> dict[str, str] | Non
     return ids
 
 
+Check = Callable[[Any, str], Any]  # (value, field name) -> the value as its field's type, else a ProtocolError
+
+
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
-
-
-def _checked(value: Any, hint: Any, name: str) -> Any:
-    """``value`` as the type the field declares (enums, nested messages, lists of them), else a
-    ProtocolError naming it."""
+def _check(hint: Any) -> Check:
+    """How to read a value of the type a field declares (enums, nested records, lists of them), made
+    once per type: every message read goes through here."""
     optional = type(None) in get_args(hint)
-    if value is None and optional:
-        return None
     expected = next(a for a in get_args(hint) if a is not type(None)) if optional else hint
     if isinstance(expected, type) and issubclass(expected, enum.Enum):
-        try:
-            return expected(value)
-        except ValueError:
-            raise ProtocolError(f"must be one of {', '.join(expected)}", name) from None
-    if isinstance(expected, type) and issubclass(expected, Record):
-        return expected.from_dict(value, name)
-    origin = get_origin(expected) or expected
-    accepted = (int, float) if origin is float else origin
-    if isinstance(value, bool) and origin is not bool or not isinstance(value, accepted):
-        wanted = "a number" if origin is float else origin.__name__
-        raise ProtocolError(f"must be {wanted}, not {type(value).__name__}", name)
-    if origin is list and get_args(expected):
-        return [_checked(item, get_args(expected)[0], f"{name}[{i}]") for i, item in enumerate(value)]
-    return value
+        def check(value: Any, name: str) -> Any:
+            try:
+                return expected(value)
+            except ValueError:
+                raise ProtocolError(f"must be one of {', '.join(expected)}", name) from None
+    elif isinstance(expected, type) and issubclass(expected, Record):
+        check = expected.from_dict
+    else:
+        origin = get_origin(expected) or expected
+        accepted = (int, float) if origin is float else origin
+        item = _check(get_args(expected)[0]) if origin is list and get_args(expected) else None
+
+        def check(value: Any, name: str) -> Any:
+            if isinstance(value, bool) and origin is not bool or not isinstance(value, accepted):
+                wanted = "a number" if origin is float else origin.__name__
+                raise ProtocolError(f"must be {wanted}, not {type(value).__name__}", name)
+            return [item(v, f"{name}[{i}]") for i, v in enumerate(value)] if item else value
+    if not optional:
+        return check
+    return lambda value, name: None if value is None else check(value, name)
+
+
+@functools.cache
+def _readers(cls: type) -> tuple[tuple[str, bool, Check], ...]:
+    """Each field of a record: its name, whether it is required, how to read it."""
+    hints = get_type_hints(cls)
+    return tuple((f.name, f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+                  _check(hints[f.name])) for f in dataclasses.fields(cls))
+
+
+@functools.cache
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def _plain(value: Any) -> Any:
@@ -248,15 +273,12 @@ class Record:
     def from_dict(cls: type[R], data: Any, where: str = "") -> R:
         if not isinstance(data, dict):
             raise ProtocolError(f"a {cls.kind} must be a JSON object, not {type(data).__name__}", where or None)
-        hints = _hints(cls)
         values = {}
-        for f in dataclasses.fields(cls):
-            name = f"{where}.{f.name}" if where else f.name
-            if f.name not in data:
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    raise ProtocolError("is required", name)
-                continue
-            values[f.name] = _checked(data[f.name], hints[f.name], name)
+        for key, required, check in _readers(cls):
+            if key in data:
+                values[key] = check(data[key], f"{where}.{key}" if where else key)
+            elif required:
+                raise ProtocolError("is required", f"{where}.{key}" if where else key)
         record = cls(**values)
         record.validate()
         return record
@@ -266,7 +288,7 @@ class Record:
             check_id(getattr(self, name), name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {name: _plain(getattr(self, name)) for name in _names(type(self))}
 
 
 M = TypeVar("M", bound="Message")
@@ -298,17 +320,18 @@ class Message(Record):
         return message
 
     def topic(self, topics: Topics) -> str:
-        return topics.build(self.topic_pattern, **self.to_ids())
-
-    def to_ids(self) -> dict[str, str]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return topics.build(self.topic_pattern, **{level[1:-1]: getattr(self, level[1:-1])
+                                                   for level in _levels(self.topic_pattern) if level.startswith("{")})
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+        return _JSON.encode(self.to_dict()).encode()
 
     def describe(self) -> str:
         """One human line, for ``lam monitor`` and the dashboard."""
         return str(self.to_dict())
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # compact, UTF-8 as it is
 
 
 def decode(payload: bytes, max_size: int | None = None) -> Any:
@@ -517,8 +540,9 @@ class Presence(Message):
     state: PresenceState
     agent: str
     capabilities: dict = field(default_factory=dict)
-    load: int = 0
+    load: int = 0  # tasks accepted and not finished (running or queued)
     max_concurrent: int = 1
+    max_queued: int = 0  # tasks accepted beyond max_concurrent, each started as a running one ends
     host: str = ""
     version: str = ""
     heartbeat: float = 30.0

@@ -84,6 +84,19 @@ def test_least_loaded_agent_is_chosen(lam):
     assert lam.reply_to(slow).status == "succeeded"
 
 
+def test_a_busy_agent_takes_its_queue_and_runs_it_in_turn(lam):
+    lam.coordinator()
+    lam.agent("a1", extra_config="[agent]\nmax_queued = 2\n", max_concurrent=1)
+    presence = lam.recorder.parsed(Presence, lam.topics.agent_status("a1"))[-1]
+    assert (presence.max_concurrent, presence.max_queued) == (1, 2)
+    prompts = [lam.submit(f"echo sleep 2 n{i}") for i in range(3)]
+    assert [lam.reply_to(p).response for p in prompts] == ["n0", "n1", "n2"]
+    states = [r.state for r in lam.recorder.parsed(Result, lam.topics.all_results)]
+    assert states.count("rejected") == 0
+    # All three were out with the agent (two queued) before the first finished.
+    assert states.index("succeeded") == 3 and states[:3] == ["accepted"] * 3
+
+
 def test_agent_killed_before_accepting_task_runs_on_the_other(lam):
     lam.coordinator()
     first = lam.agent("a1")

@@ -183,6 +183,17 @@ def test_waiting_for_an_agent_until_one_comes_or_the_deadline_passes(routing):
     assert routing.replies()[-1].response == "No agent could take echo say in time."
 
 
+def test_an_agent_gets_as_many_tasks_as_it_runs_and_queues(routing):
+    routing.deliver(Presence(state="online", agent="a1", capabilities=ECHO, max_concurrent=1, max_queued=2))
+    for text in ("one", "two", "three", "four"):
+        routing.send(f"echo {text}")
+    assert [t.args["text"] for t in routing.tasks()] == ["one", "two", "three"]  # the fourth waits for room
+    first = routing.tasks()[0]
+    routing.say(first, "accepted")
+    routing.say(first, "succeeded", "one")
+    assert [t.args["text"] for t in routing.tasks()] == ["one", "two", "three", "four"]
+
+
 def test_high_risk_commands_wait_for_the_same_source_to_confirm(routing):
     routing.online("pc", {"computer": ["power"]})
     asked = routing.send("computer power shutdown", source="r1")

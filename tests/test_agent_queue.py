@@ -1,0 +1,85 @@
+"""The agent's intake in process: the real agent and bus routing, a bus that never connects, tasks
+handed over as the bus delivers them. Beyond its running limit an agent queues a few tasks, only
+those it will start before their deadline, and never starts one after it stopped."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import wait_until
+from lamcontrol.agents.echo import Echo
+from lamcontrol.agents.runtime import Agent
+from lamcontrol.bus import BrokerSettings
+from lamcontrol.protocol import Result, Task, new_id, read
+from test_routing import FakeBus
+
+
+class Harness:
+    """An agent with the echo capability, which records each action as it starts it."""
+
+    def __init__(self, record: Path, max_concurrent: int, max_queued: int) -> None:
+        self.record = record
+        echo = Echo({"run_record": str(record)})
+        self.agent = Agent("a1", {"echo": echo}, BrokerSettings(), max_concurrent=max_concurrent,
+                           max_queued=max_queued, stop_grace=0.0, bus_factory=FakeBus)
+        self.bus = self.agent.bus
+
+    def task(self, action: str = "sleep", deadline: float = 60.0, **args) -> Task:
+        """Hand the agent a task, as its bus would; ``sleep`` ones take 30 seconds."""
+        now = time.time()
+        task = Task(task_id=new_id(), prompt_id=new_id(), capability="echo", action=action, agent="a1",
+                    args={"seconds": 30, **args} if action == "sleep" else args, accept_by=now + 5,
+                    deadline=now + deadline)
+        self.bus.handle(task.topic(self.bus.topics), task.to_json())
+        return task
+
+    def results(self, task: Task) -> list[tuple[str, str]]:
+        found = [read(self.bus.topics, t, p) for t, p in self.bus.sent]
+        return [(r.state, r.message) for r in found if isinstance(r, Result) and r.task_id == task.task_id]
+
+    def ran(self) -> list[dict]:
+        lines = self.record.read_text().splitlines() if self.record.exists() else []
+        return [json.loads(line)["args"] for line in lines]
+
+
+@pytest.fixture
+def harness(tmp_path: Path):
+    made: list[Harness] = []
+    yield lambda **limits: made.append(Harness(tmp_path / f"ran-{len(made)}.jsonl", **limits)) or made[-1]
+    for h in made:
+        h.agent.stop()
+
+
+def test_beyond_its_limit_an_agent_queues_a_few_and_refuses_the_rest(harness):
+    h = harness(max_concurrent=1, max_queued=2)
+    running, queued, also_queued, refused = (h.task(text=name) for name in ("one", "two", "three", "four"))
+    for task in (running, queued, also_queued):
+        assert h.results(task) == [("accepted", "")]
+    assert h.results(refused) == [("rejected", "The agent is busy.")]
+    wait_until(lambda: len(h.ran()) == 1, 10, "the first task started")
+    h.agent.stop()  # queued tasks never start once the agent stops: at most once
+    for task in (queued, also_queued):
+        assert h.results(task)[-1] == ("failed", "The agent stopped before the task started.")
+    assert [args["text"] for args in h.ran()] == ["one"]
+
+
+def test_a_task_is_queued_only_if_it_would_start_before_its_deadline(harness):
+    h = harness(max_concurrent=1, max_queued=4)
+    h.task(text="long")
+    hurried = h.task(deadline=0.5, text="hurried")  # no run yet: a task is taken to need a second
+    patient = h.task(deadline=60.0, text="patient")
+    assert h.results(hurried) == [("rejected", "The agent is busy.")]
+    assert h.results(patient) == [("accepted", "")]
+
+
+def test_queued_tasks_run_in_order_as_slots_free(harness):
+    h = harness(max_concurrent=1, max_queued=3)
+    tasks = [h.task("say", text=f"n{i}") for i in range(4)]
+    wait_until(lambda: all(h.results(t)[-1:] == [("succeeded", f"n{i}")] for i, t in enumerate(tasks)), 10,
+               "every queued task succeeded")
+    assert [args["text"] for args in h.ran()] == ["n0", "n1", "n2", "n3"]
+    assert all(state != "rejected" for t in tasks for state, _ in h.results(t))
