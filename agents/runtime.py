@@ -4,7 +4,10 @@ An agent announces itself with retained presence (its last will says offline), t
 tasks addressed to it on ``lam/tasks/<capability>``, answers ``accepted`` before any work
 starts, runs each task on its own thread under a concurrency limit and a deadline, and
 publishes ``succeeded`` or ``failed`` with a sentence. Duplicate deliveries (QoS 1 is
-at-least-once) and tasks that arrive after their dispatch window are never run.
+at-least-once) of one attempt are dropped; a task that arrives after its dispatch window is
+rejected. A task is run only once the broker has taken our ``accepted`` within the window (so
+the coordinator, which waits a little longer, hears it before giving the task to another), and
+never twice: offered again, it is answered from what became of it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+
+from paho.mqtt.client import MQTTMessageInfo
 
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus
@@ -27,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SEEN_TASKS = 10_000
 DEADLINE_CHECK = 0.1  # seconds between deadline checks
+CONFIRM_CHECK = 0.01  # seconds between looks at whether the broker has our `accepted`
 
 
 class Agent:
@@ -42,7 +48,8 @@ class Agent:
         self.host = socket.gethostname()
         self._lock = threading.Lock()
         self._running: dict[str, Task] = {}
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()  # (task id, attempt) delivered
+        self._accepted: OrderedDict[str, Result | None] = OrderedDict()  # task id -> its final result, once done
         self._stopping = threading.Event()
         self._advertised = b""  # the spec last published; sent again after every connect
         # Room beyond the limit: a task failed at its deadline may still hold its thread.
@@ -62,7 +69,7 @@ class Agent:
         capabilities = {name: cap.actions() for name, cap in self.capabilities.items()} if online else {}
         vocabulary = {name: words for name, cap in self.capabilities.items() if online and (words := cap.vocabulary())}
         return Presence(state=state, agent=self.id, capabilities=capabilities, vocabulary=vocabulary,
-                        load=len(self._running),
+                        load=len(self._running), running=sorted(self._running) if online else [],
                         max_concurrent=self.max_concurrent, host=self.host, version=__version__,
                         heartbeat=self.heartbeat)
 
@@ -118,20 +125,30 @@ class Agent:
         if task.agent != self.id:
             return
         with self._lock:
-            if task.task_id in self._seen:
-                log.info("dropping duplicate delivery of task %s", task.task_id)
+            if (task.task_id, task.attempt) in self._seen:
+                log.info("dropping duplicate delivery of task %s attempt %d", task.task_id, task.attempt)
                 return
-            self._seen[task.task_id] = None
-            if len(self._seen) > SEEN_TASKS:
-                self._seen.popitem(last=False)
+            remember(self._seen, (task.task_id, task.attempt), None)
+            if task.task_id in self._accepted:
+                self._answer_again(task, self._accepted[task.task_id])
+                return
         refusal = self._refusal(task)
         if refusal:
             self._publish(task, ResultState.REJECTED, refusal)
             return
         with self._lock:
             self._running[task.task_id] = task
+            remember(self._accepted, task.task_id, None)
+        accepted = self._publish(task, ResultState.ACCEPTED, "")
+        self._pool.submit(self._run, task, accepted)
+
+    def _answer_again(self, task: Task, final: Result | None) -> None:
+        """A task we accepted before, offered again (the coordinator missed our word): never run twice,
+        say it was accepted and, once finished, how it ended."""
+        log.info("task %s offered again (attempt %d): already accepted here", task.task_id, task.attempt)
         self._publish(task, ResultState.ACCEPTED, "")
-        self._pool.submit(self._run, task)
+        if final is not None:
+            self._publish(task, final.state, final.message, final.data)
 
     def _refusal(self, task: Task) -> str:
         """Why this agent will not run the task, or '' when it will."""
@@ -146,7 +163,21 @@ class Agent:
             return "The agent is busy."
         return ""
 
-    def _run(self, task: Task) -> None:
+    def _confirmed(self, task: Task, accepted: MQTTMessageInfo) -> bool:
+        """Whether the broker took our `accepted` before the task's window closed."""
+        give_up = task.accept_by or task.deadline or time.time() + self.stop_grace
+        while not accepted.is_published():
+            if time.time() > give_up or self._stopping.is_set():
+                return False
+            time.sleep(CONFIRM_CHECK)
+        return time.time() <= give_up
+
+    def _run(self, task: Task, accepted: MQTTMessageInfo) -> None:
+        if not self._confirmed(task, accepted):
+            with self._lock:
+                self._accepted.pop(task.task_id, None)  # not run: it may come back and run here
+            self._finish(task, ResultState.REJECTED, "The agent could not confirm it in time; it did not run it.")
+            return
         try:
             outcome = self.capabilities[task.capability].run(task.action, task.args)
         except TaskFailed as exc:
@@ -162,9 +193,19 @@ class Agent:
         with self._lock:
             if self._running.pop(task.task_id, None) is None:
                 return
+            if task.task_id in self._accepted:
+                self._accepted[task.task_id] = Result(task_id=task.task_id, agent=self.id, state=state,
+                                                      message=message, data=data or {})
         log.info("task %s %s: %s", task.task_id, state, message)
         self._publish(task, state, message, data or {})
 
-    def _publish(self, task: Task, state: ResultState, message: str, data: dict | None = None) -> None:
-        self.bus.publish(Result(task_id=task.task_id, agent=self.id, state=state, message=message,
-                                data=data or {}, attempt=task.attempt))
+    def _publish(self, task: Task, state: ResultState, message: str, data: dict | None = None) -> MQTTMessageInfo:
+        return self.bus.publish(Result(task_id=task.task_id, agent=self.id, state=state, message=message,
+                                       data=data or {}, attempt=task.attempt))
+
+
+def remember(recent: OrderedDict, key: object, value: object) -> None:
+    """Keep ``key`` among the last SEEN_TASKS."""
+    recent[key] = value
+    if len(recent) > SEEN_TASKS:
+        recent.popitem(last=False)

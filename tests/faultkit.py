@@ -28,7 +28,7 @@ from typing import Iterator
 
 from helpers import ROOT, Process, free_port, wait_for_port, wait_until
 from lamcontrol.bus import BrokerSettings, Bus
-from lamcontrol.protocol import Presence, Prompt, Reply, Result, parse
+from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, Reply, Result, parse
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -121,7 +121,7 @@ class Load:
 
     def _presence(self, topic: str, payload: bytes) -> None:
         if payload:
-            presence = parse(Presence, payload)
+            presence = parse(CoordinatorPresence if topic == self.topics.coordinator_status else Presence, payload)
             with self._lock:
                 self.presence[presence.agent or "coordinator"].append(presence.state)
 
@@ -152,7 +152,7 @@ class Load:
         with self._lock:
             replies = {p.id: list(self.replies.get(p.id, [])) for p in prompts}
             results = {k: list(v) for k, v in self.results.items()}
-        task_ids = {t["task_id"] for rs in replies.values() for r in rs for t in r.tasks if t.get("task_id")}
+        task_ids = {t.task_id for rs in replies.values() for r in rs for t in r.tasks if t.task_id}
         accepted_by = {t: {a for s, a in results.get(t, []) if s == "accepted"} for t in task_ids}
         tokens = {p.prompt.rsplit(" ", 1)[1] for p in prompts}
         return Tally(prompts=len(prompts),
