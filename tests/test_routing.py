@@ -3,6 +3,9 @@ and a clock the test moves. Redispatch, timeouts, confirmation and crash resume,
 
 from __future__ import annotations
 
+import errno
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,6 +43,8 @@ class FakeBus(Bus):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.sent: list[tuple[str, bytes]] = []
+        self.acked: list[int] = []
+        self._client.ack = lambda mid, qos: self.acked.append(mid)  # paho's, never connected here
         self.connected.set()
 
     def _send(self, topic: str, payload: bytes | str, qos: int, retain: bool) -> None:
@@ -430,3 +435,49 @@ def test_transcripts_and_held_confirmations_are_kept_for_the_most_recent_sources
     assert all(t.capability == "echo" for t in routing.tasks())
     routing.send("confirm", source="h4")
     assert routing.tasks()[-1].capability == "computer"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 1 MB tmpfs, mounted for the test (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True, timeout=20)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], timeout=20)
+
+
+def fill(path: Path) -> None:
+    with path.open("wb", buffering=0) as filler:
+        try:
+            for _ in range(1024):
+                filler.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+            return
+    raise AssertionError("the disk never filled")
+
+
+def test_a_journal_that_cannot_commit_publishes_and_acknowledges_nothing(small_disk, caplog):
+    routing = Routing(small_disk / "journal.db")
+    routing.online("a1", max_concurrent=1000)
+    bus = routing.bus
+    fill(small_disk / "filler")
+    for mid in range(1, 301):  # each prompt a few KB more in the journal, until the disk is full
+        prompt = Prompt(prompt=f"echo {mid} " + "words " * 300, source="test")
+        before = len(bus.sent)
+        bus._handle_burst([(bus.topics.prompts, prompt.to_json(), mid, 1)])
+        if mid not in bus.acked:
+            break
+    assert mid not in bus.acked, "the journal never failed"
+    [record] = [read(bus.topics, t, p) for t, p in bus.sent[before:]]
+    assert isinstance(record, ErrorRecord) and "not journaled" in record.error and "full" in record.error
+    assert "could not commit" in caplog.text
+    (small_disk / "filler").unlink()
+    bus._handle_burst([(bus.topics.prompts, prompt.to_json(), 1000, 1)])  # the broker delivers it again
+    assert 1000 in bus.acked
+    [task] = [read(bus.topics, t, p) for t, p in bus.sent[before + 1:]]
+    assert isinstance(task, Task) and task.prompt_id == prompt.id
+    assert len([t for t in routing.tasks() if t.prompt_id == prompt.id]) == 1
