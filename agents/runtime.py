@@ -166,10 +166,13 @@ class Agent:
     def _confirmed(self, task: Task, accepted: MQTTMessageInfo) -> bool:
         """Whether the broker took our `accepted` before the task's window closed."""
         give_up = task.accept_by or task.deadline or time.time() + self.stop_grace
-        while not accepted.is_published():
-            if time.time() > give_up or self._stopping.is_set():
-                return False
-            time.sleep(CONFIRM_CHECK)
+        try:
+            while not accepted.is_published():
+                if time.time() > give_up or self._stopping.is_set():
+                    return False
+                time.sleep(CONFIRM_CHECK)
+        except RuntimeError:  # sent while cut off from the broker: it cannot have been heard in time
+            return False
         return time.time() <= give_up
 
     def _run(self, task: Task, accepted: MQTTMessageInfo) -> None:

@@ -34,7 +34,7 @@ M = TypeVar("M", bound=Message)
 Handler = Callable[[str, bytes], None]
 Cleared = Callable[[dict[str, str]], None]
 Call = Callable[[], None]
-CONNECT, CALL = "connect", "call"  # inbox entries that are not messages
+CONNECT, CALL, PUBLISHED = "connect", "call", "published"  # inbox entries that are not messages
 BURST = 64  # messages handled together, in one transaction when there is one
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 8.0  # seconds; each wait is drawn at random below a doubling cap
 SCHEMES = {"mqtt": ("tcp", False, 1883), "mqtts": ("tcp", True, 8883), "ws": ("websockets", False, 80),
@@ -137,7 +137,6 @@ class Bus:
         # (the journal's) are not a handler's to swallow: they fail the whole burst.
         self.transaction = transaction
         self.fatal = fatal
-        self._sent_lock = threading.Lock()
         self._on_sent: dict[int, Call] = {}  # message id -> what to call once the broker has it
         self._held = threading.local()
         self.client_id = client_id or f"{component}-{uuid.uuid4().hex[:8]}"
@@ -242,7 +241,8 @@ class Bus:
     def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1,
                     on_sent: Call | None = None) -> mqtt.MQTTMessageInfo | None:
         """Publish now; or, from a handler inside a transaction, as soon as it commits (returns None).
-        ``on_sent()`` is called like :meth:`defer` once the broker has acknowledged the message."""
+        ``on_sent()`` is called like :meth:`defer` once the broker has acknowledged the message (on the
+        dispatcher thread, so publish with it only there, or before :meth:`start`)."""
         return self._publish_held("messages", topic, payload, qos, retain, on_sent)
 
     def publish_after(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1) -> None:
@@ -260,12 +260,10 @@ class Bus:
 
     def _send_tracked(self, topic: str, payload: bytes | str, qos: int, retain: bool,
                       on_sent: Call | None) -> mqtt.MQTTMessageInfo | None:
-        if on_sent is None:
-            return self._send(topic, payload, qos, retain)
-        with self._sent_lock:  # registered before paho can report the acknowledgement
-            info = self._send(topic, payload, qos, retain)
-            if info is not None:
-                self._on_sent[info.mid] = on_sent
+        info = self._send(topic, payload, qos, retain)
+        if on_sent is not None and info is not None:
+            # The acknowledgement is handled on this thread, after this: no race with registering.
+            self._on_sent[info.mid] = on_sent
         return info
 
     def _send(self, topic: str, payload: bytes | str, qos: int, retain: bool) -> mqtt.MQTTMessageInfo:
@@ -336,10 +334,8 @@ class Bus:
         self._inbox.put((message.topic, message.payload, message.mid, message.qos))
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
-        with self._sent_lock:
-            on_sent = self._on_sent.pop(mid, None)
-        if on_sent is not None:
-            self.defer(on_sent)
+        if self.transaction is not None:  # only the journaling component asks to hear of acknowledgements
+            self._inbox.put((PUBLISHED, None, mid, 0))
 
     # -- dispatcher thread --------------------------------------------------------------
 
@@ -382,7 +378,7 @@ class Bus:
 
     def _commit_failed(self, burst: list[tuple[str, Any, int, int]], error: Exception) -> None:
         """Say so, and drop the connection so the broker redelivers what we did not acknowledge."""
-        messages = [(topic, payload) for topic, payload, mid, qos in burst if topic not in (CONNECT, CALL)]
+        messages = [(topic, payload) for topic, payload, mid, qos in burst if topic not in (CONNECT, CALL, PUBLISHED)]
         log.error("%s: could not commit the handling of %d message(s), nothing published or acknowledged, "
                   "awaiting redelivery: %s", self.component, len(burst), error, exc_info=error)
         for topic, payload in messages or [(f"{self.component} state", b"")]:
@@ -402,6 +398,10 @@ class Bus:
                     self._guarded(callback, CONNECT)
             elif topic == CALL:
                 self._guarded(payload, CALL)
+            elif topic == PUBLISHED:
+                on_sent = self._on_sent.pop(mid, None)
+                if on_sent is not None:
+                    self._guarded(on_sent, PUBLISHED)
             else:
                 self._guarded(functools.partial(self._route, topic, payload), topic, payload)
 
@@ -438,5 +438,5 @@ class Bus:
             self.refuse(topic, exc, payload)
         except Exception as exc:  # a bug must not stop the bus
             log.exception("%s: handler failed on %s", self.component, topic)
-            if topic not in (CONNECT, CALL):
+            if topic not in (CONNECT, CALL, PUBLISHED):
                 self.refuse(topic, f"internal error: {exc.__class__.__name__}: {exc}", payload)

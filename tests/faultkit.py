@@ -35,7 +35,8 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 class Broker:
     """The embedded broker, or Mosquitto as ``lam mosquitto-config`` writes it (users, ACL,
-    persistence), on a free port; it can be stopped, killed and started again."""
+    persistence), on a free port; it can be stopped, killed and started again. The embedded
+    broker listening beyond loopback gets a password file with a user for each of ``users``."""
 
     def __init__(self, kind: str, folder: Path, prefix: str, users: str = "", *options: str,
                  host: str = "127.0.0.1", wrap: tuple[str, ...] = ()) -> None:
@@ -53,15 +54,26 @@ class Broker:
                                    "--users", users, "--config", str(config), "--listen", f"{host}:{self.port}",
                                    *options], capture_output=True, text=True, timeout=60, cwd=ROOT)
             assert done.returncode == 0, done.stderr
+        elif not host.startswith("127."):
+            self.hardened = True  # lam-broker needs users beyond loopback
+            for user in ((entry.split(":") + [""])[1] or entry for entry in (users or "coordinator,load,a1,a2").split(",")):
+                password = uuid.uuid4().hex
+                (folder / "credentials").mkdir(exist_ok=True)
+                (folder / "credentials" / user).write_text(password)
+                done = subprocess.run([sys.executable, "-m", "lamcontrol.broker.main", "adduser",
+                                       str(folder / "passwd"), user], input=password, capture_output=True,
+                                      text=True, timeout=60, cwd=ROOT)
+                assert done.returncode == 0, done.stderr
         self.process: Process | None = None
         self.starts = 0
         self.start()
 
     def argv(self) -> list[str]:
-        if self.hardened:
+        if self.kind == "mosquitto":
             return [MOSQUITTO, "-c", str(self.folder / "mosquitto.conf")]
+        users = ["--password-file", str(self.folder / "passwd")] if self.hardened else []
         return [sys.executable, "-m", "lamcontrol.broker.main", "--listen", f"{self.host}:{self.port}",
-                "--stop-timeout", "5"]
+                "--stop-timeout", "5", *users]
 
     def start(self) -> None:
         self.starts += 1
@@ -72,7 +84,7 @@ class Broker:
     def close(self) -> None:
         if self.process:
             self.process.stop()
-        if self.hardened:
+        if self.kind == "mosquitto":
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def settings(self, user: str = "") -> BrokerSettings:
@@ -93,6 +105,7 @@ class Load:
 
     def __init__(self, settings: BrokerSettings) -> None:
         self.replies: dict[str, list[Reply]] = defaultdict(list)
+        self.answered_at: dict[str, float] = {}  # prompt id -> when its first reply came
         self.results: dict[str, list[tuple[str, str]]] = defaultdict(list)  # task id -> [(state, agent)]
         self.presence: dict[str, list[str]] = defaultdict(list)
         self._lock = threading.Lock()
@@ -111,6 +124,7 @@ class Load:
         reply = parse(Reply, payload)
         with self._lock:
             self.replies[reply.prompt_id].append(reply)
+            self.answered_at.setdefault(reply.prompt_id, time.time())
 
     def _result(self, topic: str, payload: bytes) -> None:
         result = parse(Result, payload)
@@ -148,7 +162,7 @@ class Load:
             time.sleep(0.1)
         time.sleep(0.5)  # room for a second reply to show up
 
-    def tally(self, prompts: list[Prompt], runs: Counter) -> Tally:
+    def tally(self, prompts: list[Prompt], runs: Counter, fault_at: float = 0.0) -> Tally:
         with self._lock:
             replies = {p.id: list(self.replies.get(p.id, [])) for p in prompts}
             results = {k: list(v) for k, v in self.results.items()}
@@ -161,7 +175,9 @@ class Load:
                      twice=sum(len(r) > 1 for r in replies.values()),
                      accepted_by_two=sum(len(a) > 1 for a in accepted_by.values()),
                      ran_twice=sum(runs[t] > 1 for t in tokens),
-                     statuses=Counter(r[0].status for r in replies.values() if r))
+                     statuses=Counter(r[0].status for r in replies.values() if r),
+                     slowest=max((self.answered_at.get(p.id, time.time()) - p.ts for p in prompts
+                                  if fault_at and p.ts >= fault_at), default=0.0))
 
     def close(self) -> None:
         self.bus.stop()
@@ -178,6 +194,7 @@ class Tally:
     accepted_by_two: int  # tasks two different agents said they accepted (bus view)
     ran_twice: int  # prompts whose task the agents' own records show run more than once
     statuses: Counter = field(default_factory=Counter)
+    slowest: float = 0.0  # seconds, the longest a prompt sent from the fault on waited for its reply (benches)
 
     def clean(self) -> bool:
         return self.once == self.prompts and not (self.lost or self.twice or self.accepted_by_two or self.ran_twice)
@@ -194,6 +211,11 @@ class System:
         self.processes: dict[str, Process] = {}
         self.load = Load(broker.settings("load"))
         self.journal = folder / "journal.db"
+        self.fault_at = 0.0  # when the test's first fault began (for the recovery figure of bench_faults)
+
+    def fault(self) -> None:
+        """Mark the start of the test's fault."""
+        self.fault_at = self.fault_at or time.time()
 
     def config(self, name: str, body: str, user: str, url: str = "") -> Path:
         path = self.folder / f"{name}.toml"
@@ -238,7 +260,15 @@ class System:
         return runs
 
     def tally(self, prompts: list[Prompt]) -> Tally:
-        return self.load.tally(prompts, self.runs())
+        """The counts; with $LAM_FAULT_REPORT set (bench/bench_faults.py), also appended there."""
+        tally = self.load.tally(prompts, self.runs(), self.fault_at)
+        report = os.environ.get("LAM_FAULT_REPORT")
+        if report:
+            test = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split(" ")[0]
+            with open(report, "a", encoding="utf-8") as out:
+                out.write(json.dumps({"test": test, "ack_timeout": self.ack_timeout,
+                                      **{k: v for k, v in tally.__dict__.items() if k != "statuses"}}) + "\n")
+        return tally
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in self.processes.values())
