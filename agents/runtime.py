@@ -5,9 +5,8 @@ tasks addressed to it on ``lam/tasks/<capability>``, answers ``accepted`` before
 starts, runs each task on its own thread under a concurrency limit and a deadline, and
 publishes ``succeeded`` or ``failed`` with a sentence. Duplicate deliveries (QoS 1 is
 at-least-once) of one attempt are dropped; a task that arrives after its dispatch window is
-rejected. A task is run only once the broker has taken our ``accepted`` within the window (so
-the coordinator, which waits a little longer, hears it before giving the task to another), and
-never twice: offered again, it is answered from what became of it.
+rejected. A task accepted here is never run twice: offered again (the coordinator missed our
+word), it is answered from what became of it.
 """
 
 from __future__ import annotations
@@ -18,8 +17,6 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-
-from paho.mqtt.client import MQTTMessageInfo
 
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus
@@ -32,7 +29,6 @@ log = logging.getLogger(__name__)
 
 SEEN_TASKS = 10_000
 DEADLINE_CHECK = 0.1  # seconds between deadline checks
-CONFIRM_CHECK = 0.01  # seconds between looks at whether the broker has our `accepted`
 
 
 class Agent:
@@ -139,8 +135,8 @@ class Agent:
         with self._lock:
             self._running[task.task_id] = task
             remember(self._accepted, task.task_id, None)
-        accepted = self._publish(task, ResultState.ACCEPTED, "")
-        self._pool.submit(self._run, task, accepted)
+        self._publish(task, ResultState.ACCEPTED, "")
+        self._pool.submit(self._run, task)
 
     def _answer_again(self, task: Task, final: Result | None) -> None:
         """A task we accepted before, offered again (the coordinator missed our word): never run twice,
@@ -163,24 +159,7 @@ class Agent:
             return "The agent is busy."
         return ""
 
-    def _confirmed(self, task: Task, accepted: MQTTMessageInfo) -> bool:
-        """Whether the broker took our `accepted` before the task's window closed."""
-        give_up = task.accept_by or task.deadline or time.time() + self.stop_grace
-        try:
-            while not accepted.is_published():
-                if time.time() > give_up or self._stopping.is_set():
-                    return False
-                time.sleep(CONFIRM_CHECK)
-        except RuntimeError:  # sent while cut off from the broker: it cannot have been heard in time
-            return False
-        return time.time() <= give_up
-
-    def _run(self, task: Task, accepted: MQTTMessageInfo) -> None:
-        if not self._confirmed(task, accepted):
-            with self._lock:
-                self._accepted.pop(task.task_id, None)  # not run: it may come back and run here
-            self._finish(task, ResultState.REJECTED, "The agent could not confirm it in time; it did not run it.")
-            return
+    def _run(self, task: Task) -> None:
         try:
             outcome = self.capabilities[task.capability].run(task.action, task.args)
         except TaskFailed as exc:
@@ -202,9 +181,9 @@ class Agent:
         log.info("task %s %s: %s", task.task_id, state, message)
         self._publish(task, state, message, data or {})
 
-    def _publish(self, task: Task, state: ResultState, message: str, data: dict | None = None) -> MQTTMessageInfo:
-        return self.bus.publish(Result(task_id=task.task_id, agent=self.id, state=state, message=message,
-                                       data=data or {}, attempt=task.attempt))
+    def _publish(self, task: Task, state: ResultState, message: str, data: dict | None = None) -> None:
+        self.bus.publish(Result(task_id=task.task_id, agent=self.id, state=state, message=message,
+                                data=data or {}, attempt=task.attempt))
 
 
 def remember(recent: OrderedDict, key: object, value: object) -> None:

@@ -205,8 +205,9 @@ class System:
     broker; every echo agent keeps a record of the tasks it ran."""
 
     def __init__(self, broker: Broker, folder: Path, ack_timeout: float = 2.0,
-                 wrap: dict[str, tuple[str, ...]] | None = None) -> None:
+                 wrap: dict[str, tuple[str, ...]] | None = None, coordinator_settings: str = "") -> None:
         self.broker, self.folder, self.ack_timeout = broker, folder, ack_timeout
+        self.coordinator_settings = coordinator_settings  # more [coordinator] lines
         self.wrap = wrap or {}  # process name -> command prefix (e.g. `ip netns exec NS`)
         self.processes: dict[str, Process] = {}
         self.load = Load(broker.settings("load"))
@@ -226,7 +227,8 @@ class System:
     def coordinator(self) -> Process:
         seen = len(self.load.presence["coordinator"])
         config = self.config("coordinator", f'[coordinator]\njournal = "{self.journal}"\n'
-                                            f"ack_timeout = {self.ack_timeout}\n", "coordinator")
+                                            f"ack_timeout = {self.ack_timeout}\n{self.coordinator_settings}",
+                             "coordinator")
         process = self._start("coordinator", "lamcontrol.coordinator.main", "--config", str(config))
         wait_until(lambda: self.load.online("coordinator", seen), 60, lambda: f"coordinator online\n{process.log()}")
         return process
