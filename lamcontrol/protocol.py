@@ -328,12 +328,17 @@ def decode(payload: bytes, max_size: int | None = None) -> Any:
     except RecursionError:
         raise ProtocolError("payload is nested too deeply") from None
     if LONE_SURROGATE.search(payload):
-        try:
-            json.dumps(data, ensure_ascii=False).encode()
-        except UnicodeEncodeError as exc:
-            raise ProtocolError(f"payload has a lone surrogate ({exc.object[exc.start:exc.end]!a}), which is not "
-                                "valid Unicode") from None
+        check_unicode(data)
     return data
+
+
+def check_unicode(data: Any) -> None:
+    """Refuse decoded JSON holding a lone surrogate (``"\\ud800"``): it cannot be written out again."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise ProtocolError(f"payload has a lone surrogate ({exc.object[exc.start:exc.end]!a}), which is not "
+                            "valid Unicode") from None
 
 
 def parse(cls: type[M], payload: bytes, max_size: int = DEFAULT_MAX_PAYLOAD) -> M:
