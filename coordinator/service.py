@@ -74,6 +74,7 @@ class Coordinator:
 
     def _router(self) -> Router:
         return Router(self.settings, self.clock, self.journal, self.registry, self.bus.publish, self.reply, self.events)
+
     # -- life cycle ---------------------------------------------------------------------
 
     def presence(self, state: PresenceState = PresenceState.ONLINE) -> CoordinatorPresence:

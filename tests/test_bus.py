@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import signal
+import sqlite3
 import time
 
 import paho.mqtt.client as mqtt
@@ -346,3 +347,16 @@ def test_inputs_that_once_broke_the_coordinator_get_a_record_and_a_rejected_repl
     assert len(records) == len(HOSTILE_PROMPTS)
     assert not any("internal error" in r.error for r in records), records
     assert lam.send("echo still fine").status == "succeeded"
+
+
+def test_a_reply_is_marked_sent_in_the_journal_once_the_broker_has_it(lam):
+    lam.coordinator()
+    lam.agent("a1")
+    prompts = [lam.submit(f"echo number {n}") for n in range(5)]
+    for prompt in prompts:
+        lam.reply_to(prompt)
+
+    def unsent() -> list:
+        with sqlite3.connect(lam.tmp_path / "journal.db") as db:
+            return db.execute("SELECT id FROM prompts WHERE sent = 0 OR reply IS NULL").fetchall()
+    wait_until(lambda: unsent() == [], 20, "every reply marked sent")
