@@ -164,8 +164,11 @@ class Load:
 
     def tally(self, prompts: list[Prompt], runs: Counter, fault_at: float = 0.0) -> Tally:
         with self._lock:
-            replies = {p.id: list(self.replies.get(p.id, [])) for p in prompts}
+            copies = {p.id: list(self.replies.get(p.id, [])) for p in prompts}
             results = {k: list(v) for k, v in self.results.items()}
+        # A reply sent again after a restart (journaled, never acknowledged) is the same message,
+        # byte for byte, as QoS 1 may deliver any message twice: an asker keeps the first copy.
+        replies = {p: list({r.to_json(): r for r in rs}.values()) for p, rs in copies.items()}
         task_ids = {t.task_id for rs in replies.values() for r in rs for t in r.tasks if t.task_id}
         accepted_by = {t: {a for s, a in results.get(t, []) if s == "accepted"} for t in task_ids}
         tokens = {p.prompt.rsplit(" ", 1)[1] for p in prompts}
@@ -173,6 +176,7 @@ class Load:
                      once=sum(len(r) == 1 for r in replies.values()),
                      lost=sum(not r for r in replies.values()),
                      twice=sum(len(r) > 1 for r in replies.values()),
+                     copies=sum(len(r) > len(replies[p]) for p, r in copies.items()),
                      accepted_by_two=sum(len(a) > 1 for a in accepted_by.values()),
                      ran_twice=sum(runs[t] > 1 for t in tokens),
                      statuses=Counter(r[0].status for r in replies.values() if r),
@@ -190,11 +194,12 @@ class Tally:
     prompts: int
     once: int
     lost: int
-    twice: int
+    twice: int  # prompts with two different replies
     accepted_by_two: int  # tasks two different agents said they accepted (bus view)
     ran_twice: int  # prompts whose task the agents' own records show run more than once
     statuses: Counter = field(default_factory=Counter)
     slowest: float = 0.0  # seconds, the longest a prompt sent from the fault on waited for its reply (benches)
+    copies: int = 0  # prompts whose one reply came more than once (sent again after a restart)
 
     def clean(self) -> bool:
         return self.once == self.prompts and not (self.lost or self.twice or self.accepted_by_two or self.ran_twice)
