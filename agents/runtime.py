@@ -64,8 +64,10 @@ class Agent:
         online = state == PresenceState.ONLINE
         capabilities = {name: cap.actions() for name, cap in self.capabilities.items()} if online else {}
         vocabulary = {name: words for name, cap in self.capabilities.items() if online and (words := cap.vocabulary())}
+        with self._lock:
+            running = sorted(self._running) if online else []
         return Presence(state=state, agent=self.id, capabilities=capabilities, vocabulary=vocabulary,
-                        load=len(self._running), running=sorted(self._running) if online else [],
+                        load=len(self._running), running=running,
                         max_concurrent=self.max_concurrent, host=self.host, version=__version__,
                         heartbeat=self.heartbeat)
 
