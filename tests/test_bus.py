@@ -11,7 +11,8 @@ import time
 import paho.mqtt.client as mqtt
 
 from helpers import wait_until
-from lamcontrol.protocol import CoordinatorPresence, ErrorRecord, Presence, Prompt, Reply, Result, Task, decode, new_id
+from lamcontrol.protocol import (CoordinatorPresence, ErrorRecord, Presence, Prompt, Reply, Result, Task, decode,
+                                 new_id, parse)
 
 
 def kinds(lam, prompt_id: str) -> list[str]:
@@ -250,8 +251,12 @@ def test_survives_a_broker_restart(broker, lam):
     lam.coordinator()
     lam.agent("a1")
     assert lam.send("echo before").status == "succeeded"
+    seen = len(lam.recorder.on(lam.topics.coordinator_status))
     broker.restart()
     wait_until(lambda: lam.recorder.bus.ready.is_set() and lam.bus.ready.is_set(), 45, "test clients reconnected")
+    # This broker keeps no sessions across its restart: a prompt is heard once the coordinator is back.
+    wait_until(lambda: any(p and parse(CoordinatorPresence, p).online
+                           for _, p in lam.recorder.on(lam.topics.coordinator_status)[seen:]), 45, "coordinator back")
     reply = lam.send("echo after", timeout=45)
     assert reply.status == "succeeded" and reply.response == "after"
 
