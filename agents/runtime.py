@@ -6,8 +6,10 @@ starts, runs each task on its own thread under a concurrency limit and a deadlin
 publishes ``succeeded`` or ``failed`` with a sentence. When every slot is taken it still
 accepts a few tasks (``max_queued``), each started as a running one ends, if by its recent
 pace it will run them before their deadline; otherwise it answers ``rejected`` (busy), so the
-coordinator can look elsewhere. Duplicate deliveries (QoS 1 is at-least-once) and tasks that
-arrive after their dispatch window are never run.
+coordinator can look elsewhere. Duplicate deliveries (QoS 1 is at-least-once) of one attempt
+are dropped; a task that arrives after its dispatch window is rejected. A task accepted here is
+never run twice: offered again (the coordinator missed our word), it is answered from what
+became of it.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ class Agent:
         self._running: dict[str, Task] = {}  # accepted and not finished: running, or queued for a slot
         self._queued: OrderedDict[str, Task] = OrderedDict()  # accepted, waiting for a slot, oldest first
         self._pace = FIRST_PACE  # recent seconds per task, for what the queue can promise
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()  # (task id, attempt) delivered
+        self._accepted: OrderedDict[str, Result | None] = OrderedDict()  # task id -> its final result, once done
         self._stopping = threading.Event()
         self._advertised = b""  # the spec last published; sent again after every connect
         # Room beyond the limit: a task failed at its deadline may still hold its thread.
@@ -71,8 +74,10 @@ class Agent:
         online = state == PresenceState.ONLINE
         capabilities = {name: cap.actions() for name, cap in self.capabilities.items()} if online else {}
         vocabulary = {name: words for name, cap in self.capabilities.items() if online and (words := cap.vocabulary())}
+        with self._lock:
+            running = sorted(self._running) if online else []
         return Presence(state=state, agent=self.id, capabilities=capabilities, vocabulary=vocabulary,
-                        load=len(self._running),
+                        load=len(self._running), running=running,
                         max_concurrent=self.max_concurrent, max_queued=self.max_queued, host=self.host,
                         version=__version__,
                         heartbeat=self.heartbeat)
@@ -129,20 +134,30 @@ class Agent:
         if task.agent != self.id:
             return
         with self._lock:
-            if task.task_id in self._seen:
-                log.info("dropping duplicate delivery of task %s", task.task_id)
+            if (task.task_id, task.attempt) in self._seen:
+                log.info("dropping duplicate delivery of task %s attempt %d", task.task_id, task.attempt)
                 return
-            self._seen[task.task_id] = None
-            if len(self._seen) > SEEN_TASKS:
-                self._seen.popitem(last=False)
+            remember(self._seen, (task.task_id, task.attempt), None)
+            if task.task_id in self._accepted:
+                self._answer_again(task, self._accepted[task.task_id])
+                return
         refusal = self._refusal(task)
         if refusal:
             self._publish(task, ResultState.REJECTED, refusal)
             return
         with self._lock:
             self._running[task.task_id] = self._queued[task.task_id] = task
+            remember(self._accepted, task.task_id, None)
         self._publish(task, ResultState.ACCEPTED, "")
         self._start_queued()
+
+    def _answer_again(self, task: Task, final: Result | None) -> None:
+        """A task we accepted before, offered again (the coordinator missed our word): never run twice,
+        say it was accepted and, once finished, how it ended."""
+        log.info("task %s offered again (attempt %d): already accepted here", task.task_id, task.attempt)
+        self._publish(task, ResultState.ACCEPTED, "")
+        if final is not None:
+            self._publish(task, final.state, final.message, final.data)
 
     def _refusal(self, task: Task) -> str:
         """Why this agent will not run the task, or '' when it will."""
@@ -201,6 +216,9 @@ class Agent:
             if self._running.pop(task.task_id, None) is None:
                 return
             self._queued.pop(task.task_id, None)
+            if task.task_id in self._accepted:
+                self._accepted[task.task_id] = Result(task_id=task.task_id, agent=self.id, state=state,
+                                                      message=message, data=data or {})
         log.info("task %s %s: %s", task.task_id, state, message)
         self._publish(task, state, message, data or {})
         self._start_queued()
@@ -208,3 +226,10 @@ class Agent:
     def _publish(self, task: Task, state: ResultState, message: str, data: dict | None = None) -> None:
         self.bus.publish(Result(task_id=task.task_id, agent=self.id, state=state, message=message,
                                 data=data or {}, attempt=task.attempt))
+
+
+def remember(recent: OrderedDict, key: object, value: object) -> None:
+    """Keep ``key`` among the last SEEN_TASKS."""
+    recent[key] = value
+    if len(recent) > SEEN_TASKS:
+        recent.popitem(last=False)

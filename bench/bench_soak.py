@@ -8,6 +8,7 @@ the agents' own run records).
     python bench/bench_soak.py                        # 10 agents, 10,000 prompts, Mosquitto
     python bench/bench_soak.py --prompts 500 --broker amqtt
     python bench/bench_soak.py --distinct-sources    # memory per distinct `source`
+    python bench/bench_soak.py --distinct-sources --sources 1000000000   # as if unbounded
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=200, help="prompts in flight at most (default 200)")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between memory samples")
     parser.add_argument("--distinct-sources", action="store_true", help="every prompt from a source of its own")
+    parser.add_argument("--sources", type=int, default=0,
+                        help="[coordinator] sources: how many sources' recent commands are kept (default: its own)")
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="give up after this long")
     args = parser.parse_args()
 
@@ -72,7 +75,8 @@ def main() -> int:
     users = ",".join(["coordinator", "client:load", *(f"agent:{a}:echo" for a in agents)])
     prefix = f"s{uuid.uuid4().hex[:8]}"
     broker = Broker(args.broker, folder, prefix, users, "--legacy-results")
-    system = System(broker, folder, ack_timeout=5.0)
+    system = System(broker, folder, ack_timeout=5.0,
+                    coordinator_settings=f"sources = {args.sources}\n" if args.sources else "")
     try:
         system.coordinator()
         for agent in agents:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,6 +24,20 @@ log = logging.getLogger(__name__)
 Start = Callable[[Prompt, float, list[Command], str], None]
 
 
+class BySource(OrderedDict):
+    """What is kept per source, for the ``limit`` sources heard from most recently."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, source: str, value: object) -> None:
+        super().__setitem__(source, value)
+        self.move_to_end(source)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
 @dataclass(eq=False)
 class Intake:
     """Turns each new prompt into commands, or into a question, a refusal or a cancellation."""
@@ -36,8 +50,11 @@ class Intake:
     reply: Reply
     events: Events
     specs: SpecStore = field(default_factory=SpecStore)  # what the online agents understand
-    held: dict[str, Held] = field(default_factory=dict)  # by source
-    transcripts: dict[str, deque[str]] = field(default_factory=dict)  # recent commands by source, for the parser
+    held: BySource = field(init=False)  # commands waiting for their source to confirm
+    transcripts: BySource = field(init=False)  # recent commands by source, for the parser
+
+    def __post_init__(self) -> None:
+        self.held, self.transcripts = BySource(self.settings.sources), BySource(self.settings.sources)
 
     def handle(self, prompt: Prompt, deadline: float) -> None:
         source = prompt.source
@@ -76,8 +93,9 @@ class Intake:
         return result
 
     def _start(self, prompt: Prompt, deadline: float, commands: list[Command], note: str) -> None:
-        transcript = self.transcripts.setdefault(prompt.source, deque(maxlen=self.settings.transcript))
+        transcript = self.transcripts.pop(prompt.source, None) or deque(maxlen=self.settings.transcript)
         transcript.extend(c.text for c in commands)
+        self.transcripts[prompt.source] = transcript
         self.start(prompt, deadline, commands, note)
 
     def expire(self) -> None:

@@ -1,8 +1,9 @@
 """The coordinator's durable journal (SQLite in WAL mode).
 
 A prompt is written before anything is done with it, each task as it is dispatched and
-as its state changes, and the reply when it is sent. A coordinator killed at any moment
-reads back what was open and finishes it.
+as its state changes, and the reply before it is published; the reply is marked sent once
+the broker has acknowledged it. A coordinator killed at any moment reads back what was open
+and finishes it, and publishes again the replies it had not seen acknowledged.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ CREATE TABLE IF NOT EXISTS prompts (
     body TEXT NOT NULL,
     received REAL NOT NULL,
     deadline REAL NOT NULL,
-    reply TEXT
+    reply TEXT,
+    sent INTEGER NOT NULL DEFAULT 1  -- 0 from the reply's journaling until the broker acknowledged it
 );
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY,
@@ -55,20 +57,32 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        if "sent" not in {row[1] for row in self._db.execute("PRAGMA table_info(prompts)")}:
+            self._db.execute("ALTER TABLE prompts ADD COLUMN sent INTEGER NOT NULL DEFAULT 1")  # older journals
+        self._db.execute("CREATE INDEX IF NOT EXISTS unsent_replies ON prompts(id) WHERE sent = 0")
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Group the writes of one handled message into one transaction."""
+        """Group the writes of one handled message into one transaction; rolled back when the block
+        or the commit fails (a full disk, say), and the error raised."""
         with self._lock:
             if self._depth == 0:
                 self._db.execute("BEGIN")
             self._depth += 1
             try:
                 yield
+                if self._depth == 1:
+                    self._db.execute("COMMIT")
+            except BaseException:
+                if self._depth == 1 and self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
             finally:
                 self._depth -= 1
-                if self._depth == 0:
-                    self._db.execute("COMMIT")
+
+    @property
+    def in_batch(self) -> bool:
+        return self._depth > 0
 
     def _write(self, sql: str, params: tuple) -> None:
         with self._lock:
@@ -93,8 +107,18 @@ class Journal:
 
     def set_reply(self, prompt_id: str, reply: bytes) -> None:
         # A photo (metadata.image) is kept only until the prompt is answered.
-        self._write("UPDATE prompts SET reply = ?, body = json_remove(body, '$.metadata.image') WHERE id = ?",
-                    (reply.decode(), prompt_id))
+        self._write("UPDATE prompts SET reply = ?, sent = 0, body = json_remove(body, '$.metadata.image') "
+                    "WHERE id = ?", (reply.decode(), prompt_id))
+
+    def reply_sent(self, prompt_id: str) -> None:
+        """The broker has the prompt's reply."""
+        self._write("UPDATE prompts SET sent = 1 WHERE id = ?", (prompt_id,))
+
+    def unsent_replies(self) -> list[tuple[str, bytes]]:
+        """Replies journaled but never acknowledged by the broker, oldest first."""
+        with self._lock:
+            return [(prompt_id, reply.encode()) for prompt_id, reply in self._db.execute(
+                "SELECT id, reply FROM prompts WHERE sent = 0 ORDER BY received")]
 
     def open_prompts(self) -> list[tuple[Prompt, float, list[dict]]]:
         """Prompts without a reply, oldest first, each with its deadline and recorded tasks."""

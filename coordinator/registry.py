@@ -9,6 +9,7 @@ from lamcontrol.protocol import Presence, PresenceState
 from .settings import Clock
 
 STALE_AFTER = 3  # heartbeats missed before an agent that said online counts as gone
+OVERDUE_AFTER = 1.5  # heartbeats without a word before an agent gets no new task (a frozen process)
 
 
 @dataclass
@@ -17,6 +18,11 @@ class AgentInfo:
     last_seen: float
     inflight: int = 0  # tasks we gave it that have not finished
     advertised: dict = field(default_factory=dict)  # what it offered when last online
+    missed: bool = False  # it let an accept window pass, and has not been heard from since
+
+    def available(self, now: float) -> bool:
+        """Online, heard from within its heartbeat, and not silent on a task we offered."""
+        return self.online and not self.missed and now - self.last_seen <= OVERDUE_AFTER * self.presence.heartbeat
 
     @property
     def online(self) -> bool:
@@ -46,12 +52,27 @@ class Registry:
         if info is None:
             info = self.agents[presence.agent] = AgentInfo(presence, self.clock.monotonic())
         else:
-            info.presence, info.last_seen = presence, self.clock.monotonic()
+            info.presence, info.last_seen, info.missed = presence, self.clock.monotonic(), False
         if info.online:
             info.advertised = presence.capabilities
         else:
             info.inflight = 0
         return was_online and not info.online
+
+    def heard(self, agent_id: str) -> bool:
+        """The agent said something (a result); True when that brings it back into rotation."""
+        info = self.agents.get(agent_id)
+        if info is None:
+            return False
+        info.last_seen = self.clock.monotonic()
+        back, info.missed = info.missed, False
+        return back
+
+    def missed(self, agent_id: str | None) -> None:
+        """The agent let an accept window pass: no new task until it is heard from."""
+        info = self.agents.get(agent_id or "")
+        if info:
+            info.missed = True
 
     def release(self, agent_id: str | None) -> None:
         """One task fewer out with this agent."""
@@ -71,9 +92,10 @@ class Registry:
         return any(action in a.advertised.get(capability, ()) for a in self.agents.values())
 
     def pick(self, capability: str, action: str, exclude: set[str]) -> AgentInfo | None:
-        """The least-loaded online agent offering the action, with room for one more task."""
+        """The least-loaded available agent offering the action, with room for one more task."""
+        now = self.clock.monotonic()
         candidates = [a for a in self.agents.values() if a.presence.offers(capability, action)
-                      and a.presence.agent not in exclude and not a.full]
+                      and a.presence.agent not in exclude and not a.full and a.available(now)]
         return min(candidates, key=lambda a: (a.load, a.presence.agent), default=None)
 
     def vocabulary(self) -> dict[str, list[str]]:
@@ -84,6 +106,11 @@ class Registry:
                 for capability, words in info.presence.vocabulary.items():
                     names.setdefault(capability, set()).update(words)
         return {c: sorted(w) for c, w in names.items()}
+
+    def running(self, agent_id: str | None, task_id: str) -> bool:
+        """The agent is online and its latest presence lists the task as running."""
+        info = self.agents.get(agent_id or "")
+        return bool(info and info.online and task_id in info.presence.running)
 
     def stale(self) -> list[str]:
         """Agents that said online but missed their heartbeats; they are marked offline."""

@@ -1,9 +1,12 @@
 """Dispatch and routing: each command of a run, in order, to the least-loaded agent offering it.
 
-A task is re-offered when its agent rejects it, does not accept within ``ack_timeout`` or
-vanishes before accepting; an accepted task is never run elsewhere unless it is idempotent.
-Every prompt is answered by its deadline. The router keeps no lock of its own: the
-coordinator calls it inside its transaction.
+A task is re-offered when its agent rejects it, does not accept within ``ack_timeout`` (plus
+``ack_grace`` for the word to reach us; an agent that lets a window pass gets no new task until
+it is heard from again) or vanishes before accepting. An accepted task is never run elsewhere
+unless it is idempotent: when its agent goes offline it keeps the task for ``agent_grace`` to
+come back and report it. Accept windows do not run while the coordinator itself is cut off.
+Every prompt is answered by its deadline, an absolute time; no task is sent after it. The
+router keeps no lock of its own: the coordinator calls it inside its transaction.
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ class Router:
     events: Events
     runs: dict[str, Run] = field(default_factory=dict)
     jobs: dict[str, tuple[Run, Job]] = field(default_factory=dict)
-    # Reminders (when, "ack" or "run", task or prompt id), soonest first; stale ones are skipped.
+    # Reminders (when, "ack", "grace" or "run", task or prompt id), soonest first; stale ones are skipped.
     _due: list[tuple[float, str, str]] = field(default_factory=list)
+    # False while the coordinator is cut off from the broker: accept windows wait.
+    connected: bool = True
     # Tasks with no agent yet, oldest first, by (capability, action).
     _waiting: dict[tuple[str, str], dict[str, None]] = field(default_factory=dict)
 
@@ -56,24 +61,32 @@ class Router:
         jobs = [Job(new_id(), i, c) for i, c in enumerate(commands)]
         for job in jobs:
             self.journal.add_task(prompt.id, job.task_id, job.position, command_to_dict(job.command))
-        self._open(Run(prompt, deadline, jobs, note))
+        run = Run(prompt, deadline, jobs, note)
+        self._open(run)
+        self._advance(run)
 
     def resume(self, prompt: Prompt, deadline: float, tasks: list[dict]) -> None:
-        """Take up a run the journal recorded; a task out for acceptance gets a new accept window."""
+        """Take up a run the journal recorded: a task out for acceptance gets a new accept window, a
+        task not sent yet waits for the next round of :meth:`retry_waiting`."""
         jobs = [Job(t["task_id"], t["position"], command_from_dict(t["command"]), t["state"], t["agent"],
                     t["attempt"], message=t["message"], data=t["data"]) for t in tasks]
         for job in jobs:
             if job.state == DISPATCHED:
                 job.ack_deadline = self.clock.time() + self.settings.ack_timeout  # its answer may be queued for us
                 heapq.heappush(self._due, (job.ack_deadline, "ack", job.task_id))
-        self._open(Run(prompt, deadline, jobs))
+        run = Run(prompt, deadline, jobs)
+        self._open(run)
+        job = run.current()
+        if job is None:
+            self._finish(run)
+        elif job.state == WAITING:
+            self._waiting.setdefault(job.kind, {})[job.task_id] = None
 
     def _open(self, run: Run) -> None:
         self.runs[run.prompt.id] = run
         heapq.heappush(self._due, (run.deadline, "run", run.prompt.id))
         for job in run.jobs:
             self.jobs[job.task_id] = (run, job)
-        self._advance(run)
 
     def _advance(self, run: Run) -> None:
         """Dispatch the next command of a run, or answer when there is nothing left."""
@@ -93,10 +106,13 @@ class Router:
     # -- dispatch -----------------------------------------------------------------------
 
     def _dispatch(self, run: Run, job: Job) -> None:
+        now = self.clock.time()
+        if now >= run.deadline:  # nobody waits for it any more: never sent
+            self._time_out(run)
+            return
         command = job.command
         others = self._not_asked_for(run.prompt)
         agent = self.registry.pick(command.capability, command.action, job.tried | others)
-        now = self.clock.time()
         if agent is None and job.tried and now >= job.retry_at:
             if job.retry_at:  # every capable agent was tried: begin another round, busy ones may have room
                 job.tried.clear()
@@ -119,7 +135,7 @@ class Router:
         args = {**command.args, command.photo: photo} if command.photo and photo else command.args
         task = Task(task_id=job.task_id, prompt_id=run.prompt.id, capability=command.capability,
                     action=command.action, agent=job.agent, command=command.text, args=args,
-                    attempt=job.attempt, accept_by=job.ack_deadline,
+                    attempt=job.attempt, accept_by=min(job.ack_deadline, run.deadline),
                     deadline=min(run.deadline, now + self.settings.task_timeout), risk=command.risk)
         self.journal.update_task(job.task_id, DISPATCHED, job.agent, job.attempt)
         self.publish(task)
@@ -157,6 +173,8 @@ class Router:
 
     def result(self, result: Result) -> None:
         """An agent's word on a task; only the agent the task is out with is heard."""
+        if self.registry.heard(result.agent):
+            self.retry_waiting()  # back in rotation
         found = self.jobs.get(result.task_id)
         if found is None:
             return  # a task from an answered prompt, or not ours
@@ -175,18 +193,46 @@ class Router:
             self.retry_waiting()  # the agent has room for a waiting task
 
     def agent_gone(self, agent_id: str) -> None:
-        """Re-offer what the agent had not accepted (and idempotent work); fail what it was running."""
+        """Re-offer what the agent had not accepted; what it accepted waits ``agent_grace`` for it to
+        come back (a broker restart sends every agent's last will)."""
         log.info("agent %s went offline", agent_id)
         for run, job in list(self.jobs.values()):
-            if job.agent != agent_id:
-                continue
-            if job.state == DISPATCHED:
+            if job.agent == agent_id and job.state == DISPATCHED:
                 self._redispatch(run, job, f"{agent_id} went offline before accepting")
-            elif job.state == ACCEPTED and job.command.idempotent:
-                self._redispatch(run, job, f"{agent_id} went offline while running it")
-            elif job.state == ACCEPTED:
-                self._end_job(run, job, FAILED,
-                              f"The agent {agent_id} went offline while running {describe(job.command)}.")
+            elif job.agent == agent_id and job.state == ACCEPTED:
+                heapq.heappush(self._due, (self.clock.time() + self.settings.agent_grace, "grace", job.task_id))
+
+    def agent_back(self, agent_id: str, running: list[str]) -> None:
+        """An online presence: the tasks it lists as running were accepted, whatever became of that word."""
+        for task_id in running:
+            run, job = self.jobs.get(task_id, (None, None))
+            if job is not None and job.agent == agent_id and job.state == DISPATCHED:
+                job.state = ACCEPTED
+                self.journal.update_task(job.task_id, ACCEPTED, job.agent, job.attempt)
+
+    def _grace_over(self, run: Run, job: Job) -> None:
+        """The agent did not come back with the task it accepted: re-offer it if idempotent, else fail it."""
+        if self.registry.running(job.agent, job.task_id):
+            return  # back, and still running it
+        if job.command.idempotent:
+            self._redispatch(run, job, f"{job.agent} went offline while running it")
+        else:
+            self._end_job(run, job, FAILED,
+                          f"The agent {job.agent} went offline while running {describe(job.command)}.")
+
+    def suspend(self) -> None:
+        """The coordinator is cut off from the broker: no agent can be heard, accept windows wait."""
+        self.connected = False
+
+    def reconnected(self) -> None:
+        """Back on the broker (or awake after a freeze): every open accept window starts again, as an
+        `accepted` sent meanwhile may be on its way to us."""
+        self.connected = True
+        now = self.clock.time()
+        for run, job in self.jobs.values():
+            if job.state == DISPATCHED:
+                job.ack_deadline = max(job.ack_deadline, now + self.settings.ack_timeout)
+                heapq.heappush(self._due, (job.ack_deadline, "ack", job.task_id))
 
     def retry_waiting(self) -> None:
         """Offer waiting tasks again, oldest first; once one finds no agent, the rest of its kind wait on."""
@@ -202,17 +248,34 @@ class Router:
     # -- timers -------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Accept windows and deadlines that passed; then offer waiting tasks again."""
+        """Accept windows, grace periods and deadlines that passed; then offer waiting tasks again."""
         now = self.clock.time()
+        later = []
         while self._due and self._due[0][0] < now:
-            _, what, key = heapq.heappop(self._due)
-            if what == "ack" and key in self.jobs:
-                run, job = self.jobs[key]
-                if job.state == DISPATCHED and now > job.ack_deadline:
-                    self._redispatch(run, job, f"{job.agent} did not accept in time")
-            elif what == "run" and key in self.runs:
+            due = heapq.heappop(self._due)
+            _, what, key = due
+            if what == "run" and key in self.runs:
                 self._time_out(self.runs[key])
+            elif key not in self.jobs:
+                continue
+            elif not self.connected:
+                later.append(due)  # we hear nobody now: their word may be waiting for us
+            elif what == "ack":
+                self._accept_window_over(*self.jobs[key], now)
+            elif what == "grace" and self.jobs[key][1].state == ACCEPTED:
+                self._grace_over(*self.jobs[key])
+        for due in later:
+            heapq.heappush(self._due, due)
         self.retry_waiting()
+
+    def _accept_window_over(self, run: Run, job: Job, now: float) -> None:
+        if job.state != DISPATCHED:
+            return
+        if now <= job.ack_deadline + self.settings.ack_grace:
+            heapq.heappush(self._due, (job.ack_deadline + self.settings.ack_grace, "ack", job.task_id))
+            return
+        self.registry.missed(job.agent)
+        self._redispatch(run, job, f"{job.agent} did not accept in time")
 
     def _time_out(self, run: Run) -> None:
         job = run.current()

@@ -22,6 +22,9 @@ class Settings:
     prune_every: float = 3600.0  # between journal clean-ups
     transcript: int = 5  # commands remembered per source, for the parser's context
     legacy_results: bool = False  # also take results on the old topic lam/results/<task_id>
+    ack_grace: float = 1.0  # past an accept window, for an `accepted` sent within it to reach us
+    agent_grace: float = 15.0  # an agent gone offline keeps its accepted tasks this long, to come back
+    sources: int = 1000  # sources whose transcripts and held confirmations are kept (least recent go)
 
     @classmethod
     def from_config(cls, section: dict) -> Settings:

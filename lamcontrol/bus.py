@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 Handler = Callable[[str, bytes], None]
 Cleared = Callable[[dict[str, str]], None]
+Call = Callable[[], None]
+CONNECT, CALL, PUBLISHED = "connect", "call", "published"  # inbox entries that are not messages
 BURST = 64  # messages handled together, in one transaction when there is one
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 8.0  # seconds; each wait is drawn at random below a doubling cap
 SCHEMES = {"mqtt": ("tcp", False, 1883), "mqtts": ("tcp", True, 8883), "ws": ("websockets", False, 80),
@@ -41,6 +43,10 @@ SCHEMES = {"mqtt": ("tcp", False, 1883), "mqtts": ("tcp", True, 8883), "ws": ("w
 
 class BusError(RuntimeError):
     """The broker cannot be reached or refused us; the message says which and why."""
+
+
+class CommitFailed(RuntimeError):
+    """The transaction around a burst could not commit: nothing was published or acknowledged."""
 
 
 @dataclass
@@ -118,7 +124,8 @@ class Bus:
 
     def __init__(self, settings: BrokerSettings, component: str, client_id: str | None = None,
                  will: Message | None = None, persistent: bool = False, report: bool = True,
-                 ack_when_handled: bool = False, transaction: Callable[[], ContextManager] | None = None) -> None:
+                 ack_when_handled: bool = False, transaction: Callable[[], ContextManager] | None = None,
+                 fatal: tuple[type[Exception], ...] = ()) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.component = component
@@ -126,8 +133,11 @@ class Bus:
         # Acknowledge QoS 1 messages only after the handlers ran: a crash before that means redelivery.
         self.ack_when_handled = ack_when_handled
         # With a transaction (the coordinator's journal), each burst of messages is handled inside
-        # one, and what the handlers publish goes out only once it has committed.
+        # one, and what the handlers publish goes out only once it has committed. ``fatal`` errors
+        # (the journal's) are not a handler's to swallow: they fail the whole burst.
         self.transaction = transaction
+        self.fatal = fatal
+        self._on_sent: dict[int, Call] = {}  # message id -> what to call once the broker has it
         self._held = threading.local()
         self.client_id = client_id or f"{component}-{uuid.uuid4().hex[:8]}"
         self.connected = threading.Event()
@@ -164,6 +174,7 @@ class Bus:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         return client
 
     # -- registration -------------------------------------------------------------------
@@ -186,9 +197,14 @@ class Bus:
         call ``cleared(ids)`` instead when a retained topic of that type is emptied."""
         self._typed.setdefault(cls, []).append(Subscription(handler, cleared, ids))
 
-    def on_connect(self, callback: Callable[[], None]) -> None:
+    def on_connect(self, callback: Call) -> None:
         """Call ``callback()`` on the dispatcher thread after each (re)connect."""
         self._on_connect.append(callback)
+
+    def defer(self, callback: Call) -> None:
+        """Call ``callback()`` on the dispatcher thread after the messages received so far, inside
+        the transaction like a handler (what it publishes goes out once that commits)."""
+        self._inbox.put((CALL, callback, 0, 0))
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -209,7 +225,8 @@ class Bus:
         if final is not None and self.connected.is_set():
             info = self.publish(final, retain=True)
             try:
-                info.wait_for_publish(timeout)
+                if info is not None:  # None: held by a transaction, or a bus that never sends
+                    info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):
                 pass
         self._client.disconnect()
@@ -222,23 +239,33 @@ class Bus:
         """Publish a protocol message at QoS 1 (queued by paho while disconnected)."""
         return self.publish_raw(message.topic(self.topics), message.to_json(), retain=retain)
 
-    def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False,
-                    qos: int = 1) -> mqtt.MQTTMessageInfo | None:
-        """Publish now; or, from a handler inside a transaction, as soon as it commits (returns None)."""
-        return self._publish_held("messages", topic, payload, qos, retain)
+    def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1,
+                    on_sent: Call | None = None) -> mqtt.MQTTMessageInfo | None:
+        """Publish now; or, from a handler inside a transaction, as soon as it commits (returns None).
+        ``on_sent()`` is called like :meth:`defer` once the broker has acknowledged the message (on the
+        dispatcher thread, so publish with it only there, or before :meth:`start`)."""
+        return self._publish_held("messages", topic, payload, qos, retain, on_sent)
 
     def publish_after(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1) -> None:
         """Like :meth:`publish_raw`, but inside a transaction only after everything else the
         handlers published: for what merely mirrors those messages (dashboard state)."""
         self._publish_held("after", topic, payload, qos, retain)
 
-    def _publish_held(self, kind: str, topic: str, payload: bytes | str, qos: int,
-                      retain: bool) -> mqtt.MQTTMessageInfo | None:
+    def _publish_held(self, kind: str, topic: str, payload: bytes | str, qos: int, retain: bool,
+                      on_sent: Call | None = None) -> mqtt.MQTTMessageInfo | None:
         held = getattr(self._held, kind, None)
         if held is not None:
-            held.append((topic, payload, qos, retain))
+            held.append((topic, payload, qos, retain, on_sent))
             return None
-        return self._send(topic, payload, qos, retain)
+        return self._send_tracked(topic, payload, qos, retain, on_sent)
+
+    def _send_tracked(self, topic: str, payload: bytes | str, qos: int, retain: bool,
+                      on_sent: Call | None) -> mqtt.MQTTMessageInfo | None:
+        info = self._send(topic, payload, qos, retain)
+        if on_sent is not None and info is not None:
+            # The acknowledgement is handled on this thread, after this: no race with registering.
+            self._on_sent[info.mid] = on_sent
+        return info
 
     def _send(self, topic: str, payload: bytes | str, qos: int, retain: bool) -> mqtt.MQTTMessageInfo:
         return self._client.publish(topic, payload, qos=qos, retain=retain)
@@ -273,7 +300,7 @@ class Bus:
             self._pending_subs.add(mid)
         else:
             self.ready.set()
-        self._inbox.put(("connect", None, 0, 0))
+        self._inbox.put((CONNECT, None, 0, 0))
 
     def _back_off(self, client: mqtt.Client) -> None:
         """Set paho's next reconnect wait: random ("full jitter"), so clients cut off together
@@ -307,6 +334,10 @@ class Bus:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         self._inbox.put((message.topic, message.payload, message.mid, message.qos))
 
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        if self.transaction is not None:  # only the journaling component asks to hear of acknowledgements
+            self._inbox.put((PUBLISHED, None, mid, 0))
+
     # -- dispatcher thread --------------------------------------------------------------
 
     def _dispatch(self) -> None:
@@ -326,7 +357,8 @@ class Bus:
 
     def _handle_burst(self, burst: list[tuple[str, Any, int, int]]) -> None:
         """Run the handlers, inside one transaction when there is one (what they publish goes out
-        once it commits), then acknowledge the burst."""
+        once it commits), then acknowledge the burst. When the transaction fails, nothing goes out
+        and nothing is acknowledged: the broker delivers the burst again after a reconnect."""
         if self.transaction is None:
             self._handle(burst)
         else:
@@ -334,19 +366,43 @@ class Bus:
             try:
                 with self.transaction():
                     self._handle(burst)
-            except Exception:
-                log.exception("%s: could not commit the handling of %d message(s)", self.component, len(burst))
-            finally:
-                self._held.messages = self._held.after = None
-            for topic, payload, qos, retain in held + after:
-                self._send(topic, payload, qos, retain)
+                failure = None
+            except Exception as exc:
+                failure = exc
+            self._held.messages = self._held.after = None
+            if failure is not None:
+                self._commit_failed(burst, failure)
+                return
+            for topic, payload, qos, retain, on_sent in held + after:
+                self._send_tracked(topic, payload, qos, retain, on_sent)
         self._ack(burst)
+
+    def _commit_failed(self, burst: list[tuple[str, Any, int, int]], error: Exception) -> None:
+        """Say so, and drop the connection so the broker redelivers what we did not acknowledge."""
+        messages = [(topic, payload) for topic, payload, mid, qos in burst if topic not in (CONNECT, CALL, PUBLISHED)]
+        log.error("%s: could not commit the handling of %d message(s), nothing published or acknowledged, "
+                  "awaiting redelivery: %s", self.component, len(burst), error, exc_info=error)
+        for topic, payload in messages or [(f"{self.component} state", b"")]:
+            self.refuse(topic, CommitFailed(f"not journaled ({error}); the broker will deliver it again"), payload)
+        if any(qos for topic, payload, mid, qos in burst) and self.ack_when_handled:
+            sock = self._client.socket()
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # paho sees the loss and reconnects (our session kept)
+                except OSError:
+                    pass
 
     def _handle(self, burst: list[tuple[str, Any, int, int]]) -> None:
         for topic, payload, mid, qos in burst:
-            if topic == "connect":
+            if topic == CONNECT:
                 for callback in self._on_connect:
-                    self._guarded(callback, "connect")
+                    self._guarded(callback, CONNECT)
+            elif topic == CALL:
+                self._guarded(payload, CALL)
+            elif topic == PUBLISHED:
+                on_sent = self._on_sent.pop(mid, None)
+                if on_sent is not None:
+                    self._guarded(on_sent, PUBLISHED)
             else:
                 self._guarded(functools.partial(self._route, topic, payload), topic, payload)
 
@@ -377,9 +433,11 @@ class Bus:
         """Run one handler; what it refuses, or fails on, is reported for ``topic``."""
         try:
             call()
+        except self.fatal:
+            raise
         except ProtocolError as exc:
             self.refuse(topic, exc, payload)
         except Exception as exc:  # a bug must not stop the bus
             log.exception("%s: handler failed on %s", self.component, topic)
-            if topic != "connect":
+            if topic not in (CONNECT, CALL, PUBLISHED):
                 self.refuse(topic, f"internal error: {exc.__class__.__name__}: {exc}", payload)

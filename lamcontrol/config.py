@@ -102,6 +102,12 @@ MODEL: dict[str, Section] = {
         "prune_every": Setting(3600.0, "seconds between prunings of the journal"),
         "legacy_results": Setting(False, "also accept results on the old lam/results/<task_id> topic, which an "
                                          "ACL cannot bind to one agent"),
+        "ack_grace": Setting(1.0, "seconds past an accept window the coordinator still waits for the `accepted` "
+                                  "an agent sent within it"),
+        "agent_grace": Setting(15.0, "seconds an agent that went offline keeps the tasks it accepted, to come back "
+                                     "and report them (a broker restart sends every last will)"),
+        "sources": Setting(1000, "sources (people, devices) whose recent commands and held confirmations are "
+                                 "remembered; the least recently heard are forgotten first"),
     }),
     "homeassistant": Section("Home Assistant MQTT discovery, published by the coordinator", {
         "enabled": Setting(True, "agents and the coordinator appear in Home Assistant"),

@@ -332,6 +332,7 @@ class Message(Record):
 
 
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # compact, UTF-8 as it is
+LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape that may leave half a character
 
 
 def decode(payload: bytes, max_size: int | None = None) -> Any:
@@ -339,13 +340,25 @@ def decode(payload: bytes, max_size: int | None = None) -> Any:
     if max_size is not None and len(payload) > max_size:
         raise ProtocolError(f"payload of {len(payload)} bytes exceeds the {max_size}-byte limit")
     try:
-        return json.loads(payload.decode("utf-8"))
+        data = json.loads(payload.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"payload is not UTF-8 ({exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"payload is not JSON ({exc.msg} at char {exc.pos})") from None
     except RecursionError:
         raise ProtocolError("payload is nested too deeply") from None
+    if LONE_SURROGATE.search(payload):
+        check_unicode(data)
+    return data
+
+
+def check_unicode(data: Any) -> None:
+    """Refuse decoded JSON holding a lone surrogate (``"\\ud800"``): it cannot be written out again."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise ProtocolError(f"payload has a lone surrogate ({exc.object[exc.start:exc.end]!a}), which is not "
+                            "valid Unicode") from None
 
 
 def parse(cls: type[M], payload: bytes, max_size: int = DEFAULT_MAX_PAYLOAD) -> M:
@@ -397,6 +410,9 @@ class Metadata(Record):
         return {**self.extra, **{k: v for k, v in chosen.items() if v is not None}}
 
 
+MAX_PROMPT_CHARS = 2000  # what one prompt may say
+
+
 @dataclass
 class Prompt(Message):
     """Something a person said or typed, for the coordinator (``metadata``: see :class:`Metadata`)."""
@@ -409,6 +425,7 @@ class Prompt(Message):
     id: str = field(default_factory=new_id)
     source: str = "mqtt"
     metadata: Metadata = field(default_factory=Metadata)
+    ts: float = field(default_factory=time.time)  # when sent, by the sender's clock: its deadline counts from here
 
     def __post_init__(self) -> None:
         if isinstance(self.metadata, dict):
@@ -416,8 +433,12 @@ class Prompt(Message):
 
     def validate(self) -> None:
         super().validate()
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise ProtocolError(f"must be at most {MAX_PROMPT_CHARS} characters", "prompt")
         if len(self.source) > 64:
             raise ProtocolError("must be at most 64 characters", "source")
+        if not math.isfinite(self.ts):
+            raise ProtocolError("must be a finite time in seconds", "ts")
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Prompt:
@@ -547,6 +568,7 @@ class Presence(Message):
     version: str = ""
     heartbeat: float = 30.0
     vocabulary: dict = field(default_factory=dict)  # names a capability knows, e.g. {"home": ["desk lamp"]}
+    running: list[str] = field(default_factory=list)  # ids of the tasks it is running
     ts: float = field(default_factory=time.time)
 
     def validate(self) -> None:

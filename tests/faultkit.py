@@ -28,14 +28,15 @@ from typing import Iterator
 
 from helpers import ROOT, Process, free_port, wait_for_port, wait_until
 from lamcontrol.bus import BrokerSettings, Bus
-from lamcontrol.protocol import Presence, Prompt, Reply, Result, parse
+from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, Reply, Result, parse
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 class Broker:
     """The embedded broker, or Mosquitto as ``lam mosquitto-config`` writes it (users, ACL,
-    persistence), on a free port; it can be stopped, killed and started again."""
+    persistence), on a free port; it can be stopped, killed and started again. The embedded
+    broker listening beyond loopback gets a password file with a user for each of ``users``."""
 
     def __init__(self, kind: str, folder: Path, prefix: str, users: str = "", *options: str,
                  host: str = "127.0.0.1", wrap: tuple[str, ...] = ()) -> None:
@@ -53,15 +54,26 @@ class Broker:
                                    "--users", users, "--config", str(config), "--listen", f"{host}:{self.port}",
                                    *options], capture_output=True, text=True, timeout=60, cwd=ROOT)
             assert done.returncode == 0, done.stderr
+        elif not host.startswith("127."):
+            self.hardened = True  # lam-broker needs users beyond loopback
+            for user in ((entry.split(":") + [""])[1] or entry for entry in (users or "coordinator,load,a1,a2").split(",")):
+                password = uuid.uuid4().hex
+                (folder / "credentials").mkdir(exist_ok=True)
+                (folder / "credentials" / user).write_text(password)
+                done = subprocess.run([sys.executable, "-m", "lamcontrol.broker.main", "adduser",
+                                       str(folder / "passwd"), user], input=password, capture_output=True,
+                                      text=True, timeout=60, cwd=ROOT)
+                assert done.returncode == 0, done.stderr
         self.process: Process | None = None
         self.starts = 0
         self.start()
 
     def argv(self) -> list[str]:
-        if self.hardened:
+        if self.kind == "mosquitto":
             return [MOSQUITTO, "-c", str(self.folder / "mosquitto.conf")]
+        users = ["--password-file", str(self.folder / "passwd")] if self.hardened else []
         return [sys.executable, "-m", "lamcontrol.broker.main", "--listen", f"{self.host}:{self.port}",
-                "--stop-timeout", "5"]
+                "--stop-timeout", "5", *users]
 
     def start(self) -> None:
         self.starts += 1
@@ -72,7 +84,7 @@ class Broker:
     def close(self) -> None:
         if self.process:
             self.process.stop()
-        if self.hardened:
+        if self.kind == "mosquitto":
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def settings(self, user: str = "") -> BrokerSettings:
@@ -93,6 +105,7 @@ class Load:
 
     def __init__(self, settings: BrokerSettings) -> None:
         self.replies: dict[str, list[Reply]] = defaultdict(list)
+        self.answered_at: dict[str, float] = {}  # prompt id -> when its first reply came
         self.results: dict[str, list[tuple[str, str]]] = defaultdict(list)  # task id -> [(state, agent)]
         self.presence: dict[str, list[str]] = defaultdict(list)
         self._lock = threading.Lock()
@@ -111,6 +124,7 @@ class Load:
         reply = parse(Reply, payload)
         with self._lock:
             self.replies[reply.prompt_id].append(reply)
+            self.answered_at.setdefault(reply.prompt_id, time.time())
 
     def _result(self, topic: str, payload: bytes) -> None:
         result = parse(Result, payload)
@@ -121,7 +135,7 @@ class Load:
 
     def _presence(self, topic: str, payload: bytes) -> None:
         if payload:
-            presence = parse(Presence, payload)
+            presence = parse(CoordinatorPresence if topic == self.topics.coordinator_status else Presence, payload)
             with self._lock:
                 self.presence[presence.agent or "coordinator"].append(presence.state)
 
@@ -148,20 +162,26 @@ class Load:
             time.sleep(0.1)
         time.sleep(0.5)  # room for a second reply to show up
 
-    def tally(self, prompts: list[Prompt], runs: Counter) -> Tally:
+    def tally(self, prompts: list[Prompt], runs: Counter, fault_at: float = 0.0) -> Tally:
         with self._lock:
-            replies = {p.id: list(self.replies.get(p.id, [])) for p in prompts}
+            copies = {p.id: list(self.replies.get(p.id, [])) for p in prompts}
             results = {k: list(v) for k, v in self.results.items()}
-        task_ids = {t["task_id"] for rs in replies.values() for r in rs for t in r.tasks if t.get("task_id")}
+        # A reply sent again after a restart (journaled, never acknowledged) is the same message,
+        # byte for byte, as QoS 1 may deliver any message twice: an asker keeps the first copy.
+        replies = {p: list({r.to_json(): r for r in rs}.values()) for p, rs in copies.items()}
+        task_ids = {t.task_id for rs in replies.values() for r in rs for t in r.tasks if t.task_id}
         accepted_by = {t: {a for s, a in results.get(t, []) if s == "accepted"} for t in task_ids}
         tokens = {p.prompt.rsplit(" ", 1)[1] for p in prompts}
         return Tally(prompts=len(prompts),
                      once=sum(len(r) == 1 for r in replies.values()),
                      lost=sum(not r for r in replies.values()),
                      twice=sum(len(r) > 1 for r in replies.values()),
+                     copies=sum(len(r) > len(replies[p]) for p, r in copies.items()),
                      accepted_by_two=sum(len(a) > 1 for a in accepted_by.values()),
                      ran_twice=sum(runs[t] > 1 for t in tokens),
-                     statuses=Counter(r[0].status for r in replies.values() if r))
+                     statuses=Counter(r[0].status for r in replies.values() if r),
+                     slowest=max((self.answered_at.get(p.id, time.time()) - p.ts for p in prompts
+                                  if fault_at and p.ts >= fault_at), default=0.0))
 
     def close(self) -> None:
         self.bus.stop()
@@ -174,10 +194,12 @@ class Tally:
     prompts: int
     once: int
     lost: int
-    twice: int
+    twice: int  # prompts with two different replies
     accepted_by_two: int  # tasks two different agents said they accepted (bus view)
     ran_twice: int  # prompts whose task the agents' own records show run more than once
     statuses: Counter = field(default_factory=Counter)
+    slowest: float = 0.0  # seconds, the longest a prompt sent from the fault on waited for its reply (benches)
+    copies: int = 0  # prompts whose one reply came more than once (sent again after a restart)
 
     def clean(self) -> bool:
         return self.once == self.prompts and not (self.lost or self.twice or self.accepted_by_two or self.ran_twice)
@@ -188,12 +210,18 @@ class System:
     broker; every echo agent keeps a record of the tasks it ran."""
 
     def __init__(self, broker: Broker, folder: Path, ack_timeout: float = 2.0,
-                 wrap: dict[str, tuple[str, ...]] | None = None) -> None:
+                 wrap: dict[str, tuple[str, ...]] | None = None, coordinator_settings: str = "") -> None:
         self.broker, self.folder, self.ack_timeout = broker, folder, ack_timeout
+        self.coordinator_settings = coordinator_settings  # more [coordinator] lines
         self.wrap = wrap or {}  # process name -> command prefix (e.g. `ip netns exec NS`)
         self.processes: dict[str, Process] = {}
         self.load = Load(broker.settings("load"))
         self.journal = folder / "journal.db"
+        self.fault_at = 0.0  # when the test's first fault began (for the recovery figure of bench_faults)
+
+    def fault(self) -> None:
+        """Mark the start of the test's fault."""
+        self.fault_at = self.fault_at or time.time()
 
     def config(self, name: str, body: str, user: str, url: str = "") -> Path:
         path = self.folder / f"{name}.toml"
@@ -204,7 +232,8 @@ class System:
     def coordinator(self) -> Process:
         seen = len(self.load.presence["coordinator"])
         config = self.config("coordinator", f'[coordinator]\njournal = "{self.journal}"\n'
-                                            f"ack_timeout = {self.ack_timeout}\n", "coordinator")
+                                            f"ack_timeout = {self.ack_timeout}\n{self.coordinator_settings}",
+                             "coordinator")
         process = self._start("coordinator", "lamcontrol.coordinator.main", "--config", str(config))
         wait_until(lambda: self.load.online("coordinator", seen), 60, lambda: f"coordinator online\n{process.log()}")
         return process
@@ -238,7 +267,15 @@ class System:
         return runs
 
     def tally(self, prompts: list[Prompt]) -> Tally:
-        return self.load.tally(prompts, self.runs())
+        """The counts; with $LAM_FAULT_REPORT set (bench/bench_faults.py), also appended there."""
+        tally = self.load.tally(prompts, self.runs(), self.fault_at)
+        report = os.environ.get("LAM_FAULT_REPORT")
+        if report:
+            test = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split(" ")[0]
+            with open(report, "a", encoding="utf-8") as out:
+                out.write(json.dumps({"test": test, "ack_timeout": self.ack_timeout,
+                                      **{k: v for k, v in tally.__dict__.items() if k != "statuses"}}) + "\n")
+        return tally
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in self.processes.values())

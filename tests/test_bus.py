@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import queue
 import signal
+import sqlite3
 import time
 
 import paho.mqtt.client as mqtt
 
 from helpers import wait_until
-from lamcontrol.protocol import CoordinatorPresence, ErrorRecord, Presence, Prompt, Reply, Result, Task, decode, new_id
+from lamcontrol.protocol import (CoordinatorPresence, ErrorRecord, Presence, Prompt, Reply, Result, Task, decode,
+                                 new_id)
 
 
 def kinds(lam, prompt_id: str) -> list[str]:
@@ -308,3 +310,76 @@ def test_a_new_subscriber_gets_each_retained_message_once(broker):
     for client in (publisher, others, late):
         client.disconnect()
         client.loop_stop()
+
+
+def test_a_task_rejected_as_late_runs_when_offered_again(lam):
+    """Duplicates are dropped per (task, attempt): a new attempt of a task the agent refused runs."""
+    lam.agent("a1")
+    task = Task(task_id=new_id(), prompt_id=new_id(), capability="echo", action="say", agent="a1",
+                args={"text": "second time lucky"}, attempt=1, accept_by=time.time() - 1)
+    lam.publish(task)
+    lam.recorder.wait_for(Result, lam.topics.result("a1", task.task_id), lambda r: r.state == "rejected")
+    again = Task(**{**task.__dict__, "attempt": 2, "accept_by": time.time() + 30})
+    lam.publish(again)
+    lam.publish(again)  # a duplicate delivery of the new attempt: dropped
+    lam.recorder.wait_for(Result, lam.topics.result("a1", task.task_id), lambda r: r.state == "succeeded")
+    time.sleep(0.5)
+    states = [(r.state, r.attempt) for r in lam.recorder.parsed(Result, lam.topics.result("a1", task.task_id))]
+    assert states == [("rejected", 1), ("accepted", 2), ("succeeded", 2)]
+
+
+def test_a_task_accepted_once_is_answered_not_run_when_offered_again(lam):
+    """The coordinator missed the `accepted` and offers the task again: the agent says what became of
+    it and does not run it again."""
+    record = lam.tmp_path / "runs.jsonl"
+    lam.agent("a1", extra_config=f'[capabilities.echo]\nrun_record = "{record}"\n')
+    task = Task(task_id=new_id(), prompt_id=new_id(), capability="echo", action="say", agent="a1",
+                args={"text": "only once"}, attempt=1, accept_by=time.time() + 30)
+    lam.publish(task)
+    lam.recorder.wait_for(Result, lam.topics.result("a1", task.task_id), lambda r: r.state == "succeeded")
+    lam.publish(Task(**{**task.__dict__, "attempt": 2}))
+    wait_until(lambda: len(lam.recorder.on(lam.topics.result("a1", task.task_id))) >= 4, 20, "the second answer")
+    states = [(r.state, r.attempt) for r in lam.recorder.parsed(Result, lam.topics.result("a1", task.task_id))]
+    assert states == [("accepted", 1), ("succeeded", 1), ("accepted", 2), ("succeeded", 2)]
+    assert len(record.read_text().splitlines()) == 1
+
+
+HOSTILE_PROMPTS = {  # by prompt id: timeout NaN, "soon" and infinite, lone surrogates, 5,000 digits, deep JSON
+    "h-nan": b'{"id": "h-nan", "prompt": "echo hi", "metadata": {"timeout": NaN}}',
+    "h-soon": b'{"id": "h-soon", "prompt": "echo hi", "metadata": {"timeout": "soon"}}',
+    "h-inf": b'{"id": "h-inf", "prompt": "echo hi", "metadata": {"timeout": Infinity}}',
+    "h-sur1": b'{"id": "h-sur1", "prompt": "echo \\ud800 hi"}',
+    "h-sur2": b'{"id": "h-sur2", "prompt": "echo hi", "source": "\\udc00"}',
+    "h-sur3": b'{"id": "h-sur3", "prompt": "echo hi", "metadata": {"note": "\\ud83d"}}',
+    "h-digits": b'{"id": "h-digits", "prompt": "computer volume ' + b"7" * 5000 + b'"}',
+    "h-deep": b'{"id": "h-deep", "prompt": "echo hi", "metadata": {"x": ' + b"[" * 10_000
+                          + b"]" * 10_000 + b"}}",
+}
+
+
+def test_inputs_that_once_broke_the_coordinator_get_a_record_and_a_rejected_reply(lam):
+    lam.coordinator()
+    lam.agent("a1")
+    for payload in HOSTILE_PROMPTS.values():
+        lam.publish_raw(lam.topics.prompts, payload)
+    for prompt_id in HOSTILE_PROMPTS:
+        reply = lam.recorder.wait_for(Reply, lam.topics.reply(prompt_id))
+        assert reply.status == "rejected", reply
+    wait_until(lambda: len(lam.recorder.on(lam.topics.errors)) >= len(HOSTILE_PROMPTS), 20, "an error record each")
+    records = [ErrorRecord.from_dict(decode(p)) for _, p in lam.recorder.on(lam.topics.errors)]
+    assert len(records) == len(HOSTILE_PROMPTS)
+    assert not any("internal error" in r.error for r in records), records
+    assert lam.send("echo still fine").status == "succeeded"
+
+
+def test_a_reply_is_marked_sent_in_the_journal_once_the_broker_has_it(lam):
+    lam.coordinator()
+    lam.agent("a1")
+    prompts = [lam.submit(f"echo number {n}") for n in range(5)]
+    for prompt in prompts:
+        lam.reply_to(prompt)
+
+    def unsent() -> list:
+        with sqlite3.connect(lam.tmp_path / "journal.db") as db:
+            return db.execute("SELECT id FROM prompts WHERE sent = 0 OR reply IS NULL").fetchall()
+    wait_until(lambda: unsent() == [], 20, "every reply marked sent")

@@ -3,6 +3,9 @@ and a clock the test moves. Redispatch, timeouts, confirmation and crash resume,
 
 from __future__ import annotations
 
+import errno
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,6 +43,9 @@ class FakeBus(Bus):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.sent: list[tuple[str, bytes]] = []
+        self.acked: list[int] = []
+        self._client.ack = lambda mid, qos: self.acked.append(mid)  # paho's, never connected here
+        self.connected.set()
 
     def _send(self, topic: str, payload: bytes | str, qos: int, retain: bool) -> None:
         self.sent.append((topic, payload if isinstance(payload, bytes) else payload.encode()))
@@ -122,7 +128,8 @@ def test_a_task_not_accepted_in_time_goes_elsewhere_and_the_late_word_is_ignored
     routing.online("a2")
     routing.send("echo hello")
     [first] = routing.tasks()
-    routing.advance(routing.settings.ack_timeout - 0.01)
+    assert first.accept_by == routing.clock.now + routing.settings.ack_timeout
+    routing.advance(routing.settings.ack_timeout + routing.settings.ack_grace - 0.01)  # its word may be on the way
     assert len(routing.tasks()) == 1
     routing.advance(0.02)
     second = routing.tasks()[1]
@@ -143,6 +150,9 @@ def test_agent_offline_before_accepting_means_another_agent_and_after_accepting_
     assert [t.agent for t in routing.tasks()] == ["a1", "a2"]
     routing.say(routing.tasks()[1], "accepted")
     routing.offline("a2")
+    routing.advance(routing.settings.agent_grace - 0.1)
+    assert routing.replies() == []  # it may come back and report the task
+    routing.advance(0.2)
     [reply] = routing.replies()
     assert reply.status == "failed" and "went offline while running" in reply.response
 
@@ -153,6 +163,7 @@ def test_idempotent_work_of_an_agent_gone_offline_is_offered_again(routing):
     routing.say(routing.tasks()[0], "accepted")
     routing.offline("a1")
     routing.online("a2")
+    routing.advance(routing.settings.agent_grace + 0.1)
     [_, again] = routing.tasks()
     assert (again.agent, again.attempt) == ("a2", 2)
 
@@ -234,7 +245,7 @@ def test_a_resumed_task_nobody_accepts_is_offered_again(routing):
     routing.restart()
     routing.online("a1")
     routing.online("a2")
-    routing.advance(routing.settings.ack_timeout + 0.1)
+    routing.advance(routing.settings.ack_timeout + routing.settings.ack_grace + 0.1)
     [task] = routing.tasks()
     assert task.attempt == 2
 
@@ -303,3 +314,181 @@ def test_extensions_hear_the_events_and_publish_after_the_reply(routing):
 def test_an_agent_cannot_take_a_reserved_id(capsys):
     assert agent_main(["--id", "coordinator", "--capability", "echo"]) == 2
     assert "'coordinator' is reserved" in capsys.readouterr().err
+
+
+# -- faults (issue 15) ------------------------------------------------------------------------
+
+def test_accept_windows_wait_while_the_coordinator_is_cut_off(routing):
+    routing.online("a1")
+    routing.online("a2")
+    routing.send("echo hello")
+    [task] = routing.tasks()
+    routing.bus.connected.clear()  # our own outage: a1's word cannot reach us
+    routing.advance(3 * routing.settings.ack_timeout)
+    assert len(routing.tasks()) == 1
+    routing.clock.now += 0.5
+    routing.bus.connected.set()
+    routing.bus.handle("connect", b"")  # back: the window starts again, a1's `accepted` is on its way
+    routing.advance(routing.settings.ack_timeout)
+    routing.say(task, "accepted")
+    routing.say(task, "succeeded", "hello")
+    assert len(routing.tasks()) == 1 and routing.replies()[0].response == "hello"
+
+
+def test_an_agent_that_misses_an_accept_window_gets_no_new_task_until_heard_from(routing):
+    routing.online("a1")
+    routing.online("a2")
+    routing.send("echo one")
+    routing.advance(routing.settings.ack_timeout + routing.settings.ack_grace + 0.1)
+    routing.send("echo two")
+    routing.send("echo three")
+    assert [t.agent for t in routing.tasks()] == ["a1", "a2", "a2", "a2"]
+    routing.say(routing.tasks()[0], "rejected", "woke up too late")  # a1 shows life: back in rotation
+    routing.send("echo four")
+    assert routing.tasks()[-1].agent == "a1"
+
+
+def test_an_agent_whose_heartbeat_is_overdue_gets_no_new_task(routing):
+    routing.online("a1")
+    routing.advance(10.0)
+    routing.online("a2")
+    routing.advance(40.0)  # a1 said nothing for 50 s, more than 1.5 heartbeats (30 s)
+    routing.online("a2")
+    routing.send("echo hello")
+    assert [t.agent for t in routing.tasks()] == ["a2"]
+
+
+def test_deadlines_count_from_when_the_prompt_was_sent(routing):
+    routing.online("a1")
+    late = Prompt(prompt="echo hello", source="test", metadata={"timeout": 5.0}, ts=routing.clock.now - 6.0)
+    routing.deliver(late)  # queued in the broker through our outage, longer than its timeout
+    assert routing.tasks() == []
+    [reply] = routing.replies()
+    assert (reply.prompt_id, reply.status) == (late.id, "failed") and "after its deadline" in reply.response
+    held = Prompt(prompt="echo again", source="test", metadata={"timeout": 5.0}, ts=routing.clock.now - 4.0)
+    routing.deliver(held)
+    [task] = routing.tasks()
+    assert task.deadline == held.ts + 5.0 and task.accept_by == task.deadline  # within what is left
+    ahead = Prompt(prompt="echo ahead", source="test", metadata={"timeout": 5.0}, ts=routing.clock.now + 100.0)
+    routing.deliver(ahead)  # a sender's clock ahead of ours gains nothing
+    assert routing.tasks()[-1].deadline == routing.clock.now + 5.0
+
+
+def test_no_task_is_sent_after_its_prompts_deadline(routing):
+    routing.online("a1")
+    routing.send("echo one && echo two", timeout=5.0)
+    [first] = routing.tasks()
+    routing.say(first, "accepted")
+    routing.restart()  # down past the deadline
+    routing.clock.now += 6.0
+    routing.online("a1")
+    routing.say(first, "succeeded", "one")
+    routing.advance(0.1)
+    assert routing.tasks() == []  # "echo two" never went out
+    [reply] = routing.replies()
+    assert reply.status == "partial" and [t.state for t in reply.tasks] == ["succeeded", "failed"]
+
+
+def test_an_agent_back_within_its_grace_period_keeps_its_task(routing):
+    routing.online("a1")
+    routing.online("a2")
+    routing.send("echo one")
+    routing.send("echo two")
+    one, two = routing.tasks()
+    for task in (one, two):
+        routing.say(task, "accepted")
+    routing.offline("a1")  # a broker restart publishes every last will
+    routing.offline("a2")
+    routing.advance(1.0)
+    routing.say(one, "succeeded", "one")  # a1 back, with its result
+    routing.deliver(Presence(state="online", agent="a2", capabilities=ECHO, max_concurrent=4, running=[two.task_id]))
+    routing.advance(routing.settings.agent_grace)
+    assert [r.response for r in routing.replies()] == ["one"]  # a2 still runs "two"
+    routing.say(two, "succeeded", "two")
+    assert [r.response for r in routing.replies()] == ["one", "two"] and len(routing.tasks()) == 2
+
+
+def test_a_task_an_agent_lists_as_running_counts_as_accepted(routing):
+    routing.online("a1")
+    routing.online("a2")
+    routing.send("echo hello")
+    [task] = routing.tasks()  # its `accepted` was lost with a broker that kept nothing
+    routing.deliver(Presence(state="online", agent="a1", capabilities=ECHO, max_concurrent=4, running=[task.task_id]))
+    routing.advance(2 * routing.settings.ack_timeout)
+    assert len(routing.tasks()) == 1
+    routing.say(task, "succeeded", "hello")
+    assert routing.replies()[0].status == "succeeded"
+
+
+def test_replies_not_acknowledged_by_the_broker_are_sent_again_after_a_restart(routing):
+    routing.online("a1")
+    answered = routing.send("echo one")
+    [task] = routing.tasks()
+    routing.say(task, "accepted")
+    routing.say(task, "succeeded", "one")
+    unsent = routing.send("nothing I know")
+    assert [r.prompt_id for r in routing.replies()] == [answered.id, unsent.id]
+    routing.coordinator.journal.reply_sent(answered.id)  # the broker acknowledged this one only
+    routing.restart()  # killed before the broker acknowledged the other
+    routing.coordinator.resend_replies()
+    assert [r.prompt_id for r in routing.replies()] == [unsent.id]
+
+
+def test_transcripts_and_held_confirmations_are_kept_for_the_most_recent_sources(tmp_path):
+    routing = Routing(tmp_path / "journal.db", sources=3)
+    routing.online("pc", {"computer": ["power"], "echo": ["say"]}, max_concurrent=10)
+    for n in range(5):
+        routing.send("computer power shutdown", source=f"h{n}")
+        routing.send(f"echo {n}", source=f"s{n}")
+    intake = routing.coordinator.intake
+    assert list(intake.transcripts) == ["s2", "s3", "s4"] and list(intake.held) == ["h2", "h3", "h4"]
+    routing.send("confirm", source="h0")  # forgotten: not run
+    assert all(t.capability == "echo" for t in routing.tasks())
+    routing.send("confirm", source="h4")
+    assert routing.tasks()[-1].capability == "computer"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 1 MB tmpfs, mounted for the test (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True, timeout=20)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], timeout=20)
+
+
+def fill(path: Path) -> None:
+    with path.open("wb", buffering=0) as filler:
+        try:
+            for _ in range(1024):
+                filler.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+            return
+    raise AssertionError("the disk never filled")
+
+
+def test_a_journal_that_cannot_commit_publishes_and_acknowledges_nothing(small_disk, caplog):
+    routing = Routing(small_disk / "journal.db")
+    routing.online("a1", max_concurrent=1000)
+    bus = routing.bus
+    fill(small_disk / "filler")
+    for mid in range(1, 301):  # each prompt a few KB more in the journal, until the disk is full
+        prompt = Prompt(prompt=f"echo {mid} " + "words " * 300, source="test")
+        before = len(bus.sent)
+        bus._handle_burst([(bus.topics.prompts, prompt.to_json(), mid, 1)])
+        if mid not in bus.acked:
+            break
+    assert mid not in bus.acked, "the journal never failed"
+    [record] = [read(bus.topics, t, p) for t, p in bus.sent[before:]]
+    assert isinstance(record, ErrorRecord) and "not journaled" in record.error and "full" in record.error
+    assert "could not commit" in caplog.text
+    (small_disk / "filler").unlink()
+    bus._handle_burst([(bus.topics.prompts, prompt.to_json(), 1000, 1)])  # the broker delivers it again
+    assert 1000 in bus.acked
+    [task] = [read(bus.topics, t, p) for t, p in bus.sent[before + 1:]]
+    assert isinstance(task, Task) and task.prompt_id == prompt.id
+    assert len([t for t in routing.tasks() if t.prompt_id == prompt.id]) == 1
