@@ -58,6 +58,8 @@ OPENER_WORDS = {"hey", "hi", "ok", "okay", "so", "um", "uh", "alright", "yo", "w
 CLOSER_WORDS = {"please", "now", "thanks"}
 HOUSE_SLOTS = {"name", "area", "floor"}
 AMBIGUOUS = "the templates read it more than one way"
+HOUSE = "Home Assistant's own sentences"
+ARTICLES = ("the ", "my ", "our ")
 REMEMBERED = 512  # prompts whose reading a language keeps (the same button, the same words, again)
 
 
@@ -313,6 +315,7 @@ class Language:
 
         best = self._chain(text, tuple(m.span() for m in JOINS.finditer(text))[:2 * MAX_CLAUSES], clause)
         if best and all(r.ok for r in best):
+            best = self._carry_verbs(best)
             hows = sorted({r.how for r in best})
             return ParseResult(commands=[c for r in best for c in r.commands], parser="sentences",
                                why=AMBIGUOUS if AMBIGUOUS in hows else f"matched by {' and '.join(hows)}")
@@ -338,6 +341,33 @@ class Language:
             return memo[at]
 
         return best(0)
+
+    def _carry_verbs(self, readings: list[Reading]) -> list[Reading]:
+        """A house clause that only names a device or an area ("turn off the kitchen light and the
+        bedroom light") does what the house clause before it did, to that name."""
+        carried = readings[:1]
+        for this in readings[1:]:
+            before = carried[-1]
+            if before.how == this.how == HOUSE and len(before.commands) == len(this.commands) == 1:
+                this = self._with_verb_of(before.commands[0], this.commands[0]) or this
+            carried.append(this)
+        return carried
+
+    def _with_verb_of(self, before: Command, this: Command) -> Reading | None:
+        spec = self.specs[this.capability]
+        action = spec.action(this.action)
+        names = sorted({listed_value(n) for key in ("devices", "areas") for n in spec.lists.get(key, ())},
+                       key=len, reverse=True)
+        name = this.args[action.assist].strip(" \"'.,!?")
+        for article in ARTICLES:
+            if name.casefold().startswith(article):
+                name = name[len(article):]
+        earlier = before.args[action.assist]
+        old = next((n for n in names if re.search(rf"\b{re.escape(n)}\b", earlier, re.I)), None)
+        if folded(name) not in {folded(n) for n in names} or old is None or folded(old) == folded(name):
+            return None
+        redone = re.sub(rf"\b{re.escape(old)}\b", name, earlier, count=1, flags=re.I)
+        return Reading([self.command(spec, action, {action.assist: redone})], how=HOUSE)
 
     def _why_not(self, text: str, clause) -> str:
         whole = clause(text)
@@ -433,7 +463,7 @@ class Language:
                                      str((d.get("context") or {}).get("domain", ""))) for d in spec.lists.get("devices", ()))
                     if _house_understands(said, devices, tuple(map(listed_value, spec.lists.get("areas", ())))):
                         command = self.command(spec, action, {action.assist: said})
-                        readings.append(Reading([command], score=(2, 1, 0), how="Home Assistant's own sentences"))
+                        readings.append(Reading([command], score=(2, 1, 0), how=HOUSE))
         return readings
 
     # -- the LLM's command list -----------------------------------------------------------

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from corpus import CASES, Case
-from lamcontrol.coordinator.language import parse_chain
-from lamcontrol.coordinator.language import Context
+from lamcontrol.coordinator.language import Context, installed, parse_chain
 from lamcontrol.coordinator.parsing import ChainParser, build_parser, is_cancellation, is_confirmation
 
 
@@ -104,3 +103,19 @@ def test_loose_power_prompt_waits_for_a_spoken_confirmation(lam):
     assert confirmed.status == "failed" and confirmed.response == "No agent can do computer power."
     lam.send("restart my computer", source="r1")
     assert lam.send("never mind", source="r1").response == "Cancelled."
+
+
+HOUSE_NAMES = {"home": ["kitchen light", "bedroom light", "living room lamp"]}
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("turn off the kitchen light and the bedroom light",
+     ["home turn off the kitchen light", "home turn off the bedroom light"]),
+    ("turn on the living room lamp and the kitchen light and text mom on telegram hi",
+     ["home turn on the living room lamp", "home turn on the kitchen light", "telegram mom hi"]),
+    ("turn off the kitchen light and turn on the bedroom light",
+     ["home turn off the kitchen light", "home turn on the bedroom light"]),
+])
+def test_a_house_clause_that_only_names_a_device_does_what_the_one_before_did(prompt, expected):
+    """Home Assistant reads a bare name as "turn it on": "... and the bedroom light" must carry the verb."""
+    assert [c.text for c in installed(HOUSE_NAMES).understand(prompt).commands] == expected
