@@ -15,7 +15,7 @@ from typing import Any, Callable
 from flask import Blueprint, Response, jsonify, request
 
 from lamcontrol import __version__
-from lamcontrol.protocol import Presence, Prompt, ProtocolError
+from lamcontrol.protocol import Presence, Prompt, ProtocolError, check_unicode
 
 from .auth import digest
 from .metrics import CONTENT_TYPE
@@ -86,10 +86,9 @@ def json_body() -> dict:
     if not isinstance(data, dict):
         raise BadRequest("The request body must be a JSON object")
     try:
-        json.dumps(data, ensure_ascii=False).encode()
-    except UnicodeEncodeError as exc:
-        raise BadRequest(f"The request has a lone surrogate ({exc.object[exc.start:exc.end]!a}), which is not "
-                         "valid Unicode: send each character whole") from None
+        check_unicode(data)
+    except ProtocolError as exc:
+        raise BadRequest(f"The request is not valid: {exc}; send each character whole") from None
     return data
 
 

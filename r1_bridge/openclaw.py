@@ -48,7 +48,7 @@ from websockets.exceptions import ConnectionClosed
 
 from lamcontrol import __version__
 from lamcontrol.config import ConfigError
-from lamcontrol.protocol import FINISHED, Reply, Result, new_id
+from lamcontrol.protocol import FINISHED, ProtocolError, Reply, Result, check_unicode, new_id
 
 from .activity import TaskTracker
 from .devices import DeviceStore
@@ -539,9 +539,9 @@ class Gateway:
         """Acknowledge at once; the answer follows as chat events, even for a retry."""
         message = _field(params, "message", str, required=True)
         try:
-            message.encode()
-        except UnicodeEncodeError:
-            raise FrameError("params.message has a lone surrogate, which is not valid Unicode") from None
+            check_unicode(message)
+        except ProtocolError as exc:
+            raise FrameError(f"params.message: {exc}") from None
         session_key = _short_id(_field(params, "sessionKey", str, "main"), "params.sessionKey")
         key = _short_id(_field(params, "idempotencyKey", str, new_id()), "params.idempotencyKey")
         run = self.runs.get((device_id, key))
