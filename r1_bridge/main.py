@@ -29,7 +29,7 @@ from .auth import AdminPassword, TokenStore
 from .devices import add_commands as add_device_commands, run_command as cmd_devices
 from .openclaw import Gateway
 from .relay import Relay
-from .server import Server, parse_listen
+from .server import Server
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class BridgeService:
         if self.gateway:
             self.gateway.start()
         if self.settings.metrics_listen:
-            host, port = parse_listen(self.settings.metrics_listen)
+            host, port = lamconfig.host_port(self.settings.metrics_listen, "metrics_listen")
             self.metrics_server, _ = self.bridge.metrics.serve(host, port)
 
     def ready(self) -> bool:
@@ -122,7 +122,7 @@ def cmd_serve(args: argparse.Namespace, cfg: dict) -> int:
     if args.listen:
         cfg["bridge"]["listen"] = args.listen
     try:
-        parse_listen(cfg["bridge"]["listen"])
+        lamconfig.host_port(cfg["bridge"]["listen"], "listen address")
         service = BridgeService(cfg)
     except ValueError as exc:
         print(f"lam-bridge: {exc}", file=sys.stderr)

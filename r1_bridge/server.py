@@ -33,11 +33,6 @@ IDLE_TIMEOUT = 600.0
 CHUNK = 64 * 1024
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:8080`` for IPv6) to a pair; ValueError with a readable message."""
-    return lamconfig.host_port(listen, "listen address")
-
-
 def format_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -171,7 +166,7 @@ class Server:
 
     def __init__(self, app: Callable, listen: str, threads: int = 16, cert_file: str = "", key_file: str = "",
                  max_body: int = 1024 * 1024, too_large: str = "Request body too large") -> None:
-        host, port = parse_listen(listen)
+        host, port = lamconfig.host_port(listen, "listen address")
         self.https = bool(cert_file and key_file)
         self.tls: TLSFront | None = None
         options = dict(threads=threads, max_request_body_size=max_body, ident="lamcontrol",
