@@ -19,7 +19,6 @@ from lamcontrol.protocol import Presence, Prompt, ProtocolError, check_unicode
 
 from .auth import digest
 from .metrics import CONTENT_TYPE
-from .presence import known_agents
 from .relay import Exchange
 from .web import (HERE, BadRequest, admin_session, auth_log, bridge, client_address, csrf_ok, iso, json_error,
                   too_many_attempts)
@@ -253,7 +252,7 @@ def worker_view(presence: Presence, topics_prefix: str) -> dict:
 @token_required
 def workers() -> Response:
     state = bridge()
-    agents = sorted(known_agents(state.relay), key=lambda p: p.agent)
+    agents = sorted(state.relay.known_agents(), key=lambda p: p.agent)
     return jsonify(workers=[worker_view(p, state.relay.topics.prefix) for p in agents], total_workers=len(agents),
                    online_workers=sum(1 for p in agents if p.state == "online"))
 

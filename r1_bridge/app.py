@@ -26,7 +26,6 @@ from .api import api, metrics
 from .auth import AdminPassword, RateLimiter, TokenStore, load_secret_key
 from .metrics import Metrics
 from .pages import pages
-from .presence import known_agents
 from .relay import Relay
 from .web import GONE, HERE, gone, iso, json_error
 
@@ -117,7 +116,7 @@ class Bridge:
             pass  # the relay refuses it; nothing to count
 
     def health(self) -> tuple[dict, int]:
-        agents = known_agents(self.relay)
+        agents = self.relay.known_agents()
         online = [a for a in agents if a.state == "online"]
         coordinator = self.relay.coordinator
         connected = self.relay.bus.connected.is_set()

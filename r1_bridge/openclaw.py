@@ -55,7 +55,6 @@ from .devices import DeviceStore
 from .identity import IdentityError, verify
 from .pairing import pairing_payload
 from .photos import PhotoError, attachment_bytes, fit
-from .presence import online_agents
 from .relay import Relay
 
 log = logging.getLogger(__name__)
@@ -649,13 +648,13 @@ class Gateway:
             self._loop.call_soon_threadsafe(run.add_step, text)
 
     def _ai_online(self) -> bool:
-        return any(agent.offers("ai", "ask") for agent in online_agents(self.relay))
+        return any(agent.offers("ai", "ask") for agent in self.relay.online_agents())
 
     # -- status -----------------------------------------------------------------------
 
     def _health(self) -> dict:
         coordinator = self.relay.coordinator.state if self.relay.coordinator else "unknown"
-        agents = sorted(agent.agent for agent in online_agents(self.relay))
+        agents = sorted(agent.agent for agent in self.relay.online_agents())
         ok = coordinator == "online"
         return {"ok": ok, "status": "ok" if ok else "degraded", "coordinator": coordinator, "agents": agents}
 
@@ -665,7 +664,7 @@ class Gateway:
 
     def _tools(self) -> list[dict]:
         offered: dict[str, list[str]] = {}
-        for agent in online_agents(self.relay):
+        for agent in self.relay.online_agents():
             for capability, actions in agent.capabilities.items():
                 for action in actions:
                     offered.setdefault(f"{capability} {action}", []).append(agent.agent)

@@ -7,6 +7,7 @@ workers endpoints, and hands every message to watchers (the dashboard's live str
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -15,6 +16,9 @@ from typing import Callable
 
 from lamcontrol.bus import BrokerSettings, Bus
 from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, Reply
+
+log = logging.getLogger(__name__)
+STALE_AFTER_BEATS = 3  # a live agent republishes its presence every heartbeat
 
 Watcher = Callable[[str, bytes], None]
 
@@ -84,8 +88,22 @@ class Relay:
                         return exchange, task.to_dict()
         return None
 
+    def known_agents(self) -> list[Presence]:
+        """Every agent heard from lately, online or not. A presence not renewed for
+        ``STALE_AFTER_BEATS`` heartbeats is left over (a crashed agent's that its broker kept, or a
+        fake one): it is forgotten, neither shown nor counted on. (Agents' clocks are taken to be
+        roughly right.)"""
+        now = time.time()
+        stale = [agent_id for agent_id, presence in list(self.agents.items())
+                 if now - presence.ts > STALE_AFTER_BEATS * max(presence.heartbeat, 1.0)]
+        for agent_id in stale:
+            self.agents.pop(agent_id, None)
+        if stale:
+            log.info("forgot agents not heard from in %d heartbeats: %s", STALE_AFTER_BEATS, ", ".join(stale))
+        return list(self.agents.values())
+
     def online_agents(self) -> list[Presence]:
-        return [p for p in self.agents.values() if p.state == "online"]
+        return [presence for presence in self.known_agents() if presence.online]
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         for watcher in list(self.watchers):
