@@ -4,19 +4,25 @@
 (``mqtt://user:pass@host:port``, ``mqtts://`` for TLS, ``ws://``), a last will, reconnect
 back-off, resubscription on reconnect, ``TCP_NODELAY`` (without it a QoS 1 round trip
 waits on Nagle's algorithm for tens of milliseconds), a payload size limit, refusals
-reported on ``lam/errors``, and handlers run on a dispatcher thread, never on paho's
-network thread.
+reported on ``lam/errors``, and one thread per bus that reads, runs the handlers and writes.
+
+That thread drives paho through its external-loop interface (``loop_read``, ``loop_write``,
+``loop_misc`` and the socket callbacks): handlers run between reads, never inside a paho
+callback, and what they publish is written at once, without handing it to another thread.
+Other threads may publish at any time; they wake the bus thread to write it.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
-import queue
 import random
+import selectors
 import socket
 import ssl
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, TypeVar
@@ -37,6 +43,7 @@ Call = Callable[[], None]
 CONNECT, CALL, PUBLISHED = "connect", "call", "published"  # inbox entries that are not messages
 BURST = 64  # messages handled together, in one transaction when there is one
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 8.0  # seconds; each wait is drawn at random below a doubling cap
+IDLE = 1.0  # seconds the bus thread waits for the network before its keepalive check
 SCHEMES = {"mqtt": ("tcp", False, 1883), "mqtts": ("tcp", True, 8883), "ws": ("websockets", False, 80),
            "wss": ("websockets", True, 443)}
 
@@ -118,8 +125,9 @@ class Bus:
     Register handlers before :meth:`start`: :meth:`subscribe` by message type (each message is
     size-checked and parsed once, and handed over typed) or :meth:`on` by topic filter for raw
     ``(topic, payload)``. They are (re)subscribed on every connect and called one at a time on
-    a dispatcher thread. A message that does not parse, or whose handler raises, is refused on
-    ``lam/errors``; the bus carries on.
+    the bus thread. A message that does not parse, or whose handler raises, is refused on
+    ``lam/errors``; the bus carries on. Handlers must not wait on the bus (``wait_for_publish``):
+    the thread that would answer is theirs.
     """
 
     def __init__(self, settings: BrokerSettings, component: str, client_id: str | None = None,
@@ -148,8 +156,16 @@ class Bus:
         self._typed: dict[type[Message], list[Subscription]] = {}
         self._on_connect: list[Callable[[], None]] = []
         self._pending_subs: set[int] = set()
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._dispatcher = threading.Thread(target=self._dispatch, name=f"{component}-dispatch", daemon=True)
+        # What the bus thread has to handle: messages it read, and calls handed over by other threads.
+        self._inbox: collections.deque[tuple[str, Any, int, int]] = collections.deque()
+        self._selector = selectors.DefaultSelector()
+        self._waker, self._wake_end = socket.socketpair()  # a byte on _wake_end wakes the bus thread
+        for end in (self._waker, self._wake_end):
+            end.setblocking(False)
+        self._selector.register(self._waker, selectors.EVENT_READ)
+        self._thread = threading.Thread(target=self._run, name=f"{component}-bus", daemon=True)
+        self._stopping = False
+        self._retry_at = 0.0  # monotonic time of the next connection attempt
         self._client = self._make_client(persistent, will)
 
     def _make_client(self, persistent: bool, will: Message | None) -> mqtt.Client:
@@ -167,10 +183,10 @@ class Bus:
         if will is not None:
             client.will_set(will.topic(self.topics), will.to_json(), qos=1, retain=True)
         self._backoff = RECONNECT_MIN
-        client.reconnect_delay_set(min_delay=RECONNECT_MIN, max_delay=RECONNECT_MIN)
         client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_write_wanted
         client.on_connect = self._on_connect_cb
-        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -198,13 +214,14 @@ class Bus:
         self._typed.setdefault(cls, []).append(Subscription(handler, cleared, ids))
 
     def on_connect(self, callback: Call) -> None:
-        """Call ``callback()`` on the dispatcher thread after each (re)connect."""
+        """Call ``callback()`` on the bus thread after each (re)connect."""
         self._on_connect.append(callback)
 
     def defer(self, callback: Call) -> None:
-        """Call ``callback()`` on the dispatcher thread after the messages received so far, inside
-        the transaction like a handler (what it publishes goes out once that commits)."""
-        self._inbox.put((CALL, callback, 0, 0))
+        """Call ``callback()`` on the bus thread after the messages received so far, inside the
+        transaction like a handler (what it publishes goes out once that commits)."""
+        self._inbox.append((CALL, callback, 0, 0))
+        self._wake()
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -212,16 +229,15 @@ class Bus:
         """Connect in the background; with a timeout, wait until subscribed or raise BusError."""
         s = self.settings
         log.info("%s connecting to %s as %s", self.component, s.safe_url, self.client_id)
-        self._dispatcher.start()
         self._client.connect_async(s.host, s.port, keepalive=s.keepalive)
-        self._client.loop_start()
+        self._thread.start()
         if timeout is not None and not self.ready.wait(timeout):
             self.stop()
             reason = f": {self.last_error}" if self.last_error else ""
             raise BusError(f"cannot reach the MQTT broker at {s.safe_url}{reason}")
 
     def stop(self, final: Message | None = None, timeout: float = 5.0) -> None:
-        """Publish ``final`` (an offline presence, say), then disconnect cleanly."""
+        """Publish ``final`` (an offline presence, say), then disconnect cleanly. Not from a handler."""
         if final is not None and self.connected.is_set():
             info = self.publish(final, retain=True)
             try:
@@ -230,8 +246,10 @@ class Bus:
             except (RuntimeError, ValueError):
                 pass
         self._client.disconnect()
-        self._client.loop_stop()
-        self._inbox.put(None)
+        self._stopping = True
+        self._wake()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -243,7 +261,7 @@ class Bus:
                     on_sent: Call | None = None) -> mqtt.MQTTMessageInfo | None:
         """Publish now; or, from a handler inside a transaction, as soon as it commits (returns None).
         ``on_sent()`` is called like :meth:`defer` once the broker has acknowledged the message (on the
-        dispatcher thread, so publish with it only there, or before :meth:`start`)."""
+        bus thread, so publish with it only there, or before :meth:`start`)."""
         return self._publish_held("messages", topic, payload, qos, retain, on_sent)
 
     def publish_after(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1) -> None:
@@ -277,13 +295,22 @@ class Bus:
         if self.report and topic != self.topics.errors:
             self.publish(record)
 
-    # -- paho callbacks (network thread: never block here) -------------------------------
+    # -- paho callbacks (on the bus thread, inside paho: never block or handle here) -------
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass  # websocket wrappers and unix sockets have no TCP options
+        self._selector.register(sock, selectors.EVENT_READ)
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._selector.unregister(sock)
+
+    def _on_write_wanted(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        """paho has queued something to write: from another thread, wake the bus thread for it."""
+        if threading.current_thread() is not self._thread:
+            self._wake()
 
     def _on_connect_cb(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
@@ -300,24 +327,18 @@ class Bus:
             self._pending_subs.add(mid)
         else:
             self.ready.set()
-        self._inbox.put((CONNECT, None, 0, 0))
+        self._inbox.append((CONNECT, None, 0, 0))
 
-    def _back_off(self, client: mqtt.Client) -> None:
-        """Set paho's next reconnect wait: random ("full jitter"), so clients cut off together
+    def _back_off(self) -> None:
+        """Set when to try the broker again: at random ("full jitter"), so clients cut off together
         do not all come back at once, under a cap that doubles per failure up to RECONNECT_MAX."""
         self._backoff = min(self._backoff * 2, RECONNECT_MAX)
-        wait = random.uniform(RECONNECT_MIN, self._backoff)
-        client.reconnect_delay_set(min_delay=wait, max_delay=wait)
-
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self.last_error = "connection failed"
-        self._back_off(client)
-        log.warning("%s: cannot reach %s, retrying", self.component, self.settings.safe_url)
+        self._retry_at = time.monotonic() + random.uniform(RECONNECT_MIN, self._backoff)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self.connected.clear()
         self.ready.clear()
-        self._back_off(client)
+        self._back_off()
         if reason.is_failure:
             self.last_error = self.last_error or f"disconnected ({reason})"  # keep a refusal's reason
             log.warning("%s disconnected from broker (%s); reconnecting", self.component, reason)
@@ -332,27 +353,89 @@ class Bus:
             self.ready.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._inbox.put((message.topic, message.payload, message.mid, message.qos))
+        self._inbox.append((message.topic, message.payload, message.mid, message.qos))
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         if self.transaction is not None:  # only the journaling component asks to hear of acknowledgements
-            self._inbox.put((PUBLISHED, None, mid, 0))
+            self._inbox.append((PUBLISHED, None, mid, 0))
 
-    # -- dispatcher thread --------------------------------------------------------------
+    # -- the bus thread -----------------------------------------------------------------
 
-    def _dispatch(self) -> None:
-        running = True
-        while running:
-            burst = [self._inbox.get()]
-            while len(burst) < BURST and not self._inbox.empty():
-                burst.append(self._inbox.get_nowait())
-            if None in burst:
-                running = False
-                burst = burst[:burst.index(None)]
-            self._handle_burst(burst)
+    def _wake(self) -> None:
+        try:
+            self._wake_end.send(b"\0")
+        except BlockingIOError:
+            pass  # already woken: the byte waiting there will do
+
+    def _run(self) -> None:
+        """Until stopped: connect (again), then read, handle a burst, write, check the keepalive."""
+        client = self._client
+        while not (self._stopping and (client.socket() is None or not client.want_write())):
+            try:
+                if client.socket() is None and not self._stopping and time.monotonic() >= self._retry_at:
+                    self._connect()
+                    continue
+                if self._wait(client.socket()):
+                    client.loop_read()
+                if self._inbox:
+                    self._handle_burst([self._inbox.popleft() for _ in range(min(BURST, len(self._inbox)))])
+                if client.want_write():
+                    self._write()
+                client.loop_misc()
+            except Exception:  # a bug must not silently end the component's bus
+                log.exception("%s: bus thread error", self.component)
+                time.sleep(IDLE)
+
+    def _write(self) -> None:
+        """Write what paho has queued, corked so that the packets leave in as few segments as fit."""
+        sock = self._client.socket()
+        cork = getattr(socket, "TCP_CORK", None) if isinstance(sock, socket.socket) else None
+        if cork is None:
+            self._client.loop_write()
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+        try:
+            self._client.loop_write()
+        finally:
+            if self._client.socket() is sock:
+                sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
+
+    def _wait(self, sock: Any) -> bool:
+        """Wait for the network, a wake-up or the next connection attempt; True if ``sock`` has bytes.
+        Without waiting while there is something to handle, or bytes held by a TLS or websocket layer."""
+        pending = getattr(sock, "pending", None)
+        if pending is not None and pending():
+            return True
+        if sock is None:
+            timeout = self._retry_at - time.monotonic()
+        else:
+            self._selector.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if self._client.want_write() else 0))
+            timeout = IDLE
+        readable = False
+        for key, events in self._selector.select(0.0 if self._inbox else max(timeout, 0.0)):
+            if key.fileobj is self._waker:
+                self._drain_wakes()
+            elif events & selectors.EVENT_READ:
+                readable = True
+        return readable
+
+    def _connect(self) -> None:
+        try:
+            self._client.reconnect()
+        except Exception as exc:  # refused, unreachable, TLS or websocket handshake: all mean try later
+            self.last_error = f"connection failed ({exc})" if str(exc) else "connection failed"
+            self._back_off()
+            log.warning("%s: cannot reach %s (%s), retrying", self.component, self.settings.safe_url, exc)
+
+    def _drain_wakes(self) -> None:
+        try:
+            while self._waker.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
 
     def handle(self, topic: str, payload: bytes) -> None:
-        """Handle one message now, on the calling thread, exactly as the dispatcher would."""
+        """Handle one message now, on the calling thread, exactly as the bus thread would."""
         self._handle_burst([(topic, payload, 0, 0)])
 
     def _handle_burst(self, burst: list[tuple[str, Any, int, int]]) -> None:
