@@ -215,7 +215,7 @@ class Discovery:
 
     A coordinator extension: it follows the coordinator's events (presence and specs changed,
     agent forgotten, task finished, replied). Every handler runs under the coordinator's lock or
-    on the bus dispatcher thread, so its tables need no lock of their own.
+    on the bus thread, so its tables need no lock of their own.
     """
 
     def __init__(self, bus: Bus, events: Events, discovery_prefix: str = "homeassistant",

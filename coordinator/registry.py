@@ -44,11 +44,14 @@ class Registry:
     def __init__(self, clock: Clock = Clock()) -> None:
         self.clock = clock
         self.agents: dict[str, AgentInfo] = {}
+        self.version = 0  # counts changes of presence: what is online, and what it offers
+        self._vocabulary: tuple[int, dict[str, list[str]]] = (-1, {})
 
     def update(self, presence: Presence) -> bool:
         """Record a presence; True when an agent that was online is now offline."""
         info = self.agents.get(presence.agent)
         was_online = bool(info and info.online)
+        self.version += 1
         if info is None:
             info = self.agents[presence.agent] = AgentInfo(presence, self.clock.monotonic())
         else:
@@ -82,6 +85,7 @@ class Registry:
 
     def forget(self, agent_id: str) -> None:
         self.agents.pop(agent_id, None)
+        self.version += 1
 
     def offers(self, capability: str, action: str) -> bool:
         """Some online agent offers this action."""
@@ -100,12 +104,14 @@ class Registry:
 
     def vocabulary(self) -> dict[str, list[str]]:
         """Names online agents advertise (devices, rooms, contacts), by capability."""
-        names: dict[str, set[str]] = {}
-        for info in self.agents.values():
-            if info.online:
-                for capability, words in info.presence.vocabulary.items():
-                    names.setdefault(capability, set()).update(words)
-        return {c: sorted(w) for c, w in names.items()}
+        if self._vocabulary[0] != self.version:
+            names: dict[str, set[str]] = {}
+            for info in self.agents.values():
+                if info.online:
+                    for capability, words in info.presence.vocabulary.items():
+                        names.setdefault(capability, set()).update(words)
+            self._vocabulary = (self.version, {c: sorted(w) for c, w in names.items()})
+        return self._vocabulary[1]
 
     def running(self, agent_id: str | None, task_id: str) -> bool:
         """The agent is online and its latest presence lists the task as running."""
@@ -120,4 +126,5 @@ class Registry:
         for info in gone:
             info.presence = Presence(state=PresenceState.OFFLINE, agent=info.presence.agent, host=info.presence.host)
             info.inflight = 0
+            self.version += 1
         return [info.presence.agent for info in gone]

@@ -237,8 +237,8 @@ class Router:
     def retry_waiting(self) -> None:
         """Offer waiting tasks again, oldest first; once one finds no agent, the rest of its kind wait on."""
         for kind, queue in list(self._waiting.items()):
-            for task_id in list(queue):
-                run, job = self.jobs[task_id]  # a finished job has left its queue already
+            while queue:  # each pass takes the oldest off the queue, or stops: it still waits
+                run, job = self.jobs[next(iter(queue))]  # a finished job has left its queue already
                 self._dispatch(run, job)
                 if job.state == WAITING:
                     break

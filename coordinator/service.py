@@ -7,7 +7,7 @@ before the deadline. This module is the small core that ties them to the bus, th
 and the clock, and tells extensions (:mod:`.events`) what happened.
 
 All state changes happen under one lock, in one journal transaction per burst of messages,
-on the bus dispatcher thread (the ticker hands its work there too). When a transaction cannot
+on the bus thread (the ticker hands its work there too). When a transaction cannot
 commit, nothing it published goes out, nothing is acknowledged, and the state is read back
 from the journal.
 """
@@ -127,7 +127,7 @@ class Coordinator:
             self.journal.close()
 
     def _tick_loop(self) -> None:
-        """Every ``tick``, hand :meth:`tick` to the dispatcher (one at a time, after the messages
+        """Every ``tick``, hand :meth:`tick` to the bus thread (one at a time, after the messages
         already received: an `accepted` in hand is heard before its window is judged)."""
         last_beat = last_prune = last_tick = self.clock.monotonic()
         idle = threading.Event()

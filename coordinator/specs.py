@@ -21,6 +21,7 @@ class SpecStore:
         self.by_agent: dict[str, dict[str, CapabilitySpec]] = {}
         self._lock = threading.Lock()
         self._cached: tuple[str, Language] | None = None
+        self._seen = (-1, -1)  # the registry's version and the specs received when last checked
         self._received = 0  # specs read so far: a new one means a new language
 
     def on_spec(self, message: AgentSpec) -> None:
@@ -43,6 +44,9 @@ class SpecStore:
 
     def language(self, registry: Registry) -> Language:
         """What the online agents understand (installed capabilities when none is online)."""
+        if self._cached and self._seen == (registry.version, self._received):
+            return self._cached[1]
+        self._seen = (registry.version, self._received)
         offered: dict[str, list[str]] = {}
         advertised: dict[str, CapabilitySpec] = {}
         online = sorted(a for a, info in list(registry.agents.items()) if info.online)

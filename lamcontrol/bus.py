@@ -190,7 +190,8 @@ class Bus:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
-        client.on_publish = self._on_publish
+        if self.transaction is not None:  # only the journaling component asks to hear of acknowledgements
+            client.on_publish = self._on_publish
         return client
 
     # -- registration -------------------------------------------------------------------
@@ -356,7 +357,7 @@ class Bus:
         self._inbox.append((message.topic, message.payload, message.mid, message.qos))
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
-        if self.transaction is not None:  # only the journaling component asks to hear of acknowledgements
+        if mid in self._on_sent:
             self._inbox.append((PUBLISHED, None, mid, 0))
 
     # -- the bus thread -----------------------------------------------------------------
@@ -429,8 +430,7 @@ class Bus:
 
     def _drain_wakes(self) -> None:
         try:
-            while self._waker.recv(4096):
-                pass
+            self._waker.recv(4096)  # any bytes left over only wake us once more
         except BlockingIOError:
             pass
 
@@ -491,10 +491,10 @@ class Bus:
 
     def _route(self, topic: str, payload: bytes) -> None:
         check_size(payload, self.settings.max_payload)
-        for handlers in list(self._routes.iter_match(topic)):
+        for handlers in list(self._routes.iter_match(topic)) if self._handlers else ():
             for handler in handlers:
                 self._guarded(functools.partial(handler, topic, payload), topic, payload)
-        match = self.topics.match(topic)
+        match = self.topics.match(topic) if self._typed else None
         subscribers = [s for s in self._typed.get(match.cls, ()) if s.wants(match.ids)] if match else []
         if not subscribers:
             return
