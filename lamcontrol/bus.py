@@ -249,7 +249,9 @@ class Bus:
         self._client.disconnect()
         self._stopping = True
         self._wake()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+        if not self._thread.is_alive():
+            self._close()
+        elif threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
     # -- publishing ---------------------------------------------------------------------
@@ -367,6 +369,13 @@ class Bus:
             self._wake_end.send(b"\0")
         except BlockingIOError:
             pass  # already woken: the byte waiting there will do
+        except OSError:
+            pass  # stopped: nothing to wake
+
+    def _close(self) -> None:
+        self._selector.close()
+        self._waker.close()
+        self._wake_end.close()
 
     def _run(self) -> None:
         """Until stopped: connect (again), then read, handle a burst, write, check the keepalive."""
@@ -386,6 +395,7 @@ class Bus:
             except Exception:  # a bug must not silently end the component's bus
                 log.exception("%s: bus thread error", self.component)
                 time.sleep(IDLE)
+        self._close()
 
     def _write(self) -> None:
         """Write what paho has queued, corked so that the packets leave in as few segments as fit."""
