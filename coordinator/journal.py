@@ -4,6 +4,9 @@ A prompt is written before anything is done with it, each task as it is dispatch
 as its state changes, and the reply before it is published; the reply is marked sent once
 the broker has acknowledged it. A coordinator killed at any moment reads back what was open
 and finishes it, and publishes again the replies it had not seen acknowledged.
+
+Commits only append to the write-ahead log; copying it into the database file (and syncing
+that) is :meth:`Journal.checkpoint`'s work, on a connection of its own, off the writer's path.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import Iterator
 
 from lamcontrol.protocol import Prompt
+
+BACKSTOP_PAGES = 10_000  # log pages (4 KB) past which the writer checkpoints itself, if nobody else has
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS prompts (
@@ -56,6 +61,10 @@ class Journal:
         self._depth = 0
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+        self._checkpointer = (sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+                              if str(path) != ":memory:" else None)
+        self._checkpoint_lock = threading.Lock()
         self._db.executescript(SCHEMA)
         if "sent" not in {row[1] for row in self._db.execute("PRAGMA table_info(prompts)")}:
             self._db.execute("ALTER TABLE prompts ADD COLUMN sent INTEGER NOT NULL DEFAULT 1")  # older journals
@@ -144,6 +153,16 @@ class Journal:
             return self._db.execute("DELETE FROM prompts WHERE reply IS NOT NULL AND received < ?",
                                     (cutoff,)).rowcount
 
+    def checkpoint(self) -> None:
+        """Copy what the log holds into the database file, without waiting for or holding up the writer."""
+        with self._checkpoint_lock:
+            if self._checkpointer is not None:
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def close(self) -> None:
+        with self._checkpoint_lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
         with self._lock:
             self._db.close()

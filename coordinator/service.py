@@ -128,7 +128,8 @@ class Coordinator:
 
     def _tick_loop(self) -> None:
         """Every ``tick``, hand :meth:`tick` to the bus thread (one at a time, after the messages
-        already received: an `accepted` in hand is heard before its window is judged)."""
+        already received: an `accepted` in hand is heard before its window is judged); and here,
+        off the bus thread, the heartbeat, pruning and the journal's checkpoint."""
         last_beat = last_prune = last_tick = self.clock.monotonic()
         idle = threading.Event()
         idle.set()
@@ -156,6 +157,7 @@ class Coordinator:
                     last_prune = now
                     with self._lock:
                         log.info("journal: forgot %d old prompt(s)", self.journal.prune())
+                self.journal.checkpoint()
             except Exception:
                 log.exception("coordinator tick failed")
 

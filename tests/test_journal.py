@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 from lamcontrol.coordinator.journal import Journal
@@ -52,3 +53,31 @@ def test_prune_forgets_only_old_answered_prompts(tmp_path):
     assert ids == {recent.id, unanswered.id}
     tasks = {row[0] for row in journal._db.execute("SELECT prompt_id FROM tasks")}
     assert old.id not in tasks and recent.id in tasks
+
+
+def test_commits_reach_the_database_file_at_the_checkpoint(tmp_path):
+    """A commit only appends to the log (the writer never waits on syncing the database file); the
+    checkpoint, on its own connection, copies it in while the writer goes on."""
+    journal = Journal(tmp_path / "j.db")
+
+    def in_database_file() -> list[str]:
+        copy = tmp_path / "copy.db"  # the database file alone, without its log
+        copy.write_bytes((tmp_path / "j.db").read_bytes())
+        db = sqlite3.connect(copy)
+        try:
+            return [row[0] for row in db.execute("SELECT body FROM prompts")]
+        finally:
+            db.close()
+
+    journal.checkpoint()  # the tables
+    prompts = [Prompt(prompt=f"echo {n}") for n in range(50)]
+    for prompt in prompts:
+        with journal.batch():
+            journal.add_prompt(prompt, deadline=time.time() + 60)
+    assert in_database_file() == []
+    journal.checkpoint()
+    with journal.batch():
+        journal.add_prompt(Prompt(prompt="echo after"), deadline=time.time() + 60)
+    assert sorted(in_database_file()) == sorted(p.to_json().decode() for p in prompts)
+    journal.close()
+    journal.checkpoint()  # after close: nothing to do, no error
