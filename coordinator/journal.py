@@ -5,8 +5,9 @@ as its state changes, and the reply before it is published; the reply is marked 
 the broker has acknowledged it. A coordinator killed at any moment reads back what was open
 and finishes it, and publishes again the replies it had not seen acknowledged.
 
-Commits only append to the write-ahead log; copying it into the database file (and syncing
-that) is :meth:`Journal.checkpoint`'s work, on a connection of its own, off the writer's path.
+Commits append to the write-ahead log; :meth:`Journal.checkpoint`, on a connection of its own
+and off the writer's path, copies it into the database file, so that the writer's own checkpoint
+(SQLite's, past 1000 pages: it keeps the log's size bounded under load) finds little left to do.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from pathlib import Path
 from typing import Iterator
 
 from lamcontrol.protocol import Prompt
-
-BACKSTOP_PAGES = 10_000  # log pages (4 KB) past which the writer checkpoints itself, if nobody else has
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS prompts (
@@ -61,7 +60,6 @@ class Journal:
         self._depth = 0
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
         self._checkpointer = (sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
                               if str(path) != ":memory:" else None)
         self._checkpoint_lock = threading.Lock()

@@ -56,8 +56,8 @@ def test_prune_forgets_only_old_answered_prompts(tmp_path):
 
 
 def test_commits_reach_the_database_file_at_the_checkpoint(tmp_path):
-    """A commit only appends to the log (the writer never waits on syncing the database file); the
-    checkpoint, on its own connection, copies it in while the writer goes on."""
+    """A commit appends to the log; the checkpoint, on a connection of its own, copies it into the
+    database file while the writer goes on."""
     journal = Journal(tmp_path / "j.db")
 
     def in_database_file() -> list[str]:
