@@ -3,7 +3,8 @@
 The floor is plain paho clients relaying a message over the same four hops a prompt makes
 (prompt -> coordinator -> task -> agent -> result -> coordinator -> reply), each relay in
 its own process like the real components. Both are measured sequentially (p50, p99) and
-pipelined (prompts per second), and printed with LAM/raw ratios.
+pipelined (prompts per second), and printed with LAM/raw ratios; then the CPU time each
+process spent per pipelined prompt (Linux), which says where the difference goes.
 
     python bench/bench_bus.py                  # Mosquitto with set_tcp_nodelay true
     python bench/bench_bus.py --broker amqtt   # the embedded broker
@@ -63,6 +64,12 @@ def start_broker(kind: str, port: int, workdir: Path) -> subprocess.Popen:
     process = subprocess.Popen(argv, cwd=ROOT)
     wait_for_port(port)
     return process
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def paho_client(port: int, name: str) -> mqtt.Client:
@@ -126,8 +133,17 @@ class Timer:
             received += 1
         return count / (time.perf_counter() - start)
 
+    def pipelined_cpu(self, count: int, pids: dict[str, int]) -> tuple[float, dict[str, float]]:
+        """The pipelined rate, and the CPU microseconds each process spent per prompt meanwhile."""
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        rate = self.pipelined(count)
+        return rate, {name: (cpu_seconds(pid) - before[name]) * 1e6 / count for name, pid in pids.items()}
 
-def measure_raw(port: int, count: int, burst: int) -> tuple[list[float], float]:
+
+Measured = tuple[list[float], float, dict[str, float]]  # sequential round trips, pipelined rate, CPU per prompt
+
+
+def measure_raw(port: int, broker: int, count: int, burst: int) -> Measured:
     ctx = multiprocessing.get_context("spawn")
     ready = [ctx.Event(), ctx.Event()]
     workers = [ctx.Process(target=raw_coordinator, args=(port, ready[0]), daemon=True),
@@ -145,15 +161,17 @@ def measure_raw(port: int, count: int, burst: int) -> tuple[list[float], float]:
     payload = Prompt(prompt="echo hello", source="bench").to_json()
     timer = Timer(lambda i: client.publish("raw/prompts", payload, qos=1), answers)
     timer.sequential(50)
-    result = timer.sequential(count), timer.pipelined(burst)
+    times = timer.sequential(count)
+    pids = {"coordinator": workers[0].pid, "agent": workers[1].pid, "broker": broker, "asker": os.getpid()}
+    result = (times, *timer.pipelined_cpu(burst, pids))
     client.loop_stop()
     for worker in workers:
         worker.terminate()
     return result
 
 
-def measure_lam(port: int, count: int, burst: int, workdir: Path, limits: list[str],
-                distinct: bool) -> tuple[list[float], float]:
+def measure_lam(port: int, broker: int, count: int, burst: int, workdir: Path, limits: list[str],
+                distinct: bool) -> Measured:
     url = f"mqtt://127.0.0.1:{port}"
     env = {**os.environ, "LAM_STATE_DIR": str(workdir)}
     config = workdir / "bench.toml"
@@ -179,7 +197,9 @@ def measure_lam(port: int, count: int, burst: int, workdir: Path, limits: list[s
         text = (lambda: f"echo hello {next(numbers)}") if distinct else (lambda: "echo hello")
         timer = Timer(lambda i: bus.publish(Prompt(prompt=text(), source="bench")), answers)
         timer.sequential(50)
-        return timer.sequential(count), timer.pipelined(burst)
+        times = timer.sequential(count)
+        pids = {"coordinator": processes[0].pid, "agent": processes[1].pid, "broker": broker, "asker": os.getpid()}
+        return (times, *timer.pipelined_cpu(burst, pids))
     finally:
         bus.stop()
         for process in processes:
@@ -207,8 +227,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         broker = start_broker(args.broker, port, Path(tmp))
         try:
-            raw_seq, raw_rate = measure_raw(port, args.count, args.burst)
-            lam_seq, lam_rate = measure_lam(port, args.count, args.burst, Path(tmp), limits, args.distinct)
+            raw_seq, raw_rate, raw_cpu = measure_raw(port, broker.pid, args.count, args.burst)
+            lam_seq, lam_rate, lam_cpu = measure_lam(port, broker.pid, args.count, args.burst, Path(tmp), limits,
+                                                     args.distinct)
         finally:
             broker.terminate()
             broker.wait(10)
@@ -219,6 +240,11 @@ def main() -> int:
     print(f"{'LAM echo':24}{pct(lam_seq, 50):10.0f}{pct(lam_seq, 99):10.0f}{lam_rate:12.0f}")
     print(f"{'LAM / raw':24}{pct(lam_seq, 50) / pct(raw_seq, 50):10.2f}{pct(lam_seq, 99) / pct(raw_seq, 99):10.2f}"
           f"{lam_rate / raw_rate:12.2f}")
+    print(f"\nCPU µs per pipelined prompt{''.join(f'{name:>13}' for name in raw_cpu)}{'all':>13}")
+    for label, used in (("raw paho, 4 hops", raw_cpu), ("LAM echo", lam_cpu)):
+        print(f"{label:27}{''.join(f'{value:13.0f}' for value in used.values())}{sum(used.values()):13.0f}")
+    print(f"{'LAM / raw':27}{''.join(f'{lam_cpu[name] / raw_cpu[name]:13.2f}' for name in raw_cpu)}"
+          f"{sum(lam_cpu.values()) / sum(raw_cpu.values()):13.2f}")
     return 0
 
 
