@@ -6,11 +6,13 @@ import json
 import queue
 import signal
 import sqlite3
+import threading
 import time
 
 import paho.mqtt.client as mqtt
 
 from helpers import wait_until
+from lamcontrol.bus import BrokerSettings, Bus
 from lamcontrol.protocol import (CoordinatorPresence, ErrorRecord, Presence, Prompt, Reply, Result, Task, decode,
                                  new_id)
 
@@ -383,3 +385,35 @@ def test_a_reply_is_marked_sent_in_the_journal_once_the_broker_has_it(lam):
         with sqlite3.connect(lam.tmp_path / "journal.db") as db:
             return db.execute("SELECT id FROM prompts WHERE sent = 0 OR reply IS NULL").fetchall()
     wait_until(lambda: unsent() == [], 20, "every reply marked sent")
+
+
+def test_what_other_threads_and_handlers_publish_all_goes_out_once(broker):
+    """One thread per bus reads, handles and writes: publishes from other threads wake it, and what a
+    handler publishes is written at once; under load from both, every message goes out, once."""
+    root, threads, each = f"wake-{new_id()}", 4, 150
+    seen: queue.Queue = queue.Queue()
+    watcher = Bus(BrokerSettings(url=broker.url), component="watcher")
+    watcher.on(f"{root}/#", lambda topic, payload: seen.put(topic))
+    echoer = Bus(BrokerSettings(url=broker.url), component="echoer")
+    echoer.on(f"{root}/in/#", lambda topic, payload: echoer.publish_raw(topic.replace("/in/", "/out/"), payload))
+    watcher.start(timeout=15)
+    echoer.start(timeout=15)
+
+    def publish(thread: int) -> None:
+        for n in range(each):
+            echoer.publish_raw(f"{root}/in/{thread}-{n}", b"x")
+
+    try:
+        senders = [threading.Thread(target=publish, args=(t,)) for t in range(threads)]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(30)
+        topics = [seen.get(timeout=30) for _ in range(2 * threads * each)]
+        time.sleep(0.5)  # room for a copy to show up
+        assert seen.empty()
+        assert sorted(topics) == sorted(f"{root}/{way}/{t}-{n}" for way in ("in", "out")
+                                        for t in range(threads) for n in range(each))
+    finally:
+        echoer.stop()
+        watcher.stop()
