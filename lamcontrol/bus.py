@@ -367,10 +367,8 @@ class Bus:
     def _wake(self) -> None:
         try:
             self._wake_end.send(b"\0")
-        except BlockingIOError:
-            pass  # already woken: the byte waiting there will do
         except OSError:
-            pass  # stopped: nothing to wake
+            pass  # already woken (a byte waits there: BlockingIOError), or stopped
 
     def _close(self) -> None:
         self._selector.close()
