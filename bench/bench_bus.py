@@ -171,13 +171,14 @@ def measure_raw(port: int, broker: int, count: int, burst: int) -> Measured:
 
 
 def measure_lam(port: int, broker: int, count: int, burst: int, workdir: Path, limits: list[str],
-                distinct: bool) -> Measured:
+                distinct: bool, log_level: str) -> Measured:
     url = f"mqtt://127.0.0.1:{port}"
     env = {**os.environ, "LAM_STATE_DIR": str(workdir)}
     config = workdir / "bench.toml"
     config.write_text(f'[broker]\nurl = "{url}"\n[coordinator]\njournal = "{workdir / "journal.db"}"\n')
-    processes = [subprocess.Popen([sys.executable, "-m", module, "--config", str(config), "--log-level", "WARNING",
-                                   *extra], cwd=ROOT, env=env)
+    quiet = subprocess.DEVNULL if log_level == "INFO" else None
+    processes = [subprocess.Popen([sys.executable, "-m", module, "--config", str(config), "--log-level", log_level,
+                                   *extra], cwd=ROOT, env=env, stderr=quiet)
                  for module, extra in (("lamcontrol.coordinator.main", []),
                                        ("lamcontrol.agents.main", ["--id", "bench", "-c", "echo", *limits]))]
     answers: queue.Queue = queue.Queue()
@@ -220,6 +221,9 @@ def main() -> int:
     parser.add_argument("--max-queued", type=int, help="tasks the agent queues beyond that (default: lam up's)")
     parser.add_argument("--distinct", action="store_true",
                         help="a different prompt each time, so the coordinator parses every one afresh")
+    parser.add_argument("--log-level", choices=["WARNING", "INFO"], default="WARNING",
+                        help="the components' log level; INFO (lam up's) writes a line per prompt and per task, "
+                             "here to /dev/null")
     args = parser.parse_args()
     limits = [arg for flag, value in (("--max-concurrent", args.max_concurrent), ("--max-queued", args.max_queued))
               if value is not None for arg in (flag, str(value))]
@@ -229,12 +233,13 @@ def main() -> int:
         try:
             raw_seq, raw_rate, raw_cpu = measure_raw(port, broker.pid, args.count, args.burst)
             lam_seq, lam_rate, lam_cpu = measure_lam(port, broker.pid, args.count, args.burst, Path(tmp), limits,
-                                                     args.distinct)
+                                                     args.distinct, args.log_level)
         finally:
             broker.terminate()
             broker.wait(10)
     print(f"broker: {args.broker}, {args.count} sequential round trips, {args.burst} pipelined, journal on, "
-          f"agent limits: {' '.join(limits) or 'the defaults'}{', distinct prompts' if args.distinct else ''}")
+          f"agent limits: {' '.join(limits) or 'the defaults'}{', distinct prompts' if args.distinct else ''}, "
+          f"components log at {args.log_level}")
     print(f"{'':24}{'p50 µs':>10}{'p99 µs':>10}{'prompts/s':>12}")
     print(f"{'raw paho, 4 hops':24}{pct(raw_seq, 50):10.0f}{pct(raw_seq, 99):10.0f}{raw_rate:12.0f}")
     print(f"{'LAM echo':24}{pct(lam_seq, 50):10.0f}{pct(lam_seq, 99):10.0f}{lam_rate:12.0f}")

@@ -418,7 +418,8 @@ class Bus:
         if sock is None:
             timeout = self._retry_at - time.monotonic()
         else:
-            self._selector.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if self._client.want_write() else 0))
+            writing = selectors.EVENT_WRITE if self._client.want_write() else 0
+            self._selector.modify(sock, selectors.EVENT_READ | writing)
             timeout = IDLE
         readable = False
         for key, events in self._selector.select(0.0 if self._inbox else max(timeout, 0.0)):
