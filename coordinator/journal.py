@@ -43,7 +43,6 @@ CREATE TABLE IF NOT EXISTS tasks (
     data TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS tasks_by_prompt ON tasks(prompt_id, position);
-CREATE INDEX IF NOT EXISTS open_prompts ON prompts(id) WHERE reply IS NULL;
 """
 
 
@@ -66,7 +65,10 @@ class Journal:
         self._db.executescript(SCHEMA)
         if "sent" not in {row[1] for row in self._db.execute("PRAGMA table_info(prompts)")}:
             self._db.execute("ALTER TABLE prompts ADD COLUMN sent INTEGER NOT NULL DEFAULT 1")  # older journals
-        self._db.execute("CREATE INDEX IF NOT EXISTS unsent_replies ON prompts(id) WHERE sent = 0")
+        # Older journals indexed open prompts and unsent replies: each commit paid for it, for a
+        # query that runs once per start (a scan of a week's prompts takes milliseconds).
+        self._db.execute("DROP INDEX IF EXISTS open_prompts")
+        self._db.execute("DROP INDEX IF EXISTS unsent_replies")
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -110,7 +112,7 @@ class Journal:
     def update_task(self, task_id: str, state: str, agent: str | None = None, attempt: int = 0,
                     message: str = "", data: dict | None = None) -> None:
         self._write("UPDATE tasks SET state = ?, agent = ?, attempt = ?, message = ?, data = ? WHERE task_id = ?",
-                    (state, agent, attempt, message, json.dumps(data or {}), task_id))
+                    (state, agent, attempt, message, json.dumps(data) if data else "{}", task_id))
 
     def set_reply(self, prompt_id: str, reply: bytes) -> None:
         # A photo (metadata.image) is kept only until the prompt is answered.
