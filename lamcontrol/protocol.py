@@ -27,9 +27,10 @@ import enum
 import functools
 import json
 import math
+import operator
 import re
+import secrets
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, TypeVar, get_args, get_origin, get_type_hints
 
@@ -79,7 +80,7 @@ class ProtocolError(ValueError):
 
 def new_id() -> str:
     """A short random id for prompts and tasks."""
-    return uuid.uuid4().hex[:16]
+    return secrets.token_hex(8)
 
 
 NOT_IN_IDS = re.compile("[/+#\0 ]")
@@ -248,8 +249,19 @@ def _readers(cls: type) -> tuple[tuple[str, bool, Check], ...]:
 
 
 @functools.cache
-def _names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
+def _writer(cls: type) -> tuple[tuple[str, ...], Callable[[Any], tuple], tuple[str, ...]]:
+    """A record's field names, a getter of all their values at once, and the fields that may hold
+    records (written out as dicts); made once per class, as every message sent goes through here."""
+    names = tuple(f.name for f in dataclasses.fields(cls))
+    hints = get_type_hints(cls)
+    nested = tuple(name for name in names if _may_hold_records(hints[name]))
+    getter = operator.attrgetter(*names)
+    return names, (getter if len(names) > 1 else lambda record: (getter(record),)), nested
+
+
+def _may_hold_records(hint: Any) -> bool:
+    return (isinstance(hint, type) and issubclass(hint, Record)) or get_origin(hint) is list or \
+        any(_may_hold_records(arg) for arg in get_args(hint))
 
 
 def _plain(value: Any) -> Any:
@@ -288,7 +300,11 @@ class Record:
             check_id(getattr(self, name), name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: _plain(getattr(self, name)) for name in _names(type(self))}
+        names, values, nested = _writer(type(self))
+        data = dict(zip(names, values(self)))
+        for name in nested:
+            data[name] = _plain(data[name])
+        return data
 
 
 M = TypeVar("M", bound="Message")
@@ -320,8 +336,7 @@ class Message(Record):
         return message
 
     def topic(self, topics: Topics) -> str:
-        return topics.build(self.topic_pattern, **{level[1:-1]: getattr(self, level[1:-1])
-                                                   for level in _levels(self.topic_pattern) if level.startswith("{")})
+        return f"{topics.prefix}/{self.topic_pattern.format_map(vars(self))}"  # its {levels} are fields
 
     def to_json(self) -> bytes:
         return _JSON.encode(self.to_dict()).encode()
