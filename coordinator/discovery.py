@@ -300,4 +300,4 @@ class Discovery:
 
     def replied(self, event: Replied) -> None:
         """Keep the latest reply, retained, for the coordinator's sensor and event."""
-        self.bus.publish_after(self.topics.last_reply, event.reply.to_json(), retain=True, qos=STATE_QOS)
+        self.bus.publish_after(self.topics.last_reply, event.payload, retain=True, qos=STATE_QOS)

@@ -70,9 +70,10 @@ class TaskFinished:
 
 @dataclass(frozen=True)
 class Replied:
-    """The one reply a prompt got."""
+    """The one reply a prompt got, and its JSON as published."""
 
     reply: Reply
+    payload: bytes
 
 
 @dataclass(frozen=True)

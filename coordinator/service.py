@@ -241,7 +241,7 @@ class Coordinator:
         self.journal.set_reply(prompt_id, payload)
         self._publish_reply(prompt_id, payload)
         log.info("prompt %s %s: %s", prompt_id, status, response)
-        self.events.emit(Replied(reply))
+        self.events.emit(Replied(reply, payload))
 
     def _publish_reply(self, prompt_id: str, payload: bytes) -> None:
         """Out once the journal has it; marked sent there once the broker has it."""
