@@ -2,18 +2,22 @@
 
 The floor is plain paho clients relaying a message over the same four hops a prompt makes
 (prompt -> coordinator -> task -> agent -> result -> coordinator -> reply), each relay in
-its own process like the real components. Both are measured sequentially (p50, p99) and
-pipelined (prompts per second), and printed with LAM/raw ratios; then the CPU time each
-process spent per pipelined prompt (Linux), which says where the difference goes.
+its own process like the real components. Both sets run side by side (the one not measured
+idles). Both are measured sequentially (p50, p99), then pipelined (prompts per second) in
+alternating rounds, raw then LAM, so that a noisy neighbour on a shared machine weighs on both
+alike; the median rates are printed with LAM/raw ratios, then the CPU time each process spent
+per pipelined prompt over all rounds (Linux), which says where the difference goes.
 
     python bench/bench_bus.py                  # Mosquitto with set_tcp_nodelay true
     python bench/bench_bus.py --broker amqtt   # the embedded broker
     python bench/bench_bus.py --distinct       # every prompt new to the parser (no remembered reading)
+    python bench/bench_bus.py --rounds 5       # more pipelined rounds each (default 3)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import multiprocessing
 import os
@@ -27,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import paho.mqtt.client as mqtt
 
@@ -109,9 +114,13 @@ def raw_coordinator(port: int, ready) -> None:
 class Timer:
     """Send one message and wait for its answer, sequentially or pipelined."""
 
-    def __init__(self, send, answers: queue.Queue) -> None:
+    def __init__(self, send, answers: queue.Queue, pids: dict[str, int]) -> None:
         self.send = send
         self.answers = answers
+        self.pids = pids  # the processes whose CPU time a pipelined prompt costs
+        self.rates: list[float] = []
+        self.cpu = dict.fromkeys(pids, 0.0)  # seconds, over all pipelined rounds
+        self.pipelined_count = 0
 
     def sequential(self, count: int) -> list[float]:
         times = []
@@ -122,7 +131,9 @@ class Timer:
             times.append(time.perf_counter() - start)
         return times
 
-    def pipelined(self, count: int, window: int = 200) -> float:
+    def pipelined(self, count: int, window: int = 200) -> None:
+        """One round: ``count`` prompts with up to ``window`` unanswered; its rate and CPU are kept."""
+        before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         start = time.perf_counter()
         sent = received = 0
         while received < count:
@@ -131,19 +142,24 @@ class Timer:
                 sent += 1
             self.answers.get(timeout=60)
             received += 1
-        return count / (time.perf_counter() - start)
+        self.rates.append(count / (time.perf_counter() - start))
+        for name, pid in self.pids.items():
+            self.cpu[name] += cpu_seconds(pid) - before[name]
+        self.pipelined_count += count
 
-    def pipelined_cpu(self, count: int, pids: dict[str, int]) -> tuple[float, dict[str, float]]:
-        """The pipelined rate, and the CPU microseconds each process spent per prompt meanwhile."""
-        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        rate = self.pipelined(count)
-        return rate, {name: (cpu_seconds(pid) - before[name]) * 1e6 / count for name, pid in pids.items()}
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates)
+
+    @property
+    def cpu_per_prompt(self) -> dict[str, float]:
+        """CPU microseconds per pipelined prompt, per process."""
+        return {name: used * 1e6 / self.pipelined_count for name, used in self.cpu.items()}
 
 
-Measured = tuple[list[float], float, dict[str, float]]  # sequential round trips, pipelined rate, CPU per prompt
-
-
-def measure_raw(port: int, broker: int, count: int, burst: int) -> Measured:
+@contextlib.contextmanager
+def raw_floor(port: int, broker: int) -> Iterator[Timer]:
+    """The raw relay, started; a timer that sends through it."""
     ctx = multiprocessing.get_context("spawn")
     ready = [ctx.Event(), ctx.Event()]
     workers = [ctx.Process(target=raw_coordinator, args=(port, ready[0]), daemon=True),
@@ -159,19 +175,19 @@ def measure_raw(port: int, broker: int, count: int, burst: int) -> Measured:
     client.loop_start()
     time.sleep(0.3)
     payload = Prompt(prompt="echo hello", source="bench").to_json()
-    timer = Timer(lambda i: client.publish("raw/prompts", payload, qos=1), answers)
-    timer.sequential(50)
-    times = timer.sequential(count)
     pids = {"coordinator": workers[0].pid, "agent": workers[1].pid, "broker": broker, "asker": os.getpid()}
-    result = (times, *timer.pipelined_cpu(burst, pids))
-    client.loop_stop()
-    for worker in workers:
-        worker.terminate()
-    return result
+    try:
+        yield Timer(lambda i: client.publish("raw/prompts", payload, qos=1), answers, pids)
+    finally:
+        client.loop_stop()
+        for worker in workers:
+            worker.terminate()
 
 
-def measure_lam(port: int, broker: int, count: int, burst: int, workdir: Path, limits: list[str],
-                distinct: bool, log_level: str) -> Measured:
+@contextlib.contextmanager
+def lam_system(port: int, broker: int, workdir: Path, limits: list[str], distinct: bool,
+               log_level: str) -> Iterator[Timer]:
+    """A coordinator and an echo agent as ``lam up`` starts them, online; a timer that asks them."""
     url = f"mqtt://127.0.0.1:{port}"
     env = {**os.environ, "LAM_STATE_DIR": str(workdir)}
     config = workdir / "bench.toml"
@@ -196,11 +212,8 @@ def measure_lam(port: int, broker: int, count: int, burst: int, workdir: Path, l
             raise RuntimeError("the coordinator and agent did not come online")
         numbers = itertools.count()
         text = (lambda: f"echo hello {next(numbers)}") if distinct else (lambda: "echo hello")
-        timer = Timer(lambda i: bus.publish(Prompt(prompt=text(), source="bench")), answers)
-        timer.sequential(50)
-        times = timer.sequential(count)
         pids = {"coordinator": processes[0].pid, "agent": processes[1].pid, "broker": broker, "asker": os.getpid()}
-        return (times, *timer.pipelined_cpu(burst, pids))
+        yield Timer(lambda i: bus.publish(Prompt(prompt=text(), source="bench")), answers, pids)
     finally:
         bus.stop()
         for process in processes:
@@ -216,7 +229,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--broker", choices=["mosquitto", "amqtt"], default="mosquitto")
     parser.add_argument("--count", type=int, default=1000, help="sequential round trips")
-    parser.add_argument("--burst", type=int, default=3000, help="pipelined prompts")
+    parser.add_argument("--burst", type=int, default=3000, help="pipelined prompts per round")
+    parser.add_argument("--rounds", type=int, default=3, help="pipelined rounds each, alternating raw and LAM")
     parser.add_argument("--max-concurrent", type=int, help="tasks the agent runs at once (default: lam up's)")
     parser.add_argument("--max-queued", type=int, help="tasks the agent queues beyond that (default: lam up's)")
     parser.add_argument("--distinct", action="store_true",
@@ -228,23 +242,30 @@ def main() -> int:
     limits = [arg for flag, value in (("--max-concurrent", args.max_concurrent), ("--max-queued", args.max_queued))
               if value is not None for arg in (flag, str(value))]
     port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as running:
         broker = start_broker(args.broker, port, Path(tmp))
-        try:
-            raw_seq, raw_rate, raw_cpu = measure_raw(port, broker.pid, args.count, args.burst)
-            lam_seq, lam_rate, lam_cpu = measure_lam(port, broker.pid, args.count, args.burst, Path(tmp), limits,
-                                                     args.distinct, args.log_level)
-        finally:
-            broker.terminate()
-            broker.wait(10)
-    print(f"broker: {args.broker}, {args.count} sequential round trips, {args.burst} pipelined, journal on, "
-          f"agent limits: {' '.join(limits) or 'the defaults'}{', distinct prompts' if args.distinct else ''}, "
-          f"components log at {args.log_level}")
-    print(f"{'':24}{'p50 µs':>10}{'p99 µs':>10}{'prompts/s':>12}")
-    print(f"{'raw paho, 4 hops':24}{pct(raw_seq, 50):10.0f}{pct(raw_seq, 99):10.0f}{raw_rate:12.0f}")
-    print(f"{'LAM echo':24}{pct(lam_seq, 50):10.0f}{pct(lam_seq, 99):10.0f}{lam_rate:12.0f}")
+        running.callback(broker.wait, 10)
+        running.callback(broker.terminate)
+        raw = running.enter_context(raw_floor(port, broker.pid))
+        lam = running.enter_context(lam_system(port, broker.pid, Path(tmp), limits, args.distinct, args.log_level))
+        raw.sequential(50)
+        raw_seq = raw.sequential(args.count)
+        lam.sequential(50)
+        lam_seq = lam.sequential(args.count)
+        for _ in range(args.rounds):
+            raw.pipelined(args.burst)
+            lam.pipelined(args.burst)
+    print(f"broker: {args.broker}, {args.count} sequential round trips, {args.rounds} alternating pipelined rounds "
+          f"of {args.burst}, journal on, agent limits: {' '.join(limits) or 'the defaults'}"
+          f"{', distinct prompts' if args.distinct else ''}, components log at {args.log_level}")
+    print(f"{'':24}{'p50 µs':>10}{'p99 µs':>10}{'prompts/s':>12}   (median; each round)")
+    rounds = lambda timer: " ".join(f"{rate:.0f}" for rate in timer.rates)  # noqa: E731
+    print(f"{'raw paho, 4 hops':24}{pct(raw_seq, 50):10.0f}{pct(raw_seq, 99):10.0f}{raw.rate:12.0f}   {rounds(raw)}")
+    print(f"{'LAM echo':24}{pct(lam_seq, 50):10.0f}{pct(lam_seq, 99):10.0f}{lam.rate:12.0f}   {rounds(lam)}")
+    ratios = " ".join(f"{l / r:.2f}" for l, r in zip(lam.rates, raw.rates))
     print(f"{'LAM / raw':24}{pct(lam_seq, 50) / pct(raw_seq, 50):10.2f}{pct(lam_seq, 99) / pct(raw_seq, 99):10.2f}"
-          f"{lam_rate / raw_rate:12.2f}")
+          f"{lam.rate / raw.rate:12.2f}   {ratios}")
+    raw_cpu, lam_cpu = raw.cpu_per_prompt, lam.cpu_per_prompt
     print(f"\nCPU µs per pipelined prompt{''.join(f'{name:>13}' for name in raw_cpu)}{'all':>13}")
     for label, used in (("raw paho, 4 hops", raw_cpu), ("LAM echo", lam_cpu)):
         print(f"{label:27}{''.join(f'{value:13.0f}' for value in used.values())}{sum(used.values()):13.0f}")
