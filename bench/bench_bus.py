@@ -201,8 +201,11 @@ def lam_system(port: int, broker: int, workdir: Path, limits: list[str], distinc
     online: set[str] = set()
     bus = Bus(BrokerSettings(url=url), component="bench")
     bus.on(bus.topics.all_replies, lambda topic, payload: answers.put(parse(Reply, payload)))
-    bus.on(f"{bus.topics.prefix}/+/+/status", lambda topic, payload: online.add(topic) if b'"online"' in payload else None)
-    bus.on(bus.topics.coordinator_status, lambda topic, payload: online.add(topic) if b'"online"' in payload else None)
+    def seen_online(topic: str, payload: bytes) -> None:
+        if b'"online"' in payload:
+            online.add(topic)
+    bus.on(f"{bus.topics.prefix}/+/+/status", seen_online)
+    bus.on(bus.topics.coordinator_status, seen_online)
     bus.start(timeout=15)
     try:
         deadline = time.monotonic() + 30
@@ -259,10 +262,10 @@ def main() -> int:
           f"of {args.burst}, journal on, agent limits: {' '.join(limits) or 'the defaults'}"
           f"{', distinct prompts' if args.distinct else ''}, components log at {args.log_level}")
     print(f"{'':24}{'p50 µs':>10}{'p99 µs':>10}{'prompts/s':>12}   (median; each round)")
-    rounds = lambda timer: " ".join(f"{rate:.0f}" for rate in timer.rates)  # noqa: E731
-    print(f"{'raw paho, 4 hops':24}{pct(raw_seq, 50):10.0f}{pct(raw_seq, 99):10.0f}{raw.rate:12.0f}   {rounds(raw)}")
-    print(f"{'LAM echo':24}{pct(lam_seq, 50):10.0f}{pct(lam_seq, 99):10.0f}{lam.rate:12.0f}   {rounds(lam)}")
-    ratios = " ".join(f"{l / r:.2f}" for l, r in zip(lam.rates, raw.rates))
+    for label, timer, times in (("raw paho, 4 hops", raw, raw_seq), ("LAM echo", lam, lam_seq)):
+        print(f"{label:24}{pct(times, 50):10.0f}{pct(times, 99):10.0f}{timer.rate:12.0f}   "
+              f"{' '.join(f'{rate:.0f}' for rate in timer.rates)}")
+    ratios = " ".join(f"{lam_rate / raw_rate:.2f}" for lam_rate, raw_rate in zip(lam.rates, raw.rates))
     print(f"{'LAM / raw':24}{pct(lam_seq, 50) / pct(raw_seq, 50):10.2f}{pct(lam_seq, 99) / pct(raw_seq, 99):10.2f}"
           f"{lam.rate / raw.rate:12.2f}   {ratios}")
     raw_cpu, lam_cpu = raw.cpu_per_prompt, lam.cpu_per_prompt

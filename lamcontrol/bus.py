@@ -127,17 +127,23 @@ _ACKED, _NO_PROPERTIES = ReasonCode(PacketTypes.PUBACK), Properties(PacketTypes.
 
 
 class _Client(mqtt.Client):
-    """paho's client with two costs per packet taken out; the protocol handling is paho's.
+    """paho's client with its costs per packet cut; the protocol handling is paho's.
 
     - paho asks the socket for each packet in three reads (its first byte, its length, the rest):
       three system calls for every acknowledgement. This reads whatever has arrived at once and
       hands paho its bytes from memory; :attr:`unread` says when some are left to hand over.
+    - paho sends each packet in its own call; this gathers them, and :meth:`flush` sends a write
+      cycle's packets at once.
     - paho builds a reason code and a property table for every acknowledgement, though an MQTT
-      3.1.1 one carries neither (about 10 µs each); this hands over the same two constant ones.
+      3.1.1 one carries neither (about 10 µs each), and for every QoS 0 publish when ``on_publish``
+      is set; this hands over the same two constant ones, and tells :attr:`on_acknowledged` the
+      message id of each acknowledgement instead.
 
-    Both override private methods of paho 2.x (pinned below 3 in ``setup.cfg``); every test
-    on both brokers runs through them.
+    They override private methods of paho 2.x (pinned below 3 in ``setup.cfg``); every test on
+    both brokers runs through them.
     """
+
+    on_acknowledged: Callable[[int], None] | None = None  # called on the network thread, like paho's
 
     CHUNK = 65536
 
@@ -192,15 +198,20 @@ class _Client(mqtt.Client):
         return self.unread[start:end]
 
     def _handle_pubackcomp(self, cmd: Any) -> mqtt.MQTTErrorCode:
-        """As paho's, for MQTT 3.1.1, without building the constant parts anew."""
+        """As paho's (which raises on a malformed packet); then, for a message that awaited it, tell
+        :attr:`on_acknowledged`."""
         packet = self._in_packet["packet"]
+        mid = int.from_bytes(packet[:2], "big")
+        awaited = mid in self._out_messages
         if self._protocol == mqtt.MQTTv5 or len(packet) != 2:
-            return super()._handle_pubackcomp(cmd)
-        mid = int.from_bytes(packet, "big")
-        with self._out_message_mutex:
-            if mid in self._out_messages:
-                return self._do_on_publish(mid, _ACKED, _NO_PROPERTIES)
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+            result = super()._handle_pubackcomp(cmd)
+        else:
+            with self._out_message_mutex:
+                result = (self._do_on_publish(mid, _ACKED, _NO_PROPERTIES) if awaited
+                          else mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS)
+        if awaited and self.on_acknowledged is not None:
+            self.on_acknowledged(mid)
+        return result
 
 
 class Bus:
@@ -277,8 +288,7 @@ class Bus:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
-        if self.transaction is not None:  # only the journaling component asks to hear of acknowledgements
-            client.on_publish = self._on_publish
+        client.on_acknowledged = self._on_acknowledged
         return client
 
     # -- registration -------------------------------------------------------------------
@@ -451,7 +461,7 @@ class Bus:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         self._inbox.append((message.topic, message.payload, message.mid, message.qos))
 
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+    def _on_acknowledged(self, mid: int) -> None:
         if mid in self._on_sent:
             self._inbox.append((PUBLISHED, None, mid, 0))
 
