@@ -269,7 +269,7 @@ class Bus:
     def _make_client(self, persistent: bool, will: Message | None) -> mqtt.Client:
         s = self.settings
         client = _Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             clean_session=not persistent, transport=s.transport, manual_ack=self.ack_when_handled)
+                         clean_session=not persistent, transport=s.transport, manual_ack=self.ack_when_handled)
         if s.transport == "websockets":
             client.ws_set_options(path=s.path)
         # Always send a user name: brokers keep the queued messages of named sessions.
