@@ -242,6 +242,8 @@ def main() -> int:
                         help="the components' log level; INFO (lam up's) writes a line per prompt and per task, "
                              "here to /dev/null")
     args = parser.parse_args()
+    if args.count < 2 or min(args.burst, args.rounds) < 1:
+        parser.error("--count must be at least 2 (for percentiles), --burst and --rounds at least 1")
     limits = [arg for flag, value in (("--max-concurrent", args.max_concurrent), ("--max-queued", args.max_queued))
               if value is not None for arg in (flag, str(value))]
     port = free_port()
