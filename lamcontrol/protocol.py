@@ -32,7 +32,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, Callable, ClassVar, NamedTuple, TypeVar, get_args, get_origin, get_type_hints
 
 DEFAULT_PREFIX = "lam"
 DEFAULT_MAX_PAYLOAD = 64 * 1024
@@ -101,8 +101,7 @@ def check_agent_id(value: str, field_name: str = "agent id") -> str:
     return value
 
 
-@dataclass(frozen=True)
-class Match:
+class Match(NamedTuple):
     """What a topic is: the message class it carries and the ids in its levels."""
 
     cls: type[Message]
@@ -125,8 +124,8 @@ class Topics:
         if not topic.startswith(self.prefix + "/"):
             return None
         levels = topic[len(self.prefix) + 1:].split("/")
-        for cls in MESSAGES:
-            ids = _match_levels(_levels(cls.topic_pattern), levels)
+        for cls, pattern in _BY_SHAPE.get((len(levels), levels[0]), ()):
+            ids = _match_levels(pattern, levels)
             if ids is not None:
                 return Match(cls, ids)
         return None
@@ -308,7 +307,9 @@ class Record:
 
 
 M = TypeVar("M", bound="Message")
-MESSAGES: list[type[Message]] = []  # every class with a topic, in the order they are matched
+# Every class with a topic, in the order they are matched, by its topic's number of levels and
+# first level (which every pattern spells out): a topic is compared only with those of its shape.
+_BY_SHAPE: dict[tuple[int, str], list[tuple[type[Message], tuple[str, ...]]]] = {}
 
 
 class Message(Record):
@@ -320,7 +321,10 @@ class Message(Record):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "topic_pattern" in cls.__dict__:
-            MESSAGES.append(cls)
+            pattern = _levels(cls.topic_pattern)
+            if pattern[0].startswith("{"):
+                raise TypeError(f"{cls.__name__}: a topic pattern must begin with a fixed level")
+            _BY_SHAPE.setdefault((len(pattern), pattern[0]), []).append((cls, pattern))
 
     @classmethod
     def from_payload(cls: type[M], payload: bytes) -> M:
