@@ -261,6 +261,7 @@ class Bus:
         for end in (self._waker, self._wake_end):
             end.setblocking(False)
         self._selector.register(self._waker, selectors.EVENT_READ)
+        self._woken = False  # a wake-up byte is on its way
         self._thread = threading.Thread(target=self._run, name=f"{component}-bus", daemon=True)
         self._stopping = False
         self._retry_at = 0.0  # monotonic time of the next connection attempt
@@ -468,10 +469,14 @@ class Bus:
     # -- the bus thread -----------------------------------------------------------------
 
     def _wake(self) -> None:
+        """Wake the bus thread, unless a byte sent before and not yet read will."""
+        if self._woken:
+            return
+        self._woken = True
         try:
             self._wake_end.send(b"\0")
         except OSError:
-            pass  # already woken (a byte waits there: BlockingIOError), or stopped
+            pass  # the socket is full of wake-ups, or stopped
 
     def _close(self) -> None:
         self._selector.close()
@@ -532,10 +537,13 @@ class Bus:
             log.warning("%s: cannot reach %s (%s), retrying", self.component, self.settings.safe_url, exc)
 
     def _drain_wakes(self) -> None:
+        """Read the wake-up bytes, then let the next wake-up send one: cleared before the read, the flag
+        could stay set with no byte left to wake us. What a skipped wake-up was for is handled next."""
         try:
             self._waker.recv(4096)  # any bytes left over only wake us once more
         except BlockingIOError:
             pass
+        self._woken = False
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Handle one message now, on the calling thread, exactly as the bus thread would."""
