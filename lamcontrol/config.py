@@ -22,6 +22,7 @@ import difflib
 import importlib.metadata
 import ipaddress
 import os
+import secrets
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -291,6 +292,13 @@ def write_private(path: Path, text: str, mode: int = 0o600) -> None:
         handle.write(text)
     os.chmod(temporary, mode)
     os.replace(temporary, path)
+
+
+def new_secret(nbytes: int) -> str:
+    """A random URL-safe string that never begins with "-", so it reads as a value after an option."""
+    while (secret := secrets.token_urlsafe(nbytes)).startswith("-"):
+        pass
+    return secret
 
 
 def default_agent_id() -> str:

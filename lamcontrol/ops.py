@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
-import secrets
 import shutil
 import subprocess
 import sys
@@ -245,7 +244,7 @@ def credentials(folder: Path, users: list[MqttUser]) -> dict[str, str]:
         path = folder / user.name
         password = path.read_text().strip() if path.is_file() else ""
         if not password:
-            password = secrets.token_urlsafe(24)
+            password = lamconfig.new_secret(24)
             lamconfig.write_private(path, password + "\n")
         passwords[user.name] = password
     return passwords

@@ -20,7 +20,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from lamcontrol.config import write_private
+from lamcontrol.config import new_secret, write_private
 
 TOKEN_BYTES = 32
 
@@ -67,7 +67,7 @@ class TokenStore:
         self.file = JsonFile(path, {"tokens": []})
 
     def create(self, name: str) -> str:
-        token = secrets.token_urlsafe(TOKEN_BYTES)
+        token = new_secret(TOKEN_BYTES)
         data = self.file.read()
         entry = {"id": digest(token)[:8], "name": name, "hash": digest(token), "created": time.time()}
         self.file.write({"tokens": [*data["tokens"], entry]})
@@ -117,7 +117,7 @@ class AdminPassword:
         self.file.write({"username": self.USERNAME, "hash": self.hasher.hash(password), "changed": time.time()})
 
     def generate(self) -> str:
-        password = secrets.token_urlsafe(12)
+        password = new_secret(12)
         self.set(password)
         return password
 

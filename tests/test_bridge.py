@@ -19,6 +19,7 @@ from bridgekit import (NO_VOICE_GATEWAY, PASSWORD, bridge, broker, csrf_from, du
 from helpers import ROOT, free_port, wait_for_port, wait_until
 from lamcontrol.cli import main as lam_main
 from lamcontrol.protocol import Presence, Prompt
+from lamcontrol.r1_bridge.auth import TokenStore
 
 
 def post_prompt(bridge, body, token=None, **kwargs):
@@ -277,6 +278,12 @@ def test_revoked_tokens_stop_working_at_once(bridge):
     assert post_prompt(bridge, {"prompt": "echo hi"}, token=extra).status_code == 401
     stored = (bridge.state / "tokens.json").read_text()
     assert extra not in stored and bridge.token not in stored  # only hashes on disk
+
+
+def test_tokens_never_begin_with_a_dash_so_they_can_follow_an_option(tmp_path):
+    store = TokenStore(tmp_path / "tokens.json")
+    tokens = [store.create(f"script {n}") for n in range(300)]  # about one in 64 would begin with "-"
+    assert len(set(tokens)) == 300 and not [token for token in tokens if token.startswith("-")]
 
 
 def test_cors_is_off_unless_configured(bridge, start_bridge):
