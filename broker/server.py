@@ -1,6 +1,6 @@
 """The aMQTT broker as ``lam-broker`` runs it, hardened against clients that come and go at once.
 
-Four faults of aMQTT 0.12 are worked around here:
+Six faults of aMQTT 0.12 are worked around here:
 
 * aMQTT looks a connecting client's id up in its session table, deletes or takes over the
   session it finds (disconnecting its live owner) and only then checks the password. Any
@@ -26,6 +26,11 @@ Four faults of aMQTT 0.12 are worked around here:
   (never, if the client stopped reading). A take-over of that client's session, or the broker's
   shutdown on SIGTERM, would wait as long. Here stopping a handler waits a bounded time, then
   gives up on it with a log line; ``lam-broker`` adds a deadline on the whole shutdown.
+* Stopping, aMQTT ends the sessions one by one and only then closes its listeners. A client
+  dropped early reconnects at once, and the broker acknowledges what it publishes (a reply
+  sent again, say) and then drops it, with the sender sure it was delivered. Here the
+  listeners close first, messages already acknowledged get a moment to reach their
+  subscribers, and then every session ends at once.
 * That walk at connect time sends the connecting client the retained messages matching *any*
   client's filters, so every ``lam send`` got every retained presence and state message. Here a
   client gets retained messages only for the filters it holds itself.
@@ -49,6 +54,7 @@ from amqtt.session import Session
 log = logging.getLogger("lam-broker")
 
 HANDLER_STOP_TIMEOUT = 2.0  # seconds a client connection is given to stop
+DELIVERY_TIMEOUT = 1.0  # seconds a stopping broker gives acknowledged messages to reach subscribers
 
 
 class SnapshotDict(dict):
@@ -118,6 +124,22 @@ class EmbeddedBroker(Broker):
             client = handler.session.client_id if handler.session else "?"
             log.warning("connection of %s did not stop within %g s; left to close with the socket",
                         client, HANDLER_STOP_TIMEOUT)
+
+    async def shutdown(self) -> None:
+        for server in self._servers.values():
+            if server.instance:
+                server.instance.close()  # no new connections; aMQTT waits for the old ones later
+        await self._deliver_in_flight(DELIVERY_TIMEOUT)
+        await asyncio.gather(*(self._cleanup_session(client_id) for client_id in list(self._sessions)))
+        await super().shutdown()
+
+    async def _deliver_in_flight(self, seconds: float) -> None:
+        """Wait (at most ``seconds``) until messages already taken are handed to their subscribers."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while loop.time() < deadline and (not self._broadcast_queue.empty()
+                                          or any(not task.done() for task in self._tasks_queue)):
+            await asyncio.sleep(0.01)
 
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
                                                          session: Session) -> None:

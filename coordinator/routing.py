@@ -4,7 +4,9 @@ A task is re-offered when its agent rejects it, does not accept within ``ack_tim
 ``ack_grace`` for the word to reach us; an agent that lets a window pass gets no new task until
 it is heard from again) or vanishes before accepting. An accepted task is never run elsewhere
 unless it is idempotent: when its agent goes offline it keeps the task for ``agent_grace`` to
-come back and report it. Accept windows do not run while the coordinator itself is cut off.
+come back and report it. Accept windows do not run while the coordinator itself is cut off;
+back on a broker that kept nothing for it, it offers each agent's unanswered tasks to that agent
+again when it next hears from it, rather than elsewhere, since its word may have been lost.
 Every prompt is answered by its deadline, an absolute time; no task is sent after it. The
 router keeps no lock of its own: the coordinator calls it inside its transaction.
 """
@@ -50,6 +52,8 @@ class Router:
     connected: bool = True
     # Tasks with no agent yet, oldest first, by (capability, action).
     _waiting: dict[tuple[str, str], dict[str, None]] = field(default_factory=dict)
+    # Agents whose word on a task may have been lost with a broker that kept nothing for us.
+    _unsure: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._started = self.clock.monotonic()
@@ -127,10 +131,16 @@ class Router:
                 self._waiting.setdefault(job.kind, {})[job.task_id] = None
             return
         self._waiting.get(job.kind, {}).pop(job.task_id, None)
-        job.state, job.agent, job.attempt = DISPATCHED, agent.presence.agent, job.attempt + 1
+        job.state, job.agent = DISPATCHED, agent.presence.agent
+        agent.inflight += 1
+        self._offer(run, job, now)
+
+    def _offer(self, run: Run, job: Job, now: float) -> None:
+        """Send the job to its agent as a new attempt, with a new accept window."""
+        job.attempt += 1
         job.ack_deadline = now + self.settings.ack_timeout
         heapq.heappush(self._due, (job.ack_deadline, "ack", job.task_id))
-        agent.inflight += 1
+        command = job.command
         photo = run.prompt.metadata.image
         args = {**command.args, command.photo: photo} if command.photo and photo else command.args
         task = Task(task_id=job.task_id, prompt_id=run.prompt.id, capability=command.capability,
@@ -203,12 +213,22 @@ class Router:
                 heapq.heappush(self._due, (self.clock.time() + self.settings.agent_grace, "grace", job.task_id))
 
     def agent_back(self, agent_id: str, running: list[str]) -> None:
-        """An online presence: the tasks it lists as running were accepted, whatever became of that word."""
+        """An online presence: the tasks it lists as running were accepted, whatever became of that word.
+        First heard since we came back to a broker that kept nothing for us, the agent is offered again
+        what is still out with it for acceptance: its word on those may have been lost. Having taken
+        a task, it answers from what became of it; never having had it, it takes it now."""
         for task_id in running:
             run, job = self.jobs.get(task_id, (None, None))
             if job is not None and job.agent == agent_id and job.state == DISPATCHED:
                 job.state = ACCEPTED
                 self.journal.update_task(job.task_id, ACCEPTED, job.agent, job.attempt)
+        if agent_id in self._unsure:
+            self._unsure.discard(agent_id)
+            now = self.clock.time()
+            for run, job in list(self.jobs.values()):
+                if job.agent == agent_id and job.state == DISPATCHED and now < run.deadline:
+                    log.info("task %s: offered to %s again, its word may have been lost", job.task_id, agent_id)
+                    self._offer(run, job, now)
 
     def _grace_over(self, run: Run, job: Job) -> None:
         """The agent did not come back with the task it accepted: re-offer it if idempotent, else fail it."""
@@ -224,15 +244,18 @@ class Router:
         """The coordinator is cut off from the broker: no agent can be heard, accept windows wait."""
         self.connected = False
 
-    def reconnected(self) -> None:
+    def reconnected(self, session_lost: bool = False) -> None:
         """Back on the broker (or awake after a freeze): every open accept window starts again, as an
-        `accepted` sent meanwhile may be on its way to us."""
+        `accepted` sent meanwhile may be on its way to us. When the broker kept no session for us
+        (restarted without persistence), what was sent meanwhile is lost: see :meth:`agent_back`."""
         self.connected = True
         now = self.clock.time()
         for run, job in self.jobs.values():
             if job.state == DISPATCHED:
                 job.ack_deadline = max(job.ack_deadline, now + self.settings.ack_timeout)
                 heapq.heappush(self._due, (job.ack_deadline, "ack", job.task_id))
+                if session_lost:
+                    self._unsure.add(job.agent)
 
     def retry_waiting(self) -> None:
         """Offer waiting tasks again, oldest first; once one finds no agent, the rest of its kind wait on."""

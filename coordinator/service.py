@@ -86,7 +86,7 @@ class Coordinator:
         self.bus.publish(self.presence(), retain=True)
 
     def reconnected(self) -> None:
-        self.router.reconnected()
+        self.router.reconnected(session_lost=not self.bus.session_present)
         self.announce()
 
     @contextmanager

@@ -245,6 +245,7 @@ class Bus:
         self.client_id = client_id or f"{component}-{uuid.uuid4().hex[:8]}"
         self.connected = threading.Event()
         self.ready = threading.Event()
+        self.session_present = False  # the broker kept our session (and what came for us) at the last connect
         self.last_error = ""
         self._handlers: list[tuple[str, Handler]] = []
         # Topic filter -> its handlers, in registration order; plain topics apart, found without a walk.
@@ -426,6 +427,7 @@ class Bus:
             return
         self.last_error = ""
         self._backoff = RECONNECT_MIN
+        self.session_present = bool(flags.session_present)
         self.connected.set()
         filters = sorted({f for f, _ in self._handlers} | {self.topics.build(cls.topic_pattern, **s.ids)
                                                            for cls, subs in self._typed.items() for s in subs})

@@ -214,22 +214,38 @@ def test_a_login_cannot_take_over_another_users_session(tmp_path):
     assert "Unhandled exception" not in broker.log()
 
 
+def stalled_broker(tmp_path, name: str, *clients: str) -> tuple[int, Process, list[Client]]:
+    """A ``lam-broker`` with persistent subscribers named ``clients`` (in that order), then a
+    subscriber that stopped reading with its socket full, and the client that filled it: the
+    broker cannot flush that socket, so stopping its connection takes a while."""
+    port = free_port()
+    broker = Process(name, [sys.executable, "-m", "lamcontrol.broker.main", "--listen", f"127.0.0.1:{port}",
+                            "--stop-timeout", "3"], tmp_path)
+    wait_for_port(port)
+    subscribers = [Client(port, client_id, ["lam/replies/#"]) for client_id in clients]
+    stuck = Client(port, "stuck-reader", ["lam/flood"], persistent=False)
+    for client in (*subscribers, stuck):
+        assert client.problem() == ""
+    stuck.client.loop_stop()  # the socket stays open; nobody reads it any more
+    flooder = Client(port, "flooder", [], persistent=False)
+    for _ in range(400):
+        flooder.client.publish("lam/flood", b"z" * 60_000, qos=0)
+    wait_until(lambda: not flooder.client.want_write(), 30, "the flood sent")
+    time.sleep(1)  # let the broker fill the stuck reader's socket
+    return port, broker, [*subscribers, stuck, flooder]
+
+
+def stop_all(broker: Process, clients: list[Client]) -> None:
+    for client in clients:
+        client.close(abrupt=client.client_id == "stuck-reader")
+    broker.stop()
+
+
 def test_sigterm_ends_the_broker_while_a_client_has_stopped_reading(tmp_path):
     """A subscriber that stops reading (frozen, or cut off without a FIN) leaves the broker
     waiting to flush its socket for ever; SIGTERM must still end ``lam-broker``."""
-    port = free_port()
-    broker = Process("lam-broker-stuck", [sys.executable, "-m", "lamcontrol.broker.main", "--listen",
-                                          f"127.0.0.1:{port}", "--stop-timeout", "3"], tmp_path)
-    wait_for_port(port)
-    stuck = Client(port, "stuck-reader", ["lam/flood"], persistent=False)
-    assert stuck.problem() == ""
-    stuck.client.loop_stop()  # the socket stays open; nobody reads it any more
-    flooder = Client(port, "flooder", [], persistent=False)
+    _, broker, clients = stalled_broker(tmp_path, "lam-broker-stuck")
     try:
-        for _ in range(400):
-            flooder.client.publish("lam/flood", b"z" * 60_000, qos=0)
-        wait_until(lambda: not flooder.client.want_write(), 30, "the flood sent")
-        time.sleep(1)  # let the broker fill the stuck reader's socket
         broker.signal(signal.SIGTERM)
         try:
             code = broker.popen.wait(3 + 10)
@@ -237,9 +253,29 @@ def test_sigterm_ends_the_broker_while_a_client_has_stopped_reading(tmp_path):
             pytest.fail(f"lam-broker ignored SIGTERM\n{broker.log()[-2000:]}")
         assert code in (0, 1), broker.log()
     finally:
-        flooder.close()
-        stuck.close(abrupt=True)
-        broker.stop()
+        stop_all(broker, clients)
+
+
+def test_a_stopping_broker_takes_no_new_connection(tmp_path):
+    """Once SIGTERM has made the broker drop its clients, a client that reconnects at once (a
+    coordinator sending its unacknowledged replies again) must be refused: a broker on its way
+    out would acknowledge those messages and then drop them, and the sender would forget them."""
+    port, broker, clients = stalled_broker(tmp_path, "lam-broker-stopping", "asker")
+    asker = clients[0]
+    try:
+        broker.signal(signal.SIGTERM)
+        assert asker.dropped.wait(15), "SIGTERM did not end the asker's connection"
+        late = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="coordinator-back", clean_session=False)
+        late.username_pw_set("coordinator-back")
+        with pytest.raises(ConnectionRefusedError):
+            late.connect("127.0.0.1", port, keepalive=30)
+            late.loop_start()
+            sent = late.publish("lam/replies/p1", b"{}", qos=1)
+            sent.wait_for_publish(10)
+            late.loop_stop()
+            pytest.fail(f"the stopping broker took a connection (message acknowledged: {sent.is_published()})")
+    finally:
+        stop_all(broker, clients)
 
 
 def test_garbage_instead_of_connect_is_refused(embedded_broker):

@@ -420,6 +420,42 @@ def test_a_task_an_agent_lists_as_running_counts_as_accepted(routing):
     assert routing.replies()[0].status == "succeeded"
 
 
+def test_back_on_a_broker_that_kept_nothing_an_agent_is_asked_again_not_passed_over(routing):
+    """The broker restarted without persistence: a1 took the task and finished it, but its words
+    reached the broker before we were back on it, and were lost. Offered the task again when heard
+    from, a1 answers from what became of it; the task never goes to a2."""
+    routing.online("a1")
+    routing.online("a2")
+    routing.send("echo hello")
+    [first] = routing.tasks()
+    routing.bus.connected.clear()
+    routing.advance(routing.settings.tick)
+    routing.bus.connected.set()
+    routing.bus.session_present = False
+    routing.bus.handle("connect", b"")
+    routing.online("a2")
+    assert len(routing.tasks()) == 1  # a2 had nothing of ours
+    routing.online("a1")
+    again = routing.tasks()[1]
+    assert (again.task_id, again.agent, again.attempt) == (first.task_id, "a1", 2)
+    routing.online("a1")  # its next heartbeat: asked once is enough
+    assert len(routing.tasks()) == 2
+    routing.say(again, "accepted")
+    routing.say(again, "succeeded", "hello")
+    routing.advance(2 * (routing.settings.ack_timeout + routing.settings.ack_grace))
+    assert [t.agent for t in routing.tasks()] == ["a1", "a1"]
+    assert [(r.status, r.response) for r in routing.replies()] == [("succeeded", "hello")]
+
+
+def test_back_on_a_broker_that_kept_our_session_nobody_is_asked_again(routing):
+    routing.online("a1")
+    routing.send("echo hello")
+    routing.bus.session_present = True
+    routing.bus.handle("connect", b"")
+    routing.online("a1")
+    assert len(routing.tasks()) == 1
+
+
 def test_replies_not_acknowledged_by_the_broker_are_sent_again_after_a_restart(routing):
     routing.online("a1")
     answered = routing.send("echo one")
