@@ -127,8 +127,8 @@ class EmbeddedBroker(Broker):
 
     async def shutdown(self) -> None:
         for server in self._servers.values():
-            if server.instance:
-                server.instance.close()  # no new connections; aMQTT waits for the old ones later
+            if server.instance:  # stop listening (a websocket server wraps an asyncio one)
+                getattr(server.instance, "server", server.instance).close()  # connections stay open
         await self._deliver_in_flight(DELIVERY_TIMEOUT)
         await asyncio.gather(*(self._cleanup_session(client_id) for client_id in list(self._sessions)))
         await super().shutdown()
