@@ -50,6 +50,7 @@ class Agent:
         self.heartbeat = heartbeat
         self.stop_grace = stop_grace
         self.host = socket.gethostname()
+        self.started = time.time()
         self._lock = threading.Lock()
         self._running: dict[str, Task] = {}  # accepted and not finished: running, or queued for a slot
         self._queued: OrderedDict[str, Task] = OrderedDict()  # accepted, waiting for a slot, oldest first
@@ -79,8 +80,7 @@ class Agent:
         return Presence(state=state, agent=self.id, capabilities=capabilities, vocabulary=vocabulary,
                         load=len(self._running), running=running,
                         max_concurrent=self.max_concurrent, max_queued=self.max_queued, host=self.host,
-                        version=__version__,
-                        heartbeat=self.heartbeat)
+                        version=__version__, heartbeat=self.heartbeat, started=self.started)
 
     def announce(self) -> None:
         if self.bus.connected.is_set() and not self._stopping.is_set():

@@ -5,8 +5,9 @@ A task is re-offered when its agent rejects it, does not accept within ``ack_tim
 it is heard from again) or vanishes before accepting. An accepted task is never run elsewhere
 unless it is idempotent: when its agent goes offline it keeps the task for ``agent_grace`` to
 come back and report it. Accept windows do not run while the coordinator itself is cut off;
-back on a broker that kept nothing for it, it offers each agent's unanswered tasks to that agent
-again when it next hears from it, rather than elsewhere, since its word may have been lost.
+back on a broker that kept nothing for it, it offers each agent what it holds of ours again when
+it next hears from it (see :meth:`Router.agent_back`), rather than elsewhere, since its word may
+have been lost.
 Every prompt is answered by its deadline, an absolute time; no task is sent after it. The
 router keeps no lock of its own: the coordinator calls it inside its transaction.
 """
@@ -18,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from lamcontrol.protocol import Prompt, PromptStatus, Result, ResultState, Task, TaskSummary, new_id
+from lamcontrol.protocol import Presence, Prompt, PromptStatus, Result, ResultState, Task, TaskSummary, new_id
 
 from .events import Events, TaskDispatched, TaskFinished
 from .grammar import Command
@@ -131,7 +132,7 @@ class Router:
                 self._waiting.setdefault(job.kind, {})[job.task_id] = None
             return
         self._waiting.get(job.kind, {}).pop(job.task_id, None)
-        job.state, job.agent = DISPATCHED, agent.presence.agent
+        job.state, job.agent, job.agent_started = DISPATCHED, agent.presence.agent, agent.presence.started
         agent.inflight += 1
         self._offer(run, job, now)
 
@@ -147,7 +148,7 @@ class Router:
                     action=command.action, agent=job.agent, command=command.text, args=args,
                     attempt=job.attempt, accept_by=min(job.ack_deadline, run.deadline),
                     deadline=min(run.deadline, now + self.settings.task_timeout), risk=command.risk)
-        self.journal.update_task(job.task_id, DISPATCHED, job.agent, job.attempt)
+        self.journal.update_task(job.task_id, job.state, job.agent, job.attempt)
         self.publish(task)
         self.events.emit(TaskDispatched(task))
 
@@ -212,23 +213,32 @@ class Router:
             elif job.agent == agent_id and job.state == ACCEPTED:
                 heapq.heappush(self._due, (self.clock.time() + self.settings.agent_grace, "grace", job.task_id))
 
-    def agent_back(self, agent_id: str, running: list[str]) -> None:
+    def agent_back(self, presence: Presence) -> None:
         """An online presence: the tasks it lists as running were accepted, whatever became of that word.
-        First heard since we came back to a broker that kept nothing for us, the agent is offered again
-        what is still out with it for acceptance: its word on those may have been lost. Having taken
-        a task, it answers from what became of it; never having had it, it takes it now."""
-        for task_id in running:
+
+        First heard since we came back to a broker that kept nothing for us, the agent is offered
+        again what it holds of ours, as its word on it may have been lost: the tasks we did not hear
+        it accept, and, when it is the same process (``started``) and no longer runs them, the ones
+        it did. An agent that took a task answers from what became of it; never having had it, it
+        takes it now. A restarted agent is not asked about what it accepted: it could not know."""
+        agent_id = presence.agent
+        for task_id in presence.running:
             run, job = self.jobs.get(task_id, (None, None))
             if job is not None and job.agent == agent_id and job.state == DISPATCHED:
                 job.state = ACCEPTED
                 self.journal.update_task(job.task_id, ACCEPTED, job.agent, job.attempt)
-        if agent_id in self._unsure:
-            self._unsure.discard(agent_id)
-            now = self.clock.time()
-            for run, job in list(self.jobs.values()):
-                if job.agent == agent_id and job.state == DISPATCHED and now < run.deadline:
-                    log.info("task %s: offered to %s again, its word may have been lost", job.task_id, agent_id)
-                    self._offer(run, job, now)
+        if agent_id not in self._unsure:
+            return
+        self._unsure.discard(agent_id)
+        now = self.clock.time()
+        for run, job in list(self.jobs.values()):
+            if job.agent != agent_id or now >= run.deadline:
+                continue
+            same_process = bool(presence.started) and job.agent_started == presence.started
+            finished_unheard = job.state == ACCEPTED and same_process and job.task_id not in presence.running
+            if job.state == DISPATCHED or finished_unheard:
+                log.info("task %s: offered to %s again, its word may have been lost", job.task_id, agent_id)
+                self._offer(run, job, now)
 
     def _grace_over(self, run: Run, job: Job) -> None:
         """The agent did not come back with the task it accepted: re-offer it if idempotent, else fail it."""
@@ -254,8 +264,8 @@ class Router:
             if job.state == DISPATCHED:
                 job.ack_deadline = max(job.ack_deadline, now + self.settings.ack_timeout)
                 heapq.heappush(self._due, (job.ack_deadline, "ack", job.task_id))
-                if session_lost:
-                    self._unsure.add(job.agent)
+            if session_lost and job.state in OUT:
+                self._unsure.add(job.agent)
 
     def retry_waiting(self) -> None:
         """Offer waiting tasks again, oldest first; once one finds no agent, the rest of its kind wait on."""

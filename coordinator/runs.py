@@ -26,6 +26,7 @@ class Job:
     attempt: int = 0
     tried: set[str] = field(default_factory=set)
     ack_deadline: float = 0.0
+    agent_started: float = 0.0  # the agent's presence ``started`` when it was given the job (0: unknown)
     retry_at: float = 0.0
     message: str = ""
     data: dict = field(default_factory=dict)

@@ -258,7 +258,7 @@ class Coordinator:
             if self.registry.update(presence):
                 self.router.agent_gone(presence.agent)
             if presence.online:
-                self.router.agent_back(presence.agent, presence.running)
+                self.router.agent_back(presence)
             self.router.retry_waiting()
 
     def on_cleared(self, ids: dict[str, str]) -> None:

@@ -589,6 +589,7 @@ class Presence(Message):
     heartbeat: float = 30.0
     vocabulary: dict = field(default_factory=dict)  # names a capability knows, e.g. {"home": ["desk lamp"]}
     running: list[str] = field(default_factory=list)  # ids of the tasks it is running
+    started: float = 0.0  # when the agent process started: a new value is an agent that forgot its tasks
     ts: float = field(default_factory=time.time)
 
     def validate(self) -> None:

@@ -447,6 +447,33 @@ def test_back_on_a_broker_that_kept_nothing_an_agent_is_asked_again_not_passed_o
     assert [(r.status, r.response) for r in routing.replies()] == [("succeeded", "hello")]
 
 
+@pytest.mark.parametrize("restarted", [False, True])
+def test_back_on_a_broker_that_kept_nothing_a_task_finished_unheard(routing, restarted):
+    """a1 accepted the task, finished it while we were away, and the broker lost its result. The
+    same a1 process (same ``started``), no longer running it, is asked again and answers from what
+    became of it; a restarted a1 is not asked (it could not know): the prompt fails at its deadline."""
+    def a1(started: float) -> None:
+        routing.deliver(Presence(state="online", agent="a1", capabilities=ECHO, max_concurrent=4, started=started))
+
+    a1(100.0)
+    routing.send("echo hello", timeout=5.0)
+    [task] = routing.tasks()
+    routing.say(task, "accepted")
+    routing.bus.session_present = False
+    routing.bus.handle("connect", b"")
+    a1(200.0 if restarted else 100.0)
+    if restarted:
+        routing.advance(5.1)
+        assert len(routing.tasks()) == 1
+        assert [r.status for r in routing.replies()] == ["failed"]
+        return
+    again = routing.tasks()[1]
+    assert (again.task_id, again.agent, again.attempt) == (task.task_id, "a1", 2)
+    routing.say(again, "accepted")
+    routing.say(again, "succeeded", "hello")
+    assert [(r.status, r.response) for r in routing.replies()] == [("succeeded", "hello")]
+
+
 def test_back_on_a_broker_that_kept_our_session_nobody_is_asked_again(routing):
     routing.online("a1")
     routing.send("echo hello")
