@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import hmac
 import json
-import secrets
 import sys
 import threading
 import time
@@ -28,7 +27,7 @@ from typing import Iterator
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from lamcontrol.config import state_dir, write_private
+from lamcontrol.config import new_secret, state_dir, write_private
 
 try:
     import fcntl
@@ -40,7 +39,7 @@ HASHER = PasswordHasher()
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    return new_secret(32)
 
 
 @dataclass
