@@ -355,14 +355,26 @@ _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # compact, 
 LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape that may leave half a character
 
 
+def _not_a_number(constant: str) -> Any:
+    raise ProtocolError(f"{constant} is not a JSON number")
+
+
+# Reads JSON text as every part must: Python's reader would also take NaN and Infinity, which JSON
+# does not have and which compare to nothing (a ProtocolError names them).
+JSON_READER = json.JSONDecoder(parse_constant=_not_a_number)
+
+
 def decode(payload: bytes, max_size: int | None = None) -> Any:
-    """Bytes to JSON, refusing oversized (when a limit is given) and undecodable payloads."""
+    """Bytes to JSON, refusing oversized (when a limit is given) and undecodable payloads, and the
+    ``NaN`` and ``Infinity`` that Python's reader would let through."""
     if max_size is not None and len(payload) > max_size:
         raise ProtocolError(f"payload of {len(payload)} bytes exceeds the {max_size}-byte limit")
     try:
-        data = json.loads(payload.decode("utf-8"))
+        data = JSON_READER.decode(payload.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"payload is not UTF-8 ({exc.reason})") from None
+    except ProtocolError as exc:
+        raise ProtocolError(f"payload is not JSON ({exc})") from None
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"payload is not JSON ({exc.msg} at char {exc.pos})") from None
     except RecursionError:

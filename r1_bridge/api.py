@@ -15,7 +15,7 @@ from typing import Any, Callable
 from flask import Blueprint, Response, jsonify, request
 
 from lamcontrol import __version__
-from lamcontrol.protocol import Presence, Prompt, ProtocolError, check_unicode
+from lamcontrol.protocol import JSON_READER, Presence, Prompt, ProtocolError, check_unicode
 
 from .auth import digest
 from .metrics import CONTENT_TYPE
@@ -73,9 +73,11 @@ def json_body() -> dict:
     if not raw.strip():
         raise BadRequest('The request has no body: send a JSON object such as {"prompt": "..."}')
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = JSON_READER.decode(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise BadRequest("The request body is not UTF-8 text") from None
+    except ProtocolError as exc:  # NaN or Infinity
+        raise BadRequest(f"The request body is not valid JSON: {exc}") from None
     except json.JSONDecodeError as exc:
         if request.is_json:
             raise BadRequest(f"The request body is not valid JSON: {exc.msg} at character {exc.pos}") from None

@@ -48,7 +48,7 @@ from websockets.exceptions import ConnectionClosed
 
 from lamcontrol import __version__
 from lamcontrol.config import ConfigError
-from lamcontrol.protocol import FINISHED, ProtocolError, Reply, Result, check_unicode, new_id
+from lamcontrol.protocol import FINISHED, JSON_READER, ProtocolError, Reply, Result, check_unicode, new_id
 
 from .activity import TaskTracker
 from .devices import DeviceStore
@@ -166,7 +166,7 @@ def read_frame(raw: str | bytes) -> dict:
     if isinstance(raw, bytes):
         raise NotJson("frames must be JSON text, not binary")
     try:
-        frame = json.loads(raw)
+        frame = JSON_READER.decode(raw)
     except (ValueError, RecursionError) as exc:
         raise NotJson(f"the frame is not JSON ({exc})") from None
     if not isinstance(frame, dict):

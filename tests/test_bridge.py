@@ -134,6 +134,8 @@ JSON = {"Content-Type": "application/json"}
 BAD_PROMPTS = [
     ({"data": "not json", "headers": {"Content-Type": "text/plain"}}, 400, "Content-Type: application/json"),
     ({"data": "{broken", "headers": JSON}, 400, "not valid JSON: Expecting property name"),
+    ({"data": '{"prompt": "echo hi", "metadata": {"timeout": NaN}}', "headers": JSON}, 400,
+     "not valid JSON: NaN is not a JSON number"),
     ({"data": "", "headers": JSON}, 400, "no body"),
     ({"data": b"\xff\xfe{}", "headers": JSON}, 400, "not UTF-8"),
     ({"data": "[" * 5000 + "]" * 5000, "headers": JSON}, 400, "nested too deeply"),

@@ -37,8 +37,8 @@ from lamcontrol.protocol import Presence, Prompt, Task
 from lamcontrol.r1_bridge import devices
 from lamcontrol.r1_bridge.devices import DeviceStore
 from lamcontrol.r1_bridge.main import BridgeService
-from lamcontrol.r1_bridge.openclaw import (BROKER_AWAY_SENTENCE, NO_EYES_SENTENCE, Gateway, GatewaySettings,
-                                           voice_source)
+from lamcontrol.r1_bridge.openclaw import (BROKER_AWAY_SENTENCE, NO_EYES_SENTENCE, Gateway, GatewaySettings, NotJson,
+                                           read_frame, voice_source)
 from lamcontrol.r1_bridge.pairing import pairing_payload, qr_svg
 from lamcontrol.r1_bridge.relay import Relay
 
@@ -326,6 +326,12 @@ def test_pairing_prompt_and_reconnect(system, capsys):
     assert devices_cli("list") == 0
     listing = capsys.readouterr().out
     assert "r1-kitchen" in listing and "Kitchen R1" in listing and "active" in listing
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+def test_a_frame_with_numbers_json_does_not_have_is_not_json(number):
+    with pytest.raises(NotJson, match=f"{number} is not a JSON number"):
+        read_frame('{"type": "req", "id": "n1", "method": "agent", "params": {"timeout": %s}}' % number)
 
 
 def test_long_device_ids_make_sources_within_the_limit():

@@ -140,6 +140,18 @@ def test_oversized_and_undecodable_payloads_are_refused():
         decode(b"\xff")
 
 
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+def test_numbers_json_does_not_have_are_refused_in_every_message(number):
+    """Python's JSON reader takes NaN and Infinity; no JSON writer sends them, and they compare to nothing."""
+    topics = Topics("lam")
+    presence = Presence(state="online", agent="pc").to_json().replace(b'"heartbeat":30.0', b'"heartbeat":' + number.encode())
+    with pytest.raises(ProtocolError, match=f"{number} is not a JSON number"):
+        read(topics, topics.agent_status("pc"), presence)
+    with pytest.raises(ProtocolError, match="not a JSON number"):
+        Prompt.from_payload(b'{"prompt": "echo hi", "metadata": {"note": [' + number.encode() + b"]}}")
+    assert Prompt.from_payload(number.encode()).prompt == number  # as plain text, it is just words
+
+
 def test_deeply_nested_json_is_refused_not_a_crash():
     with pytest.raises(ProtocolError, match="nested too deeply"):
         Prompt.from_payload(b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
