@@ -87,7 +87,7 @@ class Browser(Capability):
              "some": "[(some|the song|the video|me)]",
              "open": "(open|go to|visit|take me to|pull up|navigate to|show me|load|bring up|open up|check)"}
 
-    @action(syntax=["browser site {url}"], args=[URL], idempotent=True, sentences=[
+    @action(syntax=["browser site {url}"], args=[URL], idempotent=True, shows=True, sentences=[
         Sentences(("<open> [the] {sites:url} [(site|website|page)] [for me]", "check my {sites:url}")),
         Sentences(("<open> [the] [(site|website|page)] {url} [for me]",)),
     ], examples=[("open rabbit.tech", "browser site https://rabbit.tech"),
@@ -100,7 +100,7 @@ class Browser(Capability):
             webdriver.navigate(driver, url, parts.hostname)
             return Outcome(f"Opened {parts.hostname}", page(driver))
 
-    @action(syntax=["browser google {query}"], args=[QUERY], idempotent=True, sentences=[
+    @action(syntax=["browser google {query}"], args=[QUERY], idempotent=True, shows=True, sentences=[
         Sentences(("(google|search [the web] for|search the (web|internet) for|look up|search google for|"
                    "search for|look for) {query} [on (google|the web)]", "find {query} on google",
                    "(open|go to) google and (search for|look up|find|search) {query}")),
@@ -111,7 +111,7 @@ class Browser(Capability):
         """Search Google."""
         return self._search("google", args)
 
-    @action(syntax=["browser gmail {query}"], args=[QUERY], idempotent=True, sentences=[
+    @action(syntax=["browser gmail {query}"], args=[QUERY], idempotent=True, shows=True, sentences=[
         Sentences(("<search> [in] [my] (gmail|email|e-mail|mail|inbox) for {query}",
                    "<search> [for] {query} in my (gmail|email|mail|inbox)",
                    "(look for|find|search for) (emails|mails|mail) (about|regarding|for) {query}",
@@ -123,7 +123,7 @@ class Browser(Capability):
         """Search Gmail."""
         return self._search("gmail", args)
 
-    @action(syntax=["browser amazon {query}"], args=[QUERY], idempotent=True, sentences=[
+    @action(syntax=["browser amazon {query}"], args=[QUERY], idempotent=True, shows=True, sentences=[
         Sentences(("<search> [for] [(a|an|me a|me an|me)] {query} on amazon", "(search|look|shop) amazon for "
                    "[(a|an)] {query}", "amazon {query}", "(buy|shop for|order) [(a|an|some|me)] {query} "
                    "[on amazon]", "(i need to|i want to) buy [(a|an|some)] {query}",
@@ -135,7 +135,8 @@ class Browser(Capability):
         return self._search("amazon", args)
 
     @action(syntax=[Syntax("browser youtube play {query}", {"play": True}), "browser youtube {query}"],
-            args=[QUERY, Arg("play", "flag", optional=True, repeats=(True,))], idempotent=True, sentences=[
+            args=[QUERY, Arg("play", "flag", optional=True, repeats=(True,), acts=(True,))], idempotent=True,
+            shows=True, sentences=[
         Sentences(("({play_verbs}) <some> {query} [on youtube [music]]",
                    "(open|go to) youtube [music] and (play|watch) {query}", "youtube play {query}"),
                   {"play": True}),

@@ -24,11 +24,13 @@ import functools
 import importlib
 import importlib.metadata
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from lamcontrol.config import Setting, capability_entry_points, checked, refuse_unknown
-from lamcontrol.language import ActionSpec, Arg, ArgumentError, CapabilitySpec, Entity, Sentences, Syntax, listed_value
+from lamcontrol.language import (ActionSpec, Arg, ArgumentError, CapabilitySpec, Entity, Sentences, Syntax, listed_value,
+                                 read_examples)
 
 __all__ = ["ActionSpec", "Arg", "Capability", "CapabilitySpec", "Entity", "Outcome", "Sentences", "Setting",
            "Syntax", "TaskFailed", "Unavailable", "action", "require"]
@@ -111,14 +113,21 @@ class Capability:
         """The declared language, from the class alone (what ``lam parse`` reads without a broker)."""
         actions = tuple(func.lam_spec for _, func in vars_with_bases(cls) if hasattr(func, "lam_spec"))
         return CapabilitySpec(cls.name, cls.summary, tuple(sorted(actions, key=lambda a: a.name)),
-                              dict(cls.lists), dict(cls.rules))
+                              dict(cls.lists), dict(cls.rules), examples=cls.examples())
+
+    @classmethod
+    @functools.cache
+    def examples(cls) -> tuple[tuple[str, ...], ...]:
+        """What people say for it: ``<module>.examples.tsv`` beside the module that defines the class
+        (``sentence<TAB>rigid command``), if there is one."""
+        path = Path(sys.modules[cls.__module__].__file__ or "").with_suffix(".examples.tsv")
+        return read_examples(path.read_text(encoding="utf-8")) if path.is_file() else ()
 
     def advertised_spec(self) -> CapabilitySpec:
         """The spec this agent advertises: the offered actions, with the names it knows now."""
         spec = self.spec().with_lists(self.names())
         offered = set(self.actions())
-        return CapabilitySpec(spec.name, spec.summary, tuple(a for a in spec.actions if a.name in offered),
-                              spec.lists, spec.rules)
+        return replace(spec, actions=tuple(a for a in spec.actions if a.name in offered))
 
     def changed(self) -> None:
         """Call when actions or vocabulary change, so the agent announces them again."""

@@ -514,7 +514,7 @@ class Computer(Capability):
 
     # -- applications ---------------------------------------------------------------------
 
-    @action("run", syntax=["computer run {app}"], args=[APP], sentences=[
+    @action("run", syntax=["computer run {app}"], args=[APP], shows=True, sentences=[
         Sentences(("(open|launch|start|run|fire up|start up|open up|bring up) [(the|my)] {app} [(app|application)]"
                    " [for me]",)),
         Sentences(("(open|launch|start|run)",), ask="What should I open?"),

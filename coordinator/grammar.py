@@ -27,6 +27,7 @@ class Command:
     risk: str = "low"
     idempotent: bool = False
     photo: str = ""  # the argument that receives the prompt's photo, if the action takes one
+    shows: bool = False  # it only shows or tells something (ActionSpec.shows)
 
     def to_dict(self) -> dict:
         data = {"command": self.text, "capability": self.capability, "action": self.action, "args": self.args}
@@ -44,11 +45,29 @@ class ParseResult:
     reason: str = ""
     note: str = ""  # said to the person with the reply (e.g. that the LLM was not used)
     why: str = ""  # which path answered and why (``lam parse --explain``); ambiguous readings say so
+    question: str = ""  # the commands are likely but not sure: ask this first ("Did you mean ...?")
+    confidence: float = 1.0  # the learned reader's share for the least sure clause (1: templates spelled it out)
+    runner_up: str = ""  # the learned reader's next best reading, and its share
+    learned: bool = False  # the learned reader read a clause no template spelled out
+
+    @property
+    def runs(self) -> list[Command]:
+        """The commands that run as they are (none while a question waits for its answer)."""
+        return [] if self.question else self.commands
+
+    @property
+    def answer(self) -> str:
+        """What the person hears when nothing runs yet: the question back, else why not."""
+        return self.question or self.reason
 
     def to_dict(self) -> dict:
-        data = {"commands": [c.to_dict() for c in self.commands], "parser": self.parser}
+        data = {"commands": [c.to_dict() for c in self.runs], "parser": self.parser}
+        if self.question:
+            data["asked"] = [c.to_dict() for c in self.commands]
         if self.reason:
             data["reason"] = self.reason
         if self.note:
             data["note"] = self.note
+        if self.question:
+            data["question"] = self.question
         return data

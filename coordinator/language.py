@@ -19,25 +19,25 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from pathlib import Path
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 
 from hassil import Intents, RangeSlotList, TextSlotList, WildcardSlotList, recognize_all
 
 from lamcontrol.config import capability_entry_points
-from lamcontrol.language import ActionSpec, ArgumentError, CapabilitySpec, Syntax, listed_value, rigid_only
+from lamcontrol.language import (ActionSpec, ArgumentError, CapabilitySpec, Sentences, Syntax, listed_value, read_examples,
+                                 rigid_only)
 
 from .grammar import Command, GrammarError, Known, ParseResult
+from .matcher import NONE, Reader, build_intents, plain_of
+from .words import trimmed, words
 
 log = logging.getLogger(__name__)
 
 MAX_PROMPT = 2000
 MAX_CLAUSES = 6
 FUZZY = 85  # rapidfuzz ratio from which a name said is taken for an advertised one
-OPENER = ("[(hey|hi|ok|okay|so|um|uh|alright|yo|well|oh|now) [rabbit]] [(so|now|then|um)] "
-          "[(can|could|would|will) you] [(please|kindly)] [please] [(just|quickly|go ahead and|also)] "
-          "[(i need you to|i want you to)]")
-CLOSER = "[(please|now|for me|thanks|thank you)]"
 TRAILING = re.compile(r"[\s,.!?]+$")
 JOINS = re.compile(r"\s*(?:,\s*and then|,\s*then|,\s*and|\band then\b|\bthen\b|\band\b|;|,)\s*", re.I)
 COUNTS = {"twice": 2, "thrice": 3, **{f"{word} times": n for n, word in enumerate(
@@ -53,14 +53,32 @@ JAILBREAK = re.compile(
     r"\bjailbreak|\bsystem prompt\b|\bnew instructions\b|\b(?:pretend|act as if) (?:you|there)\b", re.I)
 QUESTION = re.compile(r"^(?:what|who|whom|whose|why|how|when|where|which|is|are|am|was|were|do|does|did|"
                       r"should|shall|may|might)\b", re.I)
-OPENER_WORDS = {"hey", "hi", "ok", "okay", "so", "um", "uh", "alright", "yo", "well", "oh", "please", "kindly",
-                "just", "can", "could", "would", "will", "you", "rabbit", "quickly"}
-CLOSER_WORDS = {"please", "now", "thanks"}
 HOUSE_SLOTS = {"name", "area", "floor"}
 AMBIGUOUS = "the templates read it more than one way"
 HOUSE = "Home Assistant's own sentences"
 ARTICLES = ("the ", "my ", "our ")
 REMEMBERED = 512  # prompts whose reading a language keeps (the same button, the same words, again)
+SURE = 0.8  # the learned reader's share from which a reading runs without asking
+ASK = 0.4  # from this share up to SURE, the person is asked first ("Did you mean ...?")
+NOT_A_COMMAND = 0.97  # the learned reader's share for "no command" that makes even a spelled-out template doubtful
+NOT_COMMANDS = Path(__file__).with_name("not_commands.tsv")
+
+
+class _Said(dict):
+    """Slot values for a question back; a slot the reading did not fill reads as "that"."""
+
+    def __missing__(self, key: str) -> str:
+        return "that"
+
+
+@lru_cache(maxsize=8)
+def not_commands(held_out: frozenset[str] = frozenset()) -> dict[str, list[tuple[str, ...]]]:
+    """Sentences that are no command for anyone (as model tokens), by kind (a question, an alarm, ...)."""
+    kinds: dict[str, list[tuple[str, ...]]] = {}
+    for said, kind, *source in read_examples(NOT_COMMANDS.read_text(encoding="utf-8")):
+        if not (source and source[0] in held_out):
+            kinds.setdefault(kind, []).append(plain_of(said))
+    return kinds
 
 
 def screen(prompt: str) -> str:
@@ -104,6 +122,13 @@ class Reading:
     score: tuple = ()
     how: str = ""
     swallowed: bool = False  # a free-text slot took an "and" or a "then": maybe two requests
+    confidence: float = 1.0  # the learned reader's share for this reading (templates spelling it out: 1)
+    runner_up: str = ""  # the learned reader's next best intent, and its share
+    unsure: bool = False  # likely but not sure: ask the person (or the LLM) before running it
+    free: bool = False  # a template's free-text slot took words: the template alone does not make it sure
+    none: float = 0.0  # the learned reader's share for "no command at all"
+    asks: bool = False  # a template for a sentence that misses something: the reason is a question back
+    learned: bool = False  # read by the learned reader, not spelled out by a template
 
     @property
     def ok(self) -> bool:
@@ -114,8 +139,9 @@ class Language:
     """Specs by capability name, plus the names agents know (``{capability: [names]}``)."""
 
     def __init__(self, specs: dict[str, CapabilitySpec], names: dict[str, list] | None = None,
-                 online: set[str] | None = None) -> None:
+                 online: set[str] | None = None, held_out: frozenset[str] = frozenset()) -> None:
         self.online = online  # the capabilities online agents offer (None: all of them), for the LLM
+        self.held_out = held_out  # sources of examples not to learn from (to measure on them)
         self._remembered: dict[tuple[str, str], ParseResult] = {}
         self.specs = {name: self._with_names(spec, (names or {}).get(name, ())) for name, spec in specs.items()}
         self.forms: dict[str, list[tuple[CapabilitySpec, ActionSpec, Syntax]]] = {}
@@ -166,7 +192,7 @@ class Language:
                 value = str(checked[word[1:-1]])
                 words.append(f'"{value}"' if " " in value and index < len(shape) - 1 else value)
         return Command(spec.name, action.name, checked, " ".join(words), risk=action.risk_of(checked),
-                       idempotent=action.idempotent_for(checked), photo=action.photo)
+                       idempotent=action.idempotent_for(checked), photo=action.photo, shows=action.shows_for(checked))
 
     def parse_command(self, text: str) -> Command:
         """One rigid command, or a GrammarError saying what is wrong."""
@@ -254,41 +280,41 @@ class Language:
     # -- sentences ------------------------------------------------------------------------
 
     @cached_property
-    def _intents(self) -> tuple[Intents, dict, dict, set]:
-        """hassil intents of every action's sentences, the slot lists, intent name -> what it means, and
-        the one-word name slots (filled per clause)."""
-        data: dict = {"language": "en", "intents": {}, "lists": {},
-                      "expansion_rules": {"opener": OPENER, "closer": CLOSER}}
+    def _intents(self) -> dict[str, tuple[Intents, dict, dict, set]]:
+        """Per capability: hassil intents of every action's sentences, the slot lists, intent name -> what
+        it means, and the one-word name slots (filled per clause)."""
+        return {spec.name: self._capability_intents(spec) for spec in self.specs.values()}
+
+    def _capability_intents(self, spec: CapabilitySpec) -> tuple[Intents, dict, dict, set]:
+        data: dict = {"language": "en", "intents": {}, "lists": {}, "expansion_rules": {}}
         meaning: dict[str, tuple] = {}
         lists: dict = dict(REPEATS)
         dynamic: set[str] = set()  # one-word names: filled per clause with its words and advertised names
-        for spec in self.specs.values():
-            prefix = f"{spec.name}__"
-            rename = lambda t, s=spec, p=prefix: re.sub(  # noqa: E731
-                r"<(\w+)>", lambda m: f"<{p}{m[1]}>" if m[1] in s.rules else m[0], t)
-            for rule, body in spec.rules.items():
-                data["expansion_rules"][prefix + rule] = rename(body)
-            for action in spec.actions:
-                for number, group in enumerate(action.sentences):
-                    key = f"{spec.name}|{action.name}|{number}"
-                    templates = [rename(t) for t in group.templates]
-                    for listed, slot in set(re.findall(r"\{(\w+)(?::(\w+))?\}", " ".join(templates))):
-                        name = f"{prefix}{action.name}__{listed}"
-                        arg = action.arg(slot or listed)
-                        if listed in REPEATS:
-                            continue
-                        if (arg is None or slot) and listed in spec.lists:  # a declared list, parsed by hassil
-                            data["lists"][name] = {"values": spec.lists.get(listed, [])}
-                        elif arg is not None and arg.one_word:
-                            dynamic.add(name)
-                        else:  # typed slots; free ones (``{rest}``) are wildcards
-                            lists[name] = self._slot_list(name, arg)
-                    slotted = [re.sub(r"\{(\w+)(?::(\w+))?\}", lambda m, p=f"{prefix}{action.name}__": m[0]
-                                      if m[1] in REPEATS else f"{{{p}{m[1]}:{m[2] or m[1]}}}", t) for t in templates]
-                    data["intents"][key] = {"data": [{"sentences": [f"<opener> ({t}) <closer>" for t in slotted]}]}
-                    meaning[key] = (spec, action, group)
-        intents = Intents.from_dict(data)
-        return intents, lists, meaning, dynamic
+        prefix = f"{spec.name}__"
+        rename = lambda t: re.sub(  # noqa: E731
+            r"<(\w+)>", lambda m: f"<{prefix}{m[1]}>" if m[1] in spec.rules else m[0], t)
+        for rule, body in spec.rules.items():
+            data["expansion_rules"][prefix + rule] = rename(body)
+        for action in spec.actions:
+            for number, group in enumerate(action.sentences):
+                key = f"{spec.name}|{action.name}|{number}"
+                templates = [rename(t) for t in group.templates]
+                for listed, slot in set(re.findall(r"\{(\w+)(?::(\w+))?\}", " ".join(templates))):
+                    name = f"{prefix}{action.name}__{listed}"
+                    arg = action.arg(slot or listed)
+                    if listed in REPEATS:
+                        continue
+                    if (arg is None or slot) and listed in spec.lists:  # a declared list, parsed by hassil
+                        data["lists"][name] = {"values": spec.lists.get(listed, [])}
+                    elif arg is not None and arg.one_word:
+                        dynamic.add(name)
+                    else:  # typed slots; free ones (``{rest}``) are wildcards
+                        lists[name] = self._slot_list(name, arg)
+                slotted = [re.sub(r"\{(\w+)(?::(\w+))?\}", lambda m, p=f"{prefix}{action.name}__": m[0]
+                                  if m[1] in REPEATS else f"{{{p}{m[1]}:{m[2] or m[1]}}}", t) for t in templates]
+                data["intents"][key] = {"data": [{"sentences": slotted}]}
+                meaning[key] = (spec, action, group)
+        return Intents.from_dict(data), lists, meaning, dynamic
 
     @staticmethod
     def _slot_list(name: str, arg):
@@ -317,8 +343,13 @@ class Language:
         if best and all(r.ok for r in best):
             best = self._carry_verbs(best)
             hows = sorted({r.how for r in best})
+            least = min(best, key=lambda r: r.confidence)
+            unsure = [c for r in best if r.unsure for c in r.commands]
             return ParseResult(commands=[c for r in best for c in r.commands], parser="sentences",
-                               why=AMBIGUOUS if AMBIGUOUS in hows else f"matched by {' and '.join(hows)}")
+                               why=AMBIGUOUS if AMBIGUOUS in hows else f"matched by {' and '.join(hows)}",
+                               question=f"Did you mean: {' and '.join(c.text for c in unsure)}?" if unsure else "",
+                               confidence=least.confidence, runner_up=least.runner_up,
+                               learned=any(r.learned for r in best))
         return ParseResult(parser="sentences", reason=self._why_not(text, clause))
 
     def _chain(self, text: str, joins: tuple, clause) -> list[Reading] | None:
@@ -329,7 +360,8 @@ class Language:
         def best(at: int) -> list[Reading] | None:
             if at not in memo:
                 whole = clause(text[at:].strip())
-                options = [[whole]] if whole.ok else []
+                # The learned reader reads a whole sentence even across "and": only a split may do that.
+                options = [[whole]] if whole.ok and not (whole.swallowed and whole.learned) else []
                 if not (whole.ok and not whole.swallowed):
                     for join_start, join_end in joins:
                         head = text[at:join_start].strip() if join_start > at else ""
@@ -337,7 +369,7 @@ class Language:
                         rest = best(join_end) if first and first.ok else None
                         if rest:
                             options.append([first, *rest])
-                memo[at] = max(options, key=len, default=None)
+                memo[at] = max(options, key=lambda o: (not any(r.unsure for r in o), len(o)), default=None)
             return memo[at]
 
         return best(0)
@@ -390,19 +422,39 @@ class Language:
             if once.ok:
                 times = COUNTS[repeat["times"].casefold()]
                 return Reading(once.commands * times, score=once.score, how=once.how, swallowed=once.swallowed)
-        readings = self._readings(text) + self._assist(text)
-        if not readings:
-            return Reading()
-        readings.sort(key=lambda r: r.score, reverse=True)
-        best = readings[0]
-        rivals = [r for r in readings[1:] if r.score == best.score and r.ok and
+        learned = self._learned(text)
+        nearby = None  # self.reader.capabilities(text) | self._named(text)
+        exact = sorted((self._checked(r, learned) for r in self._readings(text, nearby) + self._assist(text)),
+                       key=lambda r: r.score, reverse=True)
+        sure = [r for r in exact if r.ok and not r.unsure]
+        asks = [r for r in exact if r.asks]
+        refused = [r for r in exact if r.reason and not r.asks]
+        # Templates spelling the clause out, or their question back ("What should I search for?"), unless
+        # the learned reader doubts them; then those it doubts (to be asked about first); a template's
+        # refusal (naming what is wrong); then the learned reader's own reading, sure or likely.
+        ranked = sorted(sure + asks, key=lambda r: r.score, reverse=True) or [r for r in exact if r.ok] or refused \
+            or [learned]
+        best = ranked[0]
+        rivals = [r for r in ranked[1:] if r.score == best.score and r.ok and
                   [c.text for c in r.commands] != [c.text for c in best.commands]]
         if best.ok and rivals:
             best.how = AMBIGUOUS
         return best
 
-    def _readings(self, text: str) -> list[Reading]:
-        intents, lists, meaning, dynamic = self._intents
+    def _readings(self, text: str, capabilities: set[str] | None = None) -> list[Reading]:
+        """What the templates of these capabilities (default: all) spell out for the clause, without the
+        openers and closers people wrap it in ("hey rabbit, could you ... please")."""
+        text = _without_fillers(text)
+        return [r for name, compiled in self._intents.items() if capabilities is None or name in capabilities
+                for r in self._capability_readings(text, *compiled)]
+
+    def _named(self, text: str) -> set[str]:
+        """Capabilities whose own name, or the first word of one of their commands, the clause says."""
+        said = {w.casefold().strip(",.!?:;") for w in text.split()}
+        return {spec.name for verb, forms in self.forms.items() if verb in said for spec, *_ in forms} | \
+            {name for name in self.specs if name in said}
+
+    def _capability_readings(self, text: str, intents: Intents, lists: dict, meaning: dict, dynamic: set) -> list[Reading]:
         if dynamic:
             said = {w.strip(",.!?:") for w in text.split()} | set(re.findall(r'"[^"]+"', text))
             advertised = {listed_value(v) for spec in self.specs.values() for action in spec.actions
@@ -411,6 +463,8 @@ class Language:
             lists = {**lists, **{name: words for name in dynamic}}
         readings = []
         for result in recognize_all(text, intents, slot_lists=lists):
+            if not all(_whole_words(text, entity) for entity in result.entities.values() if entity.is_wildcard):
+                continue  # a wildcard that begins or ends inside a word ("playing" is no "play" + "ing")
             spec, action, group = meaning[result.intent.name]
             values = {name: _original(text, entity) if entity.is_wildcard else entity.value
                       for name, entity in result.entities.items()}
@@ -419,7 +473,8 @@ class Language:
             listed = sum(1 for name, entity in result.entities.items() if name not in REPEATS
                          and (entity.value != entity.text or _typed(action.arg(name))))
             if group.ask:
-                readings.append(Reading(reason=group.ask.format(**said), score=(2, listed, result.text_chunks_matched)))
+                readings.append(Reading(reason=group.ask.format(**said), score=(2, listed, result.text_chunks_matched),
+                                        asks=True))
                 continue
             try:
                 args = self._args(spec, action, group, values, said)
@@ -430,9 +485,77 @@ class Language:
                 continue
             times = int(values.get("times") or values.get("count") or 1)
             readings.append(Reading([command] * times, score=(2, listed, result.text_chunks_matched),
-                                    how=f"the {spec.name} templates",
-                                    swallowed=swallowed))
+                                    how=f"the {spec.name} templates", swallowed=swallowed,
+                                    free=any(entity.is_wildcard for entity in result.entities.values())))
         return readings
+
+    @cached_property
+    def reader(self) -> Reader:
+        """The learned reader: every action's templates and examples, and sentences that are no command."""
+        examples = []
+        for spec in self.specs.values():
+            for said, command, *source in spec.examples:
+                if source and source[0] in self.held_out:
+                    continue
+                try:
+                    examples.append((said, self.parse_command(command)))
+                except GrammarError:
+                    log.debug("%s: example %r is not a command of this language: %s", spec.name, said, command)
+        return Reader(build_intents(self.specs, examples, {}, {"times": [{"in": said, "out": str(n)} for said, n in COUNTS.items()], "count": ()}),
+                      not_commands(self.held_out))
+
+    @staticmethod
+    def _checked(reading: Reading, learned: Reading) -> Reading:
+        """A template reading, weighed by the learned reader. Unless it only shows something, it is asked
+        about first when the learned reader is sure the clause is no command, and dropped when a free-text
+        slot took words (the template shows only the frame) and the learned reader is sure of another action."""
+        if not reading.ok:
+            return reading
+        same = bool(learned.commands) and (learned.commands[0].capability, learned.commands[0].action) == \
+            (reading.commands[0].capability, reading.commands[0].action)
+        other = learned.ok and not learned.unsure and not same
+        shows = all(c.shows for c in reading.commands) or reading.how == HOUSE  # Home Assistant's own sentences
+        if reading.free and other and not shows:  # sure of another action: the frame misled the template
+            return Reading(how=f"{reading.how}, but the learned reader is sure it is another action")
+        doubted = not shows and learned.none >= NOT_A_COMMAND
+        reading.runner_up = learned.runner_up
+        if not doubted:
+            reading.confidence = learned.confidence if same else 1.0 - learned.none
+            return reading
+        return replace(reading, unsure=True, confidence=learned.confidence if same else 0.0,
+                       how=f"{reading.how}, but the learned reader doubts it")
+
+    def _learned(self, text: str) -> Reading:
+        """The learned reader's best reading of a clause: sure, unsure (ask first) or none."""
+        candidates = self.reader.read(text)
+        commands = [c for c in candidates if c.intent.key != NONE]
+        none = next((c.confidence for c in candidates if c.intent.key == NONE), 0.0)
+        if not commands:
+            return Reading(none=none)
+        best = commands[0]
+        rival = next((c for c in candidates if c.intent.key != best.intent.key), None)
+        runner_up = f"{rival.intent.key} ({rival.confidence:.2f})" if rival else ""
+        score = (1, best.confidence)
+        if best.confidence < ASK:
+            return Reading(score=(0, best.confidence), confidence=best.confidence, runner_up=runner_up,
+                           how=f"not sure enough of {best.intent.key}", none=none)
+        intent = best.intent
+        spec = self.specs[intent.capability]
+        action = spec.action(intent.action)
+        if intent.ask:
+            return Reading(reason=intent.ask.format_map(_Said(best.said)), score=score, confidence=best.confidence,
+                           runner_up=runner_up, how="learned")
+        try:
+            values = {**best.values, **intent.implied}
+            group = Sentences((), fixed={}, compose=intent.compose)
+            args = self._args(spec, action, group, values, _Said(best.said))
+            command = self.command(spec, action, args, spoken=True)
+        except ArgumentError as exc:
+            return Reading(reason=str(exc), score=(0, best.confidence), confidence=best.confidence)
+        times = int(values.get("times") or values.get("count") or 1)
+        return Reading([command] * times, score=score, how=f"learned from the {spec.name} language", learned=True,
+                       swallowed=best.swallowed or bool(JOINS.search(text)), confidence=best.confidence, runner_up=runner_up,
+                       unsure=best.confidence < SURE and not command.shows, none=none)
 
     def _args(self, spec: CapabilitySpec, action: ActionSpec, group, values: dict, said: dict) -> dict:
         """A template match's slots as arguments: fixed values, composed ones, advertised spellings."""
@@ -492,6 +615,14 @@ def _original(text: str, entity) -> str:
     return text[span[0]:span[1]].strip() if span else str(entity.text).strip()
 
 
+def _whole_words(text: str, entity) -> bool:
+    span = getattr(entity, "text_span", None)
+    if not span:
+        return True
+    start, end = span
+    return (start == 0 or not text[start - 1].isalnum()) and (end >= len(text) or not text[end].isalnum())
+
+
 def _typed(arg) -> bool:
     """A slot whose value has a shape (a number, a web address, a choice), unlike free text."""
     return arg is not None and arg.type in ("int", "number", "url", "choice")
@@ -510,12 +641,9 @@ def _hint(arg) -> str:
 
 
 def _without_fillers(text: str) -> str:
-    words = text.split()
-    while len(words) > 1 and words[0].casefold().strip(",") in OPENER_WORDS:
-        words.pop(0)
-    while len(words) > 1 and words[-1].casefold().strip(",.!?") in CLOSER_WORDS:
-        words.pop()
-    return " ".join(words).strip(" ,")
+    """The clause without the openers and closers people wrap requests in, cut from the text as said."""
+    tokens = trimmed(words(text))
+    return text[tokens[0].start:tokens[-1].end].strip(" ,") if tokens else text.strip()
 
 
 @lru_cache(maxsize=1)

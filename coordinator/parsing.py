@@ -51,11 +51,14 @@ class ChainParser:
     def parse(self, prompt: str, context: Context) -> ParseResult:
         language = context.understood
         matched = language.understand(prompt)
-        if matched.commands and matched.why != AMBIGUOUS:  # the fast path: no LLM call
+        sure = matched.commands and matched.why != AMBIGUOUS and not matched.question
+        if sure and not matched.learned:  # templates spelled it out: the fast path, no LLM call
             return matched
         rigid = language.parse_chain(prompt)
-        if rigid.commands:
+        if rigid.commands:  # already in the command language ("google home good night" included)
             return rigid
+        if sure:  # the learned reader is sure
+            return matched
         if not matched.commands and matched.reason == screen(prompt):  # empty, too long, or a jailbreak
             matched.why = "no parser may see this prompt"
             return matched

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,8 +43,11 @@ def listed_value(value: str | dict) -> str:
 
 
 def spoken_address(text: str) -> str:
-    """``rabbit dot tech`` or ``example.com/page`` as an https address ('' when it is not one)."""
-    address = re.sub(r"\s+dot\s+", ".", text.strip().casefold()).replace(" ", "")
+    """``rabbit dot tech``, ``reddit dot com slash r slash python`` or ``example.com/page`` as an https
+    address ('' when the text is not one address: "netflix.com in the browser" is not)."""
+    address = re.sub(r"\s+(dot|slash)\s+", lambda m: "." if m[1] == "dot" else "/", text.strip().casefold())
+    if " " in address:
+        return ""
     if "://" in address:
         return address
     host = address.split("/")[0]
@@ -69,6 +72,7 @@ class Arg:
     one_word: bool = False  # in a sentence, a name not advertised (nor quoted) is one word
     repeats: tuple = ()  # values that make the action not idempotent
     risky: tuple = ()  # values that make the action high risk
+    acts: tuple = ()  # values that make an action that only shows something do more (play what it found)
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
@@ -205,6 +209,9 @@ class ActionSpec:
     idempotent: bool = False
     entities: tuple[Entity, ...] = ()
     assist: str = ""  # the argument that takes whole sentences Home Assistant's own intents understand
+    # It only shows or tells something (a search, an answer, a page, an app opened): read from a sentence
+    # that is likely but not sure, running it costs little, so it is not asked about first.
+    shows: bool = False
     photo: str = ""  # the argument that receives the prompt's photo (metadata.image), when it carries one
 
     def arg(self, name: str) -> Arg | None:
@@ -223,6 +230,9 @@ class ActionSpec:
         return "high" if self.risk == "high" or any(args.get(a.name) in a.risky for a in self.args if a.risky) \
             else "low"
 
+    def shows_for(self, args: dict) -> bool:
+        return self.shows and not any(args.get(a.name) in a.acts for a in self.args if a.acts)
+
     def idempotent_for(self, args: dict) -> bool:
         return self.idempotent and not any(args.get(a.name) in a.repeats for a in self.args if a.repeats)
 
@@ -237,6 +247,9 @@ class CapabilitySpec:
     lists: dict = field(default_factory=dict)  # list name -> ["value" | {"in": "spoken", "out": "value"}]
     rules: dict = field(default_factory=dict)  # hassil expansion rules its templates use
     version: int = SPEC_VERSION
+    # What people say and the rigid command it means (sentence, command, source): the examples file
+    # a capability ships beside its module, training material for the coordinator's reader.
+    examples: tuple[tuple[str, ...], ...] = ()
 
     def action(self, name: str) -> ActionSpec | None:
         return next((a for a in self.actions if a.name == name), None)
@@ -248,7 +261,7 @@ class CapabilitySpec:
         for key, values in lists.items():
             entries = [*self.lists.get(key, ()), *values] if add else list(values)
             merged[key] = list({json.dumps(v, sort_keys=True): v for v in entries}.values())
-        return CapabilitySpec(self.name, self.summary, self.actions, merged, self.rules, self.version)
+        return replace(self, lists=merged)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -259,9 +272,11 @@ class CapabilitySpec:
         try:
             actions = tuple(_action(a) for a in data.get("actions", ()))
             lists = {str(k): list(v) for k, v in dict(data.get("lists") or {}).items()}
+            examples = tuple(tuple(str(part) for part in example[:3]) for example in data.get("examples", ())
+                             if isinstance(example, (list, tuple)) and len(example) >= 2)
             return cls(name=str(data["name"]), summary=str(data.get("summary", "")), actions=actions,
                        lists=lists, rules={str(k): str(v) for k, v in dict(data.get("rules") or {}).items()},
-                       version=int(data.get("version", SPEC_VERSION)))
+                       version=int(data.get("version", SPEC_VERSION)), examples=examples)
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a capability spec: {exc}") from None
 
@@ -277,6 +292,12 @@ def _action(data: dict) -> ActionSpec:
     plain["examples"] = tuple(tuple(e) for e in data.get("examples", ()))
     plain["entities"] = tuple(Entity(**_plain(Entity, e)) for e in data.get("entities", ()))
     return ActionSpec(**plain)
+
+
+def read_examples(text: str) -> tuple[tuple[str, ...], ...]:
+    """An examples file: one ``sentence<TAB>command[<TAB>source]`` a line; ``#`` starts a comment line."""
+    return tuple(tuple(part.strip() for part in line.split("\t")[:3]) for line in text.splitlines()
+                 if line.strip() and not line.startswith("#") and "\t" in line)
 
 
 def rigid_only(capability: str, actions: list[str]) -> CapabilitySpec:

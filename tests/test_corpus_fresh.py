@@ -28,9 +28,9 @@ def shape(commands) -> list[tuple]:
 
 def right(case: Case, parser: ChainParser) -> bool:
     result = parser.parse(case.prompt, Context(vocabulary=FRESH_NAMES))
-    if shape(result.commands) != shape(parse_chain(case.expected, vocabulary=FRESH_NAMES).commands):
+    if shape(result.runs) != shape(parse_chain(case.expected, vocabulary=FRESH_NAMES).commands):
         return False
-    return bool(case.commands) or bool(result.reason) and case.reason.lower() in result.reason.lower()
+    return bool(case.commands) or bool(result.answer) and case.reason.lower() in result.answer.lower()
 
 
 def test_fresh_set_is_large_and_scored(capsys):

@@ -45,13 +45,13 @@ def shape(commands) -> list[tuple]:
 
 def test_answer_becomes_commands_and_the_request_is_what_groq_expects(stub):
     stub.answer = "browser youtube play weezer"
-    result = parser_for(stub).parse("get weezer going on youtube music", Context(source="r1"))
+    result = parser_for(stub).parse("i am in a weezer kind of mood", Context(source="r1"))
     assert result.parser == "groq" and not result.note and "did not match" in result.why
     assert shape(result.commands) == [("browser", "youtube", {"query": "weezer", "play": True})]
     call = stub.calls[-1]
     assert call["model"] == "openai/gpt-oss-20b" and call["reasoning_effort"] == "low"
     assert [m["role"] for m in call["messages"]] == ["system", "user"]
-    assert call["messages"][1]["content"].endswith("Prompt: get weezer going on youtube music")
+    assert call["messages"][1]["content"].endswith("Prompt: i am in a weezer kind of mood")
     assert stub.requests[-1].headers["Authorization"] == "Bearer test-key"
 
 
@@ -118,9 +118,9 @@ def test_answers_one_command_a_line(stub):
 ])
 def test_anything_the_grammar_refuses_falls_back_offline(stub, bad):
     stub.answer = bad
-    result = parser_for(stub).parse("make the volume thing go up", Context())
+    result = parser_for(stub).parse("glorp the volume", Context())  # offline, only likely: Groq is asked
     assert result.parser == "sentences" and "understood without the LLM" in result.note
-    assert not result.commands and result.reason
+    assert not result.runs and result.answer
 
 
 def test_rigid_commands_and_refusals_never_reach_the_llm(stub):
@@ -242,7 +242,7 @@ def test_corpus_replayed_through_the_llm(stub):
         result = parser.parse(case.prompt, Context())
         assert shape(result.commands) == shape(parse_chain(case.expected).commands), case.prompt
         fast = installed().understand(case.prompt)
-        if screen(case.prompt) or fast.commands and fast.why != AMBIGUOUS:
+        if screen(case.prompt) or fast.commands and fast.why != AMBIGUOUS and not fast.learned and not fast.question:
             assert result.parser == "sentences", case.prompt
         paths.append(result.parser)
     assert 0 < paths.count("groq") == len(stub.calls) < len(CASES) // 4

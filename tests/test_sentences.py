@@ -21,10 +21,10 @@ def shape(commands) -> list[tuple]:
 
 def check(case: Case, context: Context | None = None) -> None:
     result = ChainParser().parse(case.prompt, context or Context())
-    assert shape(result.commands) == shape(parse_chain(case.expected).commands), result.to_dict()
+    assert shape(result.runs) == shape(parse_chain(case.expected).commands), result.to_dict()
     if not case.commands:
-        assert result.reason, "a prompt without commands must say why"
-        assert case.reason.lower() in result.reason.lower(), result.reason
+        assert result.answer, "a prompt without commands must say why"
+        assert case.reason.lower() in result.answer.lower(), result.answer
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(reason=c.xfail, strict=True)) if c.xfail
