@@ -99,7 +99,7 @@ class Ai(Capability):
                             "brainstorm", "describe", "outline", "proofread", "paraphrase"]}
 
     @action(syntax=["ai {prompt}", "openinterpreter {prompt}"], args=[Arg("prompt", "text", "a question or task")],
-            shows=True, sentences=[
+            shows=True, questions="prompt", sentences=[
         Sentences(("(ask|have|tell|get) [the] (ai|assistant|chatbot|llm|open interpreter) [to] {prompt}",
                    "(ai|assistant)[,] {prompt}", "use open interpreter to {prompt}")),
         Sentences(("{task_verbs} {rest}",), compose={"prompt": "{task_verbs} {rest}"}),

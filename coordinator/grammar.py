@@ -49,6 +49,8 @@ class ParseResult:
     confidence: float = 1.0  # the learned reader's share for the least sure clause (1: templates spelled it out)
     runner_up: str = ""  # the learned reader's next best reading, and its share
     learned: bool = False  # the learned reader read a clause no template spelled out
+    asks: bool = False  # the reason is a question back from a template ("What should I search for?")
+    answerable: bool = False  # no command, but a question or chatter the action for open questions takes
 
     @property
     def runs(self) -> list[Command]:

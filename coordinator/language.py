@@ -30,7 +30,7 @@ from lamcontrol.language import (ActionSpec, ArgumentError, CapabilitySpec, Sent
                                  rigid_only)
 
 from .grammar import Command, GrammarError, Known, ParseResult
-from .matcher import NONE, Reader, build_intents, plain_of
+from .matcher import NONE, NOT_NAMES, Reader, build_intents, plain_of
 from .words import trimmed, words
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,11 @@ JAILBREAK = re.compile(
     r"\b(?:ignore|disregard|forget|override|bypass)\b.{0,40}\b(?:instructions?|rules|prompts?|guidelines|"
     r"restrictions|programming|directives?|guardrails|everything)\b|\byou are now\b|\bdeveloper mode\b|"
     r"\bjailbreak|\bsystem prompt\b|\bnew instructions\b|\b(?:pretend|act as if) (?:you|there)\b", re.I)
-QUESTION = re.compile(r"^(?:what|who|whom|whose|why|how|when|where|which|is|are|am|was|were|do|does|did|"
+CHATTER = re.compile(r"(?:thanks|thank you|thank you so much|hello|hi|hey|good (?:morning|afternoon|evening|night)|"
+                     r"bye|goodbye|see you|you're (?:great|awesome|the best)|i love you|nice|cool|awesome)"
+                     r"(?: (?:rabbit|buddy|friend|there))?", re.I)
+QUESTION = re.compile(r"^(?:tell me|explain|describe|can you tell me|do you know|i (?:want|need) to know|i wonder|"
+                      r"what|who|whom|whose|why|how|when|where|which|is|are|am|was|were|do|does|did|"
                       r"should|shall|may|might)\b", re.I)
 HOUSE_SLOTS = {"name", "area", "floor"}
 AMBIGUOUS = "the templates read it more than one way"
@@ -62,6 +66,8 @@ SURE = 0.8  # the learned reader's share from which a reading runs without askin
 ASK = 0.4  # from this share up to SURE, the person is asked first ("Did you mean ...?")
 NOT_A_COMMAND = 0.97  # the learned reader's share for "no command" that makes even a spelled-out template doubtful
 NOT_COMMANDS = Path(__file__).with_name("not_commands.tsv")
+NO_ANSWERS = ("That sounds like a question; no agent that answers questions is online (the ai capability "
+              "answers them once it has a Groq key: set GROQ_API_KEY or [groq] api_key_file).")
 
 
 class _Said(dict):
@@ -350,7 +356,24 @@ class Language:
                                question=f"Did you mean: {' and '.join(c.text for c in unsure)}?" if unsure else "",
                                confidence=least.confidence, runner_up=least.runner_up,
                                learned=any(r.learned for r in best))
-        return ParseResult(parser="sentences", reason=self._why_not(text, clause))
+        whole = clause(text)
+        core = _without_fillers(text)
+        return ParseResult(parser="sentences", reason=self._why_not(text, clause), asks=whole.asks,
+                           answerable=not whole.reason and bool(prompt.rstrip().endswith("?") or QUESTION.match(core)
+                                                                or CHATTER.fullmatch(core)))
+
+    def open_question(self, prompt: str) -> ParseResult | None:
+        """A question or chatter for the action that takes open questions (ai's), when one is at hand; the
+        person is told when none is. None when the prompt is neither."""
+        if not self.understand(prompt).answerable:
+            return None
+        found = next(((spec, action) for spec in self._shown() for action in spec.actions if action.questions), None)
+        if found is None:
+            return ParseResult(parser="sentences", reason=NO_ANSWERS)
+        spec, action = found
+        text = TRAILING.sub("", prompt.strip())
+        command = self.command(spec, action, {action.questions: text})
+        return ParseResult(commands=[command], parser="sentences", why=f"a question, for {spec.name}")
 
     def _chain(self, text: str, joins: tuple, clause) -> list[Reading] | None:
         """The reading with the most clauses, every one understood (None if there is none). A whole
@@ -410,8 +433,6 @@ class Language:
             if first.ok:
                 rest = text[end:].strip()
                 return f"I understood \"{text[:start].strip()}\" but not \"{rest}\"."
-        if text.endswith("?") or QUESTION.match(text):
-            return "That sounds like a question, not something I can do."
         return "I don't know how to do that."
 
     def clause(self, text: str) -> Reading:
@@ -456,7 +477,8 @@ class Language:
 
     def _capability_readings(self, text: str, intents: Intents, lists: dict, meaning: dict, dynamic: set) -> list[Reading]:
         if dynamic:
-            said = {w.strip(",.!?:") for w in text.split()} | set(re.findall(r'"[^"]+"', text))
+            said = {w.strip(",.!?:") for w in text.split() if w.casefold().strip(",.!?:") not in NOT_NAMES} | \
+                set(re.findall(r'"[^"]+"', text))
             advertised = {listed_value(v) for spec in self.specs.values() for action in spec.actions
                           for a in action.args if a.one_word for v in spec.lists.get(a.names, ())}
             words = TextSlotList.from_tuples([(w, w) for w in said | advertised if w], allow_template=False)
@@ -530,7 +552,7 @@ class Language:
         candidates = self.reader.read(text)
         commands = [c for c in candidates if c.intent.key != NONE]
         none = next((c.confidence for c in candidates if c.intent.key == NONE), 0.0)
-        if not commands:
+        if not commands or candidates[0].intent.key == NONE:
             return Reading(none=none)
         best = commands[0]
         rival = next((c for c in candidates if c.intent.key != best.intent.key), None)

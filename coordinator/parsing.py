@@ -50,6 +50,16 @@ class ChainParser:
 
     def parse(self, prompt: str, context: Context) -> ParseResult:
         language = context.understood
+        result = self._read(prompt, context, language)
+        if not result.commands and not result.asks and result.reason != screen(prompt):
+            # No command and no question back: a question or chatter goes to the action that answers them.
+            answered = language.open_question(prompt)
+            if answered:
+                answered.note = result.note
+                return answered
+        return result
+
+    def _read(self, prompt: str, context: Context, language) -> ParseResult:
         matched = language.understand(prompt)
         sure = matched.commands and matched.why != AMBIGUOUS and not matched.question
         if sure and not matched.learned:  # templates spelled it out: the fast path, no LLM call
@@ -74,6 +84,7 @@ class ChainParser:
             return matched
         if not answered.commands:  # the model said x; the templates may know what was missing
             answered.reason = matched.reason or answered.reason
+            answered.asks = matched.asks
         answered.why = (f"{AMBIGUOUS}, so Groq was asked" if matched.commands else
                         "the templates did not match the whole prompt, so Groq was asked")
         return answered

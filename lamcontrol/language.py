@@ -212,6 +212,7 @@ class ActionSpec:
     # It only shows or tells something (a search, an answer, a page, an app opened): read from a sentence
     # that is likely but not sure, running it costs little, so it is not asked about first.
     shows: bool = False
+    questions: str = ""  # the argument that takes open questions and chatter no other action takes (ai's)
     photo: str = ""  # the argument that receives the prompt's photo (metadata.image), when it carries one
 
     def arg(self, name: str) -> Arg | None:

@@ -73,7 +73,8 @@ def test_lam_parse_understands_an_installed_plugin(weather):
     parsed = lam_parse(weather, "--explain", "tell me the forecast for paris")
     assert [c["command"] for c in parsed["commands"]] == ["weather forecast paris"]
     assert parsed["parser"] == "sentences"
-    assert lam_parse({}, "what's the weather in paris")["commands"] == []  # not installed: not understood
+    # Not installed: not a weather command, only a question for the ai.
+    assert [c["capability"] for c in lam_parse({}, "what's the weather in paris")["commands"]] == ["ai"]
 
 
 def test_a_plugin_is_understood_end_to_end(lam, weather, monkeypatch):
