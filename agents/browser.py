@@ -85,11 +85,12 @@ class Browser(Capability):
                             "i wanna (hear|listen to|watch)", "i'd like to (hear|listen to|watch)"]}
     rules = {"search": "(search|look up|look for|find|google|search for|look|check)",
              "some": "[(some|the song|the video|me)]",
-             "open": "(open|go to|visit|take me to|pull up|navigate to|show me|load|bring up|open up|check)"}
+             "open": "(open|go to|visit|take me to|pull up|navigate to|show me|load|bring up|open up|check)",
+             "browser": "(in|on) (the|my) (browser|web browser|computer|laptop|pc)"}
 
     @action(syntax=["browser site {url}"], args=[URL], idempotent=True, shows=True, sentences=[
-        Sentences(("<open> [the] {sites:url} [(site|website|page)] [for me]", "check my {sites:url}")),
-        Sentences(("<open> [the] [(site|website|page)] {url} [for me]",)),
+        Sentences(("<open> [the] {sites:url} [(site|website|page)] [<browser>] [for me]", "check my {sites:url}")),
+        Sentences(("<open> [the] [(site|website|page)] {url} [<browser>] [for me]",)),
     ], examples=[("open rabbit.tech", "browser site https://rabbit.tech"),
                  ("open youtube", "browser site https://www.youtube.com")])
     def site(self, args: dict) -> Outcome:

@@ -516,7 +516,7 @@ class Computer(Capability):
 
     @action("run", syntax=["computer run {app}"], args=[APP], shows=True, sentences=[
         Sentences(("(open|launch|start|run|fire up|start up|open up|bring up) [(the|my)] {app} [(app|application)]"
-                   " [for me]",)),
+                   " [on <computer>] [for me]",)),
         Sentences(("(open|launch|start|run)",), ask="What should I open?"),
     ], examples=[("open the calculator", "computer run calculator")])
     def start_app(self, args: dict) -> Outcome:

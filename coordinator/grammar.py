@@ -50,6 +50,7 @@ class ParseResult:
     runner_up: str = ""  # the learned reader's next best reading, and its share
     learned: bool = False  # the learned reader read a clause no template spelled out
     asks: bool = False  # the reason is a question back from a template ("What should I search for?")
+    specific: bool = False  # rigid commands whose forms begin with two fixed words or more
     answerable: bool = False  # no command, but a question or chatter the action for open questions takes
 
     @property

@@ -52,9 +52,11 @@ class Intake:
     specs: SpecStore = field(default_factory=SpecStore)  # what the online agents understand
     held: BySource = field(init=False)  # commands waiting for their source to confirm
     transcripts: BySource = field(init=False)  # recent commands by source, for the parser
+    asked: BySource = field(init=False)  # the prompt a question back answered, and until when, by source
 
     def __post_init__(self) -> None:
         self.held, self.transcripts = BySource(self.settings.sources), BySource(self.settings.sources)
+        self.asked = BySource(self.settings.sources)
 
     def handle(self, prompt: Prompt, deadline: float) -> None:
         source = prompt.source
@@ -66,25 +68,36 @@ class Intake:
             if is_cancellation(prompt.prompt):
                 self.reply(prompt.id, PromptStatus.IGNORED, "Cancelled.", [])
                 return
-        result = self._parse(prompt)
+        asked = self.asked.pop(source, None)
+        result = self._parse(prompt, asked if asked and asked[1] >= self.clock.time() else None)
+        window = self.settings.confirm_window
+        if result.asks:  # a question back: the next prompt from this source may answer it
+            self.asked[source] = (prompt.prompt, self.clock.time() + window)
         if not result.commands:
             self.reply(prompt.id, PromptStatus.IGNORED, result.reason or "That is not something I can do.", [])
             return
         risky = [c for c in result.commands if c.risk == Risk.HIGH]
-        if risky:
-            window = self.settings.confirm_window
+        if risky or result.question:
             self.held[source] = Held(prompt, result.commands, self.clock.time() + window, result.note)
             what = " and ".join(c.text for c in risky)
             self.reply(prompt.id, PromptStatus.NEEDS_CONFIRMATION,
+                       f"{result.question} Say yes within {window:g} seconds." if result.question else
                        f"Are you sure you want me to run {what}? Say confirm within {window:g} seconds.", [])
             return
         self._start(prompt, deadline, result.commands, result.note)
 
-    def _parse(self, prompt: Prompt) -> ParseResult:
+    def _parse(self, prompt: Prompt, asked: tuple[str, float] | None = None) -> ParseResult:
+        """The prompt's reading; right after a question back ("What should I search for?"), the prompt
+        read as the answer to it ("search for" + "cheap flights") when that makes commands."""
         context = Context(source=prompt.source, transcript=list(self.transcripts.get(prompt.source, ())),
                           known=self.registry.offers, vocabulary=self.registry.vocabulary(),
-                          language=self.specs.language(self.registry))
+                          language=self.specs.language(self.registry), photo=bool(prompt.metadata.image))
         try:
+            if asked:
+                answered = self.parser.parse(f"{asked[0]} {prompt.prompt}", context)
+                if answered.commands:
+                    self.events.emit(PromptParsed(prompt, answered, False))
+                    return answered
             result, failed = self.parser.parse(prompt.prompt, context), False
         except Exception:
             log.exception("parser %s failed; falling back to the command grammar", self.parser.name)

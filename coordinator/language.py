@@ -202,6 +202,10 @@ class Language:
 
     def parse_command(self, text: str) -> Command:
         """One rigid command, or a GrammarError saying what is wrong."""
+        return self._parse_command(text)[0]
+
+    def _parse_command(self, text: str) -> tuple[Command, Syntax]:
+        """One rigid command and the form it was read by."""
         text = text.strip()
         tokens = list(TOKEN.finditer(text))
         if not tokens:
@@ -219,7 +223,7 @@ class Language:
                 continue
             command.text = " ".join(t.group() for t in tokens) if not any('"' in t.group() for t in tokens) \
                 else command.text
-            return command
+            return command, form
         raise GrammarError(problem or f"I don't know the command {verb!r}.")
 
     def _fill(self, text: str, tokens: list, spec: CapabilitySpec, action: ActionSpec, form: Syntax) -> dict | None:
@@ -279,9 +283,12 @@ class Language:
         if stripped.lower() == "x":
             return ParseResult(reason="That is not something I can do.")
         try:
-            return ParseResult(commands=[self.parse_command(part) for part in stripped.split("&&")])
+            parsed = [self._parse_command(part) for part in stripped.split("&&")]
         except GrammarError as exc:
             return ParseResult(reason=str(exc))
+        # Two words of a form or more ("google home", "computer volume") are no sentence's start.
+        return ParseResult(commands=[command for command, _ in parsed],
+                           specific=all(len(form.literals) >= 2 for _, form in parsed))
 
     # -- sentences ------------------------------------------------------------------------
 
@@ -362,10 +369,10 @@ class Language:
                            answerable=not whole.reason and bool(prompt.rstrip().endswith("?") or QUESTION.match(core)
                                                                 or CHATTER.fullmatch(core)))
 
-    def open_question(self, prompt: str) -> ParseResult | None:
-        """A question or chatter for the action that takes open questions (ai's), when one is at hand; the
-        person is told when none is. None when the prompt is neither."""
-        if not self.understand(prompt).answerable:
+    def open_question(self, prompt: str, photo: bool = False) -> ParseResult | None:
+        """A question or chatter (or whatever is said about a photo) for the action that takes open
+        questions (ai's), when one is at hand; the person is told when none is. None when it is neither."""
+        if not (photo or self.understand(prompt).answerable):
             return None
         found = next(((spec, action) for spec in self._shown() for action in spec.actions if action.questions), None)
         if found is None:
@@ -392,7 +399,10 @@ class Language:
                         rest = best(join_end) if first and first.ok else None
                         if rest:
                             options.append([first, *rest])
-                memo[at] = max(options, key=lambda o: (not any(r.unsure for r in o), len(o)), default=None)
+                # Sure readings first, then those whose free text took no "and", then the fewest clauses:
+                # a template spelling out "open youtube and play lofi" beats two commands.
+                memo[at] = max(options, key=lambda o: (not any(r.unsure for r in o), not any(r.swallowed for r in o),
+                                                       -len(o)), default=None)
             return memo[at]
 
         return best(0)
@@ -465,7 +475,7 @@ class Language:
     def _readings(self, text: str, capabilities: set[str] | None = None) -> list[Reading]:
         """What the templates of these capabilities (default: all) spell out for the clause, without the
         openers and closers people wrap it in ("hey rabbit, could you ... please")."""
-        text = _without_fillers(text)
+        text = _without_fillers(self.reader.respeller.mended(text))
         return [r for name, compiled in self._intents.items() if capabilities is None or name in capabilities
                 for r in self._capability_readings(text, *compiled)]
 
@@ -523,8 +533,9 @@ class Language:
                     examples.append((said, self.parse_command(command)))
                 except GrammarError:
                     log.debug("%s: example %r is not a command of this language: %s", spec.name, said, command)
+        words_of_forms = {w for forms in self.forms.values() for _, _, form in forms for w in form.literals}
         return Reader(build_intents(self.specs, examples, {}, {"times": [{"in": said, "out": str(n)} for said, n in COUNTS.items()], "count": ()}),
-                      not_commands(self.held_out))
+                      not_commands(self.held_out), words_of_forms)
 
     @staticmethod
     def _checked(reading: Reading, learned: Reading) -> Reading:
@@ -738,6 +749,7 @@ class Context:
     transcript: list[str] = field(default_factory=list)  # this source's recent commands, oldest first
     known: Known | None = None  # (capability, action) offered by an online agent
     vocabulary: dict[str, list[str]] = field(default_factory=dict)  # names agents advertise, by capability
+    photo: bool = False  # the prompt carries a photo: what is not a command is a question about it
     language: Language | None = None  # what online agents understand (default: the installed capabilities)
 
     @property

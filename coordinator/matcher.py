@@ -250,7 +250,8 @@ def features(sentence: tuple[str, ...]) -> list[str]:
 class Reader:
     """The intents' models and the ``none`` model; :meth:`read` scores a sentence's readings."""
 
-    def __init__(self, intents: list[Intent], not_commands: dict[str, list[tuple[str, ...]]]) -> None:
+    def __init__(self, intents: list[Intent], not_commands: dict[str, list[tuple[str, ...]]],
+                 names: set[str] = frozenset()) -> None:
         self.intents = [i for i in intents if i.frames]
         known = {t for i in self.intents for f in i.frames for t in f} | \
             {t for sentences in not_commands.values() for s in sentences for t in s}
@@ -272,8 +273,10 @@ class Reader:
                        {**{i.key: self.prior for i in self.intents},
                         **{f"{NONE}:{kind}": self.none_prior for kind in not_commands}})
         self.size = size
-        self.respeller = Respeller({t for i in self.intents for f in i.templated for t in f if not t.startswith("{")}
-                                   | {t for i in self.intents for s in i.slots.values() for p in s.phrases for t in p})
+        # What speech to text mishears are names: of capabilities, of the sites and apps their lists hold.
+        self.respeller = Respeller({i.capability for i in self.intents} | {t for i in self.intents for s in i.slots.values()
+                                                                           for p in s.phrases for t in p} | names,
+                                   {pair for i in self.intents for f in i.templated for pair in zip(f, f[1:])})
         self.general = NGrams([s for sentences in not_commands.values() for s in sentences] +
                               [f for i in self.intents for f in i.frames], size)
         self.vocabulary = {t for i in self.intents for f in i.templated for t in f} | NOT_NAMES
@@ -329,10 +332,10 @@ class Reader:
 
     def _best(self, intent: Intent, sentence: str, tokens: tuple[Word, ...]) -> Candidate | None:
         plain = tuple(t.text for t in tokens)
-        if intent.whole:
+        if intent.whole:  # the clause as said, without what it was wrapped in ("can you ... please")
             score = intent.model.logprob(plain) + self.prior + UNKNOWN * sum(1 for t in plain if t not in intent.model.known)
-            return Candidate(intent, {intent.whole: sentence.strip()}, {intent.whole: sentence.strip()}, score,
-                             frame=plain)
+            said = sentence[tokens[0].start:tokens[-1].end]
+            return Candidate(intent, {intent.whole: said}, {intent.whole: said}, score, frame=plain)
         spans = {name: self._spans(slot, sentence, tokens) for name, slot in intent.slots.items() if slot.kind != "text"}
         texts = [name for name, slot in intent.slots.items() if slot.kind == "text"]
         needed = {name for value in intent.compose.values() for name in re.findall(r"\{(\w+)\}", value)} | \

@@ -51,21 +51,24 @@ class ChainParser:
     def parse(self, prompt: str, context: Context) -> ParseResult:
         language = context.understood
         result = self._read(prompt, context, language)
-        if not result.commands and not result.asks and result.reason != screen(prompt):
+        photo = context.photo and not any(c.photo for c in result.runs)  # a photo is asked about
+        if photo or not result.commands and not result.asks and result.reason != screen(prompt):
             # No command and no question back: a question or chatter goes to the action that answers them.
-            answered = language.open_question(prompt)
+            answered = language.open_question(prompt, photo)
             if answered:
                 answered.note = result.note
                 return answered
         return result
 
     def _read(self, prompt: str, context: Context, language) -> ParseResult:
+        rigid = language.parse_chain(prompt)
+        if rigid.specific:  # plainly in the command language ("computer volume 50", "google home good night")
+            return rigid
         matched = language.understand(prompt)
         sure = matched.commands and matched.why != AMBIGUOUS and not matched.question
         if sure and not matched.learned:  # templates spelled it out: the fast path, no LLM call
             return matched
-        rigid = language.parse_chain(prompt)
-        if rigid.commands:  # already in the command language ("google home good night" included)
+        if rigid.commands:  # in the command language ("telegram Jason see you soon")
             return rigid
         if sure:  # the learned reader is sure
             return matched

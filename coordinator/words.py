@@ -126,9 +126,11 @@ class Respeller:
 
     CLOSE = 84
 
-    def __init__(self, known: set[str]) -> None:
+    def __init__(self, known: set[str], pairs: set[tuple[str, str]] = frozenset()) -> None:
         self.known = known
+        self.pairs = pairs  # word pairs the language says apart ("open interpreter"): never joined
         self.long = sorted(w for w in known if len(w) >= 5 and w.isalpha())
+        self.long_words = set(self.long)
 
     @lru_cache(maxsize=4096)  # noqa: B019 (a Respeller lives as long as its model)
     def respelled(self, word: str) -> str:
@@ -137,7 +139,9 @@ class Respeller:
         from rapidfuzz import fuzz, process
 
         found = process.extractOne(word, self.long, scorer=fuzz.ratio, score_cutoff=self.CLOSE)
-        return found[0] if found else word
+        if not found or _inflected(word, found[0]) or _inflected(found[0], word):  # "videos" is no misheard "video"
+            return word
+        return found[0]
 
     def mend(self, tokens: tuple[Word, ...]) -> tuple[Word, ...]:
         out: list[Word] = []
@@ -146,8 +150,8 @@ class Respeller:
             this = tokens[index]
             if index + 1 < len(tokens) and not this.quoted:
                 joined = this.text + tokens[index + 1].text
-                if joined in self.known and this.text not in self.known | {"a", "i"} or \
-                        joined in self.known and tokens[index + 1].text not in self.known:
+                if len(joined) >= 5 and joined in self.long_words and not tokens[index + 1].quoted and \
+                        (this.text, tokens[index + 1].text) not in self.pairs:
                     out.append(Word(joined, this.start, tokens[index + 1].end))
                     index += 2
                     continue
@@ -158,6 +162,20 @@ class Respeller:
             out.append(this)
             index += 1
         return tuple(out)
+
+    def mended(self, sentence: str) -> str:
+        """The sentence with the words :meth:`mend` mends written mended ("you tube" as youtube)."""
+        pieces, at = [], 0
+        for word in self.mend(words(sentence)):
+            said = sentence[word.start:word.end]
+            if fold(said) != word.text and not (word.number or word.address or word.quoted):
+                pieces += [sentence[at:word.start], word.text]
+                at = word.end
+        return "".join(pieces) + sentence[at:]
+
+
+def _inflected(word: str, stem: str) -> bool:
+    return word.startswith(stem) and word[len(stem):] in ("s", "es", "ed", "d", "ing", "er", "ers")
 
 
 OPENERS = (("hey",), ("hi",), ("ok",), ("okay",), ("so",), ("um",), ("uh",), ("alright",), ("yo",), ("well",),

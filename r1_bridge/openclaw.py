@@ -73,7 +73,6 @@ MAX_SOURCE = 64
 MAX_ID = 128
 KEEP_RUNS = 1000
 KEEP_HISTORY = 50
-QUESTION_WINDOW = 120.0  # seconds after a confirmation question in which "no" answers it
 PHOTO_HEADROOM = 8 * 1024  # bytes of a prompt or task message left for all but the photo
 MAX_PHOTO_QUESTION = 1000
 CLOSE_PROTOCOL, CLOSE_POLICY = 1002, 1008
@@ -84,7 +83,6 @@ EMPTY_SENTENCE = "I did not catch that. Please say it again."
 NO_REPLY_SENTENCE = "LAMControl did not answer in time. Is the coordinator running?"
 FAILED_SENTENCE = "Something went wrong on the bridge; please try again."
 BROKER_AWAY_SENTENCE = "The bridge cannot reach the message broker right now; please try again shortly."
-NO_EYES_SENTENCE = "I cannot look at photos: no agent with the ai capability is online."
 PHOTO_QUESTION = "What is in this photo?"
 
 
@@ -321,7 +319,6 @@ class Gateway:
         self.runs: OrderedDict[tuple[str, str], Run] = OrderedDict()
         self.streaming: dict[str, Run] = {}  # prompt id -> the run waiting for its reply
         self.history: dict[str, deque] = {}
-        self.asked: dict[str, float] = {}  # device -> when its last answer asked for a confirmation
         self.connected: dict[ServerConnection, str] = {}
         self.steps = StepTracker(relay, self._on_step) if relay else None
         self._tasks: set[asyncio.Task] = set()
@@ -591,36 +588,21 @@ class Gateway:
         return sentence
 
     async def _answer_text(self, run: Run, device_id: str, text: str, metadata: dict) -> str:
+        """The coordinator's reply, as for every entry point: a question goes to the ai there."""
         if not text:
             return EMPTY_SENTENCE
-        source = voice_source(device_id)
-        answering_question = time.monotonic() - self.asked.pop(device_id, float("-inf")) < QUESTION_WINDOW
-        reply = await self._ask(run, text, source, metadata)
-        if reply is None:
-            return NO_REPLY_SENTENCE
-        if reply.status == "needs_confirmation":
-            self.asked[device_id] = time.monotonic()
-        elif reply.status == "ignored" and not answering_question and self._ai_online():
-            # Not a command: a question or chit-chat, for the ai capability to answer. (Right
-            # after a confirmation question, "ignored" is the answer to it: "no" cancelled.)
-            return await self._ask_ai(run, text, source, metadata)
-        return reply.response
+        reply = await self._ask(run, text, voice_source(device_id), metadata)
+        return reply.response if reply else NO_REPLY_SENTENCE
 
     async def _answer_photo(self, run: Run, device_id: str, text: str, photo: bytes, metadata: dict) -> str:
-        """A photo and its question, for the ai capability's vision model."""
-        if not self._ai_online():
-            return NO_EYES_SENTENCE
+        """A photo and what was said about it (the coordinator gives it to the capability that looks at photos)."""
         question = text[:MAX_PHOTO_QUESTION] or PHOTO_QUESTION
         budget = self.relay.bus.settings.max_payload - PHOTO_HEADROOM - 2 * len(question.encode())
         try:
             image = await self._blocking(fit, photo, budget)
         except PhotoError as exc:
             return f"Sorry, {exc}."
-        return await self._ask_ai(run, question, voice_source(device_id), {**metadata, "image": image})
-
-    async def _ask_ai(self, run: Run, text: str, source: str, metadata: dict) -> str:
-        answer = await self._ask(run, "ai " + text.replace("&&", "and"), source, metadata)
-        return answer.response if answer else NO_REPLY_SENTENCE
+        return await self._answer_text(run, device_id, question, {**metadata, "image": image})
 
     async def _ask(self, run: Run, text: str, source: str, metadata: dict) -> Reply | None:
         if not self.relay.bus.connected.is_set():
@@ -646,9 +628,6 @@ class Gateway:
         run = self.streaming.get(prompt_id)
         if run is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(run.add_step, text)
-
-    def _ai_online(self) -> bool:
-        return any(agent.offers("ai", "ask") for agent in self.relay.online_agents())
 
     # -- status -----------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from lamcontrol.protocol import Presence, Prompt, Task
 from lamcontrol.r1_bridge import devices
 from lamcontrol.r1_bridge.devices import DeviceStore
 from lamcontrol.r1_bridge.main import BridgeService
-from lamcontrol.r1_bridge.openclaw import (BROKER_AWAY_SENTENCE, NO_EYES_SENTENCE, Gateway, GatewaySettings, NotJson,
+from lamcontrol.r1_bridge.openclaw import (BROKER_AWAY_SENTENCE, Gateway, GatewaySettings, NotJson,
                                            read_frame, voice_source)
 from lamcontrol.r1_bridge.pairing import pairing_payload, qr_svg
 from lamcontrol.r1_bridge.relay import Relay
@@ -369,22 +369,24 @@ def test_prompt_that_is_not_a_command_without_an_ai_agent(system):
 
 
 @ONE_BROKER
-def test_prompt_that_is_not_a_command_goes_to_the_ai(system):
+def test_a_question_goes_to_the_ai_from_the_coordinator(system):
     with GroqStub("It is indeed; enjoy it.") as groq:
         system.lam.agent("brain", "ai", extra_config=f'[capabilities.ai]\napi_key = "k"\nbase_url = "{groq.url}"\n')
         wait_until(lambda: any(a.offers("ai", "ask") for a in system.relay.online_agents()), what="the ai agent")
         r1, _ = system.paired()
         _, spoken = r1.say("what a lovely morning")
         assert spoken == "It is indeed; enjoy it."
-        assert system.lam.reply_to(system.prompts("what a lovely morning")[0]).status == "ignored"
-        [asked] = system.prompts("ai what a lovely morning")
-        assert asked.source == "r1-voice:r1-kitchen"
+        # One prompt, as from any entry point: the coordinator made it a task for the ai.
+        [prompt] = system.prompts("what a lovely morning")
+        assert prompt.source == "r1-voice:r1-kitchen" and system.lam.reply_to(prompt).status == "succeeded"
+        [task] = [t for t in system.lam.recorder.parsed(Task, system.lam.topics.task("ai")) if t.prompt_id == prompt.id]
+        assert task.args["prompt"] == "what a lovely morning"
         assert groq.calls[-1]["messages"][-1]["content"] == "what a lovely morning"
         # A command is still a command, and "no" after a question is an answer, not a question for the ai.
         assert r1.say("echo plain")[1] == "plain"
         assert "sure" in r1.say("computer power restart")[1]
         assert r1.say("no")[1] == "Cancelled."
-        assert not system.prompts("ai no") and not system.prompts("ai echo plain")
+        assert not [p for p in system.lam.recorder.parsed(Prompt, system.lam.topics.prompts) if p.prompt.startswith("ai ")]
         assert len(groq.calls) == 1
 
 
@@ -618,7 +620,7 @@ def test_a_photo_goes_to_the_ai_agent_and_its_vision_model(system):
         attachment = {"type": "image", "mimeType": "image/jpeg", "fileName": "camera.jpg",
                       "content": base64.b64encode(photo).decode()}
         _, spoken = r1.say("what is this?", attachments=[attachment])
-        assert spoken == NO_EYES_SENTENCE  # no ai agent yet
+        assert "no agent that answers questions is online" in spoken  # no ai agent yet, says the coordinator
 
         system.lam.agent("brain", "ai", extra_config=f'[capabilities.ai]\napi_key = "k"\nbase_url = "{groq.url}"\n')
         wait_until(lambda: any(a.offers("ai", "ask") for a in system.relay.online_agents()), what="the ai agent")
@@ -629,7 +631,7 @@ def test_a_photo_goes_to_the_ai_agent_and_its_vision_model(system):
         [sent] = groq.images()
         with Image.open(io.BytesIO(sent)) as seen:
             assert seen.format == "JPEG" and max(seen.size) <= 1024 and seen.size[0] / seen.size[1] == pytest.approx(4 / 3, 0.02)
-        [prompt] = system.prompts("ai what is this?")
+        [prompt] = system.prompts("what is this?")[-1:]
         assert prompt.metadata.image.startswith("data:image/jpeg;base64,")
         [task] = [t for t in system.lam.recorder.parsed(Task, system.lam.topics.task("ai")) if t.prompt_id == prompt.id]
         assert task.args["image"] == prompt.metadata.image and len(task.to_json()) <= system.relay.bus.settings.max_payload
