@@ -44,9 +44,12 @@ class ChainParser:
         self.llm = llm
 
     def explain(self, result: ParseResult) -> str:
-        """Which path answered, and why that one."""
+        """Which path answered, and why that one; how sure the learned reader was, and what came next."""
         why = result.why or {"grammar": "the prompt is already in the command language"}.get(result.parser, "")
-        return f"answered by the {result.parser} parser" + (f": {why}" if why else "")
+        sure = f"; the learned reader was {result.confidence:.0%} sure" if result.runner_up else ""
+        runner_up = f", runner-up: {result.runner_up}" if result.runner_up else ""
+        asked = f"; not sure enough, so: {result.question}" if result.question else ""
+        return f"answered by the {result.parser} parser" + (f": {why}" if why else "") + sure + runner_up + asked
 
     def parse(self, prompt: str, context: Context) -> ParseResult:
         language = context.understood
