@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from lamcontrol.config import Setting, capability_entry_points, checked, refuse_unknown
-from lamcontrol.language import (ActionSpec, Arg, ArgumentError, CapabilitySpec, Entity, Sentences, Syntax, listed_value,
-                                 read_examples)
+from lamcontrol.language import (ActionSpec, Arg, ArgumentError, CapabilitySpec, Entity, Recogniser, Sentences, Syntax,
+                                 listed_value, read_examples)
 
 __all__ = ["ActionSpec", "Arg", "Capability", "CapabilitySpec", "Entity", "Outcome", "Sentences", "Setting",
            "Syntax", "TaskFailed", "Unavailable", "action", "require"]
@@ -128,6 +128,16 @@ class Capability:
         spec = self.spec().with_lists(self.names())
         offered = set(self.actions())
         return replace(spec, actions=tuple(a for a in spec.actions if a.name in offered))
+
+    @classmethod
+    def given_names(cls, names: list[str]) -> dict[str, list]:
+        """Names given for the capability as a whole (``lam parse --names``): each list its slots read."""
+        return {arg.names: list(names) for action in cls.spec().actions for arg in action.args if arg.names}
+
+    @classmethod
+    def recogniser(cls, lists: dict) -> Recogniser | None:
+        """Its own reader of whole sentences (see :class:`lamcontrol.language.Recogniser`), if it has one."""
+        return None
 
     def changed(self) -> None:
         """Call when actions or vocabulary change, so the agent announces them again."""

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import string
 import threading
 import time
-from functools import cached_property
+from functools import cached_property, lru_cache
 from urllib.parse import urlsplit, urlunsplit
 
 from lamcontrol import __version__
 from lamcontrol.config import ConfigError, read_secret
+from lamcontrol.language import listed_value
 
 from .capability import Arg, Capability, Outcome, Setting, TaskFailed, Unavailable, action, require
 
@@ -50,6 +52,63 @@ def spoken(name: str) -> str:
     if words[:1] == ["the"]:
         words = words[1:]
     return " ".join(words)
+
+
+# -- Home Assistant's own sentences ------------------------------------------------------------
+
+# A device advertised without its kind (``--names``) may be any of these.
+DOMAINS = ("light", "switch", "fan", "cover", "lock", "climate", "media_player", "sensor", "binary_sensor",
+           "scene", "script", "vacuum", "valve", "input_boolean")
+HOUSE_SLOTS = {"name", "area", "floor"}
+ARTICLES = ("the ", "my ", "our ")
+
+
+@lru_cache(maxsize=1)
+def house_intents():
+    """Home Assistant's own English sentences (home-assistant-intents), as hassil reads them."""
+    from hassil import Intents
+    from home_assistant_intents import get_intents
+
+    return Intents.from_dict(get_intents("en"))
+
+
+class HouseSentences:
+    """The coordinator's reader of house sentences: Home Assistant's own intents, filled with the device
+    and area names the home agent advertises, so a clause goes to Home Assistant when it will understand it."""
+
+    def __init__(self, lists: dict) -> None:
+        from hassil import TextSlotList
+
+        self.devices = tuple((listed_value(d), "" if isinstance(d, str) else str((d.get("context") or {}).get("domain", "")))
+                             for d in lists.get("devices", ()))
+        self.areas = tuple(listed_value(a) for a in lists.get("areas", ()))
+        named = [(name, name, {"domain": d}) for name, domain in self.devices for d in ((domain,) if domain else DOMAINS)]
+        self.slot_lists = {"name": TextSlotList.from_tuples(named, allow_template=False),
+                           "area": TextSlotList.from_tuples([(a, a) for a in self.areas], allow_template=False),
+                           "floor": TextSlotList.from_tuples([], allow_template=False)}
+        self.names = sorted({spoken(n) for n, _ in self.devices} | {spoken(a) for a in self.areas}, key=len, reverse=True)
+
+    def understands(self, clause: str) -> bool:
+        """Home Assistant's own intents match the clause, naming one of the advertised devices or areas."""
+        from hassil import recognize_all
+
+        said = f" {spoken(clause)} "
+        if not any(f" {name} " in said for name in self.names):  # cheap: they only count when they name one
+            return False
+        return any(HOUSE_SLOTS & set(result.entities)
+                   for result in recognize_all(clause, house_intents(), slot_lists=self.slot_lists))
+
+    def carried(self, before: str, clause: str) -> str:
+        """A clause that only names a device or an area ("... and the bedroom light") does what the clause
+        before it did, to that name."""
+        name = spoken(clause)
+        for article in ARTICLES:
+            if name.startswith(article):
+                name = name[len(article):]
+        old = next((n for n in self.names if re.search(rf"\b{re.escape(n)}\b", before, re.I)), None)
+        if name not in self.names or old is None or old == name:
+            return ""
+        return re.sub(rf"\b{re.escape(old)}\b", name, before, count=1, flags=re.I)
 
 
 class HomeAssistant:
@@ -299,6 +358,16 @@ class Home(Capability):
     def names(self) -> dict[str, list[str]]:
         return dict(self.known)
 
+    @classmethod
+    def given_names(cls, names: list[str]) -> dict[str, list]:
+        """A house's names are devices and areas both; "kitchen light" also names the kitchen."""
+        rooms = [name.rsplit(" ", 1)[0] for name in names if " " in name.strip()]
+        return {**super().given_names(names), "devices": list(names), "areas": list(dict.fromkeys([*names, *rooms]))}
+
+    @classmethod
+    def recogniser(cls, lists: dict) -> HouseSentences:
+        return HouseSentences(lists)
+
     def _set_names(self, names: dict[str, list[str]]) -> None:
         if names != self.known:
             self.known = names
@@ -323,9 +392,21 @@ class Home(Capability):
         done = [t.get("name") for t in data.get("success", []) if isinstance(t, dict)]
         failed = [t.get("name") for t in data.get("failed", []) if isinstance(t, dict)]
         if response.get("response_type") == "error" or failed and not done:
-            raise TaskFailed(speech or f"Home Assistant could not do {text!r}.")
+            raise TaskFailed((speech or f"Home Assistant could not do {text!r}.") + self._older(text))
         return Outcome(speech or "Done.", {"speech": speech, "response_type": response.get("response_type"),
                                            "success": done, "failed": failed})
+
+    def _older(self, text: str) -> str:
+        """When Home Assistant could not do a sentence that the newest Home Assistant sentences (which the
+        coordinator checks against) read with names it has: say which release this one is."""
+        if not HouseSentences(self.known).understands(text):
+            return ""
+        try:
+            version = str(self.client.request("GET", "/api/config").get("version") or "")
+        except (HomeError, AttributeError):
+            version = ""
+        return (f" This Home Assistant{f' ({version})' if version else ''} does not know that sentence; newer "
+                "releases of Home Assistant do: update it, or say it another way.")
 
     @action(syntax=["home scene {name}"], args=[Arg("name", "name", "a scene name", names="scenes")],
             idempotent=True, sentences=["(activate|turn on|start|set|switch to) [the] {name} scene"])

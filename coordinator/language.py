@@ -26,8 +26,8 @@ from functools import cached_property, lru_cache
 from hassil import Intents, RangeSlotList, TextSlotList, WildcardSlotList, recognize_all
 
 from lamcontrol.config import capability_entry_points
-from lamcontrol.language import (ActionSpec, ArgumentError, CapabilitySpec, Sentences, Syntax, listed_value, read_examples,
-                                 rigid_only)
+from lamcontrol.language import (ActionSpec, ArgumentError, CapabilitySpec, Recogniser, Sentences, Syntax, listed_value,
+                                 read_examples, rigid_only)
 
 from .grammar import Command, GrammarError, Known, ParseResult
 from .matcher import NONE, NOT_NAMES, Reader, build_intents, plain_of
@@ -57,10 +57,7 @@ CHATTER = re.compile(r"(?:thanks|thank you|thank you so much|hello|hi|hey|good (
 QUESTION = re.compile(r"^(?:tell me|explain|describe|can you tell me|do you know|i (?:want|need) to know|i wonder|"
                       r"what|who|whom|whose|why|how|when|where|which|is|are|am|was|were|do|does|did|"
                       r"should|shall|may|might)\b", re.I)
-HOUSE_SLOTS = {"name", "area", "floor"}
 AMBIGUOUS = "the templates read it more than one way"
-HOUSE = "Home Assistant's own sentences"
-ARTICLES = ("the ", "my ", "our ")
 REMEMBERED = 512  # prompts whose reading a language keeps (the same button, the same words, again)
 SURE = 0.8  # the learned reader's share from which a reading runs without asking
 ASK = 0.4  # from this share up to SURE, the person is asked first ("Did you mean ...?")
@@ -134,6 +131,7 @@ class Reading:
     free: bool = False  # a template's free-text slot took words: the template alone does not make it sure
     none: float = 0.0  # the learned reader's share for "no command at all"
     asks: bool = False  # a template for a sentence that misses something: the reason is a question back
+    own: bool = False  # read by its capability's own reader of sentences (Home Assistant's intents, for home)
     learned: bool = False  # read by the learned reader, not spelled out by a template
 
     @property
@@ -160,14 +158,13 @@ class Language:
 
     @staticmethod
     def _with_names(spec: CapabilitySpec, names) -> CapabilitySpec:
-        """Names given for a capability as a whole (``--names home=...``) join each list its slots read."""
+        """Names given for a capability as a whole (``--names home=...``) join the lists its slots read (as
+        its installed class says, when it is installed here)."""
         if not names:
             return spec
-        lists = {k: list(names) for action in spec.actions for a in action.args if (k := a.names)}
-        if any(a.assist for a in spec.actions):
-            # A house's names are devices and areas both; "kitchen light" also names the kitchen.
-            rooms = [name.rsplit(" ", 1)[0] for name in names if " " in name.strip()]
-            lists |= {"devices": list(names), "areas": list(dict.fromkeys([*names, *rooms]))}
+        installed_class = capability_classes().get(spec.name)
+        lists = installed_class.given_names(list(names)) if installed_class else \
+            {k: list(names) for action in spec.actions for a in action.args if (k := a.names)}
         return spec.with_lists(lists, add=True)
 
     @classmethod
@@ -408,31 +405,23 @@ class Language:
         return best(0)
 
     def _carry_verbs(self, readings: list[Reading]) -> list[Reading]:
-        """A house clause that only names a device or an area ("turn off the kitchen light and the
-        bedroom light") does what the house clause before it did, to that name."""
+        """A clause its capability's own reader read after another ("turn off the kitchen light and the
+        bedroom light") may do what the one before it did; that reader says."""
         carried = readings[:1]
         for this in readings[1:]:
             before = carried[-1]
-            if before.how == this.how == HOUSE and len(before.commands) == len(this.commands) == 1:
-                this = self._with_verb_of(before.commands[0], this.commands[0]) or this
+            if before.own and this.own and len(before.commands) == len(this.commands) == 1 and \
+                    before.commands[0].capability == this.commands[0].capability:
+                this = self._carried(before.commands[0], this.commands[0]) or this
             carried.append(this)
         return carried
 
-    def _with_verb_of(self, before: Command, this: Command) -> Reading | None:
+    def _carried(self, before: Command, this: Command) -> Reading | None:
         spec = self.specs[this.capability]
         action = spec.action(this.action)
-        names = sorted({listed_value(n) for key in ("devices", "areas") for n in spec.lists.get(key, ())},
-                       key=len, reverse=True)
-        name = this.args[action.assist].strip(" \"'.,!?")
-        for article in ARTICLES:
-            if name.casefold().startswith(article):
-                name = name[len(article):]
-        earlier = before.args[action.assist]
-        old = next((n for n in names if re.search(rf"\b{re.escape(n)}\b", earlier, re.I)), None)
-        if folded(name) not in {folded(n) for n in names} or old is None or folded(old) == folded(name):
-            return None
-        redone = re.sub(rf"\b{re.escape(old)}\b", name, earlier, count=1, flags=re.I)
-        return Reading([self.command(spec, action, {action.assist: redone})], how=HOUSE)
+        redone = self.recognisers[spec.name].carried(before.args[action.assist], this.args[action.assist])
+        return Reading([self.command(spec, action, {action.assist: redone})], how=this_how(spec), own=True) \
+            if redone else None
 
     def _why_not(self, text: str, clause) -> str:
         whole = clause(text)
@@ -547,7 +536,7 @@ class Language:
         same = bool(learned.commands) and (learned.commands[0].capability, learned.commands[0].action) == \
             (reading.commands[0].capability, reading.commands[0].action)
         other = learned.ok and not learned.unsure and not same
-        shows = all(c.shows for c in reading.commands) or reading.how == HOUSE  # Home Assistant's own sentences
+        shows = all(c.shows for c in reading.commands) or reading.own  # its capability's own reader is sure
         if reading.free and other and not shows:  # sure of another action: the frame misled the template
             return Reading(how=f"{reading.how}, but the learned reader is sure it is another action")
         doubted = not shows and learned.none >= NOT_A_COMMAND
@@ -609,17 +598,33 @@ class Language:
 
     # -- Home Assistant's own sentences -----------------------------------------------------
 
+    @cached_property
+    def recognisers(self) -> dict[str, Recogniser]:
+        """The capabilities' own readers of whole sentences, for those installed here that have one."""
+        found = {}
+        for name, spec in self.specs.items():
+            installed_class = capability_classes().get(name)
+            if installed_class is not None and any(a.assist for a in spec.actions):
+                try:
+                    recogniser = installed_class.recogniser(spec.lists)
+                except Exception as exc:  # a broken third-party reader costs its own capability only
+                    log.warning("%s: its reader of sentences failed: %s", name, exc)
+                    continue
+                if recogniser is not None:
+                    found[name] = recogniser
+        return found
+
     def _assist(self, text: str) -> list[Reading]:
+        """Readings of the capabilities' own readers: the clause (as said, without its wrapping) for their
+        action that takes whole sentences."""
+        said = _without_fillers(text)
         readings = []
-        for spec in self.specs.values():
-            for action in spec.actions:
-                if action.assist and _names_one(text, spec.lists.get("devices", ()), spec.lists.get("areas", ())):
-                    said = _without_fillers(text)
-                    devices = tuple((listed_value(d), "" if isinstance(d, str) else
-                                     str((d.get("context") or {}).get("domain", ""))) for d in spec.lists.get("devices", ()))
-                    if _house_understands(said, devices, tuple(map(listed_value, spec.lists.get("areas", ())))):
-                        command = self.command(spec, action, {action.assist: said})
-                        readings.append(Reading([command], score=(2, 1, 0), how=HOUSE))
+        for name, recogniser in self.recognisers.items():
+            spec = self.specs[name]
+            action = next(a for a in spec.actions if a.assist)
+            if recogniser.understands(said):
+                readings.append(Reading([self.command(spec, action, {action.assist: said})], score=(2, 1, 0),
+                                        how=this_how(spec), own=True))
         return readings
 
     # -- the LLM's command list -----------------------------------------------------------
@@ -679,50 +684,29 @@ def _without_fillers(text: str) -> str:
     return text[tokens[0].start:tokens[-1].end].strip(" ,") if tokens else text.strip()
 
 
+def this_how(spec: CapabilitySpec) -> str:
+    return f"{spec.name}'s own reader of sentences"
+
+
 @lru_cache(maxsize=1)
-def _house_intents() -> Intents:
-    """Home Assistant's own English sentences (home-assistant-intents)."""
-    from home_assistant_intents import get_intents
-
-    return Intents.from_dict(get_intents("en"))
-
-
-# A device advertised without its kind (``--names``) may be any of these.
-DOMAINS = ("light", "switch", "fan", "cover", "lock", "climate", "media_player", "sensor", "binary_sensor",
-           "scene", "script", "vacuum", "valve", "input_boolean")
-
-
-@lru_cache(maxsize=8)
-def _house_lists(devices: tuple[tuple[str, str], ...], areas: tuple[str, ...]) -> dict:
-    """Slot lists for Home Assistant's sentences: (name, domain) devices, every domain when unknown."""
-    named = [(name, name, {"domain": d}) for name, domain in devices for d in ((domain,) if domain else DOMAINS)]
-    return {"name": TextSlotList.from_tuples(named, allow_template=False),
-            "area": TextSlotList.from_tuples([(str(a), str(a)) for a in areas], allow_template=False),
-            "floor": TextSlotList.from_tuples([], allow_template=False)}
-
-
-def _names_one(text: str, devices, areas) -> bool:
-    """The clause says one of the advertised device or area names (a cheap test before Home Assistant's
-    sentences, which only count when they name one)."""
-    said = f" {folded(text)} "
-    return any(f" {folded(listed_value(name))} " in said
-               for name in (*devices, *areas))
-
-
-def _house_understands(text: str, devices: tuple[tuple[str, str], ...], areas: tuple[str, ...]) -> bool:
-    """Home Assistant's own English intents match the clause, naming one of our devices or areas."""
-    intents = _house_intents()
-    return any(HOUSE_SLOTS & set(result.entities)
-               for result in recognize_all(text, intents, slot_lists=_house_lists(devices, areas)))
+def capability_classes() -> dict[str, type]:
+    """The capability classes installed here (entry points), by name; a broken one is left out."""
+    classes = {}
+    for name, entry_point in capability_entry_points().items():
+        try:
+            classes[name] = entry_point.load()
+        except Exception as exc:  # a broken third-party capability must not break understanding
+            log.warning("cannot load capability %s: %s", name, exc)
+    return classes
 
 
 @lru_cache(maxsize=1)
 def installed_specs() -> dict[str, CapabilitySpec]:
     """The specs of every capability installed here (entry points), for ``lam parse`` without a broker."""
     specs = {}
-    for name, entry_point in capability_entry_points().items():
+    for name, installed_class in capability_classes().items():
         try:
-            specs[name] = entry_point.load().spec()
+            specs[name] = installed_class.spec()
         except Exception as exc:  # a broken third-party capability must not break understanding
             log.warning("cannot read the language of capability %s: %s", name, exc)
     return specs

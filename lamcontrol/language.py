@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from .protocol import AgentSpec
@@ -299,6 +299,18 @@ def read_examples(text: str) -> tuple[tuple[str, ...], ...]:
     """An examples file: one ``sentence<TAB>command[<TAB>source]`` a line; ``#`` starts a comment line."""
     return tuple(tuple(part.strip() for part in line.split("\t")[:3]) for line in text.splitlines()
                  if line.strip() and not line.startswith("#") and "\t" in line)
+
+
+class Recogniser(Protocol):
+    """A capability's own reader of whole sentences, for its action that takes them (``assist``): the
+    coordinator asks it, beside its learned reader, which clauses surely belong to that capability.
+    A capability class returns one from ``recogniser(lists)``, given the names its agents advertise."""
+
+    def understands(self, clause: str) -> bool:
+        """The clause is surely this capability's (its own grammar reads it)."""
+
+    def carried(self, before: str, clause: str) -> str:
+        """``clause`` done as ``before`` was ("turn off the kitchen light" + "the bedroom light"), or ''."""
 
 
 def rigid_only(capability: str, actions: list[str]) -> CapabilitySpec:

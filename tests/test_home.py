@@ -76,6 +76,15 @@ def test_a_sentence_dims_the_living_room_lights(home, house):
     assert float(house.state("input_number.living_room_level")["state"]) == 30
 
 
+def test_a_sentence_only_newer_home_assistants_know_says_so(home, house):
+    home.start()
+    wait_until(lambda: home.names().get("areas"), 30, "the names Home Assistant exposes")
+    with pytest.raises(TaskFailed) as failed:
+        home.run("say", {"text": "lights off in the living room"})
+    assert "This Home Assistant (2024.3.3) does not know that sentence; newer releases" in str(failed.value)
+    assert house.state("light.living_room_lights")["state"] == "on"
+
+
 def test_a_question_is_answered_from_the_real_state(home, house):
     assert home.run("say", {"text": "is the garage door open"}).message == "Yes"
     house.call("cover", "close_cover", entity_id="cover.garage_door")
