@@ -468,7 +468,8 @@ class Computer(Capability):
     # -- media ----------------------------------------------------------------------------
 
     @action(syntax=["computer media {key}"], args=[KEY], sentences=[
-        Sentences(("(pause|stop) [(it|that|the (music|song|track|video)|playing|playback)]",
+        Sentences(("pause [(it|that|the (music|song|track|video)|playing|playback)] [on <computer>]",
+                   "stop (the (music|song|track|video)|playing|playback) [on <computer>]",
                    "hit pause", "hold on pause (it|that)", "turn off the music"), {"key": "pause"}),
         Sentences(("(play|resume|continue|unpause) [(it|the (music|song|track)|playing|playback)] [again]",
                    "play music", "start the music again"), {"key": "play"}),

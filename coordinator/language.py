@@ -537,7 +537,8 @@ class Language:
             (reading.commands[0].capability, reading.commands[0].action)
         other = learned.ok and not learned.unsure and not same
         shows = all(c.shows for c in reading.commands) or reading.own  # its capability's own reader is sure
-        if reading.free and other and not shows:  # sure of another action: the frame misled the template
+        if reading.free and other and not (shows and all(c.shows for c in learned.commands)):
+            # Sure of another action: the frame misled the template (unless both only show something).
             return Reading(how=f"{reading.how}, but the learned reader is sure it is another action")
         doubted = not shows and learned.none >= NOT_A_COMMAND
         reading.runner_up = learned.runner_up

@@ -279,7 +279,6 @@ class Reader:
                                    {pair for i in self.intents for f in i.templated for pair in zip(f, f[1:])})
         self.general = NGrams([s for sentences in not_commands.values() for s in sentences] +
                               [f for i in self.intents for f in i.frames], size)
-        self.vocabulary = {t for i in self.intents for f in i.templated for t in f} | NOT_NAMES
 
     def tokens(self, sentence: str) -> tuple[Word, ...]:
         return trimmed(self.respeller.mend(words(sentence)))
@@ -336,7 +335,8 @@ class Reader:
             score = intent.model.logprob(plain) + self.prior + UNKNOWN * sum(1 for t in plain if t not in intent.model.known)
             said = sentence[tokens[0].start:tokens[-1].end]
             return Candidate(intent, {intent.whole: said}, {intent.whole: said}, score, frame=plain)
-        spans = {name: self._spans(slot, sentence, tokens) for name, slot in intent.slots.items() if slot.kind != "text"}
+        spans = {name: self._spans(intent, slot, sentence, tokens) for name, slot in intent.slots.items()
+                 if slot.kind != "text"}
         texts = [name for name, slot in intent.slots.items() if slot.kind == "text"]
         needed = {name for value in intent.compose.values() for name in re.findall(r"\{(\w+)\}", value)} | \
             (intent.required - intent.compose.keys())
@@ -392,7 +392,7 @@ class Reader:
             history = (history + (token.text,))[-3:]
         return cost
 
-    def _spans(self, slot: Slot, sentence: str, tokens: tuple[Word, ...]) -> list[tuple]:
+    def _spans(self, intent: Intent, slot: Slot, sentence: str, tokens: tuple[Word, ...]) -> list[tuple]:
         """(start, end, value, cost) of every span this slot could fill."""
         found = []
         plain = [t.text for t in tokens]
@@ -412,15 +412,18 @@ class Reader:
                 found.append((index, index + 1, sentence[token.start:token.end].strip('"'), COST["name"]))
         if slot.kind == "name":
             found += self._close_names(slot, sentence, tokens, found) if slot.phrases else []
-            found += self._unknown_names(slot, sentence, tokens)
+            found += self._unknown_names(intent, slot, sentence, tokens)
         return found
 
-    def _unknown_names(self, slot: Slot, sentence: str, tokens: tuple[Word, ...]) -> list[tuple]:
-        """Words nobody advertised, taken for a name at a cost (one word, or up to three)."""
+    @staticmethod
+    def _unknown_names(intent: Intent, slot: Slot, sentence: str, tokens: tuple[Word, ...]) -> list[tuple]:
+        """Words nobody advertised, taken for a name at a cost (one word, or up to three), but never the
+        intent's own words ("on", "telegram") nor a pronoun."""
         found = []
         for start in range(len(tokens)):
             for end in range(start + 1, min(start + (1 if slot.one_word else 3), len(tokens)) + 1):
-                if any(t.text in self.vocabulary or t.quoted or t.address for t in tokens[start:end]):
+                if any(t.text in intent.model.known or t.text in NOT_NAMES or t.quoted or t.address
+                       for t in tokens[start:end]):
                     break
                 found.append((start, end, sentence[tokens[start].start:tokens[end - 1].end], COST["word"] * (end - start)))
         return found
