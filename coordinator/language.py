@@ -174,6 +174,15 @@ class Language:
         merged = {c: rigid_only(c, a) for c, a in offered.items() if c not in specs}
         return cls({**merged, **specs}, names, online)
 
+    def compile(self) -> None:
+        """Build everything reading needs now (templates compiled, the learned reader trained), not at
+        the first prompt."""
+        for intents, *_ in self._intents.values():
+            for intent in intents.intents.values():
+                for data in intent.data:
+                    data.sentences  # noqa: B018 (hassil parses templates lazily)
+        self.reader  # noqa: B018
+
     def _shown(self) -> list[CapabilitySpec]:
         return sorted((s for s in self.specs.values() if self.online is None or s.name in self.online),
                       key=lambda s: s.name)
@@ -443,7 +452,7 @@ class Language:
                 times = COUNTS[repeat["times"].casefold()]
                 return Reading(once.commands * times, score=once.score, how=once.how, swallowed=once.swallowed)
         learned = self._learned(text)
-        nearby = None  # self.reader.capabilities(text) | self._named(text)
+        nearby = self._worded(text)
         exact = sorted((self._checked(r, learned) for r in self._readings(text, nearby) + self._assist(text)),
                        key=lambda r: r.score, reverse=True)
         sure = [r for r in exact if r.ok and not r.unsure]
@@ -468,11 +477,18 @@ class Language:
         return [r for name, compiled in self._intents.items() if capabilities is None or name in capabilities
                 for r in self._capability_readings(text, *compiled)]
 
-    def _named(self, text: str) -> set[str]:
-        """Capabilities whose own name, or the first word of one of their commands, the clause says."""
-        said = {w.casefold().strip(",.!?:;") for w in text.split()}
-        return {spec.name for verb, forms in self.forms.items() if verb in said for spec, *_ in forms} | \
-            {name for name in self.specs if name in said}
+    @cached_property
+    def _keywords(self) -> dict[str, set[str]]:
+        """Per capability, the words its templates, rules and lists spell out, but those most capabilities
+        share ("the", "to"): a clause none of them is in cannot match its templates."""
+        said = {spec.name: _spelled(spec) for spec in self.specs.values()}
+        common = {w for w in set().union(*said.values()) if sum(w in found for found in said.values()) > len(said) / 2}
+        return {name: found - common for name, found in said.items()}
+
+    def _worded(self, text: str) -> set[str]:
+        """The capabilities whose templates could match the clause: it says one of their words."""
+        said = {w.text for w in words(text)}
+        return {name for name, found in self._keywords.items() if found & said}
 
     def _capability_readings(self, text: str, intents: Intents, lists: dict, meaning: dict, dynamic: set) -> list[Reading]:
         if dynamic:
@@ -683,6 +699,14 @@ def _without_fillers(text: str) -> str:
     """The clause without the openers and closers people wrap requests in, cut from the text as said."""
     tokens = trimmed(words(text))
     return text[tokens[0].start:tokens[-1].end].strip(" ,") if tokens else text.strip()
+
+
+def _spelled(spec: CapabilitySpec) -> set[str]:
+    """The words a capability's templates, rules and list entries spell out."""
+    texts = [t for action in spec.actions for group in action.sentences for t in group.templates]
+    texts += [*spec.rules.values(), *(e if isinstance(e, str) else str(e.get("in") or e.get("out") or "")
+                                      for entries in spec.lists.values() for e in entries)]
+    return {w.text for text in texts for w in words(re.sub(r"\{\w+(?::\w+)?\}|<\w+>|[()\[\]|;]", " ", text))}
 
 
 def this_how(spec: CapabilitySpec) -> str:

@@ -36,7 +36,7 @@ from .words import Respeller, Word, trimmed, words
 NONE = "none"
 SAMPLES = 48  # expansions of one template (each alternative is used at least once when it has fewer)
 MAX_WORDS = 24  # longer clauses are not read (the chain splits sentences first)
-SHORTLIST = 6  # intents (and kinds of no command) read in full, chosen by the bag of words' first look
+SHORTLIST = 4  # intents (and kinds of no command) read in full, chosen by the bag of words' first look
 COST = {"list": -1.5, "number": -2.0, "address": -3.0, "name": -1.5, "word": -7.0}  # log-cost of a slot's value by kind
 PLACEHOLDER = re.compile(r"^__(\w+)__$")
 UNKNOWN = -3.0  # log-cost of a word in the frame that the intent never saw (on top of its probability)
@@ -267,6 +267,7 @@ class Reader:
         self.prior = -math.log(max(len(self.intents), 1) + NONE_SHARE)
         self.none_prior = self.prior + math.log(NONE_SHARE / max(len(self.nones), 1))
         self.by_key = {i.key: i for i in self.intents}
+        self.content_totals = {(i.key, name): sum(seen.values()) for i in self.intents for name, seen in i.contents.items()}
         self._looks: dict[tuple[str, ...], tuple[dict[str, float], list[str]]] = {}
         self.bag = Bag({**{i.key: i.frames for i in self.intents},
                         **{f"{NONE}:{kind}": sentences for kind, sentences in not_commands.items() if sentences}},
@@ -340,21 +341,71 @@ class Reader:
         texts = [name for name, slot in intent.slots.items() if slot.kind == "text"]
         needed = {name for value in intent.compose.values() for name in re.findall(r"\{(\w+)\}", value)} | \
             (intent.required - intent.compose.keys())
-        best: Candidate | None = None
+        best: tuple[float, dict] | None = None
         for chosen in _combinations(list(spans.items())):
-            taken = set()
-            for start, end, *_ in chosen.values():
-                taken.update(range(start, end))
-            for free in _text_spans(texts, taken, len(tokens)):
-                covered = taken.union(*(range(s, e) for s, e, *_ in free.values()))
-                if not needed <= chosen.keys() | free.keys() or len(covered) == len(tokens):
-                    continue  # a required slot is empty, or slots alone would take anything
-                candidate = self._score(intent, sentence, tokens, {**chosen, **free})
-                if best is None or candidate.score > best.score:
-                    best = candidate
+            if not needed - chosen.keys() and len({i for s, e, *_ in chosen.values() for i in range(s, e)}) < len(tokens):
+                score = self._score(intent, sentence, tokens, chosen).score
+                if best is None or score > best[0]:
+                    best = (score, chosen)
+            if texts and needed - chosen.keys() <= {texts[0]}:
+                found = self._best_text(intent, tokens, chosen, texts[0])
+                if found and (best is None or found[0] > best[0]):
+                    best = found
+        return self._score(intent, sentence, tokens, best[1]) if best else None
+
+    def _best_text(self, intent: Intent, tokens: tuple[Word, ...], chosen: dict, name: str) -> tuple[float, dict] | None:
+        """The best span of free words for the text slot ``name`` beside the ``chosen`` slots, and its score:
+        the frame's n-gram score split into what comes before the slot, the slot, and what follows, so
+        that each span costs a few lookups instead of a whole sentence's."""
+        model, known = intent.model, intent.model.known
+        starts = {span[0]: (key, span) for key, span in chosen.items()}
+        frame, where, index, fixed = [], [], 0, self.prior  # where: the token index of each free frame word
+        while index < len(tokens):
+            if index in starts:
+                key, span = starts[index]
+                frame.append(f"{{{key}}}")
+                where.append(None)
+                fixed += span[3]
+                index = span[1]
+            else:
+                frame.append(tokens[index].text)
+                where.append(index)
+                index += 1
+        size, slot, pad = len(frame), f"{{{name}}}", ("<s>",) * 3
+        lp = lambda history, word: math.log(model.prob(history[-3:], word))  # noqa: E731
+        unknown = [UNKNOWN * (word not in known) for word in frame]
+        unknown_slot = UNKNOWN * (slot not in known)
+        before = [0.0] * (size + 1)  # the frame before position s, scored
+        for i in range(size):
+            before[i + 1] = before[i] + lp(pad + tuple(frame[:i]), frame[i]) + unknown[i]
+        after = [0.0] * (size + 1)  # what follows position e, from its third word on, and the end
+        for e in range(size + 1):
+            rest = frame[e:]
+            history = (slot, *rest[:2])
+            after[e] = sum(lp(history + tuple(rest[2:k]), rest[k]) for k in range(2, len(rest))) + \
+                (lp(history + tuple(rest[2:]), "</s>") if len(rest) >= 2 else 0.0) + sum(unknown[e:])
+        best = None
+        for s in range(size):
+            if where[s] is None:
+                continue
+            head = pad + tuple(frame[:s])
+            content = 0.0
+            for e in range(s + 1, size + 1):
+                if where[e - 1] is None:
+                    break
+                content += self._content_word(intent, name, tokens, where[s], where[e - 1])
+                if not any(where[i] is not None for i in (*range(s), *range(e, size))):
+                    continue  # slots alone would take anything
+                tail = head + (slot,) + tuple(frame[e:e + 2])
+                score = fixed + before[s] + lp(head, slot) + unknown_slot + content + after[e] + \
+                    sum(lp(tail[:len(head) + 1 + k], frame[e + k]) for k in range(min(2, size - e))) + \
+                    (lp(tail, "</s>") if size - e < 2 else 0.0)
+                if best is None or score > best[0]:
+                    best = (score, {**chosen, name: (where[s], where[e - 1] + 1, None, 0.0)})
         return best
 
     def _score(self, intent: Intent, sentence: str, tokens: tuple[Word, ...], chosen: dict) -> Candidate:
+        """A reading with these slots filled (``chosen``: slot -> (start, end, value, cost)), scored whole."""
         starts = {span[0]: name for name, span in chosen.items()}
         frame, score, index = [], self.prior, 0
         values, said = {}, {}
@@ -382,15 +433,14 @@ class Reader:
     def _content(self, intent: Intent, name: str, tokens: tuple[Word, ...]) -> float:
         """log P(the words of a free-text slot): what examples put in that slot, mixed with what people
         say in general (the n-gram model of every sentence the reader learnt from)."""
+        return sum(self._content_word(intent, name, tokens, 0, i) for i in range(len(tokens)))
+
+    def _content_word(self, intent: Intent, name: str, tokens: tuple[Word, ...], first: int, at: int) -> float:
+        """The cost of the word at ``at`` in a free-text slot that begins at ``first``."""
         seen = intent.contents.get(name)
-        total = sum(seen.values()) if seen else 0
-        history: tuple[str, ...] = ("<s>",) * 3
-        cost = 0.0
-        for token in tokens:
-            said = seen[token.text] / total if total else 0.0
-            cost += math.log(CONTENT * said + (1 - CONTENT) * self.general.prob(history, token.text))
-            history = (history + (token.text,))[-3:]
-        return cost
+        said = seen[tokens[at].text] / self.content_totals[intent.key, name] if seen else 0.0
+        history = (("<s>",) * 3 + tuple(t.text for t in tokens[first:at]))[-3:]
+        return math.log(CONTENT * said + (1 - CONTENT) * self.general.prob(history, tokens[at].text))
 
     def _spans(self, intent: Intent, slot: Slot, sentence: str, tokens: tuple[Word, ...]) -> list[tuple]:
         """(start, end, value, cost) of every span this slot could fill."""
@@ -461,27 +511,6 @@ def _combinations(slots: list[tuple[str, list]]) -> Iterable[dict]:
         for span in spans:
             if not used.intersection(range(span[0], span[1])):
                 yield {**tail, name: span}
-
-
-def _text_spans(names: list[str], taken: set[int], size: int) -> Iterable[dict]:
-    """Spans of free words for the text slots (at most one per slot, in order, none overlapping)."""
-    if not names:
-        yield {}
-        return
-    free_runs = []
-    start = None
-    for index in range(size + 1):
-        if index < size and index not in taken:
-            start = index if start is None else start
-        elif start is not None:
-            free_runs.append((start, index))
-            start = None
-    yield {}
-    for name in names[:1]:
-        for run_start, run_end in free_runs:
-            for start in range(run_start, run_end):
-                for end in range(start + 1, run_end + 1):
-                    yield {name: (start, end, None, 0.0)}
 
 
 # -- building the intents from specs --------------------------------------------------------

@@ -44,21 +44,19 @@ class NGrams:
         self._cache: dict[tuple, float] = {}
 
     def prob(self, context: tuple[str, ...], word: str) -> float:
+        """P(word | the last order-1 words of context), every lower order's share cached too."""
+        context = context[-(self.order - 1):]
         key = (context, word)
         found = self._cache.get(key)
         if found is None:
-            found = self._cache[key] = self._prob(context[-(self.order - 1):], word)
-        return found
-
-    def _prob(self, context: tuple[str, ...], word: str) -> float:
-        lower = 1.0 / self.vocabulary_size
-        for k in range(1, len(context) + 2):
-            history = context[len(context) - k + 1:] if k > 1 else ()
-            total = self.totals[k].get(history, 0)
+            lower = self.prob(context[1:], word) if context else 1.0 / self.vocabulary_size
+            k = len(context) + 1
+            total = self.totals[k].get(context, 0)
             if total:
-                count = self.counts[k].get(history + (word,), 0)
-                lower = (max(count - self.DISCOUNT, 0) + self.DISCOUNT * self.followers[k][history] * lower) / total
-        return lower
+                count = self.counts[k].get(context + (word,), 0)
+                lower = (max(count - self.DISCOUNT, 0) + self.DISCOUNT * self.followers[k][context] * lower) / total
+            found = self._cache[key] = lower
+        return found
 
     def logprob(self, sentence: tuple[str, ...], start: tuple[str, ...] = (START,) * 3, end: bool = True) -> float:
         """log P(sentence | start context), with the end of the sentence when ``end``."""
