@@ -378,7 +378,7 @@ class Home(Capability):
 
     lists = {"devices": [], "areas": [], "scenes": [], "scripts": []}
 
-    @action(syntax=["home {text}"], args=[Arg("text", "text", "something to tell the home")], assist="text",
+    @action(syntax=["home {text}", "home say {text}"], args=[Arg("text", "text", "something to tell the home")], assist="text",
             examples=[("turn off the living room lights", "home turn off the living room lights")])
     def say(self, args: dict) -> Outcome:
         """Hand a sentence about the house to Home Assistant's Assist (what its own intents understand)."""

@@ -132,6 +132,7 @@ class Reading:
     none: float = 0.0  # the learned reader's share for "no command at all"
     asks: bool = False  # a template for a sentence that misses something: the reason is a question back
     own: bool = False  # read by its capability's own reader of sentences (Home Assistant's intents, for home)
+    named: bool = False  # a template slot took a name agents advertise (a contact, an app)
     learned: bool = False  # read by the learned reader, not spelled out by a template
 
     @property
@@ -459,10 +460,13 @@ class Language:
         asks = [r for r in exact if r.asks]
         refused = [r for r in exact if r.reason and not r.asks]
         # Templates spelling the clause out, or their question back ("What should I search for?"), unless
-        # the learned reader doubts them; then those it doubts (to be asked about first); a template's
-        # refusal (naming what is wrong); then the learned reader's own reading, sure or likely.
-        ranked = sorted(sure + asks, key=lambda r: r.score, reverse=True) or [r for r in exact if r.ok] or refused \
-            or [learned]
+        # the learned reader doubts them; then those it doubts (to be asked about first); the learned
+        # reader's reading if it is sure and needs no confirmation; a template's refusal (naming what is
+        # wrong: "run sudo reboot" is no application); then the learned reader's reading, to ask about.
+        sure_learned = [learned] if learned.ok and not learned.unsure and all(c.risk == "low" for c in learned.commands) \
+            else []
+        ranked = sorted(sure + asks, key=lambda r: r.score, reverse=True) or [r for r in exact if r.ok] or sure_learned \
+            or refused or [learned]
         best = ranked[0]
         rivals = [r for r in ranked[1:] if r.score == best.score and r.ok and
                   [c.text for c in r.commands] != [c.text for c in best.commands]]
@@ -515,14 +519,15 @@ class Language:
                 continue
             try:
                 args = self._args(spec, action, group, values, said)
-                listed += sum(1 for a in action.args if a.names and self.canonical(spec, a.names, said.get(a.name, "")))
+                named = sum(1 for a in action.args if a.names and self.canonical(spec, a.names, said.get(a.name, "")))
+                listed += named
                 command = self.command(spec, action, args, spoken=True)
             except ArgumentError as exc:
                 readings.append(Reading(reason=str(exc), score=(1, listed, result.text_chunks_matched)))
                 continue
             times = int(values.get("times") or values.get("count") or 1)
             readings.append(Reading([command] * times, score=(2, listed, result.text_chunks_matched),
-                                    how=f"the {spec.name} templates", swallowed=swallowed,
+                                    how=f"the {spec.name} templates", swallowed=swallowed, named=bool(named),
                                     free=any(entity.is_wildcard for entity in result.entities.values())))
         return readings
 
@@ -544,8 +549,9 @@ class Language:
 
     @staticmethod
     def _checked(reading: Reading, learned: Reading) -> Reading:
-        """A template reading, weighed by the learned reader. Unless it only shows something, it is asked
-        about first when the learned reader is sure the clause is no command, and dropped when a free-text
+        """A template reading, weighed by the learned reader. Unless it only shows something or names what an
+        agent advertised, it is asked about first when the learned reader is sure the clause is no command,
+        and dropped when a free-text
         slot took words (the template shows only the frame) and the learned reader is sure of another action."""
         if not reading.ok:
             return reading
@@ -556,7 +562,7 @@ class Language:
         if reading.free and other and not (shows and all(c.shows for c in learned.commands)):
             # Sure of another action: the frame misled the template (unless both only show something).
             return Reading(how=f"{reading.how}, but the learned reader is sure it is another action")
-        doubted = not shows and learned.none >= NOT_A_COMMAND
+        doubted = not (shows or reading.named) and learned.none >= NOT_A_COMMAND
         reading.runner_up = learned.runner_up
         if not doubted:
             reading.confidence = learned.confidence if same else 1.0 - learned.none

@@ -274,9 +274,9 @@ class Reader:
                        {**{i.key: self.prior for i in self.intents},
                         **{f"{NONE}:{kind}": self.none_prior for kind in not_commands}})
         self.size = size
-        # What speech to text mishears are names: of capabilities, of the sites and apps their lists hold.
-        self.respeller = Respeller({i.capability for i in self.intents} | {t for i in self.intents for s in i.slots.values()
-                                                                           for p in s.phrases for t in p} | names,
+        # What speech to text mishears: the words the capabilities' templates and commands are made of.
+        self.respeller = Respeller({i.capability for i in self.intents} | names |
+                                   {t for i in self.intents for f in i.templated for t in f if not t.startswith("{")},
                                    {pair for i in self.intents for f in i.templated for pair in zip(f, f[1:])})
         self.general = NGrams([s for sentences in not_commands.values() for s in sentences] +
                               [f for i in self.intents for f in i.frames], size)

@@ -139,8 +139,8 @@ class Respeller:
         from rapidfuzz import fuzz, process
 
         found = process.extractOne(word, self.long, scorer=fuzz.ratio, score_cutoff=self.CLOSE)
-        if not found or _inflected(word, found[0]) or _inflected(found[0], word):  # "videos" is no misheard "video"
-            return word
+        if not found or found[0][0] != word[0] or _inflected(word, found[0]) or _inflected(found[0], word):
+            return word  # "flight" is no misheard "light", nor "videos" a misheard "video"
         return found[0]
 
     def mend(self, tokens: tuple[Word, ...]) -> tuple[Word, ...]:
