@@ -39,7 +39,7 @@ MAX_PROMPT = 2000
 MAX_CLAUSES = 6
 FUZZY = 85  # rapidfuzz ratio from which a name said is taken for an advertised one
 TRAILING = re.compile(r"[\s,.!?]+$")
-JOINS = re.compile(r"\s*(?:,\s*and then|,\s*then|,\s*and|\band then\b|\bthen\b|\band\b|;|,)\s*", re.I)
+JOINS = re.compile(r"\s*(?:&&|,\s*and then|,\s*then|,\s*and|\band then\b|\bthen\b|\band\b|;|,)\s*", re.I)
 COUNTS = {"twice": 2, "thrice": 3, **{f"{word} times": n for n, word in enumerate(
     ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"), 2)}, **{f"{n} times": n for n in range(2, 11)}}
 REPEAT = re.compile(rf"^(?P<clause>.+?)\s+(?P<times>{'|'.join(COUNTS)})$", re.I)

@@ -462,7 +462,8 @@ class Reader:
                 found.append((index, index + 1, sentence[token.start:token.end].strip('"'), COST["name"]))
         if slot.kind == "name":
             found += self._close_names(slot, sentence, tokens, found) if slot.phrases else []
-            found += self._unknown_names(intent, slot, sentence, tokens)
+            if slot.one_word or not slot.phrases:  # names of several words are taken as advertised, once some are
+                found += self._unknown_names(intent, slot, sentence, tokens)
         return found
 
     @staticmethod
