@@ -430,7 +430,7 @@ class Language:
         spec = self.specs[this.capability]
         action = spec.action(this.action)
         redone = self.recognisers[spec.name].carried(before.args[action.assist], this.args[action.assist])
-        return Reading([self.command(spec, action, {action.assist: redone})], how=this_how(spec), own=True) \
+        return Reading([self.command(spec, action, {action.assist: redone})], how=_own_reader(spec), own=True) \
             if redone else None
 
     def _why_not(self, text: str, clause) -> str:
@@ -647,7 +647,7 @@ class Language:
             action = next(a for a in spec.actions if a.assist)
             if recogniser.understands(said):
                 readings.append(Reading([self.command(spec, action, {action.assist: said})], score=(2, 1, 0),
-                                        how=this_how(spec), own=True))
+                                        how=_own_reader(spec), own=True))
         return readings
 
     # -- the LLM's command list -----------------------------------------------------------
@@ -715,32 +715,32 @@ def _spelled(spec: CapabilitySpec) -> set[str]:
     return {w.text for text in texts for w in words(re.sub(r"\{\w+(?::\w+)?\}|<\w+>|[()\[\]|;]", " ", text))}
 
 
-def this_how(spec: CapabilitySpec) -> str:
+def _own_reader(spec: CapabilitySpec) -> str:
     return f"{spec.name}'s own reader of sentences"
+
+
+def _each(items, make, what: str) -> dict:
+    """``make(item)`` by name; one that fails is left out with a warning: a broken third-party capability
+    must not break understanding."""
+    made = {}
+    for name, item in items:
+        try:
+            made[name] = make(item)
+        except Exception as exc:
+            log.warning("cannot %s %s: %s", what, name, exc)
+    return made
 
 
 @lru_cache(maxsize=1)
 def capability_classes() -> dict[str, type]:
-    """The capability classes installed here (entry points), by name; a broken one is left out."""
-    classes = {}
-    for name, entry_point in capability_entry_points().items():
-        try:
-            classes[name] = entry_point.load()
-        except Exception as exc:  # a broken third-party capability must not break understanding
-            log.warning("cannot load capability %s: %s", name, exc)
-    return classes
+    """The capability classes installed here (entry points), by name."""
+    return _each(capability_entry_points().items(), lambda entry_point: entry_point.load(), "load capability")
 
 
 @lru_cache(maxsize=1)
 def installed_specs() -> dict[str, CapabilitySpec]:
-    """The specs of every capability installed here (entry points), for ``lam parse`` without a broker."""
-    specs = {}
-    for name, installed_class in capability_classes().items():
-        try:
-            specs[name] = installed_class.spec()
-        except Exception as exc:  # a broken third-party capability must not break understanding
-            log.warning("cannot read the language of capability %s: %s", name, exc)
-    return specs
+    """The specs of every capability installed here, for ``lam parse`` without a broker."""
+    return _each(capability_classes().items(), lambda found: found.spec(), "read the language of capability")
 
 
 _INSTALLED: dict[str, Language] = {}
