@@ -42,9 +42,11 @@ class Agent:
 
     def __init__(self, agent_id: str, capabilities: dict[str, Capability], settings: BrokerSettings,
                  max_concurrent: int = 4, heartbeat: float = 30.0, stop_grace: float = 10.0,
-                 max_queued: int = 8, bus_factory: Callable[..., Bus] = Bus) -> None:
+                 max_queued: int = 8, bus_factory: Callable[..., Bus] = Bus,
+                 left_out: dict[str, str] | None = None) -> None:
         self.id = check_agent_id(agent_id)
         self.capabilities = capabilities
+        self.left_out = left_out or {}  # capability -> why it could not run here (said in presence)
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
         self.heartbeat = heartbeat
@@ -78,7 +80,7 @@ class Agent:
         with self._lock:
             running = sorted(self._running) if online else []
         return Presence(state=state, agent=self.id, capabilities=capabilities, vocabulary=vocabulary,
-                        load=len(self._running), running=running,
+                        load=len(self._running), running=running, unavailable=self.left_out if online else {},
                         max_concurrent=self.max_concurrent, max_queued=self.max_queued, host=self.host,
                         version=__version__, heartbeat=self.heartbeat, started=self.started)
 

@@ -1,8 +1,15 @@
-"""Intake: what a prompt asks for, held for confirmation when it is risky, then handed to the router."""
+"""Intake: what a prompt asks for, held for confirmation when it is risky, then handed to the router.
+
+Prompts wait to be understood in a queue per source, served in turn (round robin): a source that
+sends a thousand prompts delays another's by at most one of its own. Each source may send
+``source_burst`` prompts at once and ``source_rate`` a second after that; more are answered
+`rejected` before they are journaled, so a flood grows neither the queues nor the journal.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -38,6 +45,68 @@ class BySource(OrderedDict):
             self.popitem(last=False)
 
 
+class RateLimit:
+    """A token bucket per source: ``burst`` prompts at once, then ``rate`` a second (0: no limit)."""
+
+    def __init__(self, rate: float, burst: float, sources: int) -> None:
+        self.rate, self.burst = rate, max(1.0, burst)
+        self._buckets = BySource(sources)  # source -> (tokens, when counted)
+
+    def allow(self, source: str, now: float) -> bool:
+        if self.rate <= 0:
+            return True
+        tokens, counted = self._buckets.get(source, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - counted) * self.rate)
+        allowed = tokens >= 1
+        self._buckets[source] = (tokens - allowed, now)
+        return allowed
+
+
+class FairQueue:
+    """Prompts waiting to be understood: a queue per source, each source served one prompt in turn."""
+
+    def __init__(self) -> None:
+        self._queues: OrderedDict[str, deque[tuple[Prompt, float]]] = OrderedDict()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def put(self, prompt: Prompt, deadline: float) -> None:
+        self._queues.setdefault(prompt.source, deque()).append((prompt, deadline))
+        self._count += 1
+
+    def take(self) -> tuple[Prompt, float] | None:
+        """The oldest prompt of the source whose turn it is; that source goes to the back."""
+        if not self._queues:
+            return None
+        source, queue = next(iter(self._queues.items()))
+        taken = queue.popleft()
+        self._count -= 1
+        if queue:
+            self._queues.move_to_end(source)
+        else:
+            del self._queues[source]
+        return taken
+
+    def expired(self, now: float) -> list[Prompt]:
+        """Take out the prompts whose deadline has passed."""
+        gone = []
+        for source, queue in list(self._queues.items()):
+            kept = deque(item for item in queue if item[1] > now)
+            gone += [prompt for prompt, deadline in queue if deadline <= now]
+            if kept:
+                self._queues[source] = kept
+            else:
+                del self._queues[source]
+        self._count -= len(gone)
+        return gone
+
+    def clear(self) -> None:
+        self._queues.clear()
+        self._count = 0
+
+
 @dataclass(eq=False)
 class Intake:
     """Turns each new prompt into commands, or into a question, a refusal or a cancellation."""
@@ -52,9 +121,32 @@ class Intake:
     specs: SpecStore = field(default_factory=SpecStore)  # what the online agents understand
     held: BySource = field(init=False)  # commands waiting for their source to confirm
     transcripts: BySource = field(init=False)  # recent commands by source, for the parser
+    waiting: FairQueue = field(default_factory=FairQueue)  # journaled, not understood yet
+    limit: RateLimit = field(init=False)
+
+    SLICE = 0.05  # seconds of understanding per turn of the bus, before its other messages are heard
 
     def __post_init__(self) -> None:
         self.held, self.transcripts = BySource(self.settings.sources), BySource(self.settings.sources)
+        self.limit = RateLimit(self.settings.source_rate, self.settings.source_burst, self.settings.sources)
+
+    def refusal(self, prompt: Prompt, now: float) -> str:
+        """Why the prompt is refused before it is journaled ('' when it is taken)."""
+        if not self.limit.allow(prompt.source, now):
+            return (f"Too many prompts from {prompt.source}: at most {self.settings.source_rate:g} a second "
+                    f"after {self.settings.source_burst:g} at once. Try again in a moment.")
+        if len(self.waiting) >= self.settings.max_waiting:
+            return "I have too many prompts waiting to be understood. Try again in a moment."
+        return ""
+
+    def serve(self) -> bool:
+        """Understand waiting prompts, a source at a time, for about one slice; True if some still wait."""
+        until = time.monotonic() + self.SLICE
+        while (taken := self.waiting.take()) is not None:
+            self.handle(*taken)
+            if time.monotonic() >= until:
+                break
+        return bool(self.waiting)
 
     def handle(self, prompt: Prompt, deadline: float) -> None:
         source = prompt.source
@@ -98,9 +190,11 @@ class Intake:
         self.transcripts[prompt.source] = transcript
         self.start(prompt, deadline, commands, note)
 
-    def expire(self) -> None:
-        """Forget held commands nobody confirmed in time."""
-        now = self.clock.time()
+    def expire(self, now: float) -> None:
+        """Forget held commands nobody confirmed in time; answer the waiting prompts whose deadline passed."""
         for source, held in list(self.held.items()):
             if held.expires < now:
                 del self.held[source]
+        for prompt in self.waiting.expired(now):
+            self.reply(prompt.id, PromptStatus.FAILED,
+                       "Too many prompts were ahead of this one to get to it before its deadline; I did nothing.", [])

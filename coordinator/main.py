@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 
 from lamcontrol import config as lamconfig
@@ -21,7 +22,13 @@ EXTENSIONS = (discovery.extension, metrics.extension)  # each: the config -> a f
 def build(cfg: dict) -> Coordinator:
     """A coordinator configured from a loaded config, with the extensions the config turns on."""
     section = cfg["coordinator"]
-    journal = Journal(lamconfig.state_path("coordinator", "journal", section["journal"]), float(section["journal_days"]))
+    path = lamconfig.state_path("coordinator", "journal", section["journal"])
+    try:
+        journal = Journal(path, float(section["journal_days"]), int(section["journal_max_prompts"]))
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise lamconfig.ConfigError(f"cannot write the journal {path} ({reason}): make its folder writable, or name "
+                                    f"another file with --journal or [coordinator] journal") from None
     coordinator = Coordinator(BrokerSettings.from_config(cfg), build_parser(cfg), journal,
                               Settings.from_config(section))
     for configured in EXTENSIONS:

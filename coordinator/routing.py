@@ -8,8 +8,12 @@ come back and report it. Accept windows do not run while the coordinator itself 
 back on a broker that kept nothing for it, it offers each agent what it holds of ours again when
 it next hears from it (see :meth:`Router.agent_back`), rather than elsewhere, since its word may
 have been lost.
-Every prompt is answered by its deadline, an absolute time; no task is sent after it. The
-router keeps no lock of its own: the coordinator calls it inside its transaction.
+Every prompt is answered by its deadline, an absolute time; no task is sent after it. Windows
+and deadlines are judged as of when the coordinator's bus received the tick (:meth:`Router.tick`'s
+``now``): every message it received before then has been heard, however long handling took. An
+unknown capability fails a command only once the warm-up has passed since the coordinator first
+reached the broker: before, nobody could have been heard. The router keeps no lock of its own: the
+coordinator calls it inside its transaction.
 """
 
 from __future__ import annotations
@@ -55,9 +59,27 @@ class Router:
     _waiting: dict[tuple[str, str], dict[str, None]] = field(default_factory=dict)
     # Agents whose word on a task may have been lost with a broker that kept nothing for us.
     _unsure: set[str] = field(default_factory=set)
+    # When the coordinator first reached the broker (monotonic): the warm-up counts from there.
+    _reached: float | None = None
 
-    def __post_init__(self) -> None:
-        self._started = self.clock.monotonic()
+    def reset(self) -> None:
+        """Forget every run and timer, to read them back from the journal (one router, always: the
+        bus's handlers and the intake keep pointing at this one)."""
+        self.runs.clear()
+        self.jobs.clear()
+        self._due.clear()
+        self._waiting.clear()
+        self._unsure.clear()
+
+    def broker_reached(self) -> None:
+        """Connected to the broker: from the first time, agents' retained presence is on its way."""
+        if self._reached is None:
+            self._reached = self.clock.monotonic()
+
+    def warming_up(self) -> bool:
+        """Too early to say no agent offers something: the broker not reached yet, or only just."""
+        return self.settings.warmup > 0 and (self._reached is None or
+                                             self.clock.monotonic() - self._reached < self.settings.warmup)
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -124,9 +146,8 @@ class Router:
                 agent = self.registry.pick(command.capability, command.action, job.tried | others)
             job.retry_at = 0.0 if agent else now + self.settings.retry_round
         if agent is None:
-            warming_up = self.clock.monotonic() - self._started < self.settings.warmup
-            if not warming_up and not self.registry.ever_offered(command.capability, command.action):
-                self._end_job(run, job, FAILED, f"No agent can do {describe(command)}.")
+            if not self.warming_up() and not self.registry.ever_offered(command.capability, command.action):
+                self._end_job(run, job, FAILED, self._nobody_offers(command))
             else:
                 job.state, job.agent = WAITING, None
                 self._waiting.setdefault(job.kind, {})[job.task_id] = None
@@ -151,6 +172,21 @@ class Router:
         self.journal.update_task(job.task_id, job.state, job.agent, job.attempt)
         self.publish(task)
         self.events.emit(TaskDispatched(task))
+
+    def _nobody_offers(self, command: Command) -> str:
+        """No agent can do it: which machine left which part out and why (the agent's own words
+        say how to fix it), else how to offer it."""
+        what = describe(command)
+        said = f"No agent can do {what}" if " " in what else f"No agent offers {what}"
+        capability = command.capability
+        reasons = [f"on {info.presence.agent}, {reason.rstrip('.')}" if reason.startswith(capability)
+                   else f"on {info.presence.agent}, {capability} is left out: {reason.rstrip('.')}"
+                   for info, reason in self.registry.left_out(capability)]
+        if reasons:
+            return f"{said}: {'; '.join(reasons)}."
+        if any(capability in info.advertised for info in self.registry.agents.values()):
+            return f"{said}: the agents offering {capability} do not know it; update them."
+        return f"{said}; start an agent with lam-agent -c {capability}."
 
     def _not_asked_for(self, prompt: Prompt) -> set[str]:
         """All agents but the one the prompt's metadata ``agent`` names, if it names one."""
@@ -280,9 +316,9 @@ class Router:
 
     # -- timers -------------------------------------------------------------------------
 
-    def tick(self) -> None:
-        """Accept windows, grace periods and deadlines that passed; then offer waiting tasks again."""
-        now = self.clock.time()
+    def tick(self, now: float) -> None:
+        """Accept windows, grace periods and deadlines that passed by ``now``; then offer waiting tasks
+        again."""
         later = []
         while self._due and self._due[0][0] < now:
             due = heapq.heappop(self._due)

@@ -95,4 +95,9 @@ def command_to_dict(command: Command) -> dict:
 
 
 def describe(command: Command) -> str:
-    return f"{command.capability} {command.action}"
+    """What a command does, in the words a person may say: ``browser youtube``; just ``home`` for an
+    action whose name is no word of the command (``home say`` is ``home <sentence>``)."""
+    words = command.text.split()
+    if words[:2] == [command.capability, command.action]:
+        return f"{command.capability} {command.action}"
+    return command.capability

@@ -109,6 +109,14 @@ MODEL: dict[str, Section] = {
                                      "and report them (a broker restart sends every last will)"),
         "sources": Setting(1000, "sources (people, devices) whose recent commands and held confirmations are "
                                  "remembered; the least recently heard are forgotten first"),
+        "source_rate": Setting(20.0, "prompts a second one source may send, sustained; more are answered "
+                                     "`rejected` (0 = no limit)"),
+        "source_burst": Setting(200.0, "prompts one source may send at once before source_rate applies"),
+        "max_waiting": Setting(1000, "prompts waiting to be understood, all sources together, served in turn "
+                                     "per source; more are answered `rejected`"),
+        "clock_skew": Setting(10.0, "seconds a source's clock may be off; a source further off is timed by when "
+                                    "its prompts arrive (logged once per source)"),
+        "journal_max_prompts": Setting(100000, "answered prompts the journal keeps at most (the oldest go first)"),
     }),
     "homeassistant": Section("Home Assistant MQTT discovery, published by the coordinator", {
         "enabled": Setting(True, "agents and the coordinator appear in Home Assistant"),

@@ -603,11 +603,14 @@ class Presence(Message):
     running: list[str] = field(default_factory=list)  # ids of the tasks it is running
     started: float = 0.0  # when the agent process started: a new value is an agent that forgot its tasks
     ts: float = field(default_factory=time.time)
+    unavailable: dict = field(default_factory=dict)  # capability -> why this agent left it out, and the fix
 
     def validate(self) -> None:
         super().validate()
         if self.agent in self.reserved:
             check_agent_id(self.agent, "agent")
+        if not all(isinstance(v, str) for v in self.unavailable.values()):
+            raise ProtocolError("each capability left out must map to a sentence", "unavailable")
         for capability, actions in {**self.capabilities, **self.vocabulary}.items():
             if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
                 raise ProtocolError("each capability must map to a list of names", f"capabilities.{capability}")
