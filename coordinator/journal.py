@@ -225,8 +225,8 @@ class Journal:
             row = self._db.execute("SELECT received FROM prompts ORDER BY received DESC LIMIT 1 OFFSET ?",
                                    (max(0, self.max_prompts - 1),)).fetchone()
             if row is not None:
-                cutoff = max(cutoff, row[0] + 1e-6)  # the newest max_prompts stay
-            old = "SELECT id FROM prompts WHERE reply IS NOT NULL AND sent = 1 AND received < ?"
+                cutoff = max(cutoff, row[0])  # the newest max_prompts stay
+            old = "SELECT id FROM prompts WHERE reply IS NOT NULL AND received < ?"
             with self.batch():
                 self._db.execute(f"DELETE FROM tasks WHERE prompt_id IN ({old})", (cutoff,))
                 return self._db.execute(f"DELETE FROM prompts WHERE id IN ({old})", (cutoff,)).rowcount
