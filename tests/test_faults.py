@@ -13,9 +13,11 @@ import uuid
 import pytest
 
 from conftest import mosquitto_available
-from faultkit import Broker, Namespaces, System, netns_problem
+from faultkit import Broker, Namespaces, System, fill, netns_problem, root_problem, small_disk
 from helpers import wait_until
+from lamcontrol import config as lamconfig
 from lamcontrol.bus import Bus
+from lamcontrol.coordinator.main import build
 from lamcontrol.protocol import Result, Task, parse
 
 USERS = "coordinator,client:load,agent:a1:echo,agent:a2:echo,agent:evil:echo"
@@ -23,6 +25,7 @@ TIMEOUT = 20.0  # each prompt's own timeout, seconds
 ANSWER_WAIT = 45.0  # longest wait for the last replies
 
 needs_mosquitto = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed")
+needs_root = pytest.mark.skipif(bool(root_problem()), reason=root_problem() or "root")
 
 
 def prefix() -> str:
@@ -284,3 +287,122 @@ def test_client_id_takeover_by_an_agents_login(mosquitto_system):
         intruder.stop()
     assert_clean(system, prompts)
     assert "already connected" not in process(system, "coordinator").log()
+
+
+# -- honest answers and limits (hardening issue) --------------------------------------------
+
+@needs_mosquitto
+def test_a_busy_coordinator_hears_the_accepted_that_came_in_time(tmp_path):
+    """The coordinator's bus thread is held up (a slow handler, three times, each longer than an
+    accept window) while agents accept: their `accepted` reached it in time, so no task goes to a
+    second agent and nothing is answered `failed`."""
+    broker = Broker("mosquitto", tmp_path, prefix(), USERS)
+    system = System(broker, tmp_path)
+    coordinator = build(lamconfig.load(str(system.coordinator_config())))
+    held_up = []
+
+    def busy(topic: str, payload: bytes) -> None:  # its own task, heard back; the bus thread waits here
+        if len(held_up) < 3:
+            held_up.append(topic)
+            time.sleep(3 * (system.ack_timeout + 1.0))
+
+    coordinator.bus.on(system.load.topics.task("echo"), busy)
+    try:
+        system.agent("a1")
+        system.agent("a2")
+        coordinator.start()
+        wait_until(coordinator.bus.ready.is_set, 30, "the coordinator on the broker")
+        system.fault()
+        prompts = system.load.send(20, seconds=0.5, timeout=60.0, pace=0.05)
+        system.load.wait_answered(prompts, 120)
+        assert len(held_up) == 3
+        assert_clean(system, prompts)
+    finally:
+        coordinator.stop()
+        system.close()
+        broker.close()
+
+
+@needs_mosquitto
+def test_broker_down_at_start(mosquitto_system):
+    """A coordinator started while the broker is down, longer than its warm-up, with prompts waiting
+    for it in the broker: it waits to hear the agents before saying nobody can do them."""
+    system = mosquitto_system
+    prompts = system.load.send(10, seconds=0.1, timeout=TIMEOUT)
+    system.load.wait_answered(prompts, ANSWER_WAIT)
+    system.fault()
+    assert process(system, "coordinator").stop() == 0
+    prompts += system.load.send(30, seconds=0.1, timeout=TIMEOUT + 30)  # they wait in its session
+    time.sleep(1)  # the last of them in the broker's queue
+    assert system.broker.process.stop() == 0
+    coordinator = system.coordinator(wait=False)
+    wait_until(lambda: "cannot reach" in coordinator.log(), 30, "the coordinator trying the broker")
+    time.sleep(4.0)  # longer than the warm-up (3 s) before the broker comes
+    system.broker.start()
+    wait_until(system.load.bus.ready.is_set, 30, "the load generator back on the broker")
+    assert_clean(system, prompts)
+
+
+@needs_mosquitto
+@needs_root
+def test_journal_disk_full(tmp_path):
+    """The journal's disk fills under load: every prompt it cannot journal is answered `failed` at
+    once, naming the disk (logged once); what was under way finishes; once space is back the
+    coordinator takes prompts again by itself."""
+    broker = Broker("mosquitto", tmp_path, prefix(), USERS)
+    system = System(broker, tmp_path)
+    try:
+        with small_disk(tmp_path / "disk") as disk:
+            system.journal = disk / "journal.db"
+            try:
+                coordinator = system.coordinator()
+                for agent in ("a1", "a2"):
+                    system.agent(agent)
+                prompts = system.load.send(20, seconds=0.1, timeout=TIMEOUT)
+                prompts += system.load.send(10, seconds=2.0, timeout=TIMEOUT)  # under way when the disk fills
+                system.fault()
+                filler = fill(disk)
+                refused = []
+                for _ in range(10):  # big prompts, until the journal needs room it cannot have
+                    batch = system.load.send(20, seconds=0, timeout=TIMEOUT, padding=1800)
+                    system.load.wait_answered(batch, ANSWER_WAIT)
+                    prompts += batch
+                    refused = [p for p in batch if "cannot write my journal" in system.load.replies[p.id][0].response]
+                    if refused:
+                        break
+                assert refused, coordinator.log()[-3000:]
+                assert all(system.load.replies[p.id][0].status == "failed" and str(disk) in
+                           system.load.replies[p.id][0].response for p in refused)
+                assert coordinator.log().count("cannot be written") == 1
+                filler.unlink()
+                wait_until(lambda: "can be written again" in coordinator.log(), 30, "the journal writing again")
+                after = system.load.send(20, seconds=0.1, timeout=TIMEOUT)
+                assert_clean(system, prompts + after, all_succeeded=False)
+                assert {system.load.replies[p.id][0].status for p in after} == {"succeeded"}
+            finally:
+                system.close()
+    finally:
+        broker.close()
+
+
+@needs_mosquitto
+@needs_root
+def test_read_only_state(mosquitto_system, tmp_path):
+    """A coordinator whose state directory is read-only exits at once with one sentence naming the
+    journal; the prompts sent meanwhile wait in the broker for a coordinator that can write."""
+    system = mosquitto_system
+    prompts = system.load.send(20, seconds=0.1, timeout=TIMEOUT + 30)
+    system.load.wait_answered(prompts, ANSWER_WAIT)
+    system.fault()
+    assert process(system, "coordinator").stop() == 0
+    prompts += system.load.send(20, seconds=0.1, timeout=TIMEOUT + 30)
+    writable = system.journal
+    with small_disk(tmp_path / "read-only", "1m", read_only=True) as state:
+        system.journal = state / "lamcontrol" / "journal.db"
+        refused = system.coordinator(wait=False)
+        assert refused.popen.wait(30) == 2
+        said = [line for line in refused.log().splitlines() if line.strip()]
+        assert len(said) == 1 and str(system.journal) in said[0] and "Traceback" not in said[0], said
+    system.journal = writable
+    system.coordinator()
+    assert_clean(system, prompts)
