@@ -229,6 +229,16 @@ def test_command_no_agent_can_do_fails_with_a_sentence(lam):
     assert reply.response == "No agent can do browser google; start an agent with lam-agent -c browser."
 
 
+def test_no_agent_names_the_machine_that_left_the_capability_out_and_the_fix(lam):
+    """An agent that could not start a capability says why in its presence; the reply repeats it."""
+    lam.coordinator()
+    lam.agent("desk", "echo", "browser", extra_config='[capabilities.browser]\nbinary = "/nonexistent/chromium"')
+    reply = lam.send("browser youtube weezer")
+    assert reply.status == "failed"
+    assert reply.response.startswith("No agent can do browser youtube: on desk, browser "), reply.response
+    assert "[capabilities.browser]" in reply.response
+
+
 def test_not_for_us_is_ignored_with_a_reason(lam):
     lam.coordinator()
     reply = lam.send("x")
