@@ -70,6 +70,7 @@ class Coordinator:
         self._stopping = threading.Event()
         self._connected_since = float("inf")  # wall time of the latest connection to the broker
         self._skewed = BySource(settings.sources)  # sources whose clock was found off, logged once each
+        self._refused = BySource(settings.sources)  # sources being refused now, logged once each
         self.bus = bus_factory(broker, component="coordinator", client_id=f"{broker.prefix}-coordinator",
                                will=self.presence(PresenceState.OFFLINE), persistent=True, ack_when_handled=True,
                                transaction=self.transaction, fatal=(sqlite3.Error,), clock=clock.time)
@@ -250,8 +251,12 @@ class Coordinator:
                 return
             refusal = self.intake.refusal(prompt, received)
             if refusal:
-                self._answer_unjournaled(prompt, PromptStatus.REJECTED, refusal)
+                if prompt.source not in self._refused:  # a flood is logged once, not per prompt
+                    self._refused[prompt.source] = True
+                    log.warning("refusing prompts from %r: %s", prompt.source, refusal)
+                self._answer_unjournaled(prompt, PromptStatus.REJECTED, refusal, quiet=True)
                 return
+            self._refused.pop(prompt.source, None)
             if not self.journal.add_prompt(prompt, deadline):
                 log.info("ignoring redelivered prompt %s", prompt.id)
                 return
@@ -266,12 +271,13 @@ class Coordinator:
         return (f"I cannot write my journal {self.journal.where()}: {self.journal.unwritable}, so I did nothing. "
                 f"Free some space there or make it writable; I carry on by myself once I can write again.")
 
-    def _answer_unjournaled(self, prompt: Prompt, status: PromptStatus, response: str) -> None:
+    def _answer_unjournaled(self, prompt: Prompt, status: PromptStatus, response: str, quiet: bool = False) -> None:
         """Answer a prompt that is not journaled (refused before): published once its transaction commits."""
         reply = Reply(prompt_id=prompt.id, status=status, response=response)
         payload = reply.to_json()
         self.bus.publish_raw(self.bus.topics.reply(prompt.id), payload)
-        log.info("prompt %s %s: %s", prompt.id, status, response)
+        if not quiet:
+            log.info("prompt %s %s: %s", prompt.id, status, response)
         self.events.emit(Replied(reply, payload))
 
     def deadline(self, prompt: Prompt, received: float | None = None) -> float:
