@@ -208,8 +208,9 @@ class Tally:
     failed_but_ran: int = 0  # prompts answered `failed` whose task the agents' records show run
 
     def clean(self) -> bool:
-        return self.once == self.prompts and not (self.lost or self.twice or self.accepted_by_two or self.ran_twice
-                                                  or self.failed_but_ran)
+        """Nothing lost, twice or run twice (a task started by an agent killed meanwhile may be
+        answered `failed` and still be in its record: ``failed_but_ran`` is checked where it must be 0)."""
+        return self.once == self.prompts and not (self.lost or self.twice or self.accepted_by_two or self.ran_twice)
 
 
 class System:
