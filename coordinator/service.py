@@ -157,6 +157,9 @@ class Coordinator:
         self._stopping.set()
         self.bus.stop(final=self.presence(PresenceState.OFFLINE))
         with self._lock:
+            if self.journal.unwritable and not self.journal.retry():
+                log.error("the journal %s still cannot be written: what it held is lost; prompts under way are "
+                          "taken up again from what it last wrote", self.journal.where())
             self.journal.close()
 
     def _tick_loop(self) -> None:
@@ -246,8 +249,8 @@ class Coordinator:
         deadline = self.deadline(prompt, received)
         with self.transaction():
             if self.journal.unwritable:
-                if not self.journal.known(prompt.id):
-                    self._answer_unjournaled(prompt, PromptStatus.FAILED, self._cannot_journal())
+                if not self.journal.known(prompt.id):  # logged once, when the journal stopped writing
+                    self._answer_unjournaled(prompt, PromptStatus.FAILED, self._cannot_journal(), quiet=True)
                 return
             refusal = self.intake.refusal(prompt, received)
             if refusal:
