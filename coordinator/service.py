@@ -253,7 +253,7 @@ class Coordinator:
                     self._answer_unjournaled(prompt, PromptStatus.FAILED, self._cannot_journal(), quiet=True)
                 return
             refusal = self.intake.refusal(prompt, received)
-            if refusal:
+            if refusal and not self.journal.known(prompt.id):  # (a redelivery of one taken is ignored below)
                 if prompt.source not in self._refused:  # a flood is logged once, not per prompt
                     self._refused[prompt.source] = True
                     log.warning("refusing prompts from %r: %s", prompt.source, refusal)
