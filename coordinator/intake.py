@@ -1,10 +1,19 @@
-"""Intake: what a prompt asks for, held for confirmation when it is risky, then handed to the router."""
+"""Intake: what a prompt asks for, held for confirmation when it is risky, then handed to the router.
+
+Understanding a prompt (making the language of what is online, matching templates, asking Groq)
+takes time, so it never runs on the bus thread, whose silence the broker would take for a dead
+coordinator: :meth:`Intake.handle` hands each prompt to one understanding thread, in the order
+prompts came, and the result comes back to the bus thread (:meth:`Intake.understood`). A prompt
+still being understood at its deadline is answered then.
+"""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from lamcontrol.protocol import Prompt, PromptStatus, Risk
@@ -17,11 +26,13 @@ from .registry import Registry
 from .routing import Reply
 from .runs import Held
 from .settings import Clock, Settings
-from .specs import SpecStore
+from .specs import Offer, SpecStore
 
 log = logging.getLogger(__name__)
 
 Start = Callable[[Prompt, float, list[Command], str], None]
+Defer = Callable[[Callable[[], None]], None]  # hands a call to the bus thread (Bus.defer)
+TOO_SLOW = "I could not understand that in time; I did nothing."
 
 
 class BySource(OrderedDict):
@@ -49,24 +60,58 @@ class Intake:
     start: Start
     reply: Reply
     events: Events
+    defer: Defer
     specs: SpecStore = field(default_factory=SpecStore)  # what the online agents understand
     held: BySource = field(init=False)  # commands waiting for their source to confirm
     transcripts: BySource = field(init=False)  # recent commands by source, for the parser
+    # Prompts being understood: id -> (prompt, deadline, token); an answer whose token differs is stale.
+    pending: dict[str, tuple[Prompt, float, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.held, self.transcripts = BySource(self.settings.sources), BySource(self.settings.sources)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="understanding")
+        self._tokens = itertools.count()
+        self._last: Future | None = None
 
     def handle(self, prompt: Prompt, deadline: float) -> None:
+        """Hand a new prompt to the understanding thread (bus thread: takes what it needs, then returns)."""
+        if prompt.id in self.pending:
+            return
+        token = next(self._tokens)
+        self.pending[prompt.id] = (prompt, deadline, token)
+        offer = self.specs.offer(self.registry)
+        context = Context(source=prompt.source, transcript=list(self.transcripts.get(prompt.source, ())),
+                          known=offer.known, vocabulary=offer.names)
+        self._last = self._worker.submit(self._understand, prompt, token, offer, context)
+
+    def _understand(self, prompt: Prompt, token: int, offer: Offer, context: Context) -> None:
+        """On the understanding thread: the prompt's commands, handed back to the bus thread."""
+        try:
+            context.language = self.specs.build(offer)
+            result, failed = self.parser.parse(prompt.prompt, context), False
+        except Exception:
+            log.exception("parser %s failed; falling back to the command grammar", self.parser.name)
+            result, failed = parse_chain(prompt.prompt, offer.known, offer.names), True
+        self.defer(lambda: self.understood(prompt.id, token, result, failed))
+
+    def understood(self, prompt_id: str, token: int, result: ParseResult, failed: bool = False) -> None:
+        """What a prompt asks for, back on the bus thread: confirm or cancel what its source holds, ask
+        for a confirmation, refuse, or start it."""
+        entry = self.pending.get(prompt_id)
+        if entry is None or entry[2] != token:
+            return  # answered at its deadline meanwhile, or handed over again since
+        del self.pending[prompt_id]
+        prompt, deadline, _ = entry
         source = prompt.source
         held = self.held.pop(source, None)
         if held and held.expires >= self.clock.time():
             if is_confirmation(prompt.prompt):
-                self._start(prompt, deadline, held.commands, held.note)
+                self._start(prompt, deadline, [replace(c, confirmed=True) for c in held.commands], held.note)
                 return
             if is_cancellation(prompt.prompt):
                 self.reply(prompt.id, PromptStatus.IGNORED, "Cancelled.", [])
                 return
-        result = self._parse(prompt)
+        self.events.emit(PromptParsed(prompt, result, failed))
         if not result.commands:
             self.reply(prompt.id, PromptStatus.IGNORED, result.reason or "That is not something I can do.", [])
             return
@@ -80,18 +125,6 @@ class Intake:
             return
         self._start(prompt, deadline, result.commands, result.note)
 
-    def _parse(self, prompt: Prompt) -> ParseResult:
-        context = Context(source=prompt.source, transcript=list(self.transcripts.get(prompt.source, ())),
-                          known=self.registry.offers, vocabulary=self.registry.vocabulary(),
-                          language=self.specs.language(self.registry))
-        try:
-            result, failed = self.parser.parse(prompt.prompt, context), False
-        except Exception:
-            log.exception("parser %s failed; falling back to the command grammar", self.parser.name)
-            result, failed = parse_chain(prompt.prompt, self.registry.offers), True
-        self.events.emit(PromptParsed(prompt, result, failed))
-        return result
-
     def _start(self, prompt: Prompt, deadline: float, commands: list[Command], note: str) -> None:
         transcript = self.transcripts.pop(prompt.source, None) or deque(maxlen=self.settings.transcript)
         transcript.extend(c.text for c in commands)
@@ -99,8 +132,27 @@ class Intake:
         self.start(prompt, deadline, commands, note)
 
     def expire(self) -> None:
-        """Forget held commands nobody confirmed in time."""
+        """Forget held commands nobody confirmed in time; answer prompts not understood by their deadline."""
         now = self.clock.time()
         for source, held in list(self.held.items()):
             if held.expires < now:
                 del self.held[source]
+        for prompt_id, (prompt, deadline, _) in list(self.pending.items()):
+            if deadline <= now:
+                del self.pending[prompt_id]
+                log.warning("prompt %s was not understood by its deadline", prompt_id)
+                self.reply(prompt_id, PromptStatus.FAILED, TOO_SLOW, [])
+
+    def settled(self, timeout: float = 30.0) -> bool:
+        """True once every prompt handed over has been understood (its answer handed to the bus thread)."""
+        last = self._last
+        if last is None:
+            return True
+        try:
+            last.result(timeout)
+        except Exception:
+            return last.done()
+        return True
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)

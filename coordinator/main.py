@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from lamcontrol import config as lamconfig
@@ -13,6 +14,9 @@ from .journal import Journal
 from .parsing import build_parser
 from .service import Coordinator
 from .settings import Settings
+from .trust import Trust
+
+log = logging.getLogger("lam-coordinator")
 
 
 EXTENSIONS = (discovery.extension, metrics.extension)  # each: the config -> a factory, or None when off
@@ -22,8 +26,11 @@ def build(cfg: dict) -> Coordinator:
     """A coordinator configured from a loaded config, with the extensions the config turns on."""
     section = cfg["coordinator"]
     journal = Journal(lamconfig.state_path("coordinator", "journal", section["journal"]), float(section["journal_days"]))
-    coordinator = Coordinator(BrokerSettings.from_config(cfg), build_parser(cfg), journal,
-                              Settings.from_config(section))
+    broker = BrokerSettings.from_config(cfg)
+    trust = Trust.from_config(cfg, broker)
+    log.info("%s", trust.describe())
+    coordinator = Coordinator(broker, build_parser(cfg), journal, Settings.from_config(section), trust=trust,
+                              approved_specs=map(str, section["approved_specs"]))
     for configured in EXTENSIONS:
         factory = configured(cfg)
         if factory is not None:

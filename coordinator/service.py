@@ -19,7 +19,7 @@ import re
 import sqlite3
 import threading
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus
@@ -34,6 +34,7 @@ from .registry import Registry
 from .routing import Router
 from .settings import Clock, Settings
 from .specs import SpecStore
+from .trust import Refusals, Trust, vetted
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +50,24 @@ class Coordinator:
     """
 
     def __init__(self, broker: BrokerSettings, parser: Parser, journal: Journal, settings: Settings = Settings(),
-                 clock: Clock = Clock(), bus_factory: Callable[..., Bus] = Bus) -> None:
+                 clock: Clock = Clock(), bus_factory: Callable[..., Bus] = Bus, trust: Trust | None = None,
+                 approved_specs: Iterable[str] = ()) -> None:
         self.settings = settings
         self.clock = clock
         self.journal = journal
         self.events = Events()
         self.registry = Registry(clock)
+        self.trust = trust or Trust(broker.topics)  # what agents may offer
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self.bus = bus_factory(broker, component="coordinator", client_id=f"{broker.prefix}-coordinator",
                                will=self.presence(PresenceState.OFFLINE), persistent=True, ack_when_handled=True,
                                transaction=self.transaction, fatal=(sqlite3.Error,))
+        self.refusals = Refusals(self.bus.refuse)
         self.router = self._router()
-        self.specs = SpecStore()  # what the online agents understand
+        self.specs = SpecStore(self._refuse_spec, approved_specs)  # what the online agents understand
         self.intake = Intake(settings, clock, parser, self.registry, self.router.start, self.reply, self.events,
-                             self.specs)
+                             self.bus.defer, self.specs)
         self.bus.on(self.bus.topics.prompts, self.on_prompt)
         self.bus.subscribe(Result, self.router.result)
         if settings.legacy_results:
@@ -106,6 +110,7 @@ class Coordinator:
         log.error("the journal could not commit: reading the state back from it")
         self.router = self._router()
         self.intake.start = self.router.start
+        self.intake.pending.clear()  # the open prompts are handed over again below; late answers are dropped
         for info in self.registry.agents.values():
             info.inflight = 0
         try:
@@ -122,6 +127,7 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.intake.close()
         self.bus.stop(final=self.presence(PresenceState.OFFLINE))
         with self._lock:
             self.journal.close()
@@ -253,6 +259,9 @@ class Coordinator:
     # -- presence -----------------------------------------------------------------------
 
     def on_presence(self, presence: Presence) -> None:
+        """An agent's presence, with only what its login lets it offer (each refusal said once)."""
+        topic = self.bus.topics.agent_status(presence.agent)
+        presence = vetted(presence, self.trust, lambda why: self.refusals.say(topic, why))
         self.events.emit(PresenceChanged(presence))
         with self.transaction():
             if self.registry.update(presence):
@@ -269,8 +278,13 @@ class Coordinator:
 
     def on_spec(self, message: AgentSpec) -> None:
         with self.transaction():
-            self.specs.on_spec(message)
+            self.specs.on_spec(message, lambda capability: self.trust.refusal(message.agent, capability))
             self.events.emit(SpecsChanged(message.agent, self.specs.advertised(message.agent)))
+
+    def _refuse_spec(self, agent_id: str, why: str) -> None:
+        """An advertised spec not used (said once; from the bus thread or the understanding thread)."""
+        said = why if why.startswith(f"agent {agent_id} ") else f"agent {agent_id}: {why}"
+        self.refusals.say(self.bus.topics.agent_spec(agent_id), said)
 
     def on_spec_cleared(self, ids: dict[str, str]) -> None:
         with self.transaction():

@@ -109,6 +109,14 @@ MODEL: dict[str, Section] = {
                                      "and report them (a broker restart sends every last will)"),
         "sources": Setting(1000, "sources (people, devices) whose recent commands and held confirmations are "
                                  "remembered; the least recently heard are forgotten first"),
+        "acl_file": Setting("", "the broker's ACL (Mosquitto's format): an agent may offer only the capabilities "
+                                "whose tasks its login may read; empty: the acl beside the credentials folder of "
+                                "[broker] password_file, else the embedded broker's, when there is one"),
+        "trusted_agents": Setting([], "agents taken at their word where no ACL says what their logins may read (a "
+                                      "broker with users whose ACL is not known here, or one without users on "
+                                      "another machine)"),
+        "approved_specs": Setting([], "capabilities whose advertised spec is used even where it replaces the "
+                                      "installed one or reads sentences an installed capability reads"),
     }),
     "homeassistant": Section("Home Assistant MQTT discovery, published by the coordinator", {
         "enabled": Setting(True, "agents and the coordinator appear in Home Assistant"),

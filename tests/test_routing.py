@@ -50,6 +50,13 @@ class FakeBus(Bus):
     def _send(self, topic: str, payload: bytes | str, qos: int, retain: bool) -> None:
         self.sent.append((topic, payload if isinstance(payload, bytes) else payload.encode()))
 
+    def run_deferred(self) -> bool:
+        """Handle what other threads handed to the bus thread (there is none here); True if there was some."""
+        handed = bool(self._inbox)
+        while self._inbox:
+            self._handle_burst([self._inbox.popleft()])
+        return handed
+
 
 class Routing:
     """A coordinator on a fake bus and clock, with agents played by the test."""
@@ -67,10 +74,19 @@ class Routing:
         self.bus = self.coordinator.bus
         with self.coordinator.transaction():
             self.coordinator.resume()
+        self.settle()
         return self.coordinator
 
     def deliver(self, message: Message, topic: str | None = None) -> None:
         self.bus.handle(topic or message.topic(self.bus.topics), message.to_json())
+        self.settle()
+
+    def settle(self) -> None:
+        """Wait until the prompts handed over are understood, and handle what comes back, as the bus
+        thread would."""
+        assert self.coordinator.intake.settled(30)
+        while self.bus.run_deferred():
+            assert self.coordinator.intake.settled(30)
 
     def online(self, agent: str, capabilities: dict = ECHO, max_concurrent: int = 4) -> None:
         self.deliver(Presence(state="online", agent=agent, capabilities=capabilities, max_concurrent=max_concurrent))
@@ -536,13 +552,15 @@ def fill(path: Path) -> None:
 
 def test_a_journal_that_cannot_commit_publishes_and_acknowledges_nothing(small_disk, caplog):
     routing = Routing(small_disk / "journal.db")
-    routing.online("a1", max_concurrent=1000)
+    for agent in range(20):  # room for every task
+        routing.online(f"a{agent}", max_concurrent=16)
     bus = routing.bus
     fill(small_disk / "filler")
     for mid in range(1, 301):  # each prompt a few KB more in the journal, until the disk is full
         prompt = Prompt(prompt=f"echo {mid} " + "words " * 300, source="test")
         before = len(bus.sent)
         bus._handle_burst([(bus.topics.prompts, prompt.to_json(), mid, 1)])
+        routing.settle()
         if mid not in bus.acked:
             break
     assert mid not in bus.acked, "the journal never failed"
@@ -551,6 +569,7 @@ def test_a_journal_that_cannot_commit_publishes_and_acknowledges_nothing(small_d
     assert "could not commit" in caplog.text
     (small_disk / "filler").unlink()
     bus._handle_burst([(bus.topics.prompts, prompt.to_json(), 1000, 1)])  # the broker delivers it again
+    routing.settle()
     assert 1000 in bus.acked
     [task] = [read(bus.topics, t, p) for t, p in bus.sent[before + 1:]]
     assert isinstance(task, Task) and task.prompt_id == prompt.id
