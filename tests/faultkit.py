@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Iterator
 
 from helpers import ROOT, Process, free_port, wait_for_port, wait_until
+from lamcontrol import ops
 from lamcontrol.bus import BrokerSettings, Bus
-from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, Reply, Result, parse
+from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, Reply, Result, Topics, parse
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -36,7 +37,8 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 class Broker:
     """The embedded broker, or Mosquitto as ``lam mosquitto-config`` writes it (users, ACL,
     persistence), on a free port; it can be stopped, killed and started again. The embedded
-    broker listening beyond loopback gets a password file with a user for each of ``users``."""
+    broker given ``users`` (or listening beyond loopback) gets a password file with a user for each,
+    and their ACL, as ``lam join`` writes them."""
 
     def __init__(self, kind: str, folder: Path, prefix: str, users: str = "", *options: str,
                  host: str = "127.0.0.1", wrap: tuple[str, ...] = ()) -> None:
@@ -54,14 +56,16 @@ class Broker:
                                    "--users", users, "--config", str(config), "--listen", f"{host}:{self.port}",
                                    *options], capture_output=True, text=True, timeout=60, cwd=ROOT)
             assert done.returncode == 0, done.stderr
-        elif not host.startswith("127."):
-            self.hardened = True  # lam-broker needs users beyond loopback
-            for user in ((entry.split(":") + [""])[1] or entry for entry in (users or "coordinator,load,a1,a2").split(",")):
+        elif users or not host.startswith("127."):
+            self.hardened = True  # lam-broker needs users beyond loopback; with them, an ACL as lam join writes
+            accounts = ops.parse_users(users or "coordinator,client:load,agent:a1:echo,agent:a2:echo")
+            (folder / "acl").write_text(ops.acl_file(accounts, Topics(prefix), f"ha{prefix}"))
+            for user in accounts:
                 password = uuid.uuid4().hex
                 (folder / "credentials").mkdir(exist_ok=True)
-                (folder / "credentials" / user).write_text(password)
+                (folder / "credentials" / user.name).write_text(password)
                 done = subprocess.run([sys.executable, "-m", "lamcontrol.broker.main", "adduser",
-                                       str(folder / "passwd"), user], input=password, capture_output=True,
+                                       str(folder / "passwd"), user.name], input=password, capture_output=True,
                                       text=True, timeout=60, cwd=ROOT)
                 assert done.returncode == 0, done.stderr
         self.process: Process | None = None
@@ -71,7 +75,8 @@ class Broker:
     def argv(self) -> list[str]:
         if self.kind == "mosquitto":
             return [MOSQUITTO, "-c", str(self.folder / "mosquitto.conf")]
-        users = ["--password-file", str(self.folder / "passwd")] if self.hardened else []
+        users = ["--password-file", str(self.folder / "passwd"), "--acl-file", str(self.folder / "acl")] \
+            if self.hardened else []
         return [sys.executable, "-m", "lamcontrol.broker.main", "--listen", f"{self.host}:{self.port}",
                 "--stop-timeout", "5", *users]
 
@@ -172,6 +177,7 @@ class Load:
         task_ids = {t.task_id for rs in replies.values() for r in rs for t in r.tasks if t.task_id}
         accepted_by = {t: {a for s, a in results.get(t, []) if s == "accepted"} for t in task_ids}
         tokens = {p.prompt.rsplit(" ", 1)[1] for p in prompts}
+        failed = [p for p in prompts if replies[p.id] and replies[p.id][0].status == "failed"]
         return Tally(prompts=len(prompts),
                      once=sum(len(r) == 1 for r in replies.values()),
                      lost=sum(not r for r in replies.values()),
@@ -179,6 +185,7 @@ class Load:
                      copies=sum(len(r) > len(replies[p]) for p, r in copies.items()),
                      accepted_by_two=sum(len(a) > 1 for a in accepted_by.values()),
                      ran_twice=sum(runs[t] > 1 for t in tokens),
+                     failed_ran=sum(runs[p.prompt.rsplit(" ", 1)[1]] > 0 for p in failed),
                      statuses=Counter(r[0].status for r in replies.values() if r),
                      slowest=max((self.answered_at.get(p.id, time.time()) - p.ts for p in prompts
                                   if fault_at and p.ts >= fault_at), default=0.0))
@@ -200,6 +207,7 @@ class Tally:
     statuses: Counter = field(default_factory=Counter)
     slowest: float = 0.0  # seconds, the longest a prompt sent from the fault on waited for its reply (benches)
     copies: int = 0  # prompts whose one reply came more than once (sent again after a restart)
+    failed_ran: int = 0  # prompts answered "failed" whose task the agents' records show run
 
     def clean(self) -> bool:
         return self.once == self.prompts and not (self.lost or self.twice or self.accepted_by_two or self.ran_twice)
