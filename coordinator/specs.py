@@ -205,8 +205,6 @@ def judge(spec: CapabilitySpec, approved: bool = False) -> str:
 def difference(base: CapabilitySpec, spec: CapabilitySpec) -> str:
     """How an advertised spec of an installed capability differs from the installed one ('' if it does not)."""
     used = f"the installed spec of {base.name} is used (approved_specs can say otherwise)"
-    if spec.rules != base.rules:
-        return f"its spec of {base.name} changes the template rules; {used}"
     for action in spec.actions:
         mine = base.action(action.name)
         if mine is None:
@@ -216,6 +214,8 @@ def difference(base: CapabilitySpec, spec: CapabilitySpec) -> str:
                 set(arg.risky) - set(getattr(action.arg(arg.name), "risky", ())) for arg in mine.args)
             what = "marks it less risky" if lowered else "reads it differently"
             return f"its spec of {base.name} {action.name} {what} than the installed one; {used}"
+    if spec.rules != base.rules:
+        return f"its spec of {base.name} changes the template rules; {used}"
     return ""
 
 

@@ -230,11 +230,41 @@ def test_high_risk_commands_wait_for_the_same_source_to_confirm(routing):
     routing.send("confirm", source="r1")
     [task] = routing.tasks()
     assert (task.capability, task.action, task.args, task.risk) == ("computer", "power", {"mode": "shutdown"}, "high")
-    assert task.prompt_id != asked.id
+    assert task.prompt_id != asked.id and task.confirmed  # the agent runs it only so
     routing.send("computer power shutdown", source="r1")
     routing.advance(routing.settings.confirm_window + 1)
     routing.send("confirm", source="r1")
     assert len(routing.tasks()) == 1
+
+
+def test_an_agent_refusing_an_unconfirmed_task_ends_it_with_its_sentence(routing):
+    """An agent whose own spec says high risk refuses a task the coordinator thought low: no other agent
+    is asked (they read the action the same way), the reply says why."""
+    routing.online("pc1", {"computer": ["power"]})
+    routing.online("pc2", {"computer": ["power"]})
+    routing.send("computer power lock")
+    [task] = routing.tasks()
+    assert not task.confirmed and task.risk == "low"
+    routing.deliver(Result(task_id=task.task_id, agent=task.agent, state="rejected", data={"needs_confirmation": True},
+                           message="computer power lock needs your confirmation first; I did nothing."))
+    [reply] = routing.replies()
+    assert (reply.status, reply.response) == ("failed", "computer power lock needs your confirmation first; I did "
+                                                         "nothing.")
+    assert len(routing.tasks()) == 1
+
+
+def test_an_agents_word_on_its_size_counts_only_so_far(routing):
+    """An agent saying it runs a million tasks at once, with a negative load, is counted at 16 at once
+    and 64 queued: the others get their share, and lam/errors says so."""
+    routing.deliver(Presence(state="online", agent="big", capabilities=ECHO, max_concurrent=10**6,
+                             max_queued=10**6, load=-1000))
+    routing.online("small", max_concurrent=4)
+    for n in range(40):
+        routing.send(f"echo sleep 5 t{n}")
+    given = [t.agent for t in routing.tasks()]
+    assert (given.count("big"), given.count("small")) == (36, 4)
+    [refusal] = [m for m in routing.sent(ErrorRecord) if "big" in m.error]
+    assert refusal.error == "agent big says it runs 1000000 tasks at once and queues 1000000; I count at most 16 and 64"
 
 
 def test_a_restarted_coordinator_finishes_what_the_journal_shows_open(routing):
