@@ -83,8 +83,11 @@ class SpecStore:
         self._received += 1
 
     def advertised(self, agent_id: str) -> dict[str, CapabilitySpec]:
-        """What an agent advertised and could be read (nothing for an agent that advertises no spec)."""
-        return dict(self.by_agent.get(agent_id, {}))
+        """What an agent advertised and could be read (nothing for an agent that advertises no spec), an
+        installed capability as installed here (unless approved): the entities Home Assistant gets."""
+        installed = installed_specs()
+        return {name: installed[name] if name in installed and name not in self.approved else spec
+                for name, spec in self.by_agent.get(agent_id, {}).items()}
 
     def language(self, registry: Registry) -> Language:
         """What the online agents understand, made now (installed capabilities when none is online).
