@@ -84,6 +84,17 @@ class Intake:
                           known=offer.known, vocabulary=offer.names)
         self._last = self._worker.submit(self._understand, prompt, token, offer, context)
 
+    def prepare(self) -> None:
+        """Make the language of what is online now, on the understanding thread: what changed is judged
+        (and any refusal said) before a prompt needs it."""
+        self._last = self._worker.submit(self._prepare, self.specs.offer(self.registry))
+
+    def _prepare(self, offer: Offer) -> None:
+        try:
+            self.specs.build(offer)
+        except Exception:
+            log.exception("cannot make the language of what is online")
+
     def _understand(self, prompt: Prompt, token: int, offer: Offer, context: Context) -> None:
         """On the understanding thread: the prompt's commands, handed back to the bus thread."""
         try:

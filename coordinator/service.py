@@ -269,6 +269,7 @@ class Coordinator:
             if presence.online:
                 self.router.agent_back(presence)
             self.router.retry_waiting()
+        self.intake.prepare()
 
     def on_cleared(self, ids: dict[str, str]) -> None:
         """An agent's retained presence was emptied (``lam agents forget``)."""
@@ -280,6 +281,7 @@ class Coordinator:
         with self.transaction():
             self.specs.on_spec(message, lambda capability: self.trust.refusal(message.agent, capability))
             self.events.emit(SpecsChanged(message.agent, self.specs.advertised(message.agent)))
+        self.intake.prepare()
 
     def _refuse_spec(self, agent_id: str, why: str) -> None:
         """An advertised spec not used (said once; from the bus thread or the understanding thread)."""

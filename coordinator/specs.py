@@ -1,8 +1,8 @@
 """The specs agents advertise, and the language of what is online.
 
 Agents publish their capabilities' specs retained on ``lam/agents/<id>/spec``. The store keeps, by
-agent, those fit to read (:func:`~lamcontrol.language.vetted_specs`: key and name agree, size and
-template complexity within bounds); the others are refused on ``lam/errors``. The language of the
+agent, those fit to read (:func:`~lamcontrol.language.vetted_specs`: key and name agree, within
+bounds of size and shape); the others are refused on ``lam/errors``. The language of the
 online agents is made in two steps, so that the costly one never runs on the bus thread:
 :meth:`SpecStore.offer` (bus thread, cheap) takes what the online agents offer now, and
 :meth:`SpecStore.build` (the thread that understands prompts) makes, and keeps, the
@@ -12,9 +12,10 @@ online agents is made in two steps, so that the costly one never runs on the bus
   devices, apps) of what its agents advertise; an advertised spec that differs is refused, unless
   the capability is in ``[coordinator] approved_specs``;
 - another capability with its advertised spec (the first agent's by id, with every agent's names),
-  once that spec compiles on its own and reads none of the installed capabilities' sentences or
-  commands (unless approved); else with its rigid actions from presence, as for an agent that
-  advertises no spec.
+  once its templates are found to stand for a bounded number of sentences
+  (:func:`~lamcontrol.language.check_readings`), compile on their own and read none of the
+  installed capabilities' sentences or commands (unless approved); else with its rigid actions from
+  presence, as for an agent that advertises no spec.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
-from lamcontrol.language import ActionSpec, CapabilitySpec, listed_value, vetted_specs
+from lamcontrol.language import ActionSpec, CapabilitySpec, SpecRefused, check_readings, listed_value, vetted_specs
 from lamcontrol.protocol import AgentSpec
 
 from .language import REPEATS, Language, installed, installed_specs
@@ -56,6 +57,8 @@ class Offer:
 
 
 class SpecStore:
+    """The specs each agent advertised, and the language made of what is online (see the module)."""
+
     def __init__(self, refuse: Refuse | None = None, approved: Iterable[str] = ()) -> None:
         self.by_agent: dict[str, dict[str, CapabilitySpec]] = {}
         self.refuse = refuse or (lambda agent, why: log.warning("agent %s: %s", agent, why))
@@ -120,7 +123,15 @@ class SpecStore:
         if self._built and self._built[0] == offer.key:
             return self._built[1]
         installed = installed_specs()
-        chosen = {c: spec for c, sources in offer.advertised.items() if (spec := self._choose(c, sources, installed))}
+        chosen = {}
+        for capability, sources in offer.advertised.items():
+            try:
+                spec = self._choose(capability, sources, installed)
+            except Exception:  # a bug; it must cost this capability only
+                log.exception("cannot judge the advertised specs of %s", capability)
+                continue
+            if spec is not None:
+                chosen[capability] = spec
         names = {c: n for c, n in offer.names.items() if c not in chosen}
         rigid = {c: a for c, a in offer.offered.items() if c not in chosen and c not in installed}
         try:
@@ -128,7 +139,8 @@ class SpecStore:
             language.compile()
         except Exception:  # every spec compiled alone: this is a bug, and must not stop understanding
             log.exception("the advertised specs together do not compile; using the installed ones")
-            language = Language.with_rigid(installed, rigid, names, online=set(offer.offered) or None)
+            rigid = {c: a for c, a in offer.offered.items() if c not in installed}
+            language = Language.with_rigid(installed, rigid, offer.names, online=set(offer.offered) or None)
         self._built = (offer.key, language)
         return language
 
@@ -143,8 +155,14 @@ class SpecStore:
                 why = difference(base, spec)
                 if why:
                     self.refuse(agent_id, why)
-                for key in wanted & set(spec.lists):
-                    names.setdefault(key, []).extend(spec.lists[key])
+                taken = {key: spec.lists[key] for key in wanted & set(spec.lists)}
+                try:
+                    check_readings(CapabilitySpec(capability, lists=taken))
+                except SpecRefused as exc:
+                    self.refuse(agent_id, str(exc))
+                    continue
+                for key, values in taken.items():
+                    names.setdefault(key, []).extend(values)
             return base.with_lists(names, add=True)
         accepted = []
         for agent_id, spec in sources:
@@ -171,11 +189,17 @@ def judge(spec: CapabilitySpec, approved: bool = False) -> str:
     """Why an advertised spec must not be used: it does not compile or read its own examples on its own,
     or (unless approved) its commands or sentences would take what an installed capability reads."""
     try:
+        check_readings(spec)
+    except SpecRefused as exc:
+        return str(exc)
+    try:
         alone = Language({spec.name: spec})
         alone.compile()
         alone.command_lines()
         for said, command in (e for action in spec.actions for e in action.examples):
-            alone.understand(said), alone.parse_chain(command)
+            alone.understand(said)
+            alone.parse_chain(command)
+        probes = drawn(spec, *PROBES)
     except Exception as exc:
         return f"the templates of {spec.name} do not compile: {exc.__class__.__name__}: {exc}"
     if approved:
@@ -189,7 +213,7 @@ def judge(spec: CapabilitySpec, approved: bool = False) -> str:
                 return (f"{spec.name}'s command {form.form!r} begins like {verbs[form.literals[0]]}'s commands; "
                         "approve it in [coordinator] approved_specs to let it")
     house = installed()
-    for said in drawn(spec, *PROBES):  # what it would say, read by the installed capabilities
+    for said in probes:  # what it would say, read by the installed capabilities
         read = house.understand(said).commands
         if read:
             return (f"{spec.name}'s templates would read \"{said}\", which {read[0].capability} understands; approve "

@@ -298,9 +298,10 @@ def read_specs(message: AgentSpec) -> dict[str, CapabilitySpec]:
 
 
 def vetted_specs(message: AgentSpec) -> tuple[dict[str, CapabilitySpec], dict[str, str]]:
-    """(the specs an agent advertised that are fit to use, why each other one is not). A spec is read
+    """(the specs an agent advertised that are fit to read, why each other one is not). A spec is read
     with what this version knows (a newer agent's richer spec never breaks an older coordinator),
-    under the limits below: one bad spec costs its own capability, never another's."""
+    within the limits below, checked on its text alone (cheap: the coordinator does it as the spec
+    arrives); :func:`check_readings` parses it. One bad spec costs its own capability, never another's."""
     specs, refused = {}, {}
     for name, data in message.capabilities.items():
         try:
@@ -317,10 +318,12 @@ MAX_ACTIONS = 32
 MAX_TEMPLATES = 200  # sentence templates of all its actions, rules included
 MAX_TEMPLATE_CHARS = 400
 MAX_SLOTS = 4  # {slots} in one template
+MAX_DEPTH = 6  # groups within groups in one template (hassil's parser slows down fast beyond)
 MAX_READINGS = 100_000  # word sequences one template may stand for, its rules expanded
 MAX_SPEC_READINGS = 250_000  # the same, all its templates together
 MAX_NAMES = 2000  # entries of all its lists (the names an agent knows: devices, contacts)
 MAX_NAME_CHARS = 200
+MAX_NAME_READINGS = 100  # word sequences one list entry's spoken form may stand for ("(youtube|you tube)")
 WORD = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a capability's or an action's name: a topic level, a template key
 
 
@@ -329,7 +332,7 @@ class SpecRefused(ValueError):
 
 
 def bounded_spec(name: str, data: Any) -> CapabilitySpec:
-    """The spec advertised under ``name``, read and checked against the limits above."""
+    """The spec advertised under ``name``, read and checked against the limits above on its text."""
     if not WORD.match(name):
         raise SpecRefused(f"the capability name {name[:80]!r} may only hold letters, digits, - and _")
     if not isinstance(data, dict):
@@ -351,36 +354,38 @@ def bounded_spec(name: str, data: Any) -> CapabilitySpec:
             raise SpecRefused(f"{name} has an action named {str(action.name)[:80]!r}: letters, digits, - and _ only")
         if not all(isinstance(f.form, str) and f.form[:1].isalnum() and isinstance(f.fixed, dict) for f in action.syntax):
             raise SpecRefused(f"every command form of {name} {action.name} must begin with a word")
-    check_lists(spec)
-    check_templates(spec)
+    entries = [entry for values in spec.lists.values() for entry in values]
+    if len(entries) > MAX_NAMES:
+        raise SpecRefused(f"{name} lists {len(entries)} names; at most {MAX_NAMES} are read")
+    for entry in entries:
+        said = entry if isinstance(entry, str) else entry.get("in") if isinstance(entry, dict) else None
+        if not isinstance(said, str) or len(json.dumps(entry)) > MAX_NAME_CHARS or _depth(said) > MAX_DEPTH:
+            raise SpecRefused(f"{name} lists a name that is not a string (or an {{\"in\", \"out\"}} entry) "
+                              f"of at most {MAX_NAME_CHARS} characters: {json.dumps(entry)[:80]}")
+    templates = _templates(spec)
+    if len(templates) > MAX_TEMPLATES:
+        raise SpecRefused(f"{name} has {len(templates)} templates and rules; at most {MAX_TEMPLATES} are read")
+    for template in templates:
+        if not isinstance(template, str) or len(template) > MAX_TEMPLATE_CHARS:
+            raise SpecRefused(f"{name} has a template over {MAX_TEMPLATE_CHARS} characters")
+        if template.count("{") > MAX_SLOTS:
+            raise SpecRefused(f"{name} has a template with more than {MAX_SLOTS} slots: {template[:80]!r}")
+        if _depth(template) > MAX_DEPTH:
+            raise SpecRefused(f"{name} has a template nesting groups more than {MAX_DEPTH} deep: {template[:80]!r}")
     return spec
 
 
-def check_lists(spec: CapabilitySpec) -> None:
-    entries = [entry for values in spec.lists.values() for entry in values]
-    if len(entries) > MAX_NAMES:
-        raise SpecRefused(f"{spec.name} lists {len(entries)} names; at most {MAX_NAMES} are read")
-    for entry in entries:
-        said = entry if isinstance(entry, str) else entry.get("in") if isinstance(entry, dict) else None
-        if not isinstance(said, str) or len(json.dumps(entry)) > MAX_NAME_CHARS:
-            raise SpecRefused(f"{spec.name} lists a name that is not a string (or an {{\"in\", \"out\"}} entry) "
-                              f"of at most {MAX_NAME_CHARS} characters: {json.dumps(entry)[:80]}")
+def _templates(spec: CapabilitySpec) -> list:
+    return [*spec.rules.values(), *(t for action in spec.actions for group in action.sentences for t in group.templates)]
 
 
-def check_templates(spec: CapabilitySpec) -> None:
+def check_readings(spec: CapabilitySpec) -> None:
     """Every template parses, uses only rules the spec defines and stands for a bounded number of word
-    sequences (estimated on its parse tree, before anything is compiled)."""
-    templates = [t for action in spec.actions for group in action.sentences for t in group.templates]
-    if len(templates) + len(spec.rules) > MAX_TEMPLATES:
-        raise SpecRefused(f"{spec.name} has {len(templates) + len(spec.rules)} templates and rules; at most "
-                          f"{MAX_TEMPLATES} are read")
+    sequences, and so does every listed name's spoken form: estimated on hassil's parse trees, before
+    anything is compiled. SpecRefused says which does not."""
     total = 0
     counted: dict[str, int] = {}
-    for template in [*spec.rules.values(), *templates]:
-        if not isinstance(template, str) or len(template) > MAX_TEMPLATE_CHARS:
-            raise SpecRefused(f"{spec.name} has a template over {MAX_TEMPLATE_CHARS} characters")
-        if template.count("{") > MAX_SLOTS:
-            raise SpecRefused(f"{spec.name} has a template with more than {MAX_SLOTS} slots: {template[:80]!r}")
+    for template in _templates(spec):
         readings = _readings(template, spec, counted, ())
         if readings > MAX_READINGS:
             raise SpecRefused(f"{spec.name} has a template standing for more than {MAX_READINGS:,} sentences: "
@@ -388,6 +393,21 @@ def check_templates(spec: CapabilitySpec) -> None:
         total += readings
     if total > MAX_SPEC_READINGS:
         raise SpecRefused(f"{spec.name}'s templates stand for more than {MAX_SPEC_READINGS:,} sentences together")
+    spoken = CapabilitySpec(spec.name)  # a listed name may use no rule
+    for values in spec.lists.values():
+        for entry in values:
+            if isinstance(entry, dict) and _readings(entry["in"], spoken, {}, ()) > MAX_NAME_READINGS:
+                raise SpecRefused(f"{spec.name} lists a name spoken more than {MAX_NAME_READINGS} ways: "
+                                  f"{entry['in'][:80]!r}")
+
+
+def _depth(template: str) -> int:
+    """How deep its (groups) and [optional parts] nest."""
+    depth = deepest = 0
+    for char in template:
+        depth += (char in "([") - (char in ")]")
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _readings(template: str, spec: CapabilitySpec, counted: dict[str, int], using: tuple[str, ...]) -> int:

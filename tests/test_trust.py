@@ -205,10 +205,14 @@ def huge() -> CapabilitySpec:
 
 def test_complex_or_huge_specs_are_refused_before_anything_is_compiled():
     message = advertisement("odd", [heavy(), huge(), weather()])
-    specs, refused = vetted_specs(message)
-    assert list(specs) == ["weather"]
-    assert f"standing for more than {MAX_READINGS:,} sentences" in refused["heavy"]
-    assert f"at most {MAX_SPEC_BYTES} are read" in refused["huge"]
+    specs, refused = vetted_specs(message)  # as it arrives: its text alone
+    assert list(specs) == ["heavy", "weather"] and f"at most {MAX_SPEC_BYTES} are read" in refused["huge"]
+    store, said = refusals()
+    language = store.language(online(store, "odd", heavy(), weather()))  # before compiling: the estimate
+    assert said == [("odd", f"heavy has a template standing for more than {MAX_READINGS:,} sentences: "
+                            f"'{' '.join(['<w>'] * 18)} {{text}}'")]
+    assert "heavy" not in language.specs or not language.specs["heavy"].actions[0].sentences
+    assert language.understand("turn the volume up to thirty percent please").commands[0].text == "computer volume 30"
 
 
 # -- end to end, on both brokers -------------------------------------------------------------------
