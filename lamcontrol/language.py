@@ -308,6 +308,8 @@ def vetted_specs(message: AgentSpec) -> tuple[dict[str, CapabilitySpec], dict[st
             specs[name] = bounded_spec(name, data)
         except SpecRefused as exc:
             refused[name] = str(exc)
+        except Exception as exc:  # a shape no check foresaw: this capability only
+            refused[name] = f"the spec of {name[:80]} cannot be read: {exc.__class__.__name__}: {exc}"
     return specs, refused
 
 
