@@ -79,7 +79,8 @@ class Trust:
             acl = self._acl.get()
             if self._acl.error or self._acl.stamp is None:
                 why = self._acl.error or "it does not exist"
-                return f"agent {agent_id} offers {capability}, but I cannot read the broker's ACL {self.acl_file} ({why})"
+                return (f"agent {agent_id} offers {capability}, but I cannot read the broker's ACL {self.acl_file} "
+                        f"({why})")
             if not acl.knows(agent_id) or acl.allows(agent_id, self.topics.task(capability), "read"):
                 return ""
             return (f"agent {agent_id} offers {capability}, but its login may not read {self.topics.task(capability)} "

@@ -354,7 +354,8 @@ def bounded_spec(name: str, data: Any) -> CapabilitySpec:
     for action in spec.actions:
         if not isinstance(action.name, str) or not WORD.match(action.name):
             raise SpecRefused(f"{name} has an action named {str(action.name)[:80]!r}: letters, digits, - and _ only")
-        if not all(isinstance(f.form, str) and f.form[:1].isalnum() and isinstance(f.fixed, dict) for f in action.syntax):
+        if not all(isinstance(f.form, str) and f.form[:1].isalnum() and isinstance(f.fixed, dict)
+                   for f in action.syntax):
             raise SpecRefused(f"every command form of {name} {action.name} must begin with a word")
     entries = [entry for values in spec.lists.values() for entry in values]
     if len(entries) > MAX_NAMES:
@@ -378,7 +379,8 @@ def bounded_spec(name: str, data: Any) -> CapabilitySpec:
 
 
 def _templates(spec: CapabilitySpec) -> list:
-    return [*spec.rules.values(), *(t for action in spec.actions for group in action.sentences for t in group.templates)]
+    sentences = (t for action in spec.actions for group in action.sentences for t in group.templates)
+    return [*spec.rules.values(), *sentences]
 
 
 def check_readings(spec: CapabilitySpec) -> None:

@@ -468,7 +468,8 @@ def system_plan(args: argparse.Namespace, url: str, prefix: str, bindir: Path) -
         # The ACL lam mosquitto-config wrote beside the credentials: what each agent's login may read.
         acl = credentials.parent / "acl" if credentials and name == "coordinator" else None
         acl = acl if acl and acl.is_file() else None
-        files.append(Planned(SYSTEM_UNIT_DIR / f"lam-{name}.service", system_unit(name, bindir, credential=secret, acl=acl)))
+        unit = system_unit(name, bindir, credential=secret, acl=acl)
+        files.append(Planned(SYSTEM_UNIT_DIR / f"lam-{name}.service", unit))
         if secret:
             files.append(Planned(secret, read_credential(credentials, name), 0o600))
             config = component_config(url, prefix, name, f"/run/credentials/lam-{name}.service/{CREDENTIAL}",

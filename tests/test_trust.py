@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-
 from helpers import unset, wait_until
 from lamcontrol import config as lamconfig
 from lamcontrol.acl import covers, parse_acl
@@ -228,7 +226,8 @@ def test_a_bad_spec_costs_its_own_capability_and_prompts_keep_being_answered(lam
                                                           sentences=(Sentences(("do (the thing",)),)),))
     specs = [heavy(), huge(), broken]
     lam.bus.publish(advertisement("odd", specs), retain=True).wait_for_publish(10)
-    lam.publish(Presence(state="online", agent="odd", capabilities={s.name: [a.name for a in s.actions] for s in specs}))
+    offered = {s.name: [a.name for a in s.actions] for s in specs}
+    lam.publish(Presence(state="online", agent="odd", capabilities=offered))
     try:
         reply = lam.send("turn the volume up to thirty percent please", timeout=40)
         assert (reply.status, reply.response) == ("failed", "No agent can do computer volume.")
