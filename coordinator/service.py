@@ -7,7 +7,9 @@ before the deadline. This module is the small core that ties them to the bus, th
 and the clock, and tells extensions (:mod:`.events`) what happened.
 
 All state changes happen under one lock, in one journal transaction per burst of messages,
-on the bus thread (the ticker hands its work there too). When a transaction cannot
+on the bus thread (the ticker hands its work there too, and so does the thread that understands
+prompts, :mod:`.intake`). What an agent says counts only as far as its login allows
+(:mod:`.trust`). When a transaction cannot
 commit, nothing it published goes out, nothing is acknowledged, and the state is read back
 from the journal.
 """
