@@ -1,17 +1,25 @@
 """Intake: what a prompt asks for, held for confirmation when it is risky, then handed to the router.
 
 Prompts wait to be understood in a queue per source, served in turn (round robin): a source that
-sends a thousand prompts delays another's by at most one of its own. Each source may send
+sends a thousand prompts delays another's by at most a couple of its own. Each source may send
 ``source_burst`` prompts at once and ``source_rate`` a second after that; more are answered
 `rejected` before they are journaled, so a flood grows neither the queues nor the journal.
+
+Understanding a prompt (making the language of what is online, matching templates, asking Groq)
+takes time, so it never runs on the bus thread, whose silence the broker would take for a dead
+coordinator: :meth:`Intake.serve` hands the prompts whose turn it is to one understanding thread,
+a few at a time, and each result comes back to the bus thread (:meth:`Intake.understood`), where
+the next prompt in turn is handed over. A prompt still waiting, or still being understood, at
+its deadline is answered then.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from lamcontrol.protocol import Prompt, PromptStatus, Risk
@@ -24,11 +32,14 @@ from .registry import Registry
 from .routing import Reply
 from .runs import Held
 from .settings import Clock, Settings
-from .specs import SpecStore
+from .specs import Offer, SpecStore
 
 log = logging.getLogger(__name__)
 
 Start = Callable[[Prompt, float, list[Command], str], None]
+Defer = Callable[[Callable[[], None]], None]  # hands a call to the bus thread (Bus.defer)
+TOO_SLOW = "I could not understand that in time; I did nothing."
+TOO_MANY = "Too many prompts were ahead of this one to get to it before its deadline; I did nothing."
 
 
 class BySource(OrderedDict):
@@ -118,17 +129,23 @@ class Intake:
     start: Start
     reply: Reply
     events: Events
+    defer: Defer
     specs: SpecStore = field(default_factory=SpecStore)  # what the online agents understand
     held: BySource = field(init=False)  # commands waiting for their source to confirm
     transcripts: BySource = field(init=False)  # recent commands by source, for the parser
-    waiting: FairQueue = field(default_factory=FairQueue)  # journaled, not understood yet
+    waiting: FairQueue = field(default_factory=FairQueue)  # journaled, not handed over yet
+    # Prompts being understood: id -> (prompt, deadline, token); an answer whose token differs is stale.
+    pending: dict[str, tuple[Prompt, float, int]] = field(default_factory=dict)
     limit: RateLimit = field(init=False)
 
-    SLICE = 0.05  # seconds of understanding per turn of the bus, before its other messages are heard
+    AHEAD = 2  # prompts handed to the understanding thread at once: while one is understood, the next waits there
 
     def __post_init__(self) -> None:
         self.held, self.transcripts = BySource(self.settings.sources), BySource(self.settings.sources)
         self.limit = RateLimit(self.settings.source_rate, self.settings.source_burst, self.settings.sources)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="understanding")
+        self._tokens = itertools.count()
+        self._last: Future | None = None
 
     def refusal(self, prompt: Prompt, now: float) -> str:
         """Why the prompt is refused before it is journaled ('' when it is taken)."""
@@ -139,26 +156,57 @@ class Intake:
             return "I have too many prompts waiting to be understood. Try again in a moment."
         return ""
 
-    def serve(self) -> bool:
-        """Understand waiting prompts, a source at a time, for about one slice; True if some still wait."""
-        until = time.monotonic() + self.SLICE
-        while (taken := self.waiting.take()) is not None:
-            self.handle(*taken)
-            if time.monotonic() >= until:
-                break
-        return bool(self.waiting)
+    def serve(self) -> None:
+        """Hand the understanding thread the prompts whose turn it is, up to ``AHEAD`` there at once
+        (bus thread: takes what each needs, then returns)."""
+        while len(self.pending) < self.AHEAD and (taken := self.waiting.take()) is not None:
+            prompt, deadline = taken
+            token = next(self._tokens)
+            self.pending[prompt.id] = (prompt, deadline, token)
+            offer = self.specs.offer(self.registry)
+            context = Context(source=prompt.source, transcript=list(self.transcripts.get(prompt.source, ())),
+                              known=offer.known, vocabulary=offer.names)
+            self._last = self._worker.submit(self._understand, prompt, token, offer, context)
 
-    def handle(self, prompt: Prompt, deadline: float) -> None:
+    def prepare(self) -> None:
+        """Make the language of what is online now, on the understanding thread: what changed is judged
+        (and any refusal said) before a prompt needs it."""
+        self._last = self._worker.submit(self._prepare, self.specs.offer(self.registry))
+
+    def _prepare(self, offer: Offer) -> None:
+        try:
+            self.specs.build(offer)
+        except Exception:
+            log.exception("cannot make the language of what is online")
+
+    def _understand(self, prompt: Prompt, token: int, offer: Offer, context: Context) -> None:
+        """On the understanding thread: the prompt's commands, handed back to the bus thread."""
+        try:
+            context.language = self.specs.build(offer)
+            result, failed = self.parser.parse(prompt.prompt, context), False
+        except Exception:
+            log.exception("parser %s failed; falling back to the command grammar", self.parser.name)
+            result, failed = parse_chain(prompt.prompt, offer.known, offer.names), True
+        self.defer(lambda: self.understood(prompt.id, token, result, failed))
+
+    def understood(self, prompt_id: str, token: int, result: ParseResult, failed: bool = False) -> None:
+        """What a prompt asks for, back on the bus thread: confirm or cancel what its source holds, ask
+        for a confirmation, refuse, or start it."""
+        entry = self.pending.get(prompt_id)
+        if entry is None or entry[2] != token:
+            return  # answered at its deadline meanwhile, or handed over again since
+        del self.pending[prompt_id]
+        prompt, deadline, _ = entry
         source = prompt.source
         held = self.held.pop(source, None)
         if held and held.expires >= self.clock.time():
             if is_confirmation(prompt.prompt):
-                self._start(prompt, deadline, held.commands, held.note)
+                self._start(prompt, deadline, [replace(c, confirmed=True) for c in held.commands], held.note)
                 return
             if is_cancellation(prompt.prompt):
                 self.reply(prompt.id, PromptStatus.IGNORED, "Cancelled.", [])
                 return
-        result = self._parse(prompt)
+        self.events.emit(PromptParsed(prompt, result, failed))
         if not result.commands:
             self.reply(prompt.id, PromptStatus.IGNORED, result.reason or "That is not something I can do.", [])
             return
@@ -172,18 +220,6 @@ class Intake:
             return
         self._start(prompt, deadline, result.commands, result.note)
 
-    def _parse(self, prompt: Prompt) -> ParseResult:
-        context = Context(source=prompt.source, transcript=list(self.transcripts.get(prompt.source, ())),
-                          known=self.registry.offers, vocabulary=self.registry.vocabulary(),
-                          language=self.specs.language(self.registry))
-        try:
-            result, failed = self.parser.parse(prompt.prompt, context), False
-        except Exception:
-            log.exception("parser %s failed; falling back to the command grammar", self.parser.name)
-            result, failed = parse_chain(prompt.prompt, self.registry.offers), True
-        self.events.emit(PromptParsed(prompt, result, failed))
-        return result
-
     def _start(self, prompt: Prompt, deadline: float, commands: list[Command], note: str) -> None:
         transcript = self.transcripts.pop(prompt.source, None) or deque(maxlen=self.settings.transcript)
         transcript.extend(c.text for c in commands)
@@ -191,10 +227,34 @@ class Intake:
         self.start(prompt, deadline, commands, note)
 
     def expire(self, now: float) -> None:
-        """Forget held commands nobody confirmed in time; answer the waiting prompts whose deadline passed."""
+        """Forget held commands nobody confirmed in time; answer the prompts whose deadline passed
+        before they were understood."""
         for source, held in list(self.held.items()):
             if held.expires < now:
                 del self.held[source]
         for prompt in self.waiting.expired(now):
-            self.reply(prompt.id, PromptStatus.FAILED,
-                       "Too many prompts were ahead of this one to get to it before its deadline; I did nothing.", [])
+            self.reply(prompt.id, PromptStatus.FAILED, TOO_MANY, [])
+        for prompt_id, (prompt, deadline, _) in list(self.pending.items()):
+            if deadline <= now:
+                del self.pending[prompt_id]
+                log.warning("prompt %s was not understood by its deadline", prompt_id)
+                self.reply(prompt_id, PromptStatus.FAILED, TOO_SLOW, [])
+
+    def clear(self) -> None:
+        """Forget the prompts waiting and those handed over (their answers will be dropped)."""
+        self.waiting.clear()
+        self.pending.clear()
+
+    def settled(self, timeout: float = 30.0) -> bool:
+        """True once every prompt handed over has been understood (its answer handed to the bus thread)."""
+        last = self._last
+        if last is None:
+            return True
+        try:
+            last.result(timeout)
+        except Exception:
+            return last.done()
+        return True
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)

@@ -290,6 +290,13 @@ class Language:
         intents = Intents.from_dict(data)
         return intents, lists, meaning, dynamic
 
+    def compile(self) -> None:
+        """Parse every sentence template now, raising what hassil raises, rather than at the first prompt
+        (hassil parses them when first matched)."""
+        for intent in self._intents[0].intents.values():
+            for data in intent.data:
+                data.sentences  # noqa: B018
+
     @staticmethod
     def _slot_list(name: str, arg):
         """Numbers as numbers (wider than allowed, so the check can say why), choices as words, else wildcards."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import sys
 
@@ -14,6 +15,9 @@ from .journal import Journal
 from .parsing import build_parser
 from .service import Coordinator
 from .settings import Settings
+from .trust import Trust
+
+log = logging.getLogger("lam-coordinator")
 
 
 EXTENSIONS = (discovery.extension, metrics.extension)  # each: the config -> a factory, or None when off
@@ -29,8 +33,11 @@ def build(cfg: dict) -> Coordinator:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise lamconfig.ConfigError(f"cannot write the journal {path} ({reason}): make its folder writable, or name "
                                     f"another file with --journal or [coordinator] journal") from None
-    coordinator = Coordinator(BrokerSettings.from_config(cfg), build_parser(cfg), journal,
-                              Settings.from_config(section))
+    broker = BrokerSettings.from_config(cfg)
+    trust = Trust.from_config(cfg, broker)
+    log.info("%s", trust.describe())
+    coordinator = Coordinator(broker, build_parser(cfg), journal, Settings.from_config(section), trust=trust,
+                              approved_specs=map(str, section["approved_specs"]))
     for configured in EXTENSIONS:
         factory = configured(cfg)
         if factory is not None:

@@ -10,6 +10,8 @@ from .settings import Clock
 
 STALE_AFTER = 3  # heartbeats missed before an agent that said online counts as gone
 OVERDUE_AFTER = 1.5  # heartbeats without a word before an agent gets no new task (a frozen process)
+# An agent's own word on its size counts up to these: a claim of more cannot draw every task to it.
+MAX_CONCURRENT, MAX_QUEUED = 16, 64
 
 
 @dataclass
@@ -30,13 +32,19 @@ class AgentInfo:
         return self.presence.online
 
     @property
+    def concurrent(self) -> int:
+        """Tasks it runs at once, by its word, within bounds."""
+        return min(max(1, self.presence.max_concurrent), MAX_CONCURRENT)
+
+    @property
     def load(self) -> float:
-        return max(self.presence.load, self.inflight) / max(1, self.presence.max_concurrent)
+        """Tasks out with it per slot: what it says it runs, never fewer than what we gave it."""
+        return max(self.presence.load, self.inflight) / self.concurrent
 
     @property
     def full(self) -> bool:
         """As many tasks out with it as it runs at once, plus as many as it said it would queue."""
-        return self.inflight >= max(1, self.presence.max_concurrent) + max(0, self.presence.max_queued)
+        return self.inflight >= self.concurrent + min(max(0, self.presence.max_queued), MAX_QUEUED)
 
 
 class Registry:

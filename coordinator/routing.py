@@ -168,7 +168,8 @@ class Router:
         task = Task(task_id=job.task_id, prompt_id=run.prompt.id, capability=command.capability,
                     action=command.action, agent=job.agent, command=command.text, args=args,
                     attempt=job.attempt, accept_by=min(job.ack_deadline, run.deadline),
-                    deadline=min(run.deadline, now + self.settings.task_timeout), risk=command.risk)
+                    deadline=min(run.deadline, now + self.settings.task_timeout), risk=command.risk,
+                    confirmed=command.confirmed)
         self.journal.update_task(job.task_id, job.state, job.agent, job.attempt)
         self.publish(task)
         self.events.emit(TaskDispatched(task))
@@ -233,6 +234,8 @@ class Router:
         if result.state == ResultState.ACCEPTED:
             job.state = ACCEPTED
             self.journal.update_task(job.task_id, ACCEPTED, job.agent, job.attempt)
+        elif result.state == ResultState.REJECTED and result.data.get("needs_confirmation"):
+            self._end_job(run, job, FAILED, result.message)  # its own rules: no other agent will differ
         elif result.state == ResultState.REJECTED:
             self._redispatch(run, job, f"{job.agent} rejected it ({result.message})")
         else:

@@ -87,11 +87,12 @@ class Held:
 
 def command_from_dict(data: dict) -> Command:
     return Command(data["capability"], data["action"], data["args"], data["command"], data.get("risk", Risk.LOW),
-                   data.get("idempotent", False), data.get("photo", ""))
+                   data.get("idempotent", False), data.get("photo", ""), data.get("confirmed", False))
 
 
 def command_to_dict(command: Command) -> dict:
-    return {**command.to_dict(), "risk": command.risk, "idempotent": command.idempotent, "photo": command.photo}
+    return {**command.to_dict(), "risk": command.risk, "idempotent": command.idempotent, "photo": command.photo,
+            "confirmed": command.confirmed}
 
 
 def describe(command: Command) -> str:

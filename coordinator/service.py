@@ -7,18 +7,19 @@ before the deadline. This module is the small core that ties them to the bus, th
 and the clock, and tells extensions (:mod:`.events`) what happened.
 
 All state changes happen under one lock, in one journal transaction per burst of messages,
-on the bus thread (the ticker hands its work there too). When a transaction cannot
-commit, nothing it published goes out, nothing is acknowledged, and the state is read back
-from the journal. When that is because the disk is full or read-only, the burst is handled
-again at once with the journal holding its writes in memory: what is under way carries on,
-each new prompt is answered `failed` at once, naming the disk, and every few seconds the
-journal tries to write again, until it can.
+on the bus thread (the ticker hands its work there too, and so does the thread that understands
+prompts, :mod:`.intake`). What an agent says counts only as far as its login allows
+(:mod:`.trust`). When a transaction cannot commit, nothing it published goes out, nothing is
+acknowledged, and the state is read back from the journal. When that is because the disk is
+full or read-only, the burst is handled again at once with the journal holding its writes in
+memory: what is under way carries on, each new prompt is answered `failed` at once, naming the
+disk, and every few seconds the journal tries to write again, until it can.
 
-Prompts are journaled as they arrive, then understood in turn per source (:mod:`.intake`) at
-the end of each transaction, a slice at a time: a flood of prompts neither holds up the
-results behind it on the bus nor another source's prompts. Each message carries the time the
-bus received it; deadlines and accept windows are judged by that time, not by when a busy
-coordinator got round to it.
+Prompts are journaled as they arrive, then wait in a queue per source; after each transaction
+the prompts whose turn it is go to the understanding thread (:mod:`.intake`), a couple at a
+time: a flood of prompts neither holds up the results behind it on the bus nor another
+source's prompts. Each message carries the time the bus received it; deadlines and accept
+windows are judged by that time, not by when a busy coordinator got round to it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import re
 import sqlite3
 import threading
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus, RetryBurst
@@ -43,6 +44,7 @@ from .registry import Registry
 from .routing import Router
 from .settings import Clock, Settings
 from .specs import SpecStore
+from .trust import Refusals, Trust, vetted
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +61,14 @@ class Coordinator:
     """
 
     def __init__(self, broker: BrokerSettings, parser: Parser, journal: Journal, settings: Settings = Settings(),
-                 clock: Clock = Clock(), bus_factory: Callable[..., Bus] = Bus) -> None:
+                 clock: Clock = Clock(), bus_factory: Callable[..., Bus] = Bus, trust: Trust | None = None,
+                 approved_specs: Iterable[str] = ()) -> None:
         self.settings = settings
         self.clock = clock
         self.journal = journal
         self.events = Events()
         self.registry = Registry(clock)
+        self.trust = trust or Trust(broker.topics)  # what agents may offer
         self._lock = threading.RLock()
         self._depth = 0  # transactions open, one inside another
         self._stopping = threading.Event()
@@ -74,11 +78,12 @@ class Coordinator:
         self.bus = bus_factory(broker, component="coordinator", client_id=f"{broker.prefix}-coordinator",
                                will=self.presence(PresenceState.OFFLINE), persistent=True, ack_when_handled=True,
                                transaction=self.transaction, fatal=(sqlite3.Error,), clock=clock.time)
+        self.refusals = Refusals(self.bus.refuse)
         # One router for the coordinator's life: a failed commit resets it, never replaces it.
         self.router = Router(settings, clock, journal, self.registry, self.bus.publish, self.reply, self.events)
-        self.specs = SpecStore()  # what the online agents understand
+        self.specs = SpecStore(self._refuse_spec, approved_specs)  # what the online agents understand
         self.intake = Intake(settings, clock, parser, self.registry, self.router.start, self.reply, self.events,
-                             self.specs)
+                             self.bus.defer, self.specs)
         self.bus.on(self.bus.topics.prompts, self.on_prompt)
         self.bus.subscribe(Result, self.router.result)
         if settings.legacy_results:
@@ -105,18 +110,18 @@ class Coordinator:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """The state lock, then one journal transaction: always taken in this order. Before the
-        outermost one commits, waiting prompts are understood for a slice (more later, when some
-        remain). When the journal cannot commit, what the memory holds is thrown away and read back
-        from the journal; when that is because it cannot write, the journal holds its writes from
-        then on and :class:`RetryBurst` asks the bus to handle the same messages again."""
+        """The state lock, then one journal transaction: always taken in this order. Once the
+        outermost one commits, the prompts whose turn it is go to the understanding thread. When the
+        journal cannot commit, what the memory holds is thrown away and read back from the journal;
+        when that is because it cannot write, the journal holds its writes from then on and
+        :class:`RetryBurst` asks the bus to handle the same messages again."""
         with self._lock:
             self._depth += 1
             try:
                 with self.journal.batch():
                     yield
-                    if self._depth == 1 and self.intake.waiting and self.intake.serve():
-                        self.bus.defer(lambda: None)  # more to understand after the messages now waiting
+                if self._depth == 1:
+                    self.intake.serve()
             except sqlite3.Error as exc:
                 if self._depth == 1:
                     reason = cannot_write(exc)
@@ -134,7 +139,7 @@ class Coordinator:
     def _reload(self) -> None:
         log.error("the journal could not commit: reading the state back from it")
         self.router.reset()
-        self.intake.waiting.clear()
+        self.intake.clear()  # the open prompts wait again below; answers to those handed over are dropped
         for info in self.registry.agents.values():
             info.inflight = 0
         try:
@@ -155,6 +160,7 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.intake.close()
         self.bus.stop(final=self.presence(PresenceState.OFFLINE))
         with self._lock:
             if self.journal.unwritable and not self.journal.retry():
@@ -342,6 +348,9 @@ class Coordinator:
     # -- presence -----------------------------------------------------------------------
 
     def on_presence(self, presence: Presence) -> None:
+        """An agent's presence, with only what its login lets it offer (each refusal said once)."""
+        topic = self.bus.topics.agent_status(presence.agent)
+        presence = vetted(presence, self.trust, lambda why: self.refusals.say(topic, why))
         self.events.emit(PresenceChanged(presence))
         with self.transaction():
             if self.registry.update(presence):
@@ -349,6 +358,7 @@ class Coordinator:
             if presence.online:
                 self.router.agent_back(presence)
             self.router.retry_waiting()
+        self.intake.prepare()
 
     def on_cleared(self, ids: dict[str, str]) -> None:
         """An agent's retained presence was emptied (``lam agents forget``): forgotten, unless it is
@@ -363,8 +373,14 @@ class Coordinator:
 
     def on_spec(self, message: AgentSpec) -> None:
         with self.transaction():
-            self.specs.on_spec(message)
+            self.specs.on_spec(message, lambda capability: self.trust.refusal(message.agent, capability))
             self.events.emit(SpecsChanged(message.agent, self.specs.advertised(message.agent)))
+        self.intake.prepare()
+
+    def _refuse_spec(self, agent_id: str, why: str) -> None:
+        """An advertised spec not used (said once; from the bus thread or the understanding thread)."""
+        said = why if why.startswith(f"agent {agent_id} ") else f"agent {agent_id}: {why}"
+        self.refusals.say(self.bus.topics.agent_spec(agent_id), said)
 
     def on_spec_cleared(self, ids: dict[str, str]) -> None:
         with self.transaction():

@@ -528,7 +528,8 @@ class Task(Message):
 
     ``accept_by`` closes the dispatch window: a task delivered later (a broker held it
     while the agent was away) is rejected, since it may already run elsewhere.
-    ``deadline`` is when the work itself must be done.
+    ``deadline`` is when the work itself must be done. ``confirmed`` says the person confirmed the
+    prompt: an agent runs what its own spec marks high-risk only then (older agents ignore it).
     """
 
     kind: ClassVar[str] = "task"
@@ -546,6 +547,7 @@ class Task(Message):
     accept_by: float = 0.0
     deadline: float = 0.0
     risk: Risk = Risk.LOW
+    confirmed: bool = False
 
     def describe(self) -> str:
         return f"{self.task_id} -> {self.agent}: {self.command or self.capability + ' ' + self.action} " \

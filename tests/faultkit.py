@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Iterator
 
 from helpers import ROOT, Process, free_port, wait_for_port, wait_until
+from lamcontrol import ops
 from lamcontrol.bus import BrokerSettings, Bus
-from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, Reply, Result, parse
+from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, Reply, Result, Topics, parse
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -37,7 +38,8 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 class Broker:
     """The embedded broker, or Mosquitto as ``lam mosquitto-config`` writes it (users, ACL,
     persistence), on a free port; it can be stopped, killed and started again. The embedded
-    broker listening beyond loopback gets a password file with a user for each of ``users``."""
+    broker given ``users`` (or listening beyond loopback) gets a password file with a user for each,
+    and their ACL, as ``lam join`` writes them."""
 
     def __init__(self, kind: str, folder: Path, prefix: str, users: str = "", *options: str,
                  host: str = "127.0.0.1", wrap: tuple[str, ...] = ()) -> None:
@@ -55,14 +57,16 @@ class Broker:
                                    "--users", users, "--config", str(config), "--listen", f"{host}:{self.port}",
                                    *options], capture_output=True, text=True, timeout=60, cwd=ROOT)
             assert done.returncode == 0, done.stderr
-        elif not host.startswith("127."):
-            self.hardened = True  # lam-broker needs users beyond loopback
-            for user in ((entry.split(":") + [""])[1] or entry for entry in (users or "coordinator,load,a1,a2").split(",")):
+        elif users or not host.startswith("127."):
+            self.hardened = True  # lam-broker needs users beyond loopback; with them, an ACL as lam join writes
+            accounts = ops.parse_users(users or "coordinator,client:load,agent:a1:echo,agent:a2:echo")
+            (folder / "acl").write_text(ops.acl_file(accounts, Topics(prefix), f"ha{prefix}"))
+            for user in accounts:
                 password = uuid.uuid4().hex
                 (folder / "credentials").mkdir(exist_ok=True)
-                (folder / "credentials" / user).write_text(password)
+                (folder / "credentials" / user.name).write_text(password)
                 done = subprocess.run([sys.executable, "-m", "lamcontrol.broker.main", "adduser",
-                                       str(folder / "passwd"), user], input=password, capture_output=True,
+                                       str(folder / "passwd"), user.name], input=password, capture_output=True,
                                       text=True, timeout=60, cwd=ROOT)
                 assert done.returncode == 0, done.stderr
         self.process: Process | None = None
@@ -72,7 +76,8 @@ class Broker:
     def argv(self) -> list[str]:
         if self.kind == "mosquitto":
             return [MOSQUITTO, "-c", str(self.folder / "mosquitto.conf")]
-        users = ["--password-file", str(self.folder / "passwd")] if self.hardened else []
+        users = ["--password-file", str(self.folder / "passwd"), "--acl-file", str(self.folder / "acl")] \
+            if self.hardened else []
         return [sys.executable, "-m", "lamcontrol.broker.main", "--listen", f"{self.host}:{self.port}",
                 "--stop-timeout", "5", *users]
 

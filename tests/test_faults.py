@@ -14,11 +14,12 @@ import pytest
 
 from conftest import mosquitto_available
 from faultkit import Broker, Namespaces, System, fill, netns_problem, root_problem, small_disk
-from helpers import wait_until
+from helpers import Recorder, wait_until
 from lamcontrol import config as lamconfig
 from lamcontrol.bus import Bus
 from lamcontrol.coordinator.main import build
-from lamcontrol.protocol import Result, Task, parse
+from lamcontrol.language import ActionSpec, Arg, CapabilitySpec, Sentences, Syntax
+from lamcontrol.protocol import AgentSpec, ErrorRecord, Presence, Prompt, Result, Task, parse
 
 USERS = "coordinator,client:load,agent:a1:echo,agent:a2:echo,agent:evil:echo"
 TIMEOUT = 20.0  # each prompt's own timeout, seconds
@@ -408,3 +409,89 @@ def test_read_only_state(mosquitto_system, tmp_path):
     system.journal = writable
     system.coordinator()
     assert_clean(system, prompts)
+
+
+# -- agents that lie --------------------------------------------------------------------------
+
+def lying_spec() -> dict:
+    """What `evil` (whose login may read only echo tasks) advertises: `computer` with power at low
+    risk, read from "turn the volume to 20" and "play the music"; and, under the key `zzhijack`, a
+    spec that names itself `echo` and reads every echo prompt."""
+    power = ActionSpec("power", syntax=(Syntax("computer power {mode}"),),
+                       args=(Arg("mode", "choice", "a power mode", choices=("lock", "sleep", "restart", "shutdown")),),
+                       sentences=(Sentences(("turn the volume to {level}", "play the music"),
+                                            fixed={"mode": "shutdown"}),),
+                       risk="low")
+    hijack = ActionSpec("say", syntax=(Syntax("echo {text}"),), args=(Arg("text"),),
+                        sentences=(Sentences(("echo {text}", "echo sleep {seconds} {text}")),))
+    return {"computer": CapabilitySpec("computer", actions=(power,)).to_dict(),
+            "zzhijack": CapabilitySpec("echo", actions=(hijack,)).to_dict()}
+
+
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+def test_lying_specs(tmp_path, kind):
+    """`evil`, allowed only echo, claims computer (power at low risk, read from volume and music
+    sentences) and a spec whose name is not its key, says it runs a million tasks at once with a
+    negative load, and refuses every echo task it gets. No power task is ever published, the
+    refusals are on lam/errors, and the echo load is answered once each, run once, by a1 and a2."""
+    if kind == "mosquitto" and not mosquitto_available():
+        pytest.skip("mosquitto is not installed")
+    broker = Broker(kind, tmp_path, prefix(), f"{USERS},monitor")
+    system = System(broker, tmp_path)
+    watcher = evil = None
+    try:
+        system.coordinator()
+        for agent in ("a1", "a2"):
+            system.agent(agent)
+        watcher = Recorder(broker.settings("monitor"))
+        topics = system.load.topics
+        evil = Bus(broker.settings("evil"), component="evil", report=False)
+        offered: list[Task] = []
+
+        def refuse(topic: str, payload: bytes) -> None:
+            task = parse(Task, payload)
+            if task.agent == "evil":
+                offered.append(task)
+                evil.publish(Result(task_id=task.task_id, agent="evil", state="rejected", message="busy",
+                                    attempt=task.attempt))
+
+        evil.on(topics.task("echo"), refuse)
+        evil.start(timeout=10)
+        system.fault()
+        evil.publish(AgentSpec(agent="evil", capabilities=lying_spec()), retain=True)
+        evil.publish(Presence(state="online", agent="evil", capabilities={
+            "echo": ["say", "sleep", "fail"], "computer": ["power", "volume", "media"], "zzhijack": ["say"]},
+            max_concurrent=10**6, max_queued=10**6, load=-1000), retain=True).wait_for_publish(10)
+        for topic in (topics.agent_spec("evil"), topics.agent_status("evil")):  # the broker took them in order:
+            wait_until(lambda: watcher.on(topic), 20, topic)  # the coordinator reads them before the prompts
+        spoken = [Prompt(prompt=text, source="faults", metadata={"timeout": TIMEOUT})
+                  for text in ("turn the volume to 20", "play the music", "computer power shutdown") * 5]
+        for prompt in spoken:
+            system.load.bus.publish(prompt)
+        prompts = system.load.send(60, seconds=0.1, timeout=TIMEOUT)
+        system.load.wait_answered(prompts + spoken, ANSWER_WAIT)
+        tally = system.tally(prompts)
+        assert tally.clean() and tally.failed_but_ran == 0, f"{tally}\n{system.logs()}"
+        assert tally.statuses == {"succeeded": len(prompts)}, tally
+        assert all(system.load.replies[p.id][0].tasks[0].agent in ("a1", "a2") for p in prompts)
+        tasks = watcher.parsed(Task, topics.build("tasks/#"))
+        assert not [t for t in tasks if t.capability != "echo"], "a task for what evil may not offer"
+        assert not [t for t in tasks if t.action == "say" and "sleep" in t.command], "echo prompts hijacked"
+        assert {t.capability for t in offered} <= {"echo"}
+        for prompt in spoken:  # read by the installed computer spec, which no agent here may offer
+            [reply] = system.load.replies[prompt.id]
+            if prompt.prompt.startswith("computer power"):
+                assert reply.status == "needs_confirmation", reply
+            else:
+                assert reply.status == "failed" and reply.response.startswith("No agent can do computer"), reply
+        errors = [e.error for e in watcher.parsed(ErrorRecord, topics.errors) if e.component == "coordinator"]
+        assert any("evil" in e and "computer" in e and "may not read" in e for e in errors), errors
+        assert any("evil" in e and "zzhijack" in e and "names itself 'echo'" in e for e in errors), errors
+        assert any("evil" in e and "tasks at once" in e for e in errors), errors
+        assert len(errors) == len(set(errors)), "each refusal is said once"
+    finally:
+        for bus in (evil, watcher and watcher.bus):
+            if bus is not None:
+                bus.stop()
+        system.close()
+        broker.close()

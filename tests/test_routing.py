@@ -51,6 +51,13 @@ class FakeBus(Bus):
     def _send(self, topic: str, payload: bytes | str, qos: int, retain: bool) -> None:
         self.sent.append((topic, payload if isinstance(payload, bytes) else payload.encode()))
 
+    def run_deferred(self) -> bool:
+        """Handle what other threads handed to the bus thread (there is none here); True if there was some."""
+        handed = bool(self._inbox)
+        while self._inbox:
+            self._handle_burst([self._inbox.popleft()])
+        return handed
+
 
 class Routing:
     """A coordinator on a fake bus and clock, with agents played by the test."""
@@ -68,10 +75,19 @@ class Routing:
         self.bus = self.coordinator.bus
         with self.coordinator.transaction():
             self.coordinator.resume()
+        self.settle()
         return self.coordinator
 
     def deliver(self, message: Message, topic: str | None = None) -> None:
         self.bus.handle(topic or message.topic(self.bus.topics), message.to_json())
+        self.settle()
+
+    def settle(self) -> None:
+        """Wait until the prompts handed over are understood, and handle what comes back, as the bus
+        thread would."""
+        assert self.coordinator.intake.settled(30)
+        while self.bus.run_deferred():
+            assert self.coordinator.intake.settled(30)
 
     def online(self, agent: str, capabilities: dict = ECHO, max_concurrent: int = 4) -> None:
         self.deliver(Presence(state="online", agent=agent, capabilities=capabilities, max_concurrent=max_concurrent))
@@ -91,6 +107,7 @@ class Routing:
     def advance(self, seconds: float) -> None:
         self.clock.now += seconds
         self.coordinator.tick()
+        self.settle()
 
     def sent(self, kind: type[Message]) -> list:
         found = [read(self.bus.topics, t, p) for t, p in self.bus.sent]
@@ -215,11 +232,41 @@ def test_high_risk_commands_wait_for_the_same_source_to_confirm(routing):
     routing.send("confirm", source="r1")
     [task] = routing.tasks()
     assert (task.capability, task.action, task.args, task.risk) == ("computer", "power", {"mode": "shutdown"}, "high")
-    assert task.prompt_id != asked.id
+    assert task.prompt_id != asked.id and task.confirmed  # the agent runs it only so
     routing.send("computer power shutdown", source="r1")
     routing.advance(routing.settings.confirm_window + 1)
     routing.send("confirm", source="r1")
     assert len(routing.tasks()) == 1
+
+
+def test_an_agent_refusing_an_unconfirmed_task_ends_it_with_its_sentence(routing):
+    """An agent whose own spec says high risk refuses a task the coordinator thought low: no other agent
+    is asked (they read the action the same way), the reply says why."""
+    routing.online("pc1", {"computer": ["power"]})
+    routing.online("pc2", {"computer": ["power"]})
+    routing.send("computer power lock")
+    [task] = routing.tasks()
+    assert not task.confirmed and task.risk == "low"
+    routing.deliver(Result(task_id=task.task_id, agent=task.agent, state="rejected", data={"needs_confirmation": True},
+                           message="computer power lock needs your confirmation first; I did nothing."))
+    [reply] = routing.replies()
+    assert (reply.status, reply.response) == ("failed", "computer power lock needs your confirmation first; I did "
+                                                         "nothing.")
+    assert len(routing.tasks()) == 1
+
+
+def test_an_agents_word_on_its_size_counts_only_so_far(routing):
+    """An agent saying it runs a million tasks at once, with a negative load, is counted at 16 at once
+    and 64 queued: the others get their share, and lam/errors says so."""
+    routing.deliver(Presence(state="online", agent="big", capabilities=ECHO, max_concurrent=10**6,
+                             max_queued=10**6, load=-1000))
+    routing.online("small", max_concurrent=4)
+    for n in range(40):
+        routing.send(f"echo sleep 5 t{n}")
+    given = [t.agent for t in routing.tasks()]
+    assert (given.count("big"), given.count("small")) == (36, 4)
+    [refusal] = [m for m in routing.sent(ErrorRecord) if "big" in m.error]
+    assert refusal.error == "agent big says it runs 1000000 tasks at once and queues 1000000; I count at most 16 and 64"
 
 
 def test_a_restarted_coordinator_finishes_what_the_journal_shows_open(routing):
@@ -540,7 +587,8 @@ def test_a_full_journal_disk_answers_failed_at_once_and_recovers_by_itself(small
     once naming the journal and its disk (logged once); a task under way carries on and its reply is
     journaled once space is back, when prompts run again."""
     routing = Routing(small_disk / "journal.db")
-    routing.online("a1", max_concurrent=1000)
+    for agent in range(20):  # room for every task
+        routing.online(f"a{agent}", max_concurrent=16)
     bus, journal = routing.bus, routing.coordinator.journal
     under_way = routing.send("echo under way")
     [task] = routing.tasks()
@@ -548,6 +596,7 @@ def test_a_full_journal_disk_answers_failed_at_once_and_recovers_by_itself(small
     for mid in range(1, 301):  # each prompt a few KB more in the journal, until the disk is full
         prompt = Prompt(prompt=f"echo {mid} " + "words " * 300, source=f"s{mid}")
         bus._handle_burst([(bus.topics.prompts, prompt.to_json(), mid, 1, routing.clock.now)])
+        routing.settle()
         if journal.unwritable:
             break
     assert journal.unwritable, "the journal never failed"
@@ -576,17 +625,20 @@ def test_a_journal_that_cannot_commit_for_another_reason_publishes_and_acknowled
     """Any other failure to commit: nothing goes out, nothing is acknowledged, the broker delivers again."""
     routing.online("a1")
     bus, journal = routing.bus, routing.coordinator.journal
-    journal._db.execute("CREATE TRIGGER refuse BEFORE INSERT ON tasks BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    journal._db.execute("CREATE TRIGGER refuse BEFORE INSERT ON prompts BEGIN SELECT RAISE(ABORT, 'refused'); END")
     prompt = Prompt(prompt="echo hi")
     before = len(bus.sent)
     bus._handle_burst([(bus.topics.prompts, prompt.to_json(), 7, 1, routing.clock.now)])
+    routing.settle()
     assert 7 not in bus.acked and not journal.unwritable
     [record] = [read(bus.topics, t, p) for t, p in bus.sent[before:]]
     assert isinstance(record, ErrorRecord) and "not journaled" in record.error
     journal._db.execute("DROP TRIGGER refuse")
     bus._handle_burst([(bus.topics.prompts, prompt.to_json(), 8, 1, routing.clock.now)])  # delivered again
+    routing.settle()
     assert 8 in bus.acked
     assert [t.prompt_id for t in routing.tasks()] == [prompt.id]
+
 
 
 # -- honest answers and limits (hardening issue) ------------------------------------------
@@ -700,12 +752,8 @@ def test_sources_are_served_in_turn_and_limited_in_rate(tmp_path):
     flood = [Prompt(prompt=f"echo flood {n}", source="flood") for n in range(8)]
     victim = Prompt(prompt="echo victim", source="victim")
     bus = routing.bus
-    burst = [(bus.topics.prompts, p.to_json(), 0, 0, routing.clock.now) for p in [*flood, victim]]
-    coordinator.intake.SLICE = 0.0  # one prompt per turn of the bus
-    bus._handle_burst(burst)
-    assert [t.args["text"] for t in routing.tasks()] == ["flood 0"]  # one understood, the rest wait their turn
-    for _ in range(5):
-        bus._handle_burst([("call", lambda: None, 0, 0, routing.clock.now)])
+    bus._handle_burst([(bus.topics.prompts, p.to_json(), 0, 0, routing.clock.now) for p in [*flood, victim]])
+    routing.settle()
     assert [t.args["text"] for t in routing.tasks()] == ["flood 0", "victim", "flood 1", "flood 2", "flood 3",
                                                          "flood 4"]
     rejected = [r for r in routing.replies() if r.status == "rejected"]
