@@ -230,7 +230,8 @@ def test_a_bad_spec_costs_its_own_capability_and_prompts_keep_being_answered(lam
     lam.publish(Presence(state="online", agent="odd", capabilities=offered))
     try:
         reply = lam.send("turn the volume up to thirty percent please", timeout=40)
-        assert (reply.status, reply.response) == ("failed", "No agent can do computer volume.")
+        assert (reply.status, reply.response) == ("failed", "No agent can do computer volume; start an agent with "
+                                                            "lam-agent -c computer.")
         assert lam.send("echo hello", timeout=40).response == "hello"
         errors = wait_until(lambda: [e.error for e in lam.recorder.parsed(ErrorRecord, lam.topics.errors)
                                      if e.component == "coordinator" and "agent odd" in e.error] or None, 20)
