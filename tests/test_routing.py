@@ -640,6 +640,24 @@ def test_a_journal_that_cannot_commit_for_another_reason_publishes_and_acknowled
     assert [t.prompt_id for t in routing.tasks()] == [prompt.id]
 
 
+def test_a_prompt_whose_understanding_cannot_be_committed_is_taken_up_again_from_the_journal(routing):
+    """The prompt is journaled, but the commit of what it was understood to ask for fails: nothing goes
+    out, the answer of the understanding thread is dropped with the state, and the prompt, read back
+    from the journal, is understood again and run once."""
+    routing.online("a1")
+    bus, journal = routing.bus, routing.coordinator.journal
+    journal._db.execute("CREATE TRIGGER refuse BEFORE INSERT ON tasks BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    prompt = routing.send("echo hi")
+    assert routing.tasks() == [] and routing.replies() == []
+    assert any("not journaled" in e.error for e in routing.sent(ErrorRecord))
+    journal._db.execute("DROP TRIGGER refuse")
+    routing.advance(0.1)
+    [task] = routing.tasks()
+    assert task.prompt_id == prompt.id
+    routing.say(task, "accepted")
+    routing.say(task, "succeeded", "hi")
+    assert [(r.prompt_id, r.status) for r in routing.replies()] == [(prompt.id, "succeeded")]
+
 
 # -- honest answers and limits (hardening issue) ------------------------------------------
 
