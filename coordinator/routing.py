@@ -231,6 +231,11 @@ class Router:
             log.info("ignoring %s from %s for task %s (now %s on %s)", result.state, result.agent,
                      result.task_id, job.state, job.agent)
             return
+        if result.state == ResultState.REJECTED and result.attempt < job.attempt:
+            # An earlier offer, delivered late (sent again after a reconnect): the agent may take this one.
+            log.info("ignoring %s's refusal of attempt %d of task %s: attempt %d is out with it", result.agent,
+                     result.attempt, result.task_id, job.attempt)
+            return
         if result.state == ResultState.ACCEPTED:
             job.state = ACCEPTED
             self.journal.update_task(job.task_id, ACCEPTED, job.agent, job.attempt)

@@ -495,6 +495,29 @@ def test_back_on_a_broker_that_kept_nothing_an_agent_is_asked_again_not_passed_o
     assert [(r.status, r.response) for r in routing.replies()] == [("succeeded", "hello")]
 
 
+def test_a_late_refusal_of_an_earlier_offer_leaves_the_task_with_its_agent(routing):
+    """Back on a broker that kept nothing, a1 is offered the task again (attempt 2). The first offer,
+    sent again by our MQTT client on reconnecting, reaches a1 after its window and a1 refuses it,
+    while it takes the second. That refusal is of an offer that is over: the task stays with a1 and
+    goes to no other agent, whichever of a1's words comes first."""
+    routing.online("a1")
+    routing.online("a2")
+    routing.send("echo hello")
+    [first] = routing.tasks()
+    routing.bus.session_present = False
+    routing.bus.handle("connect", b"")
+    routing.online("a1")
+    again = routing.tasks()[1]
+    assert (again.agent, again.attempt) == ("a1", 2)
+    late = Result(task_id=first.task_id, agent="a1", state="rejected", attempt=1,
+                  message="The task arrived after its dispatch window closed.")
+    routing.deliver(late)
+    routing.deliver(Result(task_id=first.task_id, agent="a1", state="accepted", attempt=2))
+    routing.deliver(late)
+    routing.deliver(Result(task_id=first.task_id, agent="a1", state="succeeded", message="hello", attempt=2))
+    assert [t.agent for t in routing.tasks()] == ["a1", "a1"]
+    assert [(r.status, r.response) for r in routing.replies()] == [("succeeded", "hello")]
+
 @pytest.mark.parametrize("restarted", [False, True])
 def test_back_on_a_broker_that_kept_nothing_a_task_finished_unheard(routing, restarted):
     """a1 accepted the task, finished it while we were away, and the broker lost its result. The
