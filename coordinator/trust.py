@@ -133,11 +133,12 @@ class Refusals:
 
 def vetted(presence: Presence, trust: Trust, refuse: Callable[[str], None]) -> Presence:
     """The presence with only the capabilities (and their names) the agent may offer; each refusal said,
-    and a size beyond what is counted (see the registry)."""
+    and a size beyond what is counted (see the registry). Why it left a capability out is kept only
+    for those it may offer: replies repeat it to people."""
     if presence.max_concurrent > MAX_CONCURRENT or presence.max_queued > MAX_QUEUED:
         refuse(f"agent {presence.agent} says it runs {presence.max_concurrent} tasks at once and queues "
                f"{presence.max_queued}; I count at most {MAX_CONCURRENT} and {MAX_QUEUED}")
-    if not presence.capabilities and not presence.vocabulary:
+    if not presence.capabilities and not presence.vocabulary and not presence.unavailable:
         return presence
     allowed = {}
     for capability in {*presence.capabilities, *presence.vocabulary}:
@@ -145,7 +146,8 @@ def vetted(presence: Presence, trust: Trust, refuse: Callable[[str], None]) -> P
         if why:
             refuse(why)
         allowed[capability] = not why
-    if all(allowed.values()):
+    unavailable = {c: why for c, why in presence.unavailable.items() if not trust.refusal(presence.agent, c)}
+    if all(allowed.values()) and unavailable == presence.unavailable:
         return presence
     return replace(presence, capabilities={c: a for c, a in presence.capabilities.items() if allowed[c]},
-                   vocabulary={c: n for c, n in presence.vocabulary.items() if allowed[c]})
+                   vocabulary={c: n for c, n in presence.vocabulary.items() if allowed[c]}, unavailable=unavailable)
