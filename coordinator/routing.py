@@ -262,9 +262,10 @@ class Router:
 
         First heard since we came back to a broker that kept nothing for us, the agent is offered
         again what it holds of ours, as its word on it may have been lost: the tasks we did not hear
-        it accept, and, when it is the same process (``started``) and no longer runs them, the ones
-        it did. An agent that took a task answers from what became of it; never having had it, it
-        takes it now. A restarted agent is not asked about what it accepted: it could not know."""
+        it accept, and, when it is the same process (``started``), the ones it did, finished or still
+        running (a result it sends before we are subscribed again is lost too). An agent that took a
+        task answers from what became of it, at once or when it ends; never having had it, it takes
+        it now. A restarted agent is not asked about what it accepted: it could not know."""
         agent_id = presence.agent
         for task_id in presence.running:
             run, job = self.jobs.get(task_id, (None, None))
@@ -279,8 +280,7 @@ class Router:
             if job.agent != agent_id or now >= run.deadline:
                 continue
             same_process = bool(presence.started) and job.agent_started == presence.started
-            finished_unheard = job.state == ACCEPTED and same_process and job.task_id not in presence.running
-            if job.state == DISPATCHED or finished_unheard:
+            if job.state == DISPATCHED or (job.state == ACCEPTED and same_process):
                 log.info("task %s: offered to %s again, its word may have been lost", job.task_id, agent_id)
                 self._offer(run, job, now)
 

@@ -545,6 +545,25 @@ def test_back_on_a_broker_that_kept_nothing_a_task_finished_unheard(routing, res
     assert [(r.status, r.response) for r in routing.replies()] == [("succeeded", "hello")]
 
 
+def test_back_on_a_broker_that_kept_nothing_a_task_still_running_is_asked_about_too(routing):
+    """a1 lists the task as running when first heard from, then finishes it before we are subscribed
+    to the new broker, which drops its result. Asked again at once, the same a1 process says it took
+    the task and, when it ends, how it ended: the prompt is answered, not failed at its deadline."""
+    routing.deliver(Presence(state="online", agent="a1", capabilities=ECHO, max_concurrent=4, started=100.0))
+    routing.send("echo sleep 1 hello", timeout=5.0)
+    [task] = routing.tasks()
+    routing.say(task, "accepted")
+    routing.bus.session_present = False
+    routing.bus.handle("connect", b"")
+    routing.deliver(Presence(state="online", agent="a1", capabilities=ECHO, max_concurrent=4, started=100.0,
+                             running=[task.task_id]))
+    again = routing.tasks()[1]
+    assert (again.task_id, again.agent, again.attempt) == (task.task_id, "a1", 2)
+    routing.say(again, "accepted")
+    routing.say(again, "succeeded", "hello")
+    assert [(r.status, r.response) for r in routing.replies()] == [("succeeded", "hello")]
+
+
 def test_back_on_a_broker_that_kept_our_session_nobody_is_asked_again(routing):
     routing.online("a1")
     routing.send("echo hello")
