@@ -1,7 +1,7 @@
 """Intake: what a prompt asks for, held for confirmation when it is risky, then handed to the router.
 
 Prompts wait to be understood in a queue per source, served in turn (round robin): a source that
-sends a thousand prompts delays another's by at most a couple of its own. Each source may send
+sends a thousand prompts delays another's by at most a few of its own. Each source may send
 ``source_burst`` prompts at once and ``source_rate`` a second after that; more are answered
 `rejected` before they are journaled, so a flood grows neither the queues nor the journal.
 
@@ -138,7 +138,9 @@ class Intake:
     pending: dict[str, tuple[Prompt, float, int]] = field(default_factory=dict)
     limit: RateLimit = field(init=False)
 
-    AHEAD = 2  # prompts handed to the understanding thread at once: while one is understood, the next waits there
+    # Prompts handed to the understanding thread at once: enough that it never waits for the bus thread to
+    # hand over the next (fewer cost a fifth of the pipelined rate), few enough that a source's turn comes soon.
+    AHEAD = 4
 
     def __post_init__(self) -> None:
         self.held, self.transcripts = BySource(self.settings.sources), BySource(self.settings.sources)

@@ -16,7 +16,7 @@ memory: what is under way carries on, each new prompt is answered `failed` at on
 disk, and every few seconds the journal tries to write again, until it can.
 
 Prompts are journaled as they arrive, then wait in a queue per source; after each transaction
-the prompts whose turn it is go to the understanding thread (:mod:`.intake`), a couple at a
+the prompts whose turn it is go to the understanding thread (:mod:`.intake`), a few at a
 time: a flood of prompts neither holds up the results behind it on the bus nor another
 source's prompts. Each message carries the time the bus received it; deadlines and accept
 windows are judged by that time, not by when a busy coordinator got round to it.
