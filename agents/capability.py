@@ -120,8 +120,9 @@ class Capability:
     def examples(cls) -> tuple[tuple[str, ...], ...]:
         """What people say for it: ``<module>.examples.tsv`` beside the module that defines the class
         (``sentence<TAB>rigid command``), if there is one."""
-        path = Path(sys.modules[cls.__module__].__file__ or "").with_suffix(".examples.tsv")
-        return read_examples(path.read_text(encoding="utf-8")) if path.is_file() else ()
+        source = getattr(sys.modules.get(cls.__module__), "__file__", None)  # None for a class made at run time
+        path = Path(source).with_suffix(".examples.tsv") if source else None
+        return read_examples(path.read_text(encoding="utf-8")) if path and path.is_file() else ()
 
     def advertised_spec(self) -> CapabilitySpec:
         """The spec this agent advertises: the offered actions, with the names it knows now."""

@@ -17,10 +17,12 @@ from .runtime import Agent
 log = logging.getLogger("lam-agent")
 
 
-def load_capabilities(names: list[str], settings: dict, optional: bool = False) -> dict[str, capability.Capability]:
-    """The capabilities that can run here; each one that cannot is logged with the reason
-    (as an error when it was asked for by name, as a note when ``optional``)."""
-    loaded = {}
+def load_capabilities(names: list[str], settings: dict,
+                      optional: bool = False) -> tuple[dict[str, capability.Capability], dict[str, str]]:
+    """The capabilities that can run here, and why each other one cannot (its sentence says the fix;
+    the agent tells the coordinator, whose replies repeat it). Each left out is logged, as an error
+    when it was asked for by name, as a note when ``optional``."""
+    loaded, left_out = {}, {}
     for name in names:
         try:
             cap = capability.load(name)(settings.get(name, {}))
@@ -28,10 +30,11 @@ def load_capabilities(names: list[str], settings: dict, optional: bool = False) 
             cap.start()
         except (capability.Unavailable, ValueError) as exc:
             log.log(logging.INFO if optional else logging.ERROR, "not offering %s: %s", name, exc)
+            left_out[name] = str(exc)
             continue
         loaded[name] = cap
         log.info("offering %s: %s", name, ", ".join(cap.actions()))
-    return loaded
+    return loaded, left_out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,15 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lam-agent: {exc}", file=sys.stderr)
         return 2
     if args.all:
-        capabilities = load_capabilities(lamconfig.installed_capabilities(), cfg["capabilities"], optional=True)
+        capabilities, left_out = load_capabilities(lamconfig.installed_capabilities(), cfg["capabilities"],
+                                                   optional=True)
     else:
-        capabilities = load_capabilities(args.capability or section["capabilities"], cfg["capabilities"])
+        capabilities, left_out = load_capabilities(args.capability or section["capabilities"], cfg["capabilities"])
     if not capabilities:
         print("lam-agent: no capability can run here (see the messages above)", file=sys.stderr)
         return 2
     agent = Agent(agent_id, capabilities, settings, max_concurrent=args.max_concurrent or section["max_concurrent"],
                   heartbeat=float(section["heartbeat"]), stop_grace=float(section["stop_grace"]),
-                  max_queued=section["max_queued"] if args.max_queued is None else args.max_queued)
+                  max_queued=section["max_queued"] if args.max_queued is None else args.max_queued, left_out=left_out)
     agent.start()
     run_service(agent.bus.ready.is_set, agent.stop, f"agent {agent_id}")
     return 0

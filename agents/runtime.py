@@ -9,7 +9,8 @@ pace it will run them before their deadline; otherwise it answers ``rejected`` (
 coordinator can look elsewhere. Duplicate deliveries (QoS 1 is at-least-once) of one attempt
 are dropped; a task that arrives after its dispatch window is rejected. A task accepted here is
 never run twice: offered again (the coordinator missed our word), it is answered from what
-became of it.
+became of it. What the capability's own spec marks high-risk (a shutdown) runs only when the
+task says its prompt was confirmed, whatever risk the coordinator gave it.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import Callable
 
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus
-from lamcontrol.language import advertisement
-from lamcontrol.protocol import Presence, PresenceState, Result, ResultState, Task, check_agent_id
+from lamcontrol.language import ArgumentError, advertisement
+from lamcontrol.protocol import Presence, PresenceState, Result, ResultState, Risk, Task, check_agent_id
 
 from .capability import Capability, TaskFailed
 
@@ -42,9 +43,12 @@ class Agent:
 
     def __init__(self, agent_id: str, capabilities: dict[str, Capability], settings: BrokerSettings,
                  max_concurrent: int = 4, heartbeat: float = 30.0, stop_grace: float = 10.0,
-                 max_queued: int = 8, bus_factory: Callable[..., Bus] = Bus) -> None:
+                 max_queued: int = 8, bus_factory: Callable[..., Bus] = Bus,
+                 left_out: dict[str, str] | None = None) -> None:
         self.id = check_agent_id(agent_id)
         self.capabilities = capabilities
+        self.left_out = left_out or {}  # capability -> why it could not run here (said in presence)
+        self._specs = {name: capability.spec() for name, capability in capabilities.items()}  # their own risks
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
         self.heartbeat = heartbeat
@@ -78,7 +82,7 @@ class Agent:
         with self._lock:
             running = sorted(self._running) if online else []
         return Presence(state=state, agent=self.id, capabilities=capabilities, vocabulary=vocabulary,
-                        load=len(self._running), running=running,
+                        load=len(self._running), running=running, unavailable=self.left_out if online else {},
                         max_concurrent=self.max_concurrent, max_queued=self.max_queued, host=self.host,
                         version=__version__, heartbeat=self.heartbeat, started=self.started)
 
@@ -145,6 +149,12 @@ class Agent:
         if refusal:
             self._publish(task, ResultState.REJECTED, refusal)
             return
+        if self._unconfirmed(task):
+            log.warning("task %s (%s) is high-risk and its prompt was not confirmed: refused", task.task_id,
+                        task.command)
+            self._publish(task, ResultState.REJECTED, f"{task.command or task.action} needs your confirmation "
+                          "first; I did nothing.", {"needs_confirmation": True})
+            return
         with self._lock:
             self._running[task.task_id] = self._queued[task.task_id] = task
             remember(self._accepted, task.task_id, None)
@@ -171,6 +181,20 @@ class Agent:
         if len(self._running) - len(self._queued) >= self.max_concurrent and not self._may_queue(task):
             return "The agent is busy."
         return ""
+
+    def _unconfirmed(self, task: Task) -> bool:
+        """The task is high-risk by this agent's own spec of the action (never the coordinator's word), and
+        the person did not confirm its prompt."""
+        if task.confirmed:
+            return False
+        action = self._specs[task.capability].action(task.action)
+        if action is None:
+            return False
+        try:
+            args = action.check(task.args)
+        except ArgumentError:
+            args = task.args  # it will fail with a sentence; judge the risk on what was sent
+        return action.risk_of(args) == Risk.HIGH
 
     def _may_queue(self, task: Task) -> bool:
         """Room in the queue, and by the recent pace the task would run before its deadline (after the

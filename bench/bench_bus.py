@@ -191,7 +191,9 @@ def lam_system(port: int, broker: int, workdir: Path, limits: list[str], distinc
     url = f"mqtt://127.0.0.1:{port}"
     env = {**os.environ, "LAM_STATE_DIR": str(workdir)}
     config = workdir / "bench.toml"
-    config.write_text(f'[broker]\nurl = "{url}"\n[coordinator]\njournal = "{workdir / "journal.db"}"\n')
+    # One source sends everything: no rate limit, as the pipeline is what is measured.
+    config.write_text(f'[broker]\nurl = "{url}"\n[coordinator]\njournal = "{workdir / "journal.db"}"\n'
+                      'source_rate = 0\n')
     quiet = subprocess.DEVNULL if log_level == "INFO" else None
     processes = [subprocess.Popen([sys.executable, "-m", module, "--config", str(config), "--log-level", log_level,
                                    *extra], cwd=ROOT, env=env, stderr=quiet)

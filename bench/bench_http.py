@@ -81,7 +81,7 @@ def start_system(broker_port: int, workdir: Path) -> tuple[list[subprocess.Popen
     env = {**os.environ, "LAM_STATE_DIR": str(workdir), "PYTHONUNBUFFERED": "1"}
     config = workdir / "bench.toml"
     config.write_text(f'[broker]\nurl = "{url}"\n[coordinator]\njournal = "{workdir / "journal.db"}"\n'
-                      f'[bridge]\nthreads = {THREADS}\n')
+                      f'source_rate = 0\n[bridge]\nthreads = {THREADS}\n')  # one source: the pipeline, unlimited
     bridge_port = free_port()
     common = ["--config", str(config), "--log-level", "WARNING"]
     processes = [subprocess.Popen([sys.executable, "-m", "lamcontrol.coordinator.main", *common], cwd=ROOT, env=env),

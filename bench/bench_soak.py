@@ -75,8 +75,9 @@ def main() -> int:
     users = ",".join(["coordinator", "client:load", *(f"agent:{a}:echo" for a in agents)])
     prefix = f"s{uuid.uuid4().hex[:8]}"
     broker = Broker(args.broker, folder, prefix, users, "--legacy-results")
+    limits = "source_rate = 0\n"  # the soak measures the pipeline, not the per-source rate limit
     system = System(broker, folder, ack_timeout=5.0,
-                    coordinator_settings=f"sources = {args.sources}\n" if args.sources else "")
+                    coordinator_settings=limits + (f"sources = {args.sources}\n" if args.sources else ""))
     try:
         system.coordinator()
         for agent in agents:

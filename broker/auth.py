@@ -17,15 +17,14 @@ when they change: a user added by ``lam join`` can connect without a restart.
 from __future__ import annotations
 
 import ipaddress
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from amqtt.contexts import Action
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
-from amqtt.plugins.topic_checking import TopicAccessControlListPlugin
 from amqtt.session import Session
+
+from lamcontrol.acl import Reloading, parse_acl
 
 
 class NamedSessionAuth(BaseAuthPlugin):
@@ -62,25 +61,6 @@ def is_local(session: Session) -> bool:
         return False
 
 
-class Reloading:
-    """A file's parsed content, read again whenever its modification time changes."""
-
-    def __init__(self, path: str, parse: Any) -> None:
-        self.path, self.parse = Path(path), parse
-        self.stamp: float | None = None
-        self.value = parse("")
-
-    def get(self) -> Any:
-        try:
-            stamp = os.stat(self.path).st_mtime_ns
-        except OSError:
-            stamp = None
-        if stamp != self.stamp:
-            self.stamp = stamp
-            self.value = self.parse(self.path.read_text() if stamp is not None else "")
-        return self.value
-
-
 def parse_hashes(text: str) -> dict[str, str]:
     pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
     return {user.strip(): hashed.strip() for user, hashed in pairs}
@@ -113,31 +93,6 @@ class PasswordFileAuth(BaseAuthPlugin):
         allow_anonymous: bool = False
 
 
-@dataclass
-class Rule:
-    access: str  # read, write or readwrite
-    topic: str
-    pattern: bool = False  # %u and %c stand for the user and the client id
-
-
-def parse_acl(text: str) -> tuple[dict[str, list[Rule]], list[Rule]]:
-    """(rules per user, pattern rules for everyone) of a Mosquitto ACL file."""
-    users: dict[str, list[Rule]] = {}
-    patterns: list[Rule] = []
-    current: list[Rule] | None = None
-    for line in text.splitlines():
-        words = line.split(None, 2)
-        if not words or words[0].startswith("#"):
-            continue
-        if words[0] == "user" and len(words) > 1:
-            current = users.setdefault(line.split(None, 1)[1].strip(), [])
-        elif words[0] in ("topic", "pattern") and len(words) > 1:
-            access, topic = (words[1], words[2]) if len(words) == 3 else ("readwrite", words[1])
-            rule = Rule(access, topic.strip(), words[0] == "pattern")
-            (patterns if rule.pattern else current if current is not None else []).append(rule)
-    return users, patterns
-
-
 class AclFileCheck(BaseTopicPlugin):
     """Each user to the topics its ACL entry gives; nameless local clients (allowed by the auth) everywhere."""
 
@@ -153,15 +108,8 @@ class AclFileCheck(BaseTopicPlugin):
             return False
         if session.is_anonymous or not session.username:
             return is_local(session)
-        users, patterns = self.acl.get()
         needed = "write" if action == Action.PUBLISH else "read"
-        for rule in [*users.get(session.username, []), *patterns]:
-            allowed = rule.topic
-            if rule.pattern:
-                allowed = allowed.replace("%u", session.username).replace("%c", session.client_id or "")
-            if needed in rule.access and TopicAccessControlListPlugin.topic_ac(topic, allowed):
-                return True
-        return False
+        return self.acl.get().allows(session.username, topic, needed, session.client_id or "")
 
     @dataclass
     class Config:

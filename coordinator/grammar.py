@@ -28,6 +28,7 @@ class Command:
     idempotent: bool = False
     photo: str = ""  # the argument that receives the prompt's photo, if the action takes one
     shows: bool = False  # it only shows or tells something (ActionSpec.shows)
+    confirmed: bool = False  # its source confirmed it (a high-risk command runs only then)
 
     def to_dict(self) -> dict:
         data = {"command": self.text, "capability": self.capability, "action": self.action, "args": self.args}

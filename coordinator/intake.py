@@ -1,10 +1,25 @@
-"""Intake: what a prompt asks for, held for confirmation when it is risky, then handed to the router."""
+"""Intake: what a prompt asks for, held for confirmation when it is risky, then handed to the router.
+
+Prompts wait to be understood in a queue per source, served in turn (round robin): a source that
+sends a thousand prompts delays another's by at most a few of its own. Each source may send
+``source_burst`` prompts at once and ``source_rate`` a second after that; more are answered
+`rejected` before they are journaled, so a flood grows neither the queues nor the journal.
+
+Understanding a prompt (making the language of what is online, matching templates, asking Groq)
+takes time, so it never runs on the bus thread, whose silence the broker would take for a dead
+coordinator: :meth:`Intake.serve` hands the prompts whose turn it is to one understanding thread,
+a few at a time, and each result comes back to the bus thread (:meth:`Intake.understood`), where
+the next prompt in turn is handed over. A prompt still waiting, or still being understood, at
+its deadline is answered then.
+"""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from lamcontrol.protocol import Prompt, PromptStatus, Risk
@@ -17,11 +32,14 @@ from .registry import Registry
 from .routing import Reply
 from .runs import Held
 from .settings import Clock, Settings
-from .specs import SpecStore
+from .specs import Offer, SpecStore
 
 log = logging.getLogger(__name__)
 
 Start = Callable[[Prompt, float, list[Command], str], None]
+Defer = Callable[[Callable[[], None]], None]  # hands a call to the bus thread (Bus.defer)
+TOO_SLOW = "I could not understand that in time; I did nothing."
+TOO_MANY = "Too many prompts were ahead of this one to get to it before its deadline; I did nothing."
 
 
 class BySource(OrderedDict):
@@ -38,6 +56,68 @@ class BySource(OrderedDict):
             self.popitem(last=False)
 
 
+class RateLimit:
+    """A token bucket per source: ``burst`` prompts at once, then ``rate`` a second (0: no limit)."""
+
+    def __init__(self, rate: float, burst: float, sources: int) -> None:
+        self.rate, self.burst = rate, max(1.0, burst)
+        self._buckets = BySource(sources)  # source -> (tokens, when counted)
+
+    def allow(self, source: str, now: float) -> bool:
+        if self.rate <= 0:
+            return True
+        tokens, counted = self._buckets.get(source, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - counted) * self.rate)
+        allowed = tokens >= 1
+        self._buckets[source] = (tokens - allowed, now)
+        return allowed
+
+
+class FairQueue:
+    """Prompts waiting to be understood: a queue per source, each source served one prompt in turn."""
+
+    def __init__(self) -> None:
+        self._queues: OrderedDict[str, deque[tuple[Prompt, float]]] = OrderedDict()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def put(self, prompt: Prompt, deadline: float) -> None:
+        self._queues.setdefault(prompt.source, deque()).append((prompt, deadline))
+        self._count += 1
+
+    def take(self) -> tuple[Prompt, float] | None:
+        """The oldest prompt of the source whose turn it is; that source goes to the back."""
+        if not self._queues:
+            return None
+        source, queue = next(iter(self._queues.items()))
+        taken = queue.popleft()
+        self._count -= 1
+        if queue:
+            self._queues.move_to_end(source)
+        else:
+            del self._queues[source]
+        return taken
+
+    def expired(self, now: float) -> list[Prompt]:
+        """Take out the prompts whose deadline has passed."""
+        gone = []
+        for source, queue in list(self._queues.items()):
+            kept = deque(item for item in queue if item[1] > now)
+            gone += [prompt for prompt, deadline in queue if deadline <= now]
+            if kept:
+                self._queues[source] = kept
+            else:
+                del self._queues[source]
+        self._count -= len(gone)
+        return gone
+
+    def clear(self) -> None:
+        self._queues.clear()
+        self._count = 0
+
+
 @dataclass(eq=False)
 class Intake:
     """Turns each new prompt into commands, or into a question, a refusal or a cancellation."""
@@ -49,27 +129,95 @@ class Intake:
     start: Start
     reply: Reply
     events: Events
+    defer: Defer
     specs: SpecStore = field(default_factory=SpecStore)  # what the online agents understand
     held: BySource = field(init=False)  # commands waiting for their source to confirm
     transcripts: BySource = field(init=False)  # recent commands by source, for the parser
     asked: BySource = field(init=False)  # the prompt a question back answered, and until when, by source
+    waiting: FairQueue = field(default_factory=FairQueue)  # journaled, not handed over yet
+    # Prompts being understood: id -> (prompt, deadline, token); an answer whose token differs is stale.
+    pending: dict[str, tuple[Prompt, float, int]] = field(default_factory=dict)
+    limit: RateLimit = field(init=False)
+
+    # Prompts handed to the understanding thread at once: enough that it never waits for the bus thread to
+    # hand over the next (fewer cost a fifth of the pipelined rate), few enough that a source's turn comes soon.
+    AHEAD = 4
 
     def __post_init__(self) -> None:
         self.held, self.transcripts = BySource(self.settings.sources), BySource(self.settings.sources)
         self.asked = BySource(self.settings.sources)
+        self.limit = RateLimit(self.settings.source_rate, self.settings.source_burst, self.settings.sources)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="understanding")
+        self._tokens = itertools.count()
+        self._last: Future | None = None
 
-    def handle(self, prompt: Prompt, deadline: float) -> None:
+    def refusal(self, prompt: Prompt, now: float) -> str:
+        """Why the prompt is refused before it is journaled ('' when it is taken)."""
+        if not self.limit.allow(prompt.source, now):
+            return (f"Too many prompts from {prompt.source}: at most {self.settings.source_rate:g} a second "
+                    f"after {self.settings.source_burst:g} at once. Try again in a moment.")
+        if len(self.waiting) >= self.settings.max_waiting:
+            return "I have too many prompts waiting to be understood. Try again in a moment."
+        return ""
+
+    def serve(self) -> None:
+        """Hand the understanding thread the prompts whose turn it is, up to ``AHEAD`` there at once
+        (bus thread: takes what each needs, then returns)."""
+        while len(self.pending) < self.AHEAD and (taken := self.waiting.take()) is not None:
+            prompt, deadline = taken
+            token = next(self._tokens)
+            self.pending[prompt.id] = (prompt, deadline, token)
+            offer = self.specs.offer(self.registry)
+            context = Context(source=prompt.source, transcript=list(self.transcripts.get(prompt.source, ())),
+                              known=offer.known, vocabulary=offer.names, photo=bool(prompt.metadata.image))
+            asked = self.asked.pop(prompt.source, None)
+            answering = asked[0] if asked and asked[1] >= self.clock.time() else ""
+            self._last = self._worker.submit(self._understand, prompt, token, offer, context, answering)
+
+    def prepare(self) -> None:
+        """Make the language of what is online now, on the understanding thread: what changed is judged
+        (and any refusal said) before a prompt needs it."""
+        self._last = self._worker.submit(self._prepare, self.specs.offer(self.registry))
+
+    def _prepare(self, offer: Offer) -> None:
+        try:
+            self.specs.build(offer)
+        except Exception:
+            log.exception("cannot make the language of what is online")
+
+    def _understand(self, prompt: Prompt, token: int, offer: Offer, context: Context, answering: str = "") -> None:
+        """On the understanding thread: the prompt's commands, handed back to the bus thread. Right after a
+        question back ("What should I search for?") the prompt is first read as its answer ("search for"
+        + "cheap flights")."""
+        try:
+            context.language = self.specs.build(offer)
+            result = self.parser.parse(f"{answering} {prompt.prompt}", context) if answering else None
+            if result is None or not result.commands:
+                result = self.parser.parse(prompt.prompt, context)
+            failed = False
+        except Exception:
+            log.exception("parser %s failed; falling back to the command grammar", self.parser.name)
+            result, failed = parse_chain(prompt.prompt, offer.known, offer.names), True
+        self.defer(lambda: self.understood(prompt.id, token, result, failed))
+
+    def understood(self, prompt_id: str, token: int, result: ParseResult, failed: bool = False) -> None:
+        """What a prompt asks for, back on the bus thread: confirm or cancel what its source holds, ask
+        for a confirmation, refuse, or start it."""
+        entry = self.pending.get(prompt_id)
+        if entry is None or entry[2] != token:
+            return  # answered at its deadline meanwhile, or handed over again since
+        del self.pending[prompt_id]
+        prompt, deadline, _ = entry
         source = prompt.source
         held = self.held.pop(source, None)
         if held and held.expires >= self.clock.time():
             if is_confirmation(prompt.prompt):
-                self._start(prompt, deadline, held.commands, held.note)
+                self._start(prompt, deadline, [replace(c, confirmed=True) for c in held.commands], held.note)
                 return
             if is_cancellation(prompt.prompt):
                 self.reply(prompt.id, PromptStatus.IGNORED, "Cancelled.", [])
                 return
-        asked = self.asked.pop(source, None)
-        result = self._parse(prompt, asked if asked and asked[1] >= self.clock.time() else None)
+        self.events.emit(PromptParsed(prompt, result, failed))
         window = self.settings.confirm_window
         if result.asks:  # a question back: the next prompt from this source may answer it
             self.asked[source] = (prompt.prompt, self.clock.time() + window)
@@ -77,7 +225,7 @@ class Intake:
             self.reply(prompt.id, PromptStatus.IGNORED, result.reason or "That is not something I can do.", [])
             return
         risky = [c for c in result.commands if c.risk == Risk.HIGH]
-        if risky or result.question:
+        if risky or result.question:  # a power command, or a likely reading: asked about first
             self.held[source] = Held(prompt, result.commands, self.clock.time() + window, result.note)
             what = " and ".join(c.text for c in risky)
             self.reply(prompt.id, PromptStatus.NEEDS_CONFIRMATION,
@@ -86,34 +234,41 @@ class Intake:
             return
         self._start(prompt, deadline, result.commands, result.note)
 
-    def _parse(self, prompt: Prompt, asked: tuple[str, float] | None = None) -> ParseResult:
-        """The prompt's reading; right after a question back ("What should I search for?"), the prompt
-        read as the answer to it ("search for" + "cheap flights") when that makes commands."""
-        context = Context(source=prompt.source, transcript=list(self.transcripts.get(prompt.source, ())),
-                          known=self.registry.offers, vocabulary=self.registry.vocabulary(),
-                          language=self.specs.language(self.registry), photo=bool(prompt.metadata.image))
-        try:
-            if asked:
-                answered = self.parser.parse(f"{asked[0]} {prompt.prompt}", context)
-                if answered.commands:
-                    self.events.emit(PromptParsed(prompt, answered, False))
-                    return answered
-            result, failed = self.parser.parse(prompt.prompt, context), False
-        except Exception:
-            log.exception("parser %s failed; falling back to the command grammar", self.parser.name)
-            result, failed = parse_chain(prompt.prompt, self.registry.offers), True
-        self.events.emit(PromptParsed(prompt, result, failed))
-        return result
-
     def _start(self, prompt: Prompt, deadline: float, commands: list[Command], note: str) -> None:
         transcript = self.transcripts.pop(prompt.source, None) or deque(maxlen=self.settings.transcript)
         transcript.extend(c.text for c in commands)
         self.transcripts[prompt.source] = transcript
         self.start(prompt, deadline, commands, note)
 
-    def expire(self) -> None:
-        """Forget held commands nobody confirmed in time."""
-        now = self.clock.time()
+    def expire(self, now: float) -> None:
+        """Forget held commands nobody confirmed in time; answer the prompts whose deadline passed
+        before they were understood."""
         for source, held in list(self.held.items()):
             if held.expires < now:
                 del self.held[source]
+        for prompt in self.waiting.expired(now):
+            self.reply(prompt.id, PromptStatus.FAILED, TOO_MANY, [])
+        for prompt_id, (prompt, deadline, _) in list(self.pending.items()):
+            if deadline <= now:
+                del self.pending[prompt_id]
+                log.warning("prompt %s was not understood by its deadline", prompt_id)
+                self.reply(prompt_id, PromptStatus.FAILED, TOO_SLOW, [])
+
+    def clear(self) -> None:
+        """Forget the prompts waiting and those handed over (their answers will be dropped)."""
+        self.waiting.clear()
+        self.pending.clear()
+
+    def settled(self, timeout: float = 30.0) -> bool:
+        """True once every prompt handed over has been understood (its answer handed to the bus thread)."""
+        last = self._last
+        if last is None:
+            return True
+        try:
+            last.result(timeout)
+        except Exception:
+            return last.done()
+        return True
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)

@@ -30,7 +30,7 @@ from lamcontrol.language import (ActionSpec, ArgumentError, CapabilitySpec, Reco
                                  read_examples, rigid_only)
 
 from .grammar import Command, GrammarError, Known, ParseResult
-from .matcher import NONE, NOT_NAMES, Reader, build_intents, plain_of
+from .matcher import NONE, NOT_NAMES, Reader, _Sentences, build_intents, plain_of
 from .words import trimmed, words
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class _Said(dict):
 @lru_cache(maxsize=8)
 def not_commands(held_out: frozenset[str] = frozenset()) -> dict[str, list[tuple[str, ...]]]:
     """Sentences that are no command for anyone (as model tokens), by kind (a question, an alarm, ...)."""
-    kinds: dict[str, list[tuple[str, ...]]] = {}
+    kinds: dict[str, list[tuple[str, ...]]] = _Sentences()
     for said, kind, *source in read_examples(NOT_COMMANDS.read_text(encoding="utf-8")):
         if not (source and source[0] in held_out):
             kinds.setdefault(kind, []).append(plain_of(said))
@@ -176,8 +176,8 @@ class Language:
         return cls({**merged, **specs}, names, online)
 
     def compile(self) -> None:
-        """Build everything reading needs now (templates compiled, the learned reader trained), not at
-        the first prompt."""
+        """Build everything reading needs now, raising what hassil raises: every sentence template parsed
+        (hassil parses them when first matched) and the learned reader trained, not at the first prompt."""
         for intents, *_ in self._intents.values():
             for intent in intents.intents.values():
                 for data in intent.data:
@@ -473,6 +473,10 @@ class Language:
         if best.ok and rivals:
             best.how = AMBIGUOUS
         return best
+
+    def spelled(self, text: str) -> list[Command]:
+        """The commands of the first reading the templates alone (no learned reader) make of the whole text."""
+        return next((r.commands for r in self._readings(TRAILING.sub("", text.strip())) + self._assist(text) if r.ok), [])
 
     def _readings(self, text: str, capabilities: set[str] | None = None) -> list[Reading]:
         """What the templates of these capabilities (default: all) spell out for the clause, without the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import sys
 
 from lamcontrol import config as lamconfig
@@ -13,6 +15,9 @@ from .journal import Journal
 from .parsing import build_parser
 from .service import Coordinator
 from .settings import Settings
+from .trust import Trust
+
+log = logging.getLogger("lam-coordinator")
 
 
 EXTENSIONS = (discovery.extension, metrics.extension)  # each: the config -> a factory, or None when off
@@ -21,9 +26,18 @@ EXTENSIONS = (discovery.extension, metrics.extension)  # each: the config -> a f
 def build(cfg: dict) -> Coordinator:
     """A coordinator configured from a loaded config, with the extensions the config turns on."""
     section = cfg["coordinator"]
-    journal = Journal(lamconfig.state_path("coordinator", "journal", section["journal"]), float(section["journal_days"]))
-    coordinator = Coordinator(BrokerSettings.from_config(cfg), build_parser(cfg), journal,
-                              Settings.from_config(section))
+    path = lamconfig.state_path("coordinator", "journal", section["journal"])
+    try:
+        journal = Journal(path, float(section["journal_days"]), int(section["journal_max_prompts"]))
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise lamconfig.ConfigError(f"cannot write the journal {path} ({reason}): make its folder writable, or name "
+                                    f"another file with --journal or [coordinator] journal") from None
+    broker = BrokerSettings.from_config(cfg)
+    trust = Trust.from_config(cfg, broker)
+    log.info("%s", trust.describe())
+    coordinator = Coordinator(broker, build_parser(cfg), journal, Settings.from_config(section), trust=trust,
+                              approved_specs=map(str, section["approved_specs"]))
     for configured in EXTENSIONS:
         factory = configured(cfg)
         if factory is not None:

@@ -25,6 +25,7 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Iterable
 
 from hassil.expression import Alternative, Group, ListReference, Permutation, RuleReference, TextChunk
@@ -247,21 +248,29 @@ def features(sentence: tuple[str, ...]) -> list[str]:
 
 # -- reading ------------------------------------------------------------------------------
 
+VOCABULARY = 4000  # words any model may meet: an unknown word costs 1/VOCABULARY at the bottom of each
+
+
+class _Sentences(dict):
+    """Sentences by kind, hashable by identity (one per held-out set), so their models are made once."""
+
+    __hash__ = object.__hash__
+
+
+@lru_cache(maxsize=8)
+def _none_models(not_commands: _Sentences) -> dict[str, NGrams]:
+    return {kind: NGrams(sentences, VOCABULARY) for kind, sentences in not_commands.items() if sentences}
+
+
 class Reader:
     """The intents' models and the ``none`` model; :meth:`read` scores a sentence's readings."""
 
     def __init__(self, intents: list[Intent], not_commands: dict[str, list[tuple[str, ...]]],
                  names: set[str] = frozenset()) -> None:
         self.intents = [i for i in intents if i.frames]
-        known = {t for i in self.intents for f in i.frames for t in f} | \
-            {t for sentences in not_commands.values() for s in sentences for t in s}
         for intent in self.intents:
-            for slot in intent.slots.values():
-                known |= {t for phrase in slot.phrases for t in phrase}
-        size = len(known) * 2 + 1000
-        for intent in self.intents:
-            intent.model = NGrams(intent.frames, size)
-        self.nones = {kind: NGrams(sentences, size) for kind, sentences in not_commands.items() if sentences}
+            intent.model = NGrams(intent.frames, VOCABULARY)
+        self.nones = _none_models(not_commands)
         # Every command intent is as likely as the next; all sentences that are no command together weigh
         # NONE_SHARE of that, whatever the number of kinds they come in.
         self.prior = -math.log(max(len(self.intents), 1) + NONE_SHARE)
@@ -273,13 +282,12 @@ class Reader:
                         **{f"{NONE}:{kind}": sentences for kind, sentences in not_commands.items() if sentences}},
                        {**{i.key: self.prior for i in self.intents},
                         **{f"{NONE}:{kind}": self.none_prior for kind in not_commands}})
-        self.size = size
         # What speech to text mishears: the words the capabilities' templates and commands are made of.
         self.respeller = Respeller({i.capability for i in self.intents} | names |
                                    {t for i in self.intents for f in i.templated for t in f if not t.startswith("{")},
                                    {pair for i in self.intents for f in i.templated for pair in zip(f, f[1:])})
         self.general = NGrams([s for sentences in not_commands.values() for s in sentences] +
-                              [f for i in self.intents for f in i.frames], size)
+                              [f for i in self.intents for f in i.frames], VOCABULARY)
 
     def tokens(self, sentence: str) -> tuple[Word, ...]:
         return trimmed(self.respeller.mend(words(sentence)))

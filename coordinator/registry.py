@@ -10,6 +10,8 @@ from .settings import Clock
 
 STALE_AFTER = 3  # heartbeats missed before an agent that said online counts as gone
 OVERDUE_AFTER = 1.5  # heartbeats without a word before an agent gets no new task (a frozen process)
+# An agent's own word on its size counts up to these: a claim of more cannot draw every task to it.
+MAX_CONCURRENT, MAX_QUEUED = 16, 64
 
 
 @dataclass
@@ -18,6 +20,7 @@ class AgentInfo:
     last_seen: float
     inflight: int = 0  # tasks we gave it that have not finished
     advertised: dict = field(default_factory=dict)  # what it offered when last online
+    left_out: dict = field(default_factory=dict)  # capability -> why it left it out, when last online
     missed: bool = False  # it let an accept window pass, and has not been heard from since
 
     def available(self, now: float) -> bool:
@@ -29,13 +32,19 @@ class AgentInfo:
         return self.presence.online
 
     @property
+    def concurrent(self) -> int:
+        """Tasks it runs at once, by its word, within bounds."""
+        return min(max(1, self.presence.max_concurrent), MAX_CONCURRENT)
+
+    @property
     def load(self) -> float:
-        return max(self.presence.load, self.inflight) / max(1, self.presence.max_concurrent)
+        """Tasks out with it per slot: what it says it runs, never fewer than what we gave it."""
+        return max(self.presence.load, self.inflight) / self.concurrent
 
     @property
     def full(self) -> bool:
         """As many tasks out with it as it runs at once, plus as many as it said it would queue."""
-        return self.inflight >= max(1, self.presence.max_concurrent) + max(0, self.presence.max_queued)
+        return self.inflight >= self.concurrent + min(max(0, self.presence.max_queued), MAX_QUEUED)
 
 
 class Registry:
@@ -57,7 +66,7 @@ class Registry:
         else:
             info.presence, info.last_seen, info.missed = presence, self.clock.monotonic(), False
         if info.online:
-            info.advertised = presence.capabilities
+            info.advertised, info.left_out = presence.capabilities, presence.unavailable
         else:
             info.inflight = 0
         return was_online and not info.online
@@ -83,9 +92,17 @@ class Registry:
         if info and info.inflight > 0:
             info.inflight -= 1
 
-    def forget(self, agent_id: str) -> None:
+    def forget(self, agent_id: str) -> bool:
+        """Forget an agent whose retained status was emptied (``lam agents forget``); False, and it is
+        kept, while it is online and heard from within its heartbeat: an empty status then is no
+        forgetting (a live agent says otherwise at its next heartbeat), but a stray or replayed
+        empty message (some brokers hand one to new subscribers after a clear)."""
+        info = self.agents.get(agent_id)
+        if info is not None and info.online and self.clock.monotonic() - info.last_seen <= info.presence.heartbeat:
+            return False
         self.agents.pop(agent_id, None)
         self.version += 1
+        return True
 
     def offers(self, capability: str, action: str) -> bool:
         """Some online agent offers this action."""
@@ -94,6 +111,10 @@ class Registry:
     def ever_offered(self, capability: str, action: str) -> bool:
         """Some agent, online or not, has advertised this action."""
         return any(action in a.advertised.get(capability, ()) for a in self.agents.values())
+
+    def left_out(self, capability: str) -> list[tuple[AgentInfo, str]]:
+        """Agents that left the capability out at start, each with its reason (which says the fix)."""
+        return [(a, a.left_out[capability]) for _, a in sorted(self.agents.items()) if capability in a.left_out]
 
     def pick(self, capability: str, action: str, exclude: set[str]) -> AgentInfo | None:
         """The least-loaded available agent offering the action, with room for one more task."""

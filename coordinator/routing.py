@@ -8,8 +8,12 @@ come back and report it. Accept windows do not run while the coordinator itself 
 back on a broker that kept nothing for it, it offers each agent what it holds of ours again when
 it next hears from it (see :meth:`Router.agent_back`), rather than elsewhere, since its word may
 have been lost.
-Every prompt is answered by its deadline, an absolute time; no task is sent after it. The
-router keeps no lock of its own: the coordinator calls it inside its transaction.
+Every prompt is answered by its deadline, an absolute time; no task is sent after it. Windows
+and deadlines are judged as of when the coordinator's bus received the tick (:meth:`Router.tick`'s
+``now``): every message it received before then has been heard, however long handling took. An
+unknown capability fails a command only once the warm-up has passed since the coordinator first
+reached the broker: before, nobody could have been heard. The router keeps no lock of its own: the
+coordinator calls it inside its transaction.
 """
 
 from __future__ import annotations
@@ -55,9 +59,27 @@ class Router:
     _waiting: dict[tuple[str, str], dict[str, None]] = field(default_factory=dict)
     # Agents whose word on a task may have been lost with a broker that kept nothing for us.
     _unsure: set[str] = field(default_factory=set)
+    # When the coordinator first reached the broker (monotonic): the warm-up counts from there.
+    _reached: float | None = None
 
-    def __post_init__(self) -> None:
-        self._started = self.clock.monotonic()
+    def reset(self) -> None:
+        """Forget every run and timer, to read them back from the journal (one router, always: the
+        bus's handlers and the intake keep pointing at this one)."""
+        self.runs.clear()
+        self.jobs.clear()
+        self._due.clear()
+        self._waiting.clear()
+        self._unsure.clear()
+
+    def broker_reached(self) -> None:
+        """Connected to the broker: from the first time, agents' retained presence is on its way."""
+        if self._reached is None:
+            self._reached = self.clock.monotonic()
+
+    def warming_up(self) -> bool:
+        """Too early to say no agent offers something: the broker not reached yet, or only just."""
+        return self.settings.warmup > 0 and (self._reached is None or
+                                             self.clock.monotonic() - self._reached < self.settings.warmup)
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -124,9 +146,8 @@ class Router:
                 agent = self.registry.pick(command.capability, command.action, job.tried | others)
             job.retry_at = 0.0 if agent else now + self.settings.retry_round
         if agent is None:
-            warming_up = self.clock.monotonic() - self._started < self.settings.warmup
-            if not warming_up and not self.registry.ever_offered(command.capability, command.action):
-                self._end_job(run, job, FAILED, f"No agent can do {describe(command)}.")
+            if not self.warming_up() and not self.registry.ever_offered(command.capability, command.action):
+                self._end_job(run, job, FAILED, self._nobody_offers(command))
             else:
                 job.state, job.agent = WAITING, None
                 self._waiting.setdefault(job.kind, {})[job.task_id] = None
@@ -147,10 +168,26 @@ class Router:
         task = Task(task_id=job.task_id, prompt_id=run.prompt.id, capability=command.capability,
                     action=command.action, agent=job.agent, command=command.text, args=args,
                     attempt=job.attempt, accept_by=min(job.ack_deadline, run.deadline),
-                    deadline=min(run.deadline, now + self.settings.task_timeout), risk=command.risk)
+                    deadline=min(run.deadline, now + self.settings.task_timeout), risk=command.risk,
+                    confirmed=command.confirmed)
         self.journal.update_task(job.task_id, job.state, job.agent, job.attempt)
         self.publish(task)
         self.events.emit(TaskDispatched(task))
+
+    def _nobody_offers(self, command: Command) -> str:
+        """No agent can do it: which machine left which part out and why (the agent's own words
+        say how to fix it), else how to offer it."""
+        what = describe(command)
+        said = f"No agent can do {what}" if " " in what else f"No agent offers {what}"
+        capability = command.capability
+        reasons = [f"on {info.presence.agent}, {reason.rstrip('.')}" if reason.startswith(capability)
+                   else f"on {info.presence.agent}, {capability} is left out: {reason.rstrip('.')}"
+                   for info, reason in self.registry.left_out(capability)]
+        if reasons:
+            return f"{said}: {'; '.join(reasons)}."
+        if any(capability in info.advertised for info in self.registry.agents.values()):
+            return f"{said}: the agents offering {capability} do not know it; update them."
+        return f"{said}; start an agent with lam-agent -c {capability}."
 
     def _not_asked_for(self, prompt: Prompt) -> set[str]:
         """All agents but the one the prompt's metadata ``agent`` names, if it names one."""
@@ -194,9 +231,16 @@ class Router:
             log.info("ignoring %s from %s for task %s (now %s on %s)", result.state, result.agent,
                      result.task_id, job.state, job.agent)
             return
+        if result.state == ResultState.REJECTED and result.attempt < job.attempt:
+            # An earlier offer, delivered late (sent again after a reconnect): the agent may take this one.
+            log.info("ignoring %s's refusal of attempt %d of task %s: attempt %d is out with it", result.agent,
+                     result.attempt, result.task_id, job.attempt)
+            return
         if result.state == ResultState.ACCEPTED:
             job.state = ACCEPTED
             self.journal.update_task(job.task_id, ACCEPTED, job.agent, job.attempt)
+        elif result.state == ResultState.REJECTED and result.data.get("needs_confirmation"):
+            self._end_job(run, job, FAILED, result.message)  # its own rules: no other agent will differ
         elif result.state == ResultState.REJECTED:
             self._redispatch(run, job, f"{job.agent} rejected it ({result.message})")
         else:
@@ -218,9 +262,10 @@ class Router:
 
         First heard since we came back to a broker that kept nothing for us, the agent is offered
         again what it holds of ours, as its word on it may have been lost: the tasks we did not hear
-        it accept, and, when it is the same process (``started``) and no longer runs them, the ones
-        it did. An agent that took a task answers from what became of it; never having had it, it
-        takes it now. A restarted agent is not asked about what it accepted: it could not know."""
+        it accept, and, when it is the same process (``started``), the ones it did, finished or still
+        running (a result it sends before we are subscribed again is lost too). An agent that took a
+        task answers from what became of it, at once or when it ends; never having had it, it takes
+        it now. A restarted agent is not asked about what it accepted: it could not know."""
         agent_id = presence.agent
         for task_id in presence.running:
             run, job = self.jobs.get(task_id, (None, None))
@@ -235,8 +280,7 @@ class Router:
             if job.agent != agent_id or now >= run.deadline:
                 continue
             same_process = bool(presence.started) and job.agent_started == presence.started
-            finished_unheard = job.state == ACCEPTED and same_process and job.task_id not in presence.running
-            if job.state == DISPATCHED or finished_unheard:
+            if job.state == DISPATCHED or (job.state == ACCEPTED and same_process):
                 log.info("task %s: offered to %s again, its word may have been lost", job.task_id, agent_id)
                 self._offer(run, job, now)
 
@@ -280,9 +324,9 @@ class Router:
 
     # -- timers -------------------------------------------------------------------------
 
-    def tick(self) -> None:
-        """Accept windows, grace periods and deadlines that passed; then offer waiting tasks again."""
-        now = self.clock.time()
+    def tick(self, now: float) -> None:
+        """Accept windows, grace periods and deadlines that passed by ``now``; then offer waiting tasks
+        again."""
         later = []
         while self._due and self._due[0][0] < now:
             due = heapq.heappop(self._due)

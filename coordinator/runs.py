@@ -87,12 +87,18 @@ class Held:
 
 def command_from_dict(data: dict) -> Command:
     return Command(data["capability"], data["action"], data["args"], data["command"], data.get("risk", Risk.LOW),
-                   data.get("idempotent", False), data.get("photo", ""))
+                   data.get("idempotent", False), data.get("photo", ""), data.get("confirmed", False))
 
 
 def command_to_dict(command: Command) -> dict:
-    return {**command.to_dict(), "risk": command.risk, "idempotent": command.idempotent, "photo": command.photo}
+    return {**command.to_dict(), "risk": command.risk, "idempotent": command.idempotent, "photo": command.photo,
+            "confirmed": command.confirmed}
 
 
 def describe(command: Command) -> str:
-    return f"{command.capability} {command.action}"
+    """What a command does, in the words a person may say: ``browser youtube``; just ``home`` for an
+    action whose name is no word of the command (``home say`` is ``home <sentence>``)."""
+    words = command.text.split()
+    if words[:2] == [command.capability, command.action]:
+        return f"{command.capability} {command.action}"
+    return command.capability

@@ -7,9 +7,19 @@ before the deadline. This module is the small core that ties them to the bus, th
 and the clock, and tells extensions (:mod:`.events`) what happened.
 
 All state changes happen under one lock, in one journal transaction per burst of messages,
-on the bus thread (the ticker hands its work there too). When a transaction cannot
-commit, nothing it published goes out, nothing is acknowledged, and the state is read back
-from the journal.
+on the bus thread (the ticker hands its work there too, and so does the thread that understands
+prompts, :mod:`.intake`). What an agent says counts only as far as its login allows
+(:mod:`.trust`). When a transaction cannot commit, nothing it published goes out, nothing is
+acknowledged, and the state is read back from the journal. When that is because the disk is
+full or read-only, the burst is handled again at once with the journal holding its writes in
+memory: what is under way carries on, each new prompt is answered `failed` at once, naming the
+disk, and every few seconds the journal tries to write again, until it can.
+
+Prompts are journaled as they arrive, then wait in a queue per source; after each transaction
+the prompts whose turn it is go to the understanding thread (:mod:`.intake`), a few at a
+time: a flood of prompts neither holds up the results behind it on the bus nor another
+source's prompts. Each message carries the time the bus received it; deadlines and accept
+windows are judged by that time, not by when a busy coordinator got round to it.
 """
 
 from __future__ import annotations
@@ -19,25 +29,27 @@ import re
 import sqlite3
 import threading
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from lamcontrol import __version__
-from lamcontrol.bus import BrokerSettings, Bus
+from lamcontrol.bus import BrokerSettings, Bus, RetryBurst
 from lamcontrol.protocol import (AgentSpec, CoordinatorPresence, LegacyResult, Presence, PresenceState, Prompt, PromptStatus,
                                  ProtocolError, Reply, Result, TaskSummary, check_id, decode)
 
 from .events import AgentForgotten, Events, PresenceChanged, PromptReceived, Replied, SpecsChanged
-from .intake import Intake
-from .journal import Journal
+from .intake import BySource, Intake
+from .journal import Journal, cannot_write
 from .parsing import Parser
 from .registry import Registry
 from .routing import Router
 from .settings import Clock, Settings
 from .specs import SpecStore
+from .trust import Refusals, Trust, vetted
 
 log = logging.getLogger(__name__)
 
 FROZEN = 2.0  # seconds a tick may come late before we count ourselves as having been away
+JOURNAL_RETRY = 2.0  # seconds between tries to write a journal that could not
 PROMPT_ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,128})"')  # a prompt's id, read from what does not parse
 
 
@@ -49,21 +61,29 @@ class Coordinator:
     """
 
     def __init__(self, broker: BrokerSettings, parser: Parser, journal: Journal, settings: Settings = Settings(),
-                 clock: Clock = Clock(), bus_factory: Callable[..., Bus] = Bus) -> None:
+                 clock: Clock = Clock(), bus_factory: Callable[..., Bus] = Bus, trust: Trust | None = None,
+                 approved_specs: Iterable[str] = ()) -> None:
         self.settings = settings
         self.clock = clock
         self.journal = journal
         self.events = Events()
         self.registry = Registry(clock)
+        self.trust = trust or Trust(broker.topics)  # what agents may offer
         self._lock = threading.RLock()
+        self._depth = 0  # transactions open, one inside another
         self._stopping = threading.Event()
+        self._connected_since = float("inf")  # wall time of the latest connection to the broker
+        self._skewed = BySource(settings.sources)  # sources whose clock was found off, logged once each
+        self._refused = BySource(settings.sources)  # sources being refused now, logged once each
         self.bus = bus_factory(broker, component="coordinator", client_id=f"{broker.prefix}-coordinator",
                                will=self.presence(PresenceState.OFFLINE), persistent=True, ack_when_handled=True,
-                               transaction=self.transaction, fatal=(sqlite3.Error,))
-        self.router = self._router()
-        self.specs = SpecStore()  # what the online agents understand
+                               transaction=self.transaction, fatal=(sqlite3.Error,), clock=clock.time)
+        self.refusals = Refusals(self.bus.refuse)
+        # One router for the coordinator's life: a failed commit resets it, never replaces it.
+        self.router = Router(settings, clock, journal, self.registry, self.bus.publish, self.reply, self.events)
+        self.specs = SpecStore(self._refuse_spec, approved_specs)  # what the online agents understand
         self.intake = Intake(settings, clock, parser, self.registry, self.router.start, self.reply, self.events,
-                             self.specs)
+                             self.bus.defer, self.specs)
         self.bus.on(self.bus.topics.prompts, self.on_prompt)
         self.bus.subscribe(Result, self.router.result)
         if settings.legacy_results:
@@ -71,9 +91,6 @@ class Coordinator:
         self.bus.subscribe(Presence, self.on_presence, cleared=self.on_cleared)
         self.bus.subscribe(AgentSpec, self.on_spec, cleared=self.on_spec_cleared)
         self.bus.on_connect(self.reconnected)
-
-    def _router(self) -> Router:
-        return Router(self.settings, self.clock, self.journal, self.registry, self.bus.publish, self.reply, self.events)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -86,26 +103,43 @@ class Coordinator:
         self.bus.publish(self.presence(), retain=True)
 
     def reconnected(self) -> None:
+        self._connected_since = self.bus.received
+        self.router.broker_reached()
         self.router.reconnected(session_lost=not self.bus.session_present)
         self.announce()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """The state lock, then one journal transaction: always taken in this order. When the journal
-        cannot commit, what the memory holds is thrown away and read back from the journal."""
+        """The state lock, then one journal transaction: always taken in this order. Once the
+        outermost one commits, the prompts whose turn it is go to the understanding thread. When the
+        journal cannot commit, what the memory holds is thrown away and read back from the journal;
+        when that is because it cannot write, the journal holds its writes from then on and
+        :class:`RetryBurst` asks the bus to handle the same messages again."""
         with self._lock:
+            self._depth += 1
             try:
                 with self.journal.batch():
                     yield
-            except sqlite3.Error:
-                if not self.journal.in_batch:
+                if self._depth == 1:
+                    self.intake.serve()
+            except sqlite3.Error as exc:
+                if self._depth == 1:
+                    reason = cannot_write(exc)
+                    if reason and not self.journal.unwritable:
+                        self.journal.hold(reason)
+                        log.error("the journal %s cannot be written (%s): every new prompt is answered `failed` "
+                                  "until it can; trying again every %g s", self.journal.where(), exc, JOURNAL_RETRY)
                     self._reload()
+                    if reason:
+                        raise RetryBurst() from exc
                 raise
+            finally:
+                self._depth -= 1
 
     def _reload(self) -> None:
         log.error("the journal could not commit: reading the state back from it")
-        self.router = self._router()
-        self.intake.start = self.router.start
+        self.router.reset()
+        self.intake.clear()  # the open prompts wait again below; answers to those handed over are dropped
         for info in self.registry.agents.values():
             info.inflight = 0
         try:
@@ -114,29 +148,37 @@ class Coordinator:
             log.exception("the journal cannot be read either")
 
     def start(self, timeout: float | None = None) -> None:
-        with self.transaction():
-            self.resume()
-            self.resend_replies()
+        try:
+            with self.transaction():
+                self.resume()
+                self.resend_replies()
+        except RetryBurst:
+            with self.transaction():  # the journal holds its writes now
+                self.resend_replies()
         self.bus.start(timeout)
         threading.Thread(target=self._tick_loop, name="coordinator-tick", daemon=True).start()
 
     def stop(self) -> None:
         self._stopping.set()
+        self.intake.close()
         self.bus.stop(final=self.presence(PresenceState.OFFLINE))
         with self._lock:
+            if self.journal.unwritable and not self.journal.retry():
+                log.error("the journal %s still cannot be written: what it held is lost; prompts under way are "
+                          "taken up again from what it last wrote", self.journal.where())
             self.journal.close()
 
     def _tick_loop(self) -> None:
         """Every ``tick``, hand :meth:`tick` to the bus thread (one at a time, after the messages
         already received: an `accepted` in hand is heard before its window is judged); and here,
         off the bus thread, the heartbeat, pruning and the journal's checkpoint."""
-        last_beat = last_prune = last_tick = self.clock.monotonic()
+        last_beat = last_prune = last_tick = last_retry = self.clock.monotonic()
         idle = threading.Event()
         idle.set()
 
         def tick() -> None:
             try:
-                self.tick()
+                self.tick(self.bus.received)  # as of when it was handed over: what came before is heard
             finally:
                 idle.set()
 
@@ -153,13 +195,20 @@ class Coordinator:
                 if now - last_beat >= self.settings.heartbeat and self.bus.connected.is_set():
                     last_beat = now
                     self.announce()
-                if now - last_prune >= self.settings.prune_every:
+                if self.journal.unwritable and now - last_retry >= JOURNAL_RETRY:
+                    last_retry = now
+                    self.bus.defer(self._retry_journal)
+                if now - last_prune >= self.settings.prune_every or self.journal.added > self.journal.max_prompts // 10:
                     last_prune = now
                     with self._lock:
                         log.info("journal: forgot %d old prompt(s)", self.journal.prune())
                 self.journal.checkpoint()
             except Exception:
                 log.exception("coordinator tick failed")
+
+    def _retry_journal(self) -> None:
+        if self.journal.unwritable and self.journal.retry():
+            log.warning("the journal %s can be written again: taking prompts again", self.journal.where())
 
     def resume(self) -> None:
         """Take up every prompt the journal shows unanswered (after a crash or restart)."""
@@ -169,7 +218,7 @@ class Coordinator:
             if tasks:
                 self.router.resume(prompt, deadline, tasks)
             else:
-                self.intake.handle(prompt, deadline)
+                self.intake.waiting.put(prompt, deadline)
 
     def resend_replies(self) -> None:
         """Publish again the replies journaled but never acknowledged by the broker (the coordinator
@@ -178,45 +227,91 @@ class Coordinator:
             log.info("sending again the reply to prompt %s", prompt_id)
             self._publish_reply(prompt_id, payload)
 
-    def tick(self) -> None:
-        """Stale agents, accept windows, deadlines, expired confirmations, waiting tasks."""
+    def tick(self, now: float | None = None) -> None:
+        """Stale agents, accept windows, deadlines, expired confirmations, waiting tasks, as of ``now``
+        (default: the clock's time)."""
+        now = self.clock.time() if now is None else now
         with self.transaction():
             if not self.bus.connected.is_set():
                 self.router.suspend()
             for agent_id in self.registry.stale():
                 self.events.emit(PresenceChanged(self.registry.agents[agent_id].presence))
                 self.router.agent_gone(agent_id)
-            self.router.tick()
-            self.intake.expire()
+            self.router.tick(now)
+            self.intake.expire(now)
 
     # -- prompts ------------------------------------------------------------------------
 
     def on_prompt(self, topic: str, payload: bytes) -> None:
-        """A prompt, journaled before anything is done with it; a bad one is refused and, with an id, answered."""
+        """A prompt, journaled before anything is done with it, then waiting its source's turn to be
+        understood; a bad one is refused and, with an id, answered. One over its source's rate, or
+        while the journal cannot write, is answered at once and not journaled."""
         try:
             prompt = Prompt.from_payload(payload)
         except ProtocolError as exc:
             self._reject_unreadable(topic, payload, exc)
             return
-        deadline = self.deadline(prompt)
+        received = self.bus.received
+        deadline = self.deadline(prompt, received)
         with self.transaction():
+            if self.journal.unwritable:
+                if not self.journal.known(prompt.id):  # logged once, when the journal stopped writing
+                    self._answer_unjournaled(prompt, PromptStatus.FAILED, self._cannot_journal(), quiet=True)
+                return
+            refusal = self.intake.refusal(prompt, received)
+            if refusal and not self.journal.known(prompt.id):  # (a redelivery of one taken is ignored below)
+                if prompt.source not in self._refused:  # a flood is logged once, not per prompt
+                    self._refused[prompt.source] = True
+                    log.warning("refusing prompts from %r: %s", prompt.source, refusal)
+                self._answer_unjournaled(prompt, PromptStatus.REJECTED, refusal, quiet=True)
+                return
+            self._refused.pop(prompt.source, None)
             if not self.journal.add_prompt(prompt, deadline):
                 log.info("ignoring redelivered prompt %s", prompt.id)
                 return
             self.events.emit(PromptReceived(prompt))
-            if deadline <= self.clock.time():
+            if deadline <= received:
                 self.reply(prompt.id, PromptStatus.FAILED, "The prompt reached me after its deadline; I did nothing.",
                            [])
             else:
-                self.intake.handle(prompt, deadline)
+                self.intake.waiting.put(prompt, deadline)
 
-    def deadline(self, prompt: Prompt) -> float:
+    def _cannot_journal(self) -> str:
+        return (f"I cannot write my journal {self.journal.where()}: {self.journal.unwritable}, so I did nothing. "
+                f"Free some space there or make it writable; I carry on by myself once I can write again.")
+
+    def _answer_unjournaled(self, prompt: Prompt, status: PromptStatus, response: str, quiet: bool = False) -> None:
+        """Answer a prompt that is not journaled (refused before): published once its transaction commits."""
+        reply = Reply(prompt_id=prompt.id, status=status, response=response)
+        payload = reply.to_json()
+        self.bus.publish_raw(self.bus.topics.reply(prompt.id), payload)
+        if not quiet:
+            log.info("prompt %s %s: %s", prompt.id, status, response)
+        self.events.emit(Replied(reply, payload))
+
+    def deadline(self, prompt: Prompt, received: float | None = None) -> float:
         """When the prompt must be answered: its timeout counted from when it was sent (``ts``, by the
-        sender's clock), never from later than now (a clock ahead gains nothing) nor earlier than
-        ``max_prompt_timeout`` ago (a clock far behind loses at most that)."""
-        now = self.clock.time()
+        sender's clock), never from later than it arrived (a clock ahead gains nothing) nor earlier
+        than ``max_prompt_timeout`` before (a clock far behind loses at most that). A source whose
+        clock is found off by more than ``clock_skew`` is timed from when its prompt arrived."""
+        received = self.clock.time() if received is None else received
         timeout = min(prompt.metadata.timeout or self.settings.prompt_timeout, self.settings.max_prompt_timeout)
-        return min(max(prompt.ts, now - self.settings.max_prompt_timeout), now) + timeout
+        sent = received if self._clock_off(prompt, received) else prompt.ts
+        return min(max(sent, received - self.settings.max_prompt_timeout), received) + timeout
+
+    def _clock_off(self, prompt: Prompt, received: float) -> bool:
+        """The source's clock is off: its prompt says it was sent after it arrived, or long before it
+        arrived at a time we were connected and would have heard it at once (a prompt sent while we
+        were away waits in the broker: that is no clock's fault)."""
+        lag = received - prompt.ts
+        ahead = lag < -self.settings.clock_skew
+        behind = lag > self.settings.clock_skew and prompt.ts > self._connected_since
+        if (ahead or behind) and prompt.source not in self._skewed:
+            self._skewed[prompt.source] = True
+            log.warning("the clock of source %r is about %.0f s %s ours: its prompts are timed from when they "
+                        "arrive (keep clocks in step with NTP)", prompt.source, abs(lag), "ahead of" if ahead else
+                        "behind")
+        return ahead or behind
 
     def _reject_unreadable(self, topic: str, payload: bytes, error: Exception) -> None:
         self.bus.refuse(topic, error, payload)
@@ -253,6 +348,9 @@ class Coordinator:
     # -- presence -----------------------------------------------------------------------
 
     def on_presence(self, presence: Presence) -> None:
+        """An agent's presence, with only what its login lets it offer (each refusal said once)."""
+        topic = self.bus.topics.agent_status(presence.agent)
+        presence = vetted(presence, self.trust, lambda why: self.refusals.say(topic, why))
         self.events.emit(PresenceChanged(presence))
         with self.transaction():
             if self.registry.update(presence):
@@ -260,17 +358,29 @@ class Coordinator:
             if presence.online:
                 self.router.agent_back(presence)
             self.router.retry_waiting()
+        self.intake.prepare()
 
     def on_cleared(self, ids: dict[str, str]) -> None:
-        """An agent's retained presence was emptied (``lam agents forget``)."""
+        """An agent's retained presence was emptied (``lam agents forget``): forgotten, unless it is
+        online and heard from within its heartbeat (see :meth:`Registry.forget`)."""
         with self._lock:
-            self.registry.forget(ids["agent"])
-        self.events.emit(AgentForgotten(ids["agent"]))
+            forgotten = self.registry.forget(ids["agent"])
+        if forgotten:
+            self.events.emit(AgentForgotten(ids["agent"]))
+        else:
+            log.info("ignoring an empty status of agent %s: online, and heard from within its heartbeat",
+                     ids["agent"])
 
     def on_spec(self, message: AgentSpec) -> None:
         with self.transaction():
-            self.specs.on_spec(message)
+            self.specs.on_spec(message, lambda capability: self.trust.refusal(message.agent, capability))
             self.events.emit(SpecsChanged(message.agent, self.specs.advertised(message.agent)))
+        self.intake.prepare()
+
+    def _refuse_spec(self, agent_id: str, why: str) -> None:
+        """An advertised spec not used (said once; from the bus thread or the understanding thread)."""
+        said = why if why.startswith(f"agent {agent_id} ") else f"agent {agent_id}: {why}"
+        self.refusals.say(self.bus.topics.agent_spec(agent_id), said)
 
     def on_spec_cleared(self, ids: dict[str, str]) -> None:
         with self.transaction():

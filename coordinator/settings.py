@@ -25,6 +25,10 @@ class Settings:
     ack_grace: float = 1.0  # past an accept window, for an `accepted` sent within it to reach us
     agent_grace: float = 15.0  # an agent gone offline keeps its accepted tasks this long, to come back
     sources: int = 1000  # sources whose transcripts and held confirmations are kept (least recent go)
+    source_rate: float = 20.0  # prompts a second one source may send, sustained (0: no limit)
+    source_burst: float = 200.0  # prompts one source may send at once, before source_rate applies
+    max_waiting: int = 1000  # prompts journaled and waiting to be understood, all sources together
+    clock_skew: float = 10.0  # seconds a source's clock may be off before its prompts are timed on arrival
 
     @classmethod
     def from_config(cls, section: dict) -> Settings:

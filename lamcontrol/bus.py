@@ -18,6 +18,7 @@ import collections
 import functools
 import logging
 import random
+import select
 import selectors
 import socket
 import ssl
@@ -47,6 +48,7 @@ CONNECT, CALL, PUBLISHED = "connect", "call", "published"  # inbox entries that 
 BURST = 64  # messages handled together, in one transaction when there is one
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 8.0  # seconds; each wait is drawn at random below a doubling cap
 IDLE = 1.0  # seconds the bus thread waits for the network before its keepalive check
+READ_AHEAD = 1000  # packets at most read in one go before a burst is handled
 SCHEMES = {"mqtt": ("tcp", False, 1883), "mqtts": ("tcp", True, 8883), "ws": ("websockets", False, 80),
            "wss": ("websockets", True, 443)}
 
@@ -57,6 +59,11 @@ class BusError(RuntimeError):
 
 class CommitFailed(RuntimeError):
     """The transaction around a burst could not commit: nothing was published or acknowledged."""
+
+
+class RetryBurst(Exception):
+    """Raised by a transaction that could not commit but whose owner has changed how it handles
+    messages (the coordinator, once its journal cannot write): the burst is handled once more at once."""
 
 
 @dataclass
@@ -228,7 +235,7 @@ class Bus:
     def __init__(self, settings: BrokerSettings, component: str, client_id: str | None = None,
                  will: Message | None = None, persistent: bool = False, report: bool = True,
                  ack_when_handled: bool = False, transaction: Callable[[], ContextManager] | None = None,
-                 fatal: tuple[type[Exception], ...] = ()) -> None:
+                 fatal: tuple[type[Exception], ...] = (), clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.component = component
@@ -240,6 +247,10 @@ class Bus:
         # (the journal's) are not a handler's to swallow: they fail the whole burst.
         self.transaction = transaction
         self.fatal = fatal
+        # Each message is stamped with ``clock()`` as it is read, before it waits in the inbox; a
+        # handler finds its message's stamp in ``received`` (a deferred call's: when it was deferred).
+        self._clock = clock
+        self.received = 0.0
         self._on_sent: dict[int, Call] = {}  # message id -> what to call once the broker has it
         self._held = threading.local()
         self.client_id = client_id or f"{component}-{uuid.uuid4().hex[:8]}"
@@ -255,8 +266,9 @@ class Bus:
         self._typed: dict[type[Message], list[Subscription]] = {}
         self._on_connect: list[Callable[[], None]] = []
         self._pending_subs: set[int] = set()
-        # What the bus thread has to handle: messages it read, and calls handed over by other threads.
-        self._inbox: collections.deque[tuple[str, Any, int, int]] = collections.deque()
+        # What the bus thread has to handle: messages it read, and calls handed over by other threads,
+        # as (topic, payload, message id, QoS, when received).
+        self._inbox: collections.deque[tuple[str, Any, int, int, float]] = collections.deque()
         self._selector = selectors.DefaultSelector()
         self._waker, self._wake_end = socket.socketpair()  # a byte on _wake_end wakes the bus thread
         for end in (self._waker, self._wake_end):
@@ -323,7 +335,7 @@ class Bus:
     def defer(self, callback: Call) -> None:
         """Call ``callback()`` on the bus thread after the messages received so far, inside the
         transaction like a handler (what it publishes goes out once that commits)."""
-        self._inbox.append((CALL, callback, 0, 0))
+        self._inbox.append((CALL, callback, 0, 0, self._clock()))
         self._wake()
 
     # -- life cycle ---------------------------------------------------------------------
@@ -436,7 +448,7 @@ class Bus:
             self._pending_subs.add(mid)
         else:
             self.ready.set()
-        self._inbox.append((CONNECT, None, 0, 0))
+        self._inbox.append((CONNECT, None, 0, 0, self._clock()))
 
     def _back_off(self) -> None:
         """Set when to try the broker again: at random ("full jitter"), so clients cut off together
@@ -462,11 +474,11 @@ class Bus:
             self.ready.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._inbox.append((message.topic, message.payload, message.mid, message.qos))
+        self._inbox.append((message.topic, message.payload, message.mid, message.qos, self._clock()))
 
     def _on_acknowledged(self, mid: int) -> None:
         if mid in self._on_sent:
-            self._inbox.append((PUBLISHED, None, mid, 0))
+            self._inbox.append((PUBLISHED, None, mid, 0, self._clock()))
 
     # -- the bus thread -----------------------------------------------------------------
 
@@ -494,7 +506,7 @@ class Bus:
                     self._connect()
                     continue
                 if self._wait(client.socket()):
-                    client.loop_read()
+                    self._read_ahead()
                 if self._inbox:
                     self._handle_burst([self._inbox.popleft() for _ in range(min(BURST, len(self._inbox)))])
                 if client.has_output():
@@ -504,6 +516,17 @@ class Bus:
                 log.exception("%s: bus thread error", self.component)
                 time.sleep(IDLE)
         self._close()
+
+    def _read_ahead(self) -> None:
+        """Read what has arrived, all of it (up to READ_AHEAD packets), before handling any: each
+        message is stamped when it is read, so a slow handler must not leave messages unread (and
+        unstamped) in the socket while the clock runs on."""
+        client = self._client
+        for _ in range(READ_AHEAD):
+            client.loop_read()
+            sock = client.socket()
+            if sock is None or not (client.unread or _readable(sock)):
+                return
 
     def _write(self) -> None:
         """Write what paho has queued, gathered into one send so the packets leave in as few segments as fit."""
@@ -549,9 +572,9 @@ class Bus:
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Handle one message now, on the calling thread, exactly as the bus thread would."""
-        self._handle_burst([(topic, payload, 0, 0)])
+        self._handle_burst([(topic, payload, 0, 0, self._clock())])
 
-    def _handle_burst(self, burst: list[tuple[str, Any, int, int]]) -> None:
+    def _handle_burst(self, burst: list[tuple[str, Any, int, int, float]], retry: bool = True) -> None:
         """Run the handlers, inside one transaction when there is one (what they publish goes out
         once it commits), then acknowledge the burst. When the transaction fails, nothing goes out
         and nothing is acknowledged: the broker delivers the burst again after a reconnect."""
@@ -563,6 +586,12 @@ class Bus:
                 with self.transaction():
                     self._handle(burst)
                 failure = None
+            except RetryBurst:
+                self._held.messages = self._held.after = None
+                if retry:
+                    self._handle_burst(burst, retry=False)
+                    return
+                failure = CommitFailed("the transaction asked for a second try of the same burst")
             except Exception as exc:
                 failure = exc
             self._held.messages = self._held.after = None
@@ -573,14 +602,14 @@ class Bus:
                 self._send_tracked(topic, payload, qos, retain, on_sent)
         self._ack(burst)
 
-    def _commit_failed(self, burst: list[tuple[str, Any, int, int]], error: Exception) -> None:
+    def _commit_failed(self, burst: list[tuple[str, Any, int, int, float]], error: Exception) -> None:
         """Say so, and drop the connection so the broker redelivers what we did not acknowledge."""
-        messages = [(topic, payload) for topic, payload, mid, qos in burst if topic not in (CONNECT, CALL, PUBLISHED)]
+        messages = [(topic, payload) for topic, payload, *_ in burst if topic not in (CONNECT, CALL, PUBLISHED)]
         log.error("%s: could not commit the handling of %d message(s), nothing published or acknowledged, "
                   "awaiting redelivery: %s", self.component, len(burst), error, exc_info=error)
         for topic, payload in messages or [(f"{self.component} state", b"")]:
             self.refuse(topic, CommitFailed(f"not journaled ({error}); the broker will deliver it again"), payload)
-        if any(qos for topic, payload, mid, qos in burst) and self.ack_when_handled:
+        if any(entry[3] for entry in burst) and self.ack_when_handled:
             sock = self._client.socket()
             if sock is not None:
                 try:
@@ -588,8 +617,9 @@ class Bus:
                 except OSError:
                     pass
 
-    def _handle(self, burst: list[tuple[str, Any, int, int]]) -> None:
-        for topic, payload, mid, qos in burst:
+    def _handle(self, burst: list[tuple[str, Any, int, int, float]]) -> None:
+        for topic, payload, mid, qos, received in burst:
+            self.received = received
             if topic == CONNECT:
                 for callback in self._on_connect:
                     self._guarded(callback, CONNECT)
@@ -626,9 +656,9 @@ class Bus:
             found.extend(self._wildcard_routes.iter_match(topic))
         return found
 
-    def _ack(self, burst: list[tuple[str, Any, int, int]]) -> None:
+    def _ack(self, burst: list[tuple[str, Any, int, int, float]]) -> None:
         if self.ack_when_handled:
-            for topic, payload, mid, qos in burst:
+            for topic, payload, mid, qos, _ in burst:
                 if qos:
                     self._client.ack(mid, qos)
 
@@ -644,3 +674,14 @@ class Bus:
             log.exception("%s: handler failed on %s", self.component, topic)
             if topic not in (CONNECT, CALL, PUBLISHED):
                 self.refuse(topic, f"internal error: {exc.__class__.__name__}: {exc}", payload)
+
+
+def _readable(sock: Any) -> bool:
+    """Bytes are waiting on the socket now (or in its TLS layer)."""
+    pending = getattr(sock, "pending", None)
+    if pending is not None and pending():
+        return True
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False

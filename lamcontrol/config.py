@@ -109,6 +109,22 @@ MODEL: dict[str, Section] = {
                                      "and report them (a broker restart sends every last will)"),
         "sources": Setting(1000, "sources (people, devices) whose recent commands and held confirmations are "
                                  "remembered; the least recently heard are forgotten first"),
+        "source_rate": Setting(20.0, "prompts a second one source may send, sustained; more are answered "
+                                     "`rejected` (0 = no limit)"),
+        "source_burst": Setting(200.0, "prompts one source may send at once before source_rate applies"),
+        "max_waiting": Setting(1000, "prompts waiting to be understood, all sources together, served in turn "
+                                     "per source; more are answered `rejected`"),
+        "clock_skew": Setting(10.0, "seconds a source's clock may be off; a source further off is timed by when "
+                                    "its prompts arrive (logged once per source)"),
+        "journal_max_prompts": Setting(100000, "answered prompts the journal keeps at most (the oldest go first)"),
+        "acl_file": Setting("", "the broker's ACL (Mosquitto's format): an agent may offer only the capabilities "
+                                "whose tasks its login may read; empty: the acl beside the credentials folder of "
+                                "[broker] password_file, else the embedded broker's, when there is one"),
+        "trusted_agents": Setting([], "agents taken at their word where no ACL says what their logins may read (a "
+                                      "broker with users whose ACL is not known here, or one without users on "
+                                      "another machine)"),
+        "approved_specs": Setting([], "capabilities whose advertised spec is used even where it replaces the "
+                                      "installed one or reads sentences an installed capability reads"),
     }),
     "homeassistant": Section("Home Assistant MQTT discovery, published by the coordinator", {
         "enabled": Setting(True, "agents and the coordinator appear in Home Assistant"),

@@ -315,7 +315,9 @@ def report(folder: UserFolder, agent_id: str, address: str, script: str, listen:
         broker = ("Start (or restart) the broker with these users, open to the network:\n"
                   f"  lam up --listen 0.0.0.0:{port}\n(users added later need no restart)")
     else:
-        broker = ("Make Mosquitto read the new user: sudo systemctl reload mosquitto (or kill -HUP its pid).")
+        broker = ("Make Mosquitto read the new user: sudo systemctl reload mosquitto (or kill -HUP its pid).\n"
+                  "A coordinator installed by lam systemd install reads the ACL when it starts: sudo systemctl "
+                  "restart lam-coordinator")
     return (f"{agent_id} has an MQTT user, a password and an ACL entry in {folder.path}.\n{broker}\n\n"
             f"On {agent_id}, paste these (they hold its password: nowhere else, please):\n\n{script}\n\n"
             f"Serving the wheel from http://{address} and waiting for {agent_id} to come online "

@@ -12,6 +12,7 @@ Assistant entities it wants. The spec travels as JSON on ``lam/agents/<id>/spec`
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
@@ -326,12 +327,153 @@ def advertisement(agent_id: str, specs: list[CapabilitySpec]) -> AgentSpec:
 
 
 def read_specs(message: AgentSpec) -> dict[str, CapabilitySpec]:
-    """The specs an agent advertised. Specs it cannot read are skipped, so a newer agent's richer
-    spec never breaks an older coordinator."""
-    specs = {}
-    for name, spec in message.capabilities.items():
+    """The specs an agent advertised that are fit to use (see :func:`vetted_specs`)."""
+    return vetted_specs(message)[0]
+
+
+def vetted_specs(message: AgentSpec) -> tuple[dict[str, CapabilitySpec], dict[str, str]]:
+    """(the specs an agent advertised that are fit to read, why each other one is not). A spec is read
+    with what this version knows (a newer agent's richer spec never breaks an older coordinator),
+    within the limits below, checked on its text alone (cheap: the coordinator does it as the spec
+    arrives); :func:`check_readings` parses it. One bad spec costs its own capability, never another's."""
+    specs, refused = {}, {}
+    for name, data in message.capabilities.items():
         try:
-            specs[str(name)] = CapabilitySpec.from_dict(spec)
-        except ValueError:
-            continue
-    return specs
+            specs[name] = bounded_spec(name, data)
+        except SpecRefused as exc:
+            refused[name] = str(exc)
+        except Exception as exc:  # a shape no check foresaw: this capability only
+            refused[name] = f"the spec of {name[:80]} cannot be read: {exc.__class__.__name__}: {exc}"
+    return specs, refused
+
+
+# What one advertised capability may declare: every built-in several times over, and little enough
+# that reading it, compiling its templates and matching a sentence against them stay cheap.
+MAX_SPEC_BYTES = 16 * 1024  # its actions and rules, as JSON (its name lists apart)
+MAX_ACTIONS = 32
+MAX_TEMPLATES = 200  # sentence templates of all its actions, rules included
+MAX_TEMPLATE_CHARS = 400
+MAX_SLOTS = 4  # {slots} in one template
+MAX_DEPTH = 6  # groups within groups in one template (hassil's parser slows down fast beyond)
+MAX_READINGS = 100_000  # word sequences one template may stand for, its rules expanded
+MAX_SPEC_READINGS = 250_000  # the same, all its templates together
+MAX_NAMES = 2000  # entries of all its lists (the names an agent knows: devices, contacts)
+MAX_NAME_CHARS = 200
+MAX_NAME_READINGS = 100  # word sequences one list entry's spoken form may stand for ("(youtube|you tube)")
+WORD = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a capability's or an action's name: a topic level, a template key
+
+
+class SpecRefused(ValueError):
+    """An advertised spec that is not used; the message says why, for ``lam/errors``."""
+
+
+def bounded_spec(name: str, data: Any) -> CapabilitySpec:
+    """The spec advertised under ``name``, read and checked against the limits above on its text."""
+    if not WORD.match(name):
+        raise SpecRefused(f"the capability name {name[:80]!r} may only hold letters, digits, - and _")
+    if not isinstance(data, dict):
+        raise SpecRefused(f"the spec of {name} is not a JSON object")
+    if data.get("name") != name:
+        raise SpecRefused(f"a spec advertised as {name} names itself {str(data.get('name'))[:80]!r}; key and name "
+                          "must agree")
+    size = len(json.dumps({k: v for k, v in data.items() if k != "lists"}, ensure_ascii=False).encode())
+    if size > MAX_SPEC_BYTES:
+        raise SpecRefused(f"the spec of {name} is {size} bytes; at most {MAX_SPEC_BYTES} are read (lists apart)")
+    try:
+        spec = CapabilitySpec.from_dict(data)
+    except ValueError as exc:
+        raise SpecRefused(f"the spec of {name} cannot be read: {exc}") from None
+    if len(spec.actions) > MAX_ACTIONS:
+        raise SpecRefused(f"{name} declares {len(spec.actions)} actions; at most {MAX_ACTIONS} are read")
+    for action in spec.actions:
+        if not isinstance(action.name, str) or not WORD.match(action.name):
+            raise SpecRefused(f"{name} has an action named {str(action.name)[:80]!r}: letters, digits, - and _ only")
+        if not all(isinstance(f.form, str) and f.form[:1].isalnum() and isinstance(f.fixed, dict)
+                   for f in action.syntax):
+            raise SpecRefused(f"every command form of {name} {action.name} must begin with a word")
+    entries = [entry for values in spec.lists.values() for entry in values]
+    if len(entries) > MAX_NAMES:
+        raise SpecRefused(f"{name} lists {len(entries)} names; at most {MAX_NAMES} are read")
+    for entry in entries:
+        said = entry if isinstance(entry, str) else entry.get("in") if isinstance(entry, dict) else None
+        if not isinstance(said, str) or len(json.dumps(entry)) > MAX_NAME_CHARS or _depth(said) > MAX_DEPTH:
+            raise SpecRefused(f"{name} lists a name that is not a string (or an {{\"in\", \"out\"}} entry) "
+                              f"of at most {MAX_NAME_CHARS} characters: {json.dumps(entry)[:80]}")
+    templates = _templates(spec)
+    if len(templates) > MAX_TEMPLATES:
+        raise SpecRefused(f"{name} has {len(templates)} templates and rules; at most {MAX_TEMPLATES} are read")
+    for template in templates:
+        if not isinstance(template, str) or len(template) > MAX_TEMPLATE_CHARS:
+            raise SpecRefused(f"{name} has a template over {MAX_TEMPLATE_CHARS} characters")
+        if template.count("{") > MAX_SLOTS:
+            raise SpecRefused(f"{name} has a template with more than {MAX_SLOTS} slots: {template[:80]!r}")
+        if _depth(template) > MAX_DEPTH:
+            raise SpecRefused(f"{name} has a template nesting groups more than {MAX_DEPTH} deep: {template[:80]!r}")
+    return spec
+
+
+def _templates(spec: CapabilitySpec) -> list:
+    sentences = (t for action in spec.actions for group in action.sentences for t in group.templates)
+    return [*spec.rules.values(), *sentences]
+
+
+def check_readings(spec: CapabilitySpec) -> None:
+    """Every template parses, uses only rules the spec defines and stands for a bounded number of word
+    sequences, and so does every listed name's spoken form: estimated on hassil's parse trees, before
+    anything is compiled. SpecRefused says which does not."""
+    total = 0
+    counted: dict[str, int] = {}
+    for template in _templates(spec):
+        readings = _readings(template, spec, counted, ())
+        if readings > MAX_READINGS:
+            raise SpecRefused(f"{spec.name} has a template standing for more than {MAX_READINGS:,} sentences: "
+                              f"{template[:80]!r}")
+        total += readings
+    if total > MAX_SPEC_READINGS:
+        raise SpecRefused(f"{spec.name}'s templates stand for more than {MAX_SPEC_READINGS:,} sentences together")
+    spoken = CapabilitySpec(spec.name)  # a listed name may use no rule
+    for values in spec.lists.values():
+        for entry in values:
+            if isinstance(entry, dict) and _readings(entry["in"], spoken, {}, ()) > MAX_NAME_READINGS:
+                raise SpecRefused(f"{spec.name} lists a name spoken more than {MAX_NAME_READINGS} ways: "
+                                  f"{entry['in'][:80]!r}")
+
+
+def _depth(template: str) -> int:
+    """How deep its (groups) and [optional parts] nest."""
+    depth = deepest = 0
+    for char in template:
+        depth += (char in "([") - (char in ")]")
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _readings(template: str, spec: CapabilitySpec, counted: dict[str, int], using: tuple[str, ...]) -> int:
+    """How many word sequences a template stands for, its rules expanded (slots count once)."""
+    from hassil.expression import Alternative, Permutation, RuleReference, Sequence
+    from hassil.parse_expression import ParseError, parse_sentence
+
+    def count(expression: object) -> int:
+        if isinstance(expression, RuleReference):
+            rule = expression.rule_name
+            if rule not in spec.rules:
+                raise SpecRefused(f"{spec.name} uses the rule <{rule}>, which it does not define")
+            if rule in using:
+                raise SpecRefused(f"{spec.name}'s rule <{rule}> refers to itself")
+            if rule not in counted:
+                counted[rule] = _readings(spec.rules[rule], spec, counted, (*using, rule))
+            return counted[rule]
+        if isinstance(expression, Permutation):
+            return math.factorial(len(expression.items)) * math.prod(map(count, expression.items))
+        if isinstance(expression, Alternative):
+            return sum(map(count, expression.items))
+        if isinstance(expression, Sequence):
+            return math.prod(map(count, expression.items))
+        return 1  # words, slots
+
+    try:
+        return min(count(parse_sentence(template).expression), MAX_SPEC_READINGS + 1)
+    except (ParseError, ValueError, IndexError) as exc:
+        if isinstance(exc, SpecRefused):
+            raise
+        raise SpecRefused(f"{spec.name} has a template that does not parse ({exc}): {template[:80]!r}") from None

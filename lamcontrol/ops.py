@@ -405,7 +405,7 @@ SERVICES = {  # unit name -> (description, console script, ordering after other 
     "bridge": ("LAMControl HTTP bridge for the Rabbit R1", "lam-bridge", " lam-broker.service mosquitto.service"),
 }
 SYSTEM_UNIT_DIR, SYSTEM_CONF_DIR = Path("/etc/systemd/system"), Path("/etc/lamcontrol")
-CREDENTIAL = "mqtt-password"
+CREDENTIAL, ACL = "mqtt-password", "mqtt-acl"
 
 
 def script_dir() -> Path:
@@ -413,12 +413,15 @@ def script_dir() -> Path:
     return Path(sysconfig.get_path("scripts"))
 
 
-def system_unit(name: str, bindir: Path, confdir: Path = SYSTEM_CONF_DIR, credential: Path | None = None) -> str:
-    """The sandboxed ``lam-<name>.service`` text."""
+def system_unit(name: str, bindir: Path, confdir: Path = SYSTEM_CONF_DIR, credential: Path | None = None,
+                acl: Path | None = None) -> str:
+    """The sandboxed ``lam-<name>.service`` text; ``acl``: the broker's ACL, which the coordinator reads
+    (as a credential: the service's own user may not read the broker's files)."""
     description, script, after = SERVICES[name]
     under_home = str(bindir).startswith(("/home/", "/root/"))
+    loaded = "".join(f"LoadCredential={key}:{path}\n" for key, path in ((CREDENTIAL, credential), (ACL, acl)) if path)
     return SYSTEM_UNIT.format(description=description, after=after, bindir=bindir, script=script, confdir=confdir,
-                              name=name, credential=f"LoadCredential={CREDENTIAL}:{credential}\n" if credential else "",
+                              name=name, credential=loaded,
                               sandbox=SANDBOX.format(protect_home="read-only" if under_home else "yes"))
 
 
@@ -432,7 +435,7 @@ def toml_string(value: str) -> str:
 
 
 def component_config(url: str, prefix: str, username: str = "", password_file: str = "",
-                     capabilities: list[str] | None = None, ca_file: str = "") -> str:
+                     capabilities: list[str] | None = None, ca_file: str = "", acl_file: str = "") -> str:
     lines = ["# Written by LAMControl; every key is described in the README.", "[broker]",
              f"url = {toml_string(url)}", f"prefix = {toml_string(prefix)}"]
     if username:
@@ -441,6 +444,8 @@ def component_config(url: str, prefix: str, username: str = "", password_file: s
         lines.append(f"ca_file = {toml_string(ca_file)}")
     if capabilities is not None:
         lines += ["", "[agent]", "capabilities = [" + ", ".join(toml_string(c) for c in capabilities) + "]"]
+    if acl_file:
+        lines += ["", "[coordinator]", f"acl_file = {toml_string(acl_file)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -460,10 +465,15 @@ def system_plan(args: argparse.Namespace, url: str, prefix: str, bindir: Path) -
     files = []
     for name in names:
         secret = SYSTEM_CONF_DIR / f"{name}.password" if credentials and name != "broker" else None
-        files.append(Planned(SYSTEM_UNIT_DIR / f"lam-{name}.service", system_unit(name, bindir, credential=secret)))
+        # The ACL lam mosquitto-config wrote beside the credentials: what each agent's login may read.
+        acl = credentials.parent / "acl" if credentials and name == "coordinator" else None
+        acl = acl if acl and acl.is_file() else None
+        unit = system_unit(name, bindir, credential=secret, acl=acl)
+        files.append(Planned(SYSTEM_UNIT_DIR / f"lam-{name}.service", unit))
         if secret:
             files.append(Planned(secret, read_credential(credentials, name), 0o600))
-            config = component_config(url, prefix, name, f"/run/credentials/lam-{name}.service/{CREDENTIAL}")
+            config = component_config(url, prefix, name, f"/run/credentials/lam-{name}.service/{CREDENTIAL}",
+                                      acl_file=f"/run/credentials/lam-{name}.service/{ACL}" if acl else "")
         else:
             config = component_config(url, prefix)
         files.append(Planned(SYSTEM_CONF_DIR / f"{name}.toml", config, keep=True))

@@ -528,7 +528,8 @@ class Task(Message):
 
     ``accept_by`` closes the dispatch window: a task delivered later (a broker held it
     while the agent was away) is rejected, since it may already run elsewhere.
-    ``deadline`` is when the work itself must be done.
+    ``deadline`` is when the work itself must be done. ``confirmed`` says the person confirmed the
+    prompt: an agent runs what its own spec marks high-risk only then (older agents ignore it).
     """
 
     kind: ClassVar[str] = "task"
@@ -546,6 +547,7 @@ class Task(Message):
     accept_by: float = 0.0
     deadline: float = 0.0
     risk: Risk = Risk.LOW
+    confirmed: bool = False
 
     def describe(self) -> str:
         return f"{self.task_id} -> {self.agent}: {self.command or self.capability + ' ' + self.action} " \
@@ -603,11 +605,14 @@ class Presence(Message):
     running: list[str] = field(default_factory=list)  # ids of the tasks it is running
     started: float = 0.0  # when the agent process started: a new value is an agent that forgot its tasks
     ts: float = field(default_factory=time.time)
+    unavailable: dict = field(default_factory=dict)  # capability -> why this agent left it out, and the fix
 
     def validate(self) -> None:
         super().validate()
         if self.agent in self.reserved:
             check_agent_id(self.agent, "agent")
+        if not all(isinstance(v, str) for v in self.unavailable.values()):
+            raise ProtocolError("each capability left out must map to a sentence", "unavailable")
         for capability, actions in {**self.capabilities, **self.vocabulary}.items():
             if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
                 raise ProtocolError("each capability must map to a list of names", f"capabilities.{capability}")

@@ -10,6 +10,7 @@ agents' records, "accepted twice" from the bus.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import shutil
@@ -27,8 +28,9 @@ from pathlib import Path
 from typing import Iterator
 
 from helpers import ROOT, Process, free_port, wait_for_port, wait_until
+from lamcontrol import ops
 from lamcontrol.bus import BrokerSettings, Bus
-from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, Reply, Result, parse
+from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, Reply, Result, Topics, parse
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -36,7 +38,8 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 class Broker:
     """The embedded broker, or Mosquitto as ``lam mosquitto-config`` writes it (users, ACL,
     persistence), on a free port; it can be stopped, killed and started again. The embedded
-    broker listening beyond loopback gets a password file with a user for each of ``users``."""
+    broker given ``users`` (or listening beyond loopback) gets a password file with a user for each,
+    and their ACL, as ``lam join`` writes them."""
 
     def __init__(self, kind: str, folder: Path, prefix: str, users: str = "", *options: str,
                  host: str = "127.0.0.1", wrap: tuple[str, ...] = ()) -> None:
@@ -54,14 +57,16 @@ class Broker:
                                    "--users", users, "--config", str(config), "--listen", f"{host}:{self.port}",
                                    *options], capture_output=True, text=True, timeout=60, cwd=ROOT)
             assert done.returncode == 0, done.stderr
-        elif not host.startswith("127."):
-            self.hardened = True  # lam-broker needs users beyond loopback
-            for user in ((entry.split(":") + [""])[1] or entry for entry in (users or "coordinator,load,a1,a2").split(",")):
+        elif users or not host.startswith("127."):
+            self.hardened = True  # lam-broker needs users beyond loopback; with them, an ACL as lam join writes
+            accounts = ops.parse_users(users or "coordinator,client:load,agent:a1:echo,agent:a2:echo")
+            (folder / "acl").write_text(ops.acl_file(accounts, Topics(prefix), f"ha{prefix}"))
+            for user in accounts:
                 password = uuid.uuid4().hex
                 (folder / "credentials").mkdir(exist_ok=True)
-                (folder / "credentials" / user).write_text(password)
+                (folder / "credentials" / user.name).write_text(password)
                 done = subprocess.run([sys.executable, "-m", "lamcontrol.broker.main", "adduser",
-                                       str(folder / "passwd"), user], input=password, capture_output=True,
+                                       str(folder / "passwd"), user.name], input=password, capture_output=True,
                                       text=True, timeout=60, cwd=ROOT)
                 assert done.returncode == 0, done.stderr
         self.process: Process | None = None
@@ -71,7 +76,8 @@ class Broker:
     def argv(self) -> list[str]:
         if self.kind == "mosquitto":
             return [MOSQUITTO, "-c", str(self.folder / "mosquitto.conf")]
-        users = ["--password-file", str(self.folder / "passwd")] if self.hardened else []
+        users = ["--password-file", str(self.folder / "passwd"), "--acl-file", str(self.folder / "acl")] \
+            if self.hardened else []
         return [sys.executable, "-m", "lamcontrol.broker.main", "--listen", f"{self.host}:{self.port}",
                 "--stop-timeout", "5", *users]
 
@@ -144,11 +150,13 @@ class Load:
             return "online" in self.presence[who][since:]
 
     def send(self, count: int, seconds: float = 0.0, timeout: float = 20.0, pace: float = 0.01,
-             source: str = "faults") -> list[Prompt]:
-        """Publish ``count`` prompts ``echo sleep <seconds> <token>``, each with its own token."""
+             source: str = "faults", padding: int = 0) -> list[Prompt]:
+        """Publish ``count`` prompts ``echo sleep <seconds> <token>``, each with its own token (after
+        ``padding`` characters of words, for prompts that fill a journal)."""
         prompts = []
+        words = "words " * (padding // 6)
         for _ in range(count):
-            prompt = Prompt(prompt=f"echo sleep {seconds:g} tok{uuid.uuid4().hex[:12]}", source=source,
+            prompt = Prompt(prompt=f"echo sleep {seconds:g} {words}tok{uuid.uuid4().hex[:12]}", source=source,
                             metadata={"timeout": timeout})
             self.bus.publish(prompt)
             prompts.append(prompt)
@@ -172,6 +180,7 @@ class Load:
         task_ids = {t.task_id for rs in replies.values() for r in rs for t in r.tasks if t.task_id}
         accepted_by = {t: {a for s, a in results.get(t, []) if s == "accepted"} for t in task_ids}
         tokens = {p.prompt.rsplit(" ", 1)[1] for p in prompts}
+        failed = {p.prompt.rsplit(" ", 1)[1] for p in prompts if replies[p.id] and replies[p.id][0].status == "failed"}
         return Tally(prompts=len(prompts),
                      once=sum(len(r) == 1 for r in replies.values()),
                      lost=sum(not r for r in replies.values()),
@@ -179,6 +188,7 @@ class Load:
                      copies=sum(len(r) > len(replies[p]) for p, r in copies.items()),
                      accepted_by_two=sum(len(a) > 1 for a in accepted_by.values()),
                      ran_twice=sum(runs[t] > 1 for t in tokens),
+                     failed_but_ran=sum(runs[t] > 0 for t in failed),
                      statuses=Counter(r[0].status for r in replies.values() if r),
                      slowest=max((self.answered_at.get(p.id, time.time()) - p.ts for p in prompts
                                   if fault_at and p.ts >= fault_at), default=0.0))
@@ -200,8 +210,11 @@ class Tally:
     statuses: Counter = field(default_factory=Counter)
     slowest: float = 0.0  # seconds, the longest a prompt sent from the fault on waited for its reply (benches)
     copies: int = 0  # prompts whose one reply came more than once (sent again after a restart)
+    failed_but_ran: int = 0  # prompts answered `failed` whose task the agents' records show run
 
     def clean(self) -> bool:
+        """Nothing lost, twice or run twice (a task started by an agent killed meanwhile may be
+        answered `failed` and still be in its record: ``failed_but_ran`` is checked where it must be 0)."""
         return self.once == self.prompts and not (self.lost or self.twice or self.accepted_by_two or self.ran_twice)
 
 
@@ -229,13 +242,18 @@ class System:
                         f'{self.broker.credentials(user)}[homeassistant]\nenabled = false\n{body}')
         return path
 
-    def coordinator(self) -> Process:
+    def coordinator_config(self) -> Path:
+        return self.config("coordinator", f'[coordinator]\njournal = "{self.journal}"\n'
+                                          f"ack_timeout = {self.ack_timeout}\n{self.coordinator_settings}",
+                           "coordinator")
+
+    def coordinator(self, wait: bool = True) -> Process:
+        """The coordinator as a process; with ``wait``, once it says it is online."""
         seen = len(self.load.presence["coordinator"])
-        config = self.config("coordinator", f'[coordinator]\njournal = "{self.journal}"\n'
-                                            f"ack_timeout = {self.ack_timeout}\n{self.coordinator_settings}",
-                             "coordinator")
-        process = self._start("coordinator", "lamcontrol.coordinator.main", "--config", str(config))
-        wait_until(lambda: self.load.online("coordinator", seen), 60, lambda: f"coordinator online\n{process.log()}")
+        process = self._start("coordinator", "lamcontrol.coordinator.main", "--config", str(self.coordinator_config()))
+        if wait:
+            wait_until(lambda: self.load.online("coordinator", seen), 60,
+                       lambda: f"coordinator online\n{process.log()}")
         return process
 
     def record(self, agent_id: str) -> Path:
@@ -289,6 +307,37 @@ class System:
             process.signal(signal.SIGCONT)
             process.stop()
         self.load.close()
+
+
+@contextmanager
+def small_disk(folder: Path, size: str = "2m", read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``folder`` for the block (root only): a disk to fill, or a
+    read-only one. Unmounted after, whatever is left open on it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], check=True, timeout=20)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], timeout=20)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the disk holding ``folder`` with one file, until it takes no more; that file."""
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as out:
+        for _ in range(1 << 20):  # at most 4 GiB: the disks filled here are small
+            try:
+                out.write(b"\0" * 4096)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                return filler
+    raise AssertionError(f"{folder} never filled")
+
+
+def root_problem() -> str:
+    """Why this process cannot mount small disks ('' if it can)."""
+    return "" if os.geteuid() == 0 else "mounting a small disk needs root (CI runs as root)"
 
 
 @contextmanager

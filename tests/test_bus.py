@@ -226,7 +226,17 @@ def test_command_no_agent_can_do_fails_with_a_sentence(lam):
     lam.agent("a1")
     reply = lam.send("browser google hiking boots")
     assert reply.status == "failed"
-    assert reply.response == "No agent can do browser google."
+    assert reply.response == "No agent can do browser google; start an agent with lam-agent -c browser."
+
+
+def test_no_agent_names_the_machine_that_left_the_capability_out_and_the_fix(lam):
+    """An agent that could not start a capability says why in its presence; the reply repeats it."""
+    lam.coordinator()
+    lam.agent("desk", "echo", "browser", extra_config='[capabilities.browser]\nbinary = "/nonexistent/chromium"')
+    reply = lam.send("browser youtube weezer")
+    assert reply.status == "failed"
+    assert reply.response.startswith("No agent can do browser youtube: on desk, browser "), reply.response
+    assert "[capabilities.browser]" in reply.response
 
 
 def test_not_for_us_is_ignored_with_a_reason(lam):
@@ -246,7 +256,7 @@ def test_high_risk_command_waits_for_confirmation_from_the_same_source(lam):
     assert cancelled.status == "ignored" and cancelled.response == "Cancelled."
     lam.send("computer power shutdown", source="r1")
     confirmed = lam.send("confirm", source="r1")
-    assert confirmed.status == "failed" and confirmed.response == "No agent can do computer power."
+    assert confirmed.status == "failed" and confirmed.response.startswith("No agent can do computer power;")
     assert not lam.recorder.on(lam.topics.task("computer"))
 
 

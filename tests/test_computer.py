@@ -22,7 +22,7 @@ from lamcontrol.agents.capability import TaskFailed, Unavailable
 from lamcontrol.agents.computer import Computer
 from desktop_parts import SOUND_SERVERS, SoundServer
 from helpers import wait_until
-from lamcontrol.protocol import Presence
+from lamcontrol.protocol import Presence, Result, Task, new_id
 
 XK.load_keysym_group("xf86")
 KEYSYM_NAMES = {getattr(XK, name): name[3:].replace("_", "", 1) for name in dir(XK) if name.startswith("XK_XF86_")}
@@ -503,4 +503,27 @@ def test_spoken_commands_reach_the_computer(lam, recorder, sound, tmp_path):
     assert lam.send("computer power shutdown").status == "needs_confirmation"
     assert not (tmp_path / "power").exists()
     assert lam.send("confirm").response == "Shutting down now."
+    assert (tmp_path / "power").read_text() == "did shutdown"
+
+
+def test_the_agent_runs_a_shutdown_only_when_its_prompt_was_confirmed(lam, desktop, tmp_path):
+    """Tasks published straight to the agent, as a coordinator misled about the risk would (``risk``
+    low): the agent reads the risk from its own spec, refuses the unconfirmed shutdown with a sentence
+    and runs nothing; the same task confirmed runs."""
+    power = {"shutdown": [sys.executable, "-c", WRITER, str(tmp_path / "power"), "did shutdown"]}
+    lam.agent("desk", "computer", extra_config=toml_tables({"capabilities.computer.power_commands": power}))
+    results = lam.topics.build("agents/desk/results")
+
+    def offer(confirmed: bool) -> Result:
+        task = Task(task_id=new_id(), prompt_id=new_id(), capability="computer", action="power", agent="desk",
+                    command="computer power shutdown", args={"mode": "shutdown"}, risk="low", confirmed=confirmed,
+                    accept_by=time.time() + 30, deadline=time.time() + 60)
+        lam.publish(task)
+        return lam.recorder.wait_for(Result, results, lambda r: r.task_id == task.task_id and r.state != "accepted")
+
+    refused = offer(confirmed=False)
+    assert (refused.state, refused.data) == ("rejected", {"needs_confirmation": True})
+    assert refused.message == "computer power shutdown needs your confirmation first; I did nothing."
+    assert not (tmp_path / "power").exists()
+    assert offer(confirmed=True).state == "succeeded"
     assert (tmp_path / "power").read_text() == "did shutdown"

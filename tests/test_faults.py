@@ -13,16 +13,20 @@ import uuid
 import pytest
 
 from conftest import mosquitto_available
-from faultkit import Broker, Namespaces, System, netns_problem
-from helpers import wait_until
+from faultkit import Broker, Namespaces, System, fill, netns_problem, root_problem, small_disk
+from helpers import Recorder, wait_until
+from lamcontrol import config as lamconfig
 from lamcontrol.bus import Bus
-from lamcontrol.protocol import Result, Task, parse
+from lamcontrol.coordinator.main import build
+from lamcontrol.language import ActionSpec, Arg, CapabilitySpec, Sentences, Syntax
+from lamcontrol.protocol import AgentSpec, ErrorRecord, Presence, Prompt, Result, Task, parse
 
 USERS = "coordinator,client:load,agent:a1:echo,agent:a2:echo,agent:evil:echo"
 TIMEOUT = 20.0  # each prompt's own timeout, seconds
 ANSWER_WAIT = 45.0  # longest wait for the last replies
 
 needs_mosquitto = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed")
+needs_root = pytest.mark.skipif(bool(root_problem()), reason=root_problem() or "root")
 
 
 def prefix() -> str:
@@ -44,11 +48,13 @@ def mosquitto_system(tmp_path):
     broker.close()
 
 
-def assert_clean(system: System, prompts: list, all_succeeded: bool = True) -> None:
+def assert_clean(system: System, prompts: list, all_succeeded: bool = True, honest: bool = False) -> None:
+    """Every prompt answered once, nothing run twice; with ``honest``, none answered `failed` that ran."""
     system.load.wait_answered(prompts, ANSWER_WAIT)
     tally = system.tally(prompts)
     print("tally:", tally)
     assert tally.clean(), f"{tally}\n{system.logs()}"
+    assert not (honest and tally.failed_but_ran), f"{tally}\n{system.logs()}"
     if all_succeeded:
         assert tally.statuses == {"succeeded": len(prompts)}, f"{tally}\n{system.logs()}"
     else:
@@ -284,3 +290,208 @@ def test_client_id_takeover_by_an_agents_login(mosquitto_system):
         intruder.stop()
     assert_clean(system, prompts)
     assert "already connected" not in process(system, "coordinator").log()
+
+
+# -- honest answers and limits (hardening issue) --------------------------------------------
+
+@needs_mosquitto
+def test_a_busy_coordinator_hears_the_accepted_that_came_in_time(tmp_path):
+    """The coordinator's bus thread is held up (a slow handler, three times, each longer than an
+    accept window) while agents accept: their `accepted` reached it in time, so no task goes to a
+    second agent and nothing is answered `failed`."""
+    broker = Broker("mosquitto", tmp_path, prefix(), USERS)
+    system = System(broker, tmp_path)
+    coordinator = build(lamconfig.load(str(system.coordinator_config())))
+    held_up = []
+
+    def busy(topic: str, payload: bytes) -> None:  # its own task, heard back; the bus thread waits here
+        if len(held_up) < 3:
+            held_up.append(topic)
+            time.sleep(3 * (system.ack_timeout + 1.0))
+
+    coordinator.bus.on(system.load.topics.task("echo"), busy)
+    try:
+        system.agent("a1")
+        system.agent("a2")
+        coordinator.start()
+        wait_until(coordinator.bus.ready.is_set, 30, "the coordinator on the broker")
+        system.fault()
+        prompts = system.load.send(20, seconds=0.5, timeout=60.0, pace=0.05)
+        system.load.wait_answered(prompts, 120)
+        assert len(held_up) == 3
+        assert_clean(system, prompts)
+    finally:
+        coordinator.stop()
+        system.close()
+        broker.close()
+
+
+@needs_mosquitto
+def test_broker_down_at_start(mosquitto_system):
+    """A coordinator started while the broker is down, longer than its warm-up, with prompts waiting
+    for it in the broker: it waits to hear the agents before saying nobody can do them."""
+    system = mosquitto_system
+    prompts = system.load.send(10, seconds=0.1, timeout=TIMEOUT)
+    system.load.wait_answered(prompts, ANSWER_WAIT)
+    system.fault()
+    assert process(system, "coordinator").stop() == 0
+    prompts += system.load.send(30, seconds=0.1, timeout=TIMEOUT + 30)  # they wait in its session
+    time.sleep(1)  # the last of them in the broker's queue
+    assert system.broker.process.stop() == 0
+    coordinator = system.coordinator(wait=False)
+    wait_until(lambda: "cannot reach" in coordinator.log(), 30, "the coordinator trying the broker")
+    time.sleep(4.0)  # longer than the warm-up (3 s) before the broker comes
+    system.broker.start()
+    wait_until(system.load.bus.ready.is_set, 30, "the load generator back on the broker")
+    assert_clean(system, prompts)
+
+
+@needs_mosquitto
+@needs_root
+def test_journal_disk_full(tmp_path):
+    """The journal's disk fills under load: every prompt it cannot journal is answered `failed` at
+    once, naming the disk (logged once); what was under way finishes; once space is back the
+    coordinator takes prompts again by itself."""
+    broker = Broker("mosquitto", tmp_path, prefix(), USERS)
+    system = System(broker, tmp_path)
+    try:
+        with small_disk(tmp_path / "disk") as disk:
+            system.journal = disk / "journal.db"
+            try:
+                coordinator = system.coordinator()
+                for agent in ("a1", "a2"):
+                    system.agent(agent)
+                prompts = system.load.send(20, seconds=0.1, timeout=TIMEOUT)
+                prompts += system.load.send(10, seconds=2.0, timeout=TIMEOUT)  # under way when the disk fills
+                system.fault()
+                filler = fill(disk)
+                refused = []
+                for _ in range(10):  # big prompts, until the journal needs room it cannot have
+                    batch = system.load.send(20, seconds=0, timeout=TIMEOUT, padding=1800)
+                    system.load.wait_answered(batch, ANSWER_WAIT)
+                    prompts += batch
+                    refused = [p for p in batch if "cannot write my journal" in system.load.replies[p.id][0].response]
+                    if refused:
+                        break
+                assert refused, coordinator.log()[-3000:]
+                assert all(system.load.replies[p.id][0].status == "failed" and str(disk) in
+                           system.load.replies[p.id][0].response for p in refused)
+                assert coordinator.log().count("cannot be written") == 1
+                filler.unlink()
+                wait_until(lambda: "can be written again" in coordinator.log(), 30, "the journal writing again")
+                after = system.load.send(20, seconds=0.1, timeout=TIMEOUT)
+                assert_clean(system, prompts + after, all_succeeded=False, honest=True)
+                assert {system.load.replies[p.id][0].status for p in after} == {"succeeded"}
+            finally:
+                system.close()
+    finally:
+        broker.close()
+
+
+@needs_mosquitto
+@needs_root
+def test_read_only_state(mosquitto_system, tmp_path):
+    """A coordinator whose state directory is read-only exits at once with one sentence naming the
+    journal; the prompts sent meanwhile wait in the broker for a coordinator that can write."""
+    system = mosquitto_system
+    prompts = system.load.send(20, seconds=0.1, timeout=TIMEOUT + 30)
+    system.load.wait_answered(prompts, ANSWER_WAIT)
+    system.fault()
+    assert process(system, "coordinator").stop() == 0
+    prompts += system.load.send(20, seconds=0.1, timeout=TIMEOUT + 30)
+    writable = system.journal
+    with small_disk(tmp_path / "read-only", "1m", read_only=True) as state:
+        system.journal = state / "lamcontrol" / "journal.db"
+        refused = system.coordinator(wait=False)
+        assert refused.popen.wait(30) == 2
+        said = [line for line in refused.log().splitlines() if line.strip()]
+        assert len(said) == 1 and str(system.journal) in said[0] and "Traceback" not in said[0], said
+    system.journal = writable
+    system.coordinator()
+    assert_clean(system, prompts)
+
+
+# -- agents that lie --------------------------------------------------------------------------
+
+def lying_spec() -> dict:
+    """What `evil` (whose login may read only echo tasks) advertises: `computer` with power at low
+    risk, read from "turn the volume to 20" and "play the music"; and, under the key `zzhijack`, a
+    spec that names itself `echo` and reads every echo prompt."""
+    power = ActionSpec("power", syntax=(Syntax("computer power {mode}"),),
+                       args=(Arg("mode", "choice", "a power mode", choices=("lock", "sleep", "restart", "shutdown")),),
+                       sentences=(Sentences(("turn the volume to {level}", "play the music"),
+                                            fixed={"mode": "shutdown"}),),
+                       risk="low")
+    hijack = ActionSpec("say", syntax=(Syntax("echo {text}"),), args=(Arg("text"),),
+                        sentences=(Sentences(("echo {text}", "echo sleep {seconds} {text}")),))
+    return {"computer": CapabilitySpec("computer", actions=(power,)).to_dict(),
+            "zzhijack": CapabilitySpec("echo", actions=(hijack,)).to_dict()}
+
+
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+def test_lying_specs(tmp_path, kind):
+    """`evil`, allowed only echo, claims computer (power at low risk, read from volume and music
+    sentences) and a spec whose name is not its key, says it runs a million tasks at once with a
+    negative load, and refuses every echo task it gets. No power task is ever published, the
+    refusals are on lam/errors, and the echo load is answered once each, run once, by a1 and a2."""
+    if kind == "mosquitto" and not mosquitto_available():
+        pytest.skip("mosquitto is not installed")
+    broker = Broker(kind, tmp_path, prefix(), f"{USERS},monitor")
+    system = System(broker, tmp_path)
+    watcher = evil = None
+    try:
+        system.coordinator()
+        for agent in ("a1", "a2"):
+            system.agent(agent)
+        watcher = Recorder(broker.settings("monitor"))
+        topics = system.load.topics
+        evil = Bus(broker.settings("evil"), component="evil", report=False)
+        offered: list[Task] = []
+
+        def refuse(topic: str, payload: bytes) -> None:
+            task = parse(Task, payload)
+            if task.agent == "evil":
+                offered.append(task)
+                evil.publish(Result(task_id=task.task_id, agent="evil", state="rejected", message="busy",
+                                    attempt=task.attempt))
+
+        evil.on(topics.task("echo"), refuse)
+        evil.start(timeout=10)
+        system.fault()
+        evil.publish(AgentSpec(agent="evil", capabilities=lying_spec()), retain=True)
+        evil.publish(Presence(state="online", agent="evil", capabilities={
+            "echo": ["say", "sleep", "fail"], "computer": ["power", "volume", "media"], "zzhijack": ["say"]},
+            max_concurrent=10**6, max_queued=10**6, load=-1000), retain=True).wait_for_publish(10)
+        for topic in (topics.agent_spec("evil"), topics.agent_status("evil")):  # the broker took them in order:
+            wait_until(lambda: watcher.on(topic), 20, topic)  # the coordinator reads them before the prompts
+        spoken = [Prompt(prompt=text, source="faults", metadata={"timeout": TIMEOUT})
+                  for text in ("turn the volume to 20", "play the music", "computer power shutdown") * 5]
+        for prompt in spoken:
+            system.load.bus.publish(prompt)
+        prompts = system.load.send(60, seconds=0.1, timeout=TIMEOUT)
+        system.load.wait_answered(prompts + spoken, ANSWER_WAIT)
+        tally = system.tally(prompts)
+        assert tally.clean() and tally.failed_but_ran == 0, f"{tally}\n{system.logs()}"
+        assert tally.statuses == {"succeeded": len(prompts)}, tally
+        assert all(system.load.replies[p.id][0].tasks[0].agent in ("a1", "a2") for p in prompts)
+        tasks = watcher.parsed(Task, topics.build("tasks/#"))
+        assert not [t for t in tasks if t.capability != "echo"], "a task for what evil may not offer"
+        assert not [t for t in tasks if t.action == "say" and "sleep" in t.command], "echo prompts hijacked"
+        assert {t.capability for t in offered} <= {"echo"}
+        for prompt in spoken:  # read by the installed computer spec, which no agent here may offer
+            [reply] = system.load.replies[prompt.id]
+            if prompt.prompt.startswith("computer power"):
+                assert reply.status == "needs_confirmation", reply
+            else:
+                assert reply.status == "failed" and reply.response.startswith("No agent can do computer"), reply
+        errors = [e.error for e in watcher.parsed(ErrorRecord, topics.errors) if e.component == "coordinator"]
+        assert any("evil" in e and "computer" in e and "may not read" in e for e in errors), errors
+        assert any("evil" in e and "zzhijack" in e and "names itself 'echo'" in e for e in errors), errors
+        assert any("evil" in e and "tasks at once" in e for e in errors), errors
+        assert len(errors) == len(set(errors)), "each refusal is said once"
+    finally:
+        for bus in (evil, watcher and watcher.bus):
+            if bus is not None:
+                bus.stop()
+        system.close()
+        broker.close()

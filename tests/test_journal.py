@@ -81,3 +81,13 @@ def test_commits_reach_the_database_file_at_the_checkpoint(tmp_path):
     assert sorted(in_database_file()) == sorted(p.to_json().decode() for p in prompts)
     journal.close()
     journal.checkpoint()  # after close: nothing to do, no error
+
+
+def test_prune_keeps_at_most_the_newest_answered_prompts(tmp_path):
+    """Under a flood the journal is bounded by number as well as by age."""
+    journal = Journal(tmp_path / "j.db", max_prompts=10)
+    prompts = [answered(journal, f"echo {n}", age_days=(30 - n) / 86400) for n in range(30)]
+    assert journal.added == 30
+    assert journal.prune() == 20
+    assert {row[0] for row in journal._db.execute("SELECT id FROM prompts")} == {p.id for p in prompts[20:]}
+    assert journal.added == 0

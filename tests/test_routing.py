@@ -22,6 +22,7 @@ from lamcontrol.protocol import (ErrorRecord, LegacyResult, Message, Presence, P
                                  read)
 
 ECHO = {"echo": ["fail", "say", "sleep"]}
+NO_COMPUTER_VOLUME = "No agent can do computer volume; start an agent with lam-agent -c computer."
 
 
 class FakeClock:
@@ -50,6 +51,13 @@ class FakeBus(Bus):
     def _send(self, topic: str, payload: bytes | str, qos: int, retain: bool) -> None:
         self.sent.append((topic, payload if isinstance(payload, bytes) else payload.encode()))
 
+    def run_deferred(self) -> bool:
+        """Handle what other threads handed to the bus thread (there is none here); True if there was some."""
+        handed = bool(self._inbox)
+        while self._inbox:
+            self._handle_burst([self._inbox.popleft()])
+        return handed
+
 
 class Routing:
     """A coordinator on a fake bus and clock, with agents played by the test."""
@@ -67,10 +75,19 @@ class Routing:
         self.bus = self.coordinator.bus
         with self.coordinator.transaction():
             self.coordinator.resume()
+        self.settle()
         return self.coordinator
 
     def deliver(self, message: Message, topic: str | None = None) -> None:
         self.bus.handle(topic or message.topic(self.bus.topics), message.to_json())
+        self.settle()
+
+    def settle(self) -> None:
+        """Wait until the prompts handed over are understood, and handle what comes back, as the bus
+        thread would."""
+        assert self.coordinator.intake.settled(30)
+        while self.bus.run_deferred():
+            assert self.coordinator.intake.settled(30)
 
     def online(self, agent: str, capabilities: dict = ECHO, max_concurrent: int = 4) -> None:
         self.deliver(Presence(state="online", agent=agent, capabilities=capabilities, max_concurrent=max_concurrent))
@@ -90,6 +107,7 @@ class Routing:
     def advance(self, seconds: float) -> None:
         self.clock.now += seconds
         self.coordinator.tick()
+        self.settle()
 
     def sent(self, kind: type[Message]) -> list:
         found = [read(self.bus.topics, t, p) for t, p in self.bus.sent]
@@ -177,7 +195,7 @@ def test_deadlines_answer_every_prompt(routing):
     assert routing.replies() == []
     routing.advance(0.2)
     [reply] = routing.replies()
-    assert reply.status == "failed" and reply.response == "Echo say did not finish in time."
+    assert reply.status == "failed" and reply.response == "Echo did not finish in time."
 
 
 def test_waiting_for_an_agent_until_one_comes_or_the_deadline_passes(routing):
@@ -191,7 +209,7 @@ def test_waiting_for_an_agent_until_one_comes_or_the_deadline_passes(routing):
     assert second.agent == "a1" and second.args == {"text": "again"}
     routing.send("echo late", timeout=1.0)
     routing.advance(1.1)
-    assert routing.replies()[-1].response == "No agent could take echo say in time."
+    assert routing.replies()[-1].response == "No agent could take echo in time."
 
 
 def test_an_agent_gets_as_many_tasks_as_it_runs_and_queues(routing):
@@ -214,11 +232,41 @@ def test_high_risk_commands_wait_for_the_same_source_to_confirm(routing):
     routing.send("confirm", source="r1")
     [task] = routing.tasks()
     assert (task.capability, task.action, task.args, task.risk) == ("computer", "power", {"mode": "shutdown"}, "high")
-    assert task.prompt_id != asked.id
+    assert task.prompt_id != asked.id and task.confirmed  # the agent runs it only so
     routing.send("computer power shutdown", source="r1")
     routing.advance(routing.settings.confirm_window + 1)
     routing.send("confirm", source="r1")
     assert len(routing.tasks()) == 1
+
+
+def test_an_agent_refusing_an_unconfirmed_task_ends_it_with_its_sentence(routing):
+    """An agent whose own spec says high risk refuses a task the coordinator thought low: no other agent
+    is asked (they read the action the same way), the reply says why."""
+    routing.online("pc1", {"computer": ["power"]})
+    routing.online("pc2", {"computer": ["power"]})
+    routing.send("computer power lock")
+    [task] = routing.tasks()
+    assert not task.confirmed and task.risk == "low"
+    routing.deliver(Result(task_id=task.task_id, agent=task.agent, state="rejected", data={"needs_confirmation": True},
+                           message="computer power lock needs your confirmation first; I did nothing."))
+    [reply] = routing.replies()
+    assert (reply.status, reply.response) == ("failed", "computer power lock needs your confirmation first; I did "
+                                                         "nothing.")
+    assert len(routing.tasks()) == 1
+
+
+def test_an_agents_word_on_its_size_counts_only_so_far(routing):
+    """An agent saying it runs a million tasks at once, with a negative load, is counted at 16 at once
+    and 64 queued: the others get their share, and lam/errors says so."""
+    routing.deliver(Presence(state="online", agent="big", capabilities=ECHO, max_concurrent=10**6,
+                             max_queued=10**6, load=-1000))
+    routing.online("small", max_concurrent=4)
+    for n in range(40):
+        routing.send(f"echo sleep 5 t{n}")
+    given = [t.agent for t in routing.tasks()]
+    assert (given.count("big"), given.count("small")) == (36, 4)
+    [refusal] = [m for m in routing.sent(ErrorRecord) if "big" in m.error]
+    assert refusal.error == "agent big says it runs 1000000 tasks at once and queues 1000000; I count at most 16 and 64"
 
 
 def test_a_restarted_coordinator_finishes_what_the_journal_shows_open(routing):
@@ -276,8 +324,8 @@ def test_the_legacy_results_topic_when_a_setting_allows_it(tmp_path):
 
 
 @pytest.mark.parametrize("text, status, response, states", [
-    ("echo one && computer volume 30", "partial", "one. No agent can do computer volume.", ["succeeded", "failed"]),
-    ("computer volume 30 && echo two", "failed", "No agent can do computer volume. Skipped echo two.",
+    ("echo one && computer volume 30", "partial", f"one. {NO_COMPUTER_VOLUME}", ["succeeded", "failed"]),
+    ("computer volume 30 && echo two", "failed", f"{NO_COMPUTER_VOLUME} Skipped echo two.",
      ["failed", "skipped"]),
 ])
 def test_a_chain_reply_says_what_happened_to_every_step(routing, text, status, response, states):
@@ -447,6 +495,29 @@ def test_back_on_a_broker_that_kept_nothing_an_agent_is_asked_again_not_passed_o
     assert [(r.status, r.response) for r in routing.replies()] == [("succeeded", "hello")]
 
 
+def test_a_late_refusal_of_an_earlier_offer_leaves_the_task_with_its_agent(routing):
+    """Back on a broker that kept nothing, a1 is offered the task again (attempt 2). The first offer,
+    sent again by our MQTT client on reconnecting, reaches a1 after its window and a1 refuses it,
+    while it takes the second. That refusal is of an offer that is over: the task stays with a1 and
+    goes to no other agent, whichever of a1's words comes first."""
+    routing.online("a1")
+    routing.online("a2")
+    routing.send("echo hello")
+    [first] = routing.tasks()
+    routing.bus.session_present = False
+    routing.bus.handle("connect", b"")
+    routing.online("a1")
+    again = routing.tasks()[1]
+    assert (again.agent, again.attempt) == ("a1", 2)
+    late = Result(task_id=first.task_id, agent="a1", state="rejected", attempt=1,
+                  message="The task arrived after its dispatch window closed.")
+    routing.deliver(late)
+    routing.deliver(Result(task_id=first.task_id, agent="a1", state="accepted", attempt=2))
+    routing.deliver(late)
+    routing.deliver(Result(task_id=first.task_id, agent="a1", state="succeeded", message="hello", attempt=2))
+    assert [t.agent for t in routing.tasks()] == ["a1", "a1"]
+    assert [(r.status, r.response) for r in routing.replies()] == [("succeeded", "hello")]
+
 @pytest.mark.parametrize("restarted", [False, True])
 def test_back_on_a_broker_that_kept_nothing_a_task_finished_unheard(routing, restarted):
     """a1 accepted the task, finished it while we were away, and the broker lost its result. The
@@ -467,6 +538,25 @@ def test_back_on_a_broker_that_kept_nothing_a_task_finished_unheard(routing, res
         assert len(routing.tasks()) == 1
         assert [r.status for r in routing.replies()] == ["failed"]
         return
+    again = routing.tasks()[1]
+    assert (again.task_id, again.agent, again.attempt) == (task.task_id, "a1", 2)
+    routing.say(again, "accepted")
+    routing.say(again, "succeeded", "hello")
+    assert [(r.status, r.response) for r in routing.replies()] == [("succeeded", "hello")]
+
+
+def test_back_on_a_broker_that_kept_nothing_a_task_still_running_is_asked_about_too(routing):
+    """a1 lists the task as running when first heard from, then finishes it before we are subscribed
+    to the new broker, which drops its result. Asked again at once, the same a1 process says it took
+    the task and, when it ends, how it ended: the prompt is answered, not failed at its deadline."""
+    routing.deliver(Presence(state="online", agent="a1", capabilities=ECHO, max_concurrent=4, started=100.0))
+    routing.send("echo sleep 1 hello", timeout=5.0)
+    [task] = routing.tasks()
+    routing.say(task, "accepted")
+    routing.bus.session_present = False
+    routing.bus.handle("connect", b"")
+    routing.deliver(Presence(state="online", agent="a1", capabilities=ECHO, max_concurrent=4, started=100.0,
+                             running=[task.task_id]))
     again = routing.tasks()[1]
     assert (again.task_id, again.agent, again.attempt) == (task.task_id, "a1", 2)
     routing.say(again, "accepted")
@@ -534,24 +624,202 @@ def fill(path: Path) -> None:
     raise AssertionError("the disk never filled")
 
 
-def test_a_journal_that_cannot_commit_publishes_and_acknowledges_nothing(small_disk, caplog):
+def test_a_full_journal_disk_answers_failed_at_once_and_recovers_by_itself(small_disk, caplog):
+    """The disk fills: the prompt whose commit failed, and every one after it, is answered `failed` at
+    once naming the journal and its disk (logged once); a task under way carries on and its reply is
+    journaled once space is back, when prompts run again."""
     routing = Routing(small_disk / "journal.db")
-    routing.online("a1", max_concurrent=1000)
-    bus = routing.bus
+    for agent in range(20):  # room for every task
+        routing.online(f"a{agent}", max_concurrent=16)
+    bus, journal = routing.bus, routing.coordinator.journal
+    under_way = routing.send("echo under way")
+    [task] = routing.tasks()
     fill(small_disk / "filler")
     for mid in range(1, 301):  # each prompt a few KB more in the journal, until the disk is full
-        prompt = Prompt(prompt=f"echo {mid} " + "words " * 300, source="test")
-        before = len(bus.sent)
-        bus._handle_burst([(bus.topics.prompts, prompt.to_json(), mid, 1)])
-        if mid not in bus.acked:
+        prompt = Prompt(prompt=f"echo {mid} " + "words " * 300, source=f"s{mid}")
+        bus._handle_burst([(bus.topics.prompts, prompt.to_json(), mid, 1, routing.clock.now)])
+        routing.settle()
+        if journal.unwritable:
             break
-    assert mid not in bus.acked, "the journal never failed"
-    [record] = [read(bus.topics, t, p) for t, p in bus.sent[before:]]
-    assert isinstance(record, ErrorRecord) and "not journaled" in record.error and "full" in record.error
-    assert "could not commit" in caplog.text
+    assert journal.unwritable, "the journal never failed"
+    assert mid in bus.acked, "the prompt was left to be delivered again instead of answered"
+    refused = [prompt] + [routing.send(f"echo more {n}", source=f"m{n}") for n in range(20)]
+    replies = {r.prompt_id: r for r in routing.replies()}
+    for prompt in refused:
+        assert replies[prompt.id].status == "failed"
+        assert "full" in replies[prompt.id].response and str(small_disk) in replies[prompt.id].response
+    assert caplog.text.count("cannot be written") == 1
+    assert not [t for t in routing.tasks() if t.prompt_id in {p.id for p in refused}]
+    routing.say(task, "accepted")
+    routing.say(task, "succeeded", "done")
+    assert [r.status for r in routing.replies() if r.prompt_id == under_way.id] == ["succeeded"]
+    routing.coordinator._retry_journal()
+    assert journal.unwritable, "the journal claims to write on a full disk"
     (small_disk / "filler").unlink()
-    bus._handle_burst([(bus.topics.prompts, prompt.to_json(), 1000, 1)])  # the broker delivers it again
-    assert 1000 in bus.acked
-    [task] = [read(bus.topics, t, p) for t, p in bus.sent[before + 1:]]
-    assert isinstance(task, Task) and task.prompt_id == prompt.id
-    assert len([t for t in routing.tasks() if t.prompt_id == prompt.id]) == 1
+    routing.coordinator._retry_journal()
+    assert not journal.unwritable and "can be written again" in caplog.text
+    after = routing.send("echo after")
+    assert [t.prompt_id for t in routing.tasks()][-1] == after.id
+    assert under_way.id not in {p.id for p, _, _ in journal.open_prompts()}
+
+
+def test_a_journal_that_cannot_commit_for_another_reason_publishes_and_acknowledges_nothing(routing, caplog):
+    """Any other failure to commit: nothing goes out, nothing is acknowledged, the broker delivers again."""
+    routing.online("a1")
+    bus, journal = routing.bus, routing.coordinator.journal
+    journal._db.execute("CREATE TRIGGER refuse BEFORE INSERT ON prompts BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    prompt = Prompt(prompt="echo hi")
+    before = len(bus.sent)
+    bus._handle_burst([(bus.topics.prompts, prompt.to_json(), 7, 1, routing.clock.now)])
+    routing.settle()
+    assert 7 not in bus.acked and not journal.unwritable
+    [record] = [read(bus.topics, t, p) for t, p in bus.sent[before:]]
+    assert isinstance(record, ErrorRecord) and "not journaled" in record.error
+    journal._db.execute("DROP TRIGGER refuse")
+    bus._handle_burst([(bus.topics.prompts, prompt.to_json(), 8, 1, routing.clock.now)])  # delivered again
+    routing.settle()
+    assert 8 in bus.acked
+    assert [t.prompt_id for t in routing.tasks()] == [prompt.id]
+
+
+def test_a_prompt_whose_understanding_cannot_be_committed_is_taken_up_again_from_the_journal(routing):
+    """The prompt is journaled, but the commit of what it was understood to ask for fails: nothing goes
+    out, the answer of the understanding thread is dropped with the state, and the prompt, read back
+    from the journal, is understood again and run once."""
+    routing.online("a1")
+    bus, journal = routing.bus, routing.coordinator.journal
+    journal._db.execute("CREATE TRIGGER refuse BEFORE INSERT ON tasks BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    prompt = routing.send("echo hi")
+    assert routing.tasks() == [] and routing.replies() == []
+    assert any("not journaled" in e.error for e in routing.sent(ErrorRecord))
+    journal._db.execute("DROP TRIGGER refuse")
+    routing.advance(0.1)
+    [task] = routing.tasks()
+    assert task.prompt_id == prompt.id
+    routing.say(task, "accepted")
+    routing.say(task, "succeeded", "hi")
+    assert [(r.prompt_id, r.status) for r in routing.replies()] == [(prompt.id, "succeeded")]
+
+
+# -- honest answers and limits (hardening issue) ------------------------------------------
+
+def test_after_a_failed_commit_one_router_hears_results_and_answers_once(routing):
+    """A commit that fails reads the state back from the journal; the results that come after go to
+    the same router that times the task, so the prompt gets one reply, not `succeeded` and then
+    `failed` at its deadline."""
+    routing.online("a1")
+    routing.send("echo hi", timeout=10.0)
+    [task] = routing.tasks()
+    journal = routing.coordinator.journal
+    journal._db.execute("CREATE TRIGGER refuse BEFORE UPDATE ON tasks BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    routing.say(task, "accepted")  # its commit fails: the state is read back from the journal
+    journal._db.execute("DROP TRIGGER refuse")
+    routing.say(task, "accepted")  # the broker delivers it again
+    routing.say(task, "succeeded", "hi")
+    routing.advance(11.0)
+    assert [(r.status, r.response) for r in routing.replies()] == [("succeeded", "hi")]
+
+
+def test_the_warm_up_counts_from_reaching_the_broker_not_from_start(tmp_path):
+    """A coordinator started while the broker is down waits for agents however long that lasts; the
+    warm-up begins once it reaches the broker."""
+    routing = Routing(tmp_path / "journal.db", warmup=3.0)
+    prompt = routing.send("echo sleep 0 pending")  # journaled, no agent heard yet
+    routing.restart()  # a new process, the broker down
+    routing.advance(10.0)
+    routing.advance(10.0)
+    assert routing.replies() == []
+    routing.bus.handle("connect", b"")
+    routing.advance(1.0)
+    assert routing.replies() == []
+    routing.online("a1")
+    routing.advance(0.1)
+    [task] = routing.tasks()
+    assert task.prompt_id == prompt.id
+    later = routing.send("browser google boots")
+    routing.advance(3.0)
+    [reply] = [r for r in routing.replies() if r.prompt_id == later.id]
+    assert reply.response == "No agent can do browser google; start an agent with lam-agent -c browser."
+
+
+def test_an_accept_window_is_judged_as_of_when_the_tick_was_received(routing):
+    """A busy bus thread hands over a tick and then, long after, the `accepted` that reached it before
+    the window closed: the window is judged as of the tick's arrival, so the task stays with its
+    agent and is sent to no other."""
+    routing.online("a1")
+    routing.online("a2")
+    routing.send("echo sleep 1 busy")
+    [task] = routing.tasks()
+    offered = routing.clock.now
+    routing.clock.now += 30.0  # the bus thread was busy all this time
+    accepted = Result(task_id=task.task_id, agent="a1", state="accepted")
+    routing.bus._handle_burst([
+        ("call", lambda: routing.coordinator.tick(routing.bus.received), 0, 0, offered + 1.0),
+        (accepted.topic(routing.bus.topics), accepted.to_json(), 0, 0, offered + 2.0)])
+    routing.advance(1.0)
+    routing.say(task, "succeeded", "busy")
+    assert [t.agent for t in routing.tasks()] == ["a1"]
+    assert [(r.status, r.response) for r in routing.replies()] == [("succeeded", "busy")]
+
+
+def test_an_empty_status_does_not_forget_a_live_agent(routing):
+    """An empty retained status (a stray or replayed clear) leaves an agent alone while it is online
+    and heard from within its heartbeat; it forgets one that is offline."""
+    routing.online("a1")
+    routing.bus.handle(routing.bus.topics.agent_status("a1"), b"")
+    routing.send("echo still here")
+    assert [t.agent for t in routing.tasks()] == ["a1"]
+    routing.offline("a1")
+    routing.bus.handle(routing.bus.topics.agent_status("a1"), b"")
+    assert "a1" not in routing.coordinator.registry.agents
+
+
+def test_a_source_whose_clock_is_far_behind_is_timed_from_arrival_and_logged_once(routing, caplog):
+    """Connected for two hours, a prompt that says it was sent an hour ago cannot have waited for us:
+    its source's clock is behind, and its deadline counts from when it arrived."""
+    routing.bus.handle("connect", b"")
+    routing.advance(7200.0)
+    routing.online("a1")
+    for n in range(2):
+        routing.deliver(Prompt(prompt=f"echo late clock {n}", source="kitchen", ts=routing.clock.now - 3600.0))
+    assert len(routing.tasks()) == 2
+    assert caplog.text.count("the clock of source 'kitchen' is about 3600 s behind") == 1
+    queued = Prompt(prompt="echo queued", source="kitchen", metadata={"timeout": 5.0}, ts=routing.clock.now - 3600.0)
+    routing.bus.handle("connect", b"")  # back after an outage: a prompt from before it waited in the broker
+    routing.deliver(queued)
+    assert [r.status for r in routing.replies() if r.prompt_id == queued.id] == ["failed"]
+
+
+def test_no_agent_says_which_machine_left_the_capability_out_and_why(routing):
+    routing.deliver(Presence(state="online", agent="desk", capabilities=ECHO, unavailable={
+        "browser": "browser found no Chromium: install it (Debian: apt install chromium chromium-driver)",
+        "home": "needs Home Assistant's address: set url in [capabilities.home]."}))
+    routing.send("browser youtube weezer")
+    routing.send("home turn off the desk lamp")
+    assert [r.response for r in routing.replies()] == [
+        "No agent can do browser youtube: on desk, browser found no Chromium: install it (Debian: apt install "
+        "chromium chromium-driver).",
+        "No agent offers home: on desk, home is left out: needs Home Assistant's address: set url in "
+        "[capabilities.home]."]
+
+
+def test_sources_are_served_in_turn_and_limited_in_rate(tmp_path):
+    """A source's flood waits behind its own prompts, not another's; beyond its burst and rate it is
+    answered `rejected`, before anything is journaled."""
+    routing = Routing(tmp_path / "journal.db", source_rate=1.0, source_burst=5.0)
+    routing.online("a1", max_concurrent=1000)
+    coordinator = routing.coordinator
+    flood = [Prompt(prompt=f"echo flood {n}", source="flood") for n in range(8)]
+    victim = Prompt(prompt="echo victim", source="victim")
+    bus = routing.bus
+    bus._handle_burst([(bus.topics.prompts, p.to_json(), 0, 0, routing.clock.now) for p in [*flood, victim]])
+    routing.settle()
+    assert [t.args["text"] for t in routing.tasks()] == ["flood 0", "victim", "flood 1", "flood 2", "flood 3",
+                                                         "flood 4"]
+    rejected = [r for r in routing.replies() if r.status == "rejected"]
+    assert [r.prompt_id for r in rejected] == [p.id for p in flood[5:]]
+    assert "Too many prompts from flood" in rejected[0].response
+    assert not {p.id for p in flood[5:]} & {p.id for p, _, _ in coordinator.journal.open_prompts()}
+    routing.clock.now += 2.0  # two more a second later
+    assert len([routing.send("echo again", source="flood") for _ in range(3)]) == 3
+    assert [r.status for r in routing.replies()].count("rejected") == 4

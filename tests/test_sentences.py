@@ -100,7 +100,7 @@ def test_loose_power_prompt_waits_for_a_spoken_confirmation(lam):
     held = lam.send("can you shut down my computer", source="r1")
     assert held.status == "needs_confirmation" and "computer power shutdown" in held.response
     confirmed = lam.send("Yes, do it.", source="r1")
-    assert confirmed.status == "failed" and confirmed.response == "No agent can do computer power."
+    assert confirmed.status == "failed" and confirmed.response.startswith("No agent can do computer power;")
     lam.send("restart my computer", source="r1")
     assert lam.send("never mind", source="r1").response == "Cancelled."
 

@@ -104,14 +104,17 @@ def test_install_with_mqtt_credentials(tmp_path):
     assert done.returncode == 0, done.stderr
     etc = tmp_path / "root/etc"
     assert not (etc / "systemd/system/lam-broker.service").exists()
-    service = unit_settings(etc / "systemd/system/lam-coordinator.service")["Service"]
-    assert service["LoadCredential"] == "mqtt-password:/etc/lamcontrol/coordinator.password"
+    unit = (etc / "systemd/system/lam-coordinator.service").read_text()
+    assert "LoadCredential=mqtt-password:/etc/lamcontrol/coordinator.password\n" in unit
+    assert f"LoadCredential=mqtt-acl:{out / 'acl'}\n" in unit  # the live ACL: what each agent's login may read
     secret = etc / "lamcontrol/coordinator.password"
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert secret.read_text() == (out / "credentials/coordinator").read_text()
     config = (etc / "lamcontrol/coordinator.toml").read_text()
     assert 'username = "coordinator"' in config
     assert 'password_file = "/run/credentials/lam-coordinator.service/mqtt-password"' in config
+    assert 'acl_file = "/run/credentials/lam-coordinator.service/mqtt-acl"' in config
+    assert "acl_file" not in (etc / "lamcontrol/bridge.toml").read_text()
     assert secret.read_text().strip() not in done.stdout
 
 
