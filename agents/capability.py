@@ -37,6 +37,9 @@ __all__ = ["ActionSpec", "Arg", "Capability", "CapabilitySpec", "Entity", "Outco
 
 
 
+ADVERTISED_EXAMPLES = 4096  # bytes of example sentences an agent's spec carries on the bus
+
+
 class TaskFailed(Exception):
     """The action could not be done; ``str(exc)`` is the sentence to report."""
 
@@ -125,10 +128,18 @@ class Capability:
         return read_examples(path.read_text(encoding="utf-8")) if path and path.is_file() else ()
 
     def advertised_spec(self) -> CapabilitySpec:
-        """The spec this agent advertises: the offered actions, with the names it knows now."""
+        """The spec this agent advertises: the offered actions, with the names it knows now, and its
+        examples file's first lines up to ``ADVERTISED_EXAMPLES`` bytes (a coordinator where the
+        capability is installed reads the whole file itself)."""
         spec = self.spec().with_lists(self.names())
         offered = set(self.actions())
-        return replace(spec, actions=tuple(a for a in spec.actions if a.name in offered))
+        kept, size = [], 0
+        for example in spec.examples:
+            size += sum(len(part) + 4 for part in example)
+            if size > ADVERTISED_EXAMPLES:
+                break
+            kept.append(example)
+        return replace(spec, actions=tuple(a for a in spec.actions if a.name in offered), examples=tuple(kept))
 
     @classmethod
     def given_names(cls, names: list[str]) -> dict[str, list]:
