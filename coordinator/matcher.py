@@ -315,8 +315,8 @@ class Reader:
     def read(self, sentence: str) -> list[Candidate]:
         """The best reading of each likely intent, best first, and ``none``'s score as a candidate."""
         tokens = self.tokens(sentence)
-        if not tokens or len(tokens) > MAX_WORDS:
-            return []
+        if not tokens or len(tokens) > MAX_WORDS or all(t.text in NOT_NAMES for t in tokens):
+            return []  # nothing to read, too long to read, or only little words ("the", "and then")
         plain = tuple(t.text for t in tokens)
         bag, ranked = self._looked_at(plain)
         kinds = [label.partition(":")[2] for label in ranked if label.startswith(f"{NONE}:")][:SHORTLIST]
