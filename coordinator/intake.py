@@ -29,17 +29,17 @@ from .grammar import Command, ParseResult
 from .language import Context, parse_chain
 from .parsing import Parser, is_cancellation, is_confirmation
 from .registry import Registry
-from .routing import Reply
+from .routing import Reply, Router
 from .runs import Held
 from .settings import Clock, Settings
 from .specs import Offer, SpecStore
 
 log = logging.getLogger(__name__)
 
-Start = Callable[[Prompt, float, list[Command], str], None]
 Defer = Callable[[Callable[[], None]], None]  # hands a call to the bus thread (Bus.defer)
 TOO_SLOW = "I could not understand that in time; I did nothing."
 TOO_MANY = "Too many prompts were ahead of this one to get to it before its deadline; I did nothing."
+BROKEN = "Something went wrong on my side as I was about to act on that ({}); I did nothing."
 
 
 class BySource(OrderedDict):
@@ -126,11 +126,12 @@ class Intake:
     clock: Clock
     parser: Parser
     registry: Registry
-    start: Start
+    router: Router
     reply: Reply
     events: Events
     defer: Defer
     specs: SpecStore = field(default_factory=SpecStore)  # what the online agents understand
+    fatal: tuple[type[Exception], ...] = ()  # errors the transaction must see (the journal's)
     held: BySource = field(init=False)  # commands waiting for their source to confirm
     transcripts: BySource = field(init=False)  # recent commands by source, for the parser
     waiting: FairQueue = field(default_factory=FairQueue)  # journaled, not handed over yet
@@ -192,13 +193,24 @@ class Intake:
         self.defer(lambda: self.understood(prompt.id, token, result, failed))
 
     def understood(self, prompt_id: str, token: int, result: ParseResult, failed: bool = False) -> None:
-        """What a prompt asks for, back on the bus thread: confirm or cancel what its source holds, ask
-        for a confirmation, refuse, or start it."""
+        """What a prompt asks for, back on the bus thread, acted on; answered `failed` if acting on it
+        fails for any reason but the journal's (a bug must not leave it unanswered until a restart)."""
         entry = self.pending.get(prompt_id)
         if entry is None or entry[2] != token:
             return  # answered at its deadline meanwhile, or handed over again since
         del self.pending[prompt_id]
         prompt, deadline, _ = entry
+        try:
+            self._act(prompt, deadline, result, failed)
+        except self.fatal:
+            raise  # the transaction fails: the prompt is read back from the journal and understood again
+        except Exception as exc:  # a bug: this prompt is answered all the same, and the next one taken up
+            log.exception("could not act on prompt %s", prompt.id)
+            if prompt.id not in self.router.runs:  # (an open run answers, by its deadline at the latest)
+                self.reply(prompt.id, PromptStatus.FAILED, BROKEN.format(exc.__class__.__name__), [])
+
+    def _act(self, prompt: Prompt, deadline: float, result: ParseResult, failed: bool) -> None:
+        """Confirm or cancel what its source holds, ask for a confirmation, refuse, or start it."""
         source = prompt.source
         held = self.held.pop(source, None)
         if held and held.expires >= self.clock.time():
@@ -226,7 +238,7 @@ class Intake:
         transcript = self.transcripts.pop(prompt.source, None) or deque(maxlen=self.settings.transcript)
         transcript.extend(c.text for c in commands)
         self.transcripts[prompt.source] = transcript
-        self.start(prompt, deadline, commands, note)
+        self.router.start(prompt, deadline, commands, note)
 
     def expire(self, now: float) -> None:
         """Forget held commands nobody confirmed in time; answer the prompts whose deadline passed

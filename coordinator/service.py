@@ -82,8 +82,8 @@ class Coordinator:
         # One router for the coordinator's life: a failed commit resets it, never replaces it.
         self.router = Router(settings, clock, journal, self.registry, self.bus.publish, self.reply, self.events)
         self.specs = SpecStore(self._refuse_spec, approved_specs)  # what the online agents understand
-        self.intake = Intake(settings, clock, parser, self.registry, self.router.start, self.reply, self.events,
-                             self.bus.defer, self.specs)
+        self.intake = Intake(settings, clock, parser, self.registry, self.router, self.reply, self.events,
+                             self.bus.defer, self.specs, self.bus.fatal)
         self.bus.on(self.bus.topics.prompts, self.on_prompt)
         self.bus.subscribe(Result, self.router.result)
         if settings.legacy_results:
