@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections import Counter
 
 import pytest
 
@@ -151,7 +152,10 @@ def test_embedded_broker_sigkill_and_sigterm(tmp_path):
 
     While the broker is down the LAMControl processes are frozen, so the test's observer is the
     first client back (aMQTT keeps no sessions across a restart: a reply sent before the observer
-    resubscribed would be missed by the test, not lost by the system)."""
+    resubscribed would be missed by the test, not lost by the system). A message the killed broker
+    had acknowledged and not yet handed on is lost with it, as the README says: a prompt the
+    coordinator's journal never saw, or a reply it shows the broker took, is counted apart (the
+    prompt must never have run, the reply's task at most once); every other prompt counts."""
     broker = Broker("amqtt", tmp_path, prefix())
     system = System(broker, tmp_path)
     try:
@@ -180,7 +184,13 @@ def test_embedded_broker_sigkill_and_sigterm(tmp_path):
                 pytest.fail(f"lam-broker ignored SIGTERM\n{broker.process.log()[-3000:]}")
             come_back()
         prompts += system.load.send(20, seconds=0.1, timeout=TIMEOUT)
-        assert_clean(system, prompts, all_succeeded=False)
+        system.load.wait_answered(prompts, ANSWER_WAIT)
+        in_broker = system.lost_in_broker(prompts)
+        print("lost in the killed broker:", Counter(in_broker.values()))
+        ran = system.runs()
+        runs = {p.id: ran[p.prompt.rsplit(" ", 1)[1]] for p in prompts if p.id in in_broker}
+        assert all(runs[i] <= (what == "reply") for i, what in in_broker.items()), f"{runs}\n{system.logs()}"
+        assert_clean(system, [p for p in prompts if p.id not in in_broker], all_succeeded=False)
     finally:
         system.close()
         broker.close()
