@@ -54,9 +54,11 @@ def node_id(topics: Topics, kind: str, name: str = "") -> str:
 
 
 def prompt_payload(text: str, agent: str | None = None) -> str:
-    """A prompt from Home Assistant, without an id (each press must be a new prompt)."""
+    """A prompt from Home Assistant, without an id (each press must be a new prompt) and without a
+    time: the coordinator counts its deadline from when it arrives, not from when discovery was
+    published, and the config stays the same from one heartbeat to the next."""
     data = Prompt(prompt=text, source=SOURCE, metadata={"agent": agent} if agent else {}).to_dict()
-    del data["id"]
+    del data["id"], data["ts"]
     return json.dumps(data, separators=(",", ":")).replace(json.dumps(VALUE), "{{ value | to_json }}")
 
 

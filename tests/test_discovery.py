@@ -9,10 +9,12 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 import jinja2
 import pytest
+import requests
 
 from helpers import ROOT, wait_until
 from lamcontrol.coordinator.discovery import Configs, node_id
@@ -176,6 +178,17 @@ def test_text_entity_sends_any_sentence_as_a_prompt(discovery):
     assert (prompt.prompt, prompt.source) == (said, SOURCE)
 
 
+def test_configs_stay_the_same_from_one_heartbeat_to_the_next(discovery):
+    """Nothing that changes with time: Home Assistant is sent a config again only when it changed."""
+    later = computer_presence()
+    later.ts += 30
+    assert discovery.agent_configs(computer_presence()) == discovery.agent_configs(later)
+    assert discovery.coordinator_configs() == Configs(Topics("lamx"), "homeassistant").coordinator_configs()
+    for config in all_configs(discovery).values():
+        for key in ("payload_press", "command_template"):
+            assert "ts" not in json.loads(render(config.get(key, "{}"), value=1))
+
+
 def test_state_templates_read_results_and_replies(discovery):
     agent = discovery.agent_configs(computer_presence())
     result = Result(task_id="t1", agent="desk", state="succeeded", message="Volume set to 42.").to_json()
@@ -328,6 +341,30 @@ def test_media_buttons_reach_that_agent_only(lam, ha):
         lam.bus.publish_raw(lam.topics.agent_status(agent), b"", retain=True).wait_for_publish(10)
 
 
+def test_heartbeats_send_no_discovery_again(lam, ha):
+    """An agent's presence every heartbeat, the same but for its time, sends Home Assistant nothing."""
+    lam.coordinator(extra_config=lam.ha_config)
+    node = node_id(lam.topics, "agent", "desk")
+    lam.bus.publish(computer_presence("desk"), retain=True).wait_for_publish(10)
+    wait_until(lambda: len(ha.live(node)) == 9, 20, "the computer agent's nine entities")
+    sent = ha.count(f"/{node}/")
+    for _ in range(3):
+        lam.bus.publish(computer_presence("desk"), retain=True).wait_for_publish(10)
+    barrier(lam, ha)
+    assert ha.count(f"/{node}/") == sent
+    lam.bus.publish_raw(lam.topics.agent_status("desk"), b"", retain=True).wait_for_publish(10)
+
+
+def barrier(lam, ha) -> None:
+    """Wait until the coordinator has handled every message the test published before: the
+    discovery of one more agent comes after whatever those made it publish."""
+    agent = f"barrier{uuid.uuid4().hex[:6]}"
+    lam.bus.publish(Presence(state="online", agent=agent, capabilities={"echo": ["say"]}), retain=True)
+    node = node_id(lam.topics, "agent", agent)
+    wait_until(lambda: len(ha.live(node)) == 4, 20, "the barrier agent's entities")
+    lam.bus.publish_raw(lam.topics.agent_status(agent), b"", retain=True).wait_for_publish(10)
+
+
 def test_prompt_for_a_named_agent_runs_there(lam):
     lam.coordinator()
     lam.agent("first", "echo")
@@ -349,3 +386,62 @@ def test_a_capability_lost_while_the_coordinator_was_down_loses_its_entities(lam
     wait_until(lambda: len(ha.live(node)) == 4, 20, lambda: f"only the basics left: {sorted(ha.live(node))}")
     assert not any("/button/" in t or "/number/" in t for t in ha.live(node))
     lam.bus.publish_raw(lam.topics.agent_status("desk"), b"", retain=True).wait_for_publish(10)
+
+
+# -- in a real Home Assistant ---------------------------------------------------------------
+
+class Home:
+    """A real Home Assistant whose MQTT integration reads this test's broker and discovery prefix."""
+
+    def __init__(self, server, lam) -> None:
+        self.server = server
+        self.lam = lam
+        self.log_start = len(server.log())
+
+    def entity_id(self, component: str, node: str, key: str) -> str:
+        return f"{component}.{node}_{key}".lower()
+
+    def state(self, entity_id: str) -> str | None:
+        """The entity's state, or None while Home Assistant has no such entity."""
+        try:
+            return self.server.state(entity_id)["state"]
+        except requests.HTTPError:
+            return None
+
+    def log(self) -> str:
+        """What Home Assistant logged since this test began."""
+        return self.server.log()[self.log_start:]
+
+    def warnings(self) -> list[str]:
+        """Warnings and errors Home Assistant logged about MQTT since this test began."""
+        return [line for line in self.log().splitlines()
+                if re.search(r" (WARNING|ERROR) .*\[homeassistant\.components\.mqtt", line)]
+
+
+@pytest.fixture
+def home(home_assistant, lam, ha):
+    settings = BrokerSettings(url=lam.broker_url)
+    entry = home_assistant.add_mqtt(settings.host, settings.port, lam.ha_prefix)
+    house = Home(home_assistant, lam)
+    yield house
+    home_assistant.remove_entry(entry)
+    assert not house.warnings(), "\n".join(house.warnings())
+
+
+def test_the_prompt_box_answers_long_after_discovery(lam, ha, home):
+    """What is typed into the Prompt box later than a prompt's deadline after discovery still runs."""
+    lam.coordinator(extra_config="prompt_timeout = 5.0\n" + lam.ha_config)
+    lam.agent("pantry", "echo")
+    node = node_id(lam.topics, "coordinator")
+    prompt_box = home.entity_id("text", node, "prompt")
+    wait_until(lambda: home.state(prompt_box) not in (None, "unavailable"), 30, "the Prompt box in Home Assistant")
+    wait_until(lambda: ha.count(f"/{node}/") == 8, 30, "discovery sent again for Home Assistant's birth")
+    published = ha.count(f"/{node}/")
+    time.sleep(6)  # past the prompt deadline, counted from when discovery was last published
+    assert ha.count(f"/{node}/") == published, "discovery was published again meanwhile"
+    home.server.call("text", "set_value", entity_id=prompt_box, value="echo hello from the box")
+    reply = lam.recorder.wait_for(Reply, lam.topics.all_replies, lambda r: "hello from the box" in r.response
+                                  or r.status == "failed")
+    assert (reply.status, reply.response) == ("succeeded", "hello from the box"), reply
+    last_reply = home.entity_id("sensor", node, "last_reply")
+    wait_until(lambda: home.state(last_reply) == "hello from the box", 20, "the reply in Home Assistant")
