@@ -144,10 +144,12 @@ class Configs:
         last_reply = self.topics.last_reply
         entities = [
             ("binary_sensor", "connectivity", connectivity(status)),
-            # Its state is the empty box, read from the retained last reply: never "unknown" after a restart.
+            # Its state is the empty box, set by the coordinator's retained status, which is there
+            # whenever the coordinator has connected: never "unknown", on a fresh install or after a
+            # broker that keeps nothing restarts.
             ("text", "prompt", {"name": "Prompt", "icon": "mdi:microphone-message",
                                 "command_topic": self.topics.prompts, "command_template": prompt_payload(VALUE),
-                                "state_topic": last_reply, "value_template": "{{ '' }}",
+                                "state_topic": status, "value_template": "{{ '' }}",
                                 "min": 0, "max": TEXT_MAX, "mode": "text", **availability(status)}),
             ("sensor", "last_reply", text_sensor("Last reply", "mdi:message-reply-text", last_reply, "response",
                                                  availability(status), status="status", prompt_id="prompt_id")),

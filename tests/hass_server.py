@@ -106,6 +106,10 @@ class HomeAssistant:
         assert done["type"] == "create_entry", done
         return entry_id
 
+    def reload_entry(self, entry_id: str) -> None:
+        requests.post(f"{self.url}/api/config/config_entries/entry/{entry_id}/reload", headers=self.headers,
+                      timeout=60).raise_for_status()
+
     def remove_entry(self, entry_id: str) -> None:
         requests.delete(f"{self.url}/api/config/config_entries/entry/{entry_id}", headers=self.headers,
                         timeout=60).raise_for_status()
