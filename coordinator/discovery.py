@@ -62,10 +62,12 @@ def prompt_payload(text: str, agent: str | None = None) -> str:
     return json.dumps(data, separators=(",", ":")).replace(json.dumps(VALUE), "{{ value | to_json }}")
 
 
-def fields(**chosen: str) -> str:
-    """A template making a JSON object of payload fields: ``fields(event_type="state")`` ('' for no JSON)."""
+def fields(otherwise: str, **chosen: str) -> str:
+    """A template making a JSON object of payload fields (``fields("", event_type="state")``), or
+    ``otherwise`` for a payload that is not JSON: ``{}`` for attributes, which Home Assistant must be
+    able to read as an object, ``''`` for an event, which it then ignores."""
     pairs = ", ".join(f"'{name}': value_json.{field}" for name, field in chosen.items())
-    return f"{{{{ {{{pairs}}} | to_json if {JSON} else '' }}}}"
+    return f"{{{{ {{{pairs}}} | to_json if {JSON} else '{otherwise}' }}}}"
 
 
 def availability(*status_topics: str) -> dict[str, Any]:
@@ -78,14 +80,14 @@ def text_sensor(name: str, icon: str, topic: str, text: str, available: dict, **
     """A sensor showing the ``text`` field of the JSON on ``topic``, with chosen fields as attributes."""
     return {"name": name, "icon": icon, "state_topic": topic,
             "value_template": f"{{{{ value_json.{text}[:{TEXT_MAX}] if {JSON} else '' }}}}",
-            "json_attributes_topic": topic, "json_attributes_template": fields(**attributes), **available}
+            "json_attributes_topic": topic, "json_attributes_template": fields("{}", **attributes), **available}
 
 
 def event(name: str, icon: str, topic: str, kinds: tuple[str, ...], kind: str, available: dict,
           **data: str) -> dict[str, Any]:
     """An event entity fired by each JSON on ``topic``, typed by its ``kind`` field, carrying ``data``."""
     return {"name": name, "icon": icon, "state_topic": topic, "event_types": list(kinds),
-            "value_template": fields(event_type=kind, **data), **available}
+            "value_template": fields("", event_type=kind, **data), **available}
 
 
 def connectivity(status_topic: str) -> dict[str, Any]:
@@ -175,8 +177,8 @@ class Configs:
             ("sensor", "load", {"name": "Load", "icon": "mdi:progress-clock", "state_topic": status,
                                 "value_template": f"{{{{ value_json.load if {JSON} else 0 }}}}", "unit_of_measurement": "tasks",
                                 "state_class": "measurement", "json_attributes_topic": status,
-                                "json_attributes_template": fields(capabilities="capabilities",
-                                                                   max_concurrent="max_concurrent", host="host"),
+                                "json_attributes_template": fields("{}", capabilities="capabilities",
+                                                                         max_concurrent="max_concurrent", host="host"),
                                 **availability(status)}),
             # "state" is a name Home Assistant drops from attributes: the outcome goes as "outcome".
             ("sensor", "last_result", text_sensor("Last result", "mdi:clipboard-check-outline", last, "message",

@@ -102,9 +102,10 @@ def cmd_agents_forget(args: argparse.Namespace) -> int:
         if online and not args.force:
             print(f"agent {agent_id} says it is online: stop it first (or use --force)", file=sys.stderr)
             return EXIT_FAILED
+    # Home Assistant's entities first: while they exist they read the presence, and must never see it empty.
     topics = [status_topic, settings.topics.agent_spec(agent_id)]
     if cfg["homeassistant"]["enabled"]:
-        topics += Configs(settings.topics, cfg["homeassistant"]["discovery_prefix"]).agent_topics(agent_id)
+        topics = Configs(settings.topics, cfg["homeassistant"]["discovery_prefix"]).agent_topics(agent_id) + topics
     bus = connect(args, {}, "lam-cli")
     try:
         for topic in topics:

@@ -116,11 +116,13 @@ def test_ids_differing_in_punctuation_are_different_devices(discovery):
 
 
 def test_templates_survive_the_empty_payloads_that_delete_state(discovery):
-    """An empty retained payload has no value_json: every template still renders, to nothing harmful."""
+    """An empty retained payload has no value_json: every template still renders, to nothing harmful:
+    attributes to an empty object (Home Assistant logs "Erroneous JSON" for anything else)."""
     for topic, config in all_configs(discovery).items():
-        for key in ("value_template", "json_attributes_template"):
-            if key in config:
-                assert render(config[key], value="") in ("", "offline", "0"), (topic, key)
+        if "value_template" in config:
+            assert render(config["value_template"], value="") in ("", "offline", "0"), topic
+        if "json_attributes_template" in config:
+            assert render(config["json_attributes_template"], value="") == "{}", topic
         for entry in config.get("availability", []):
             assert render(entry["value_template"], value="") == "offline"
 
@@ -214,9 +216,9 @@ def test_state_templates_read_results_and_replies(discovery):
 # -- over a real broker -------------------------------------------------------------------
 
 class Watcher:
-    """Every message under a discovery prefix, with the retain flag as delivered."""
+    """Every message under some topic prefixes, with the retain flag as delivered."""
 
-    def __init__(self, broker_url: str, prefix: str) -> None:
+    def __init__(self, broker_url: str, *prefixes: str) -> None:
         import paho.mqtt.client as mqtt
 
         self.seen: list[tuple[str, bytes, bool]] = []
@@ -225,7 +227,7 @@ class Watcher:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
         self.client.username_pw_set(client_id)
         subscribed = threading.Event()
-        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(f"{prefix}/#", qos=1)
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe([(f"{prefix}/#", 1) for prefix in prefixes])
         self.client.on_subscribe = lambda *a: subscribed.set()
         self.client.on_message = self._keep
         settings = BrokerSettings(url=broker_url)
@@ -408,6 +410,14 @@ class Home:
         except requests.HTTPError:
             return None
 
+    def unique_ids(self, node: str) -> set[str]:
+        """The unique ids of a discovery node's entities in Home Assistant's entity registry."""
+        return {e["unique_id"] for e in self.server.registry("entity")
+                if e["platform"] == "mqtt" and e["unique_id"].startswith(f"{node}_")}
+
+    def has_device(self, node: str) -> bool:
+        return any(["mqtt", node] in d["identifiers"] for d in self.server.registry("device"))
+
     def log(self) -> str:
         """What Home Assistant logged since this test began."""
         return self.server.log()[self.log_start:]
@@ -460,3 +470,25 @@ def test_the_prompt_box_is_empty_on_a_fresh_install_and_after_the_broker_restart
     home.server.reload_entry(home.entry_id)  # Home Assistant makes every entity afresh
     wait_until(lambda: home.server.state(prompt_box)["last_updated"] != before, 30, "the Prompt box made again")
     wait_until(lambda: home.state(prompt_box) == "", 30, lambda: f"an empty Prompt box, not {home.state(prompt_box)}")
+
+
+def test_forgetting_an_agent_removes_its_entities_quietly(lam, ha, home):
+    """`lam agents forget`: the configs go before the presence they read, and Home Assistant logs
+    nothing (the fixture checks its log)."""
+    lam.coordinator(extra_config=lam.ha_config)
+    agent = lam.agent("pantry", "echo")
+    node = node_id(lam.topics, "agent", "pantry")
+    wait_until(lambda: len(home.unique_ids(node)) == 4, 30, "the agent's entities in Home Assistant")
+    assert lam.send("echo a last result").status == "succeeded"
+    agent.stop()
+    lam.recorder.wait_for(Presence, lam.topics.agent_status("pantry"), lambda p: p.state == "offline")
+    order = Watcher(lam.broker_url, lam.prefix, lam.ha_prefix)
+    try:
+        lam_forget(lam, "pantry")
+        wait_until(lambda: not home.unique_ids(node) and not home.has_device(node), 30, "the entities removed")
+        cleared = [t for t, p, _ in order.seen if not p]
+        status = cleared.index(lam.topics.agent_status("pantry"))
+        assert {t for t in ha.configs(node)} <= set(cleared[:status])
+        assert lam.topics.last_result("pantry") in cleared[:status]
+    finally:
+        order.close()
