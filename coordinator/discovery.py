@@ -9,22 +9,26 @@ coordinator is a device with a text entity to send a prompt, a last-reply sensor
 entity per reply. Every template reads ``value_json`` only when the payload is JSON, so the
 empty retained payloads that delete state leave Home Assistant's log quiet.
 
-Configs are published retained at QoS 1 on every connect and again whenever Home
-Assistant's (unretained) birth message ``<prefix>/status`` says ``online``. The first presence
-of an agent after the coordinator starts also clears every entity it no longer has (what it
-offered before the coordinator stopped is unknown). Forgetting an agent (its retained presence
-cleared) deletes its entities with empty retained configs.
+Configs are published retained at QoS 1 on every connect and again, once per burst, whenever
+Home Assistant's (unretained) birth message ``<prefix>/status`` says ``online``. They change
+only when what they describe changes: nothing in them varies with time. The coordinator reads
+its retained configs back, so it knows what a coordinator before it published: the first
+presence of an agent clears every entity it no longer has, and any other config of ours that
+nobody wants goes too. Forgetting an agent (its retained presence cleared) deletes its entities
+with empty retained configs. Deletions Home Assistant may have missed, being away, are sent again
+at its next birth (see :class:`Discovery`).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import json
 import logging
 import re
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from lamcontrol import __version__
 from lamcontrol.bus import Bus
@@ -37,6 +41,7 @@ from .language import installed_specs
 
 log = logging.getLogger(__name__)
 STATE_QOS = 0  # retained state for sensors: the next one replaces it, so no acknowledgement is needed
+MAX_WITHDRAWN = 40  # entities remembered for Home Assistant's next birth (each about 1 kB), the oldest dropped
 
 SOURCE = "homeassistant"
 TEXT_MAX = 255  # Home Assistant's limit for text entities and sensor states
@@ -222,6 +227,14 @@ class Discovery:
     A coordinator extension: it follows the coordinator's events (presence and specs changed,
     agent forgotten, task finished, replied). Every handler runs under the coordinator's lock or
     on the bus thread, so its tables need no lock of their own.
+
+    An entity withdrawn while Home Assistant may not be listening (it said ``offline``, or we have
+    not heard from it since we connected) is remembered with its last config, retained under
+    ``<lam>/state/coordinator/withdrawn`` so a coordinator restart keeps the list. At Home
+    Assistant's next birth each is sent once more and deleted at once: Home Assistant, which kept
+    it in its registry, makes it again and removes it for good. Our retained configs are read back
+    too (``<prefix>/+/+/+/config`` with our device), so a restarted coordinator knows what it
+    published: a config it no longer wants is withdrawn, and its config is what is remembered.
     """
 
     def __init__(self, bus: Bus, events: Events, discovery_prefix: str = "homeassistant",
@@ -232,8 +245,17 @@ class Discovery:
         self.configs = Configs(bus.topics, discovery_prefix, dashboard_url, self.specs_of)
         self.agents: dict[str, dict[str, dict]] = {}  # agent id -> {config topic: config}
         self.presences: dict[str, Presence] = {}  # the last presence of each agent
+        self.nodes: dict[str, str] = {}  # discovery node id -> agent id, for the agents we know
+        self.retained: dict[str, dict] = {}  # config topic -> our config, as the broker keeps it
+        self.withdrawn: dict[str, dict] = {}  # config topic -> config, withdrawn while Home Assistant may not hear
+        self.withdrawn_topic = f"{self.topics.prefix}/state/coordinator/withdrawn"
+        self.listening: bool | None = None  # Home Assistant's last word on <prefix>/status since we connected
+        self._written: collections.deque[bytes] = collections.deque(maxlen=8)  # our recent lists, to know their echoes
+        self._birth_pending = False
         bus.on(f"{self.configs.prefix}/status", self.on_ha_status)
-        bus.on_connect(self.publish_all)
+        bus.on(f"{self.configs.prefix}/+/+/+/config", self.on_config)
+        bus.on(self.withdrawn_topic, self.on_withdrawn)
+        bus.on_connect(self.connected)
         events.on(PresenceChanged, lambda event: self.presence_received(event.presence))
         events.on(SpecsChanged, self.specs_changed)
         events.on(AgentForgotten, lambda event: self.forget(event.agent_id))
@@ -250,6 +272,13 @@ class Discovery:
         for topic, config in configs.items():
             self.bus.publish_raw(topic, json.dumps(config, separators=(",", ":")), retain=True)
 
+    def connected(self) -> None:
+        """After each connect: Home Assistant's state is unknown again; every config goes out."""
+        self.listening = None
+        self.publish_all()
+        if self.withdrawn:
+            self._write_withdrawn()  # a broker that kept nothing has lost the list
+
     def publish_all(self) -> None:
         """Every config we know of: on connect and when Home Assistant comes online."""
         configs = [self.configs.coordinator_configs(), *self.agents.values()]
@@ -257,20 +286,113 @@ class Discovery:
             self._publish(group)
         log.info("published Home Assistant discovery for the coordinator and %d agent(s)", len(configs) - 1)
 
-    def forget(self, agent_id: str) -> None:
-        """Delete an agent's entities and its retained last result."""
-        self.agents.pop(agent_id, None)
-        self.presences.pop(agent_id, None)
-        for topic in self.configs.agent_topics(agent_id):
+    def withdraw(self, topics: Iterable[str], known: dict[str, dict] | None = None) -> None:
+        """Delete these entities; remember those Home Assistant may not hear of (with their last config,
+        from ``known`` or read back from the broker) for its next birth."""
+        remembered = False
+        for topic in topics:
             self.bus.publish_raw(topic, b"", retain=True)
+            config = (known or {}).get(topic) or self.retained.get(topic)
+            if config is not None and not self.listening:
+                self.withdrawn.pop(topic, None)
+                self.withdrawn[topic] = config
+                remembered = True
+        if remembered:
+            while len(self.withdrawn) > MAX_WITHDRAWN:
+                del self.withdrawn[next(iter(self.withdrawn))]
+            self._write_withdrawn()
+
+    def _write_withdrawn(self) -> None:
+        payload = json.dumps(self.withdrawn, separators=(",", ":")).encode() if self.withdrawn else b""
+        self._written.append(payload)
+        self.bus.publish_raw(self.withdrawn_topic, payload, retain=True)
+
+    def home_assistant_back(self) -> None:
+        """Home Assistant's birth: every config again, and every entity withdrawn while it was away
+        made and deleted once more, so it drops them too."""
+        self._birth_pending = False
+        self.publish_all()
+        if self.withdrawn:
+            for topic, config in self.withdrawn.items():
+                self._publish({topic: config})
+                self.bus.publish_raw(topic, b"", retain=True)
+            log.info("removed %d entity(ies) withdrawn while Home Assistant was away", len(self.withdrawn))
+            self.withdrawn.clear()
+            self._write_withdrawn()
+
+    def forget(self, agent_id: str) -> None:
+        """Delete an agent's entities (those it had, those read back, any its specs declare), then its
+        retained last result."""
+        known = self.agents.pop(agent_id, None) or {}
+        self.presences.pop(agent_id, None)
+        node = node_id(self.topics, "agent", agent_id)
+        self.nodes.pop(node, None)
+        self.withdraw(dict.fromkeys([*known, *self._retained_at(node), *self.configs.agent_topics(agent_id)[:-1]]),
+                      known)
+        self.bus.publish_raw(self.topics.last_result(agent_id), b"", retain=True)
         self.specs.pop(agent_id, None)
         log.info("removed agent %s from Home Assistant", agent_id)
+
+    def _retained_at(self, node: str) -> list[str]:
+        return [topic for topic in self.retained if topic.split("/")[-3] == node]
 
     # -- handlers -----------------------------------------------------------------------
 
     def on_ha_status(self, topic: str, payload: bytes) -> None:
-        if payload.strip() == b"online":
-            self.publish_all()
+        """Home Assistant's birth (``online``, answered once per burst) and will (``offline``)."""
+        word = payload.strip()
+        if word == b"online":
+            self.listening = True
+            if not self._birth_pending:  # a burst of births is answered once, after all of it
+                self._birth_pending = True
+                self.bus.defer(self.home_assistant_back)
+        elif word == b"offline":
+            self.listening = False
+
+    def on_config(self, topic: str, payload: bytes) -> None:
+        """A discovery config as the broker keeps it: ours are remembered, and withdrawn when a known
+        device no longer wants them (a coordinator before us published them)."""
+        if not payload:
+            self.retained.pop(topic, None)
+            return
+        try:
+            config = json.loads(payload)
+        except ValueError:
+            return
+        if not self._ours(config):
+            return
+        self.retained[topic] = config
+        node = topic.split("/")[-3]
+        if node == self.configs.coordinator_node:
+            wanted = self.configs.coordinator_configs()
+        elif node in self.nodes:
+            wanted = self.agents.get(self.nodes[node], {})
+        else:
+            return  # an agent not heard from yet: its first presence decides
+        if topic not in wanted:
+            self.withdraw([topic])
+
+    def _ours(self, config: object) -> bool:
+        device = config.get("device") if isinstance(config, dict) else None
+        if not isinstance(device, dict):
+            return False
+        coordinator = self.configs.coordinator_node
+        identifiers = device.get("identifiers")
+        return device.get("via_device") == coordinator or (isinstance(identifiers, list) and coordinator in identifiers)
+
+    def on_withdrawn(self, topic: str, payload: bytes) -> None:
+        """The list of withdrawn entities a coordinator before us left (not the echo of ours): added to
+        what we remember, whenever it arrives."""
+        if not payload or payload in self._written:
+            return
+        try:
+            entries = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(entries, dict):
+            prefix = self.configs.prefix + "/"
+            self.withdrawn.update({t: c for t, c in entries.items()
+                                   if t.startswith(prefix) and self._ours(c) and t not in self.withdrawn})
 
     def presence_received(self, presence: Presence) -> None:
         """An agent's (valid) presence: publish or update its entities."""
@@ -282,12 +404,12 @@ class Discovery:
         configs = self.configs.agent_configs(presence)  # first seen offline: only the basics (it offers nothing)
         if configs == known:
             return
+        node = node_id(self.topics, "agent", agent_id)
+        self.nodes[node] = agent_id
         self.agents[agent_id] = configs
         # First sight since we started: whatever it had before (buttons of a capability it lost) goes too.
-        before = known if known is not None else self.configs.agent_topics(agent_id)[:-1]
-        stale = [t for t in before if t not in configs]
-        for topic_name in stale:
-            self.bus.publish_raw(topic_name, b"", retain=True)
+        before = known if known is not None else [*self._retained_at(node), *self.configs.agent_topics(agent_id)[:-1]]
+        self.withdraw([t for t in dict.fromkeys(before) if t not in configs], known)
         self._publish(configs)
 
     def specs_changed(self, event: SpecsChanged) -> None:

@@ -28,7 +28,7 @@ class HomeAssistant:
         (config_dir / "configuration.yaml").write_text(template.substitute(port=self.port))
 
     def start(self) -> None:
-        self.process = Process("home-assistant", [self.hass, "-c", str(self.config_dir), "--skip-pip"],
+        self.process = Process("hass-output", [self.hass, "-c", str(self.config_dir), "--skip-pip"],
                                self.config_dir)
         wait_until(self._running, 120, f"Home Assistant running\n{self.process.log()[-3000:]}")
 

@@ -367,6 +367,21 @@ def barrier(lam, ha) -> None:
     lam.bus.publish_raw(lam.topics.agent_status(agent), b"", retain=True).wait_for_publish(10)
 
 
+def test_a_restarted_coordinator_withdraws_what_it_no_longer_publishes(lam, ha):
+    """Configs a coordinator before it left (read back from the broker) that it no longer makes are
+    deleted; other devices' configs are not touched."""
+    node = node_id(lam.topics, "coordinator")
+    ours = f"{lam.ha_prefix}/sensor/{node}/retired/config"
+    theirs = f"{lam.ha_prefix}/sensor/zigbee_lamp/retired/config"
+    for topic, device in ((ours, node), (theirs, "zigbee_lamp")):
+        config = {"unique_id": f"{device}_retired", "state_topic": "x", "device": {"identifiers": [device]}}
+        lam.bus.publish_raw(topic, json.dumps(config), retain=True).wait_for_publish(10)
+    lam.coordinator(extra_config=lam.ha_config)
+    wait_until(lambda: ha.configs(node).get(ours) == b"", 20, "the retired entity withdrawn")
+    assert ha.live("zigbee_lamp") == {theirs: ha.configs("zigbee_lamp")[theirs]}
+    lam.bus.publish_raw(theirs, b"", retain=True).wait_for_publish(10)
+
+
 def test_prompt_for_a_named_agent_runs_there(lam):
     lam.coordinator()
     lam.agent("first", "echo")
@@ -470,6 +485,33 @@ def test_the_prompt_box_is_empty_on_a_fresh_install_and_after_the_broker_restart
     home.server.reload_entry(home.entry_id)  # Home Assistant makes every entity afresh
     wait_until(lambda: home.server.state(prompt_box)["last_updated"] != before, 30, "the Prompt box made again")
     wait_until(lambda: home.state(prompt_box) == "", 30, lambda: f"an empty Prompt box, not {home.state(prompt_box)}")
+
+
+def test_entities_removed_while_home_assistant_was_away_go_when_it_comes_back(lam, ha, home):
+    """Home Assistant keeps entities in its registry; the removals it missed are sent at its birth,
+    even by a coordinator that started meanwhile."""
+    coordinator = lam.coordinator(extra_config=lam.ha_config)
+    desk, pantry = node_id(lam.topics, "agent", "desk"), node_id(lam.topics, "agent", "pantry")
+    lam.bus.publish(computer_presence("desk"), retain=True).wait_for_publish(10)
+    pantry_agent = lam.agent("pantry", "echo")
+    wait_until(lambda: len(home.unique_ids(desk)) == 9 and len(home.unique_ids(pantry)) == 4, 30,
+               "both agents' entities in Home Assistant")
+    home.server.stop()
+    # While it is away: desk loses its computer, pantry is forgotten, the coordinator restarts.
+    echo_only = Presence(state="online", agent="desk", max_concurrent=4, capabilities={"echo": ["say"]})
+    lam.bus.publish(echo_only, retain=True).wait_for_publish(10)
+    pantry_agent.stop()
+    lam.recorder.wait_for(Presence, lam.topics.agent_status("pantry"), lambda p: p.state == "offline")
+    lam_forget(lam, "pantry")
+    wait_until(lambda: len(ha.live(desk)) == 4 and not ha.live(pantry), 20, "the configs withdrawn")
+    barrier(lam, ha)
+    coordinator.stop()
+    lam.coordinator(extra_config=lam.ha_config)
+    home.server.start()
+    wait_until(lambda: len(home.unique_ids(desk)) == 4 and not home.unique_ids(pantry), 30,
+               lambda: f"the withdrawn entities gone: {home.unique_ids(desk)} {home.unique_ids(pantry)}")
+    assert not home.has_device(pantry)
+    lam.bus.publish_raw(lam.topics.agent_status("desk"), b"", retain=True).wait_for_publish(10)
 
 
 def test_forgetting_an_agent_removes_its_entities_quietly(lam, ha, home):
