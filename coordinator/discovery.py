@@ -28,6 +28,7 @@ import json
 import logging
 import re
 import socket
+import threading
 from typing import Any, Callable, Iterable
 
 from lamcontrol import __version__
@@ -41,6 +42,7 @@ from .language import installed_specs
 
 log = logging.getLogger(__name__)
 STATE_QOS = 0  # retained state for sensors: the next one replaces it, so no acknowledgement is needed
+BIRTH_QUIET = 1.0  # seconds after a birth during which more births are answered by the same republication
 MAX_WITHDRAWN = 40  # entities remembered for Home Assistant's next birth (each about 1 kB), the oldest dropped
 
 SOURCE = "homeassistant"
@@ -343,9 +345,11 @@ class Discovery:
         word = payload.strip()
         if word == b"online":
             self.listening = True
-            if not self._birth_pending:  # a burst of births is answered once, after all of it
+            if not self._birth_pending:  # a burst of births is answered once, after it
                 self._birth_pending = True
-                self.bus.defer(self.home_assistant_back)
+                timer = threading.Timer(BIRTH_QUIET, self.bus.defer, (self.home_assistant_back,))
+                timer.daemon = True
+                timer.start()
         elif word == b"offline":
             self.listening = False
 

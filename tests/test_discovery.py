@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from helpers import ROOT, wait_until
-from lamcontrol.coordinator.discovery import Configs, node_id
+from lamcontrol.coordinator.discovery import BIRTH_QUIET, Configs, node_id
 from lamcontrol.coordinator.language import parse_command
 from lamcontrol.bus import BrokerSettings
 from lamcontrol.protocol import PROMPT_STATUSES, Presence, Prompt, Reply, Result, Task, Topics
@@ -365,6 +365,22 @@ def barrier(lam, ha) -> None:
     node = node_id(lam.topics, "agent", agent)
     wait_until(lambda: len(ha.live(node)) == 4, 20, "the barrier agent's entities")
     lam.bus.publish_raw(lam.topics.agent_status(agent), b"", retain=True).wait_for_publish(10)
+
+
+def test_a_burst_of_births_is_answered_once(lam, ha):
+    """200 birth messages in a row make a handful of republications, not 200."""
+    lam.coordinator(extra_config=lam.ha_config)
+    node = node_id(lam.topics, "coordinator")
+    wait_until(lambda: ha.count(f"/{node}/") == 4, 20, "the coordinator's entities")
+    for _ in range(200):
+        lam.bus.publish_raw(f"{lam.ha_prefix}/status", "online")
+    lam.bus.publish_raw(f"{lam.ha_prefix}/status", "offline").wait_for_publish(10)
+    wait_until(lambda: ha.count(f"/{node}/") >= 8, 20, "discovery sent again")
+    time.sleep(2 * BIRTH_QUIET)  # room for any later republication
+    barrier(lam, ha)
+    republished = ha.count(f"/{node}/") // 4 - 1
+    print(f"200 births: {republished} republication(s)")
+    assert 1 <= republished <= 5
 
 
 def test_a_restarted_coordinator_withdraws_what_it_no_longer_publishes(lam, ha):
