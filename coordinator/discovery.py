@@ -1,13 +1,17 @@
 """Home Assistant MQTT discovery: the coordinator and every agent appear as devices.
 
-Each agent is a device with a connectivity binary sensor (no availability, so a dead agent
-shows *off* rather than *unavailable*), a load sensor, a last-result sensor and an event
-entity fired per finished task, plus the buttons and sliders its capabilities' specs declare
-for the actions it offers (a computer agent's play, pause, next, previous and volume), each of
-which sends a prompt that only that agent may run (prompt metadata ``{"agent": "<id>"}``). The
-coordinator is a device with a text entity to send a prompt, a last-reply sensor and an event
-entity per reply. Every template reads ``value_json`` only when the payload is JSON, so the
-empty retained payloads that delete state leave Home Assistant's log quiet.
+Each agent is a device (its host as hardware) with a connectivity binary sensor and a last-seen
+sensor (no availability, so a dead agent shows *off* and when it was last heard from), a load
+sensor, a version update entity (behind the coordinator: update available), a last-result
+sensor and an event entity fired per finished task, plus the buttons and sliders its
+capabilities' specs declare for the actions it offers (a computer agent's play, pause, next,
+previous and volume, the slider showing the volume the agent reads), each of which sends a
+prompt that only that agent may run (prompt metadata ``{"agent": "<id>"}``). The coordinator is
+a device with a text entity to send a prompt, a last-reply sensor and an event entity per reply,
+the number of agents online, its version, and Zigbee2MQTT's bridge controls: a Restart button and
+a Log level select (handled by :mod:`.control`). Every template reads ``value_json`` only when
+the payload is JSON, so the empty retained payloads that delete state leave Home Assistant's log
+quiet.
 
 Configs are published retained at QoS 1 on every connect and again, once per burst, whenever
 Home Assistant's (unretained) birth message ``<prefix>/status`` says ``online``. They change
@@ -35,7 +39,8 @@ from lamcontrol import __version__
 from lamcontrol.bus import Bus
 from lamcontrol.config import host_port
 from lamcontrol.language import CapabilitySpec, Entity
-from lamcontrol.protocol import FINISHED, PROMPT_STATUSES, Presence, PresenceState, Prompt, Topics
+from lamcontrol.protocol import (FINISHED, LOG_LEVELS, PROMPT_STATUSES, CoordinatorAction, Presence, PresenceState, Prompt,
+                                 Topics)
 
 from .events import AgentForgotten, Events, Extension, PresenceChanged, Replied, SpecsChanged, TaskFinished
 from .language import installed_specs
@@ -97,6 +102,24 @@ def event(name: str, icon: str, topic: str, kinds: tuple[str, ...], kind: str, a
             "value_template": fields("", event_type=kind, **data), **available}
 
 
+def reading(capability: str, name: str, low: float, high: float) -> str:
+    """A template for a capability's reading in an agent's presence, kept within ``low``..``high`` (a
+    number outside its range is an error in Home Assistant's log); ``None`` (unknown) without it."""
+    value = f"value_json.readings[{capability!r}][{name!r}]"
+    present = (f"{JSON} and value_json.readings is defined and {capability!r} in value_json.readings "
+               f"and {name!r} in value_json.readings[{capability!r}]")
+    return f"{{{{ [[{value}, {low:g}] | max, {high:g}] | min if {present} else 'None' }}}}"
+
+
+# When an agent was last heard from: the time of its latest online presence. An offline one (its
+# last will carries the time it connected) keeps what is known; a timestamp sensor must always
+# get a time, or Home Assistant logs the state as invalid.
+LAST_SEEN = ("{% set seen = this.state | as_datetime %}"
+             f"{{% if {JSON} and value_json.ts is defined and (seen is none or value_json.state == 'online') %}}"
+             "{{ as_datetime(value_json.ts).isoformat() }}"
+             "{% elif seen is not none %}{{ seen.isoformat() }}{% else %}{{ now().isoformat() }}{% endif %}")
+
+
 def connectivity(status_topic: str) -> dict[str, Any]:
     """Online/offline from a retained presence, with no availability: dead means off."""
     return {"name": "Connected", "state_topic": status_topic, "value_template": STATE,
@@ -135,6 +158,7 @@ class Configs:
         self.specs_of = specs_of  # an agent's capability specs (the entities they want)
         self.origin = {"name": "LAMControl", "sw_version": __version__,
                        **({"support_url": dashboard_url} if dashboard_url else {})}
+        self.host = socket.gethostname()  # where the coordinator runs, shown as its device's hardware
 
     def config_topic(self, component: str, node: str, key: str) -> str:
         return f"{self.prefix}/{component}/{node}/{key}/config"
@@ -148,9 +172,10 @@ class Configs:
         node = self.coordinator_node
         status = self.topics.coordinator_status
         device = {"identifiers": [node], "name": "LAMControl", "manufacturer": "LAMControl",
-                  "model": "Coordinator", "sw_version": __version__,
+                  "model": "Coordinator", "sw_version": __version__, "hw_version": self.host,
                   **({"configuration_url": self.dashboard_url} if self.dashboard_url else {})}
-        last_reply = self.topics.last_reply
+        last_reply, request, agents = self.topics.last_reply, self.topics.coordinator_request, self.topics.agents_online
+        up = availability(status)
         entities = [
             ("binary_sensor", "connectivity", connectivity(status)),
             # Its state is the empty box, set by the coordinator's retained status, which is there
@@ -164,6 +189,23 @@ class Configs:
                                                  availability(status), status="status", prompt_id="prompt_id")),
             ("event", "reply", event("Reply", "mdi:message-reply", last_reply, PROMPT_STATUSES, "status",
                                      availability(status), response="response", prompt_id="prompt_id")),
+            ("sensor", "agents_online", {"name": "Agents online", "icon": "mdi:lan-connect", "state_topic": agents,
+                                         "value_template": f"{{{{ value_json.online if {JSON} else 'None' }}}}",
+                                         "unit_of_measurement": "agents", "state_class": "measurement",
+                                         "json_attributes_topic": agents,
+                                         "json_attributes_template": fields("{}", agents="agents"), **up}),
+            # The coordinator's own commands (coordinator/control.py), as Zigbee2MQTT's bridge has them.
+            ("button", "restart", {"name": "Restart", "command_topic": request, "device_class": "restart",
+                                   "payload_press": json.dumps({"action": CoordinatorAction.RESTART}),
+                                   "entity_category": "config", **up}),
+            ("select", "log_level", {"name": "Log level", "icon": "mdi:math-log", "command_topic": request,
+                                     "command_template": '{"action":"log_level","value":{{ value | to_json }}}',
+                                     "options": list(LOG_LEVELS), "state_topic": self.topics.coordinator_settings,
+                                     "value_template": f"{{{{ value_json.log_level if {JSON} else 'None' }}}}",
+                                     "entity_category": "config", **up}),
+            ("sensor", "version", {"name": "Version", "icon": "mdi:tag", "state_topic": status,
+                                   "value_template": f"{{{{ value_json.version if {JSON} else '' }}}}",
+                                   "entity_category": "diagnostic", **up}),
         ]
         return dict(self._entity(c, node, k, device, b) for c, k, b in entities)
 
@@ -178,7 +220,10 @@ class Configs:
                   **({"configuration_url": self.dashboard_url} if self.dashboard_url else {})}
         if presence.version:
             device["sw_version"] = presence.version
+        if presence.host:
+            device["hw_version"] = presence.host
         coordinator_up = availability(self.topics.coordinator_status)
+        version = f"{{{{ value_json.version if {JSON} else '' }}}}"
         entities = [
             ("binary_sensor", "connectivity", connectivity(status)),
             ("sensor", "load", {"name": "Load", "icon": "mdi:progress-clock", "state_topic": status,
@@ -186,7 +231,16 @@ class Configs:
                                 "state_class": "measurement", "json_attributes_topic": status,
                                 "json_attributes_template": fields("{}", capabilities="capabilities",
                                                                          max_concurrent="max_concurrent", host="host"),
-                                **availability(status)}),
+                                "entity_category": "diagnostic", **availability(status)}),
+            # No availability: when the agent is gone is when its last sighting matters.
+            ("sensor", "last_seen", {"name": "Last seen", "icon": "mdi:clock-check-outline", "state_topic": status,
+                                     "device_class": "timestamp", "value_template": LAST_SEEN,
+                                     "entity_category": "diagnostic"}),
+            # Installed: the agent's version; latest: the coordinator's. "Update available" when behind.
+            ("update", "version", {"name": "Version", "title": "LAMControl", "state_topic": status,
+                                   "value_template": version, "latest_version_topic": self.topics.coordinator_status,
+                                   "latest_version_template": version, "entity_category": "diagnostic",
+                                   **coordinator_up}),
             # "state" is a name Home Assistant drops from attributes: the outcome goes as "outcome".
             ("sensor", "last_result", text_sensor("Last result", "mdi:clipboard-check-outline", last, "message",
                                                   coordinator_up, outcome="state", task_id="task_id")),
@@ -194,23 +248,29 @@ class Configs:
                                     coordinator_up, message="message", task_id="task_id")),
         ]
         both = availability(self.topics.coordinator_status, status)
-        entities += [(e.component, e.key, self._control(e, agent, both)) for e in self._wanted(presence)]
+        entities += [(e.component, e.key, self._control(e, capability, presence, both))
+                     for capability, e in self._wanted(presence)]
         return dict(self._entity(c, node, k, device, b) for c, k, b in entities)
 
-    def _wanted(self, presence: Presence) -> list[Entity]:
-        """The entities the agent's specs declare for the actions it offers."""
+    def _wanted(self, presence: Presence) -> list[tuple[str, Entity]]:
+        """The entities the agent's specs declare for the actions it offers, with their capability."""
         specs = self.specs_of(presence.agent)
-        return [entity for capability, actions in presence.capabilities.items() if capability in specs
+        return [(capability, entity) for capability, actions in presence.capabilities.items() if capability in specs
                 for action in specs[capability].actions if action.name in actions for entity in action.entities]
 
-    def _control(self, entity: Entity, agent: str, available: dict) -> dict:
-        """A button pressing, or a slider sending, the entity's command to that agent only."""
+    def _control(self, entity: Entity, capability: str, presence: Presence, available: dict) -> dict:
+        """A button pressing, or a slider sending, the entity's command to that agent only; a slider
+        whose reading the agent reports shows it (else it shows the last value sent)."""
+        agent = presence.agent
         body = {"name": entity.name, "command_topic": self.topics.prompts, **({"icon": entity.icon} if entity.icon else {}),
                 **available}
         if entity.component == "number":
             body.update(command_template=prompt_payload(entity.command.replace("{value}", "{{ value | int }}"), agent),
                         min=entity.minimum, max=entity.maximum, step=1, mode="slider",
                         **({"unit_of_measurement": entity.unit} if entity.unit else {}))
+            if entity.reading and entity.reading in presence.readings.get(capability, {}):
+                body.update(state_topic=self.topics.agent_status(agent),
+                            value_template=reading(capability, entity.reading, entity.minimum, entity.maximum))
         else:
             body["payload_press"] = prompt_payload(entity.command, agent)
         return body
@@ -254,6 +314,7 @@ class Discovery:
         self.listening: bool | None = None  # Home Assistant's last word on <prefix>/status since we connected
         self._written: collections.deque[bytes] = collections.deque(maxlen=8)  # our recent lists, to know their echoes
         self._birth_pending = False
+        self._online: list[str] | None = None  # the online agents as last published
         bus.on(f"{self.configs.prefix}/status", self.on_ha_status)
         bus.on(f"{self.configs.prefix}/+/+/+/config", self.on_config)
         bus.on(self.withdrawn_topic, self.on_withdrawn)
@@ -278,6 +339,8 @@ class Discovery:
         """After each connect: Home Assistant's state is unknown again; every config goes out."""
         self.listening = None
         self.publish_all()
+        self._online = None
+        self.count_online()
         if self.withdrawn:
             self._write_withdrawn()  # a broker that kept nothing has lost the list
 
@@ -333,7 +396,16 @@ class Discovery:
                       known)
         self.bus.publish_raw(self.topics.last_result(agent_id), b"", retain=True)
         self.specs.pop(agent_id, None)
+        self.count_online()
         log.info("removed agent %s from Home Assistant", agent_id)
+
+    def count_online(self) -> None:
+        """How many agents are online and which, retained for the coordinator's sensor, when it changed."""
+        online = sorted(agent for agent, presence in self.presences.items() if presence.online)
+        if online != self._online:
+            self._online = online
+            self.bus.publish_after(self.topics.agents_online, json.dumps({"online": len(online), "agents": online}),
+                                   retain=True, qos=STATE_QOS)
 
     def _retained_at(self, node: str) -> list[str]:
         return [topic for topic in self.retained if topic.split("/")[-3] == node]
@@ -402,9 +474,10 @@ class Discovery:
         """An agent's (valid) presence: publish or update its entities."""
         agent_id = presence.agent
         known = self.agents.get(agent_id)
-        if not presence.online and known is not None:
-            return
         self.presences[agent_id] = presence
+        self.count_online()
+        if not presence.online and known is not None:
+            return  # gone for now: it keeps its entities
         configs = self.configs.agent_configs(presence)  # first seen offline: only the basics (it offers nothing)
         if configs == known:
             return

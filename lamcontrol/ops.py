@@ -146,7 +146,8 @@ class MqttUser:
         lam = topics.all
         rules = {"coordinator": [f"readwrite {lam}", f"readwrite {discovery}/#"],
                  "bridge": [f"read {lam}", f"write {topics.prompts}", f"write {topics.errors}"],
-                 "homeassistant": [f"readwrite {discovery}/#", f"read {lam}", f"write {topics.prompts}"],
+                 "homeassistant": [f"readwrite {discovery}/#", f"read {lam}", f"write {topics.prompts}",
+                                   f"write {topics.coordinator_request}"],
                  "monitor": [f"read {lam}", f"read {discovery}/#", "read $SYS/#"]}
         own = rules[self.name] if self.kind == "component" else [f"read {lam}", f"write {topics.prompts}"]
         return [f"user {self.name}", *(f"topic {rule}" for rule in own)]
