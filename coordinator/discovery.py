@@ -39,8 +39,8 @@ from lamcontrol import __version__
 from lamcontrol.bus import Bus
 from lamcontrol.config import host_port
 from lamcontrol.language import CapabilitySpec, Entity
-from lamcontrol.protocol import (FINISHED, LOG_LEVELS, PROMPT_STATUSES, CoordinatorAction, Presence, PresenceState, Prompt,
-                                 Topics)
+from lamcontrol.protocol import (FINISHED, LOG_LEVELS, PROMPT_STATUSES, CoordinatorAction, Presence, PresenceState,
+                                 Prompt, Topics)
 
 from .events import AgentForgotten, Events, Extension, PresenceChanged, Replied, SpecsChanged, TaskFinished
 from .language import installed_specs

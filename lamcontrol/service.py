@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import Callable, NoReturn
 
 log = logging.getLogger(__name__)
@@ -96,13 +97,12 @@ def restart() -> NoReturn:
 def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: str) -> bool:
     """Block until SIGTERM/SIGINT, telling systemd about readiness and health, then ``stop()``; True
     when a restart was asked for (:func:`request_restart`)."""
-    done = _done
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+        signal.signal(sig, lambda *_: _done.set())
     ready_sent = was_healthy = False
     interval = watchdog_interval()
     tick = min(interval, 1.0) if interval else 1.0
-    while not done.wait(tick if ready_sent else 0.1):
+    while not _done.wait(tick if ready_sent else 0.1):
         healthy = is_ready()
         if healthy and not ready_sent:
             ready_sent = sd_notify(f"READY=1\nSTATUS={name} connected") or True
@@ -113,7 +113,7 @@ def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: st
         if interval and healthy:
             sd_notify("WATCHDOG=1")
     restarting = _restart.is_set()
-    sd_notify("RELOADING=1" if restarting else "STOPPING=1")
+    sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}" if restarting else "STOPPING=1")
     log.info("%s %s", name, "stopping to restart" if restarting else "stopping")
     stop()
     return restarting

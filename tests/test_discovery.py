@@ -24,8 +24,8 @@ from lamcontrol.coordinator.discovery import BIRTH_QUIET, Configs, node_id
 from lamcontrol.coordinator.language import parse_command
 from lamcontrol.bus import BrokerSettings
 from lamcontrol import __version__
-from lamcontrol.protocol import (PROMPT_STATUSES, CoordinatorPresence, CoordinatorRequest, ErrorRecord, Presence, Prompt,
-                                 Reply, Result, Task, Topics, parse)
+from lamcontrol.protocol import (PROMPT_STATUSES, CoordinatorPresence, CoordinatorRequest, ErrorRecord, Presence,
+                                 Prompt, Reply, Result, Task, Topics, parse)
 
 # Home Assistant's documented MQTT options (integrations/<platform>.mqtt, "Configuration Variables").
 COMMON = {"availability", "availability_mode", "availability_template", "availability_topic", "device",
@@ -230,7 +230,8 @@ def test_the_coordinator_device_has_what_zigbee2mqtts_bridge_has(discovery):
     assert restart["command_topic"] == "lamx/coordinator/request" and restart["entity_category"] == "config"
     assert CoordinatorRequest.from_payload(restart["payload_press"].encode()).action == "restart"
     select = entity("select", "log_level")
-    assert select["options"] == ["debug", "info", "warning", "error"] and select["command_topic"] == restart["command_topic"]
+    assert select["options"] == ["debug", "info", "warning", "error"]
+    assert select["command_topic"] == restart["command_topic"]
     request = CoordinatorRequest.from_payload(render(select["command_template"], value="debug").encode())
     assert (request.action, request.value) == ("log_level", "debug")
     assert select["state_topic"] == "lamx/state/coordinator/settings"
@@ -368,7 +369,8 @@ def test_discovery_on_connect_birth_and_forget(lam, ha):
     # Home Assistant's birth message (not retained) brings them all again.
     before = ha.count(f"/{agent_node}/")
     lam.publish_raw(f"{lam.ha_prefix}/status", "online")
-    wait_until(lambda: ha.count(f"/{agent_node}/") >= before + BASICS and ha.count(f"/{node}/") >= 2 * COORDINATOR, 10, "republished")
+    wait_until(lambda: ha.count(f"/{agent_node}/") >= before + BASICS and ha.count(f"/{node}/") >= 2 * COORDINATOR, 10,
+               "republished")
     lam.publish_raw(f"{lam.ha_prefix}/status", "offline")
 
     # A finished task fills the agent's last result; a reply the coordinator's last reply.
@@ -645,7 +647,8 @@ def test_the_coordinator_and_agent_devices_in_home_assistant(lam, ha, home):
     coordinator_node, desk, pantry = (node_id(lam.topics, "coordinator"), node_id(lam.topics, "agent", "desk"),
                                       node_id(lam.topics, "agent", "pantry"))
     agents_online = home.entity_id("sensor", coordinator_node, "agents_online")
-    wait_until(lambda: home.state(agents_online) == "2", 30, lambda: f"two agents online, not {home.state(agents_online)}")
+    wait_until(lambda: home.state(agents_online) == "2", 30,
+               lambda: f"two agents online, not {home.state(agents_online)}")
     volume = home.entity_id("number", desk, "volume")
     wait_until(lambda: home.state(volume) == "42", 30, lambda: f"the volume read back, not {home.state(volume)}")
     assert home.server.state(agents_online)["attributes"]["agents"] == ["desk", "pantry"]
@@ -692,5 +695,6 @@ def test_coordinator_requests_are_never_kept_and_only_its_own(lam, ha):
     finally:
         late.close()
     lam.publish_raw(lam.topics.coordinator_request, '{"action":"shutdown"}')
-    error = lam.recorder.wait_for(ErrorRecord, lam.topics.errors, lambda e: e.topic_name == lam.topics.coordinator_request)
+    error = lam.recorder.wait_for(ErrorRecord, lam.topics.errors,
+                                  lambda e: e.topic_name == lam.topics.coordinator_request)
     assert "action" in error.error
