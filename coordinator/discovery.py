@@ -48,7 +48,7 @@ from .language import installed_specs
 log = logging.getLogger(__name__)
 STATE_QOS = 0  # retained state for sensors: the next one replaces it, so no acknowledgement is needed
 BIRTH_QUIET = 1.0  # seconds after a birth during which more births are answered by the same republication
-MAX_WITHDRAWN = 40  # entities remembered for Home Assistant's next birth (each about 1 kB), the oldest dropped
+WITHDRAWN_BYTES = 48 * 1024  # the remembered entities (about 1 kB each) stay well within a message; oldest go first
 
 SOURCE = "homeassistant"
 TEXT_MAX = 255  # Home Assistant's limit for text entities and sensor states
@@ -363,12 +363,13 @@ class Discovery:
                 self.withdrawn[topic] = config
                 remembered = True
         if remembered:
-            while len(self.withdrawn) > MAX_WITHDRAWN:
-                del self.withdrawn[next(iter(self.withdrawn))]
             self._write_withdrawn()
 
     def _write_withdrawn(self) -> None:
         payload = json.dumps(self.withdrawn, separators=(",", ":")).encode() if self.withdrawn else b""
+        while len(payload) > WITHDRAWN_BYTES:
+            del self.withdrawn[next(iter(self.withdrawn))]
+            payload = json.dumps(self.withdrawn, separators=(",", ":")).encode()
         self._written.append(payload)
         self.bus.publish_raw(self.withdrawn_topic, payload, retain=True)
 

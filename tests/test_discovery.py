@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from helpers import ROOT, wait_until
-from lamcontrol.coordinator.discovery import BIRTH_QUIET, Configs, node_id
+from lamcontrol.coordinator.discovery import BIRTH_QUIET, WITHDRAWN_BYTES, Configs, node_id
 from lamcontrol.coordinator.language import parse_command
 from lamcontrol.bus import BrokerSettings
 from lamcontrol import __version__
@@ -480,6 +480,27 @@ def test_a_restarted_coordinator_withdraws_what_it_no_longer_publishes(lam, ha):
     wait_until(lambda: ha.configs(node).get(ours) == b"", 20, "the retired entity withdrawn")
     assert ha.live("zigbee_lamp") == {theirs: ha.configs("zigbee_lamp")[theirs]}
     lam.bus.publish_raw(theirs, b"", retain=True).wait_for_publish(10)
+
+
+def test_the_list_of_withdrawn_entities_stays_within_one_message(lam, ha):
+    """Entities withdrawn while Home Assistant may not hear are kept, retained, the oldest dropped
+    before the list outgrows a message; the newest are there."""
+    lam.coordinator(extra_config=lam.ha_config)
+    agents = [f"desk{n}" for n in range(8)]
+    for agent in agents:
+        lam.bus.publish(computer_presence(agent), retain=True)
+    last = node_id(lam.topics, "agent", agents[-1])
+    wait_until(lambda: len(ha.live(last)) == COMPUTER, 20, "the last agent's entities")
+    for agent in agents:  # forgotten while Home Assistant has said nothing since the coordinator connected
+        lam.bus.publish_raw(lam.topics.agent_status(agent), b"", retain=True)
+    wait_until(lambda: not ha.live(last), 20, "the last agent's entities withdrawn")
+    topic = f"{lam.prefix}/state/coordinator/withdrawn"
+    listed = wait_until(lambda: [p for _, p in lam.recorder.on(topic) if f"/{last}/".encode() in p], 20,
+                        "the withdrawn list")[-1]
+    assert WITHDRAWN_BYTES // 2 < len(listed) <= WITHDRAWN_BYTES
+    kept = json.loads(listed)
+    assert {t for t in kept if f"/{last}/" in t} == set(ha.configs(last))
+    assert not any(f"/{node_id(lam.topics, 'agent', agents[0])}/" in t for t in kept), "the oldest went first"
 
 
 def test_prompt_for_a_named_agent_runs_there(lam):
