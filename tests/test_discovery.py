@@ -1,6 +1,7 @@
 """Home Assistant MQTT discovery: payloads against the documented schema, their templates
-rendered as Home Assistant renders them, and the birth-message and removal behaviour over a
-real broker with a real coordinator and agents."""
+rendered as Home Assistant renders them, the birth-message and removal behaviour over a real
+broker with a real coordinator and agents, and what a real Home Assistant 2024.3 makes of it
+all (its MQTT integration added over REST as a person does, its log checked for warnings)."""
 
 from __future__ import annotations
 
@@ -662,7 +663,7 @@ def test_the_coordinator_and_agent_devices_in_home_assistant(lam, ha, home):
     its log (the fixture checks): versions, agents online, last seen, a slider that reads the volume,
     diagnostics, and the coordinator's log level and restart, which act at once."""
     coordinator = lam.coordinator(extra_config=lam.ha_config)
-    lam.agent("pantry", "echo")
+    pantry_agent = lam.agent("pantry", "echo", extra_config="[agent]\nheartbeat = 1.0\n")
     behind = replace(computer_presence("desk"), version="0.0.1", host="desk-pc", readings={"computer": {"volume": 42}})
     lam.bus.publish(behind, retain=True).wait_for_publish(10)
     coordinator_node, desk, pantry = (node_id(lam.topics, "coordinator"), node_id(lam.topics, "agent", "desk"),
@@ -698,6 +699,17 @@ def test_the_coordinator_and_agent_devices_in_home_assistant(lam, ha, home):
     assert coordinator.popen.poll() is None, "the same process runs on"
     assert "restarting" in coordinator.log() and lam.send("echo after a restart").response == "after a restart"
     wait_until(lambda: home.state(log_level) == "info", 20, "the restarted coordinator's own log level")
+
+    # An agent dead: Last seen stays at its last online presence (its last will's time is when it
+    # connected). Home Assistant keeps whole seconds.
+    last_seen = home.entity_id("sensor", pantry, "last_seen")
+    started = parse(Presence, lam.recorder.on(lam.topics.agent_status("pantry"))[0][1]).started
+    wait_until(lambda: as_datetime(home.state(last_seen)).timestamp() > started + 2, 20, "heartbeats seen")
+    pantry_agent.kill()
+    wait_until(lambda: home.state(home.entity_id("binary_sensor", pantry, "connectivity")) == "off", 60, "pantry off")
+    beats = [parse(Presence, p) for _, p in lam.recorder.on(lam.topics.agent_status("pantry")) if p]
+    heard = datetime.fromtimestamp([b for b in beats if b.online][-1].ts, timezone.utc).replace(microsecond=0)
+    assert as_datetime(home.state(last_seen)) == heard and beats[-1].ts < heard.timestamp() - 1
     lam.bus.publish_raw(lam.topics.agent_status("desk"), b"", retain=True).wait_for_publish(10)
 
 
