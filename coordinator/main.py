@@ -8,9 +8,9 @@ import sys
 
 from lamcontrol import config as lamconfig
 from lamcontrol.bus import BrokerSettings
-from lamcontrol.service import component_parser, run_service, setup_logging
+from lamcontrol.service import component_parser, restart, run_service, setup_logging
 
-from . import discovery, metrics
+from . import control, discovery, metrics
 from .journal import Journal
 from .parsing import build_parser
 from .service import Coordinator
@@ -20,7 +20,7 @@ from .trust import Trust
 log = logging.getLogger("lam-coordinator")
 
 
-EXTENSIONS = (discovery.extension, metrics.extension)  # each: the config -> a factory, or None when off
+EXTENSIONS = (control.extension, discovery.extension, metrics.extension)  # each: the config -> a factory, or None when off
 
 
 def build(cfg: dict) -> Coordinator:
@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lam-coordinator: {exc}", file=sys.stderr)
         return 2
     coordinator.start()
-    run_service(coordinator.bus.ready.is_set, coordinator.stop, "coordinator")
+    if run_service(coordinator.bus.ready.is_set, coordinator.stop, "coordinator"):
+        restart()  # asked for over MQTT (see control.py)
     return 0
 
 

@@ -633,6 +633,7 @@ class Bus:
                 self._guarded(functools.partial(self._route, topic, payload), topic, payload)
 
     def _route(self, topic: str, payload: bytes) -> None:
+        log.debug("%s received %s (%d bytes)", self.component, topic, len(payload))
         check_size(payload, self.settings.max_payload)
         for handlers in self._raw_handlers(topic) if self._handlers else ():
             for handler in handlers:

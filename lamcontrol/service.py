@@ -1,8 +1,10 @@
 """What every long-running LAMControl process shares: logging, signals and systemd.
 
-``run_service`` logs, waits for SIGTERM or SIGINT, and keeps systemd informed when it runs
-under a ``Type=notify`` unit: ``READY=1`` once the process is connected and subscribed,
-``WATCHDOG=1`` while it stays connected, ``STOPPING=1`` on the way out.
+``run_service`` logs, waits for SIGTERM or SIGINT (or :func:`request_restart`), and keeps
+systemd informed when it runs under a ``Type=notify`` unit: ``READY=1`` once the process is
+connected and subscribed, ``WATCHDOG=1`` while it stays connected, ``STOPPING=1`` on the way
+out, or ``RELOADING=1`` before a restart, which :func:`restart` makes in the same process (same
+process id: systemd and ``lam up`` keep following it; the new program says ``READY=1`` again).
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
-from typing import Callable
+import time
+from typing import Callable, NoReturn
 
 log = logging.getLogger(__name__)
+_done = threading.Event()  # run_service returns once this is set: a signal, or a restart asked for
+_restart = threading.Event()
 
 
 def component_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
@@ -73,15 +79,30 @@ async def pet_watchdog() -> None:
         await asyncio.sleep(interval)
 
 
-def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: str) -> None:
-    """Block until SIGTERM/SIGINT, telling systemd about readiness and health, then ``stop()``."""
-    done = threading.Event()
+def request_restart() -> None:
+    """Ask :func:`run_service` to stop the service and return True, for the caller to :func:`restart`."""
+    _restart.set()
+    _done.set()
+
+
+def restart() -> NoReturn:
+    """Run this program again in this process, with the same interpreter, arguments and environment
+    (open files and sockets close on exec)."""
+    log.warning("restarting")
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: str) -> bool:
+    """Block until SIGTERM/SIGINT, telling systemd about readiness and health, then ``stop()``; True
+    when a restart was asked for (:func:`request_restart`)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+        signal.signal(sig, lambda *_: _done.set())
     ready_sent = was_healthy = False
     interval = watchdog_interval()
     tick = min(interval, 1.0) if interval else 1.0
-    while not done.wait(tick if ready_sent else 0.1):
+    while not _done.wait(tick if ready_sent else 0.1):
         healthy = is_ready()
         if healthy and not ready_sent:
             ready_sent = sd_notify(f"READY=1\nSTATUS={name} connected") or True
@@ -91,6 +112,8 @@ def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: st
         was_healthy = healthy
         if interval and healthy:
             sd_notify("WATCHDOG=1")
-    sd_notify("STOPPING=1")
-    log.info("%s stopping", name)
+    restarting = _restart.is_set()
+    sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}" if restarting else "STOPPING=1")
+    log.info("%s %s", name, "stopping to restart" if restarting else "stopping")
     stop()
+    return restarting

@@ -16,9 +16,11 @@ import requests
 
 from bridgekit import (NO_VOICE_GATEWAY, PASSWORD, bridge, broker, csrf_from, dump, logged_in,  # noqa: F401
                        openapi, self_signed_certificate, start_bridge, system)
+from conftest import Broker
 from helpers import ROOT, free_port, wait_for_port, wait_until
+from lamcontrol.bus import BrokerSettings, Bus
 from lamcontrol.cli import main as lam_main
-from lamcontrol.protocol import Presence, Prompt
+from lamcontrol.protocol import Presence, Prompt, Reply
 from lamcontrol.r1_bridge.auth import TokenStore
 
 
@@ -377,6 +379,35 @@ def test_live_stream_carries_prompts_tasks_and_replies(bridge):
                 break
     kinds = [e["kind"] for e in seen if "streamed" in e["text"] or e["kind"] in ("task", "result")]
     assert {"prompt", "task", "result", "reply"} <= set(kinds)
+
+
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+def test_live_stream_shows_each_message_once(start_bridge, system, broker, tmp_path, kind):
+    """A broker may deliver a message once per matching subscription (aMQTT does): the bridge has one."""
+    own = broker if kind == "amqtt" else Broker(kind, tmp_path)
+    running = start_bridge(broker_url=own.url)
+    assert running.service.relay.bus.ready.wait(15)
+    publisher = Bus(BrokerSettings(url=own.url, prefix=system.prefix), component="test-publisher")
+    publisher.start(timeout=15)
+    browser, _ = logged_in(running)
+    seen: list[dict] = []
+    try:
+        with browser.get(f"{running.url}/events", stream=True, timeout=30) as stream:
+            publisher.publish(Reply(prompt_id="once", status="succeeded", response="Said once."))
+            publisher.publish(Presence(state="online", agent="once"))
+            publisher.publish(Reply(prompt_id="last", status="succeeded", response="The end.")).wait_for_publish(10)
+            for line in stream.iter_lines(decode_unicode=True):
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:]))
+                if any("The end." in e["text"] for e in seen):
+                    break
+    finally:
+        publisher.stop()
+        if own is not broker:
+            own.stop()
+    assert [e["kind"] for e in seen if "Said once." in e["text"]] == ["reply"]
+    assert len([e for e in seen if e["kind"] == "agent" and e["text"].startswith("once ")]) == 1
+    assert running.service.relay.agents["once"].online
 
 
 def test_live_streams_leave_threads_for_the_api(start_bridge):
