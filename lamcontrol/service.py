@@ -22,12 +22,13 @@ log = logging.getLogger(__name__)
 def component_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
     """The command line every LAMControl process shares: --broker, --config, --log-level."""
     from . import __version__
+    from .config import SEARCH_PATH
 
     parser = argparse.ArgumentParser(prog=prog, description=(description or "").replace("``", ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"{prog} (lamcontrol) {__version__}")
     parser.add_argument("--broker", help="mqtt://[user:pass@]host:port (default: $LAM_BROKER or the config)")
-    parser.add_argument("--config", help="TOML config file")
+    parser.add_argument("--config", help=f"TOML config file (default: $LAM_CONFIG, then {', then '.join(SEARCH_PATH)})")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
@@ -73,9 +74,14 @@ async def pet_watchdog() -> None:
         await asyncio.sleep(interval)
 
 
-def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: str) -> None:
-    """Block until SIGTERM/SIGINT, telling systemd about readiness and health, then ``stop()``."""
+def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: str,
+                gave_up: Callable[[], str] | None = None) -> int:
+    """Block until SIGTERM/SIGINT, telling systemd about readiness and health, then ``stop()``; the exit status.
+
+    ``gave_up()`` says why to stop on its own ('' while there is hope): a broker that keeps refusing
+    this login will not let it in by being asked again. Then the status is 2."""
     done = threading.Event()
+    status = 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     ready_sent = was_healthy = False
@@ -91,6 +97,12 @@ def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: st
         was_healthy = healthy
         if interval and healthy:
             sd_notify("WATCHDOG=1")
+        reason = gave_up() if gave_up else ""
+        if reason:
+            log.error("%s stops trying: %s", name, reason)
+            status = 2
+            break
     sd_notify("STOPPING=1")
     log.info("%s stopping", name)
     stop()
+    return status
