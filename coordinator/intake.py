@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ class Intake:
     reply: Reply
     events: Events
     specs: SpecStore = field(default_factory=SpecStore)  # what the online agents understand
+    warming_up: Callable[[], bool] = lambda: False  # too soon after start to know every agent
+    early: list[tuple[Prompt, float]] = field(default_factory=list)  # for an agent not heard from while warming up
     held: BySource = field(init=False)  # commands waiting for their source to confirm
     transcripts: BySource = field(init=False)  # recent commands by source, for the parser
 
@@ -57,6 +60,13 @@ class Intake:
         self.held, self.transcripts = BySource(self.settings.sources), BySource(self.settings.sources)
 
     def handle(self, prompt: Prompt, deadline: float) -> None:
+        wanted = prompt.metadata.agent
+        if wanted and not self.online(wanted):
+            if self.warming_up():  # its presence may be on its way: see again when it comes or the warm-up ends
+                self.early.append((prompt, deadline))
+            else:
+                self.reply(prompt.id, PromptStatus.FAILED, self.absent(wanted), [])
+            return
         source = prompt.source
         held = self.held.pop(source, None)
         if held and held.expires >= self.clock.time():
@@ -79,6 +89,29 @@ class Intake:
                        f"Are you sure you want me to run {what}? Say confirm within {window:g} seconds.", [])
             return
         self._start(prompt, deadline, result.commands, result.note)
+
+    def online(self, agent_id: str) -> bool:
+        known = self.registry.agents.get(agent_id)
+        return known is not None and known.online
+
+    def absent(self, wanted: str) -> str:
+        """The answer to a prompt for an agent (``metadata.agent``) that is unknown or offline, naming those online."""
+        online = sorted(a for a, info in self.registry.agents.items() if info.online)
+        listed = f"Online: {', '.join(online)}." if online else "No agent is online."
+        if wanted in self.registry.agents:
+            return f"{wanted} is offline. {listed}"
+        close = difflib.get_close_matches(wanted, list(self.registry.agents), n=1)
+        return f"There is no agent {wanted}{f'; did you mean {close[0]}?' if close else '.'} {listed}"
+
+    def release_early(self) -> None:
+        """Handle the prompts held during the warm-up whose agent is now online, or all once it is over."""
+        if not self.early:
+            return
+        settled = not self.warming_up()
+        ready = [(p, d) for p, d in self.early if settled or self.online(p.metadata.agent or "")]
+        self.early = [held for held in self.early if held not in ready]
+        for prompt, deadline in ready:
+            self.handle(prompt, deadline)
 
     def _parse(self, prompt: Prompt) -> ParseResult:
         context = Context(source=prompt.source, transcript=list(self.transcripts.get(prompt.source, ())),

@@ -59,6 +59,10 @@ class Router:
     def __post_init__(self) -> None:
         self._started = self.clock.monotonic()
 
+    def warming_up(self) -> bool:
+        """Too soon after start to have heard every agent's retained presence: an unknown one may still come."""
+        return self.clock.monotonic() - self._started < self.settings.warmup
+
     # -- runs ---------------------------------------------------------------------------
 
     def start(self, prompt: Prompt, deadline: float, commands: list[Command], note: str = "") -> None:
@@ -124,8 +128,7 @@ class Router:
                 agent = self.registry.pick(command.capability, command.action, job.tried | others)
             job.retry_at = 0.0 if agent else now + self.settings.retry_round
         if agent is None:
-            warming_up = self.clock.monotonic() - self._started < self.settings.warmup
-            if not warming_up and not self.registry.ever_offered(command.capability, command.action):
+            if not self.warming_up() and not self.registry.ever_offered(command.capability, command.action):
                 self._end_job(run, job, FAILED, f"No agent can do {describe(command)}.")
             else:
                 job.state, job.agent = WAITING, None

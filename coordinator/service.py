@@ -15,9 +15,12 @@ from the journal.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -38,6 +41,7 @@ from .specs import SpecStore
 log = logging.getLogger(__name__)
 
 FROZEN = 2.0  # seconds a tick may come late before we count ourselves as having been away
+HOST, STARTED = socket.gethostname(), time.time()  # who this process is, in its presence
 PROMPT_ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,128})"')  # a prompt's id, read from what does not parse
 
 
@@ -63,7 +67,7 @@ class Coordinator:
         self.router = self._router()
         self.specs = SpecStore()  # what the online agents understand
         self.intake = Intake(settings, clock, parser, self.registry, self.router.start, self.reply, self.events,
-                             self.specs)
+                             self.specs, lambda: self.router.warming_up())
         self.bus.on(self.bus.topics.prompts, self.on_prompt)
         self.bus.subscribe(Result, self.router.result)
         if settings.legacy_results:
@@ -79,8 +83,8 @@ class Coordinator:
 
     def presence(self, state: PresenceState = PresenceState.ONLINE) -> CoordinatorPresence:
         load = len(self.router.runs) if state == PresenceState.ONLINE else 0
-        return CoordinatorPresence(state=state, load=load, version=__version__,
-                                   heartbeat=self.settings.heartbeat, max_concurrent=0)
+        return CoordinatorPresence(state=state, load=load, version=__version__, heartbeat=self.settings.heartbeat,
+                                   max_concurrent=0, host=HOST, pid=os.getpid(), started=STARTED)
 
     def announce(self) -> None:
         self.bus.publish(self.presence(), retain=True)
@@ -188,6 +192,7 @@ class Coordinator:
                 self.router.agent_gone(agent_id)
             self.router.tick()
             self.intake.expire()
+            self.intake.release_early()
 
     # -- prompts ------------------------------------------------------------------------
 
