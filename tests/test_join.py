@@ -22,7 +22,7 @@ from conftest import mosquitto_available
 from helpers import ROOT, Process, Recorder, assert_tls_login, free_port, wait_for_port, wait_until
 from lamcontrol import config as lamconfig
 from lamcontrol.bus import BrokerSettings, Bus, BusError
-from lamcontrol.join import UserFolder, agent_item, lan_address
+from lamcontrol.join import UserFolder, agent_item
 from lamcontrol.protocol import Prompt
 
 NAME = "kitchen"
