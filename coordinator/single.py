@@ -16,8 +16,10 @@ a standby mode would wait here instead of refusing.
 
 The look logs in as the coordinator (the only login it has). On a broker that turns user names
 into client ids (Mosquitto's ``use_username_as_clientid``, as ``lam mosquitto-config`` writes it)
-that connection ends the live coordinator's, which comes straight back; the journal lock spares a
-second coordinator on the same machine even that.
+that connection takes over the live coordinator's: the broker publishes its last will, and it
+comes straight back, which is how the look knows it lives (see :func:`live_coordinator`). Its
+session and what it was sent meanwhile are kept for it. The journal lock spares a second
+coordinator on the same machine even that.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 
 LOOK = 3.0  # seconds to wait for the broker when looking
 RETAINED = 0.5  # seconds to wait, once subscribed, for a retained presence to arrive
+KNOCK = 3.0  # seconds a coordinator whose last will the look set off has to take its connection back
+WILL_AGE = 60.0  # an offline presence made this soon after its coordinator started is its last will
 HEARTBEATS = 2  # heartbeats without a word after which a coordinator's "online" is taken as stale
 HOST = socket.gethostname()
 
@@ -98,11 +102,31 @@ def lock_journal(journal: Path) -> IO | None:
     return handle
 
 
+class Look(Bus):
+    """The connection a starting coordinator looks at the bus with, under a client id of its own. On a broker
+    that makes user names client ids it is the coordinator's all the same, and connecting hands it a live
+    coordinator's session: so it keeps that session (persistent), acknowledges nothing it is sent there, which
+    stays for that coordinator, and takes its one subscription back before it leaves."""
+
+    def _ack(self, burst: list) -> None:
+        pass
+
+    def leave(self, topic_filter: str) -> None:
+        self._client.unsubscribe(topic_filter)
+        self.stop()
+
+
 def live_coordinator(settings: BrokerSettings, look: float = LOOK) -> CoordinatorPresence | None:
     """The coordinator serving the bus now, from its retained presence; None when there is none (or the
-    broker cannot be reached: then there is nothing to take over either)."""
+    broker cannot be reached: then there is nothing to take over either).
+
+    On a broker that makes user names client ids, looking takes the connection of a live coordinator with
+    the same login, and the broker publishes its last will: an offline presence of a coordinator that did not
+    say goodbye. Such a coordinator comes back within a second and takes its connection back from the look;
+    that is waited for (up to KNOCK seconds), and then it is the live one."""
     found: list[CoordinatorPresence] = []
     heard = threading.Event()
+    topic = settings.topics.coordinator_status
 
     def keep(topic: str, payload: bytes) -> None:
         try:
@@ -111,8 +135,9 @@ def live_coordinator(settings: BrokerSettings, look: float = LOOK) -> Coordinato
             pass
         heard.set()
 
-    bus = Bus(settings, component="coordinator-look", report=False)
-    bus.on(settings.topics.coordinator_status, keep)
+    bus = Look(settings, component="coordinator-look", client_id=f"{settings.prefix}-coordinator-look",
+               persistent=True, report=False, ack_when_handled=True)
+    bus.on(topic, keep)
     try:
         bus.start(timeout=look)
     except BusError as exc:
@@ -120,10 +145,22 @@ def live_coordinator(settings: BrokerSettings, look: float = LOOK) -> Coordinato
         return None
     try:
         heard.wait(RETAINED)
+        presence = found[-1] if found else None
+        if presence is None or alive(presence):
+            return presence
+        if presence.online or not last_will(presence) or (presence.host == HOST and not process_runs(presence.pid)):
+            return None  # stale, stopped, or a will of a process on this machine that is gone
+        deadline = time.monotonic() + KNOCK
+        while bus.connected.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return None if bus.connected.is_set() else presence
     finally:
-        bus.stop()
-    presence = found[-1] if found else None
-    return presence if presence is not None and alive(presence) else None
+        bus.leave(topic)
+
+
+def last_will(presence: CoordinatorPresence) -> bool:
+    """An offline presence written when its coordinator started (its last will), not when it stopped."""
+    return bool(presence.started) and presence.ts - presence.started < WILL_AGE
 
 
 def alive(presence: CoordinatorPresence, now: float | None = None) -> bool:
@@ -155,8 +192,10 @@ def who(holder: dict) -> str:
 
 
 def refusal(presence: CoordinatorPresence, settings: BrokerSettings) -> str:
-    heard = max(0.0, time.time() - presence.ts)
-    return (f"another coordinator serves the broker at {settings.where}: "
-            f"{who({'pid': presence.pid, 'host': presence.host, 'started': presence.started})} "
-            f"(client id {settings.prefix}-coordinator, last heard {heard:.0f} s ago); stop it first, or use it "
-            "(lam send, lam agents)")
+    named = who({"pid": presence.pid, "host": presence.host, "started": presence.started})
+    if presence.online:
+        heard = f"last heard {max(0.0, time.time() - presence.ts):.0f} s ago"
+    else:
+        heard = "it took its connection back from this one's look: they share a login"
+    return (f"another coordinator serves the broker at {settings.where}: {named} (client id "
+            f"{settings.prefix}-coordinator, {heard}); stop it first, or use it (lam send, lam agents)")
