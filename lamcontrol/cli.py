@@ -166,7 +166,7 @@ def cmd_config(args: argparse.Namespace) -> int:
                 capability.load(name).validate_settings(settings)
             except (capability.Unavailable, ValueError) as exc:
                 raise lamconfig.ConfigError(f"{cfg.get('path', 'the config')}: {exc}") from None
-        print(f"{cfg.get('path', 'no config file')}: every key is known and well typed")
+        print(f"{cfg.get('path', 'no config file')}: every key is known and every value fits")
         return EXIT_OK
     root = config_docs.source_root()
     if root is None:

@@ -103,9 +103,15 @@ def test_monitor_shows_a_prompts_own_id_and_invents_none():
 
 
 def test_send_says_when_the_broker_is_unreachable(tmp_path):
-    result = lam_cli("send", "--broker", f"mqtt://127.0.0.1:{free_port()}", "--connect-timeout", "2", "echo hi")
+    port = free_port()
+    result = lam_cli("send", "--broker", f"mqtt://127.0.0.1:{port}", "--connect-timeout", "2", "echo hi")
     assert result.returncode == 2
-    assert "cannot reach the MQTT broker" in result.stderr
+    assert f"cannot reach the MQTT broker at mqtt://127.0.0.1:{port} (from --broker)" in result.stderr
+    config = tmp_path / "config.toml"  # the broker's address from the embedded broker's listen key alone
+    config.write_text(f'[embedded_broker]\nlisten = "0.0.0.0:{port}"\n')
+    derived = lam_cli("send", "--config", str(config), "--connect-timeout", "2", "echo hi")
+    assert derived.returncode == 2 and (f"cannot reach the MQTT broker at mqtt://127.0.0.1:{port} (from "
+                                        f"[embedded_broker] listen in {config})") in derived.stderr, derived.stderr
 
 
 def test_broker_url_precedence(tmp_path):
