@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO
 
 from lamcontrol.bus import BrokerSettings, Bus, BusError
+from lamcontrol.config import ConfigError
 from lamcontrol.protocol import CoordinatorPresence, ProtocolError, parse
 
 try:
@@ -82,8 +83,12 @@ def lock_journal(journal: Path) -> IO | None:
     if fcntl is None:
         return None
     path = journal.with_name(journal.name + ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+", encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot use the journal {journal}: {exc.filename or path}: {exc.strerror} (see "
+                          "[coordinator] journal, or the state directory: $LAM_STATE_DIR)") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import configparser
+import dataclasses
 import functools
 import hashlib
 import importlib.metadata
@@ -398,8 +399,8 @@ def cmd_join(args: argparse.Namespace) -> int:
                 script = commands(args.agent_id, url, folder.password(args.agent_id), capabilities, requirement,
                                   folder.prefix, ca_pem)
                 print(report(folder, args.agent_id, address, script, cfg["embedded_broker"]["listen"]), flush=True)
-                monitor = BrokerSettings(url=cfg["broker"]["url"], prefix=folder.prefix, username="monitor",
-                                         password=folder.password("monitor"))
+                monitor = dataclasses.replace(BrokerSettings.from_config(cfg), prefix=folder.prefix,
+                                              username="monitor", password=folder.password("monitor"))
                 online = wait_online(monitor, args.agent_id, args.wait)
     except (lamconfig.ConfigError, ValueError, ProtocolError, OSError) as exc:
         print(f"lam join: {exc}", file=sys.stderr)

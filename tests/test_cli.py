@@ -343,7 +343,9 @@ def test_a_part_that_cannot_start_is_named_with_the_cause_and_the_fix(tmp_path):
     up, log_path = start_up(tmp_path, "--config", str(config), "-c", "echo", "--no-bridge", name="lam-up-2")
     assert up.wait(120) == 2, log_path.read_text()
     output = log_path.read_text()
-    assert "lam up: the coordinator stopped while starting (exit status" in output, output
+    assert ("lam up: the coordinator stopped while starting (exit status 2): lam-coordinator: cannot use the journal "
+            "/proc/no/such/journal.db: /proc/no: No such file or directory") in output, output
+    assert "Traceback" not in output
     assert "LAMControl is up" not in output and "Ctrl-C stops everything" not in output
     wait_until(lambda: not running_with(str(config)), 30, "every part stopped")
 
