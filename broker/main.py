@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lam-broker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"lam-broker (lamcontrol) {__version__}")
-    parser.add_argument("--config", help="TOML config file (its [embedded_broker] section)")
+    parser.add_argument("--config", help="TOML config file, for its [embedded_broker] section (default: $LAM_CONFIG, "
+                                          f"then {', then '.join(lamconfig.SEARCH_PATH)})")
     parser.add_argument("--listen", help="host:port for plain MQTT (default 127.0.0.1:1883; '' for none); beyond "
                                          "loopback it needs --password-file")
     parser.add_argument("--websocket", help="host:port for MQTT over websockets (off by default)")

@@ -230,6 +230,12 @@ def test_version_and_help_a_person_can_read():
         assert not options[quiet] & {"--broker", "--ca-file", "--connect-timeout"}, quiet
     assert [o for o in options["lam mosquitto-config"] if "ca" in o] == ["--client-ca"]
     assert {"--broker", "--ca-file", "--connect-timeout"} <= options["lam send"]
+    from lamcontrol.service import component_parser
+
+    for parser in [*seen, component_parser("lam-agent", "")]:  # every --config says where it is looked for
+        for action in parser._actions:
+            if "--config" in action.option_strings:
+                assert "$LAM_CONFIG" in action.help and "/etc/lamcontrol/config.toml" in action.help, parser.prog
 
 
 def test_a_port_clash_is_one_line(tmp_path):
