@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -295,8 +296,10 @@ def test_the_packed_wheel_holds_what_a_built_one_does(tmp_path):
     from lamcontrol.join import pack_wheel
 
     packed = zipfile.ZipFile(pack_wheel(tmp_path))
+    source = tmp_path / "source"  # a copy: setuptools builds in the source tree, and keeps what it built there
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__"))
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "built"),
-                           str(ROOT)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                           str(source)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     built = zipfile.ZipFile(next((tmp_path / "built").glob("lamcontrol-*.whl")))
     assert sorted(packed.namelist()) == sorted(built.namelist())
