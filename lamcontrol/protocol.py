@@ -669,6 +669,7 @@ class CoordinatorPresence(Presence):
     topic_pattern: ClassVar[str] = "coordinator/status"
     reserved: ClassVar[frozenset[str]] = frozenset()
     agent: str = COORDINATOR
+    pid: int = 0  # its process on ``host``: with ``started``, who a second coordinator finds serving the bus
 
     def _load(self) -> str:
         return ""

@@ -28,12 +28,13 @@ _restart = threading.Event()
 def component_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
     """The command line every LAMControl process shares: --broker, --config, --log-level."""
     from . import __version__
+    from .config import SEARCH_PATH
 
     parser = argparse.ArgumentParser(prog=prog, description=(description or "").replace("``", ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"{prog} (lamcontrol) {__version__}")
     parser.add_argument("--broker", help="mqtt://[user:pass@]host:port (default: $LAM_BROKER or the config)")
-    parser.add_argument("--config", help="TOML config file")
+    parser.add_argument("--config", help=f"TOML config file (default: $LAM_CONFIG, then {', then '.join(SEARCH_PATH)})")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
@@ -80,7 +81,7 @@ async def pet_watchdog() -> None:
 
 
 def request_restart() -> None:
-    """Ask :func:`run_service` to stop the service and return True, for the caller to :func:`restart`."""
+    """Ask :func:`run_service` to stop the service and run it again (:func:`restart`)."""
     _restart.set()
     _done.set()
 
@@ -94,9 +95,14 @@ def restart() -> NoReturn:
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
-def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: str) -> bool:
-    """Block until SIGTERM/SIGINT, telling systemd about readiness and health, then ``stop()``; True
-    when a restart was asked for (:func:`request_restart`)."""
+def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: str,
+                gave_up: Callable[[], str] | None = None) -> int:
+    """Block until SIGTERM/SIGINT, telling systemd about readiness and health, then ``stop()``; the exit
+    status. After :func:`request_restart` it runs the program again instead of returning.
+
+    ``gave_up()`` says why to stop on its own ('' while there is hope): a broker that keeps refusing
+    this login will not let it in by being asked again. Then the status is 2."""
+    status = 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: _done.set())
     ready_sent = was_healthy = False
@@ -112,8 +118,15 @@ def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: st
         was_healthy = healthy
         if interval and healthy:
             sd_notify("WATCHDOG=1")
+        reason = gave_up() if gave_up else ""
+        if reason:
+            log.error("%s stops trying: %s", name, reason)
+            status = 2
+            break
     restarting = _restart.is_set()
     sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}" if restarting else "STOPPING=1")
     log.info("%s %s", name, "stopping to restart" if restarting else "stopping")
     stop()
-    return restarting
+    if restarting:
+        restart()
+    return status

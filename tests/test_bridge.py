@@ -5,6 +5,7 @@ Every response is checked against the OpenAPI description the bridge serves.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import subprocess
@@ -318,7 +319,7 @@ def test_dashboard_needs_a_login_with_csrf(bridge):
     assert browser.get(f"{bridge.url}/", allow_redirects=False, timeout=10).headers["Location"].startswith("/login")
     csrf = csrf_from(browser.get(f"{bridge.url}/login", timeout=10).text)
     forged = browser.post(f"{bridge.url}/login", data={"username": "admin", "password": PASSWORD}, timeout=10)
-    assert forged.status_code == 403 and "CSRF" in forged.json()["error"]
+    assert forged.status_code == 403 and "This form had expired; please log in again." in forged.text
     wrong = browser.post(f"{bridge.url}/login", data={"csrf_token": csrf, "username": "admin", "password": "nope"},
                          timeout=10)
     assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
@@ -355,6 +356,34 @@ def test_failed_logins_are_rate_limited_and_logged(start_bridge, caplog):
     assert "guess-secret" not in caplog.text and PASSWORD not in caplog.text
     # API tokens from the same address are not affected.
     assert post_prompt(guarded, {"prompt": "echo hi"}).status_code == 200
+
+
+def test_a_locked_out_login_form_says_so_in_a_sentence(start_bridge):
+    guarded = start_bridge(login_attempts=1, login_window=60.0)
+    browser = requests.Session()
+    attempt = {"csrf_token": csrf_from(browser.get(f"{guarded.url}/login", timeout=10).text), "username": "admin",
+               "password": "guess"}
+    assert browser.post(f"{guarded.url}/login", data=attempt, timeout=10).status_code == 401
+    locked = browser.post(f"{guarded.url}/login", data=attempt, timeout=10)
+    assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0
+    assert locked.headers["Content-Type"].startswith("text/html") and "<form" in locked.text
+    assert re.search(r"Too many failed attempts; try again in \d+ seconds\.", locked.text)
+    assert '{"error"' not in locked.text
+
+
+def test_the_api_description_is_a_page_a_person_can_read(bridge, openapi):
+    page = requests.get(f"{bridge.url}/api/docs", timeout=10)  # no token, like the description itself
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    spec = requests.get(f"{bridge.url}/api/openapi.json", timeout=10).json()
+    text = html.unescape(page.text)
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            assert f"{method.upper()}</span> <code>{path}</code>" in text and operation["summary"] in text, path
+    for name in spec["components"]["schemas"]:
+        assert f'id="schema-{name}"' in text
+    assert "Bearer &lt;token&gt;" in page.text
+    browser, _ = logged_in(bridge)
+    assert 'href="/api/docs">API</a>' in browser.get(f"{bridge.url}/", timeout=10).text  # linked from the dashboard
 
 
 def test_a_new_password_logs_sessions_out(start_bridge):

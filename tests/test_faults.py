@@ -118,6 +118,44 @@ def test_coordinator_sigkill_under_load_repeated(mosquitto_system):
     assert_clean(system, prompts)
 
 
+@pytest.mark.parametrize("kind, journal", [("mosquitto", "same"), ("mosquitto", "own"), ("amqtt", "own")])
+def test_a_second_coordinator_refuses_to_start(tmp_path, kind, journal):
+    """Two coordinators: a second one started on the bus while prompts flow refuses to start, naming the first,
+    and the first serves on. With the same config (the same journal) it finds the journal locked and never
+    connects. With a journal of its own it looks at the bus: on the embedded broker it sees the first's
+    presence; on Mosquitto as lam mosquitto-config writes it (client id = user name) its look takes the first's
+    connection, whose last will says offline, and the first taking it back within a second is the sign."""
+    if kind == "mosquitto" and not mosquitto_available():
+        pytest.skip("mosquitto is not installed")
+    broker = Broker(kind, tmp_path, prefix(), USERS)
+    system = System(broker, tmp_path)
+    try:
+        first = system.coordinator()
+        for agent in ("a1", "a2"):
+            system.agent(agent)
+        said = len(system.load.presence["coordinator"])
+        prompts = system.load.send(40, seconds=0.2, timeout=TIMEOUT)
+        system.fault()
+        path = system.journal if journal == "same" else tmp_path / "second-journal.db"
+        config = system.config("coordinator-2", f'[coordinator]\njournal = "{path}"\n', "coordinator")
+        second = system._start("coordinator-2", "lamcontrol.coordinator.main", "--config", str(config))
+        assert second.popen.wait(60) == 2, second.log()
+        assert "another coordinator" in second.log() and f"pid {first.popen.pid} on host " in second.log()
+        prompts += system.load.send(40, seconds=0.2, timeout=TIMEOUT)
+        system.load.wait_answered(prompts, ANSWER_WAIT)
+        tally = system.tally(prompts)
+        assert tally.clean() and tally.statuses == {"succeeded": len(prompts)}, f"{tally}\n{system.logs()}"
+        assert tally.failed_but_ran == 0
+        after = system.load.presence["coordinator"][said:]
+        if (kind, journal) == ("mosquitto", "own"):
+            assert after[-1:] == ["online"], after  # its will said offline for as long as it took to come back
+        else:
+            assert "offline" not in after, after  # nobody spoke over the first one's presence
+    finally:
+        system.close()
+        broker.close()
+
+
 def test_mosquitto_restart_with_persistence(mosquitto_system):
     """A graceful restart of Mosquitto (persistence on) mid-load."""
     system = mosquitto_system
