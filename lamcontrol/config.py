@@ -189,13 +189,15 @@ MODEL: dict[str, Section] = {
         "sources": Setting(1000, "sources (people, devices) whose recent commands and held confirmations are "
                                  "remembered; the least recently heard are forgotten first", check=at_least(1)),
         "source_rate": Setting(20.0, "prompts a second one source may send, sustained; more are answered "
-                                     "`rejected` (0 = no limit)"),
-        "source_burst": Setting(200.0, "prompts one source may send at once before source_rate applies"),
+                                     "`rejected` (0 = no limit)", check=at_least(0)),
+        "source_burst": Setting(200.0, "prompts one source may send at once before source_rate applies",
+                                check=at_least(1)),
         "max_waiting": Setting(1000, "prompts waiting to be understood, all sources together, served in turn "
-                                     "per source; more are answered `rejected`"),
+                                     "per source; more are answered `rejected`", check=at_least(1)),
         "clock_skew": Setting(10.0, "seconds a source's clock may be off; a source further off is timed by when "
-                                    "its prompts arrive (logged once per source)"),
-        "journal_max_prompts": Setting(100000, "answered prompts the journal keeps at most (the oldest go first)"),
+                                    "its prompts arrive (logged once per source)", check=SECONDS),
+        "journal_max_prompts": Setting(100000, "answered prompts the journal keeps at most (the oldest go first)",
+                                       check=at_least(1)),
         "acl_file": Setting("", "the broker's ACL (Mosquitto's format): an agent may offer only the capabilities "
                                 "whose tasks its login may read; empty: the acl beside the credentials folder of "
                                 "[broker] password_file, else the embedded broker's, when there is one"),
