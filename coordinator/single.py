@@ -151,6 +151,8 @@ def live_coordinator(settings: BrokerSettings, look: float = LOOK) -> Coordinato
     try:
         heard.wait(RETAINED)
         presence = found[-1] if found else None
+        if presence is not None and presence.host == HOST and presence.pid == os.getpid():
+            return None  # this very process, before it restarted itself (see coordinator/control.py)
         if presence is None or alive(presence):
             return presence
         if presence.online or not last_will(presence) or (presence.host == HOST and not process_runs(presence.pid)):
