@@ -107,6 +107,11 @@ class Capability:
         """Name lists learned at run time (contacts from the config, devices from Home Assistant)."""
         return {}
 
+    def readings(self) -> dict[str, object]:
+        """What it can read now (a computer's volume), for the entities that show it; read at each
+        heartbeat and after each task, so keep it quick. Nothing, by default."""
+        return {}
+
     def vocabulary(self) -> list[str]:
         """Every name it knows, flat (what older coordinators read from presence)."""
         return sorted({listed_value(v) for values in self.names().values() for v in values}, key=str.casefold)

@@ -378,6 +378,17 @@ class Computer(Capability):
     def names(self) -> dict[str, list]:
         return {"apps": sorted(name for name, _ in self.apps.values())}
 
+    def readings(self) -> dict[str, object]:
+        """The volume, when a mixer can read it (pressing keys reads nothing)."""
+        self.probe()
+        if self.mixer is None:
+            return {}
+        try:
+            level, _ = self.mixer.read(self.settings["command_timeout"])
+        except TaskFailed:
+            return {}
+        return {"volume": level}
+
     def actions(self) -> list[str]:
         self.probe()
         names = {"power"}
@@ -411,7 +422,8 @@ class Computer(Capability):
                    "bring (the|my) sound back"), {"level": "unmute"}),
         Sentences(("(set|change) <it>",), ask="What level should I set the volume to?"),
     ], examples=[("set the volume to 30 percent", "computer volume 30"), ("turn it up", "computer volume up")],
-        entities=[Entity("number", "volume", "Volume", "computer volume {value}", "mdi:volume-high", 0, 100, "%")])
+        entities=[Entity("number", "volume", "Volume", "computer volume {value}", "mdi:volume-high", 0, 100, "%",
+                         reading="volume")])
     def volume(self, args: dict) -> Outcome:
         """Set the volume: 0 to 100, up, down, mute or unmute."""
         level = args["level"]

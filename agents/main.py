@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                   heartbeat=float(section["heartbeat"]), stop_grace=float(section["stop_grace"]),
                   max_queued=section["max_queued"] if args.max_queued is None else args.max_queued, left_out=left_out)
     agent.start()
-    run_service(agent.bus.ready.is_set, agent.stop, f"agent {agent_id}")
-    return 0
+    return run_service(agent.bus.ready.is_set, agent.stop, f"agent {agent_id}", agent.bus.gave_up)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ class Agent:
         self._accepted: OrderedDict[str, Result | None] = OrderedDict()  # task id -> its final result, once done
         self._stopping = threading.Event()
         self._advertised = b""  # the spec last published; sent again after every connect
+        self._readings: dict[str, dict] = {}  # what the capabilities read, as last announced
         # Room beyond the limit: a task failed at its deadline may still hold its thread.
         self._pool = ThreadPoolExecutor(max_workers=2 * max_concurrent + 2, thread_name_prefix="task")
         self.bus = bus_factory(settings, component=f"agent {agent_id}", client_id=f"{settings.prefix}-agent-{agent_id}",
@@ -79,12 +80,18 @@ class Agent:
         online = state == PresenceState.ONLINE
         capabilities = {name: cap.actions() for name, cap in self.capabilities.items()} if online else {}
         vocabulary = {name: words for name, cap in self.capabilities.items() if online and (words := cap.vocabulary())}
+        readings = self._read() if online else {}
         with self._lock:
             running = sorted(self._running) if online else []
         return Presence(state=state, agent=self.id, capabilities=capabilities, vocabulary=vocabulary,
                         load=len(self._running), running=running, unavailable=self.left_out if online else {},
                         max_concurrent=self.max_concurrent, max_queued=self.max_queued, host=self.host,
-                        version=__version__, heartbeat=self.heartbeat, started=self.started)
+                        version=__version__, heartbeat=self.heartbeat, started=self.started, readings=readings)
+
+    def _read(self) -> dict[str, dict]:
+        """Each capability's readings (those that have any), remembered as announced."""
+        self._readings = {name: values for name, cap in self.capabilities.items() if (values := cap.readings())}
+        return self._readings
 
     def announce(self) -> None:
         if self.bus.connected.is_set() and not self._stopping.is_set():
@@ -232,6 +239,9 @@ class Agent:
             self._finish(task, ResultState.SUCCEEDED, outcome.message, outcome.data)
         finally:
             self._pace += (time.monotonic() - started - self._pace) / 8
+        read = self._readings.get(task.capability)
+        if read is not None and self.capabilities[task.capability].readings() != read:
+            self.announce()  # what the task changed (the volume) shows at once, not at the next heartbeat
 
     def _finish(self, task: Task, state: ResultState, message: str, data: dict | None = None) -> None:
         """Publish the final result once, whoever gets here first (handler, deadline or stop); a freed

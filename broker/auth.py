@@ -7,7 +7,7 @@ treated as a known client and keeps its queue; nameless clients (``mosquitto_sub
 
 With a password file (argon2 hashes, ``user:hash`` lines), :class:`PasswordFileAuth` lets in
 its users, and clients that log in as nobody in it without a password only from this machine
-while ``allow_anonymous`` is on (LAMControl's tools name themselves by their client id).
+(loopback, or any of its own addresses) while ``allow_anonymous`` is on (LAMControl's tools name themselves by their client id).
 :class:`AclFileCheck` keeps each user to the topics of an ACL file in Mosquitto's format
 (``user NAME`` then ``topic read|write|readwrite FILTER`` lines, ``pattern`` lines with ``%u``
 and ``%c``), so ``lam join`` writes one ACL for both brokers. Both files are read again
@@ -16,7 +16,6 @@ when they change: a user added by ``lam join`` can connect without a restart.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from lamcontrol.acl import Reloading, parse_acl
+from lamcontrol.config import is_this_machine
 
 
 class NamedSessionAuth(BaseAuthPlugin):
@@ -55,10 +55,9 @@ def password_file_text(hashes: dict[str, str]) -> str:
 
 
 def is_local(session: Session) -> bool:
-    try:
-        return ipaddress.ip_address(session.remote_address or "").is_loopback
-    except ValueError:
-        return False
+    """The client runs on this machine: it comes from loopback or from one of this machine's own
+    addresses (as it does when it connects to the broker's LAN address)."""
+    return is_this_machine(session.remote_address or "")
 
 
 def parse_hashes(text: str) -> dict[str, str]:

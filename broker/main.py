@@ -55,8 +55,9 @@ class Listeners:
         named = {"default": self.listen, "ws": self.websocket, "tls": self.tls_listen}
         return {name: lamconfig.host_port(value, f"{name} listener") for name, value in named.items() if value}
 
-    def problem(self) -> str:
-        """Why these settings must not run ('' when they may)."""
+    def problem(self, lam_up: bool = False) -> str:
+        """Why these settings must not run ('' when they may), with the fix in the flags of lam-broker, or of
+        lam up when ``lam_up``."""
         addresses = self.addresses()
         if not addresses:
             return "no listener: give --listen, --websocket or --tls-listen"
@@ -67,15 +68,19 @@ class Listeners:
                 return f"{value} does not exist"
         exposed = [f"{h}:{p}" for h, p in addresses.values() if not lamconfig.is_loopback(h)]
         if exposed and not self.password_file:
+            users = ("set [embedded_broker] password_file" if lam_up else
+                     "give --password-file (lam-broker adduser FILE USER)")
             return (f"refusing to listen on {', '.join(exposed)} without users and passwords (anyone on the network "
                     "could use the bus). Make them with: lam join NAME (a user for each of this machine's components "
-                    "and for the agent NAME), then: lam up --listen " + exposed[0] +
-                    "; or give --password-file (lam-broker adduser FILE USER); or listen on 127.0.0.1")
+                    f"and for the agent NAME), then: lam up --listen {exposed[0]}; or {users}; or listen on 127.0.0.1")
         for host, port in addresses.values():
             busy = lamconfig.bind_problem(host, port)
             if busy:
-                return (f"cannot listen on {host}:{port}: {busy} (another broker? then use it: "
-                        f"lam up --broker mqtt://127.0.0.1:{port}; or pick another port)")
+                listen = "lam up --listen" if lam_up else "--listen"
+                taken = lamconfig.joined(host, port)
+                return (f"cannot listen on {taken}: {busy}. Another broker runs there? To use it: lam up --broker "
+                        f"mqtt://{lamconfig.local_address(taken)} (refused while a coordinator serves it); or pick "
+                        f"another port: {listen} {lamconfig.joined(host, port + 1 if port < 65535 else 1883)}")
         return ""
 
     def amqtt_config(self) -> dict:
@@ -153,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lam-broker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"lam-broker (lamcontrol) {__version__}")
-    parser.add_argument("--config", help="TOML config file (its [embedded_broker] section)")
+    parser.add_argument("--config", help="TOML config file, for its [embedded_broker] section (default: $LAM_CONFIG, "
+                                          f"then {', then '.join(lamconfig.SEARCH_PATH)})")
     parser.add_argument("--listen", help="host:port for plain MQTT (default 127.0.0.1:1883; '' for none); beyond "
                                          "loopback it needs --password-file")
     parser.add_argument("--websocket", help="host:port for MQTT over websockets (off by default)")

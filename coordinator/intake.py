@@ -11,10 +11,15 @@ coordinator: :meth:`Intake.serve` hands the prompts whose turn it is to one unde
 a few at a time, and each result comes back to the bus thread (:meth:`Intake.understood`), where
 the next prompt in turn is handed over. A prompt still waiting, or still being understood, at
 its deadline is answered then.
+
+A prompt for one agent (``metadata.agent``, as Home Assistant's buttons send) that is unknown or
+offline is answered at once when its turn comes, naming the agents online; during the warm-up it
+waits for that agent's presence, which may be on its way.
 """
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import logging
 from collections import OrderedDict, deque
@@ -29,17 +34,17 @@ from .grammar import Command, ParseResult
 from .language import Context, parse_chain
 from .parsing import Parser, is_cancellation, is_confirmation
 from .registry import Registry
-from .routing import Reply
+from .routing import Reply, Router
 from .runs import Held
 from .settings import Clock, Settings
 from .specs import Offer, SpecStore
 
 log = logging.getLogger(__name__)
 
-Start = Callable[[Prompt, float, list[Command], str], None]
 Defer = Callable[[Callable[[], None]], None]  # hands a call to the bus thread (Bus.defer)
 TOO_SLOW = "I could not understand that in time; I did nothing."
 TOO_MANY = "Too many prompts were ahead of this one to get to it before its deadline; I did nothing."
+BROKEN = "Something went wrong on my side as I was about to act on that ({}); I did nothing."
 
 
 class BySource(OrderedDict):
@@ -126,17 +131,20 @@ class Intake:
     clock: Clock
     parser: Parser
     registry: Registry
-    start: Start
+    router: Router
     reply: Reply
     events: Events
     defer: Defer
     specs: SpecStore = field(default_factory=SpecStore)  # what the online agents understand
+    fatal: tuple[type[Exception], ...] = ()  # errors the transaction must see (the journal's)
     held: BySource = field(init=False)  # commands waiting for their source to confirm
     transcripts: BySource = field(init=False)  # recent commands by source, for the parser
     asked: BySource = field(init=False)  # the prompt a question back answered, and until when, by source
     waiting: FairQueue = field(default_factory=FairQueue)  # journaled, not handed over yet
     # Prompts being understood: id -> (prompt, deadline, token); an answer whose token differs is stale.
     pending: dict[str, tuple[Prompt, float, int]] = field(default_factory=dict)
+    # Prompts for an agent not heard from yet while warming up (its presence may be on its way): id -> (prompt, deadline).
+    early: dict[str, tuple[Prompt, float]] = field(default_factory=dict)
     limit: RateLimit = field(init=False)
 
     # Prompts handed to the understanding thread at once: enough that it never waits for the bus thread to
@@ -165,6 +173,13 @@ class Intake:
         (bus thread: takes what each needs, then returns)."""
         while len(self.pending) < self.AHEAD and (taken := self.waiting.take()) is not None:
             prompt, deadline = taken
+            wanted = prompt.metadata.agent
+            if wanted and not self.online(wanted):  # answered at once, not understood
+                if self.router.warming_up():
+                    self.early[prompt.id] = taken
+                else:
+                    self.reply(prompt.id, PromptStatus.FAILED, self.absent(wanted), [])
+                continue
             token = next(self._tokens)
             self.pending[prompt.id] = (prompt, deadline, token)
             offer = self.specs.offer(self.registry)
@@ -201,13 +216,24 @@ class Intake:
         self.defer(lambda: self.understood(prompt.id, token, result, failed))
 
     def understood(self, prompt_id: str, token: int, result: ParseResult, failed: bool = False) -> None:
-        """What a prompt asks for, back on the bus thread: confirm or cancel what its source holds, ask
-        for a confirmation, refuse, or start it."""
+        """What a prompt asks for, back on the bus thread, acted on; answered `failed` if acting on it
+        fails for any reason but the journal's (a bug must not leave it unanswered until a restart)."""
         entry = self.pending.get(prompt_id)
         if entry is None or entry[2] != token:
             return  # answered at its deadline meanwhile, or handed over again since
         del self.pending[prompt_id]
         prompt, deadline, _ = entry
+        try:
+            self._act(prompt, deadline, result, failed)
+        except self.fatal:
+            raise  # the transaction fails: the prompt is read back from the journal and understood again
+        except Exception as exc:  # a bug: this prompt is answered all the same, and the next one taken up
+            log.exception("could not act on prompt %s", prompt.id)
+            if prompt.id not in self.router.runs:  # (an open run answers, by its deadline at the latest)
+                self.reply(prompt.id, PromptStatus.FAILED, BROKEN.format(exc.__class__.__name__), [])
+
+    def _act(self, prompt: Prompt, deadline: float, result: ParseResult, failed: bool) -> None:
+        """Confirm or cancel what its source holds, ask for a confirmation, refuse, or start it."""
         source = prompt.source
         held = self.held.pop(source, None)
         if held and held.expires >= self.clock.time():
@@ -234,11 +260,35 @@ class Intake:
             return
         self._start(prompt, deadline, result.commands, result.note)
 
+    def online(self, agent_id: str) -> bool:
+        known = self.registry.agents.get(agent_id)
+        return known is not None and known.online
+
+    def absent(self, wanted: str) -> str:
+        """The answer to a prompt for an agent (``metadata.agent``) that is unknown or offline, naming those online."""
+        online = sorted(a for a, info in self.registry.agents.items() if info.online)
+        listed = f"Online: {', '.join(online)}." if online else "No agent is online."
+        if wanted in self.registry.agents:
+            return f"{wanted} is offline. {listed}"
+        close = difflib.get_close_matches(wanted, list(self.registry.agents), n=1)
+        return f"There is no agent {wanted}{f'; did you mean {close[0]}?' if close else '.'} {listed}"
+
+    def release_early(self) -> None:
+        """The prompts held during the warm-up wait their turn again once their agent is online, or all
+        once the warm-up is over (those for an agent still absent are then answered so)."""
+        if not self.early:
+            return
+        settled = not self.router.warming_up()
+        for prompt_id, (prompt, deadline) in list(self.early.items()):
+            if settled or self.online(prompt.metadata.agent or ""):
+                del self.early[prompt_id]
+                self.waiting.put(prompt, deadline)
+
     def _start(self, prompt: Prompt, deadline: float, commands: list[Command], note: str) -> None:
         transcript = self.transcripts.pop(prompt.source, None) or deque(maxlen=self.settings.transcript)
         transcript.extend(c.text for c in commands)
         self.transcripts[prompt.source] = transcript
-        self.start(prompt, deadline, commands, note)
+        self.router.start(prompt, deadline, commands, note)
 
     def expire(self, now: float) -> None:
         """Forget held commands nobody confirmed in time; answer the prompts whose deadline passed
@@ -248,6 +298,10 @@ class Intake:
                 del self.held[source]
         for prompt in self.waiting.expired(now):
             self.reply(prompt.id, PromptStatus.FAILED, TOO_MANY, [])
+        for prompt_id, (prompt, deadline) in list(self.early.items()):
+            if deadline <= now:
+                del self.early[prompt_id]
+                self.reply(prompt_id, PromptStatus.FAILED, self.absent(prompt.metadata.agent or ""), [])
         for prompt_id, (prompt, deadline, _) in list(self.pending.items()):
             if deadline <= now:
                 del self.pending[prompt_id]
@@ -258,6 +312,7 @@ class Intake:
         """Forget the prompts waiting and those handed over (their answers will be dropped)."""
         self.waiting.clear()
         self.pending.clear()
+        self.early.clear()
 
     def settled(self, timeout: float = 30.0) -> bool:
         """True once every prompt handed over has been understood (its answer handed to the bus thread)."""

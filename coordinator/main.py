@@ -10,7 +10,7 @@ from lamcontrol import config as lamconfig
 from lamcontrol.bus import BrokerSettings
 from lamcontrol.service import component_parser, run_service, setup_logging
 
-from . import discovery, metrics
+from . import control, discovery, metrics, single
 from .journal import Journal
 from .parsing import build_parser
 from .service import Coordinator
@@ -20,7 +20,7 @@ from .trust import Trust
 log = logging.getLogger("lam-coordinator")
 
 
-EXTENSIONS = (discovery.extension, metrics.extension)  # each: the config -> a factory, or None when off
+EXTENSIONS = (control.extension, discovery.extension, metrics.extension)  # each: the config -> a factory, or None when off
 
 
 def build(cfg: dict) -> Coordinator:
@@ -54,13 +54,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = lamconfig.load(args.config, args.broker)
         if args.journal:
             cfg["coordinator"]["journal"] = args.journal
+        journal = lamconfig.state_path("coordinator", "journal", cfg["coordinator"]["journal"])
+        lock = single.claim(journal, BrokerSettings.from_config(cfg))  # noqa: F841 (held while the process runs)
         coordinator = build(cfg)
-    except lamconfig.ConfigError as exc:
+    except (lamconfig.ConfigError, single.AnotherCoordinator) as exc:
         print(f"lam-coordinator: {exc}", file=sys.stderr)
         return 2
     coordinator.start()
-    run_service(coordinator.bus.ready.is_set, coordinator.stop, "coordinator")
-    return 0
+    return run_service(coordinator.bus.ready.is_set, coordinator.stop, "coordinator", coordinator.bus.gave_up)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,12 @@ windows are judged by that time, not by when a busy coordinator got round to it.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
@@ -50,6 +53,7 @@ log = logging.getLogger(__name__)
 
 FROZEN = 2.0  # seconds a tick may come late before we count ourselves as having been away
 JOURNAL_RETRY = 2.0  # seconds between tries to write a journal that could not
+HOST, STARTED = socket.gethostname(), time.time()  # who this process is, in its presence
 PROMPT_ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,128})"')  # a prompt's id, read from what does not parse
 
 
@@ -82,8 +86,8 @@ class Coordinator:
         # One router for the coordinator's life: a failed commit resets it, never replaces it.
         self.router = Router(settings, clock, journal, self.registry, self.bus.publish, self.reply, self.events)
         self.specs = SpecStore(self._refuse_spec, approved_specs)  # what the online agents understand
-        self.intake = Intake(settings, clock, parser, self.registry, self.router.start, self.reply, self.events,
-                             self.bus.defer, self.specs)
+        self.intake = Intake(settings, clock, parser, self.registry, self.router, self.reply, self.events,
+                             self.bus.defer, self.specs, self.bus.fatal)
         self.bus.on(self.bus.topics.prompts, self.on_prompt)
         self.bus.subscribe(Result, self.router.result)
         if settings.legacy_results:
@@ -96,8 +100,8 @@ class Coordinator:
 
     def presence(self, state: PresenceState = PresenceState.ONLINE) -> CoordinatorPresence:
         load = len(self.router.runs) if state == PresenceState.ONLINE else 0
-        return CoordinatorPresence(state=state, load=load, version=__version__,
-                                   heartbeat=self.settings.heartbeat, max_concurrent=0)
+        return CoordinatorPresence(state=state, load=load, version=__version__, heartbeat=self.settings.heartbeat,
+                                   max_concurrent=0, host=HOST, pid=os.getpid(), started=STARTED)
 
     def announce(self) -> None:
         self.bus.publish(self.presence(), retain=True)
@@ -239,6 +243,7 @@ class Coordinator:
                 self.router.agent_gone(agent_id)
             self.router.tick(now)
             self.intake.expire(now)
+            self.intake.release_early()
 
     # -- prompts ------------------------------------------------------------------------
 
@@ -357,6 +362,7 @@ class Coordinator:
                 self.router.agent_gone(presence.agent)
             if presence.online:
                 self.router.agent_back(presence)
+                self.intake.release_early()
             self.router.retry_waiting()
         self.intake.prepare()
 

@@ -150,4 +150,5 @@ def vetted(presence: Presence, trust: Trust, refuse: Callable[[str], None]) -> P
     if all(allowed.values()) and unavailable == presence.unavailable:
         return presence
     return replace(presence, capabilities={c: a for c, a in presence.capabilities.items() if allowed[c]},
-                   vocabulary={c: n for c, n in presence.vocabulary.items() if allowed[c]}, unavailable=unavailable)
+                   vocabulary={c: n for c, n in presence.vocabulary.items() if allowed[c]}, unavailable=unavailable,
+                   readings={c: r for c, r in presence.readings.items() if allowed.get(c)})

@@ -1,7 +1,16 @@
-"""``python -m lamcontrol`` is the ``lam`` command."""
+"""``python -m lamcontrol`` and the ``lam`` command."""
 
+import signal
 import sys
 
-from .cli import main
 
-sys.exit(main())
+def run() -> int:
+    """``lam``: a Ctrl-C while it loads ends it quietly, with no traceback; then the command runs."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    from .cli import main
+
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import os
 import random
 import select
 import selectors
@@ -57,6 +58,10 @@ class BusError(RuntimeError):
     """The broker cannot be reached or refused us; the message says which and why."""
 
 
+REFUSED_LOGIN = (134, 135)  # CONNACK: bad user name or password, not authorized (MQTT 5 codes; paho maps 3.1.1's)
+GIVE_UP_AFTER = 3  # refused logins in a row after which a component stops trying (see Bus.gave_up)
+
+
 class CommitFailed(RuntimeError):
     """The transaction around a burst could not commit: nothing was published or acknowledged."""
 
@@ -80,6 +85,8 @@ class BrokerSettings:
     keepalive: int = 30
     prefix: str = "lam"
     max_payload: int = DEFAULT_MAX_PAYLOAD
+    origin: str = ""  # where the URL came from ("from --broker"), for messages that name the broker
+    password_from: str = ""  # where the password came from, for the message of a refused login
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url if "://" in self.url else f"mqtt://{self.url}")
@@ -104,6 +111,21 @@ class BrokerSettings:
         return self.url
 
     @property
+    def where(self) -> str:
+        """The URL (password masked) and where it came from."""
+        return f"{self.safe_url} ({self.origin})" if self.origin else self.safe_url
+
+    def refusal(self, user: str, reason: object) -> str:
+        """What to say when the broker refused our login: it was reached, who was refused, where the password lives."""
+        if not self.password:
+            fix = ("no password was given; it lets in only its users: set [broker] username and password_file, or "
+                   "$LAM_BROKER_PASSWORD (lam join and lam mosquitto-config keep each user's password in their "
+                   "credentials/ folder)")
+        else:
+            fix = f"check the user name and the password, from {self.password_from or 'the configuration'}"
+        return f"the MQTT broker at {self.where} was reached and refused user {user} ({reason}): {fix}"
+
+    @property
     def topics(self) -> Topics:
         return Topics(self.prefix)
 
@@ -111,10 +133,18 @@ class BrokerSettings:
     def from_config(cls, config: dict[str, Any]) -> BrokerSettings:
         section = config["broker"]
         password = lamconfig.read_secret(section["password"], section["password_file"], "LAM_BROKER_PASSWORD")
+        where = config.get("path", "the config")
+        password_from = ("the broker URL" if urlsplit(section["url"]).password else
+                         "$LAM_BROKER_PASSWORD" if os.environ.get("LAM_BROKER_PASSWORD") else
+                         f"{section['password_file']} ([broker] password_file)" if section["password_file"] else
+                         f"[broker] password in {where}")
+        origin = config.get("broker_origin", "")
         return cls(url=section["url"], username=section["username"], password=password, ca_file=section["ca_file"],
                    cert_file=section["cert_file"], key_file=section["key_file"], tls_insecure=section["tls_insecure"],
                    keepalive=int(section["keepalive"]), prefix=section["prefix"],
-                   max_payload=int(section["max_payload"]))
+                   max_payload=int(section["max_payload"]),
+                   origin=origin if origin.startswith("the default") or not origin else f"from {origin}",
+                   password_from=password_from)
 
 
 @dataclass(frozen=True)
@@ -258,6 +288,7 @@ class Bus:
         self.ready = threading.Event()
         self.session_present = False  # the broker kept our session (and what came for us) at the last connect
         self.last_error = ""
+        self.refused = 0  # logins the broker refused in a row
         self._handlers: list[tuple[str, Handler]] = []
         # Topic filter -> its handlers, in registration order; plain topics apart, found without a walk.
         self._exact_routes: dict[str, list[Handler]] = {}
@@ -348,8 +379,14 @@ class Bus:
         self._thread.start()
         if timeout is not None and not self.ready.wait(timeout):
             self.stop()
+            if self.refused:
+                raise BusError(self.last_error)
             reason = f": {self.last_error}" if self.last_error else ""
-            raise BusError(f"cannot reach the MQTT broker at {s.safe_url}{reason}")
+            raise BusError(f"cannot reach the MQTT broker at {s.where}{reason}")
+
+    def gave_up(self) -> str:
+        """Why to stop trying ('' while there is hope): the broker refused our login GIVE_UP_AFTER times in a row."""
+        return self.last_error if self.refused >= GIVE_UP_AFTER else ""
 
     def stop(self, final: Message | None = None, timeout: float = 5.0) -> None:
         """Publish ``final`` (an offline presence, say), then disconnect cleanly. Not from a handler."""
@@ -422,7 +459,10 @@ class Bus:
         self._selector.register(sock, selectors.EVENT_READ)
 
     def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._selector.unregister(sock)
+        try:
+            self._selector.unregister(sock)
+        except (KeyError, ValueError, RuntimeError):
+            pass  # a bus stopped while connecting closed its selector first; paho closes the socket as it goes
         self._client.flush(sock)  # a clean disconnect's last packets
         self._client.unsent.clear()
         self._client.forget_unread()
@@ -434,10 +474,15 @@ class Bus:
 
     def _on_connect_cb(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
-            self.last_error = f"broker refused the connection ({reason})"
+            if reason.value in REFUSED_LOGIN:
+                self.refused += 1
+                self.last_error = self.settings.refusal(self.settings.username or self.client_id, reason)
+            else:
+                self.last_error = f"the broker at {self.settings.where} refused the connection ({reason})"
             log.error("%s: %s", self.component, self.last_error)
             return
         self.last_error = ""
+        self.refused = 0
         self._backoff = RECONNECT_MIN
         self.session_present = bool(flags.session_present)
         self.connected.set()
@@ -559,7 +604,7 @@ class Bus:
         except Exception as exc:  # refused, unreachable, TLS or websocket handshake: all mean try later
             self.last_error = f"connection failed ({exc})" if str(exc) else "connection failed"
             self._back_off()
-            log.warning("%s: cannot reach %s (%s), retrying", self.component, self.settings.safe_url, exc)
+            log.warning("%s: cannot reach %s (%s), retrying", self.component, self.settings.where, exc)
 
     def _drain_wakes(self) -> None:
         """Read the wake-up bytes, then let the next wake-up send one: cleared before the read, the flag
@@ -633,6 +678,7 @@ class Bus:
                 self._guarded(functools.partial(self._route, topic, payload), topic, payload)
 
     def _route(self, topic: str, payload: bytes) -> None:
+        log.debug("%s received %s (%d bytes)", self.component, topic, len(payload))
         check_size(payload, self.settings.max_payload)
         for handlers in self._raw_handlers(topic) if self._handlers else ():
             for handler in handlers:

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import queue
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from . import __version__
 from . import config as lamconfig
-from . import config_docs, http_client, join, ops
-from .bus import BrokerSettings, Bus, BusError
+from . import config_docs, http_client, join, ops, up
+from .bus import Bus, BusError
 from .console import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, broker_options, collect_retained, config_option,
                       connect, print_table, settings_from)
-from .protocol import Presence, Prompt, ProtocolError, Reply, describe_event, parse, read
+from .protocol import Presence, Prompt, ProtocolError, Reply, describe_event, parse
+
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 
 COLOURS = {"prompt": "36", "task": "34", "result": "35", "reply": "32", "agent": "33", "error": "31",
            "coordinator": "33", "other": "37"}
@@ -151,200 +150,6 @@ def names_given(given: list[str]) -> dict[str, list[str]]:
     return names
 
 
-# -- lam up -----------------------------------------------------------------------------
-
-def bridge_installed() -> bool:
-    try:
-        return importlib.util.find_spec("lamcontrol.r1_bridge.main") is not None
-    except ImportError:
-        return False
-
-
-def component(module: str, *extra: str) -> list[str]:
-    """The command line that runs one component with this interpreter and installation (-P: never a
-    lamcontrol folder that happens to be in the current directory)."""
-    return [sys.executable, "-P", "-m", module, *extra]
-
-
-def wants_embedded_broker(args: argparse.Namespace, cfg: dict) -> bool:
-    """True unless a broker was named: --broker, $LAM_BROKER, or a config ``[broker] url`` of its own."""
-    if args.broker or os.environ.get("LAM_BROKER"):
-        return False
-    listen = cfg["embedded_broker"]["listen"]
-    own = (lamconfig.DEFAULTS["broker"]["url"], f"mqtt://{listen}", f"mqtt://{local_address(listen)}" if listen else "")
-    return cfg["broker"]["url"] in own
-
-
-STOP_SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
-
-
-@dataclass
-class Step:
-    """One component lam up starts: its name, command line and extra environment."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-
-
-def local_address(listen: str) -> str:
-    """host:port that reaches a listener on this machine (its wildcard address is not one)."""
-    host, port = lamconfig.host_port(listen, "--listen")
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    cfg = lamconfig.load(args.config, args.broker)
-    embedded = wants_embedded_broker(args, cfg)
-    common = [*(["--config", args.config] if args.config else [])]
-    agent_id = args.agent_id or cfg["agent"]["id"] or lamconfig.default_agent_id()
-    url, logins, plan, exposed, listen = cfg["broker"]["url"], {}, [], "", ""
-    if embedded:
-        from lamcontrol.broker.main import Listeners
-
-        listen = args.listen or cfg["embedded_broker"]["listen"]
-        if not listen:
-            raise lamconfig.ConfigError("lam up needs a plain listener for its own components: give --listen")
-        url = f"mqtt://{local_address(listen)}"
-        users, login_args = join.UserFolder.of(cfg), {}
-        if users.exists():  # made by lam join: every component logs in as itself
-            users.ensure_local(agent_id, args.capability or lamconfig.installed_capabilities())
-            login_args = {"--password-file": str(users.path / "passwd"), "--acl-file": str(users.path / "acl")}
-            logins = {name: users.password(user) for name, user in
-                      (("coordinator", "coordinator"), ("bridge", "bridge"), ("agent", agent_id))}
-            exposed = f"{listen}, users in {users.path}"
-        problem = Listeners.from_config(cfg["embedded_broker"], listen=listen,
-                                        password_file=login_args.get("--password-file"),
-                                        acl_file=login_args.get("--acl-file")).problem()
-        if problem:
-            print(f"lam up: {problem}", file=sys.stderr)
-            return EXIT_UNREACHABLE
-        broker_args = [*common, "--listen", listen, *(arg for pair in login_args.items() for arg in pair)]
-        plan.append(Step("broker", component("lamcontrol.broker.main", *broker_args)))
-
-    def linked(name: str, module: str, *extra: str) -> Step:
-        """A component that connects to the broker, as its own user when there are users."""
-        if name not in logins:
-            return Step(name, component(module, *common, "--broker", url, *extra))
-        login = url.replace("://", f"://{agent_id if name == 'agent' else name}@", 1)
-        return Step(name, component(module, *common, "--broker", login, *extra), {"LAM_BROKER_PASSWORD": logins[name]})
-
-    offered = [arg for c in args.capability or () for arg in ("--capability", c)] or ["--all"]
-    plan += [linked("coordinator", "lamcontrol.coordinator.main"),
-             linked("agent", "lamcontrol.agents.main", "--id", agent_id, *offered)]
-    if bridge_installed() and not args.no_bridge:
-        plan.append(linked("bridge", "lamcontrol.r1_bridge.main"))
-    stopping: list[int] = []
-    # Ctrl-C, SIGTERM and a closed terminal all stop everything, in order; the children run in a
-    # session of their own, so the terminal's Ctrl-C reaches only us and never the broker first.
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, lambda number, frame: stopping.append(number))
-    processes: dict[str, subprocess.Popen] = {}
-    try:
-        if not start_all(plan, processes, listen, stopping):
-            return EXIT_UNREACHABLE
-        if not stopping:
-            settings = BrokerSettings.from_config({**cfg, "broker": {**cfg["broker"], "url": url}})
-            late = wait_until_online(settings, agent_id, processes, stopping)
-            print(banner(cfg, url, processes, late, exposed), flush=True)
-        while not stopping and all(p.poll() is None for p in processes.values()):
-            time.sleep(0.2)
-    finally:
-        stop_all(processes)
-    dead = [n for n, p in processes.items() if p.returncode not in (0, -signal.SIGTERM)]
-    if dead:
-        print(f"lam up: {', '.join(dead)} exited with an error", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
-
-
-def start_all(plan: list[Step], processes: dict[str, subprocess.Popen], listen: str, stopping: list[int]) -> bool:
-    """Start each component in order; False when the embedded broker did not start (it said why)."""
-    for step in plan:
-        if stopping:
-            return True
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **step.env}
-        processes[step.name] = subprocess.Popen(step.argv, env=env, start_new_session=True)
-        if step.name == "broker" and not listening(processes["broker"], listen):
-            return False
-    return True
-
-
-def listening(process: subprocess.Popen, listen: str, timeout: float = 30.0) -> bool:
-    """True once the broker holds its port (found without connecting); False if it exits first or is too slow."""
-    host, port = lamconfig.host_port(listen, "--listen")
-    deadline = time.monotonic() + timeout
-    while process.poll() is None and time.monotonic() < deadline:
-        if lamconfig.bind_problem(host, port):  # it was free before the broker started
-            return True
-        time.sleep(0.1)
-    if process.poll() is None:
-        print(f"lam up: the embedded broker did not listen on {listen} within {timeout:g} seconds", file=sys.stderr)
-    return False
-
-
-def stop_all(processes: dict[str, subprocess.Popen]) -> None:
-    """SIGTERM each component, the broker last so the others can say goodbye; SIGKILL what hangs."""
-    for name in reversed(list(processes)):
-        process = processes[name]
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def wait_until_online(settings: BrokerSettings, agent_id: str, processes: dict[str, subprocess.Popen],
-                      stopping: list[int], timeout: float = 30.0) -> list[str]:
-    """Wait for the coordinator's and the local agent's online presence; the names of those still missing."""
-    topics = settings.topics
-    expected = {topics.coordinator_status: "coordinator", topics.agent_status(agent_id): "agent"}
-    online: set[str] = set()
-
-    def seen(topic: str, payload: bytes) -> None:
-        try:
-            presence = read(topics, topic, payload)
-        except ProtocolError:
-            return
-        if isinstance(presence, Presence) and presence.online:
-            online.add(topic)
-
-    bus = Bus(settings, component="lam-up", report=False)
-    for topic in expected:
-        bus.on(topic, seen)
-    deadline = time.monotonic() + timeout
-    try:
-        bus.start(timeout=timeout)
-        while (len(online) < len(expected) and time.monotonic() < deadline and not stopping
-               and all(p.poll() is None for p in processes.values())):
-            time.sleep(0.1)
-        bus.stop()
-    except BusError:
-        pass  # the components keep trying, and say so in their log lines
-    return [name for topic, name in expected.items() if topic not in online]
-
-
-def banner(cfg: dict, url: str, processes: dict[str, subprocess.Popen], late: list[str], exposed: str) -> str:
-    lines = [f"\nLAMControl is up on {url}: {', '.join(processes)}."]
-    if exposed:
-        lines.append(f"  open to the network on {exposed}; add a machine: lam join NAME")
-    if late:
-        lines.append(f"  not online yet: {', '.join(late)} (their log lines above say why)")
-    if "bridge" in processes:
-        bridge = cfg["bridge"]
-        address = bridge.get("public_url") or f"{'https' if bridge.get('cert_file') else 'http'}://{bridge['listen']}"
-        lines.append(f"  bridge: {address}/  (on its first start it prints an API token and the admin password)")
-    lines += ["  try:    lam send \"echo hello\"",
-              f"  watch:  mosquitto_sub -v -t '{cfg['broker']['prefix']}/#'   (or: lam monitor)",
-              "  agents: lam agents",
-              "Ctrl-C stops everything.\n"]
-    return "\n".join(lines)
-
-
 # -- entry point ------------------------------------------------------------------------
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -361,7 +166,7 @@ def cmd_config(args: argparse.Namespace) -> int:
                 capability.load(name).validate_settings(settings)
             except (capability.Unavailable, ValueError) as exc:
                 raise lamconfig.ConfigError(f"{cfg.get('path', 'the config')}: {exc}") from None
-        print(f"{cfg.get('path', 'no config file')}: every key is known and well typed")
+        print(f"{cfg.get('path', 'no config file')}: every key is known and every value fits")
         return EXIT_OK
     root = config_docs.source_root()
     if root is None:
@@ -379,13 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     configured, bus = config_option(), broker_options()
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", parents=[configured, bus], help="start broker, coordinator, bridge and a local agent")
-    up.add_argument("--listen", help="host:port for the embedded broker (default: [embedded_broker] listen, "
-                                     "127.0.0.1:1883); beyond loopback it needs users: lam join NAME makes them")
-    up.add_argument("--capability", "-c", action="append", help="capabilities for the local agent (default: all)")
-    up.add_argument("--agent-id", help="id of the local agent (default: the host name)")
-    up.add_argument("--no-bridge", action="store_true", help="do not start the HTTP bridge")
-    up.set_defaults(func=cmd_up)
+    up.add_command(sub, configured, bus)
 
     send = sub.add_parser("send", parents=[configured, bus], help="send a prompt and print the reply")
     send.add_argument("prompt", nargs="+", help="what to do, in words or as a command")
@@ -426,9 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # loading ran with Ctrl-C ending us quietly
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (lamconfig.ConfigError, BusError) as exc:
         print(f"lam: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED

@@ -9,7 +9,13 @@ Where things are looked for, first match wins:
 
 * the config file: ``--config``, then ``$LAM_CONFIG``, then ``~/.config/lamcontrol/config.toml``,
   then ``/etc/lamcontrol/config.toml``;
-* the broker: ``--broker``, then ``$LAM_BROKER``, then ``[broker] url`` in the file.
+* the broker: ``--broker``, then ``$LAM_BROKER``, then ``[broker] url`` in the file, then the
+  embedded broker's ``[embedded_broker] listen`` in the file (so that one setting moves the port
+  for ``lam up`` and every command reading the same file), then 127.0.0.1:1883. ``load`` records
+  which one it took in ``config["broker_origin"]``, for messages that say which broker was tried.
+
+Values are checked too, with the section and the key named: a number of seconds above 0, a port,
+a ``host:port``, a broker URL (:data:`MODEL` says which key takes what).
 
 Secrets never need to live in the file: every ``*_file`` key names a file that holds one,
 and ``$LAM_BROKER_PASSWORD`` overrides the broker password.
@@ -27,21 +33,89 @@ import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+from urllib.parse import urlsplit
 
 CAPABILITY_GROUP = "lamcontrol.capabilities"
+
+Check = Callable[[Any], str]  # a value -> what is wrong with it ('' when nothing)
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One config key: its default (which fixes its type) and what it means.
+    """One config key: its default (which fixes its type), what it means, and what values it takes.
 
-    ``state_file`` names the file in the state directory used while the value is empty.
+    ``state_file`` names the file in the state directory used while the value is empty;
+    ``check`` says what is wrong with a value of the right type ('' when nothing).
     """
 
     default: Any
     help: str
     state_file: str = ""
+    check: Check | None = None
+
+
+def above(low: float) -> Check:
+    """A number greater than ``low``."""
+    return lambda value: "" if value > low else f"must be above {low:g}"
+
+
+def at_least(low: float) -> Check:
+    """A number of ``low`` or more."""
+    return lambda value: "" if value >= low else f"must be {low:g} or more"
+
+
+def port(value: int) -> str:
+    return "" if 0 <= value < 65536 else "must be a port number, 0 to 65535"
+
+
+def one_of(*choices: str) -> Check:
+    return lambda value: "" if value in choices else f"must be one of {', '.join(choices)}"
+
+
+def address(optional: bool = False) -> Check:
+    """``host:port`` (``''`` too when ``optional``)."""
+    def check(value: str) -> str:
+        if optional and value == "":
+            return ""
+        try:
+            host_port(value)
+        except ConfigError:
+            return "must look like host:port, e.g. 127.0.0.1:1883" + (" (or \"\" for none)" if optional else "")
+        return ""
+    return check
+
+
+def url(*schemes: str, optional: bool = False) -> Check:
+    """A URL with one of ``schemes`` and a host (``''`` too when ``optional``)."""
+    def check(value: str) -> str:
+        if optional and value == "":
+            return ""
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (raises on a bad port)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in schemes or not parts.hostname:
+            return f"must be a URL such as {schemes[0]}://host:port ({', '.join(s + '://' for s in schemes)})"
+        return ""
+    return check
+
+
+def topic_prefix(value: str) -> str:
+    if not value or value.startswith("/") or value.endswith("/") or any(c in value for c in "+#\0"):
+        return "must be one or more topic levels, without + or # and without a leading or trailing /"
+    return ""
+
+
+def some_id(value: str) -> str:
+    """An id that can be a topic level ('' for the default)."""
+    if value and (len(value) > 128 or any(c in value for c in "/+# ") or not value.isprintable()):
+        return "must be 1-128 printable characters without '/', '+', '#' or spaces"
+    return ""
+
+
+SECONDS = above(0)
 
 
 @dataclass(frozen=True)
@@ -60,7 +134,8 @@ class Section:
 MODEL: dict[str, Section] = {
     "broker": Section("how every component reaches the MQTT broker", {
         "url": Setting("mqtt://127.0.0.1:1883", "mqtt://host:port; mqtts:// for TLS, ws:// or wss:// for websockets; "
-                                                "--broker and $LAM_BROKER win over it"),
+                                                "--broker and $LAM_BROKER win over it; unset: [embedded_broker] listen",
+                       check=url("mqtt", "mqtts", "ws", "wss")),
         "username": Setting("", "MQTT user; empty: none (the embedded broker on loopback needs none)"),
         "password": Setting("", "better: password_file or $LAM_BROKER_PASSWORD"),
         "password_file": Setting("", "file holding the MQTT password"),
@@ -68,15 +143,17 @@ MODEL: dict[str, Section] = {
         "cert_file": Setting("", "client certificate, for brokers that ask for one"),
         "key_file": Setting("", "private key of cert_file"),
         "tls_insecure": Setting(False, "skip the host name check (self-signed test brokers only)"),
-        "keepalive": Setting(30, "seconds between MQTT keepalives"),
-        "prefix": Setting("lam", "every topic starts with this"),
-        "max_payload": Setting(64 * 1024, "bigger incoming messages are refused on lam/errors"),
+        "keepalive": Setting(30, "seconds between MQTT keepalives", check=at_least(1)),
+        "prefix": Setting("lam", "every topic starts with this", check=topic_prefix),
+        "max_payload": Setting(64 * 1024, "bigger incoming messages are refused on lam/errors", check=at_least(1024)),
     }),
     "embedded_broker": Section("lam-broker, which lam up starts unless a broker is named", {
         "listen": Setting("127.0.0.1:1883", "host:port for plain MQTT; '' for none. Beyond loopback it needs "
-                                            "password_file (lam join makes one)"),
-        "websocket": Setting("", "host:port for MQTT over websockets, e.g. 127.0.0.1:8081"),
-        "tls_listen": Setting("", "host:port for MQTT over TLS (mqtts://), e.g. 0.0.0.0:8883; needs cert_file"),
+                                            "password_file (lam join makes one). Set alone, every command reading "
+                                            "this file uses it as the broker's address", check=address(optional=True)),
+        "websocket": Setting("", "host:port for MQTT over websockets, e.g. 127.0.0.1:8081", check=address(optional=True)),
+        "tls_listen": Setting("", "host:port for MQTT over TLS (mqtts://), e.g. 0.0.0.0:8883; needs cert_file",
+                              check=address(optional=True)),
         "cert_file": Setting("", "server certificate (PEM) for tls_listen"),
         "key_file": Setting("", "private key of cert_file"),
         "password_file": Setting("", "argon2 password file: only its users get in (lam join, or "
@@ -88,35 +165,39 @@ MODEL: dict[str, Section] = {
     }),
     "coordinator": Section("lam-coordinator: parsing, routing, the journal, replies", {
         "journal": Setting("", "SQLite journal", state_file="journal.db"),
-        "journal_days": Setting(7.0, "answered prompts are kept this long"),
-        "ack_timeout": Setting(5.0, "seconds an agent has to accept a task before another gets it"),
-        "prompt_timeout": Setting(60.0, "every prompt is answered within this many seconds"),
-        "task_timeout": Setting(45.0, "seconds a task may run"),
-        "confirm_window": Setting(30.0, "seconds to say \"confirm\" after a power command"),
-        "heartbeat": Setting(30.0, "seconds between retained status messages"),
-        "metrics_port": Setting(0, "Prometheus metrics on this port; 0 = off"),
+        "journal_days": Setting(7.0, "answered prompts are kept this long", check=SECONDS),
+        "ack_timeout": Setting(5.0, "seconds an agent has to accept a task before another gets it", check=SECONDS),
+        "prompt_timeout": Setting(60.0, "every prompt is answered within this many seconds", check=SECONDS),
+        "task_timeout": Setting(45.0, "seconds a task may run", check=SECONDS),
+        "confirm_window": Setting(30.0, "seconds to say \"confirm\" after a power command", check=SECONDS),
+        "heartbeat": Setting(30.0, "seconds between retained status messages", check=SECONDS),
+        "metrics_port": Setting(0, "Prometheus metrics on this port; 0 = off", check=port),
         "metrics_bind": Setting("127.0.0.1", "address the metrics port listens on"),
-        "max_prompt_timeout": Setting(600.0, "the longest metadata.timeout a prompt may ask for, in seconds"),
-        "warmup": Setting(3.0, "seconds after start to wait for agents' retained presence before routing"),
-        "retry_round": Setting(1.0, "seconds between tries to place tasks that found no free agent"),
-        "tick": Setting(0.1, "seconds between checks of deadlines and accept windows"),
-        "prune_every": Setting(3600.0, "seconds between prunings of the journal"),
+        "max_prompt_timeout": Setting(600.0, "the longest metadata.timeout a prompt may ask for, in seconds",
+                                      check=SECONDS),
+        "warmup": Setting(3.0, "seconds after start to wait for agents' retained presence before routing",
+                          check=at_least(0)),
+        "retry_round": Setting(1.0, "seconds between tries to place tasks that found no free agent", check=SECONDS),
+        "tick": Setting(0.1, "seconds between checks of deadlines and accept windows", check=SECONDS),
+        "prune_every": Setting(3600.0, "seconds between prunings of the journal", check=SECONDS),
         "legacy_results": Setting(False, "also accept results on the old lam/results/<task_id> topic, which an "
                                          "ACL cannot bind to one agent"),
         "ack_grace": Setting(1.0, "seconds past an accept window the coordinator still waits for the `accepted` "
-                                  "an agent sent within it"),
+                                  "an agent sent within it", check=at_least(0)),
         "agent_grace": Setting(15.0, "seconds an agent that went offline keeps the tasks it accepted, to come back "
-                                     "and report them (a broker restart sends every last will)"),
+                                     "and report them (a broker restart sends every last will)", check=at_least(0)),
         "sources": Setting(1000, "sources (people, devices) whose recent commands and held confirmations are "
-                                 "remembered; the least recently heard are forgotten first"),
+                                 "remembered; the least recently heard are forgotten first", check=at_least(1)),
         "source_rate": Setting(20.0, "prompts a second one source may send, sustained; more are answered "
-                                     "`rejected` (0 = no limit)"),
-        "source_burst": Setting(200.0, "prompts one source may send at once before source_rate applies"),
+                                     "`rejected` (0 = no limit)", check=at_least(0)),
+        "source_burst": Setting(200.0, "prompts one source may send at once before source_rate applies",
+                                check=at_least(1)),
         "max_waiting": Setting(1000, "prompts waiting to be understood, all sources together, served in turn "
-                                     "per source; more are answered `rejected`"),
+                                     "per source; more are answered `rejected`", check=at_least(1)),
         "clock_skew": Setting(10.0, "seconds a source's clock may be off; a source further off is timed by when "
-                                    "its prompts arrive (logged once per source)"),
-        "journal_max_prompts": Setting(100000, "answered prompts the journal keeps at most (the oldest go first)"),
+                                    "its prompts arrive (logged once per source)", check=SECONDS),
+        "journal_max_prompts": Setting(100000, "answered prompts the journal keeps at most (the oldest go first)",
+                                       check=at_least(1)),
         "acl_file": Setting("", "the broker's ACL (Mosquitto's format): an agent may offer only the capabilities "
                                 "whose tasks its login may read; empty: the acl beside the credentials folder of "
                                 "[broker] password_file, else the embedded broker's, when there is one"),
@@ -131,52 +212,54 @@ MODEL: dict[str, Section] = {
         "discovery_prefix": Setting("homeassistant", "Home Assistant's discovery prefix"),
     }),
     "agent": Section("lam-agent", {
-        "id": Setting("", "the agent's id; empty: the host name"),
+        "id": Setting("", "the agent's id; empty: the host name", check=some_id),
         "capabilities": Setting(["echo"], "capabilities to offer (lam up offers every installed one instead)"),
-        "max_concurrent": Setting(4, "tasks run at once"),
+        "max_concurrent": Setting(4, "tasks run at once", check=at_least(1)),
         "max_queued": Setting(8, "tasks accepted beyond max_concurrent when the agent will start them before their "
-                                 "deadline, each started as a running one ends; 0 = none"),
-        "heartbeat": Setting(30.0, "seconds between retained status messages"),
-        "stop_grace": Setting(10.0, "seconds running tasks get to finish on SIGTERM"),
+                                 "deadline, each started as a running one ends; 0 = none", check=at_least(0)),
+        "heartbeat": Setting(30.0, "seconds between retained status messages", check=SECONDS),
+        "stop_grace": Setting(10.0, "seconds running tasks get to finish on SIGTERM", check=at_least(0)),
     }),
     "groq": Section("the LLM parser; without a key the offline grammar answers", {
         "api_key": Setting("", "better: api_key_file or $GROQ_API_KEY"),
         "api_key_file": Setting("", "file holding the Groq API key"),
         "model": Setting("openai/gpt-oss-20b", "Groq model id"),
-        "base_url": Setting("", "API base URL; empty: Groq itself"),
-        "timeout": Setting(10.0, "seconds to wait for Groq"),
-        "max_retries": Setting(1, "retries after a failed call"),
-        "reasoning_effort": Setting("low", "low, medium or high, for models that reason"),
+        "base_url": Setting("", "API base URL; empty: Groq itself", check=url("https", "http", optional=True)),
+        "timeout": Setting(10.0, "seconds to wait for Groq", check=SECONDS),
+        "max_retries": Setting(1, "retries after a failed call", check=at_least(0)),
+        "reasoning_effort": Setting("low", "low, medium or high, for models that reason",
+                                    check=one_of("low", "medium", "high")),
     }),
     "bridge": Section("lam-bridge: the HTTP API, the R1 page, the dashboard", {
-        "listen": Setting("127.0.0.1:8080", "host:port for HTTP(S)"),
+        "listen": Setting("127.0.0.1:8080", "host:port for HTTP(S)", check=address()),
         "public_url": Setting("", "the address the R1 uses, for the install QR code, e.g. "
-                                  "https://lam.example.net:8443; empty: as requested"),
+                                  "https://lam.example.net:8443; empty: as requested", check=url("https", "http", optional=True)),
         "cert_file": Setting("", "HTTPS certificate (an R1 loads creations over HTTPS only)"),
         "key_file": Setting("", "private key of cert_file"),
         "cors_origins": Setting([], "origins allowed cross-origin access, e.g. [\"https://example.org\"]"),
-        "max_wait": Setting(30.0, "longest \"wait\" a client may ask for, in seconds"),
-        "max_body": Setting(16 * 1024, "largest request body, in bytes"),
-        "threads": Setting(16, "requests served at once"),
+        "max_wait": Setting(30.0, "longest \"wait\" a client may ask for, in seconds", check=SECONDS),
+        "max_body": Setting(16 * 1024, "largest request body, in bytes", check=at_least(1024)),
+        "threads": Setting(16, "requests served at once", check=at_least(2)),
         "token_file": Setting("", "API token hashes", state_file="bridge-tokens.json"),
         "admin_file": Setting("", "the admin password's hash", state_file="bridge-admin.json"),
         "secret_key_file": Setting("", "key signing the dashboard's sessions", state_file="bridge-secret.key"),
-        "login_attempts": Setting(5, "failed logins or token guesses allowed per client address..."),
-        "login_window": Setting(300.0, "...within this many seconds"),
+        "login_attempts": Setting(5, "failed logins or token guesses allowed per client address...", check=at_least(1)),
+        "login_window": Setting(300.0, "...within this many seconds", check=SECONDS),
         "metrics_listen": Setting("", "host:port for Prometheus metrics; empty: /metrics on the bridge, "
-                                      "behind a token"),
-        "keep": Setting(1000, "prompts and tasks remembered for the status endpoints"),
-        "stream_max_age": Setting(300.0, "seconds a dashboard's live stream lasts before the browser reconnects"),
+                                      "behind a token", check=address(optional=True)),
+        "keep": Setting(1000, "prompts and tasks remembered for the status endpoints", check=at_least(1)),
+        "stream_max_age": Setting(300.0, "seconds a dashboard's live stream lasts before the browser reconnects",
+                                  check=SECONDS),
         "title": Setting("LAMControl", "the R1 page's title"),
         "theme_color": Setting("#FE5000", "the R1 page's colour"),
     }),
     "openclaw": Section("the R1's push-to-talk voice gateway, inside lam-bridge", {
         "enabled": Setting(True, "listen for R1s"),
         "host": Setting("0.0.0.0", "address to listen on (the R1 reaches it over the LAN)"),
-        "port": Setting(18789, "port to listen on"),
+        "port": Setting(18789, "port to listen on (0: any free one)", check=port),
         "cert_file": Setting("", "certificate for wss://; default: [bridge] cert_file"),
         "key_file": Setting("", "private key of cert_file; default: [bridge] key_file"),
-        "reply_timeout": Setting(75.0, "seconds an R1 waits for a reply"),
+        "reply_timeout": Setting(75.0, "seconds an R1 waits for a reply", check=SECONDS),
         "advertise": Setting([], "addresses for the pairing QR code; empty: this machine's LAN addresses"),
     }, fill=False),
 }
@@ -241,7 +324,10 @@ def validate(config: dict[str, Any], source: str = "the config") -> dict[str, An
         schema = MODEL[name].settings
         refuse_unknown(f"{source}: [{name}]", values, schema)
         for key, value in values.items():
-            values[key] = checked(f"{source}: [{name}]", key, value, schema[key].default)
+            values[key] = value = checked(f"{source}: [{name}]", key, value, schema[key].default)
+            problem = schema[key].check(value) if schema[key].check else ""
+            if problem:
+                raise ConfigError(f"{source}: [{name}] {key} {problem}, not {value!r}")
     return config
 
 
@@ -272,18 +358,30 @@ def merge(base: dict, override: dict) -> dict:
 
 
 def load(path: str | None = None, broker: str | None = None) -> dict[str, Any]:
-    """The merged configuration, with the broker URL precedence applied."""
+    """The merged configuration, with the broker URL precedence applied (see the module's description);
+    ``config["broker_origin"]`` says where the URL came from."""
     config = copy.deepcopy(DEFAULTS)
     found = config_path(path)
+    given: dict[str, Any] = {}
     if found:
         try:
-            config = merge(config, validate(tomllib.loads(found.read_text()), str(found)))
+            given = validate(tomllib.loads(found.read_text()), str(found))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{found}: {exc}") from None
+        config = merge(config, given)
         config["path"] = str(found)
-    url = broker or os.environ.get("LAM_BROKER")
-    if url:
-        config["broker"]["url"] = url
+    listen = given.get("embedded_broker", {}).get("listen")
+    if broker:
+        config["broker"]["url"], origin = broker, "--broker"
+    elif os.environ.get("LAM_BROKER"):
+        config["broker"]["url"], origin = os.environ["LAM_BROKER"], "$LAM_BROKER"
+    elif "url" in given.get("broker", {}):
+        origin = f"[broker] url in {found.resolve()}"
+    elif listen:
+        config["broker"]["url"], origin = f"mqtt://{local_address(listen)}", f"[embedded_broker] listen in {found.resolve()}"
+    else:
+        origin = "the default"
+    config["broker_origin"] = origin
     return config
 
 
@@ -344,6 +442,19 @@ def host_port(value: str, what: str = "address") -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def joined(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def local_address(listen: str) -> str:
+    """host:port that reaches a listener on this machine (its wildcard address is not one)."""
+    host, port = host_port(listen, "listen address")
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    return joined(host, port)
+
+
 def is_loopback(host: str) -> bool:
     """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
     if host == "localhost":
@@ -351,6 +462,35 @@ def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
+        return False
+
+
+def is_this_machine(host: str) -> bool:
+    """True for the addresses of this machine: loopback, and every address of its own interfaces (a
+    connection from this machine to one of them comes from that very address). Found by binding to
+    it, which only works for an address the machine has, unless the kernel lets programs bind to
+    any address (``ip_nonlocal_bind``), where only loopback counts."""
+    if is_loopback(host):
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    if ip.is_unspecified or ip.is_multicast or nonlocal_bind(ip.version):
+        return False
+    try:
+        with socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, 0))
+    except OSError:
+        return False
+    return True
+
+
+def nonlocal_bind(version: int) -> bool:
+    """Linux lets programs bind to addresses this machine does not have."""
+    try:
+        return Path(f"/proc/sys/net/ipv{version}/ip_nonlocal_bind").read_text().strip() != "0"
+    except OSError:
         return False
 
 

@@ -56,7 +56,8 @@ def broker_options() -> argparse.ArgumentParser:
     """The options of every subcommand that talks to a broker."""
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--broker", help="mqtt://[user:pass@]host:port, mqtts:// for TLS (default: $LAM_BROKER, "
-                                          "then the config file)")
+                                          "then the config file's [broker] url, then its [embedded_broker] listen, "
+                                          "then mqtt://127.0.0.1:1883)")
     options.add_argument("--ca-file", help="CA certificate that signed the broker's, for mqtts://")
     options.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the broker")
     return options
@@ -66,5 +67,5 @@ def config_option() -> argparse.ArgumentParser:
     """The ``--config`` option every subcommand takes."""
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--config", help="TOML config file (default: $LAM_CONFIG, then "
-                                          "~/.config/lamcontrol/config.toml)")
+                                          f"{', then '.join(lamconfig.SEARCH_PATH)})")
     return options

@@ -11,27 +11,39 @@ The users folder holds ``users`` (the user list, in lam mosquitto-config's --use
 embedded broker, mosquitto_passwd's for Mosquitto) and ``acl`` (Mosquitto's format, which
 the embedded broker reads too). Users, passwords and ACL lines come from the same functions
 as lam mosquitto-config's.
+
+Everything that may refuse is checked before anything is written, and a join that fails before
+it has printed the commands leaves the users folder as it found it, so a retry starts clean.
+The wheel is packed from this installation itself, with no package index and no build tools.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import configparser
+import dataclasses
 import functools
 import hashlib
+import importlib.metadata
+import json
 import shlex
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Iterator
+from urllib.parse import unquote, urlsplit
 
 from . import config as lamconfig
-from . import config_docs, ops
+from . import ops
 from .bus import BrokerSettings, Bus, BusError
 from .console import EXIT_FAILED, EXIT_OK, config_option
 from .protocol import Presence, ProtocolError, Topics, check_id, parse
@@ -105,25 +117,112 @@ class UserFolder:
         if missing or mine not in self.items:
             self.add(*missing, mine)
 
+    @contextmanager
+    def restored_on_failure(self) -> Iterator[None]:
+        """Users, passwords and ACL written in the block are taken back if it fails (or is interrupted)."""
+        existed = self.path.exists()
+        kept = {name: (self.path / name).read_text() if (self.path / name).is_file() else None
+                for name in (USERS_FILE, "passwd", "acl")}
+        credentials = self.path / "credentials"
+        had = set(credentials.iterdir()) if credentials.is_dir() else set()
+        try:
+            yield
+        except BaseException:
+            if not existed:
+                shutil.rmtree(self.path, ignore_errors=True)
+                raise
+            for name, text in kept.items():
+                if text is None:
+                    (self.path / name).unlink(missing_ok=True)
+                else:
+                    lamconfig.write_private(self.path / name, text)
+            for made in (set(credentials.iterdir()) if credentials.is_dir() else set()) - had:
+                made.unlink()
+            raise
+
 
 # -- the wheel ----------------------------------------------------------------------------
 
-def build_wheel(out: Path) -> Path:
-    """This installation's wheel, built from its source checkout into ``out``."""
-    root = config_docs.source_root()
-    if root is None:
-        raise lamconfig.ConfigError("this installation was not made from a source checkout: give the wheel to "
-                                    "serve with --wheel FILE (python -m pip wheel --no-deps -w dist . where the "
-                                    "source is)")
-    leftover = not (root / "build").exists()  # setuptools builds in the source tree: tidy up after it
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(root)],
-                          capture_output=True, text=True)
-    if leftover:
-        shutil.rmtree(root / "build", ignore_errors=True)
-    wheels = sorted(out.glob("lamcontrol-*.whl"))
-    if done.returncode != 0 or not wheels:
-        raise lamconfig.ConfigError(f"building the wheel failed: {(done.stderr or done.stdout).strip()[-500:]}")
-    return wheels[-1]
+def pack_wheel(out: Path, name: str = "lamcontrol") -> Path:
+    """This installation as a wheel in ``out``, packed from what is installed: no build, no package index.
+    Its metadata and entry points are the installed distribution's; its files those the distribution
+    records, or for an editable install those the checkout's setup.cfg puts in a wheel."""
+    dist = installed(name)
+    info = f"{dist.metadata['Name']}-{dist.version}.dist-info"
+    source = editable_source(dist)
+    files = checkout_files(source) if source else installed_files(dist)
+    entries = {arcname: path.read_bytes() for arcname, path in sorted(files.items())}
+    for kept in ("METADATA", "entry_points.txt", "top_level.txt"):
+        text = dist.read_text(kept)
+        if text is not None:
+            entries[f"{info}/{kept}"] = text.encode()
+    entries[f"{info}/WHEEL"] = (b"Wheel-Version: 1.0\nGenerator: lamcontrol (lam join)\nRoot-Is-Purelib: true\n"
+                                b"Tag: py3-none-any\n")
+    record = [f"{arcname},sha256={digest(data)},{len(data)}" for arcname, data in entries.items()]
+    entries[f"{info}/RECORD"] = ("\n".join([*record, f"{info}/RECORD,,"]) + "\n").encode()
+    wheel = out / f"{dist.metadata['Name']}-{dist.version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        for arcname, data in entries.items():
+            archive.writestr(arcname, data)
+    return wheel
+
+
+def installed(name: str) -> importlib.metadata.Distribution:
+    """The installed distribution (its .dist-info, with a RECORD), not a source checkout's .egg-info that
+    happens to be on the path."""
+    for dist in importlib.metadata.distributions(name=name):
+        if dist.read_text("RECORD") is not None:
+            return dist
+    raise OSError(f"{name} is not installed here (pip install it first, or give the wheel to serve with --wheel FILE)")
+
+
+def digest(data: bytes) -> str:
+    """A RECORD line's hash: urlsafe base64 of the SHA-256, unpadded."""
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def editable_source(dist: importlib.metadata.Distribution) -> Path | None:
+    """The checkout an editable install runs from, or None."""
+    try:
+        origin = json.loads(dist.read_text("direct_url.json") or "{}")
+    except ValueError:
+        return None
+    if not origin.get("dir_info", {}).get("editable") or not origin.get("url", "").startswith("file://"):
+        return None
+    return Path(unquote(urlsplit(origin["url"]).path))
+
+
+def installed_files(dist: importlib.metadata.Distribution) -> dict[str, Path]:
+    """The files a regular install recorded, but its scripts, compiled files and metadata (written anew)."""
+    files = {}
+    for recorded in dist.files or ():
+        parts = recorded.parts
+        if parts[0] == ".." or "__pycache__" in parts or parts[0].endswith((".dist-info", ".pth")) or \
+                recorded.suffix == ".pyc":
+            continue
+        files[recorded.as_posix()] = Path(recorded.locate())
+    return files
+
+
+def checkout_files(root: Path) -> dict[str, Path]:
+    """What setup.cfg puts in the wheel: each package's modules and package data, by their place in the wheel."""
+    setup = configparser.ConfigParser(interpolation=None)
+    if not setup.read(root / "setup.cfg"):
+        raise OSError(f"{root / 'setup.cfg'} is missing: give the wheel to serve with --wheel FILE")
+    options = setup["options"]
+    folders = dict(tuple(part.strip() for part in line.split("=", 1))
+                   for line in options.get("package_dir", "").splitlines() if "=" in line)
+    data = {package: [glob.strip() for glob in globs.split(",") if glob.strip()]
+            for package, globs in (setup["options.package_data"].items() if setup.has_section("options.package_data")
+                                   else ())}
+    files = {}
+    for package in options.get("packages", "").split():
+        folder = root / folders.get(package, package.replace(".", "/"))
+        for pattern in ["*.py", *data.get("*", []), *data.get(package, [])]:
+            for path in folder.glob(pattern):
+                if path.is_file():
+                    files[f"{package.replace('.', '/')}/{path.relative_to(folder).as_posix()}"] = path
+    return files
 
 
 class WheelServer:
@@ -253,28 +352,33 @@ def wait_online(settings: BrokerSettings, agent_id: str, seconds: float) -> bool
         bus.stop()
 
 
-def make_user(args: argparse.Namespace, cfg: dict) -> tuple[UserFolder, list[str]]:
-    """The users folder with the new agent in it, and the agent's capabilities."""
-    agent_id = check_id(args.agent_id, "agent id")
+def checked_folder(args: argparse.Namespace, cfg: dict) -> tuple[UserFolder, list[str]]:
+    """The users folder and the new agent's capabilities, once nothing stands in the way of adding it
+    (nothing is written here)."""
+    check_id(args.agent_id, "agent id")
     capabilities = [check_id(c, "capability") for c in args.capability or DEFAULT_CAPABILITIES]
     folder = UserFolder.of(cfg, args.mosquitto)
+    if not folder.embedded and not folder.exists():
+        raise lamconfig.ConfigError(f"{folder.path} has no users list: run lam mosquitto-config --out {folder.path} "
+                                    "first")
+    if args.agent_id in {user_name(i) for i in folder.items} and not args.again:
+        raise lamconfig.ConfigError(f"{args.agent_id} already has a user; use --again to print its commands again "
+                                    "(its password stays)")
+    return folder, capabilities
+
+
+def add_user(args: argparse.Namespace, cfg: dict, folder: UserFolder, capabilities: list[str]) -> None:
+    """The new agent's user, password and ACL entry (and this machine's, for the embedded broker)."""
     if folder.embedded:
         folder.ensure_local(args.local_id or cfg["agent"]["id"] or lamconfig.default_agent_id(),
                             lamconfig.installed_capabilities())
-    elif not folder.exists():
-        raise lamconfig.ConfigError(f"{folder.path} has no users list: run lam mosquitto-config --out {folder.path} "
-                                    "first")
-    if agent_id in {user_name(i) for i in folder.items} and not args.again:
-        raise lamconfig.ConfigError(f"{agent_id} already has a user; use --again to print its commands again "
-                                    "(its password stays)")
-    folder.add(agent_item(agent_id, capabilities))
-    return folder, capabilities
+    folder.add(agent_item(args.agent_id, capabilities))
 
 
 def cmd_join(args: argparse.Namespace) -> int:
     cfg = lamconfig.load(args.config)
     try:
-        folder, capabilities = make_user(args, cfg)
+        folder, capabilities = checked_folder(args, cfg)
         address = args.address or lan_address()
         if args.broker_url:
             url, ca_pem = args.broker_url, ""
@@ -283,17 +387,20 @@ def cmd_join(args: argparse.Namespace) -> int:
         else:
             url, ca_pem = broker_url(cfg, address)
         with tempfile.TemporaryDirectory(prefix="lam-wheel-") as built:
-            wheel = Path(args.wheel).resolve() if args.wheel else build_wheel(Path(built))
+            wheel = Path(args.wheel).resolve() if args.wheel else pack_wheel(Path(built))
             digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-            with WheelServer(wheel, "0.0.0.0", args.port) as server:
+            with folder.restored_on_failure():  # until the commands are out, a failure takes the user back
+                add_user(args, cfg, folder, capabilities)
+                server = WheelServer(wheel, "0.0.0.0", args.port)
+            with server:
                 wanted = ",".join(extras(capabilities))
                 requirement = (f"lamcontrol{f'[{wanted}]' if wanted else ''} @ "
                                f"http://{address}:{server.port}/{wheel.name}#sha256={digest}")
                 script = commands(args.agent_id, url, folder.password(args.agent_id), capabilities, requirement,
                                   folder.prefix, ca_pem)
                 print(report(folder, args.agent_id, address, script, cfg["embedded_broker"]["listen"]), flush=True)
-                monitor = BrokerSettings(url=cfg["broker"]["url"], prefix=folder.prefix, username="monitor",
-                                         password=folder.password("monitor"))
+                monitor = dataclasses.replace(BrokerSettings.from_config(cfg), prefix=folder.prefix,
+                                              username="monitor", password=folder.password("monitor"))
                 online = wait_online(monitor, args.agent_id, args.wait)
     except (lamconfig.ConfigError, ValueError, ProtocolError, OSError) as exc:
         print(f"lam join: {exc}", file=sys.stderr)
@@ -338,7 +445,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                                                           "wrote (default: the embedded broker's users)")
     join.add_argument("--local-id", help="id of this machine's own agent, for its user (default: [agent] id, "
                                          "else the host name)")
-    join.add_argument("--wheel", help="the wheel to serve (default: built from this installation's source)")
+    join.add_argument("--wheel", help="the wheel to serve (default: packed from this installation, no package index "
+                                      "needed)")
     join.add_argument("--port", type=int, default=0, help="port to serve the wheel on (default: any free one)")
     join.add_argument("--wait", type=float, default=1800.0, help="seconds to wait for the agent to come online")
     join.add_argument("--again", action="store_true", help="print the commands for an agent that has a user "

@@ -185,7 +185,9 @@ class Sentences:
 class Entity:
     """A Home Assistant entity an agent with this action gets: a button or a number slider.
 
-    ``command`` is the rigid command it sends; a number's ``{value}`` is the slider's value.
+    ``command`` is the rigid command it sends; a number's ``{value}`` is the slider's value. A
+    number with a ``reading`` shows that reading of the capability (``Capability.readings``) when
+    the agent reports it, the real value rather than the last one sent.
     """
 
     component: str  # "button" or "number"
@@ -196,6 +198,7 @@ class Entity:
     minimum: float = 0
     maximum: float = 100
     unit: str = ""
+    reading: str = ""
 
 
 @dataclass(frozen=True)

@@ -102,9 +102,10 @@ def cmd_agents_forget(args: argparse.Namespace) -> int:
         if online and not args.force:
             print(f"agent {agent_id} says it is online: stop it first (or use --force)", file=sys.stderr)
             return EXIT_FAILED
+    # Home Assistant's entities first: while they exist they read the presence, and must never see it empty.
     topics = [status_topic, settings.topics.agent_spec(agent_id)]
     if cfg["homeassistant"]["enabled"]:
-        topics += Configs(settings.topics, cfg["homeassistant"]["discovery_prefix"]).agent_topics(agent_id)
+        topics = Configs(settings.topics, cfg["homeassistant"]["discovery_prefix"]).agent_topics(agent_id) + topics
     bus = connect(args, {}, "lam-cli")
     try:
         for topic in topics:
@@ -145,7 +146,8 @@ class MqttUser:
         lam = topics.all
         rules = {"coordinator": [f"readwrite {lam}", f"readwrite {discovery}/#"],
                  "bridge": [f"read {lam}", f"write {topics.prompts}", f"write {topics.errors}"],
-                 "homeassistant": [f"readwrite {discovery}/#", f"read {lam}", f"write {topics.prompts}"],
+                 "homeassistant": [f"readwrite {discovery}/#", f"read {lam}", f"write {topics.prompts}",
+                                   f"write {topics.coordinator_request}"],
                  "monitor": [f"read {lam}", f"read {discovery}/#", "read $SYS/#"]}
         own = rules[self.name] if self.kind == "component" else [f"read {lam}", f"write {topics.prompts}"]
         return [f"user {self.name}", *(f"topic {rule}" for rule in own)]

@@ -14,6 +14,7 @@ Topics under the prefix (which may itself contain slashes, ``home/lam``)::
     agents/<agent>/status            Presence        agent, retained
     agents/<agent>/spec              AgentSpec       agent, retained
     coordinator/status               CoordinatorPresence  coordinator, retained
+    coordinator/request              CoordinatorRequest   anyone allowed -> coordinator
     errors                           ErrorRecord     any component
     results/<task_id>                LegacyResult    older agents (``[coordinator] legacy_results``)
 
@@ -64,6 +65,16 @@ class PresenceState(enum.StrEnum):
 class Risk(enum.StrEnum):
     LOW = "low"
     HIGH = "high"
+
+
+class CoordinatorAction(enum.StrEnum):
+    """What may be asked of the coordinator itself: nothing else."""
+
+    RESTART = "restart"
+    LOG_LEVEL = "log_level"
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 FINISHED = (ResultState.SUCCEEDED, ResultState.FAILED)  # a task's end (a rejected task is offered on)
@@ -157,6 +168,20 @@ class Topics:
     @property
     def errors(self) -> str:
         return self.build(ErrorRecord.topic_pattern)
+
+    @property
+    def coordinator_request(self) -> str:
+        return self.build(CoordinatorRequest.topic_pattern)
+
+    @property
+    def coordinator_settings(self) -> str:
+        """The coordinator's settings that can be changed at run time (its log level), retained."""
+        return f"{self.prefix}/state/coordinator/settings"
+
+    @property
+    def agents_online(self) -> str:
+        """How many agents are online and which, retained by the coordinator."""
+        return f"{self.prefix}/state/coordinator/agents"
 
     @property
     def last_reply(self) -> str:
@@ -604,6 +629,7 @@ class Presence(Message):
     vocabulary: dict = field(default_factory=dict)  # names a capability knows, e.g. {"home": ["desk lamp"]}
     running: list[str] = field(default_factory=list)  # ids of the tasks it is running
     started: float = 0.0  # when the agent process started: a new value is an agent that forgot its tasks
+    readings: dict = field(default_factory=dict)  # what capabilities read now, e.g. {"computer": {"volume": 40}}
     ts: float = field(default_factory=time.time)
     unavailable: dict = field(default_factory=dict)  # capability -> why this agent left it out, and the fix
 
@@ -616,6 +642,9 @@ class Presence(Message):
         for capability, actions in {**self.capabilities, **self.vocabulary}.items():
             if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
                 raise ProtocolError("each capability must map to a list of names", f"capabilities.{capability}")
+        for capability, values in self.readings.items():
+            if not isinstance(values, dict):
+                raise ProtocolError("each capability must map to an object of readings", f"readings.{capability}")
 
     @property
     def online(self) -> bool:
@@ -640,9 +669,30 @@ class CoordinatorPresence(Presence):
     topic_pattern: ClassVar[str] = "coordinator/status"
     reserved: ClassVar[frozenset[str]] = frozenset()
     agent: str = COORDINATOR
+    pid: int = 0  # its process on ``host``: with ``started``, who a second coordinator finds serving the bus
 
     def _load(self) -> str:
         return ""
+
+
+@dataclass
+class CoordinatorRequest(Message):
+    """An order for the coordinator itself: ``restart``, or ``log_level`` with the level in ``value``
+    (Home Assistant's Restart button and Log level select send them). Never retained."""
+
+    kind: ClassVar[str] = "coordinator request"
+    event: ClassVar[str] = "coordinator"
+    topic_pattern: ClassVar[str] = "coordinator/request"
+    action: CoordinatorAction
+    value: str = ""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.action == CoordinatorAction.LOG_LEVEL and self.value not in LOG_LEVELS:
+            raise ProtocolError(f"must be one of {', '.join(LOG_LEVELS)}", "value")
+
+    def describe(self) -> str:
+        return f"coordinator asked to {self.action}{f' {self.value}' if self.value else ''}"
 
 
 @dataclass

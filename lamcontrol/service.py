@@ -1,8 +1,10 @@
 """What every long-running LAMControl process shares: logging, signals and systemd.
 
-``run_service`` logs, waits for SIGTERM or SIGINT, and keeps systemd informed when it runs
-under a ``Type=notify`` unit: ``READY=1`` once the process is connected and subscribed,
-``WATCHDOG=1`` while it stays connected, ``STOPPING=1`` on the way out.
+``run_service`` logs, waits for SIGTERM or SIGINT (or :func:`request_restart`), and keeps
+systemd informed when it runs under a ``Type=notify`` unit: ``READY=1`` once the process is
+connected and subscribed, ``WATCHDOG=1`` while it stays connected, ``STOPPING=1`` on the way
+out, or ``RELOADING=1`` before a restart, which :func:`restart` makes in the same process (same
+process id: systemd and ``lam up`` keep following it; the new program says ``READY=1`` again).
 """
 
 from __future__ import annotations
@@ -13,21 +15,26 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
-from typing import Callable
+import time
+from typing import Callable, NoReturn
 
 log = logging.getLogger(__name__)
+_done = threading.Event()  # run_service returns once this is set: a signal, or a restart asked for
+_restart = threading.Event()
 
 
 def component_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
     """The command line every LAMControl process shares: --broker, --config, --log-level."""
     from . import __version__
+    from .config import SEARCH_PATH
 
     parser = argparse.ArgumentParser(prog=prog, description=(description or "").replace("``", ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"{prog} (lamcontrol) {__version__}")
     parser.add_argument("--broker", help="mqtt://[user:pass@]host:port (default: $LAM_BROKER or the config)")
-    parser.add_argument("--config", help="TOML config file")
+    parser.add_argument("--config", help=f"TOML config file (default: $LAM_CONFIG, then {', then '.join(SEARCH_PATH)})")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
@@ -73,15 +80,35 @@ async def pet_watchdog() -> None:
         await asyncio.sleep(interval)
 
 
-def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: str) -> None:
-    """Block until SIGTERM/SIGINT, telling systemd about readiness and health, then ``stop()``."""
-    done = threading.Event()
+def request_restart() -> None:
+    """Ask :func:`run_service` to stop the service and run it again (:func:`restart`)."""
+    _restart.set()
+    _done.set()
+
+
+def restart() -> NoReturn:
+    """Run this program again in this process, with the same interpreter, arguments and environment
+    (open files and sockets close on exec)."""
+    log.warning("restarting")
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: str,
+                gave_up: Callable[[], str] | None = None) -> int:
+    """Block until SIGTERM/SIGINT, telling systemd about readiness and health, then ``stop()``; the exit
+    status. After :func:`request_restart` it runs the program again instead of returning.
+
+    ``gave_up()`` says why to stop on its own ('' while there is hope): a broker that keeps refusing
+    this login will not let it in by being asked again. Then the status is 2."""
+    status = 0
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+        signal.signal(sig, lambda *_: _done.set())
     ready_sent = was_healthy = False
     interval = watchdog_interval()
     tick = min(interval, 1.0) if interval else 1.0
-    while not done.wait(tick if ready_sent else 0.1):
+    while not _done.wait(tick if ready_sent else 0.1):
         healthy = is_ready()
         if healthy and not ready_sent:
             ready_sent = sd_notify(f"READY=1\nSTATUS={name} connected") or True
@@ -91,6 +118,15 @@ def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: st
         was_healthy = healthy
         if interval and healthy:
             sd_notify("WATCHDOG=1")
-    sd_notify("STOPPING=1")
-    log.info("%s stopping", name)
+        reason = gave_up() if gave_up else ""
+        if reason:
+            log.error("%s stops trying: %s", name, reason)
+            status = 2
+            break
+    restarting = _restart.is_set()
+    sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}" if restarting else "STOPPING=1")
+    log.info("%s %s", name, "stopping to restart" if restarting else "stopping")
     stop()
+    if restarting:
+        restart()
+    return status

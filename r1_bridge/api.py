@@ -259,11 +259,16 @@ def workers() -> Response:
                    online_workers=sum(1 for p in agents if p.state == "online"))
 
 
-@api.get("/openapi.json")
-def openapi() -> Response:
+def openapi_spec() -> dict:
+    """The OpenAPI description of this API, with this version."""
     spec = json.loads((HERE / "openapi.json").read_text())
     spec["info"]["version"] = __version__
-    return jsonify(spec)
+    return spec
+
+
+@api.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_spec())
 
 
 @token_required

@@ -1,6 +1,6 @@
 """``lam-bridge``: the HTTP face of LAMControl (REST API, R1 page, admin dashboard).
 
-    lam-bridge [--broker URL] [--config FILE] [--listen HOST:PORT]
+    lam-bridge [--broker URL] [--config FILE] [--listen HOST:PORT] [--voice-port PORT]
     lam-bridge token create [--name NAME] | token list | token revoke ID
     lam-bridge passwd [--password-stdin]
     lam-bridge devices [list | revoke ID | new-code]   (R1s paired for voice)
@@ -121,6 +121,8 @@ def announce_first_run(lines: list[str], settings: BridgeSettings) -> None:
 def cmd_serve(args: argparse.Namespace, cfg: dict) -> int:
     if args.listen:
         cfg["bridge"]["listen"] = args.listen
+    if args.voice_port is not None:
+        cfg["openclaw"]["port"] = args.voice_port
     try:
         lamconfig.host_port(cfg["bridge"]["listen"], "listen address")
         service = BridgeService(cfg)
@@ -135,8 +137,7 @@ def cmd_serve(args: argparse.Namespace, cfg: dict) -> int:
     print(f"LAMControl bridge on {service.url}  (dashboard: {service.url}/  R1 page: {service.url}/r1)", flush=True)
     if secrets_once:
         announce_first_run(secrets_once, service.settings)
-    run_service(service.ready, service.stop, "bridge")
-    return 0
+    return run_service(service.ready, service.stop, "bridge", service.relay.bus.gave_up)
 
 
 def cmd_token(args: argparse.Namespace, cfg: dict) -> int:
@@ -183,6 +184,8 @@ def cmd_passwd(args: argparse.Namespace, cfg: dict) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = component_parser("lam-bridge", __doc__)
     parser.add_argument("--listen", help="host:port to serve on (default: [bridge] listen, 127.0.0.1:8080)")
+    parser.add_argument("--voice-port", type=int, metavar="PORT", help="port of the R1 voice gateway (default: "
+                                                                       "[openclaw] port, 18789)")
     sub = parser.add_subparsers(dest="command")
     token = sub.add_parser("token", help="create, list or revoke API tokens")
     token.add_argument("action", choices=["create", "list", "revoke"])

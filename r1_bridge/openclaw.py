@@ -385,9 +385,11 @@ class Gateway:
     # -- pairing ----------------------------------------------------------------------
 
     def pairing_payload(self) -> dict:
-        """The pairing QR's content: LAN addresses, port, pairing token, ws or wss."""
-        return pairing_payload(self.store.pairing_token(), self.port, self.settings.tls,
-                               self.settings.advertise or None)
+        """The pairing QR's content: the addresses the gateway listens on (``[openclaw] advertise`` when set, this
+        machine's LAN addresses when it listens on all), port, pairing token, ws or wss."""
+        listening_on_all = self.settings.host in ("", "0.0.0.0", "::")
+        ips = self.settings.advertise or (None if listening_on_all else [self.settings.host])
+        return pairing_payload(self.store.pairing_token(), self.port, self.settings.tls, ips)
 
     # -- one connection ---------------------------------------------------------------
 

@@ -10,10 +10,12 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, redirect, render_template, request, session, url_for
 from markupsafe import Markup
 
+from lamcontrol.config import is_loopback
+
 from .auth import new_csrf_token
 from .devices import DeviceStore, format_time
 from .pairing import qr_svg
-from .web import admin_session, auth_log, bridge, client_address, csrf_ok, json_error, too_many_attempts
+from .web import admin_session, auth_log, bridge, client_address, csrf_ok, json_error
 
 pages = Blueprint("pages", __name__)
 
@@ -68,21 +70,25 @@ def login() -> Any:
     here, anywhere = f"login {client} {username}", f"user {username}"
     wait = max(state.limiter.retry_after(here), state.user_limiter.retry_after(anywhere))
     if wait:
-        return too_many_attempts(wait)
+        return login_form(f"Too many failed attempts; try again in {wait} seconds.", 429, {"Retry-After": str(wait)})
     if not csrf_ok():
-        return json_error("Missing or wrong CSRF token; reload the page", 403)
+        return login_form("This form had expired; please log in again.", 403)
     if not state.admin.verify(username, request.form.get("password", "")):
         locked_here, locked_anywhere = state.limiter.fail(here), state.user_limiter.fail(anywhere)
         auth_log.warning("failed dashboard login for user %r from %s", username[:64], client)
         if locked_here or locked_anywhere:
             auth_log.warning("locked out dashboard logins for user %r%s for %g seconds", username[:64],
                              "" if locked_anywhere else f" from {client}", state.settings.login_window)
-        return render_template("login.html", error="Wrong user name or password.",
-                               next=local_path(request.form.get("next"))), 401
+        return login_form("Wrong user name or password.", 401)
     session.clear()
     session["admin"] = state.admin.fingerprint
     session["csrf"] = new_csrf_token()
     return redirect(local_path(request.form.get("next")))
+
+
+def login_form(error: str, status: int, headers: dict | None = None) -> tuple:
+    """The login form again, saying in a sentence why the last try did not log in."""
+    return render_template("login.html", error=error, next=local_path(request.form.get("next"))), status, headers or {}
 
 
 @pages.post("/logout")
@@ -119,6 +125,32 @@ def events() -> Response:
 
     return Response(counted(), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@pages.get("/api/docs")
+def api_docs() -> str:
+    """The API's OpenAPI description (``/api/openapi.json``) as a page a person can read."""
+    from .api import openapi_spec
+
+    spec = openapi_spec()
+    return render_template("api.html", spec=spec, operations=operations(spec), logged_in=admin_session())
+
+
+def operations(spec: dict) -> list[dict]:
+    """Each route of an OpenAPI description: method, path, what it does, its parameters, body and answers."""
+    shared = spec.get("components", {}).get("responses", {})
+    found = []
+    for path, methods in spec.get("paths", {}).items():
+        for method, operation in methods.items():
+            answers = {code: shared.get(answer.get("$ref", "").rsplit("/", 1)[-1], answer).get("description", "")
+                       for code, answer in operation.get("responses", {}).items()}
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            found.append({"method": method.upper(), "path": path, "summary": operation.get("summary", ""),
+                          "description": operation.get("description", ""),
+                          "parameters": operation.get("parameters", []),
+                          "body": body.get("$ref", "").rsplit("/", 1)[-1], "answers": answers,
+                          "open": operation.get("security") == []})
+    return found
 
 
 @pages.get("/r1")
@@ -167,5 +199,6 @@ def r1_pair() -> Any:
             store.rotate_pairing_token()
         return redirect(url_for("pages.r1_pair"))
     payload = gateway.pairing_payload() if gateway else None
+    unreachable = bool(payload) and all(is_loopback(ip) for ip in payload["ips"])  # an R1 is never this machine
     return render_template("pair.html", payload=payload, qr=Markup(qr_svg(payload)) if payload else "",
-                           devices=store.devices(), format_time=format_time)
+                           unreachable=unreachable, devices=store.devices(), format_time=format_time)

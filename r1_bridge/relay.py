@@ -1,8 +1,10 @@
 """The bridge's MQTT side: publish prompts, wait for their replies, watch the bus.
 
 The bridge is a thin client. It never parses or routes: it publishes to ``lam/prompts``
-and listens on ``lam/replies/+``; it keeps agents' retained presence for the health and
-workers endpoints, and hands every message to watchers (the dashboard's live stream).
+and reads replies; it keeps agents' retained presence for the health and workers endpoints,
+and hands every message to watchers (the dashboard's live stream). All of it comes through one
+subscription, ``lam/#``: a broker may deliver a message once per matching subscription (aMQTT
+does), and the stream would show it twice.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from lamcontrol.bus import BrokerSettings, Bus
-from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, Reply
+from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, ProtocolError, Reply
 
 log = logging.getLogger(__name__)
 STALE_AFTER_BEATS = 3  # a live agent republishes its presence every heartbeat
@@ -47,10 +49,7 @@ class Relay:
         self.watchers: list[Watcher] = []
         self.started = time.time()
         self._lock = threading.Lock()
-        self.bus.on(self.topics.all, self._on_message)
-        self.bus.subscribe(Reply, self._on_reply)
-        self.bus.subscribe(CoordinatorPresence, self._on_coordinator)
-        self.bus.subscribe(Presence, self._on_presence, cleared=lambda ids: self.agents.pop(ids["agent"], None))
+        self.bus.on(self.topics.all, self._on_message)  # the one subscription (see above)
 
     def start(self, timeout: float | None = None) -> None:
         self.bus.start(timeout)
@@ -108,15 +107,26 @@ class Relay:
     def _on_message(self, topic: str, payload: bytes) -> None:
         for watcher in list(self.watchers):
             watcher(topic, payload)
+        match = self.topics.match(topic)
+        if match is None or match.cls not in (Reply, CoordinatorPresence, Presence):
+            return
+        if not payload:  # a retained presence cleared (lam agents forget)
+            if match.cls is Presence:
+                self.agents.pop(match.ids["agent"], None)
+            return
+        try:
+            message = match.cls.from_topic(match.ids, payload)
+        except ProtocolError:
+            return  # the coordinator and agents report bad messages; the bridge only observes
+        if isinstance(message, Reply):
+            self._on_reply(message)
+        elif isinstance(message, CoordinatorPresence):
+            self.coordinator = message
+        else:
+            self.agents[message.agent] = message
 
     def _on_reply(self, reply: Reply) -> None:
         exchange = self.exchanges.get(reply.prompt_id)
         if exchange is not None:
             exchange.reply = reply
             exchange.done.set()
-
-    def _on_coordinator(self, presence: CoordinatorPresence) -> None:
-        self.coordinator = presence
-
-    def _on_presence(self, presence: Presence) -> None:
-        self.agents[presence.agent] = presence

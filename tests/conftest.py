@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from desktop_parts import start_xvfb
+from hass_server import HASS, HomeAssistant
 from helpers import ROOT, LamSystem, Process, free_port, lacking, wait_for_port
 
 
@@ -76,3 +80,25 @@ def xvfb():
     yield display
     server.terminate()
     server.wait(10)
+
+
+@pytest.fixture(scope="session")
+def home_assistant(tmp_path_factory):
+    """A real Home Assistant: ``tests/hass/install.py`` puts it in a venv cached across runs; it starts
+    on a free port with ``tests/hass/configuration.yaml``, onboarded over REST with a long-lived
+    access token, the way a person would."""
+    started = time.monotonic()
+    installed = subprocess.run([sys.executable, str(HASS / "install.py")], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, timeout=900)
+    if installed.returncode == 3 and not (os.environ.get("CI") or os.environ.get("LAM_REQUIRE_HASS")):
+        pytest.skip(f"Home Assistant cannot be installed here: {installed.stderr.strip().splitlines()[-1]}")
+    if installed.returncode != 0:
+        pytest.fail(f"installing Home Assistant failed:\n{installed.stderr[-3000:]}")
+    install_time = time.monotonic() - started
+    server = HomeAssistant(installed.stdout.strip(), tmp_path_factory.mktemp("home-assistant"))
+    server.start()
+    server.onboard()
+    print(f"\nHome Assistant: install {install_time:.0f} s, start and onboarding "
+          f"{time.monotonic() - started - install_time:.0f} s", file=sys.stderr)
+    yield server
+    server.stop()

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -283,6 +284,19 @@ class System:
                 if line.strip():
                     runs[json.loads(line)["args"]["text"].rsplit(" ", 1)[-1]] += 1
         return runs
+
+    def lost_in_broker(self, prompts: list[Prompt]) -> dict[str, str]:
+        """The prompts left without a reply whose loss the coordinator's journal puts in a broker that
+        died (prompt id -> "prompt" or "reply"): never journaled, as the broker had acknowledged the
+        prompt to its sender and not handed it on (the coordinator acknowledges a prompt only once it
+        is journaled); or answered, the broker having acknowledged the reply (the journal marks it
+        sent only then) and not handed it on. Any other prompt without a reply is lost by us."""
+        unanswered = [p.id for p in prompts if not self.load.replies.get(p.id)]
+        with closing(sqlite3.connect(f"file:{self.journal}?mode=ro", uri=True, timeout=10)) as db:
+            sent = dict(db.execute(f"SELECT id, reply IS NOT NULL AND sent FROM prompts WHERE id IN "
+                                   f"({','.join('?' * len(unanswered))})", unanswered).fetchall())
+        return {prompt_id: "prompt" if prompt_id not in sent else "reply" for prompt_id in unanswered
+                if sent.get(prompt_id, True)}
 
     def tally(self, prompts: list[Prompt]) -> Tally:
         """The counts; with $LAM_FAULT_REPORT set (bench/bench_faults.py), also appended there."""

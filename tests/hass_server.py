@@ -28,7 +28,7 @@ class HomeAssistant:
         (config_dir / "configuration.yaml").write_text(template.substitute(port=self.port))
 
     def start(self) -> None:
-        self.process = Process("home-assistant", [self.hass, "-c", str(self.config_dir), "--skip-pip"],
+        self.process = Process("hass-output", [self.hass, "-c", str(self.config_dir), "--skip-pip"],
                                self.config_dir)
         wait_until(self._running, 120, f"Home Assistant running\n{self.process.log()[-3000:]}")
 
@@ -81,3 +81,42 @@ class HomeAssistant:
         answer = requests.get(f"{self.url}/api/states/{entity_id}", headers=self.headers, timeout=30)
         answer.raise_for_status()
         return answer.json()
+
+    def flow(self, path: str, **data) -> dict:
+        """One step of a config or options flow over REST, as the UI's forms send it."""
+        answer = requests.post(f"{self.url}/api/config/config_entries/{path}", json=data, headers=self.headers,
+                               timeout=60)
+        answer.raise_for_status()
+        return answer.json()
+
+    def add_mqtt(self, host: str, port: int, discovery_prefix: str) -> str:
+        """Add the MQTT integration as a person does in the UI, with its discovery prefix and birth and
+        will topic set to ``discovery_prefix``; the config entry id."""
+        form = self.flow("flow", handler="mqtt")
+        created = self.flow(f"flow/{form['flow_id']}", broker=host, port=port)
+        assert created["type"] == "create_entry", created
+        entry_id = created["result"]["entry_id"]
+        form = self.flow("options/flow", handler=entry_id)
+        form = self.flow(f"options/flow/{form['flow_id']}", broker=host, port=port)
+        status = f"{discovery_prefix}/status"
+        done = self.flow(f"options/flow/{form['flow_id']}", discovery=True, discovery_prefix=discovery_prefix,
+                         birth_enable=True, birth_topic=status, birth_payload="online", birth_qos=0,
+                         birth_retain=False, will_enable=True, will_topic=status, will_payload="offline",
+                         will_qos=0, will_retain=False)
+        assert done["type"] == "create_entry", done
+        return entry_id
+
+    def reload_entry(self, entry_id: str) -> None:
+        requests.post(f"{self.url}/api/config/config_entries/entry/{entry_id}/reload", headers=self.headers,
+                      timeout=60).raise_for_status()
+
+    def remove_entry(self, entry_id: str) -> None:
+        requests.delete(f"{self.url}/api/config/config_entries/entry/{entry_id}", headers=self.headers,
+                        timeout=60).raise_for_status()
+
+    def registry(self, kind: str) -> list[dict]:
+        """The device or entity registry (``kind`` ``device`` or ``entity``)."""
+        return self.websocket(f"config/{kind}_registry/list")
+
+    def log(self) -> str:
+        return self.process.log() if self.process else ""

@@ -5,6 +5,7 @@ Every response is checked against the OpenAPI description the bridge serves.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import subprocess
@@ -16,9 +17,11 @@ import requests
 
 from bridgekit import (NO_VOICE_GATEWAY, PASSWORD, bridge, broker, csrf_from, dump, logged_in,  # noqa: F401
                        openapi, self_signed_certificate, start_bridge, system)
+from conftest import Broker
 from helpers import ROOT, free_port, wait_for_port, wait_until
+from lamcontrol.bus import BrokerSettings, Bus
 from lamcontrol.cli import main as lam_main
-from lamcontrol.protocol import Presence, Prompt
+from lamcontrol.protocol import Presence, Prompt, Reply
 from lamcontrol.r1_bridge.auth import TokenStore
 
 
@@ -316,7 +319,7 @@ def test_dashboard_needs_a_login_with_csrf(bridge):
     assert browser.get(f"{bridge.url}/", allow_redirects=False, timeout=10).headers["Location"].startswith("/login")
     csrf = csrf_from(browser.get(f"{bridge.url}/login", timeout=10).text)
     forged = browser.post(f"{bridge.url}/login", data={"username": "admin", "password": PASSWORD}, timeout=10)
-    assert forged.status_code == 403 and "CSRF" in forged.json()["error"]
+    assert forged.status_code == 403 and "This form had expired; please log in again." in forged.text
     wrong = browser.post(f"{bridge.url}/login", data={"csrf_token": csrf, "username": "admin", "password": "nope"},
                          timeout=10)
     assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
@@ -355,6 +358,34 @@ def test_failed_logins_are_rate_limited_and_logged(start_bridge, caplog):
     assert post_prompt(guarded, {"prompt": "echo hi"}).status_code == 200
 
 
+def test_a_locked_out_login_form_says_so_in_a_sentence(start_bridge):
+    guarded = start_bridge(login_attempts=1, login_window=60.0)
+    browser = requests.Session()
+    attempt = {"csrf_token": csrf_from(browser.get(f"{guarded.url}/login", timeout=10).text), "username": "admin",
+               "password": "guess"}
+    assert browser.post(f"{guarded.url}/login", data=attempt, timeout=10).status_code == 401
+    locked = browser.post(f"{guarded.url}/login", data=attempt, timeout=10)
+    assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0
+    assert locked.headers["Content-Type"].startswith("text/html") and "<form" in locked.text
+    assert re.search(r"Too many failed attempts; try again in \d+ seconds\.", locked.text)
+    assert '{"error"' not in locked.text
+
+
+def test_the_api_description_is_a_page_a_person_can_read(bridge, openapi):
+    page = requests.get(f"{bridge.url}/api/docs", timeout=10)  # no token, like the description itself
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    spec = requests.get(f"{bridge.url}/api/openapi.json", timeout=10).json()
+    text = html.unescape(page.text)
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            assert f"{method.upper()}</span> <code>{path}</code>" in text and operation["summary"] in text, path
+    for name in spec["components"]["schemas"]:
+        assert f'id="schema-{name}"' in text
+    assert "Bearer &lt;token&gt;" in page.text
+    browser, _ = logged_in(bridge)
+    assert 'href="/api/docs">API</a>' in browser.get(f"{bridge.url}/", timeout=10).text  # linked from the dashboard
+
+
 def test_a_new_password_logs_sessions_out(start_bridge):
     own = start_bridge()
     browser, csrf = logged_in(own)
@@ -377,6 +408,35 @@ def test_live_stream_carries_prompts_tasks_and_replies(bridge):
                 break
     kinds = [e["kind"] for e in seen if "streamed" in e["text"] or e["kind"] in ("task", "result")]
     assert {"prompt", "task", "result", "reply"} <= set(kinds)
+
+
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+def test_live_stream_shows_each_message_once(start_bridge, system, broker, tmp_path, kind):
+    """A broker may deliver a message once per matching subscription (aMQTT does): the bridge has one."""
+    own = broker if kind == "amqtt" else Broker(kind, tmp_path)
+    running = start_bridge(broker_url=own.url)
+    assert running.service.relay.bus.ready.wait(15)
+    publisher = Bus(BrokerSettings(url=own.url, prefix=system.prefix), component="test-publisher")
+    publisher.start(timeout=15)
+    browser, _ = logged_in(running)
+    seen: list[dict] = []
+    try:
+        with browser.get(f"{running.url}/events", stream=True, timeout=30) as stream:
+            publisher.publish(Reply(prompt_id="once", status="succeeded", response="Said once."))
+            publisher.publish(Presence(state="online", agent="once"))
+            publisher.publish(Reply(prompt_id="last", status="succeeded", response="The end.")).wait_for_publish(10)
+            for line in stream.iter_lines(decode_unicode=True):
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:]))
+                if any("The end." in e["text"] for e in seen):
+                    break
+    finally:
+        publisher.stop()
+        if own is not broker:
+            own.stop()
+    assert [e["kind"] for e in seen if "Said once." in e["text"]] == ["reply"]
+    assert len([e for e in seen if e["kind"] == "agent" and e["text"].startswith("once ")]) == 1
+    assert running.service.relay.agents["once"].online
 
 
 def test_live_streams_leave_threads_for_the_api(start_bridge):

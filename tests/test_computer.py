@@ -285,6 +285,8 @@ def test_volume_on_a_null_sink(sound):
     assert cap.run("volume", {"level": "down"}).message == "Volume is now 50%."
     assert cap.run("volume", {"level": "Down"}).message == "Volume is now 40%."
     assert sink_state() == ([40, 40], "no")
+    pactl("set-sink-volume", "35%")  # changed by someone else: the reading is the real volume
+    assert cap.readings() == {"volume": 35}
 
 
 def test_mute_unmute_and_limits(sound):
@@ -483,10 +485,13 @@ def test_spoken_commands_reach_the_computer(lam, recorder, sound, tmp_path):
                                                             "capabilities.computer.power_commands": power}))
     presence = lam.recorder.wait_for(Presence, lam.topics.agent_status("desk"), lambda p: p.state == "online")
     assert presence.capabilities == {"computer": ["media", "power", "run", "volume"]}
+    assert presence.readings == {"computer": {"volume": 30}}
 
     reply = lam.send("computer volume 50")
     assert (reply.status, reply.response) == ("succeeded", "Volume set to 50%.")
     assert sink_state() == ([50, 50], "no")
+    # Announced at once, not at the next heartbeat: Home Assistant's slider shows it.
+    lam.recorder.wait_for(Presence, lam.topics.agent_status("desk"), lambda p: p.readings == {"computer": {"volume": 50}})
 
     assert lam.send("computer media next").status == "succeeded"
     assert recorder.keys(1) == ["XF86AudioNext"]

@@ -40,6 +40,37 @@ def test_bad_keys_name_the_key_the_section_and_a_close_match(tmp_path, text, com
     assert complaint in str(refused.value) and str(tmp_path) in str(refused.value)
 
 
+@pytest.mark.parametrize("text, complaint", [
+    ("[coordinator]\nack_timeout = -5\n", "[coordinator] ack_timeout must be above 0, not -5.0"),
+    ("[bridge]\nlisten = \"127.0.0.1\"\n", "[bridge] listen must look like host:port, e.g. 127.0.0.1:1883, not "
+                                          "'127.0.0.1'"),
+    ("[embedded_broker]\nlisten = \"nowhere\"\n", "[embedded_broker] listen must look like host:port"),
+    ("[broker]\nurl = \"http://127.0.0.1:1883\"\n", "[broker] url must be a URL such as mqtt://host:port"),
+    ("[broker]\nprefix = \"lam/#\"\n", "[broker] prefix must be one or more topic levels"),
+    ("[agent]\nmax_concurrent = 0\n", "[agent] max_concurrent must be 1 or more, not 0"),
+    ("[agent]\nid = \"my desk\"\n", "[agent] id must be 1-128 printable characters"),
+    ("[groq]\nreasoning_effort = \"max\"\n", "[groq] reasoning_effort must be one of low, medium, high, not 'max'"),
+    ("[openclaw]\nport = 70000\n", "[openclaw] port must be a port number, 0 to 65535, not 70000"),
+    ("[bridge]\npublic_url = \"lam.example.net\"\n", "[bridge] public_url must be a URL such as https://host:port"),
+])
+def test_bad_values_name_the_section_and_the_key(tmp_path, text, complaint):
+    with pytest.raises(config.ConfigError) as refused:
+        load_text(tmp_path, text)
+    assert complaint in str(refused.value) and str(tmp_path) in str(refused.value)
+
+
+def test_one_setting_moves_the_broker_for_every_command(tmp_path, monkeypatch):
+    monkeypatch.delenv("LAM_BROKER", raising=False)
+    listen_only = load_text(tmp_path, '[embedded_broker]\nlisten = "0.0.0.0:1884"\n')
+    assert listen_only["broker"]["url"] == "mqtt://127.0.0.1:1884"
+    assert listen_only["broker_origin"] == f"[embedded_broker] listen in {tmp_path / 'config.toml'}"
+    both = load_text(tmp_path, '[embedded_broker]\nlisten = "0.0.0.0:1884"\n[broker]\nurl = "mqtt://pc:1885"\n')
+    assert (both["broker"]["url"], both["broker_origin"]) == ("mqtt://pc:1885", f"[broker] url in {tmp_path / 'config.toml'}")
+    assert config.load(str(tmp_path / "config.toml"), "mqtt://flag:1")["broker_origin"] == "--broker"
+    monkeypatch.setenv("LAM_BROKER", "mqtt://env:2")
+    assert config.load(str(tmp_path / "config.toml"))["broker_origin"] == "$LAM_BROKER"
+
+
 def test_good_values_load_and_defaults_fill_the_rest(tmp_path):
     cfg = load_text(tmp_path, "[coordinator]\nack_timeout = 3\n[capabilities.echo]\nmax_sleep = 5\n")
     assert cfg["coordinator"]["ack_timeout"] == 3.0 and isinstance(cfg["coordinator"]["ack_timeout"], float)
@@ -115,6 +146,10 @@ def test_lam_config_example_and_check(tmp_path):
     assert typo.returncode == 2
     assert typo.stderr.strip().endswith("[capabilities.computer] has unknown keys: volume_stp (did you mean "
                                         "volume_step?)")
+    for text, complaint in (("[coordinator]\nack_timeout = -5\n", "[coordinator] ack_timeout must be above 0"),
+                            ("[bridge]\nlisten = \"127.0.0.1\"\n", "[bridge] listen must look like host:port")):
+        bad = lam("config", "check", config_text=text, tmp_path=tmp_path)
+        assert bad.returncode == 2 and complaint in bad.stderr and "every key" not in bad.stdout, bad.stderr
     sent = lam("send", "echo hi", config_text="[coordinator]\nack_timout = 3\n", tmp_path=tmp_path)
     assert sent.returncode == 2 and "Traceback" not in sent.stderr
     assert "[coordinator] has unknown keys: ack_timout (did you mean ack_timeout?)" in sent.stderr

@@ -1,24 +1,18 @@
 """The home capability against a real Home Assistant 2024.3.3, installed and started by the tests.
 
-``tests/hass/install.py`` puts Home Assistant in a venv cached across runs; one session-scoped
-fixture starts it on a free port with ``tests/hass/configuration.yaml`` (a desk lamp, dimmable
-living room lights, a garage door, the "Movie night" scene and the "Good night" script),
-onboards it over REST and makes a long-lived access token, the way a person would.
+The session-scoped ``home_assistant`` fixture (tests/conftest.py) starts it with
+``tests/hass/configuration.yaml``: a desk lamp, dimmable living room lights, a garage door, the
+"Movie night" scene and the "Good night" script.
 """
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
 from lamcontrol.agents.capability import TaskFailed, Unavailable
 from lamcontrol.agents.home import Home
-from hass_server import HASS, HomeAssistant
 from helpers import wait_until
 from lamcontrol.language import read_specs
 from lamcontrol.protocol import AgentSpec
@@ -26,25 +20,6 @@ from lamcontrol.protocol import Presence
 
 EXPOSED = {"Bedroom", "Desk lamp", "Garage door", "Good night", "Kitchen", "Living Room", "Living room lights",
            "Movie night"}
-
-
-@pytest.fixture(scope="session")
-def home_assistant(tmp_path_factory):
-    started = time.monotonic()
-    installed = subprocess.run([sys.executable, str(HASS / "install.py")], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, timeout=900)
-    if installed.returncode == 3 and not (os.environ.get("CI") or os.environ.get("LAM_REQUIRE_HASS")):
-        pytest.skip(f"Home Assistant cannot be installed here: {installed.stderr.strip().splitlines()[-1]}")
-    if installed.returncode != 0:
-        pytest.fail(f"installing Home Assistant failed:\n{installed.stderr[-3000:]}")
-    install_time = time.monotonic() - started
-    server = HomeAssistant(installed.stdout.strip(), tmp_path_factory.mktemp("home-assistant"))
-    server.start()
-    server.onboard()
-    print(f"\nHome Assistant: install {install_time:.0f} s, start and onboarding "
-          f"{time.monotonic() - started - install_time:.0f} s", file=sys.stderr)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

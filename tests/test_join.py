@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -22,10 +23,17 @@ from conftest import mosquitto_available
 from helpers import ROOT, Process, Recorder, assert_tls_login, free_port, wait_for_port, wait_until
 from lamcontrol import config as lamconfig
 from lamcontrol.bus import BrokerSettings, Bus, BusError
-from lamcontrol.join import UserFolder, agent_item, lan_address
+from lamcontrol.join import UserFolder, agent_item
 from lamcontrol.protocol import Prompt
 
 NAME = "kitchen"
+
+
+def without_an_index(tmp_path: Path) -> dict[str, str]:
+    """pip settings that leave it no package index and no folder of wheels to look in."""
+    empty = tmp_path / "no-wheels"
+    empty.mkdir(exist_ok=True)
+    return {"PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": str(empty)}
 
 
 def system_packages(where: Path) -> Path:
@@ -47,7 +55,8 @@ def second_machine(tmp_path: Path) -> dict[str, str]:
     home.mkdir()
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("LAM_", "XDG_", "VIRTUAL_ENV", "PYTHON"))}
     return {**keep, "HOME": str(home), "PATH": f"{bin_dir}:/usr/bin:/bin",
-            "PYTHONPATH": str(system_packages(tmp_path / "kitchen-site")), "PYTHONUNBUFFERED": "1"}
+            "PYTHONPATH": str(system_packages(tmp_path / "kitchen-site")), "PYTHONUNBUFFERED": "1",
+            **without_an_index(tmp_path)}
 
 
 def printed_script(log: str) -> str:
@@ -58,8 +67,9 @@ def printed_script(log: str) -> str:
 
 @pytest.mark.timeout(600)
 def test_a_second_machine_joins_with_the_printed_commands(tmp_path):
+    """Neither machine has a package index: lam join packs this installation, the other installs it as printed."""
     port = free_port()
-    first = {"LAM_STATE_DIR": str(tmp_path / "first-state")}
+    first = {"LAM_STATE_DIR": str(tmp_path / "first-state"), **without_an_index(tmp_path)}
     config = tmp_path / "first.toml"
     config.write_text(f'[broker]\nurl = "mqtt://127.0.0.1:{port}"\n'
                       f'[embedded_broker]\nlisten = "0.0.0.0:{port}"\n'
@@ -151,12 +161,47 @@ def test_embedded_broker_keeps_users_to_their_acl(tmp_path):
     try:
         wait_for_port(port)
         check_users_and_acl(port, users, reload=lambda: None)  # the broker reads changed files by itself
-        address = lan_address()
-        if not lamconfig.is_loopback(address):  # nameless clients only from this machine
-            with pytest.raises(BusError):
-                Bus(BrokerSettings(url=f"mqtt://{address}:{port}"), component="stranger", report=False).start(3)
     finally:
         broker.stop()
+
+
+def test_nameless_clients_get_in_from_this_machine_only(tmp_path):
+    """With users, a client giving no login gets in from this machine, on loopback and on its LAN address alike,
+    and not from another machine: two network namespaces joined by a veth pair stand for the two machines."""
+    import socket
+
+    from faultkit import Namespaces, netns_problem
+
+    problem = netns_problem()
+    if problem:
+        pytest.skip(problem)
+    users = folder(tmp_path / "users", embedded=True)
+    users.add("monitor")
+    net = Namespaces()
+    port = free_port()
+    broker = Process("broker-lan", [*net.exec(net.broker_ns), sys.executable, "-m", "lamcontrol.broker.main",
+                                    "--listen", f"0.0.0.0:{port}", "--password-file", str(users.path / "passwd")],
+                     tmp_path)
+
+    def nameless(where: str, address: str) -> None:
+        with net.entered(where):
+            bus = Bus(BrokerSettings(url=f"mqtt://{address}:{port}"), component="nameless", report=False)
+            bus.start(5)
+            bus.stop()
+
+    def listening() -> bool:
+        with net.entered(net.broker_ns), socket.socket() as probe:
+            return probe.connect_ex((net.broker_ip, port)) == 0
+
+    try:
+        wait_until(listening, 30, "the broker in its namespace")
+        nameless(net.broker_ns, net.broker_ip)  # this machine, on its LAN address
+        nameless(net.broker_ns, "127.0.0.1")
+        with pytest.raises(BusError, match="was reached and refused"):
+            nameless(net.agent_ns, net.broker_ip)  # another machine
+    finally:
+        broker.stop()
+        net.close()
 
 
 @pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed")
@@ -242,3 +287,70 @@ def test_join_hands_out_the_mosquitto_listener_the_network_reaches(tmp_path):
             continue
         url, pem = mosquitto_url(out / "mosquitto.conf", "192.0.2.7")
         assert url == expected and (pem == cert.read_text() if extra else pem == "")
+
+
+def test_the_packed_wheel_holds_what_a_built_one_does(tmp_path):
+    """lam join packs this installation without building: the same files as pip's build of the checkout."""
+    import zipfile
+
+    from lamcontrol.join import pack_wheel
+
+    packed = zipfile.ZipFile(pack_wheel(tmp_path))
+    source = tmp_path / "source"  # a copy: setuptools builds in the source tree, and keeps what it built there
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__"))
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "built"),
+                           str(source)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    built = zipfile.ZipFile(next((tmp_path / "built").glob("lamcontrol-*.whl")))
+    assert sorted(packed.namelist()) == sorted(built.namelist())
+    for name in built.namelist():
+        if ".dist-info/" not in name:
+            assert packed.read(name) == built.read(name), name
+    info = next(n for n in packed.namelist() if n.endswith(".dist-info/entry_points.txt"))
+    assert packed.read(info) == built.read(info)
+
+
+def folder_state(path: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()} \
+        if path.exists() else {}
+
+
+def test_a_join_that_fails_takes_back_the_user_it_wrote(tmp_path):
+    import socket
+
+    state = tmp_path / "state"
+    env = {**os.environ, "LAM_STATE_DIR": str(state)}
+    config = tmp_path / "config.toml"  # a broker nobody runs: lam join waits for the agent there in vain
+    config.write_text(f'[embedded_broker]\nlisten = "127.0.0.1:{free_port()}"\n')
+    join = [sys.executable, "-m", "lamcontrol", "join", "-c", "echo", "--address", "127.0.0.1", "--wait", "1",
+            "--config", str(config)]
+    with socket.socket() as taken:  # serving the wheel fails, after the user was written
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        first = subprocess.run([*join, NAME, "--port", port], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                               env=env)
+        assert first.returncode == 1 and "Address already in use" in first.stderr, first.stderr
+        assert not (state / "mqtt").exists()  # nothing was there before: nothing is left
+        made = subprocess.run([*join, NAME], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+        assert "paste these" in made.stdout, made.stderr  # the retry starts clean; its commands are out: kept
+        before = folder_state(state / "mqtt")
+        assert f"agent:{NAME}:echo" in before["users"].decode()
+        again = subprocess.run([*join, "attic", "--port", port], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                               env=env)
+        assert again.returncode == 1 and "Address already in use" in again.stderr, again.stderr
+    assert folder_state(state / "mqtt") == before
+
+
+@pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed")
+def test_a_refused_join_writes_nothing(tmp_path):
+    out = tmp_path / "mosquitto"
+    done = subprocess.run([sys.executable, "-m", "lamcontrol", "mosquitto-config", "--out", str(out), "--users",
+                           "coordinator,monitor", "--listen", "127.0.0.1:1883", "--owner", "root"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    before = folder_state(out)
+    refused = subprocess.run([sys.executable, "-m", "lamcontrol", "join", NAME, "-c", "echo", "--mosquitto", str(out),
+                              "--wait", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert refused.returncode == 1 and "listens on this machine only" in refused.stderr, refused.stderr
+    assert folder_state(out) == before

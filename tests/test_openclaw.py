@@ -658,7 +658,10 @@ def test_pairing_code(tmp_path):
     gateway = Gateway(relay=None, store=store, settings=GatewaySettings(host="127.0.0.1", port=0))
     plain = gateway.pairing_payload()
     assert plain["protocol"] == "ws" and plain["port"] == gateway.port and plain["token"] == store.pairing_token()
-    assert all(not ip.startswith("127.") for ip in plain["ips"])
+    assert plain["ips"] == ["127.0.0.1"]  # where it listens: a LAN address there would be one it does not listen on
+    everywhere = Gateway(relay=None, store=store, settings=GatewaySettings(host="0.0.0.0", port=0))
+    assert all(not ip.startswith("127.") for ip in everywhere.pairing_payload()["ips"])  # this machine's LAN ones
+    everywhere.stop()
     svg = qr_svg(plain)
     assert svg.startswith("<svg") and "<path" in svg
     gateway.stop()
@@ -781,6 +784,7 @@ def test_pair_page_shows_the_code_makes_new_ones_and_revokes(lam, tmp_path, monk
         payload = service.gateway.pairing_payload()
         assert payload["token"] == first_code and payload["port"] == service.gateway.port
         assert qr_svg(payload) in page and "<svg" in page
+        assert payload["ips"] == ["127.0.0.1"] and 'id="unreachable"' in page  # the truth, and what to change
         row = re.search(r"<tr><td>r1-kitchen</td><td>Kitchen R1</td><td>active</td>.*?</tr>", page, re.S)
         assert row and 'name="revoke" value="r1-kitchen"' in row.group(0)
 

@@ -15,7 +15,8 @@ from lamcontrol.bus import BrokerSettings, Bus
 from lamcontrol.coordinator.discovery import Discovery
 from lamcontrol.coordinator.events import PresenceChanged, Replied, TaskDispatched, TaskFinished
 from lamcontrol.coordinator.journal import Journal
-from lamcontrol.coordinator.parsing import ChainParser
+from lamcontrol.coordinator.grammar import Command, ParseResult
+from lamcontrol.coordinator.parsing import ChainParser, Parser
 from lamcontrol.coordinator.service import Coordinator
 from lamcontrol.coordinator.settings import Settings
 from lamcontrol.protocol import (ErrorRecord, LegacyResult, Message, Presence, Prompt, Reply, Result, Task,
@@ -62,15 +63,16 @@ class FakeBus(Bus):
 class Routing:
     """A coordinator on a fake bus and clock, with agents played by the test."""
 
-    def __init__(self, journal: Path, **settings: float | bool) -> None:
+    def __init__(self, journal: Path, parser: Parser | None = None, **settings: float | bool) -> None:
         self.journal = journal
+        self.parser = parser or ChainParser()
         self.settings = Settings(**{"warmup": 0.0, **settings})
         self.clock = FakeClock()
         self.coordinator = self.restart()
 
     def restart(self) -> Coordinator:
         """A new coordinator on the same journal, as after a crash; it takes up what was open."""
-        self.coordinator = Coordinator(BrokerSettings(prefix="home/lam"), ChainParser(), Journal(self.journal),
+        self.coordinator = Coordinator(BrokerSettings(prefix="home/lam"), self.parser, Journal(self.journal),
                                        self.settings, self.clock, bus_factory=FakeBus)
         self.bus = self.coordinator.bus
         with self.coordinator.transaction():
@@ -699,6 +701,31 @@ def test_a_prompt_whose_understanding_cannot_be_committed_is_taken_up_again_from
     routing.say(task, "accepted")
     routing.say(task, "succeeded", "hi")
     assert [(r.prompt_id, r.status) for r in routing.replies()] == [(prompt.id, "succeeded")]
+
+
+class CarelessParser(ChainParser):
+    """A parser plugin with a bug: what it reads from "echo odd" carries an argument no journal can hold."""
+
+    name = "careless"
+
+    def parse(self, prompt, context):
+        if prompt == "echo odd":
+            return ParseResult([Command("echo", "say", {"text": {"odd"}}, "echo say odd")], parser=self.name)
+        return super().parse(prompt, context)
+
+
+def test_a_prompt_that_cannot_be_acted_on_is_answered_failed_and_the_next_one_runs(tmp_path, caplog):
+    """Acting on what a prompt was understood to ask for raises (here, a parser's bug): the prompt is
+    answered `failed` at once, not left open until a restart, and the prompts after it run."""
+    routing = Routing(tmp_path / "journal.db", parser=CarelessParser())
+    routing.online("a1")
+    odd = routing.send("echo odd")
+    assert [(r.prompt_id, r.status) for r in routing.replies()] == [(odd.id, "failed")]
+    assert "TypeError" in routing.replies()[0].response and "could not act on prompt" in caplog.text
+    after = routing.send("echo say hi")
+    [task] = routing.tasks()
+    assert task.prompt_id == after.id
+    assert odd.id not in {p.id for p, _, _ in routing.coordinator.journal.open_prompts()}
 
 
 # -- honest answers and limits (hardening issue) ------------------------------------------

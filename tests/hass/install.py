@@ -3,8 +3,9 @@
 Home Assistant 2024.3.3 is the newest release for Python 3.11. It goes into a venv of its
 own (``$LAM_HASS_VENV``, default ``~/.cache/lamcontrol-test/hass-venv``), installed under
 the ``package_constraints.txt`` shipped in its wheel plus ``josepy<2`` (josepy 2 breaks every
-HTTP request), with the requirements of every integration ``configuration.yaml`` loads
-installed ahead, so ``hass --skip-pip`` starts offline. A finished venv is stamped and reused.
+HTTP request), with the requirements of every integration ``configuration.yaml`` loads (and of
+MQTT, which the tests add over REST) installed ahead, so ``hass --skip-pip`` starts offline. A
+finished venv is stamped and reused.
 
     python tests/hass/install.py    # prints the path of the hass executable; exit status 3:
                                     # the package index cannot be reached
@@ -27,6 +28,9 @@ from pathlib import Path
 VERSION = "2024.3.3"
 HERE = Path(__file__).resolve().parent
 CONFIGURATION = HERE / "configuration.yaml"
+# Integrations the tests add over REST, as a person does in the UI: MQTT, whose entry sets up an
+# entity platform of each domain it serves, camera among them, and camera imports stream.
+CONFIG_ENTRIES = {"mqtt", "camera", "stream"}
 # Walks the manifests of the integrations Home Assistant will load (its defaults, those named
 # in the configuration, and their dependencies) and prints their requirements, the way
 # Home Assistant itself would install them on first start.
@@ -61,9 +65,11 @@ def venv_dir() -> Path:
 
 
 def integrations() -> list[str]:
-    """Integrations the test configuration loads: top-level keys and entity platforms."""
+    """Integrations the tests load: top-level keys and entity platforms of the configuration, and
+    those added as config entries."""
     text = CONFIGURATION.read_text()
-    return sorted(set(re.findall(r"^(\w+):", text, re.M)) | set(re.findall(r"platform: (\w+)", text)))
+    return sorted(set(re.findall(r"^(\w+):", text, re.M)) | set(re.findall(r"platform: (\w+)", text))
+                  | CONFIG_ENTRIES)
 
 
 def stamp_text() -> str:
