@@ -2,7 +2,7 @@
 
 ``site {url}`` opens an http(s) address; ``google|youtube|gmail|amazon {query}`` opens that
 site's results; ``youtube {query, play: true}`` clicks the first video and makes sure it plays.
-One browser session serves every task (see :mod:`agents.webdriver`).
+One browser session serves every task (see :mod:`lamcontrol.agents.webdriver`).
 """
 
 from __future__ import annotations

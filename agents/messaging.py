@@ -10,7 +10,7 @@ contacts table of the config; a name that is not there fails, it is never guesse
 
 Telegram goes through the Bot API and Discord through a bot token or a per-contact webhook,
 over HTTP with their real wire format. Messenger has no API for personal accounts, so it is
-typed into messenger.com in the agent's shared browser session (see :mod:`agents.webdriver`),
+typed into messenger.com in the agent's shared browser session (see :mod:`lamcontrol.agents.webdriver`),
 signed in once through the browser profile; when the agent also runs ``browser`` (listed
 first), that capability's browser settings apply, else the same keys in this section. Bot tokens come from the environment
 (``LAM_TELEGRAM_TOKEN``, ``LAM_DISCORD_TOKEN``) or a file (``telegram_token_file``,

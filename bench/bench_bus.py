@@ -36,7 +36,6 @@ from typing import Iterator
 import paho.mqtt.client as mqtt
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from lamcontrol.bus import BrokerSettings, Bus  # noqa: E402
 from lamcontrol.protocol import Prompt, Reply, parse  # noqa: E402

@@ -27,7 +27,6 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from bench_bus import Timer, free_port, pct, start_broker, wait_for_port  # noqa: E402
 from lamcontrol.bus import BrokerSettings, Bus  # noqa: E402

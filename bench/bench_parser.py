@@ -25,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' helpers (bench/ is on the path as the script's folder)
 
 from lamcontrol.coordinator.language import Context, Language, installed_specs  # noqa: E402
 from lamcontrol.coordinator.parsing import build_parser  # noqa: E402

@@ -3,7 +3,7 @@
 The model gets a short system prompt (well under 1,000 tokens: free-tier limits count every
 token of every call) listing the commands of the capabilities online agents offer (read from
 their specs), the source's recent commands and the prompt, and answers with rigid command text. That text is only ever *data*: it must pass
-:func:`~coordinator.language.parse_chain` (unknown verbs, bad URLs and malformed commands are
+:func:`~lamcontrol.coordinator.language.parse_chain` (unknown verbs, bad URLs and malformed commands are
 refused) and a shell-fragment check before it becomes a command. Anything else raises
 :class:`~lamcontrol.llm.LLMUnavailable`, and the caller falls back to the offline grammar.
 """

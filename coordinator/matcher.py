@@ -7,7 +7,7 @@ training material, in the manner of Home Assistant's fuzzy matching:
 - An **intent** is an action with the argument values its sentences imply ("computer volume"
   with ``level = up`` for "i can't hear a thing"). Its sentences become **frames**: token
   sequences with slots kept as placeholders ("turn the volume to {level}"), from which it gets an
-  n-gram model (:mod:`coordinator.ngrams`).
+  n-gram model (:mod:`lamcontrol.coordinator.ngrams`).
 - Sentences that are not commands for anyone (questions, chatter, things no capability does)
   train one more model, ``none``, the reading every command must beat.
 - A sentence is read by annotating its spans with every slot they could fill (list values,

@@ -1,12 +1,12 @@
 """How the coordinator turns a prompt into commands: the parser interface.
 
-A parser takes the prompt text and a :class:`~coordinator.language.Context` and returns a
-:class:`~coordinator.grammar.ParseResult`. Whatever it produces must have passed through
-:func:`~coordinator.language.parse_chain`, the one gate to the agents.
+A parser takes the prompt text and a :class:`~lamcontrol.coordinator.language.Context` and returns a
+:class:`~lamcontrol.coordinator.grammar.ParseResult`. Whatever it produces must have passed through
+:func:`~lamcontrol.coordinator.language.parse_chain`, the one gate to the agents.
 
 :func:`build_parser` gives a :class:`ChainParser`: a prompt already in the rigid language is
 taken as it is; empty prompts and attempts to change the rules are refused at once; the rest
-is read by the capabilities' sentence templates (:mod:`coordinator.language`); when they match
+is read by the capabilities' sentence templates (:mod:`lamcontrol.coordinator.language`); when they match
 the whole prompt unambiguously, that is the answer (the fast path: no LLM call). The rest goes to
 Groq when a key is configured, and back to the templates' best reading when it is not or when
 Groq fails, is rate-limited or answers something the grammar refuses. ``ParseResult.parser``

@@ -6,7 +6,7 @@ bounds of size and shape); the others are refused on ``lam/errors``. The languag
 online agents is made in two steps, so that the costly one never runs on the bus thread:
 :meth:`SpecStore.offer` (bus thread, cheap) takes what the online agents offer now, and
 :meth:`SpecStore.build` (the thread that understands prompts) makes, and keeps, the
-:class:`~coordinator.language.Language` of it:
+:class:`~lamcontrol.coordinator.language.Language` of it:
 
 - a capability installed here is read with its installed spec, and only the name lists (contacts,
   devices, apps) of what its agents advertise; an advertised spec that differs is refused, unless

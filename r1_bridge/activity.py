@@ -1,6 +1,6 @@
 """What the bridge sees on the bus: a live event stream for the dashboard and task states.
 
-Both are fed by :class:`~r1_bridge.relay.Relay` watchers on the bus thread, so
+Both are fed by :class:`~lamcontrol.r1_bridge.relay.Relay` watchers on the bus thread, so
 they only record and queue; nothing here publishes or decides anything.
 """
 

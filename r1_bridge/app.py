@@ -1,6 +1,6 @@
 """The bridge's Flask application: the REST API, the R1 page and the admin dashboard.
 
-:func:`create_app` wires a :class:`~r1_bridge.relay.Relay` (the MQTT side) to HTTP. Every
+:func:`create_app` wires a :class:`~lamcontrol.r1_bridge.relay.Relay` (the MQTT side) to HTTP. Every
 error answers JSON ``{"error": "..."}``; nothing that runs a command is reachable without
 an API token or an admin login.
 """

@@ -16,14 +16,14 @@ protocol, versions 3 and 4); the gateway publishes it as a prompt (source
     gateway → {type:"event", event:"chat", payload:{runId, sessionKey, seq, state:"final", message}}
 
 Pairing: the R1 presents the pairing token from the QR code and is given a device token for
-later connections (:mod:`r1_bridge.devices`). A client that signs the challenge with an
-Ed25519 device key (OpenClaw's device identity, :mod:`r1_bridge.identity`) is verified and its
+later connections (:mod:`lamcontrol.r1_bridge.devices`). A client that signs the challenge with an
+Ed25519 device key (OpenClaw's device identity, :mod:`lamcontrol.r1_bridge.identity`) is verified and its
 key pinned; one that sends no signature pairs on the token alone. Errors use OpenClaw's codes:
 a refused token is ``NOT_PAIRED`` and closes 1008, a protocol mismatch ``INVALID_REQUEST`` and
 closes 1002, a frame that is not JSON closes 1008.
 
 Photos in ``chat.send.attachments`` go with the question to the ``ai`` capability, scaled to
-fit one MQTT message (:mod:`r1_bridge.photos`). Frames may be 25 MB once the device is
+fit one MQTT message (:mod:`lamcontrol.r1_bridge.photos`). Frames may be 25 MB once the device is
 authenticated, 64 KiB before. The server runs on its own thread and event loop.
 """
 

@@ -1,5 +1,6 @@
 """The project installs inside one namespace: `lamcontrol` and nothing else at the top level."""
 import ast
+import re
 import subprocess
 import sys
 import zipfile
@@ -11,9 +12,14 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPONENTS = ("agents", "broker", "coordinator", "r1_bridge")
 
 
-def python_sources():
-    for folder in ("lamcontrol", *COMPONENTS, "tests", "bench"):
-        yield from (ROOT / folder).rglob("*.py")
+def python_sources() -> list[Path]:
+    """Every Python file of the repository: the package, the components, tests, benches and tools."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    if listed.returncode == 0:
+        return [ROOT / name for name in listed.stdout.splitlines() if (ROOT / name).exists()]
+    skipped = {".venv", "build", "dist", ".git"}  # a source tree without git
+    return [path for path in ROOT.rglob("*.py") if not skipped & set(path.relative_to(ROOT).parts)]
 
 
 def bare_imports(source: str) -> list[tuple[int, str]]:
@@ -34,6 +40,43 @@ def test_no_source_imports_a_component_by_its_bare_name():
     assert len(sources) > 50
     offenders = [(str(path.relative_to(ROOT)), *hit) for path in sources for hit in bare_imports(path.read_text())]
     assert offenders == []
+
+
+FOLDER_NAMES = re.compile(rf"(:(?:mod|class|func|meth|attr|data):`~?|-m |\bimport_module\([\"'])"
+                          rf"(?:{'|'.join(COMPONENTS)})\.")
+
+
+def cited_by_folder_name(text: str) -> list[int]:
+    """Lines that name a module by its folder name: a docstring's cross-reference (:mod:`agents.main`),
+    a `python -m coordinator.main`, an import_module("broker.auth")."""
+    return [number for number, line in enumerate(text.splitlines(), 1) if FOLDER_NAMES.search(line)]
+
+
+def test_no_source_names_a_module_by_its_folder_name():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    texts = [ROOT / name for name in tracked.splitlines() if name.endswith((".py", ".sh", ".service", ".cfg", ".toml"))
+             or name.startswith(".ci/")] or python_sources()
+    offenders = [(str(path.relative_to(ROOT)), line) for path in texts if path.exists()
+                 for line in cited_by_folder_name(path.read_text()) if path.name != "test_packaging.py"]
+    assert offenders == []
+
+
+def test_folder_name_check_sees_a_citation():
+    sample = "see :mod:`agents.webdriver`\n:class:`~lamcontrol.coordinator.language.Context`\npython -m coordinator.main\n"
+    assert cited_by_folder_name(sample) == [1, 3]
+
+
+@pytest.mark.parametrize("folder", COMPONENTS)
+def test_a_component_imported_by_its_folder_name_says_how_to_import_it(folder):
+    """From the repository root the folders are on the path; importing one by its bare name would make a
+    second copy of its modules (a handler registered on one copy's event never fires for the other)."""
+    out = subprocess.run([sys.executable, "-c", f"import {folder}.main"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1
+    assert f"ImportError: import lamcontrol.{folder}, not {folder}: " in out.stderr
+    installed = subprocess.run([sys.executable, "-c", f"import lamcontrol.{folder}.main"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=60)
+    assert installed.returncode == 0, installed.stderr
 
 
 def test_bare_import_check_sees_a_bare_import():
