@@ -8,8 +8,9 @@ The answer comes back as the result's sentence, short and plain so the R1 can sp
 full text is in the result's data. Nothing the model writes is ever run: code in an answer is
 left out of the spoken sentence and only returned as text.
 
-Groq settings are those of the ``[groq]`` section (found the usual way: ``$LAM_CONFIG`` or the
-standard paths) and ``$GROQ_API_KEY``; any non-empty key of ``[capabilities.ai]`` overrides them.
+Groq settings are those of the config file's ``[groq]`` section (handed over by the agent, see
+:class:`~lamcontrol.agents.capability.Shared`) and ``$GROQ_API_KEY``; any non-empty key of
+``[capabilities.ai]`` overrides them.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import dataclasses
 import logging
 import re
 
-from lamcontrol import config as lamconfig
 from lamcontrol.llm import GroqChat, GroqSettings, LLMUnavailable
 
-from .capability import Arg, Capability, Outcome, Sentences, Setting, TaskFailed, Unavailable, action, require
+from .capability import Arg, Capability, Outcome, Sentences, Setting, Shared, TaskFailed, Unavailable, action, require
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +66,16 @@ class Ai(Capability):
         "max_chars": Setting(400, "longest spoken answer, in characters; data.answer keeps all"),
     }
 
-    def __init__(self, settings: dict | None = None) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: dict | None = None, shared: Shared | None = None) -> None:
+        super().__init__(settings, shared)
         self.chat: GroqChat | None = None
         self.vision: GroqChat | None = None
 
     def groq_settings(self) -> GroqSettings:
-        try:
-            shared = lamconfig.load().get("groq", {})
-        except lamconfig.ConfigError as exc:
-            log.warning("ignoring [groq] of the config file: %s", exc)
-            shared = {}
         own = {k: v for k, v in self.settings.items() if k not in ("max_tokens", "max_chars", "vision_model")}
         try:
-            return GroqSettings.from_config(shared, own)
-        except (ValueError, lamconfig.ConfigError) as exc:
+            return GroqSettings.from_config(self.shared.groq, own)
+        except ValueError as exc:
             raise Unavailable(f"ai cannot use its Groq settings: {exc}") from None
 
     def check(self) -> None:

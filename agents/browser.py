@@ -11,7 +11,7 @@ import logging
 from urllib.parse import quote, quote_plus, urlsplit
 
 from . import webdriver
-from .capability import Arg, Capability, Outcome, Sentences, Setting, Syntax, TaskFailed, action
+from .capability import Arg, Capability, Outcome, Sentences, Setting, Shared, Syntax, TaskFailed, action
 
 URL = Arg("url", "url", "a web address")
 QUERY = Arg("query", "text", "something to search for")
@@ -47,13 +47,13 @@ class Browser(Capability):
         "amazon_url": Setting("https://www.amazon.com", "Amazon's base URL (say https://www.amazon.de)"),
     }
 
-    def __init__(self, settings: dict | None = None) -> None:
+    def __init__(self, settings: dict | None = None, shared: Shared | None = None) -> None:
         settings = dict(settings or {})
         if "headless" not in settings and not webdriver.has_display():
             settings["headless"] = True
             log.info("browser: no display here, so the browser runs headless (in a desktop session, start the "
                      "agent there to see it, or set [capabilities.browser] headless = false)")
-        super().__init__(settings)
+        super().__init__(settings, shared)
         self.session: webdriver.Session | None = None
 
     def check(self) -> None:

@@ -32,9 +32,8 @@ from lamcontrol.config import Setting, capability_entry_points, checked, refuse_
 from lamcontrol.language import (ActionSpec, Arg, ArgumentError, CapabilitySpec, Entity, Recogniser, Sentences, Syntax,
                                  listed_value, read_examples)
 
-__all__ = ["ActionSpec", "Arg", "Capability", "CapabilitySpec", "Entity", "Outcome", "Sentences", "Setting",
+__all__ = ["ActionSpec", "Arg", "Capability", "CapabilitySpec", "Entity", "Outcome", "Sentences", "Setting", "Shared",
            "Syntax", "TaskFailed", "Unavailable", "action", "require"]
-
 
 
 ADVERTISED_EXAMPLES = 4096  # bytes of example sentences an agent's spec carries on the bus
@@ -54,6 +53,23 @@ class Outcome:
 
     message: str
     data: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Shared:
+    """The config file's sections that capabilities share, handed to every capability when it is made.
+
+    Configuration reaches a capability in two ways only, both through its constructor: its own
+    ``[capabilities.<name>]`` section (``settings``) and this. ``groq`` is the ``[groq]`` section,
+    which ``ai`` falls back on for its model, key and base URL.
+    """
+
+    groq: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> Shared:
+        """The shared sections of a loaded config (:func:`lamcontrol.config.load`)."""
+        return cls(groq=dict(cfg.get("groq", {})))
 
 
 Handler = Callable[[Any, dict], "str | Outcome"]
@@ -99,8 +115,9 @@ class Capability:
     lists: ClassVar[dict[str, list]] = {}  # name lists its sentence slots draw from (sites, verbs)
     rules: ClassVar[dict[str, str]] = {}  # hassil expansion rules its templates share
 
-    def __init__(self, settings: dict | None = None) -> None:
+    def __init__(self, settings: dict | None = None, shared: Shared | None = None) -> None:
         self.settings = self.validate_settings(settings or {})
+        self.shared = shared or Shared()
         self.on_change: Callable[[], None] = lambda: None  # the runtime re-announces presence
 
     def names(self) -> dict[str, list]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .capability import Arg, Capability, Entity, Outcome, Sentences, Setting, TaskFailed, Unavailable, action
+from .capability import Arg, Capability, Entity, Outcome, Sentences, Setting, Shared, TaskFailed, Unavailable, action
 
 VOLUME_WORDS = ("up", "down", "mute", "unmute")
 MEDIA_KEYS = ("play", "pause", "next", "back")
@@ -315,8 +315,8 @@ class Computer(Capability):
         "command_timeout": Setting(10.0, "seconds to wait for a system tool"),
     }
 
-    def __init__(self, settings: dict | None = None) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: dict | None = None, shared: Shared | None = None) -> None:
+        super().__init__(settings, shared)
         s = self.settings
         if s["backend"] not in BACKENDS:
             raise ValueError(f"[capabilities.computer] backend must be one of {', '.join(BACKENDS)}")

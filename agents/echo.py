@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
-from .capability import Arg, Capability, Outcome, Setting, TaskFailed, action
+from .capability import Arg, Capability, Outcome, Setting, Shared, TaskFailed, action
 
 
 class Echo(Capability):
@@ -15,8 +15,8 @@ class Echo(Capability):
                      "run_record": Setting("", "file to append a JSON line to (action and args) as each "
                                                "action starts: the agent's own record of what it ran")}
 
-    def __init__(self, settings: dict | None = None) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: dict | None = None, shared: Shared | None = None) -> None:
+        super().__init__(settings, shared)
         self.stopping = threading.Event()
         self._record_lock = threading.Lock()
 

@@ -29,7 +29,7 @@ from lamcontrol import __version__
 from lamcontrol.config import ConfigError, read_secret
 from lamcontrol.language import listed_value
 
-from .capability import Arg, Capability, Outcome, Setting, TaskFailed, Unavailable, action, require
+from .capability import Arg, Capability, Outcome, Setting, Shared, TaskFailed, Unavailable, action, require
 
 log = logging.getLogger(__name__)
 
@@ -315,8 +315,8 @@ class Home(Capability):
         "refresh": Setting(60.0, "seconds between re-reads of the names Home Assistant exposes"),
     }
 
-    def __init__(self, settings: dict | None = None) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: dict | None = None, shared: Shared | None = None) -> None:
+        super().__init__(settings, shared)
         if self.settings["timeout"] <= 0 or self.settings["refresh"] < 1:
             raise ValueError("[capabilities.home] timeout must be above 0 and refresh at least 1 second")
         self.known: dict[str, list[str]] = {}

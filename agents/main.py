@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from lamcontrol import config as lamconfig
@@ -17,15 +16,17 @@ from .runtime import Agent
 log = logging.getLogger("lam-agent")
 
 
-def load_capabilities(names: list[str], settings: dict,
+def load_capabilities(names: list[str], cfg: dict,
                       optional: bool = False) -> tuple[dict[str, capability.Capability], dict[str, str]]:
-    """The capabilities that can run here, and why each other one cannot (its sentence says the fix;
-    the agent tells the coordinator, whose replies repeat it). Each left out is logged, as an error
-    when it was asked for by name, as a note when ``optional``."""
+    """The capabilities that can run here, made with their settings from the loaded config ``cfg``,
+    and why each other one cannot (its sentence says the fix; the agent tells the coordinator, whose
+    replies repeat it). Each left out is logged, as an error when it was asked for by name, as a note
+    when ``optional``."""
     loaded, left_out = {}, {}
+    shared = capability.Shared.from_config(cfg)
     for name in names:
         try:
-            cap = capability.load(name)(settings.get(name, {}))
+            cap = capability.load(name)(cfg["capabilities"].get(name, {}), shared)
             cap.check()
             cap.start()
         except (capability.Unavailable, ValueError) as exc:
@@ -53,8 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = lamconfig.load(args.config, args.broker)
-        if "path" in cfg:  # capabilities that read shared sections ([groq]) find the same file
-            os.environ["LAM_CONFIG"] = cfg["path"]
         section = cfg["agent"]
         agent_id = check_agent_id(args.id or section["id"] or lamconfig.default_agent_id())
         settings = BrokerSettings.from_config(cfg)
@@ -62,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lam-agent: {exc}", file=sys.stderr)
         return 2
     if args.all:
-        capabilities, left_out = load_capabilities(lamconfig.installed_capabilities(), cfg["capabilities"],
+        capabilities, left_out = load_capabilities(lamconfig.installed_capabilities(), cfg,
                                                    optional=True)
     else:
-        capabilities, left_out = load_capabilities(args.capability or section["capabilities"], cfg["capabilities"])
+        capabilities, left_out = load_capabilities(args.capability or section["capabilities"], cfg)
     if not capabilities:
         print("lam-agent: no capability can run here (see the messages above)", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ from lamcontrol import __version__
 from lamcontrol.config import ConfigError, read_secret
 
 from . import webdriver
-from .capability import Arg, Capability, Outcome, Sentences, Setting, TaskFailed, Unavailable, action, require
+from .capability import Arg, Capability, Outcome, Sentences, Setting, Shared, TaskFailed, Unavailable, action, require
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +154,8 @@ class Messaging(Capability):
         **webdriver.SESSION_SCHEMA,
     }
 
-    def __init__(self, settings: dict | None = None) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: dict | None = None, shared: Shared | None = None) -> None:
+        super().__init__(settings, shared)
         self.contacts = parse_contacts(self.settings["contacts"])
         REDACT.secrets.update(urlsplit(contact["discord"]).path for contact in self.contacts.values()
                               if is_web_url(contact.get("discord", "")))

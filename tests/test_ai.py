@@ -6,11 +6,14 @@ import pytest
 
 import base64
 import io
+import os
 
 from PIL import Image
 
 from lamcontrol.agents.ai import SYSTEM_PROMPT, VISION_MODEL, Ai, speakable
-from lamcontrol.agents.capability import TaskFailed, Unavailable
+from lamcontrol import config as lamconfig
+from lamcontrol.agents.capability import Shared, TaskFailed, Unavailable
+from lamcontrol.agents.main import load_capabilities
 from helpers import unset
 from stubs.groq_server import GroqStub, rate_limited, retired, server_error, slow
 
@@ -108,15 +111,22 @@ def test_bad_settings_are_refused():
         Ai({"api_key": "k", "timeout": -1.0}).check()
 
 
-def test_groq_section_is_shared_and_overridden(stub, tmp_path, monkeypatch):
+def test_groq_section_is_shared_and_overridden(stub, tmp_path):
+    """The agent hands the config file's [groq] section to ai when it makes it: nothing goes through
+    the environment, and ai reads no file of its own."""
     config = tmp_path / "lam.toml"
-    config.write_text(f'[groq]\napi_key = "shared-key"\nbase_url = "{stub.url}"\nmodel = "openai/gpt-oss-120b"\n')
-    monkeypatch.setenv("LAM_CONFIG", str(config))
-    Ai({}).run("ask", {"prompt": "hi"})
+    config.write_text(f'[groq]\napi_key = "shared-key"\nbase_url = "{stub.url}"\nmodel = "openai/gpt-oss-120b"\n'
+                      '[capabilities.ai]\nmax_retries = 0\n')
+    made, left_out = load_capabilities(["ai"], lamconfig.load(str(config)))
+    assert left_out == {} and "LAM_CONFIG" not in os.environ
+    made["ai"].run("ask", {"prompt": "hi"})
     assert stub.calls[-1]["model"] == "openai/gpt-oss-120b"
     assert stub.requests[-1].headers["Authorization"] == "Bearer shared-key"
-    Ai({"model": "openai/gpt-oss-20b"}).run("ask", {"prompt": "hi"})
+    shared = Shared.from_config(lamconfig.load(str(config)))
+    Ai({"model": "openai/gpt-oss-20b"}, shared).run("ask", {"prompt": "hi"})
     assert stub.calls[-1]["model"] == "openai/gpt-oss-20b"
+    with pytest.raises(Unavailable, match="GROQ_API_KEY"):
+        Ai({}).check()  # made without the shared sections: no key
 
 
 def jpeg_url(colour: str = "red", size: tuple[int, int] = (64, 48)) -> tuple[str, bytes]:
