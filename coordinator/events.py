@@ -57,7 +57,7 @@ class TaskFinished:
     agent: str | None
     state: str
     message: str = ""
-    data: dict = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
     attempt: int = 0
 
     def result(self) -> Result | None:

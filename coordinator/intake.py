@@ -25,7 +25,7 @@ import logging
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Any, Callable
 
 from lamcontrol.protocol import Prompt, PromptStatus, Risk
 
@@ -47,7 +47,7 @@ TOO_MANY = "Too many prompts were ahead of this one to get to it before its dead
 BROKEN = "Something went wrong on my side as I was about to act on that ({}); I did nothing."
 
 
-class BySource(OrderedDict):
+class BySource(OrderedDict[str, Any]):
     """What is kept per source, for the ``limit`` sources heard from most recently."""
 
     def __init__(self, limit: int) -> None:
@@ -157,7 +157,7 @@ class Intake:
         self.limit = RateLimit(self.settings.source_rate, self.settings.source_burst, self.settings.sources)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="understanding")
         self._tokens = itertools.count()
-        self._last: Future | None = None
+        self._last: Future[Any] | None = None
 
     def refusal(self, prompt: Prompt, now: float) -> str:
         """Why the prompt is refused before it is journaled ('' when it is taken)."""

@@ -24,7 +24,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from lamcontrol.protocol import Prompt
 
@@ -84,7 +84,7 @@ class Journal:
         self._lock = threading.RLock()
         self._depth = 0
         self.unwritable = ""  # why writes are held in memory now ('' while the journal writes)
-        self._held: list[tuple[str, tuple]] = []  # the statements held meanwhile, in order
+        self._held: list[tuple[str, tuple[Any, ...]]] = []  # the statements held meanwhile, in order
         self.added = 0  # prompts added since the last pruning
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -123,7 +123,7 @@ class Journal:
     def in_batch(self) -> bool:
         return self._depth > 0
 
-    def _write(self, sql: str, params: tuple) -> None:
+    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
         with self._lock:
             if self.unwritable:
                 self._held.append((sql, params))
@@ -175,12 +175,12 @@ class Journal:
             self.added += cursor.rowcount
             return cursor.rowcount == 1
 
-    def add_task(self, prompt_id: str, task_id: str, position: int, command: dict) -> None:
+    def add_task(self, prompt_id: str, task_id: str, position: int, command: dict[str, Any]) -> None:
         self._write("INSERT OR IGNORE INTO tasks (task_id, prompt_id, position, command, state) VALUES (?, ?, ?, ?, ?)",
                     (task_id, prompt_id, position, json.dumps(command), "waiting"))
 
     def update_task(self, task_id: str, state: str, agent: str | None = None, attempt: int = 0,
-                    message: str = "", data: dict | None = None) -> None:
+                    message: str = "", data: dict[str, Any] | None = None) -> None:
         self._write("UPDATE tasks SET state = ?, agent = ?, attempt = ?, message = ?, data = ? WHERE task_id = ?",
                     (state, agent, attempt, message, json.dumps(data) if data else "{}", task_id))
 
@@ -199,7 +199,7 @@ class Journal:
             return [(prompt_id, reply.encode()) for prompt_id, reply in self._db.execute(
                 "SELECT id, reply FROM prompts WHERE sent = 0 ORDER BY received")]
 
-    def open_prompts(self) -> list[tuple[Prompt, float, list[dict]]]:
+    def open_prompts(self) -> list[tuple[Prompt, float, list[dict[str, Any]]]]:
         """Prompts without a reply, oldest first, each with its deadline and recorded tasks."""
         with self._lock:
             prompts = self._db.execute(

@@ -22,18 +22,24 @@ import re
 from pathlib import Path
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
-from hassil import Intents, RangeSlotList, TextSlotList, WildcardSlotList, recognize_all
+from hassil import Intents, RangeSlotList, SlotList, TextSlotList, WildcardSlotList, recognize_all
+from hassil.models import MatchEntity
 
 from lamcontrol.config import capability_entry_points
-from lamcontrol.language import (ActionSpec, ArgumentError, CapabilitySpec, Recogniser, Sentences, Syntax, listed_value,
-                                 read_examples, rigid_only)
+from lamcontrol.language import (ActionSpec, Arg, ArgumentError, CapabilitySpec, Recogniser, Sentences, Syntax,
+                                 listed_value, read_examples, rigid_only)
 
 from .grammar import Command, GrammarError, Known, ParseResult
 from .matcher import NONE, NOT_NAMES, Reader, _Sentences, build_intents, plain_of
 from .words import trimmed, words
 
+if TYPE_CHECKING:
+    from lamcontrol.agents.capability import Capability
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_PROMPT = 2000
 MAX_CLAUSES = 6
@@ -67,7 +73,7 @@ NO_ANSWERS = ("That sounds like a question; no agent that answers questions is o
               "answers them once it has a Groq key: set GROQ_API_KEY or [groq] api_key_file).")
 
 
-class _Said(dict):
+class _Said(dict[str, Any]):
     """Slot values for a question back; a slot the reading did not fill reads as "that"."""
 
     def __missing__(self, key: str) -> str:
@@ -75,9 +81,9 @@ class _Said(dict):
 
 
 @lru_cache(maxsize=8)
-def not_commands(held_out: frozenset[str] = frozenset()) -> dict[str, list[tuple[str, ...]]]:
+def not_commands(held_out: frozenset[str] = frozenset()) -> _Sentences:
     """Sentences that are no command for anyone (as model tokens), by kind (a question, an alarm, ...)."""
-    kinds: dict[str, list[tuple[str, ...]]] = _Sentences()
+    kinds = _Sentences()
     for said, kind, *source in read_examples(NOT_COMMANDS.read_text(encoding="utf-8")):
         if not (source and source[0] in held_out):
             kinds.setdefault(kind, []).append(plain_of(said))
@@ -99,7 +105,7 @@ def folded(text: str) -> str:
     return " ".join(text.replace("\u2019", "'").casefold().strip(" \"'.,!?").split())
 
 
-def remembered(method):
+def remembered(method: Callable[[Language, str], ParseResult]) -> Callable[[Language, str], ParseResult]:
     """Keep a language's reading of a text: it depends on nothing else (a changed language is a new
     :class:`Language`). Each caller gets its own :class:`ParseResult` to annotate."""
 
@@ -122,7 +128,7 @@ class Reading:
 
     commands: list[Command] = field(default_factory=list)
     reason: str = ""
-    score: tuple = ()
+    score: tuple[Any, ...] = ()
     how: str = ""
     swallowed: bool = False  # a free-text slot took an "and" or a "then": maybe two requests
     confidence: float = 1.0  # the learned reader's share for this reading (templates spelling it out: 1)
@@ -143,7 +149,7 @@ class Reading:
 class Language:
     """Specs by capability name, plus the names agents know (``{capability: [names]}``)."""
 
-    def __init__(self, specs: dict[str, CapabilitySpec], names: dict[str, list] | None = None,
+    def __init__(self, specs: dict[str, CapabilitySpec], names: dict[str, list[Any]] | None = None,
                  online: set[str] | None = None, held_out: frozenset[str] = frozenset()) -> None:
         self.online = online  # the capabilities online agents offer (None: all of them), for the LLM
         self.held_out = held_out  # sources of examples not to learn from (to measure on them)
@@ -158,19 +164,20 @@ class Language:
             forms.sort(key=lambda f: -len(f[2].literals))
 
     @staticmethod
-    def _with_names(spec: CapabilitySpec, names) -> CapabilitySpec:
+    def _with_names(spec: CapabilitySpec, names: Iterable[str]) -> CapabilitySpec:
         """Names given for a capability as a whole (``--names home=...``) join the lists its slots read (as
         its installed class says, when it is installed here)."""
+        names = list(names)
         if not names:
             return spec
         installed_class = capability_classes().get(spec.name)
-        lists = installed_class.given_names(list(names)) if installed_class else \
+        lists = installed_class.given_names(names) if installed_class else \
             {k: list(names) for action in spec.actions for a in action.args if (k := a.names)}
         return spec.with_lists(lists, add=True)
 
     @classmethod
     def with_rigid(cls, specs: dict[str, CapabilitySpec], offered: dict[str, list[str]],
-                   names: dict[str, list] | None = None, online: set[str] | None = None) -> Language:
+                   names: dict[str, list[Any]] | None = None, online: set[str] | None = None) -> Language:
         """Specs, plus ``<capability> <action> <text>`` for capabilities offered without one."""
         merged = {c: rigid_only(c, a) for c, a in offered.items() if c not in specs}
         return cls({**merged, **specs}, names, online)
@@ -190,11 +197,11 @@ class Language:
 
     # -- the rigid grammar ----------------------------------------------------------------
 
-    def command(self, spec: CapabilitySpec, action: ActionSpec, args: dict, spoken: bool = False) -> Command:
+    def command(self, spec: CapabilitySpec, action: ActionSpec, args: dict[str, Any], spoken: bool = False) -> Command:
         """A checked command; its text re-reads as the same command."""
         checked = action.check(args, spoken)
         form = next((f for f in action.syntax if all(checked.get(k) == v for k, v in f.fixed.items())
-                     and all(w[1:-1] in checked or action.arg(w[1:-1]).optional
+                     and all(w[1:-1] in checked or getattr(action.arg(w[1:-1]), "optional", False)
                              for w in f.words if w.startswith("{"))), action.syntax[0])
         words = []
         shape = form.words
@@ -233,9 +240,9 @@ class Language:
             return command, form
         raise GrammarError(problem or f"I don't know the command {verb!r}.")
 
-    def _fill(self, text: str, tokens: list, spec: CapabilitySpec, action: ActionSpec, form: Syntax) -> dict | None:
+    def _fill(self, text: str, tokens: list[Any], spec: CapabilitySpec, action: ActionSpec, form: Syntax) -> dict[str, Any] | None:
         """The form's slots read from the tokens, or None when its literal words are not there."""
-        args: dict = {}
+        args: dict[str, Any] = {}
         at = 0
         words = form.words
         for index, word in enumerate(words):
@@ -258,7 +265,7 @@ class Language:
                 args[name], at = tokens[at].group().strip('"'), at + 1
         return args if at == len(tokens) else None
 
-    def _listed(self, spec: CapabilitySpec, action: ActionSpec, name: str, words: list[str]) -> tuple | None:
+    def _listed(self, spec: CapabilitySpec, action: ActionSpec, name: str, words: list[str]) -> tuple[Any, ...] | None:
         """The longest advertised name the words start with: (its spelling, words used)."""
         arg = action.arg(name)
         if arg is None or not arg.names:
@@ -300,19 +307,21 @@ class Language:
     # -- sentences ------------------------------------------------------------------------
 
     @cached_property
-    def _intents(self) -> dict[str, tuple[Intents, dict, dict, set]]:
+    def _intents(self) -> dict[str, tuple[Intents, dict[str, Any], dict[str, Any], set[str]]]:
         """Per capability: hassil intents of every action's sentences, the slot lists, intent name -> what
         it means, and the one-word name slots (filled per clause)."""
         return {spec.name: self._capability_intents(spec) for spec in self.specs.values()}
 
-    def _capability_intents(self, spec: CapabilitySpec) -> tuple[Intents, dict, dict, set]:
-        data: dict = {"language": "en", "intents": {}, "lists": {}, "expansion_rules": {}}
-        meaning: dict[str, tuple] = {}
-        lists: dict = dict(REPEATS)
+    def _capability_intents(self, spec: CapabilitySpec) -> tuple[Intents, dict[str, Any], dict[str, Any], set[str]]:
+        data: dict[str, Any] = {"language": "en", "intents": {}, "lists": {}, "expansion_rules": {}}
+        meaning: dict[str, tuple[Any, ...]] = {}
+        lists: dict[str, Any] = dict(REPEATS)
         dynamic: set[str] = set()  # one-word names: filled per clause with its words and advertised names
         prefix = f"{spec.name}__"
-        rename = lambda t: re.sub(  # noqa: E731
-            r"<(\w+)>", lambda m: f"<{prefix}{m[1]}>" if m[1] in spec.rules else m[0], t)
+
+        def rename(template: str) -> str:
+            return re.sub(r"<(\w+)>", lambda m: f"<{prefix}{m[1]}>" if m[1] in spec.rules else m[0], template)
+
         for rule, body in spec.rules.items():
             data["expansion_rules"][prefix + rule] = rename(body)
         for action in spec.actions:
@@ -330,14 +339,15 @@ class Language:
                         dynamic.add(name)
                     else:  # typed slots; free ones (``{rest}``) are wildcards
                         lists[name] = self._slot_list(name, arg)
-                slotted = [re.sub(r"\{(\w+)(?::(\w+))?\}", lambda m, p=f"{prefix}{action.name}__": m[0]
-                                  if m[1] in REPEATS else f"{{{p}{m[1]}:{m[2] or m[1]}}}", t) for t in templates]
+                own = f"{prefix}{action.name}__"
+                slotted = [re.sub(r"\{(\w+)(?::(\w+))?\}", lambda m: m[0] if m[1] in REPEATS
+                                  else f"{{{own}{m[1]}:{m[2] or m[1]}}}", t) for t in templates]
                 data["intents"][key] = {"data": [{"sentences": slotted}]}
                 meaning[key] = (spec, action, group)
         return Intents.from_dict(data), lists, meaning, dynamic
 
     @staticmethod
-    def _slot_list(name: str, arg):
+    def _slot_list(name: str, arg: Arg | None) -> SlotList:
         """Numbers as numbers (wider than allowed, so the check can say why), choices as words, else wildcards."""
         if arg is not None and arg.type in ("int", "number"):
             return RangeSlotList(name, start=0, stop=1000)
@@ -389,7 +399,7 @@ class Language:
         command = self.command(spec, action, {action.questions: text})
         return ParseResult(commands=[command], parser="sentences", why=f"a question, for {spec.name}")
 
-    def _chain(self, text: str, joins: tuple, clause) -> list[Reading] | None:
+    def _chain(self, text: str, joins: tuple[tuple[int, int], ...], clause: Callable[[str], Reading]) -> list[Reading] | None:
         """The reading with the most clauses, every one understood (None if there is none). A whole
         reading wins when no free-text slot swallowed an "and" or a "then"."""
         memo: dict[int, list[Reading] | None] = {}
@@ -404,7 +414,7 @@ class Language:
                         head = text[at:join_start].strip() if join_start > at else ""
                         first = clause(head) if head else None
                         rest = best(join_end) if first and first.ok else None
-                        if rest:
+                        if first and rest:
                             options.append([first, *rest])
                 # Sure readings first, then those whose free text took no "and", then the fewest clauses:
                 # a template spelling out "open youtube and play lofi" beats two commands.
@@ -429,11 +439,12 @@ class Language:
     def _carried(self, before: Command, this: Command) -> Reading | None:
         spec = self.specs[this.capability]
         action = spec.action(this.action)
+        assert action is not None  # a command of this language
         redone = self.recognisers[spec.name].carried(before.args[action.assist], this.args[action.assist])
         return Reading([self.command(spec, action, {action.assist: redone})], how=_own_reader(spec), own=True) \
             if redone else None
 
-    def _why_not(self, text: str, clause) -> str:
+    def _why_not(self, text: str, clause: Callable[[str], Reading]) -> str:
         whole = clause(text)
         if whole.reason:
             return whole.reason
@@ -498,13 +509,13 @@ class Language:
         said = {w.text for w in words(text)}
         return {name for name, found in self._keywords.items() if found & said}
 
-    def _capability_readings(self, text: str, intents: Intents, lists: dict, meaning: dict, dynamic: set) -> list[Reading]:
+    def _capability_readings(self, text: str, intents: Intents, lists: dict[str, Any], meaning: dict[str, Any], dynamic: set[str]) -> list[Reading]:
         if dynamic:
-            said = {w.strip(",.!?:") for w in text.split() if w.casefold().strip(",.!?:") not in NOT_NAMES} | \
+            spoken = {w.strip(",.!?:") for w in text.split() if w.casefold().strip(",.!?:") not in NOT_NAMES} | \
                 set(re.findall(r'"[^"]+"', text))
             advertised = {listed_value(v) for spec in self.specs.values() for action in spec.actions
                           for a in action.args if a.one_word for v in spec.lists.get(a.names, ())}
-            words = TextSlotList.from_tuples([(w, w) for w in said | advertised if w], allow_template=False)
+            words = TextSlotList.from_tuples([(w, w) for w in spoken | advertised if w], allow_template=False)
             lists = {**lists, **{name: words for name in dynamic}}
         readings = []
         for result in recognize_all(text, intents, slot_lists=lists):
@@ -548,7 +559,8 @@ class Language:
                 except GrammarError:
                     log.debug("%s: example %r is not a command of this language: %s", spec.name, said, command)
         words_of_forms = {w for forms in self.forms.values() for _, _, form in forms for w in form.literals}
-        return Reader(build_intents(self.specs, examples, {}, {"times": [{"in": said, "out": str(n)} for said, n in COUNTS.items()], "count": ()}),
+        repeats = {"times": [{"in": said, "out": str(n)} for said, n in COUNTS.items()], "count": ()}
+        return Reader(build_intents(self.specs, examples, {}, repeats),
                       not_commands(self.held_out), words_of_forms)
 
     @staticmethod
@@ -591,6 +603,7 @@ class Language:
         intent = best.intent
         spec = self.specs[intent.capability]
         action = spec.action(intent.action)
+        assert action is not None  # the intents are made from these specs
         if intent.ask:
             return Reading(reason=intent.ask.format_map(_Said(best.said)), score=score, confidence=best.confidence,
                            runner_up=runner_up, how="learned")
@@ -606,7 +619,8 @@ class Language:
                        swallowed=best.swallowed or bool(JOINS.search(text)), confidence=best.confidence, runner_up=runner_up,
                        unsure=best.confidence < SURE and not command.shows, none=none)
 
-    def _args(self, spec: CapabilitySpec, action: ActionSpec, group, values: dict, said: dict) -> dict:
+    def _args(self, spec: CapabilitySpec, action: ActionSpec, group: Sentences, values: dict[str, Any],
+              said: dict[str, Any]) -> dict[str, Any]:
         """A template match's slots as arguments: fixed values, composed ones, advertised spellings."""
         args = {k: v for k, v in values.items() if action.arg(k) is not None}
         args.update({k: v.format(**said) for k, v in group.compose.items()})
@@ -674,13 +688,13 @@ class Language:
                 for said, command in [e for action in spec.actions for e in action.examples][:1]]
 
 
-def _original(text: str, entity) -> str:
+def _original(text: str, entity: MatchEntity) -> str:
     """What was said for a slot, with its punctuation (hassil's own text drops some)."""
     span = getattr(entity, "text_span", None)
     return text[span[0]:span[1]].strip() if span else str(entity.text).strip()
 
 
-def _whole_words(text: str, entity) -> bool:
+def _whole_words(text: str, entity: MatchEntity) -> bool:
     span = getattr(entity, "text_span", None)
     if not span:
         return True
@@ -688,12 +702,12 @@ def _whole_words(text: str, entity) -> bool:
     return (start == 0 or not text[start - 1].isalnum()) and (end >= len(text) or not text[end].isalnum())
 
 
-def _typed(arg) -> bool:
+def _typed(arg: Arg | None) -> bool:
     """A slot whose value has a shape (a number, a web address, a choice), unlike free text."""
     return arg is not None and arg.type in ("int", "number", "url", "choice")
 
 
-def _hint(arg) -> str:
+def _hint(arg: Arg) -> str:
     """The shape of a typed argument for the LLM ('' for free text and names)."""
     if arg.type in ("int", "number") and arg.minimum is not None:
         extra = "|" + "|".join(arg.choices) if arg.choices else ""
@@ -723,7 +737,7 @@ def _own_reader(spec: CapabilitySpec) -> str:
     return f"{spec.name}'s own reader of sentences"
 
 
-def _each(items, make, what: str) -> dict:
+def _each(items: Iterable[tuple[str, T]], make: Callable[[T], Any], what: str) -> dict[str, Any]:
     """``make(item)`` by name; one that fails is left out with a warning: a broken third-party capability
     must not break understanding."""
     made = {}
@@ -736,7 +750,7 @@ def _each(items, make, what: str) -> dict:
 
 
 @lru_cache(maxsize=1)
-def capability_classes() -> dict[str, type]:
+def capability_classes() -> dict[str, type[Capability]]:
     """The capability classes installed here (entry points), by name."""
     return _each(capability_entry_points().items(), lambda entry_point: entry_point.load(), "load capability")
 
@@ -750,7 +764,7 @@ def installed_specs() -> dict[str, CapabilitySpec]:
 _INSTALLED: dict[str, Language] = {}
 
 
-def installed(names: dict | None = None) -> Language:
+def installed(names: dict[str, Any] | None = None) -> Language:
     """The installed capabilities' language, with these names (cached per set of names)."""
     key = repr(sorted((k, sorted(map(str, v))) for k, v in (names or {}).items()))
     if key not in _INSTALLED:
@@ -781,7 +795,7 @@ def parse_command(text: str, language: Language | None = None) -> Command:
     return (language or installed()).parse_command(text)
 
 
-def parse_chain(text: str, known: Known | None = None, vocabulary: dict | None = None,
+def parse_chain(text: str, known: Known | None = None, vocabulary: dict[str, Any] | None = None,
                 language: Language | None = None) -> ParseResult:
     """A whole prompt in the rigid grammar of ``language`` (default: the installed capabilities,
     with ``vocabulary``'s names and ``known``'s actions for capabilities without a spec)."""

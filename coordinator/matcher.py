@@ -26,11 +26,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterable
+from typing import Any, Iterable, Iterator, Sequence
 
-from hassil.expression import Alternative, Group, ListReference, Permutation, RuleReference, TextChunk
+from hassil.expression import Alternative, Expression, Group, ListReference, Permutation, RuleReference, TextChunk
 from hassil.parse_expression import parse_sentence
 
+from lamcontrol.language import ActionSpec, CapabilitySpec
+
+from .grammar import Command
 from .ngrams import NGrams
 from .words import Respeller, Word, trimmed, words
 
@@ -57,7 +60,7 @@ class Slot:
 
     name: str
     kind: str
-    phrases: dict = field(default_factory=dict, hash=False, compare=False)
+    phrases: dict[tuple[str, ...], Any] = field(default_factory=dict, hash=False, compare=False)
     one_word: bool = False  # a name not advertised (nor quoted) is one word
     numbers: bool = False
     addresses: bool = False
@@ -70,16 +73,16 @@ class Intent:
     key: str
     capability: str
     action: str
-    implied: dict
+    implied: dict[str, Any]
     slots: dict[str, Slot]
     frames: list[tuple[str, ...]] = field(default_factory=list)
     templated: list[tuple[str, ...]] = field(default_factory=list)  # the frames its templates spell out
-    compose: dict = field(default_factory=dict)
+    compose: dict[str, Any] = field(default_factory=dict)
     ask: str = ""
     whole: str = ""  # the argument that takes the whole clause (Home Assistant's sentences)
-    required: frozenset = frozenset()  # slots a reading must fill (arguments neither optional nor implied)
-    contents: dict = field(default_factory=dict)  # text slot -> Counter of the words examples put in it
-    model: NGrams | None = None
+    required: frozenset[str] = frozenset()  # slots a reading must fill (arguments neither optional nor implied)
+    contents: dict[str, Any] = field(default_factory=dict)  # text slot -> Counter of the words examples put in it
+    model: NGrams = field(init=False, repr=False)  # made by the Reader that reads it
 
 
 @dataclass
@@ -87,8 +90,8 @@ class Candidate:
     """One reading of a sentence by one intent: slot values and the log score."""
 
     intent: Intent
-    values: dict  # slot name -> value (list values resolved, text cut from the sentence as said)
-    said: dict  # slot name -> the words as said
+    values: dict[str, Any]  # slot name -> value (list values resolved, text cut from the sentence as said)
+    said: dict[str, Any]  # slot name -> the words as said
     score: float
     confidence: float = 0.0
     frame: tuple[str, ...] = ()
@@ -115,7 +118,7 @@ def expand(template: str, rules: dict[str, str], limit: int = SAMPLES) -> list[s
     return sorted({" ".join(_one(parsed.expression, rule_trees, n, rng, 0).split()) for n in range(limit)})
 
 
-def _count(node, rules: dict, depth: int) -> int:
+def _count(node: Expression, rules: dict[str, Any], depth: int) -> int:
     if depth > 20:
         raise ValueError("rules nest too deep")
     if isinstance(node, TextChunk) or isinstance(node, ListReference):
@@ -132,7 +135,7 @@ def _count(node, rules: dict, depth: int) -> int:
     return 1
 
 
-def _leaf(node) -> str:
+def _leaf(node: Expression) -> str:
     if isinstance(node, TextChunk):
         return node.text
     if isinstance(node, ListReference):
@@ -140,7 +143,7 @@ def _leaf(node) -> str:
     return ""
 
 
-def _every(node, rules: dict, depth: int) -> list[str]:
+def _every(node: Expression, rules: dict[str, Any], depth: int) -> list[str]:
     if isinstance(node, RuleReference):
         return _every(rules[node.rule_name].expression, rules, depth + 1) if node.rule_name in rules else [""]
     if isinstance(node, Alternative):
@@ -154,11 +157,11 @@ def _every(node, rules: dict, depth: int) -> list[str]:
     return [_leaf(node)]
 
 
-def _all(node, rules: dict, depth: int) -> list[str]:
+def _all(node: Expression, rules: dict[str, Any], depth: int) -> list[str]:
     return _every(node, rules, depth)[:1]
 
 
-def _one(node, rules: dict, n: int, rng: random.Random, depth: int) -> str:
+def _one(node: Expression, rules: dict[str, Any], n: int, rng: random.Random, depth: int) -> str:
     if isinstance(node, RuleReference):
         return _one(rules[node.rule_name].expression, rules, n, rng, depth + 1) if node.rule_name in rules else ""
     if isinstance(node, Alternative):
@@ -184,7 +187,7 @@ def plain_of(sentence: str) -> tuple[str, ...]:
     return tuple(w.text for w in trimmed(words(sentence)))
 
 
-def phrases_of(entries: Iterable, rules: dict | None = None) -> dict[tuple[str, ...], str]:
+def phrases_of(entries: Iterable[Any], rules: dict[str, Any] | None = None) -> dict[tuple[str, ...], str]:
     """A list's entries as spoken token tuples -> the value each stands for (``in`` forms expanded)."""
     phrases: dict[tuple[str, ...], str] = {}
     for entry in entries:
@@ -208,7 +211,7 @@ class Bag:
     ALPHA = 0.1
 
     def __init__(self, documents: dict[str, list[tuple[str, ...]]], priors: dict[str, float]) -> None:
-        counts: dict[str, Counter] = {}
+        counts: dict[str, Counter[str]] = {}
         for label, sentences in documents.items():
             counted = counts[label] = Counter()
             for sentence in sentences:
@@ -251,10 +254,10 @@ def features(sentence: tuple[str, ...]) -> list[str]:
 VOCABULARY = 4000  # words any model may meet: an unknown word costs 1/VOCABULARY at the bottom of each
 
 
-class _Sentences(dict):
+class _Sentences(dict[str, Any]):
     """Sentences by kind, hashable by identity (one per held-out set), so their models are made once."""
 
-    __hash__ = object.__hash__
+    __hash__ = object.__hash__  # type: ignore[assignment]  # a dict's is None
 
 
 @lru_cache(maxsize=8)
@@ -265,8 +268,8 @@ def _none_models(not_commands: _Sentences) -> dict[str, NGrams]:
 class Reader:
     """The intents' models and the ``none`` model; :meth:`read` scores a sentence's readings."""
 
-    def __init__(self, intents: list[Intent], not_commands: dict[str, list[tuple[str, ...]]],
-                 names: set[str] = frozenset()) -> None:
+    def __init__(self, intents: list[Intent], not_commands: _Sentences,
+                 names: frozenset[str] | set[str] = frozenset()) -> None:
         self.intents = [i for i in intents if i.frames]
         for intent in self.intents:
             intent.model = NGrams(intent.frames, VOCABULARY)
@@ -299,7 +302,7 @@ class Reader:
             if len(self._looks) > 256:
                 self._looks.clear()
             shares = self.bag.shares(plain)
-            found = self._looks[plain] = (shares, sorted(shares, key=shares.get, reverse=True))
+            found = self._looks[plain] = (shares, sorted(shares, key=lambda label: shares[label], reverse=True))
         return found
 
     def capabilities(self, sentence: str) -> set[str]:
@@ -320,8 +323,9 @@ class Reader:
         plain = tuple(t.text for t in tokens)
         bag, ranked = self._looked_at(plain)
         kinds = [label.partition(":")[2] for label in ranked if label.startswith(f"{NONE}:")][:SHORTLIST]
-        none = max(((self.nones[kind].logprob(plain) + self.none_prior, kind) for kind in kinds), default=(-1e9, ""))
-        none = Candidate(Intent(NONE, "", "", {"kind": none[1]}, {}), {}, {}, none[0])
+        none_score, kind = max(((self.nones[kind].logprob(plain) + self.none_prior, kind) for kind in kinds),
+                               default=(-1e9, ""))
+        none = Candidate(Intent(NONE, "", "", {"kind": kind}, {}), {}, {}, none_score)
         by_bag = [self.by_key[label] for label in ranked if label in self.by_key][:SHORTLIST]
         typed = [i for i in self.intents if any(s.addresses for s in i.slots.values())] \
             if any(t.address for t in tokens) else []
@@ -341,7 +345,7 @@ class Reader:
     def _best(self, intent: Intent, sentence: str, tokens: tuple[Word, ...]) -> Candidate | None:
         plain = tuple(t.text for t in tokens)
         if intent.whole:  # the clause as said, without what it was wrapped in ("can you ... please")
-            score = intent.model.logprob(plain) + self.prior + UNKNOWN * sum(1 for t in plain if t not in intent.model.known)
+            score = intent.model.logprob(plain) + self.prior + UNKNOWN * sum(t not in intent.model.known for t in plain)
             said = sentence[tokens[0].start:tokens[-1].end]
             return Candidate(intent, {intent.whole: said}, {intent.whole: said}, score, frame=plain)
         spans = {name: self._spans(intent, slot, sentence, tokens) for name, slot in intent.slots.items()
@@ -349,7 +353,7 @@ class Reader:
         texts = [name for name, slot in intent.slots.items() if slot.kind == "text"]
         needed = {name for value in intent.compose.values() for name in re.findall(r"\{(\w+)\}", value)} | \
             (intent.required - intent.compose.keys())
-        best: tuple[float, dict] | None = None
+        best: tuple[float, dict[str, Any]] | None = None
         for chosen in _combinations(list(spans.items())):
             if not needed - chosen.keys() and len({i for s, e, *_ in chosen.values() for i in range(s, e)}) < len(tokens):
                 score = self._score(intent, sentence, tokens, chosen).score
@@ -361,13 +365,15 @@ class Reader:
                     best = found
         return self._score(intent, sentence, tokens, best[1]) if best else None
 
-    def _best_text(self, intent: Intent, tokens: tuple[Word, ...], chosen: dict, name: str) -> tuple[float, dict] | None:
+    def _best_text(self, intent: Intent, tokens: tuple[Word, ...], chosen: dict[str, Any], name: str) -> tuple[float, dict[str, Any]] | None:
         """The best span of free words for the text slot ``name`` beside the ``chosen`` slots, and its score:
         the frame's n-gram score split into what comes before the slot, the slot, and what follows, so
         that each span costs a few lookups instead of a whole sentence's."""
         model, known = intent.model, intent.model.known
         starts = {span[0]: (key, span) for key, span in chosen.items()}
-        frame, where, index, fixed = [], [], 0, self.prior  # where: the token index of each free frame word
+        frame: list[str] = []
+        where: list[int | None] = []  # the token index of each free frame word
+        index, fixed = 0, self.prior
         while index < len(tokens):
             if index in starts:
                 key, span = starts[index]
@@ -380,7 +386,10 @@ class Reader:
                 where.append(index)
                 index += 1
         size, slot, pad = len(frame), f"{{{name}}}", ("<s>",) * 3
-        lp = lambda history, word: math.log(model.prob(history[-3:], word))  # noqa: E731
+
+        def lp(history: tuple[str, ...], word: str) -> float:
+            return math.log(model.prob(history[-3:], word))
+
         unknown = [UNKNOWN * (word not in known) for word in frame]
         unknown_slot = UNKNOWN * (slot not in known)
         before = [0.0] * (size + 1)  # the frame before position s, scored
@@ -394,14 +403,16 @@ class Reader:
                 (lp(history + tuple(rest[2:]), "</s>") if len(rest) >= 2 else 0.0) + sum(unknown[e:])
         best = None
         for s in range(size):
-            if where[s] is None:
+            first = where[s]
+            if first is None:
                 continue
             head = pad + tuple(frame[:s])
             content = 0.0
             for e in range(s + 1, size + 1):
-                if where[e - 1] is None:
+                last = where[e - 1]
+                if last is None:
                     break
-                content += self._content_word(intent, name, tokens, where[s], where[e - 1])
+                content += self._content_word(intent, name, tokens, first, last)
                 if not any(where[i] is not None for i in (*range(s), *range(e, size))):
                     continue  # slots alone would take anything
                 tail = head + (slot,) + tuple(frame[e:e + 2])
@@ -409,10 +420,10 @@ class Reader:
                     sum(lp(tail[:len(head) + 1 + k], frame[e + k]) for k in range(min(2, size - e))) + \
                     (lp(tail, "</s>") if size - e < 2 else 0.0)
                 if best is None or score > best[0]:
-                    best = (score, {**chosen, name: (where[s], where[e - 1] + 1, None, 0.0)})
+                    best = (score, {**chosen, name: (first, last + 1, None, 0.0)})
         return best
 
-    def _score(self, intent: Intent, sentence: str, tokens: tuple[Word, ...], chosen: dict) -> Candidate:
+    def _score(self, intent: Intent, sentence: str, tokens: tuple[Word, ...], chosen: dict[str, Any]) -> Candidate:
         """A reading with these slots filled (``chosen``: slot -> (start, end, value, cost)), scored whole."""
         starts = {span[0]: name for name, span in chosen.items()}
         frame, score, index = [], self.prior, 0
@@ -435,7 +446,7 @@ class Reader:
             index = end
         frame_tuple = tuple(frame)
         score += intent.model.logprob(frame_tuple)
-        score += UNKNOWN * sum(1 for token in frame_tuple if token not in intent.model.known)
+        score += UNKNOWN * sum(token not in intent.model.known for token in frame_tuple)
         return Candidate(intent, values, said, score, frame=frame_tuple)
 
     def _content(self, intent: Intent, name: str, tokens: tuple[Word, ...]) -> float:
@@ -450,7 +461,7 @@ class Reader:
         history = (("<s>",) * 3 + tuple(t.text for t in tokens[first:at]))[-3:]
         return math.log(CONTENT * said + (1 - CONTENT) * self.general.prob(history, tokens[at].text))
 
-    def _spans(self, intent: Intent, slot: Slot, sentence: str, tokens: tuple[Word, ...]) -> list[tuple]:
+    def _spans(self, intent: Intent, slot: Slot, sentence: str, tokens: tuple[Word, ...]) -> list[tuple[Any, ...]]:
         """(start, end, value, cost) of every span this slot could fill."""
         found = []
         plain = [t.text for t in tokens]
@@ -475,7 +486,7 @@ class Reader:
         return found
 
     @staticmethod
-    def _unknown_names(intent: Intent, slot: Slot, sentence: str, tokens: tuple[Word, ...]) -> list[tuple]:
+    def _unknown_names(intent: Intent, slot: Slot, sentence: str, tokens: tuple[Word, ...]) -> list[tuple[Any, ...]]:
         """Words nobody advertised, taken for a name at a cost (one word, or up to three), but never the
         intent's own words ("on", "telegram") nor a pronoun."""
         found = []
@@ -488,7 +499,7 @@ class Reader:
         return found
 
     @staticmethod
-    def _close_names(slot: Slot, sentence: str, tokens: tuple[Word, ...], found: list) -> list[tuple]:
+    def _close_names(slot: Slot, sentence: str, tokens: tuple[Word, ...], found: list[Any]) -> list[tuple[Any, ...]]:
         """Spans close to an advertised name (speech to text writes "jayson" for Jason)."""
         from rapidfuzz import fuzz, process
 
@@ -506,7 +517,7 @@ class Reader:
         return close
 
 
-def _combinations(slots: list[tuple[str, list]]) -> Iterable[dict]:
+def _combinations(slots: list[tuple[str, list[Any]]]) -> Iterable[dict[str, Any]]:
     """Every choice of one span (or none) per slot, without overlaps."""
     if not slots:
         yield {}
@@ -514,7 +525,7 @@ def _combinations(slots: list[tuple[str, list]]) -> Iterable[dict]:
     (name, spans), rest = slots[0], slots[1:]
     for tail in _combinations(rest):
         yield tail
-        used = set()
+        used: set[int] = set()
         for start, end, *_ in tail.values():
             used.update(range(start, end))
         for span in spans:
@@ -528,7 +539,7 @@ TEMPLATE_SLOT = re.compile(r"\{(\w+)(?::(\w+))?\}")
 REPEAT_SLOTS = ("times", "count")
 
 
-def slot_for(spec, action, name: str, lists: set[str], repeats: dict) -> Slot:
+def slot_for(spec: CapabilitySpec, action: ActionSpec, name: str, lists: set[str], repeats: dict[str, Any]) -> Slot:
     """What fills the placeholder ``name`` of an action's sentences (``lists``: the lists its templates
     draw it from)."""
     arg = action.arg(name)
@@ -544,12 +555,12 @@ def slot_for(spec, action, name: str, lists: set[str], repeats: dict) -> Slot:
                 numbers=arg is not None and arg.type in ("int", "number"), addresses=arg is not None and arg.type == "url")
 
 
-def intent_key(capability: str, action: str, implied: dict, group: str = "") -> str:
+def intent_key(capability: str, action: str, implied: dict[str, Any], group: str = "") -> str:
     implied_text = ",".join(f"{k}={v}" for k, v in sorted(implied.items()))
     return f"{capability} {action}" + (f" [{implied_text}]" if implied_text else "") + (f" #{group}" if group else "")
 
 
-def align(sentence: str, args: dict, action) -> tuple[str, dict] | None:
+def align(sentence: str, args: dict[str, Any], action: ActionSpec) -> tuple[str, dict[str, Any]] | None:
     """An example sentence with the arguments it says replaced by placeholders, and the arguments it
     implies (None when a free-text argument is not in the sentence: nothing to learn)."""
     tokens = [w.text for w in words(sentence)]
@@ -580,21 +591,21 @@ def _find(tokens: list[str], wanted: list[str]) -> tuple[int, int] | None:
     return None
 
 
-def build_intents(specs: dict, examples: list[tuple[str, object]], whole: dict[tuple[str, str], list[str]],
-                  repeats: dict) -> list[Intent]:
+def build_intents(specs: dict[str, CapabilitySpec], examples: Sequence[tuple[str, Command]], whole: dict[tuple[str, str], list[str]],
+                  repeats: dict[str, Any]) -> list[Intent]:
     """Intents from every action's sentence groups, its examples (``(sentence, command)``) and, for
     actions that take whole sentences, the sentences given in ``whole`` (by capability, action)."""
     intents: dict[str, Intent] = {}
     lists_of: dict[tuple[str, str], set[str]] = {}
 
-    def intent(spec, action, implied: dict, group: str = "", **extra) -> Intent:
+    def intent(spec: CapabilitySpec, action: ActionSpec, implied: dict[str, Any], group: str = "", **extra: Any) -> Intent:
         key = intent_key(spec.name, action.name, implied, group)
         if key not in intents:
             required = frozenset(a.name for a in action.args if not a.optional and a.name not in implied)
             intents[key] = Intent(key, spec.name, action.name, dict(implied), {}, required=required, **extra)
         return intents[key]
 
-    def add(found: Intent, spec, action, sentence: str, listed: dict[str, str]) -> None:
+    def add(found: Intent, spec: CapabilitySpec, action: ActionSpec, sentence: str, listed: dict[str, str]) -> None:
         frame = frame_of(sentence)
         if any(not token.startswith("{") for token in frame):  # a frame of slots alone would take anything
             found.frames.append(frame)
@@ -623,18 +634,18 @@ def build_intents(specs: dict, examples: list[tuple[str, object]], whole: dict[t
                 found = intent(spec, action, {}, "whole", whole=action.assist)
                 found.frames.extend(f for f in map(plain_of, whole[(spec.name, action.name)]) if f)
     for sentence, command in examples:
-        spec = specs.get(command.capability)
-        action = spec.action(command.action) if spec else None
-        if action is None:
+        owner = specs.get(command.capability)
+        declared = owner.action(command.action) if owner else None
+        if owner is None or declared is None:
             continue
-        if action.assist and command.args.get(action.assist, "").strip().casefold() == sentence.strip().casefold():
-            found = intent(spec, action, {}, "whole", whole=action.assist)
+        if declared.assist and command.args.get(declared.assist, "").strip().casefold() == sentence.strip().casefold():
+            found = intent(owner, declared, {}, "whole", whole=declared.assist)
             found.frames.append(plain_of(sentence))
             continue
-        aligned = align(sentence, command.args, action)
+        aligned = align(sentence, command.args, declared)
         if aligned is not None:
-            found = intent(spec, action, aligned[1])
-            add(found, spec, action, aligned[0], {})
+            found = intent(owner, declared, aligned[1])
+            add(found, owner, declared, aligned[0], {})
             for name, slot in found.slots.items():
                 if slot.kind == "text" and command.args.get(name) not in (None, ""):
                     found.contents.setdefault(name, Counter()).update(w.text for w in words(str(command.args[name])))

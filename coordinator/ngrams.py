@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import Any
 
 START, END = "<s>", "</s>"
 
@@ -23,25 +24,25 @@ class NGrams:
     def __init__(self, sentences: list[tuple[str, ...]], vocabulary_size: int, order: int = 4) -> None:
         self.order = order
         self.vocabulary_size = vocabulary_size
-        highest: Counter = Counter()
+        highest: Counter[tuple[str, ...]] = Counter()
         for sentence in sentences:
             padded = (START,) * (order - 1) + sentence + (END,)
             for index in range(order - 1, len(padded)):
                 highest[padded[index - order + 1:index + 1]] += 1
         # counts[k]: k-gram counts (highest order) or continuation counts (lower orders)
-        self.counts: list[Counter] = [Counter() for _ in range(order + 1)]
+        self.counts: list[Counter[tuple[str, ...]]] = [Counter() for _ in range(order + 1)]
         self.counts[order] = highest
         for k in range(order, 1, -1):
             for gram in self.counts[k]:
                 self.counts[k - 1][gram[1:]] += 1
-        self.totals: list[Counter] = [Counter() for _ in range(order + 1)]
-        self.followers: list[Counter] = [Counter() for _ in range(order + 1)]
+        self.totals: list[Counter[tuple[str, ...]]] = [Counter() for _ in range(order + 1)]
+        self.followers: list[Counter[tuple[str, ...]]] = [Counter() for _ in range(order + 1)]
         for k in range(1, order + 1):
             for gram, count in self.counts[k].items():
                 self.totals[k][gram[:-1]] += count
                 self.followers[k][gram[:-1]] += 1
         self.known = {gram[0] for gram in self.counts[1]}
-        self._cache: dict[tuple, float] = {}
+        self._cache: dict[tuple[tuple[str, ...], str], float] = {}
 
     def prob(self, context: tuple[str, ...], word: str) -> float:
         """P(word | the last order-1 words of context), every lower order's share cached too."""

@@ -17,7 +17,7 @@ names who answered (``grammar``, ``sentences`` or ``groq``), ``why`` says why th
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from lamcontrol.config import ConfigError
 from lamcontrol.llm import GroqChat, GroqSettings, LLMUnavailable
@@ -121,7 +121,7 @@ def is_cancellation(text: str) -> bool:
     return _normal(text) in CANCELLATIONS
 
 
-def build_parser(config: dict) -> Parser:
+def build_parser(config: dict[str, Any]) -> ChainParser:
     """The chain of parsers; Groq joins it when ``[groq]`` (or ``$GROQ_API_KEY``) gives a key."""
     try:
         settings = GroqSettings.from_config(config.get("groq"))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from lamcontrol.protocol import Presence, Prompt, PromptStatus, Result, ResultState, Task, TaskSummary, new_id
 
@@ -92,7 +92,7 @@ class Router:
         self._open(run)
         self._advance(run)
 
-    def resume(self, prompt: Prompt, deadline: float, tasks: list[dict]) -> None:
+    def resume(self, prompt: Prompt, deadline: float, tasks: list[dict[str, Any]]) -> None:
         """Take up a run the journal recorded: a task out for acceptance gets a new accept window, a
         task not sent yet waits for the next round of :meth:`retry_waiting`."""
         jobs = [Job(t["task_id"], t["position"], command_from_dict(t["command"]), t["state"], t["agent"],
@@ -204,7 +204,7 @@ class Router:
         job.state, job.agent = WAITING, None
         self._dispatch(run, job)
 
-    def _end_job(self, run: Run, job: Job, state: str, message: str, data: dict | None = None) -> None:
+    def _end_job(self, run: Run, job: Job, state: str, message: str, data: dict[str, Any] | None = None) -> None:
         if job.state in OUT:
             self.registry.release(job.agent)
         job.state, job.message, job.data = state, message, data or {}

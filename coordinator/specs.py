@@ -25,7 +25,7 @@ import json
 import logging
 import random
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from lamcontrol.language import ActionSpec, CapabilitySpec, SpecRefused, check_readings, listed_value, vetted_specs
 from lamcontrol.protocol import AgentSpec
@@ -150,7 +150,7 @@ class SpecStore:
         if capability in installed and capability not in self.approved:
             base = installed[capability]
             wanted = name_lists(base)
-            names: dict[str, list] = {}
+            names: dict[str, list[Any]] = {}
             for agent_id, spec in sources:
                 why = difference(base, spec)
                 if why:
@@ -283,7 +283,7 @@ def drawn(spec: CapabilitySpec, per_template: int, limit: int | None = None) -> 
     return list(found)[:limit]
 
 
-def _say(expression: object, spec: CapabilitySpec, action: ActionSpec, rules: dict, rng: random.Random) -> str:
+def _say(expression: object, spec: CapabilitySpec, action: ActionSpec, rules: dict[str, Any], rng: random.Random) -> str:
     """One sentence a template stands for, its slots filled with a listed name, a number or a word."""
     from hassil.expression import Alternative, ListReference, Permutation, RuleReference, Sequence, TextChunk
     from hassil.parse_expression import parse_sentence

@@ -27,7 +27,7 @@ import logging
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from lamcontrol import config as lamconfig
 from lamcontrol.acl import Reloading, parse_acl
@@ -55,7 +55,7 @@ class Trust:
         self._acl = Reloading(self.acl_file, parse_acl) if self.acl_file else None
 
     @classmethod
-    def from_config(cls, cfg: dict, broker: BrokerSettings) -> Trust:
+    def from_config(cls, cfg: dict[str, Any], broker: BrokerSettings) -> Trust:
         section = cfg["coordinator"]
         return cls(topics=broker.topics, acl_file=str(acl_path(cfg) or ""), logged_in=bool(broker.username),
                    local_broker=lamconfig.is_loopback(broker.host),
@@ -94,7 +94,7 @@ class Trust:
                 "[coordinator] trusted_agents")
 
 
-def acl_path(cfg: dict) -> Path | None:
+def acl_path(cfg: dict[str, Any]) -> Path | None:
     """The broker's ACL the coordinator reads: ``[coordinator] acl_file``; else the ``acl`` beside the
     credentials folder of ``[broker] password_file`` (as ``lam mosquitto-config`` and ``lam join`` lay
     them out), else the embedded broker's (``[embedded_broker] acl_file``, else ``acl`` in its users

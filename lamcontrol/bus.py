@@ -31,6 +31,7 @@ from typing import Any, Callable, ContextManager, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -45,6 +46,7 @@ M = TypeVar("M", bound=Message)
 Handler = Callable[[str, bytes], None]
 Cleared = Callable[[dict[str, str]], None]
 Call = Callable[[], None]
+Held = tuple[str, "bytes | str", int, bool, "Call | None"]  # a publish held until its transaction commits
 CONNECT, CALL, PUBLISHED = "connect", "call", "published"  # inbox entries that are not messages
 BURST = 64  # messages handled together, in one transaction when there is one
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 8.0  # seconds; each wait is drawn at random below a doubling cap
@@ -234,7 +236,7 @@ class _Client(mqtt.Client):
         self._offset = end
         return self.unread[start:end]
 
-    def _handle_pubackcomp(self, cmd: Any) -> mqtt.MQTTErrorCode:
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         """As paho's (which raises on a malformed packet); then, for a message that awaited it, tell
         :attr:`on_acknowledged`."""
         packet = self._in_packet["packet"]
@@ -245,7 +247,7 @@ class _Client(mqtt.Client):
         else:
             with self._out_message_mutex:
                 result = (self._do_on_publish(mid, _ACKED, _NO_PROPERTIES) if awaited
-                          else mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS)
+                          else MQTTErrorCode.MQTT_ERR_SUCCESS)
         if awaited and self.on_acknowledged is not None:
             self.on_acknowledged(mid)
         return result
@@ -264,7 +266,7 @@ class Bus:
 
     def __init__(self, settings: BrokerSettings, component: str, client_id: str | None = None,
                  will: Message | None = None, persistent: bool = False, report: bool = True,
-                 ack_when_handled: bool = False, transaction: Callable[[], ContextManager] | None = None,
+                 ack_when_handled: bool = False, transaction: Callable[[], ContextManager[Any]] | None = None,
                  fatal: tuple[type[Exception], ...] = (), clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.topics = settings.topics
@@ -311,9 +313,9 @@ class Bus:
         self._retry_at = 0.0  # monotonic time of the next connection attempt
         self._client = self._make_client(persistent, will)
 
-    def _make_client(self, persistent: bool, will: Message | None) -> mqtt.Client:
+    def _make_client(self, persistent: bool, will: Message | None) -> _Client:
         s = self.settings
-        client = _Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+        client = _Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                          clean_session=not persistent, transport=s.transport, manual_ack=self.ack_when_handled)
         if s.transport == "websockets":
             client.ws_set_options(path=s.path)
@@ -490,7 +492,8 @@ class Bus:
                                                            for cls, subs in self._typed.items() for s in subs})
         if filters:
             result, mid = client.subscribe([(f, 1) for f in filters])
-            self._pending_subs.add(mid)
+            if mid is not None:
+                self._pending_subs.add(mid)
         else:
             self.ready.set()
         self._inbox.append((CONNECT, None, 0, 0, self._clock()))
@@ -509,7 +512,7 @@ class Bus:
             self.last_error = self.last_error or f"disconnected ({reason})"  # keep a refusal's reason
             log.warning("%s disconnected from broker (%s); reconnecting", self.component, reason)
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: list, properties: Any) -> None:
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: list[Any], properties: Any) -> None:
         refused = [c for c in codes if c.is_failure]
         if refused:
             self.last_error = f"subscription refused ({refused[0]})"
@@ -626,11 +629,13 @@ class Bus:
         if self.transaction is None:
             self._handle(burst)
         else:
-            self._held.messages, self._held.after = held, after = [], []
+            held: list[Held] = []
+            after: list[Held] = []
+            self._held.messages, self._held.after = held, after
             try:
                 with self.transaction():
                     self._handle(burst)
-                failure = None
+                failure: Exception | None = None
             except RetryBurst:
                 self._held.messages = self._held.after = None
                 if retry:
@@ -656,7 +661,7 @@ class Bus:
             self.refuse(topic, CommitFailed(f"not journaled ({error}); the broker will deliver it again"), payload)
         if any(entry[3] for entry in burst) and self.ack_when_handled:
             sock = self._client.socket()
-            if sock is not None:
+            if isinstance(sock, socket.socket):
                 try:
                     sock.shutdown(socket.SHUT_RDWR)  # paho sees the loss and reconnects (our session kept)
                 except OSError:
@@ -685,11 +690,12 @@ class Bus:
                 self._guarded(functools.partial(handler, topic, payload), topic, payload)
         match = self.topics.match(topic) if self._typed else None
         subscribers = [s for s in self._typed.get(match.cls, ()) if s.wants(match.ids)] if match else []
-        if not subscribers:
+        if match is None or not subscribers:
             return
-        if not payload and all(s.cleared for s in subscribers):
-            for s in subscribers:
-                self._guarded(functools.partial(s.cleared, match.ids), topic)
+        cleared = [s.cleared for s in subscribers if s.cleared]
+        if not payload and len(cleared) == len(subscribers):
+            for on_cleared in cleared:
+                self._guarded(functools.partial(on_cleared, match.ids), topic)
             return
         message = match.cls.from_topic(match.ids, payload)
         for s in subscribers:

@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from datetime import datetime
+from typing import Any
 
 from . import __version__
 from . import config as lamconfig
@@ -17,7 +18,7 @@ from . import config_docs, http_client, join, ops, up
 from .bus import Bus, BusError
 from .console import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, broker_options, collect_retained, config_option,
                       connect, print_table, settings_from)
-from .protocol import Presence, Prompt, ProtocolError, Reply, describe_event, parse
+from .protocol import Metadata, Presence, Prompt, ProtocolError, Reply, describe_event, parse
 
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 
@@ -27,8 +28,7 @@ COLOURS = {"prompt": "36", "task": "34", "result": "35", "reply": "32", "agent":
 
 def send_prompt(args: argparse.Namespace, text: str) -> Reply | None:
     """Publish one prompt and wait for its reply (None on timeout)."""
-    metadata = {"timeout": args.timeout, **({"agent": args.agent} if args.agent else {})}
-    prompt = Prompt(prompt=text, source=args.source, metadata=metadata)
+    prompt = Prompt(prompt=text, source=args.source, metadata=Metadata(timeout=args.timeout, agent=args.agent or None))
     replies: queue.Queue[Reply] = queue.Queue()
     bus = Bus(settings_from(args), component="lam-cli")
     topics = bus.topics
@@ -100,7 +100,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
 def cmd_monitor(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     colour = sys.stdout.isatty() and not args.no_colour and os.environ.get("NO_COLOR") is None
-    lines: queue.Queue = queue.Queue()
+    lines: queue.Queue[Any] = queue.Queue()
 
     def show(topic: str, payload: bytes) -> None:
         kind, text = describe_event(settings.prefix, topic, payload)
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # loading ran with Ctrl-C ending us quietly
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return int(args.func(args))
     except (lamconfig.ConfigError, BusError) as exc:
         print(f"lam: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE

@@ -325,7 +325,8 @@ def validate(config: dict[str, Any], source: str = "the config") -> dict[str, An
         refuse_unknown(f"{source}: [{name}]", values, schema)
         for key, value in values.items():
             values[key] = value = checked(f"{source}: [{name}]", key, value, schema[key].default)
-            problem = schema[key].check(value) if schema[key].check else ""
+            check = schema[key].check
+            problem = check(value) if check else ""
             if problem:
                 raise ConfigError(f"{source}: [{name}] {key} {problem}, not {value!r}")
     return config
@@ -346,7 +347,7 @@ def config_path(explicit: str | None = None) -> Path | None:
     return None
 
 
-def merge(base: dict, override: dict) -> dict:
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """``base`` updated recursively with ``override``."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
@@ -371,14 +372,15 @@ def load(path: str | None = None, broker: str | None = None) -> dict[str, Any]:
         config = merge(config, given)
         config["path"] = str(found)
     listen = given.get("embedded_broker", {}).get("listen")
+    where = found.resolve() if found else None  # given holds something only when a file was found
     if broker:
         config["broker"]["url"], origin = broker, "--broker"
     elif os.environ.get("LAM_BROKER"):
         config["broker"]["url"], origin = os.environ["LAM_BROKER"], "$LAM_BROKER"
     elif "url" in given.get("broker", {}):
-        origin = f"[broker] url in {found.resolve()}"
+        origin = f"[broker] url in {where}"
     elif listen:
-        config["broker"]["url"], origin = f"mqtt://{local_address(listen)}", f"[embedded_broker] listen in {found.resolve()}"
+        config["broker"]["url"], origin = f"mqtt://{local_address(listen)}", f"[embedded_broker] listen in {where}"
     else:
         origin = "the default"
     config["broker_origin"] = origin

@@ -56,8 +56,8 @@ class BridgeClient:
         if self.ca_file:
             self.context = ssl.create_default_context(cafile=self.ca_file)
 
-    def call(self, base: str, method: str, path: str, body: dict | None = None,
-             timeout: float = 10.0) -> tuple[int, dict]:
+    def call(self, base: str, method: str, path: str, body: dict[str, Any] | None = None,
+             timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON body) from one bridge; Unreachable when there is no HTTP answer."""
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if self.token:
@@ -80,7 +80,7 @@ class BridgeClient:
             reason = getattr(exc, "reason", exc)
             raise Unreachable(str(reason)) from None
 
-    def health(self, base: str, timeout: float = 5.0) -> tuple[float, int | None, dict | str]:
+    def health(self, base: str, timeout: float = 5.0) -> tuple[float, int | None, dict[str, Any] | str]:
         """(seconds taken, HTTP status or None, health body or the connection error)."""
         started = time.monotonic()
         try:
@@ -89,7 +89,7 @@ class BridgeClient:
             return time.monotonic() - started, None, str(exc)
         return time.monotonic() - started, status, data
 
-    def send(self, prompt: str, wait: float = 30.0, source: str = "cli", metadata: dict | None = None) -> dict:
+    def send(self, prompt: str, wait: float = 30.0, source: str = "cli", metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         """The prompt's final state (``status`` completed) or its last known state when time ran out."""
         body = {"prompt": prompt, "source": source, "metadata": metadata or {}, "id": new_id(), "wait": wait}
         deadline = time.monotonic() + wait
@@ -104,7 +104,7 @@ class BridgeClient:
                     failures.append(f"{base}: {exc}")
         raise BridgeError("no bridge took the prompt: " + "; ".join(failures[-len(self.urls):]))
 
-    def _send_to(self, base: str, body: dict, deadline: float) -> dict:
+    def _send_to(self, base: str, body: dict[str, Any], deadline: float) -> dict[str, Any]:
         left = max(0.0, deadline - time.monotonic())
         status, data = self.call(base, "POST", "/api/prompt", {**body, "wait": left}, timeout=left + 10)
         if status in RETRY_STATUSES:
@@ -152,7 +152,7 @@ def send_command(args: argparse.Namespace) -> int:
     return 0 if state.get("result", {}).get("status") == "succeeded" else 1
 
 
-def health_rows(client: BridgeClient) -> tuple[list[list[str]], list[dict]]:
+def health_rows(client: BridgeClient) -> tuple[list[list[str]], list[dict[str, Any]]]:
     rows = [["BRIDGE", "STATUS", "BROKER", "COORDINATOR", "AGENTS", "PROMPTS", "UPTIME", "VERSION", "MS"]]
     report = []
     for base in client.urls:

@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 from urllib.parse import unquote, urlsplit
 
 from . import config as lamconfig
@@ -74,7 +74,7 @@ class UserFolder:
     discovery: str
 
     @classmethod
-    def of(cls, cfg: dict, mosquitto: str | None = None) -> UserFolder:
+    def of(cls, cfg: dict[str, Any], mosquitto: str | None = None) -> UserFolder:
         """The embedded broker's folder ([embedded_broker] users_dir), or the Mosquitto one given."""
         section = cfg["embedded_broker"]
         path = Path(mosquitto) if mosquitto else lamconfig.state_path("embedded_broker", "users_dir",
@@ -210,8 +210,8 @@ def checkout_files(root: Path) -> dict[str, Path]:
     if not setup.read(root / "setup.cfg"):
         raise OSError(f"{root / 'setup.cfg'} is missing: give the wheel to serve with --wheel FILE")
     options = setup["options"]
-    folders = dict(tuple(part.strip() for part in line.split("=", 1))
-                   for line in options.get("package_dir", "").splitlines() if "=" in line)
+    folders = {package.strip(): folder.strip() for package, folder in
+               (line.split("=", 1) for line in options.get("package_dir", "").splitlines() if "=" in line)}
     data = {package: [glob.strip() for glob in globs.split(",") if glob.strip()]
             for package, globs in (setup["options.package_data"].items() if setup.has_section("options.package_data")
                                    else ())}
@@ -256,14 +256,14 @@ def lan_address() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
             probe.connect(("192.0.2.1", 9))
-            return probe.getsockname()[0]
+            return str(probe.getsockname()[0])
         except OSError:
             return socket.gethostname()
 
 
 # -- what the new machine runs ------------------------------------------------------------
 
-def broker_url(cfg: dict, address: str) -> tuple[str, str]:
+def broker_url(cfg: dict[str, Any], address: str) -> tuple[str, str]:
     """(URL the new machine uses for the embedded broker, the CA certificate's PEM for mqtts:// or '')."""
     section = cfg["embedded_broker"]
     if section["tls_listen"] and section["cert_file"]:
@@ -352,7 +352,7 @@ def wait_online(settings: BrokerSettings, agent_id: str, seconds: float) -> bool
         bus.stop()
 
 
-def checked_folder(args: argparse.Namespace, cfg: dict) -> tuple[UserFolder, list[str]]:
+def checked_folder(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[UserFolder, list[str]]:
     """The users folder and the new agent's capabilities, once nothing stands in the way of adding it
     (nothing is written here)."""
     check_id(args.agent_id, "agent id")
@@ -367,7 +367,7 @@ def checked_folder(args: argparse.Namespace, cfg: dict) -> tuple[UserFolder, lis
     return folder, capabilities
 
 
-def add_user(args: argparse.Namespace, cfg: dict, folder: UserFolder, capabilities: list[str]) -> None:
+def add_user(args: argparse.Namespace, cfg: dict[str, Any], folder: UserFolder, capabilities: list[str]) -> None:
     """The new agent's user, password and ACL entry (and this machine's, for the embedded broker)."""
     if folder.embedded:
         folder.ensure_local(args.local_id or cfg["agent"]["id"] or lamconfig.default_agent_id(),
@@ -431,7 +431,7 @@ def report(folder: UserFolder, agent_id: str, address: str, script: str, listen:
             f"(Ctrl-C stops).")
 
 
-def add_command(sub: argparse._SubParsersAction) -> None:
+def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     join = sub.add_parser("join", parents=[config_option()], help="make a user for another machine's agent and "
                                                                   "print the commands that install and start it")
     join.add_argument("agent_id", metavar="NAME", help="the new agent's id, usually that machine's host name")

@@ -15,7 +15,7 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
 from .protocol import AgentSpec
@@ -32,13 +32,13 @@ class ArgumentError(ValueError):
     """An argument that does not fit its declaration; the message is a sentence for a person."""
 
 
-def _plain(cls, data: dict) -> dict:
+def _plain(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     """The keys of ``data`` that ``cls`` knows (a newer side may send more)."""
     known = {f.name for f in fields(cls)}
     return {k: v for k, v in data.items() if k in known}
 
 
-def listed_value(value: str | dict) -> str:
+def listed_value(value: str | dict[str, Any]) -> str:
     """What a list entry stands for: the string itself, or an ``{"in", "out"}`` entry's out (else in)."""
     return value if isinstance(value, str) else str(value.get("out") or value.get("in"))
 
@@ -64,16 +64,16 @@ class Arg:
     name: str
     type: str = "text"  # one of TYPES
     help: str = ""  # what it is, in a few words (used in errors and the LLM's command list)
-    choices: tuple = ()  # the allowed words (for "int", words allowed besides the numbers)
+    choices: tuple[Any, ...] = ()  # the allowed words (for "int", words allowed besides the numbers)
     minimum: float | None = None
     maximum: float | None = None  # for text: the longest (default MAX_TEXT characters)
     optional: bool = False
     names: str = ""  # the name list (``contacts``, ``apps``) a sentence slot draws from
     command_like: bool = False  # screened for shell words, on every path
     one_word: bool = False  # in a sentence, a name not advertised (nor quoted) is one word
-    repeats: tuple = ()  # values that make the action not idempotent
-    risky: tuple = ()  # values that make the action high risk
-    acts: tuple = ()  # values that make an action that only shows something do more (play what it found)
+    repeats: tuple[Any, ...] = ()  # values that make the action not idempotent
+    risky: tuple[Any, ...] = ()  # values that make the action high risk
+    acts: tuple[Any, ...] = ()  # values that make an action that only shows something do more (play what it found)
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
@@ -155,7 +155,7 @@ class Syntax:
     """
 
     form: str
-    fixed: dict = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
 
     @property
     def words(self) -> list[str]:
@@ -176,8 +176,8 @@ class Sentences:
     """
 
     templates: tuple[str, ...]
-    fixed: dict = field(default_factory=dict)
-    compose: dict = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    compose: dict[str, Any] = field(default_factory=dict)
     ask: str = ""
 
 
@@ -222,7 +222,7 @@ class ActionSpec:
     def arg(self, name: str) -> Arg | None:
         return next((a for a in self.args if a.name == name), None)
 
-    def check(self, args: dict, spoken: bool = False) -> dict:
+    def check(self, args: dict[str, Any], spoken: bool = False) -> dict[str, Any]:
         """Every declared argument checked and converted; undeclared ones (a newer sender's) pass as they are."""
         checked = {k: v for k, v in args.items() if self.arg(k) is None}
         for arg in self.args:
@@ -231,14 +231,14 @@ class ActionSpec:
             checked[arg.name] = arg.check(args.get(arg.name), spoken)
         return checked
 
-    def risk_of(self, args: dict) -> str:
+    def risk_of(self, args: dict[str, Any]) -> str:
         return "high" if self.risk == "high" or any(args.get(a.name) in a.risky for a in self.args if a.risky) \
             else "low"
 
-    def shows_for(self, args: dict) -> bool:
+    def shows_for(self, args: dict[str, Any]) -> bool:
         return self.shows and not any(args.get(a.name) in a.acts for a in self.args if a.acts)
 
-    def idempotent_for(self, args: dict) -> bool:
+    def idempotent_for(self, args: dict[str, Any]) -> bool:
         return self.idempotent and not any(args.get(a.name) in a.repeats for a in self.args if a.repeats)
 
 
@@ -249,8 +249,8 @@ class CapabilitySpec:
     name: str
     summary: str = ""
     actions: tuple[ActionSpec, ...] = ()
-    lists: dict = field(default_factory=dict)  # list name -> ["value" | {"in": "spoken", "out": "value"}]
-    rules: dict = field(default_factory=dict)  # hassil expansion rules its templates use
+    lists: dict[str, Any] = field(default_factory=dict)  # list name -> ["value" | {"in": "spoken", "out": "value"}]
+    rules: dict[str, Any] = field(default_factory=dict)  # hassil expansion rules its templates use
     version: int = SPEC_VERSION
     # What people say and the rigid command it means (sentence, command, source): the examples file
     # a capability ships beside its module, training material for the coordinator's reader.
@@ -259,7 +259,7 @@ class CapabilitySpec:
     def action(self, name: str) -> ActionSpec | None:
         return next((a for a in self.actions if a.name == name), None)
 
-    def with_lists(self, lists: dict, add: bool = False) -> CapabilitySpec:
+    def with_lists(self, lists: dict[str, Any], add: bool = False) -> CapabilitySpec:
         """The spec with these lists (what the agent learned at run time: contacts, devices), replacing
         its own, or with ``add`` joining them (each entry once)."""
         merged = dict(self.lists)
@@ -268,11 +268,11 @@ class CapabilitySpec:
             merged[key] = list({json.dumps(v, sort_keys=True): v for v in entries}.values())
         return replace(self, lists=merged)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> CapabilitySpec:
+    def from_dict(cls, data: dict[str, Any]) -> CapabilitySpec:
         """A spec from JSON; unknown keys (a newer agent's) are ignored, bad shapes raise ValueError."""
         try:
             actions = tuple(_action(a) for a in data.get("actions", ()))
@@ -286,13 +286,16 @@ class CapabilitySpec:
             raise ValueError(f"not a capability spec: {exc}") from None
 
 
-def _action(data: dict) -> ActionSpec:
+def _tupled(data: dict[str, Any], listed: Callable[[str, Any], bool]) -> dict[str, Any]:
+    """``data`` with the values ``listed`` picks as tuples (JSON has lists; specs are frozen)."""
+    return {k: tuple(v) if listed(k, v) else v for k, v in data.items()}
+
+
+def _action(data: dict[str, Any]) -> ActionSpec:
     plain = _plain(ActionSpec, data)
     plain["syntax"] = tuple(Syntax(**_plain(Syntax, s)) for s in data.get("syntax", ()))
-    plain["args"] = tuple(Arg(**{k: tuple(v) if isinstance(v, list) else v for k, v in _plain(Arg, a).items()})
-                          for a in data.get("args", ()))
-    plain["sentences"] = tuple(Sentences(**{k: tuple(v) if k == "templates" else v
-                                            for k, v in _plain(Sentences, s).items()})
+    plain["args"] = tuple(Arg(**_tupled(_plain(Arg, a), lambda k, v: isinstance(v, list))) for a in data.get("args", ()))
+    plain["sentences"] = tuple(Sentences(**_tupled(_plain(Sentences, s), lambda k, v: k == "templates"))
                                for s in data.get("sentences", ()))
     plain["examples"] = tuple(tuple(e) for e in data.get("examples", ()))
     plain["entities"] = tuple(Entity(**_plain(Entity, e)) for e in data.get("entities", ()))
@@ -415,7 +418,7 @@ def bounded_spec(name: str, data: Any) -> CapabilitySpec:
     return spec
 
 
-def _templates(spec: CapabilitySpec) -> list:
+def _templates(spec: CapabilitySpec) -> list[Any]:
     sentences = (t for action in spec.actions for group in action.sentences for t in group.templates)
     return [*spec.rules.values(), *sentences]
 
@@ -454,7 +457,8 @@ def _depth(template: str) -> int:
 def _readings(template: str, spec: CapabilitySpec, counted: dict[str, int], using: tuple[str, ...]) -> int:
     """How many word sequences a template stands for, its rules expanded (slots count once)."""
     from hassil.expression import Alternative, Permutation, RuleReference, Sequence
-    from hassil.parse_expression import ParseError, parse_sentence
+    from hassil.parse_expression import parse_sentence
+    from hassil.parser import ParseError
 
     def count(expression: object) -> int:
         if isinstance(expression, RuleReference):

@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .config import DEFAULTS, read_secret
 
@@ -46,7 +46,7 @@ class GroqSettings:
     reasoning_effort: str = DEFAULTS["groq"]["reasoning_effort"]
 
     @classmethod
-    def from_config(cls, section: dict | None, overrides: dict | None = None) -> GroqSettings:
+    def from_config(cls, section: dict[str, Any] | None, overrides: dict[str, Any] | None = None) -> GroqSettings:
         """Settings from a ``[groq]`` section, with the non-empty ``overrides`` winning."""
         merged = {**DEFAULTS["groq"], **(section or {})}
         merged.update({k: v for k, v in (overrides or {}).items() if v not in ("", None)})
@@ -139,7 +139,7 @@ class GroqChat:
 
     # -- the call -----------------------------------------------------------------------
 
-    def complete(self, messages: list[dict], max_tokens: int = 512, model: str | None = None) -> str:
+    def complete(self, messages: list[dict[str, Any]], max_tokens: int = 512, model: str | None = None) -> str:
         """The assistant's text for ``messages``; LLMUnavailable when there is none."""
         why = self.blocked()
         if why:
@@ -149,7 +149,7 @@ class GroqChat:
         errors = self.groq
         try:
             raw = self.client.chat.completions.with_raw_response.create(
-                model=model, messages=messages, max_completion_tokens=max_tokens, temperature=0, **extra)
+                model=model, messages=cast(Any, messages), max_completion_tokens=max_tokens, temperature=0, extra_body=extra)
         except errors.RateLimitError as exc:
             wait = (parse_duration(exc.response.headers.get("retry-after"))
                     or parse_duration(exc.response.headers.get("x-ratelimit-reset-requests")) or 10.0)

@@ -29,7 +29,7 @@ from .console import EXIT_FAILED, EXIT_OK, broker_options, collect_retained, con
 from .protocol import Presence, ProtocolError, Topics, check_id, parse
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add systemd install, mosquitto-config and agents forget to lam."""
     systemd = sub.add_parser("systemd", help="install systemd units for this machine")
     systemd_sub = systemd.add_subparsers(dest="systemd_command", required=True)
@@ -109,7 +109,9 @@ def cmd_agents_forget(args: argparse.Namespace) -> int:
     bus = connect(args, {}, "lam-cli")
     try:
         for topic in topics:
-            bus.publish_raw(topic, b"", retain=True).wait_for_publish(args.connect_timeout)
+            sent = bus.publish_raw(topic, b"", retain=True)
+            if sent is not None:
+                sent.wait_for_publish(args.connect_timeout)
     finally:
         bus.stop()
     print(f"forgot agent {agent_id}")
@@ -472,7 +474,7 @@ def system_plan(args: argparse.Namespace, url: str, prefix: str, bindir: Path) -
         acl = acl if acl and acl.is_file() else None
         unit = system_unit(name, bindir, credential=secret, acl=acl)
         files.append(Planned(SYSTEM_UNIT_DIR / f"lam-{name}.service", unit))
-        if secret:
+        if secret and credentials:
             files.append(Planned(secret, read_credential(credentials, name), 0o600))
             config = component_config(url, prefix, name, f"/run/credentials/lam-{name}.service/{CREDENTIAL}",
                                       acl_file=f"/run/credentials/lam-{name}.service/{ACL}" if acl else "")

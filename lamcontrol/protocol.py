@@ -33,7 +33,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, NamedTuple, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, Callable, ClassVar, NamedTuple, TypeVar, cast, get_args, get_origin, get_type_hints
 
 DEFAULT_PREFIX = "lam"
 DEFAULT_MAX_PAYLOAD = 64 * 1024
@@ -242,12 +242,14 @@ def _check(hint: Any) -> Check:
     once per type: every message read goes through here."""
     optional = type(None) in get_args(hint)
     expected = next(a for a in get_args(hint) if a is not type(None)) if optional else hint
+    check: Check
     if isinstance(expected, type) and issubclass(expected, enum.Enum):
-        def check(value: Any, name: str) -> Any:
+        def check_enum(value: Any, name: str) -> Any:
             try:
                 return expected(value)
             except ValueError:
                 raise ProtocolError(f"must be one of {', '.join(expected)}", name) from None
+        check = check_enum
     elif isinstance(expected, type) and issubclass(expected, Record):
         check = expected.from_dict
     else:
@@ -255,11 +257,12 @@ def _check(hint: Any) -> Check:
         accepted = (int, float) if origin is float else origin
         item = _check(get_args(expected)[0]) if origin is list and get_args(expected) else None
 
-        def check(value: Any, name: str) -> Any:
+        def check_plain(value: Any, name: str) -> Any:
             if isinstance(value, bool) and origin is not bool or not isinstance(value, accepted):
                 wanted = "a number" if origin is float else origin.__name__
                 raise ProtocolError(f"must be {wanted}, not {type(value).__name__}", name)
-            return [item(v, f"{name}[{i}]") for i, v in enumerate(value)] if item else value
+            return [item(v, f"{name}[{i}]") for i, v in enumerate(cast(list[Any], value))] if item else value
+        check = check_plain
     if not optional:
         return check
     return lambda value, name: None if value is None else check(value, name)
@@ -274,7 +277,7 @@ def _readers(cls: type) -> tuple[tuple[str, bool, Check], ...]:
 
 
 @functools.cache
-def _writer(cls: type) -> tuple[tuple[str, ...], Callable[[Any], tuple], tuple[str, ...]]:
+def _writer(cls: type) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]], tuple[str, ...]]:
     """A record's field names, a getter of all their values at once, and the fields that may hold
     records (written out as dicts); made once per class, as every message sent goes through here."""
     names = tuple(f.name for f in dataclasses.fields(cls))
@@ -311,7 +314,7 @@ class Record:
         if not isinstance(data, dict):
             raise ProtocolError(f"a {cls.kind} must be a JSON object, not {type(data).__name__}", where or None)
         values = {}
-        for key, required, check in _readers(cls):
+        for key, required, check in _readers(cls):  # type: ignore[arg-type]  # a class is hashable (mypy reads its instances' __hash__)
             if key in data:
                 values[key] = check(data[key], f"{where}.{key}" if where else key)
             elif required:
@@ -325,7 +328,7 @@ class Record:
             check_id(getattr(self, name), name)
 
     def to_dict(self) -> dict[str, Any]:
-        names, values, nested = _writer(type(self))
+        names, values, nested = _writer(type(self))  # type: ignore[arg-type]  # as in from_dict
         data = dict(zip(names, values(self)))
         for name in nested:
             data[name] = _plain(data[name])
@@ -445,7 +448,7 @@ class Metadata(Record):
     timeout: float | None = None
     agent: str | None = None
     image: str | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "metadata") -> Metadata:
@@ -522,7 +525,7 @@ class TaskSummary(Record):
     state: str
     agent: str | None = None
     message: str = ""
-    data: dict = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -567,7 +570,7 @@ class Task(Message):
     action: str
     agent: str
     command: str = ""
-    args: dict = field(default_factory=dict)
+    args: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1
     accept_by: float = 0.0
     deadline: float = 0.0
@@ -594,7 +597,7 @@ class Result(Message):
     agent: str
     state: ResultState
     message: str = ""
-    data: dict = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1
 
     def describe(self) -> str:
@@ -619,19 +622,19 @@ class Presence(Message):
     ids = ("agent",)
     state: PresenceState
     agent: str
-    capabilities: dict = field(default_factory=dict)
+    capabilities: dict[str, Any] = field(default_factory=dict)
     load: int = 0  # tasks accepted and not finished (running or queued)
     max_concurrent: int = 1
     max_queued: int = 0  # tasks accepted beyond max_concurrent, each started as a running one ends
     host: str = ""
     version: str = ""
     heartbeat: float = 30.0
-    vocabulary: dict = field(default_factory=dict)  # names a capability knows, e.g. {"home": ["desk lamp"]}
+    vocabulary: dict[str, Any] = field(default_factory=dict)  # names a capability knows, e.g. {"home": ["desk lamp"]}
     running: list[str] = field(default_factory=list)  # ids of the tasks it is running
     started: float = 0.0  # when the agent process started: a new value is an agent that forgot its tasks
-    readings: dict = field(default_factory=dict)  # what capabilities read now, e.g. {"computer": {"volume": 40}}
+    readings: dict[str, Any] = field(default_factory=dict)  # what capabilities read now, e.g. {"computer": {"volume": 40}}
     ts: float = field(default_factory=time.time)
-    unavailable: dict = field(default_factory=dict)  # capability -> why this agent left it out, and the fix
+    unavailable: dict[str, Any] = field(default_factory=dict)  # capability -> why this agent left it out, and the fix
 
     def validate(self) -> None:
         super().validate()
@@ -706,7 +709,7 @@ class AgentSpec(Message):
     topic_pattern: ClassVar[str] = "agents/{agent}/spec"
     ids = ("agent",)
     agent: str
-    capabilities: dict = field(default_factory=dict)
+    capabilities: dict[str, Any] = field(default_factory=dict)
     version: int = 1
 
     def describe(self) -> str:
@@ -767,4 +770,4 @@ def describe_event(prefix: str, topic: str, payload: bytes) -> tuple[str, str]:
     if isinstance(message, Prompt) and not payload.lstrip().startswith(b"{"):
         # A plain-text prompt has no id yet: the coordinator gives it one, unknown here.
         return "prompt", f"(plain text) from {message.source}: {message.prompt!r}"
-    return match.cls.event, message.describe()
+    return match.cls.event, message.describe() if message else f"{topic} cleared"

@@ -31,6 +31,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+from typing import Any, Callable
 
 from . import config as lamconfig
 from . import join
@@ -60,7 +61,7 @@ class Broker:
     note: str = ""  # said in the banner
 
 
-def choose_broker(args: argparse.Namespace, cfg: dict) -> Broker:
+def choose_broker(args: argparse.Namespace, cfg: dict[str, Any]) -> Broker:
     origin, url = cfg["broker_origin"], cfg["broker"]["url"]
     if origin in ("--broker", "$LAM_BROKER"):
         if args.listen:
@@ -116,8 +117,8 @@ class Part:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen | None = None
-    last_words: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LAST_WORDS))
+    process: subprocess.Popen[bytes] | None = None
+    last_words: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LAST_WORDS))
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.argv, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
@@ -135,6 +136,10 @@ class Part:
                 self.last_words.append(line.strip())
 
     @property
+    def returncode(self) -> int | None:
+        return self.process.returncode if self.process else None
+
+    @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -147,7 +152,7 @@ class Part:
         return words[-1] if words else "it wrote nothing"
 
 
-def die_with_parent():
+def die_with_parent() -> Callable[[], None] | None:
     """For Popen's preexec_fn: on Linux, the child gets SIGTERM when lam up ends, however it ends
     (prctl PR_SET_PDEATHSIG), so a ``kill -9`` of lam up leaves no part holding its port; None elsewhere."""
     if not sys.platform.startswith("linux"):
@@ -166,7 +171,7 @@ def die_with_parent():
 def stop_all(parts: list[Part]) -> None:
     """SIGTERM each running part, the broker last so the others can say goodbye; SIGKILL what hangs."""
     for part in reversed(parts):
-        if part.running:
+        if part.running and part.process:
             part.process.send_signal(signal.SIGTERM)
             try:
                 part.process.wait(timeout=15)
@@ -177,7 +182,7 @@ def stop_all(parts: list[Part]) -> None:
 
 # -- what would stop a part -----------------------------------------------------------------
 
-def check_ports(cfg: dict, bridge: bool) -> list[str]:
+def check_ports(cfg: dict[str, Any], bridge: bool) -> list[str]:
     """Refused for a bridge whose port is taken; notes for a voice gateway whose port is taken."""
     notes = []
     if bridge:
@@ -254,7 +259,7 @@ def bridge_healthy(base: str) -> bool:
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # our own child, on this machine
     try:
         with urllib.request.urlopen(f"{base}/api/health", timeout=2, context=context) as answer:
-            return answer.status == 200 and json.load(answer).get("broker") == "connected"
+            return bool(answer.status == 200 and json.load(answer).get("broker") == "connected")
     except (OSError, ValueError, urllib.error.URLError):
         return False
 
@@ -265,7 +270,7 @@ def wait_online(parts: list[Part], watch: Watch, stopping: list[int], timeout: f
     while not stopping:
         stopped = next((p for p in parts if not p.running), None)
         if stopped is not None:
-            raise Refused(f"the {stopped.name} stopped while starting (exit status {stopped.process.returncode}): "
+            raise Refused(f"the {stopped.name} stopped while starting (exit status {stopped.returncode}): "
                           f"{stopped.why()}")
         missing = watch.missing()
         if not missing:
@@ -297,7 +302,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return EXIT_UNREACHABLE
     finally:
         stop_all(parts)
-    failed = [p.name for p in parts if p.process.returncode not in (0, -signal.SIGTERM)]
+    failed = [p.name for p in parts if p.returncode not in (0, -signal.SIGTERM)]
     if failed and not stopping:
         print(f"lam up: the {', '.join(failed)} stopped: {'; '.join(p.why() for p in parts if p.name in failed)}",
               file=sys.stderr)
@@ -386,7 +391,7 @@ def wait_listening(part: Part, listen: str, stopping: list[int], timeout: float 
     raise Refused(f"the broker stopped while starting: {part.why()}")
 
 
-def bridge_address(cfg: dict) -> str:
+def bridge_address(cfg: dict[str, Any]) -> str:
     """The bridge's URL on this machine."""
     scheme = "https" if cfg["bridge"]["cert_file"] else "http"
     return f"{scheme}://{lamconfig.local_address(cfg['bridge']['listen'])}"
@@ -403,7 +408,7 @@ def reach(args: argparse.Namespace, url: str) -> str:
     return options + ("" if same else f" --broker {url}")
 
 
-def banner(args: argparse.Namespace, cfg: dict, broker: Broker, parts: list[Part], exposed: str, agent_id: str,
+def banner(args: argparse.Namespace, cfg: dict[str, Any], broker: Broker, parts: list[Part], exposed: str, agent_id: str,
            notes: list[str]) -> str:
     names = ", ".join(f"agent {agent_id}" if p.name == "agent" else p.name for p in parts)
     own = "lam up's own" if broker.listen else "not started by lam up"
@@ -426,7 +431,7 @@ def banner(args: argparse.Namespace, cfg: dict, broker: Broker, parts: list[Part
     return "\n".join(lines)
 
 
-def add_command(sub: argparse._SubParsersAction, *parents: argparse.ArgumentParser) -> None:
+def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser], *parents: argparse.ArgumentParser) -> None:
     up = sub.add_parser("up", parents=list(parents), help="start broker, coordinator, bridge and a local agent")
     up.add_argument("--listen", help="host:port for lam up's own broker (default: [embedded_broker] listen, else the "
                                      "address [broker] url names on this machine, else 127.0.0.1:1883); beyond "
