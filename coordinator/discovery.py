@@ -39,7 +39,7 @@ from lamcontrol import __version__
 from lamcontrol.bus import Bus
 from lamcontrol.config import host_port
 from lamcontrol.language import CapabilitySpec, Entity
-from lamcontrol.protocol import (FINISHED, LOG_LEVELS, PROMPT_STATUSES, CoordinatorAction, Presence, PresenceState,
+from lamcontrol.protocol import (FINISHED, LOG_LEVELS, PROMPT_STATUSES, CoordinatorAction, Metadata, Presence, PresenceState,
                                  Prompt, Topics)
 
 from .events import AgentForgotten, Events, Extension, PresenceChanged, Replied, SpecsChanged, TaskFinished
@@ -69,7 +69,7 @@ def prompt_payload(text: str, agent: str | None = None) -> str:
     """A prompt from Home Assistant, without an id (each press must be a new prompt) and without a
     time: the coordinator counts its deadline from when it arrives, not from when discovery was
     published, and the config stays the same from one heartbeat to the next."""
-    data = Prompt(prompt=text, source=SOURCE, metadata={"agent": agent} if agent else {}).to_dict()
+    data = Prompt(prompt=text, source=SOURCE, metadata=Metadata(agent=agent)).to_dict()
     del data["id"], data["ts"]
     return json.dumps(data, separators=(",", ":")).replace(json.dumps(VALUE), "{{ value | to_json }}")
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, TypeVar
 
 from lamcontrol.bus import Bus
 from lamcontrol.language import CapabilitySpec
-from lamcontrol.protocol import Presence, Prompt, Reply, Result, Task
+from lamcontrol.protocol import Presence, Prompt, Reply, Result, ResultState, Task, TaskState
 
 from .grammar import ParseResult
 
@@ -55,7 +55,7 @@ class TaskFinished:
     task_id: str
     capability: str
     agent: str | None
-    state: str
+    state: TaskState  # succeeded or failed
     message: str = ""
     data: dict[str, Any] = field(default_factory=dict)
     attempt: int = 0
@@ -64,7 +64,7 @@ class TaskFinished:
         """The task's end as its agent's last result, or None when no agent took it."""
         if self.agent is None:
             return None
-        return Result(task_id=self.task_id, agent=self.agent, state=self.state, message=self.message,
+        return Result(task_id=self.task_id, agent=self.agent, state=ResultState(self.state), message=self.message,
                       data=self.data, attempt=self.attempt)
 
 

@@ -7,7 +7,9 @@ checks from the capabilities' own specs: nothing here knows a capability by name
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
+
+from lamcontrol.protocol import Risk
 
 Known = Callable[[str, str], bool]
 
@@ -22,17 +24,17 @@ class Command:
 
     capability: str
     action: str
-    args: dict
+    args: dict[str, Any]
     text: str
-    risk: str = "low"
+    risk: Risk = Risk.LOW
     idempotent: bool = False
     photo: str = ""  # the argument that receives the prompt's photo, if the action takes one
     shows: bool = False  # it only shows or tells something (ActionSpec.shows)
     confirmed: bool = False  # its source confirmed it (a high-risk command runs only then)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = {"command": self.text, "capability": self.capability, "action": self.action, "args": self.args}
-        if self.risk != "low":
+        if self.risk != Risk.LOW:
             data["risk"] = self.risk
         return data
 

@@ -25,7 +25,7 @@ import logging
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from lamcontrol.protocol import Prompt, PromptStatus, Risk
 
@@ -47,14 +47,17 @@ TOO_MANY = "Too many prompts were ahead of this one to get to it before its dead
 BROKEN = "Something went wrong on my side as I was about to act on that ({}); I did nothing."
 
 
-class BySource(OrderedDict[str, Any]):
+V = TypeVar("V")
+
+
+class BySource(OrderedDict[str, V]):
     """What is kept per source, for the ``limit`` sources heard from most recently."""
 
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
 
-    def __setitem__(self, source: str, value: object) -> None:
+    def __setitem__(self, source: str, value: V) -> None:
         super().__setitem__(source, value)
         self.move_to_end(source)
         while len(self) > self.limit:
@@ -66,7 +69,7 @@ class RateLimit:
 
     def __init__(self, rate: float, burst: float, sources: int) -> None:
         self.rate, self.burst = rate, max(1.0, burst)
-        self._buckets = BySource(sources)  # source -> (tokens, when counted)
+        self._buckets: BySource[tuple[float, float]] = BySource(sources)  # source -> (tokens, when counted)
 
     def allow(self, source: str, now: float) -> bool:
         if self.rate <= 0:
@@ -137,9 +140,9 @@ class Intake:
     defer: Defer
     specs: SpecStore = field(default_factory=SpecStore)  # what the online agents understand
     fatal: tuple[type[Exception], ...] = ()  # errors the transaction must see (the journal's)
-    held: BySource = field(init=False)  # commands waiting for their source to confirm
-    transcripts: BySource = field(init=False)  # recent commands by source, for the parser
-    asked: BySource = field(init=False)  # the prompt a question back answered, and until when, by source
+    held: BySource[Held] = field(init=False)  # commands waiting for their source to confirm
+    transcripts: BySource[deque[str]] = field(init=False)  # recent commands by source, for the parser
+    asked: BySource[tuple[str, float]] = field(init=False)  # the prompt a question back answered, and until when, by source
     waiting: FairQueue = field(default_factory=FairQueue)  # journaled, not handed over yet
     # Prompts being understood: id -> (prompt, deadline, token); an answer whose token differs is stale.
     pending: dict[str, tuple[Prompt, float, int]] = field(default_factory=dict)

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from lamcontrol.protocol import Prompt
+from lamcontrol.protocol import Prompt, TaskState
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS prompts (
@@ -177,9 +177,9 @@ class Journal:
 
     def add_task(self, prompt_id: str, task_id: str, position: int, command: dict[str, Any]) -> None:
         self._write("INSERT OR IGNORE INTO tasks (task_id, prompt_id, position, command, state) VALUES (?, ?, ?, ?, ?)",
-                    (task_id, prompt_id, position, json.dumps(command), "waiting"))
+                    (task_id, prompt_id, position, json.dumps(command), TaskState.WAITING))
 
-    def update_task(self, task_id: str, state: str, agent: str | None = None, attempt: int = 0,
+    def update_task(self, task_id: str, state: TaskState, agent: str | None = None, attempt: int = 0,
                     message: str = "", data: dict[str, Any] | None = None) -> None:
         self._write("UPDATE tasks SET state = ?, agent = ?, attempt = ?, message = ?, data = ? WHERE task_id = ?",
                     (state, agent, attempt, message, json.dumps(data) if data else "{}", task_id))

@@ -28,6 +28,7 @@ from hassil import Intents, RangeSlotList, SlotList, TextSlotList, WildcardSlotL
 from hassil.models import MatchEntity
 
 from lamcontrol.config import capability_entry_points
+from lamcontrol.protocol import Risk
 from lamcontrol.language import (ActionSpec, Arg, ArgumentError, CapabilitySpec, Recogniser, Sentences, Syntax,
                                  listed_value, read_examples, rigid_only)
 
@@ -474,7 +475,7 @@ class Language:
         # the learned reader doubts them; then those it doubts (to be asked about first); the learned
         # reader's reading if it is sure and needs no confirmation; a template's refusal (naming what is
         # wrong: "run sudo reboot" is no application); then the learned reader's reading, to ask about.
-        sure_learned = [learned] if learned.ok and not learned.unsure and all(c.risk == "low" for c in learned.commands) \
+        sure_learned = [learned] if learned.ok and not learned.unsure and all(c.risk == Risk.LOW for c in learned.commands) \
             else []
         ranked = sorted(sure + asks, key=lambda r: r.score, reverse=True) or [r for r in exact if r.ok] or sure_learned \
             or refused or [learned]

@@ -59,7 +59,7 @@ class Metrics:
         self._dispatched: dict[str, float] = {}
         events.on(PromptReceived, lambda e: self._running.add(e.prompt.id))
         events.on(PromptParsed, self.parsed)
-        events.on(TaskDispatched, lambda e: self._dispatched.setdefault(e.task.task_id, time.monotonic()))
+        events.on(TaskDispatched, self.dispatched)
         events.on(TaskFinished, self.task_finished)
         events.on(Replied, self.replied)
         events.on(PresenceChanged, self.presence_changed)
@@ -79,6 +79,9 @@ class Metrics:
     def replied(self, event: Replied) -> None:
         self._running.discard(event.reply.prompt_id)
         self.prompts.labels(event.reply.status).inc()
+
+    def dispatched(self, event: TaskDispatched) -> None:
+        self._dispatched.setdefault(event.task.task_id, time.monotonic())
 
     def parsed(self, event: PromptParsed) -> None:
         """Count a fallback when the configured parser failed or the LLM was unavailable."""

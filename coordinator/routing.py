@@ -23,7 +23,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from lamcontrol.protocol import Presence, Prompt, PromptStatus, Result, ResultState, Task, TaskSummary, new_id
+from lamcontrol.protocol import (Presence, Prompt, PromptStatus, Result, ResultState, Task, TaskState, TaskSummary,
+                                 new_id)
 
 from .events import Events, TaskDispatched, TaskFinished
 from .grammar import Command
@@ -95,7 +96,7 @@ class Router:
     def resume(self, prompt: Prompt, deadline: float, tasks: list[dict[str, Any]]) -> None:
         """Take up a run the journal recorded: a task out for acceptance gets a new accept window, a
         task not sent yet waits for the next round of :meth:`retry_waiting`."""
-        jobs = [Job(t["task_id"], t["position"], command_from_dict(t["command"]), t["state"], t["agent"],
+        jobs = [Job(t["task_id"], t["position"], command_from_dict(t["command"]), TaskState(t["state"]), t["agent"],
                     t["attempt"], message=t["message"], data=t["data"]) for t in tasks]
         for job in jobs:
             if job.state == DISPATCHED:
@@ -103,11 +104,11 @@ class Router:
                 heapq.heappush(self._due, (job.ack_deadline, "ack", job.task_id))
         run = Run(prompt, deadline, jobs)
         self._open(run)
-        job = run.current()
-        if job is None:
+        current = run.current()
+        if current is None:
             self._finish(run)
-        elif job.state == WAITING:
-            self._waiting.setdefault(job.kind, {})[job.task_id] = None
+        elif current.state == WAITING:
+            self._waiting.setdefault(current.kind, {})[current.task_id] = None
 
     def _open(self, run: Run) -> None:
         self.runs[run.prompt.id] = run
@@ -159,6 +160,7 @@ class Router:
 
     def _offer(self, run: Run, job: Job, now: float) -> None:
         """Send the job to its agent as a new attempt, with a new accept window."""
+        assert job.agent is not None  # a job is offered once it has an agent
         job.attempt += 1
         job.ack_deadline = now + self.settings.ack_timeout
         heapq.heappush(self._due, (job.ack_deadline, "ack", job.task_id))
@@ -204,7 +206,7 @@ class Router:
         job.state, job.agent = WAITING, None
         self._dispatch(run, job)
 
-    def _end_job(self, run: Run, job: Job, state: str, message: str, data: dict[str, Any] | None = None) -> None:
+    def _end_job(self, run: Run, job: Job, state: TaskState, message: str, data: dict[str, Any] | None = None) -> None:
         if job.state in OUT:
             self.registry.release(job.agent)
         job.state, job.message, job.data = state, message, data or {}
@@ -244,7 +246,7 @@ class Router:
         elif result.state == ResultState.REJECTED:
             self._redispatch(run, job, f"{job.agent} rejected it ({result.message})")
         else:
-            self._end_job(run, job, result.state, result.message, result.data)
+            self._end_job(run, job, TaskState(result.state), result.message, result.data)
             self.retry_waiting()  # the agent has room for a waiting task
 
     def agent_gone(self, agent_id: str) -> None:
@@ -308,7 +310,7 @@ class Router:
             if job.state == DISPATCHED:
                 job.ack_deadline = max(job.ack_deadline, now + self.settings.ack_timeout)
                 heapq.heappush(self._due, (job.ack_deadline, "ack", job.task_id))
-            if session_lost and job.state in OUT:
+            if session_lost and job.state in OUT and job.agent is not None:
                 self._unsure.add(job.agent)
 
     def retry_waiting(self) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from lamcontrol.protocol import Prompt, PromptStatus, Risk, TaskSummary
+from lamcontrol.protocol import Prompt, PromptStatus, Risk, TaskState, TaskSummary
 
 from .grammar import Command
 
 WAITING, DISPATCHED, ACCEPTED, SUCCEEDED, FAILED, SKIPPED = (
-    "waiting", "dispatched", "accepted", "succeeded", "failed", "skipped")
+    TaskState.WAITING, TaskState.DISPATCHED, TaskState.ACCEPTED, TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED)
 DONE = (SUCCEEDED, FAILED, SKIPPED)  # a job in one of these has nothing left to do
 OUT = (DISPATCHED, ACCEPTED)  # a job an agent holds
 
@@ -21,7 +22,7 @@ class Job:
     task_id: str
     position: int
     command: Command
-    state: str = WAITING
+    state: TaskState = WAITING
     agent: str | None = None
     attempt: int = 0
     tried: set[str] = field(default_factory=set)
@@ -29,7 +30,7 @@ class Job:
     agent_started: float = 0.0  # the agent's presence ``started`` when it was given the job (0: unknown)
     retry_at: float = 0.0
     message: str = ""
-    data: dict = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kind(self) -> tuple[str, str]:
@@ -86,7 +87,7 @@ class Held:
 
 
 def command_from_dict(data: dict) -> Command:
-    return Command(data["capability"], data["action"], data["args"], data["command"], data.get("risk", Risk.LOW),
+    return Command(data["capability"], data["action"], data["args"], data["command"], Risk(data.get("risk", Risk.LOW)),
                    data.get("idempotent", False), data.get("photo", ""), data.get("confirmed", False))
 
 

@@ -77,8 +77,8 @@ class Coordinator:
         self._depth = 0  # transactions open, one inside another
         self._stopping = threading.Event()
         self._connected_since = float("inf")  # wall time of the latest connection to the broker
-        self._skewed = BySource(settings.sources)  # sources whose clock was found off, logged once each
-        self._refused = BySource(settings.sources)  # sources being refused now, logged once each
+        self._skewed: BySource[bool] = BySource(settings.sources)  # sources whose clock was found off, logged once each
+        self._refused: BySource[bool] = BySource(settings.sources)  # sources being refused now, logged once each
         self.bus = bus_factory(broker, component="coordinator", client_id=f"{broker.prefix}-coordinator",
                                will=self.presence(PresenceState.OFFLINE), persistent=True, ack_when_handled=True,
                                transaction=self.transaction, fatal=(sqlite3.Error,), clock=clock.time)

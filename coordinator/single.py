@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from datetime import datetime
@@ -38,10 +39,8 @@ from lamcontrol.bus import BrokerSettings, Bus, BusError
 from lamcontrol.config import ConfigError
 from lamcontrol.protocol import CoordinatorPresence, ProtocolError, parse
 
-try:
+if sys.platform != "win32":  # Windows: no journal lock, the look on the bus still stands
     import fcntl
-except ImportError:  # Windows: no journal lock, the look on the bus still stands
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ def release(lock: IO | None) -> None:
 def lock_journal(journal: Path) -> IO | None:
     """Hold ``<journal>.lock`` (the kernel lets go when the process ends, even on SIGKILL) and write who
     holds it; AnotherCoordinator naming the holder when it is taken."""
-    if fcntl is None:
+    if sys.platform == "win32":
         return None
     path = journal.with_name(journal.name + ".lock")
     try:

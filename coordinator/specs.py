@@ -305,7 +305,7 @@ def _say(expression: object, spec: CapabilitySpec, action: ActionSpec, rules: di
         if arg is not None and arg.type in ("int", "number"):
             return str(rng.randint(int(arg.minimum or 0), int(arg.maximum if arg.maximum is not None else 100)))
         if arg is not None and arg.choices:
-            return rng.choice(arg.choices)
+            return str(rng.choice(arg.choices))
         return rng.choice(PLACEHOLDERS)
     if isinstance(expression, Permutation):
         items = list(expression.items)

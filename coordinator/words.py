@@ -11,6 +11,7 @@ knows a close spelling of ("discort" is discord), or knows joined ("you tube").
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -126,7 +127,7 @@ class Respeller:
 
     CLOSE = 84
 
-    def __init__(self, known: set[str], pairs: set[tuple[str, str]] = frozenset()) -> None:
+    def __init__(self, known: set[str], pairs: Collection[tuple[str, str]] = frozenset()) -> None:
         self.known = known
         self.pairs = pairs  # word pairs the language says apart ("open interpreter"): never joined
         self.long = sorted(w for w in known if len(w) >= 5 and w.isalpha())

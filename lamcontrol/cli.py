@@ -18,7 +18,8 @@ from . import config_docs, http_client, join, ops, up
 from .bus import Bus, BusError
 from .console import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, broker_options, collect_retained, config_option,
                       connect, print_table, settings_from)
-from .protocol import Metadata, Presence, Prompt, ProtocolError, Reply, describe_event, parse
+from .protocol import (Metadata, Presence, PresenceState, Prompt, PromptStatus, ProtocolError, Reply, describe_event,
+                       parse)
 
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 
@@ -56,7 +57,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         print(reply.to_json().decode())
     else:
         print(reply.response)
-    return EXIT_OK if reply.status == "succeeded" else EXIT_FAILED
+    return EXIT_OK if reply.status == PromptStatus.SUCCEEDED else EXIT_FAILED
 
 
 # -- lam agents -------------------------------------------------------------------------
@@ -72,7 +73,7 @@ def agent_rows(presences: list[Presence]) -> list[list[str]]:
     rows = [["AGENT", "STATE", "HOST", "LOAD", "CAPABILITIES", "LAST SEEN"]]
     for p in sorted(presences, key=lambda p: p.agent):
         offered = "; ".join(f"{c}: {', '.join(a)}" for c, a in sorted(p.capabilities.items())) or "-"
-        load = f"{p.load}/{p.max_concurrent}" if p.state == "online" else "-"
+        load = f"{p.load}/{p.max_concurrent}" if p.state == PresenceState.ONLINE else "-"
         rows.append([p.agent, p.state, p.host or "-", load, offered, ago(p.ts)])
     return rows
 

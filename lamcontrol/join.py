@@ -46,7 +46,7 @@ from . import config as lamconfig
 from . import ops
 from .bus import BrokerSettings, Bus, BusError
 from .console import EXIT_FAILED, EXIT_OK, config_option
-from .protocol import Presence, ProtocolError, Topics, check_id, parse
+from .protocol import Presence, PresenceState, ProtocolError, Topics, check_id, parse
 
 USERS_FILE = "users"
 LOCAL_COMPONENTS = ("coordinator", "bridge", "monitor")
@@ -332,7 +332,7 @@ def wait_online(settings: BrokerSettings, agent_id: str, seconds: float) -> bool
 
     def seen(topic: str, payload: bytes) -> None:
         try:
-            if payload and parse(Presence, payload).state == "online":
+            if payload and parse(Presence, payload).state == PresenceState.ONLINE:
                 online.set()
         except ProtocolError:
             pass

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
-from .protocol import AgentSpec
+from .protocol import AgentSpec, Risk
 
 SPEC_VERSION = 1
 MAX_TEXT = 2000
@@ -231,9 +231,9 @@ class ActionSpec:
             checked[arg.name] = arg.check(args.get(arg.name), spoken)
         return checked
 
-    def risk_of(self, args: dict[str, Any]) -> str:
-        return "high" if self.risk == "high" or any(args.get(a.name) in a.risky for a in self.args if a.risky) \
-            else "low"
+    def risk_of(self, args: dict[str, Any]) -> Risk:
+        return Risk.HIGH if self.risk == Risk.HIGH or any(args.get(a.name) in a.risky for a in self.args if a.risky) \
+            else Risk.LOW
 
     def shows_for(self, args: dict[str, Any]) -> bool:
         return self.shows and not any(args.get(a.name) in a.acts for a in self.args if a.acts)

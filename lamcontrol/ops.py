@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import config as lamconfig
 from .console import EXIT_FAILED, EXIT_OK, broker_options, collect_retained, config_option, connect, settings_from
-from .protocol import Presence, ProtocolError, Topics, check_id, parse
+from .protocol import Presence, PresenceState, ProtocolError, Topics, check_id, parse
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -96,7 +96,7 @@ def cmd_agents_forget(args: argparse.Namespace) -> int:
         print(f"no agent {agent_id} is known on this broker; clearing whatever it may have left", file=sys.stderr)
     else:
         try:
-            online = parse(Presence, found).state == "online"
+            online = parse(Presence, found).state == PresenceState.ONLINE
         except ProtocolError:
             online = False
         if online and not args.force:

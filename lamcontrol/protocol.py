@@ -57,6 +57,17 @@ class ResultState(enum.StrEnum):
     REJECTED = "rejected"
 
 
+class TaskState(enum.StrEnum):
+    """Where one command of a prompt stands: a reply's ``tasks[].state``, and the coordinator's journal."""
+
+    WAITING = "waiting"  # for an agent that offers it, or for the steps before it
+    DISPATCHED = "dispatched"  # offered to an agent, not accepted yet
+    ACCEPTED = "accepted"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # a step before it failed
+
+
 class PresenceState(enum.StrEnum):
     ONLINE = "online"
     OFFLINE = "offline"
@@ -517,12 +528,12 @@ class Prompt(Message):
 
 @dataclass
 class TaskSummary(Record):
-    """One command of a prompt, as reported in its reply (``state`` also ``waiting`` or ``skipped``)."""
+    """One command of a prompt, as reported in its reply."""
 
     kind: ClassVar[str] = "task summary"
     task_id: str
     command: str
-    state: str
+    state: TaskState
     agent: str | None = None
     message: str = ""
     data: dict[str, Any] = field(default_factory=dict)

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict, deque
 from typing import Iterator
 
-from lamcontrol.protocol import FINISHED, ProtocolError, Result, Task, Topics, describe_event, read
+from lamcontrol.protocol import FINISHED, ProtocolError, Result, Task, TaskState, Topics, describe_event, read
 
 
 class EventHub:
@@ -79,7 +79,7 @@ class TaskTracker:
         self.topics = topics
         self.keep = keep
         self.tasks: OrderedDict[str, dict] = OrderedDict()
-        self.counts = {"succeeded": 0, "failed": 0}
+        self.counts = dict.fromkeys(FINISHED, 0)
         self._lock = threading.Lock()
 
     def watch(self, topic: str, payload: bytes) -> None:
@@ -95,7 +95,7 @@ class TaskTracker:
     def _on_task(self, task: Task) -> None:
         with self._lock:
             entry = self.tasks.setdefault(task.task_id, {"message": "", "data": {}})
-            entry.update(task_id=task.task_id, prompt_id=task.prompt_id, agent=task.agent, state="dispatched",
+            entry.update(task_id=task.task_id, prompt_id=task.prompt_id, agent=task.agent, state=TaskState.DISPATCHED,
                          command=task.command or f"{task.capability} {task.action}", ts=time.time())
             while len(self.tasks) > self.keep:
                 self.tasks.popitem(last=False)

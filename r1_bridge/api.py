@@ -15,7 +15,8 @@ from typing import Any, Callable
 from flask import Blueprint, Response, jsonify, request
 
 from lamcontrol import __version__
-from lamcontrol.protocol import JSON_READER, Presence, Prompt, ProtocolError, check_unicode
+from lamcontrol.protocol import (FINISHED, JSON_READER, Presence, PresenceState, Prompt, ProtocolError, ResultState,
+                                 check_unicode)
 
 from .auth import digest
 from .metrics import CONTENT_TYPE
@@ -220,9 +221,9 @@ def task_status(task_id: str) -> Response:
         task = {**summary, "prompt_id": exchange.prompt.id, "ts": exchange.reply.ts if exchange.reply else 0}
     body = {"id": task_id, "prompt_id": task.get("prompt_id"), "command": task.get("command", ""),
             "worker_id": task.get("agent"), "state": task["state"], "timestamp": iso(task.get("ts") or 0)}
-    if task["state"] in ("succeeded", "failed"):
-        body.update(status="completed" if task["state"] == "succeeded" else "failed",
-                    success=task["state"] == "succeeded", message=task.get("message", ""),
+    if task["state"] in FINISHED:
+        succeeded = task["state"] == ResultState.SUCCEEDED
+        body.update(status="completed" if succeeded else "failed", success=succeeded, message=task.get("message", ""),
                     output=task.get("data", {}),
                     result={"state": task["state"], "message": task.get("message", ""), "data": task.get("data", {})})
     else:
@@ -256,7 +257,7 @@ def workers() -> Response:
     state = bridge()
     agents = sorted(state.relay.known_agents(), key=lambda p: p.agent)
     return jsonify(workers=[worker_view(p, state.relay.topics.prefix) for p in agents], total_workers=len(agents),
-                   online_workers=sum(1 for p in agents if p.state == "online"))
+                   online_workers=sum(1 for p in agents if p.state == PresenceState.ONLINE))
 
 
 def openapi_spec() -> dict:

@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from lamcontrol import __version__
 from lamcontrol import config as lamconfig
-from lamcontrol.protocol import Reply, parse
+from lamcontrol.protocol import PresenceState, Reply, ResultState, parse
 
 from .activity import EventHub, TaskTracker
 from .api import api, metrics
@@ -117,11 +117,11 @@ class Bridge:
 
     def health(self) -> tuple[dict, int]:
         agents = self.relay.known_agents()
-        online = [a for a in agents if a.state == "online"]
+        online = [a for a in agents if a.state == PresenceState.ONLINE]
         coordinator = self.relay.coordinator
         connected = self.relay.bus.connected.is_set()
         coordinator_state = coordinator.state if coordinator else "unknown"
-        status = "unhealthy" if not connected else "healthy" if coordinator_state == "online" else "degraded"
+        status = "unhealthy" if not connected else "healthy" if coordinator_state == PresenceState.ONLINE else "degraded"
         uptime = time.time() - self.started
         self.metrics.agents_online.set(len(online))
         self.metrics.broker_connected.set(int(connected))
@@ -132,8 +132,8 @@ class Bridge:
             "broker": "connected" if connected else "disconnected", "coordinator": coordinator_state,
             "stats": {"uptime": round(uptime, 3), "total_prompts": len(exchanges),
                       "completed_prompts": sum(1 for e in exchanges if e.reply is not None),
-                      "completed_tasks": self.tracker.counts["succeeded"],
-                      "failed_tasks": self.tracker.counts["failed"], "active_workers": len(online)},
+                      "completed_tasks": self.tracker.counts[ResultState.SUCCEEDED],
+                      "failed_tasks": self.tracker.counts[ResultState.FAILED], "active_workers": len(online)},
         }
         return body, 503 if status == "unhealthy" else 200
 

@@ -48,7 +48,8 @@ from websockets.exceptions import ConnectionClosed
 
 from lamcontrol import __version__
 from lamcontrol.config import ConfigError
-from lamcontrol.protocol import FINISHED, JSON_READER, ProtocolError, Reply, Result, check_unicode, new_id
+from lamcontrol.protocol import (FINISHED, JSON_READER, PresenceState, ProtocolError, Reply, Result, check_unicode,
+                                 new_id)
 
 from .activity import TaskTracker
 from .devices import DeviceStore
@@ -636,7 +637,7 @@ class Gateway:
     def _health(self) -> dict:
         coordinator = self.relay.coordinator.state if self.relay.coordinator else "unknown"
         agents = sorted(agent.agent for agent in self.relay.online_agents())
-        ok = coordinator == "online"
+        ok = coordinator == PresenceState.ONLINE
         return {"ok": ok, "status": "ok" if ok else "degraded", "coordinator": coordinator, "agents": agents}
 
     def _presence(self) -> list[dict]:
