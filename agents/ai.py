@@ -107,6 +107,7 @@ class Ai(Capability):
             raise TaskFailed("That question is too long for me.")
         if self.chat is None:
             self.start()
+        assert self.chat is not None and self.vision is not None  # start() made them
         content, chat = prompt, self.chat
         image = args.get("image")
         if image is not None:

@@ -71,6 +71,7 @@ class Browser(Capability):
     def _use(self):
         if self.session is None:
             self.start()
+        assert self.session is not None  # start() made it
         return self.session.use()
 
     lists = {"sites": [{"in": "(youtube|you tube)", "out": "https://www.youtube.com"},
@@ -179,7 +180,7 @@ class Browser(Capability):
             try:
                 link = wait.until(expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, FIRST_VIDEO)))
                 title = (link.get_attribute("title") or link.text).strip() or query
-                href = link.get_attribute("href")
+                href = link.get_attribute("href") or ""
             except TimeoutException:
                 raise TaskFailed(f"I found no video for {query} on YouTube.") from None
             try:

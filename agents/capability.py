@@ -26,7 +26,7 @@ import importlib.metadata
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 from lamcontrol.config import Setting, capability_entry_points, checked, refuse_unknown
 from lamcontrol.language import (ActionSpec, Arg, ArgumentError, CapabilitySpec, Entity, Recogniser, Sentences, Syntax,
@@ -75,8 +75,8 @@ class Shared:
 Handler = Callable[[Any, dict], "str | Outcome"]
 
 
-def action(name: str | None = None, *, syntax: tuple = (), args: tuple[Arg, ...] = (),
-           sentences: tuple[Sentences | str, ...] = (), **declared: Any) -> Callable[[Handler], Handler]:
+def action(name: str | None = None, *, syntax: Sequence[Syntax | str] = (), args: Sequence[Arg] = (),
+           sentences: Sequence[Sentences | str] = (), **declared: Any) -> Callable[[Handler], Handler]:
     """Mark a method as the handler of an action (by default, the method's name) and declare its language.
 
     ``syntax`` holds rigid forms (strings or :class:`Syntax`), ``sentences`` templates (strings or
@@ -85,9 +85,10 @@ def action(name: str | None = None, *, syntax: tuple = (), args: tuple[Arg, ...]
     """
 
     def mark(func: Handler) -> Handler:
-        func.lam_action = name or func.__name__  # type: ignore[attr-defined]
+        action_name = name or func.__name__
+        func.lam_action = action_name  # type: ignore[attr-defined]
         func.lam_spec = ActionSpec(  # type: ignore[attr-defined]
-            func.lam_action, summary=declared.pop("summary", (func.__doc__ or "").strip().split("\n")[0]),
+            action_name, summary=declared.pop("summary", (func.__doc__ or "").strip().split("\n")[0]),
             syntax=tuple(s if isinstance(s, Syntax) else Syntax(s) for s in syntax), args=tuple(args),
             sentences=tuple(s if isinstance(s, Sentences) else Sentences((s,)) for s in sentences), **declared)
         return func

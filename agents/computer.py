@@ -112,7 +112,7 @@ class Mixer:
         output = "\n".join(run_tool(list(argv), timeout) for argv in self.read_commands)
         try:
             return self.parse(output)
-        except (ValueError, AttributeError):
+        except ValueError:
             raise TaskFailed(f"Could not read the volume from {self.name}.") from None
 
     def set_level(self, level: int, timeout: float) -> None:
@@ -134,12 +134,16 @@ def parse_pactl(output: str) -> tuple[int, bool]:
 def parse_wpctl(output: str) -> tuple[int, bool]:
     """``Volume: 0.50 [MUTED]`` → (50, True)."""
     level = re.search(r"Volume:\s*([\d.]+)", output)
+    if level is None:
+        raise ValueError(output)
     return round(float(level.group(1)) * 100), "[MUTED]" in output
 
 
 def parse_osascript(output: str) -> tuple[int, bool]:
     """``output volume:50, input volume:75, alert volume:100, output muted:false`` → (50, False)."""
     level = re.search(r"output volume:(\d+)", output)
+    if level is None:
+        raise ValueError(output)
     return int(level.group(1)), "output muted:true" in output
 
 
@@ -268,7 +272,7 @@ def desktop_entry_argv(entry_id: str) -> list[str]:
         if not path.is_file():
             continue
         entry = configparser.ConfigParser(interpolation=None, strict=False)
-        entry.optionxform = str
+        entry.optionxform = str  # type: ignore[assignment, method-assign]  # keys keep their case
         try:
             entry.read(path, encoding="utf-8")
             words = shlex.split(entry["Desktop Entry"]["Exec"])
@@ -285,7 +289,7 @@ def start_detached(argv: list[str]) -> subprocess.Popen:
     """Start a program on its own (no shell, no terminal, its own session) and reap it when it exits."""
     options: dict = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
                      "close_fds": True, "cwd": Path.home() if Path.home().is_dir() else None}
-    if platform_key() == "win32":
+    if sys.platform == "win32":
         options["creationflags"] = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP
     else:
         options["start_new_session"] = True

@@ -23,6 +23,7 @@ import string
 import threading
 import time
 from functools import cached_property, lru_cache
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from lamcontrol import __version__
@@ -30,6 +31,9 @@ from lamcontrol.config import ConfigError, read_secret
 from lamcontrol.language import listed_value
 
 from .capability import Arg, Capability, Outcome, Setting, Shared, TaskFailed, Unavailable, action, require
+
+if TYPE_CHECKING:
+    from hassil import Intents, SlotList
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +68,14 @@ ARTICLES = ("the ", "my ", "our ")
 
 
 @lru_cache(maxsize=1)
-def house_intents():
+def house_intents() -> Intents:
     """Home Assistant's own English sentences (home-assistant-intents), as hassil reads them."""
     from hassil import Intents
     from home_assistant_intents import get_intents
 
-    return Intents.from_dict(get_intents("en"))
+    english = get_intents("en")
+    assert english is not None  # the package ships English
+    return Intents.from_dict(english)
 
 
 class HouseSentences:
@@ -83,7 +89,7 @@ class HouseSentences:
                              for d in lists.get("devices", ()))
         self.areas = tuple(listed_value(a) for a in lists.get("areas", ()))
         named = [(name, name, {"domain": d}) for name, domain in self.devices for d in ((domain,) if domain else DOMAINS)]
-        self.slot_lists = {"name": TextSlotList.from_tuples(named, allow_template=False),
+        self.slot_lists: dict[str, SlotList] = {"name": TextSlotList.from_tuples(named, allow_template=False),
                            "area": TextSlotList.from_tuples([(a, a) for a in self.areas], allow_template=False),
                            "floor": TextSlotList.from_tuples([], allow_template=False)}
         self.names = sorted({spoken(n) for n, _ in self.devices} | {spoken(a) for a in self.areas}, key=len, reverse=True)
@@ -136,7 +142,7 @@ class HomeAssistant:
 
     # -- REST ---------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, body: dict | None = None) -> object:
+    def request(self, method: str, path: str, body: dict | None = None) -> Any:
         """The JSON answer to one REST call; every failure becomes a HomeError sentence."""
         import requests
 
@@ -203,7 +209,7 @@ class HomeAssistant:
         except (OSError, WebSocketException):
             raise self.error("dropped the connection") from None
 
-    def receive(self, ws, timeout: float | None = None) -> dict | None:
+    def receive(self, ws, timeout: float | None = None) -> Any:
         """The next message, or None when ``timeout`` (default: a HomeError after the client's) passes."""
         from websockets.exceptions import WebSocketException
 
@@ -265,7 +271,7 @@ class Watcher:
                 if message and message.get("type") == "event":
                     due = min(due, time.monotonic() + 0.5)  # registries change in bursts
 
-    def command(self, ws, kind: str, **fields) -> object:
+    def command(self, ws, kind: str, **fields) -> Any:
         """Send one command and return its result, noting events that arrive meanwhile."""
         self.next_id += 1
         self.client.send(ws, {"id": self.next_id, "type": kind, **fields})
@@ -388,7 +394,9 @@ class Home(Capability):
         except HomeError as exc:
             raise TaskFailed(str(exc)) from None
         speech = str(response.get("speech", {}).get("plain", {}).get("speech") or "").strip()
-        data = response.get("data") if isinstance(response.get("data"), dict) else {}
+        data = response.get("data")
+        if not isinstance(data, dict):
+            data = {}
         done = [t.get("name") for t in data.get("success", []) if isinstance(t, dict)]
         failed = [t.get("name") for t in data.get("failed", []) if isinstance(t, dict)]
         if response.get("response_type") == "error" or failed and not done:

@@ -25,6 +25,7 @@ import math
 import re
 import string
 from functools import cached_property
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from lamcontrol import __version__
@@ -32,6 +33,9 @@ from lamcontrol.config import ConfigError, read_secret
 
 from . import webdriver
 from .capability import Arg, Capability, Outcome, Sentences, Setting, Shared, TaskFailed, Unavailable, action, require
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +164,7 @@ class Messaging(Capability):
         REDACT.secrets.update(urlsplit(contact["discord"]).path for contact in self.contacts.values()
                               if is_web_url(contact.get("discord", "")))
         self.session: webdriver.Session | None = None
-        self.http = None
+        self.http: requests.Session | None = None
         self.dm_channels: dict[str, str] = {}
 
     @cached_property
@@ -245,7 +249,9 @@ class Messaging(Capability):
         url = f"{self.settings['telegram_api_url'].rstrip('/')}/bot{self.tokens['telegram']}/sendMessage"
         body = self._post("telegram", url, {"chat_id": int(chat) if chat.lstrip("-").isdigit() else chat,
                                             "text": message})
-        result = body.get("result") if isinstance(body.get("result"), dict) else {}
+        result = body.get("result")
+        if not isinstance(result, dict):
+            result = {}
         return Outcome(f"Sent to {name} on Telegram", {"message_id": result.get("message_id")})
 
     @action(syntax=["discord {name} {message}"], args=[RECIPIENT, MESSAGE], sentences=said_on("discord"),
@@ -257,7 +263,9 @@ class Messaging(Capability):
         if is_web_url(target):
             sent = self._post("discord", target, content, params={"wait": "true"}, headers=DISCORD_AGENT)
         else:
-            kind, snowflake = DISCORD_TARGET.fullmatch(target).groups()
+            found = DISCORD_TARGET.fullmatch(target)
+            assert found is not None  # a contact's discord target is checked when the settings are read
+            kind, snowflake = found.groups()
             channel = self._dm_channel(snowflake) if kind == "user" else snowflake
             sent = self._post("discord", f"{self._discord_api()}/channels/{channel}/messages", content,
                               headers=self._discord_headers())
@@ -370,10 +378,12 @@ def refusal(label: str, status: int, answer: dict, retry_header: str | None) -> 
     if status == 404:
         return f"{label} does not know that chat{detail}."
     if status == 429:
-        parameters = answer.get("parameters") if isinstance(answer.get("parameters"), dict) else {}
+        parameters = answer.get("parameters")
+        if not isinstance(parameters, dict):
+            parameters = {}
         retry = parameters.get("retry_after") or answer.get("retry_after") or retry_header
         try:
-            wait = f" in {max(1, math.ceil(float(retry)))} seconds"
+            wait = f" in {max(1, math.ceil(float(str(retry))))} seconds"
         except (TypeError, ValueError):
             wait = " later"
         return f"{label} is limiting how fast the bot sends; try again{wait}."

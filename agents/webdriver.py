@@ -20,7 +20,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from lamcontrol.config import state_dir
 
@@ -42,7 +42,7 @@ SESSION_SCHEMA = {
 }
 
 # Where each engine's browser and driver usually live, after PATH.
-ENGINES = {
+ENGINES: dict[str, dict[str, Any]] = {
     "chromium": {
         "label": "Chromium",
         "binaries": ("chromium", "chromium-browser", "/Applications/Chromium.app/Contents/MacOS/Chromium"),
@@ -165,14 +165,17 @@ class Session:
         """Whether the browser still answers, switching to a remaining window if ours was closed."""
         from selenium.common.exceptions import NoSuchWindowException
 
+        driver = self.driver
+        if driver is None:
+            return False
         try:
             try:
-                self.driver.current_window_handle
+                driver.current_window_handle
             except NoSuchWindowException:
-                handles = self.driver.window_handles
+                handles = driver.window_handles
                 if not handles:
                     return False
-                self.driver.switch_to.window(handles[-1])
+                driver.switch_to.window(handles[-1])
             return True
         except Exception:  # a dead browser or driver fails in many ways (WebDriver or HTTP errors)
             return False

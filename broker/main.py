@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from amqtt.errors import BrokerError
@@ -44,11 +45,12 @@ class Listeners:
     allow_anonymous: bool = True
 
     @classmethod
-    def from_config(cls, section: dict, **chosen: str | None) -> Listeners:
+    def from_config(cls, section: dict, **chosen: str | bool | None) -> Listeners:
         """``[embedded_broker]`` with the options given (None: not given) applied."""
         fields = ("listen", "websocket", "tls_listen", "cert_file", "key_file", "password_file", "acl_file",
                   "allow_anonymous")
-        return cls(**{key: section[key] if chosen.get(key) is None else chosen[key] for key in fields})
+        values: dict[str, Any] = {key: section[key] if chosen.get(key) is None else chosen[key] for key in fields}
+        return cls(**values)
 
     def addresses(self) -> dict[str, tuple[str, int]]:
         """Listener name -> (host, port); ConfigError on a bad address."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, fields
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class Settings:
     @classmethod
     def from_config(cls, section: dict) -> Settings:
         """The settings a ``[coordinator]`` section names; the rest keep their defaults."""
-        return cls(**{f.name: type(f.default)(section[f.name]) for f in fields(cls) if f.name in section})
+        defaults: dict[str, Any] = {f.name: f.default for f in fields(cls)}
+        return cls(**{name: type(defaults[name])(value) for name, value in section.items() if name in defaults})
 
 
 class Clock:

@@ -149,7 +149,7 @@ def create_app(relay: Relay, settings: BridgeSettings) -> Flask:
         SESSION_COOKIE_NAME="lam_session", SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_SECURE=settings.https,
     )
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # Flask's DefaultJSONProvider
     app.register_blueprint(api)
     app.register_blueprint(pages)
     for number, ((method, rule), replacement) in enumerate(GONE.items()):
@@ -173,7 +173,8 @@ def create_app(relay: Relay, settings: BridgeSettings) -> Flask:
     def http_error(exc: HTTPException) -> Response:
         messages = {404: f"Not found: {request.path}", 405: f"Method {request.method} is not allowed on {request.path}",
                     413: too_large(settings.max_body)}
-        return json_error(messages.get(exc.code, exc.description or exc.name), exc.code or 400)
+        code = exc.code or 400
+        return json_error(messages.get(code, exc.description or exc.name), code)
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> Response:

@@ -29,10 +29,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from lamcontrol.config import new_secret, state_dir, write_private
 
-try:
+if sys.platform != "win32":  # Windows: one bridge process per state directory is assumed there
     import fcntl
-except ImportError:  # Windows: one bridge process per state directory is assumed there
-    fcntl = None
 
 FILE_NAME = "r1-devices.json"
 HASHER = PasswordHasher()
@@ -75,7 +73,7 @@ class DeviceStore:
         """Exclusive access to the file, across threads and processes."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock, open(self.path.with_suffix(".lock"), "a") as lock_file:
-            if fcntl:
+            if sys.platform != "win32":
                 fcntl.flock(lock_file, fcntl.LOCK_EX)
             yield
 

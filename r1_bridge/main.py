@@ -19,6 +19,8 @@ import logging
 import os
 import sys
 from datetime import datetime
+from typing import Any, Callable
+from wsgiref.simple_server import WSGIServer
 
 from lamcontrol import config as lamconfig
 from lamcontrol.bus import BrokerSettings
@@ -51,7 +53,7 @@ class BridgeService:
                              cert_file=self.settings.cert_file, key_file=self.settings.key_file,
                              max_body=max(self.settings.max_body, WAITRESS_BODY_LIMIT),
                              too_large=too_large(self.settings.max_body))
-        self.metrics_server = None
+        self.metrics_server: WSGIServer | None = None
         self.gateway = Gateway.from_config(self.relay, cfg)  # the R1's OpenClaw port; None when disabled
         self.bridge.gateway = self.gateway
 
@@ -200,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    commands = {None: cmd_serve, "token": cmd_token, "passwd": cmd_passwd, "devices": cmd_devices}
+    commands: dict[str | None, Callable[[argparse.Namespace, dict[str, Any]], int]] = {None: cmd_serve, "token": cmd_token, "passwd": cmd_passwd, "devices": cmd_devices}
     try:
         cfg = lamconfig.load(args.config, args.broker)
         return commands[args.command](args, cfg)

@@ -147,7 +147,7 @@ def _field(params: dict, name: str, kind: type, default: Any = None, required: b
     value = params.get(name, default)
     if value is None and not required:
         return default
-    kinds = {str: "string", dict: "JSON object", list: "list"}
+    kinds: dict[type, str] = {str: "string", dict: "JSON object", list: "list"}
     if not isinstance(value, kind) or isinstance(value, bool):
         raise FrameError(f"params.{name} must be a {kinds[kind]}")
     return value
@@ -183,7 +183,7 @@ def read_frame(raw: str | bytes) -> dict:
     return frame
 
 
-def request_id_of(raw: str) -> str | None:
+def request_id_of(raw: str | bytes) -> str | None:
     """The id of a frame that failed to read, when it has a usable one (for the error frame)."""
     try:
         frame = json.loads(raw)
@@ -269,7 +269,7 @@ class Run:
     """
 
     id: str
-    answer: asyncio.Task | None = None
+    answer: asyncio.Task = field(init=False)  # set as soon as the run is made
     steps: list[str] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -363,7 +363,7 @@ class Gateway:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._closed.set()
-        if self._thread and self._thread.is_alive():
+        if self._thread and self._thread.is_alive() and self._loop and self._stop:
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(timeout)
         self._socket.close()

@@ -199,6 +199,6 @@ def r1_pair() -> Any:
             store.rotate_pairing_token()
         return redirect(url_for("pages.r1_pair"))
     payload = gateway.pairing_payload() if gateway else None
-    unreachable = bool(payload) and all(is_loopback(ip) for ip in payload["ips"])  # an R1 is never this machine
+    unreachable = bool(payload and all(is_loopback(ip) for ip in payload["ips"]))  # an R1 is never this machine
     return render_template("pair.html", payload=payload, qr=Markup(qr_svg(payload)) if payload else "",
                            unreachable=unreachable, devices=store.devices(), format_time=format_time)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from lamcontrol.bus import BrokerSettings, Bus
-from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, ProtocolError, Reply
+from lamcontrol.protocol import CoordinatorPresence, Metadata, Presence, Prompt, ProtocolError, Reply
 
 log = logging.getLogger(__name__)
 STALE_AFTER_BEATS = 3  # a live agent republishes its presence every heartbeat
@@ -59,7 +59,7 @@ class Relay:
 
     def submit(self, text: str, source: str = "http", metadata: dict | None = None) -> Exchange:
         """Publish a prompt; its reply will land in the returned exchange."""
-        return self.send(Prompt(prompt=text, source=source, metadata=metadata or {}))
+        return self.send(Prompt(prompt=text, source=source, metadata=Metadata.from_dict(metadata or {})))
 
     def send(self, prompt: Prompt) -> Exchange:
         """Publish a ready-made prompt (one whose id the client chose, say)."""

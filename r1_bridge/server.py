@@ -115,6 +115,7 @@ def relay(tls: ssl.SSLSocket, plain: socket.socket) -> None:
                                                  (plain, plain_open and tls_open, to_tls))
                    if is_open and len(backlog) < CHUNK]
         writers = [s for s, data in ((tls, to_tls), (plain, to_plain)) if data]
+        readable: list[socket.socket]
         if tls in readers and tls.pending():
             readable = [tls]  # decrypted bytes already waiting inside OpenSSL
         else:

@@ -35,12 +35,11 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def json_error(message: str, status: int, **fields: object) -> Response:
-    """``{"error": message, ...fields}`` with ``status``; header values go in ``headers``."""
-    headers = fields.pop("headers", {})
+def json_error(message: str, status: int, headers: dict[str, str] | None = None, **fields: object) -> Response:
+    """``{"error": message, ...fields}`` with ``status`` and ``headers``."""
     response = jsonify(error=message, **fields)
     response.status_code = status
-    response.headers.update(headers)
+    response.headers.update(headers or {})
     return response
 
 
@@ -56,7 +55,7 @@ def admin_session() -> bool:
 def csrf_ok() -> bool:
     expected = session.get("csrf")
     sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token") or ""
-    return bool(expected) and hmac.compare_digest(sent.encode(), expected.encode())
+    return isinstance(expected, str) and bool(expected) and hmac.compare_digest(sent.encode(), expected.encode())
 
 
 def too_many_attempts(wait: int) -> Response:
