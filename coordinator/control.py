@@ -20,7 +20,7 @@ from lamcontrol.bus import Bus
 from lamcontrol.protocol import CoordinatorAction, CoordinatorRequest
 from lamcontrol.service import request_restart
 
-from .events import Events
+from .events import Events, Extension
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +34,14 @@ def log_level() -> str:
     return logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
 
 
-class Control:
+class Control(Extension):
     """Answers the coordinator's own requests."""
 
     def __init__(self, bus: Bus, events: Events) -> None:
-        self.bus = bus
+        super().__init__(bus, events)
         self.topics = bus.topics
-        bus.subscribe(CoordinatorRequest, self.on_request, cleared=lambda ids: None)  # our own clearing
-        bus.on_connect(self.report)
+        self.subscribe(CoordinatorRequest, self.on_request, cleared=lambda ids: None)  # our own clearing
+        self.on_connect(self.report)
 
     def on_request(self, request: CoordinatorRequest) -> None:
         self.bus.publish_raw(self.topics.coordinator_request, b"", retain=True)  # never kept (see above)

@@ -42,7 +42,7 @@ from lamcontrol.language import CapabilitySpec, Entity
 from lamcontrol.protocol import (FINISHED, LOG_LEVELS, PROMPT_STATUSES, CoordinatorAction, Metadata, Presence, PresenceState,
                                  Prompt, Topics)
 
-from .events import AgentForgotten, Events, Extension, PresenceChanged, Replied, SpecsChanged, TaskFinished
+from .events import AgentForgotten, Events, Extension, ExtensionFactory, PresenceChanged, Replied, SpecsChanged, TaskFinished
 from .language import installed_specs
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def connectivity(status_topic: str) -> dict[str, Any]:
             "entity_category": "diagnostic"}
 
 
-def extension(cfg: dict) -> Extension | None:
+def extension(cfg: dict) -> ExtensionFactory | None:
     """Discovery under ``[homeassistant] discovery_prefix``, or None when ``enabled`` is false."""
     section = cfg["homeassistant"]
     if not section["enabled"]:
@@ -283,7 +283,7 @@ class Configs:
         return [*self.agent_configs(offering_all), self.topics.last_result(agent_id)]
 
 
-class Discovery:
+class Discovery(Extension):
     """Publishes and withdraws discovery configs; keeps the retained state they read.
 
     A coordinator extension: it follows the coordinator's events (presence and specs changed,
@@ -301,7 +301,7 @@ class Discovery:
 
     def __init__(self, bus: Bus, events: Events, discovery_prefix: str = "homeassistant",
                  dashboard_url: str = "") -> None:
-        self.bus = bus
+        super().__init__(bus, events)
         self.topics = bus.topics
         self.specs: dict[str, dict[str, CapabilitySpec]] = {}  # what each agent advertised
         self.configs = Configs(bus.topics, discovery_prefix, dashboard_url, self.specs_of)
@@ -315,15 +315,15 @@ class Discovery:
         self._written: collections.deque[bytes] = collections.deque(maxlen=8)  # our recent lists, to know their echoes
         self._birth_pending = False
         self._online: list[str] | None = None  # the online agents as last published
-        bus.on(f"{self.configs.prefix}/status", self.on_ha_status)
-        bus.on(f"{self.configs.prefix}/+/+/+/config", self.on_config)
-        bus.on(self.withdrawn_topic, self.on_withdrawn)
-        bus.on_connect(self.connected)
-        events.on(PresenceChanged, lambda event: self.presence_received(event.presence))
-        events.on(SpecsChanged, self.specs_changed)
-        events.on(AgentForgotten, lambda event: self.forget(event.agent_id))
-        events.on(TaskFinished, self.task_finished)
-        events.on(Replied, self.replied)
+        self.on(f"{self.configs.prefix}/status", self.on_ha_status)
+        self.on(f"{self.configs.prefix}/+/+/+/config", self.on_config)
+        self.on(self.withdrawn_topic, self.on_withdrawn)
+        self.on_connect(self.connected)
+        self.listen(PresenceChanged, lambda event: self.presence_received(event.presence))
+        self.listen(SpecsChanged, self.specs_changed)
+        self.listen(AgentForgotten, lambda event: self.forget(event.agent_id))
+        self.listen(TaskFinished, self.task_finished)
+        self.listen(Replied, self.replied)
 
     def specs_of(self, agent_id: str) -> dict[str, CapabilitySpec]:
         """An agent's specs: what it advertised, else what is installed here."""

@@ -2,12 +2,13 @@
 
 The core emits one event per fact, synchronously, inside the transaction that recorded it;
 whatever a handler publishes goes out after the core's own messages (a reply before the
-Home Assistant state that mirrors it). An extension is any object built from the bus and the
-events (``extension(bus, events)``, see :class:`Extension`) that subscribes to what it needs::
+Home Assistant state that mirrors it). An extension (:class:`Extension`, after Zigbee2MQTT's) is
+made from the bus and the events, subscribes to what it needs as it is made::
 
-    events.on(Replied, lambda event: ...)
+    self.listen(Replied, self.replied)
 
-A handler that raises is logged; it never stops the core.
+and takes every subscription back in :meth:`Extension.stop`, which the coordinator calls when it
+stops. A handler that raises is logged; it never stops the core.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
-from lamcontrol.bus import Bus
+from lamcontrol.bus import Bus, Call, Cleared, Handler, M
 from lamcontrol.language import CapabilitySpec
 from lamcontrol.protocol import Presence, Prompt, Reply, Result, ResultState, Task, TaskState
 
@@ -110,6 +111,11 @@ class Events:
     def on(self, event_type: type[E], handler: Callable[[E], None]) -> None:
         self._handlers.setdefault(event_type, []).append(handler)
 
+    def off(self, *handlers: Callable[[Any], None]) -> None:
+        """Stop calling these handlers, for every event type."""
+        for event_type, subscribed in self._handlers.items():
+            self._handlers[event_type] = [h for h in subscribed if h not in handlers]
+
     def emit(self, event: object) -> None:
         for handler in self._handlers.get(type(event), ()):
             try:
@@ -118,4 +124,46 @@ class Events:
                 log.exception("extension failed on %s", type(event).__name__)
 
 
-Extension = Callable[[Bus, Events], object]  # builds an extension, which subscribes as it is made
+class Extension:
+    """A part of the coordinator beside its core (Home Assistant discovery, metrics, its own commands).
+
+    As in Zigbee2MQTT, an extension subscribes as it is made, through its own :meth:`listen`,
+    :meth:`on`, :meth:`subscribe` and :meth:`on_connect`, which remember every handler, and
+    :meth:`stop` takes them all back: the coordinator calls it when it stops (and so before it
+    restarts), and an extension with more to release (a server) adds that to its own ``stop``.
+    """
+
+    def __init__(self, bus: Bus, events: Events) -> None:
+        self.bus, self.events = bus, events
+        self._listening: list[Callable[[Any], None]] = []
+        self._subscribed: list[Callable[..., None]] = []
+
+    def listen(self, event_type: type[E], handler: Callable[[E], None]) -> None:
+        """``handler(event)`` for each event of ``event_type``."""
+        self.events.on(event_type, handler)
+        self._listening.append(handler)
+
+    def on(self, topic_filter: str, handler: Handler) -> None:
+        """``handler(topic, payload)`` for each message on ``topic_filter`` (:meth:`Bus.on`)."""
+        self.bus.on(topic_filter, handler)
+        self._subscribed.append(handler)
+
+    def subscribe(self, cls: type[M], handler: Callable[[M], None], cleared: Cleared | None = None) -> None:
+        """``handler(message)`` for each valid ``cls`` message (:meth:`Bus.subscribe`)."""
+        self.bus.subscribe(cls, handler, cleared)
+        self._subscribed.append(handler)
+
+    def on_connect(self, callback: Call) -> None:
+        """``callback()`` after each (re)connect (:meth:`Bus.on_connect`)."""
+        self.bus.on_connect(callback)
+        self._subscribed.append(callback)
+
+    def stop(self) -> None:
+        """Take back every subscription: nothing reaches the extension any more."""
+        self.events.off(*self._listening)
+        self.bus.unsubscribe(*self._subscribed)
+        self._listening.clear()
+        self._subscribed.clear()
+
+
+ExtensionFactory = Callable[[Bus, Events], Extension]  # makes an extension, which subscribes as it is made

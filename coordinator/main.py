@@ -41,7 +41,7 @@ def build(cfg: dict) -> Coordinator:
     for configured in EXTENSIONS:
         factory = configured(cfg)
         if factory is not None:
-            factory(coordinator.bus, coordinator.events)
+            coordinator.extend(factory)
     return coordinator
 
 

@@ -17,7 +17,7 @@ from lamcontrol.bus import Bus
 from lamcontrol.config import ConfigError
 from lamcontrol.protocol import ErrorRecord
 
-from .events import (AgentForgotten, Events, Extension, PresenceChanged, PromptParsed, PromptReceived, Replied,
+from .events import (AgentForgotten, Events, Extension, ExtensionFactory, PresenceChanged, PromptParsed, PromptReceived, Replied,
                      TaskDispatched, TaskFinished)
 
 log = logging.getLogger(__name__)
@@ -25,17 +25,18 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-def extension(cfg: dict) -> Extension | None:
+def extension(cfg: dict) -> ExtensionFactory | None:
     """Metrics on ``[coordinator] metrics_port``, or None when it is 0."""
     section = cfg["coordinator"]
     port = int(section["metrics_port"])
     return functools.partial(Metrics, port=port, bind=section["metrics_bind"]) if port else None
 
 
-class Metrics:
+class Metrics(Extension):
     """The coordinator's metrics, kept from its events and served over HTTP for Prometheus."""
 
     def __init__(self, bus: Bus, events: Events, port: int, bind: str = "127.0.0.1") -> None:
+        super().__init__(bus, events)
         try:
             import prometheus_client as prom
         except ImportError:
@@ -57,19 +58,24 @@ class Metrics:
         running = prom.Gauge("lam_prompts_running", "Prompts being carried out", registry=self.registry)
         running.set_function(lambda: len(self._running))
         self._dispatched: dict[str, float] = {}
-        events.on(PromptReceived, lambda e: self._running.add(e.prompt.id))
-        events.on(PromptParsed, self.parsed)
-        events.on(TaskDispatched, self.dispatched)
-        events.on(TaskFinished, self.task_finished)
-        events.on(Replied, self.replied)
-        events.on(PresenceChanged, self.presence_changed)
-        events.on(AgentForgotten, lambda e: self._online.discard(e.agent_id))
-        bus.subscribe(ErrorRecord, lambda record: self.errors.labels(record.component).inc())
+        self.listen(PromptReceived, lambda e: self._running.add(e.prompt.id))
+        self.listen(PromptParsed, self.parsed)
+        self.listen(TaskDispatched, self.dispatched)
+        self.listen(TaskFinished, self.task_finished)
+        self.listen(Replied, self.replied)
+        self.listen(PresenceChanged, self.presence_changed)
+        self.listen(AgentForgotten, lambda e: self._online.discard(e.agent_id))
+        self.subscribe(ErrorRecord, lambda record: self.errors.labels(record.component).inc())
         try:
             self.server, self.thread = prom.start_http_server(port, bind, registry=self.registry)
         except OSError as exc:
             raise ConfigError(f"cannot serve metrics on {bind}:{port}: {exc.strerror}") from None
         log.info("Prometheus metrics on http://%s:%d/metrics", bind, self.server.server_port)
+
+    def stop(self) -> None:
+        super().stop()
+        self.server.shutdown()
+        self.server.server_close()
 
     def task_finished(self, event: TaskFinished) -> None:
         started = self._dispatched.pop(event.task_id, None)

@@ -39,7 +39,7 @@ from lamcontrol.bus import BrokerSettings, Bus, RetryBurst
 from lamcontrol.protocol import (AgentSpec, CoordinatorPresence, LegacyResult, Presence, PresenceState, Prompt, PromptStatus,
                                  ProtocolError, Reply, Result, TaskSummary, check_id, decode)
 
-from .events import AgentForgotten, Events, PresenceChanged, PromptReceived, Replied, SpecsChanged
+from .events import AgentForgotten, Events, Extension, ExtensionFactory, PresenceChanged, PromptReceived, Replied, SpecsChanged
 from .intake import BySource, Intake
 from .journal import Journal, cannot_write
 from .parsing import Parser
@@ -71,6 +71,7 @@ class Coordinator:
         self.clock = clock
         self.journal = journal
         self.events = Events()
+        self.extensions: list[Extension] = []  # see extend()
         self.registry = Registry(clock)
         self.trust = trust or Trust(broker.topics)  # what agents may offer
         self._lock = threading.RLock()
@@ -151,6 +152,12 @@ class Coordinator:
         except sqlite3.Error:
             log.exception("the journal cannot be read either")
 
+    def extend(self, factory: ExtensionFactory) -> Extension:
+        """Make an extension on this coordinator's bus and events; it is stopped when the coordinator stops."""
+        extension = factory(self.bus, self.events)
+        self.extensions.append(extension)
+        return extension
+
     def start(self, timeout: float | None = None) -> None:
         try:
             with self.transaction():
@@ -164,6 +171,8 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stopping.set()
+        for extension in self.extensions:
+            extension.stop()
         self.intake.close()
         self.bus.stop(final=self.presence(PresenceState.OFFLINE))
         with self._lock:

@@ -365,6 +365,18 @@ class Bus:
         """Call ``callback()`` on the bus thread after each (re)connect."""
         self._on_connect.append(callback)
 
+    def unsubscribe(self, *handlers: Callable[..., None]) -> None:
+        """Stop calling these handlers: raw (:meth:`on`), typed (:meth:`subscribe`) or on connect. The
+        broker's subscriptions stay until the next connect; what reaches no handler is dropped."""
+        self._handlers = [(f, h) for f, h in self._handlers if h not in handlers]
+        self._exact_routes, self._wildcard_routes = {}, MQTTMatcher()
+        for topic_filter, handler in self._handlers:
+            self._add_route(topic_filter, handler)
+        self._wildcards = any("+" in f or "#" in f for f, _ in self._handlers)
+        self._typed = {cls: kept for cls, subs in self._typed.items()
+                       if (kept := [s for s in subs if s.handler not in handlers])}
+        self._on_connect = [c for c in self._on_connect if c not in handlers]
+
     def defer(self, callback: Call) -> None:
         """Call ``callback()`` on the bus thread after the messages received so far, inside the
         transaction like a handler (what it publishes goes out once that commits)."""

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from lamcontrol.agents.main import main as agent_main
-from lamcontrol.bus import BrokerSettings, Bus
+from lamcontrol.bus import CONNECT, BrokerSettings, Bus
 from lamcontrol.coordinator.discovery import Discovery
-from lamcontrol.coordinator.events import PresenceChanged, Replied, TaskDispatched, TaskFinished
+from lamcontrol.coordinator.events import Events, Extension, PresenceChanged, Replied, TaskDispatched, TaskFinished
 from lamcontrol.coordinator.journal import Journal
 from lamcontrol.coordinator.grammar import Command, ParseResult
 from lamcontrol.coordinator.parsing import ChainParser, Parser
@@ -338,6 +338,39 @@ def test_a_chain_reply_says_what_happened_to_every_step(routing, text, status, r
         routing.say(task, "succeeded", task.args["text"])
     [reply] = routing.replies()
     assert (reply.status, reply.response, [t.state for t in reply.tasks]) == (status, response, states)
+
+
+class Heard(Extension):
+    """An extension that notes what reaches it: events, typed and raw messages, connects."""
+
+    def __init__(self, bus: Bus, events: Events) -> None:
+        super().__init__(bus, events)
+        self.heard: list[str] = []
+        self.listen(PresenceChanged, lambda event: self.heard.append(f"event {event.presence.agent}"))
+        self.subscribe(Presence, lambda presence: self.heard.append(f"message {presence.agent}"))
+        self.on(bus.topics.build(Presence.topic_pattern), lambda topic, payload: self.heard.append(topic))
+        self.on_connect(lambda: self.heard.append("connect"))
+
+
+def test_a_stopped_extension_hears_nothing_more(routing):
+    """As Zigbee2MQTT's: stop() takes back every subscription the extension made, and only its own."""
+    first, second = routing.coordinator.extend(Heard), routing.coordinator.extend(Heard)
+    routing.online("a1")
+    first.stop()
+    routing.online("a2")
+    routing.bus.handle(CONNECT, b"")  # as the bus thread does after a connect
+    a1, a2 = (routing.bus.topics.build(Presence.topic_pattern, agent=agent) for agent in ("a1", "a2"))
+    assert first.heard == [a1, "event a1", "message a1"]
+    assert second.heard == [a1, "event a1", "message a1", a2, "event a2", "message a2", "connect"]
+
+
+def test_the_coordinator_stops_its_extensions(routing):
+    heard = routing.coordinator.extend(Heard)
+    routing.coordinator.stop()
+    routing.coordinator.events.emit(PresenceChanged(Presence(state="online", agent="a1")))
+    routing.bus.handle(routing.bus.topics.build(Presence.topic_pattern, agent="a1"),
+                       Presence(state="online", agent="a1").to_json())
+    assert heard.heard == []
 
 
 def test_extensions_hear_the_events_and_publish_after_the_reply(routing):
