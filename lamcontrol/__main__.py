@@ -7,7 +7,7 @@ import sys
 def run() -> int:
     """``lam``: a Ctrl-C while it loads ends it quietly, with no traceback; then the command runs."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    from .cli import main
+    from lamcontrol.cli.main import main
 
     return main()
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from helpers import ROOT, Process, free_port, wait_for_port, wait_until
-from lamcontrol import ops
+from lamcontrol.cli import ops
 from lamcontrol.bus import BrokerSettings, Bus
 from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, Reply, Result, Topics, parse
 

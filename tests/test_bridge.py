@@ -20,7 +20,7 @@ from bridgekit import (NO_VOICE_GATEWAY, PASSWORD, bridge, broker, csrf_from, du
 from conftest import Broker
 from helpers import ROOT, free_port, wait_for_port, wait_until
 from lamcontrol.bus import BrokerSettings, Bus
-from lamcontrol.cli import main as lam_main
+from lamcontrol.cli.main import main as lam_main
 from lamcontrol.protocol import Presence, Prompt, Reply
 from lamcontrol.r1_bridge.auth import TokenStore
 

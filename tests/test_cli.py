@@ -209,7 +209,7 @@ def test_lam_up_uses_the_broker_the_config_names(broker, tmp_path):
 
 def test_version_and_help_a_person_can_read():
     from lamcontrol import __version__
-    from lamcontrol.cli import build_parser
+    from lamcontrol.cli.main import build_parser
 
     assert lam_cli("--version").stdout.strip() == f"lam (lamcontrol) {__version__}"
 
@@ -448,7 +448,7 @@ def test_a_second_coordinator_refuses_naming_the_first_and_leaves_it_be(tmp_path
 
 
 def test_a_refused_login_says_the_broker_was_reached_and_an_agent_stops_trying(tmp_path):
-    from lamcontrol.join import UserFolder, agent_item
+    from lamcontrol.cli.join import UserFolder, agent_item
 
     users = UserFolder(tmp_path / "users", True, "lam", "homeassistant")
     users.add("monitor", agent_item("desk", ["echo"]))
@@ -504,7 +504,7 @@ def test_lam_up_on_a_lan_address_lets_this_machines_own_clients_in(tmp_path):
     clients, lam send and lam agents on this machine get in without a password, as they do on loopback.
     In a network namespace of its own, where a veth pair carries the address."""
     from faultkit import ip, netns_problem
-    from lamcontrol.join import UserFolder, agent_item
+    from lamcontrol.cli.join import UserFolder, agent_item
 
     problem = netns_problem()
     if problem:

@@ -11,7 +11,8 @@ import tomllib
 import pytest
 
 from helpers import ROOT
-from lamcontrol import config, config_docs
+from lamcontrol import config
+from lamcontrol.cli import config_docs
 from lamcontrol.agents.computer import Computer
 from lamcontrol.r1_bridge.app import BridgeSettings
 from lamcontrol.r1_bridge.openclaw import GatewaySettings

@@ -23,7 +23,7 @@ from conftest import mosquitto_available
 from helpers import ROOT, Process, Recorder, assert_tls_login, free_port, wait_for_port, wait_until
 from lamcontrol import config as lamconfig
 from lamcontrol.bus import BrokerSettings, Bus, BusError
-from lamcontrol.join import UserFolder, agent_item
+from lamcontrol.cli.join import UserFolder, agent_item
 from lamcontrol.protocol import Prompt
 
 NAME = "kitchen"
@@ -248,7 +248,7 @@ def test_embedded_broker_over_tls_and_what_join_hands_out(tmp_path):
     finally:
         broker.stop()
 
-    from lamcontrol.join import broker_url, commands
+    from lamcontrol.cli.join import broker_url, commands
 
     cfg = lamconfig.DEFAULTS | {"embedded_broker": {**lamconfig.DEFAULTS["embedded_broker"],
                                                     "tls_listen": f"0.0.0.0:{port}", "cert_file": str(cert)}}
@@ -270,7 +270,7 @@ def test_broker_refuses_what_it_must_not_run(tmp_path):
 
 
 def test_join_hands_out_the_mosquitto_listener_the_network_reaches(tmp_path):
-    from lamcontrol.join import mosquitto_url
+    from lamcontrol.cli.join import mosquitto_url
 
     cert, key = certificate(tmp_path)
     for listen, extra, expected in (("127.0.0.1:1883", [], None), ("0.0.0.0:1884", [], "mqtt://192.0.2.7:1884"),
@@ -293,7 +293,7 @@ def test_the_packed_wheel_holds_what_a_built_one_does(tmp_path):
     """lam join packs this installation without building: the same files as pip's build of the checkout."""
     import zipfile
 
-    from lamcontrol.join import pack_wheel
+    from lamcontrol.cli.join import pack_wheel
 
     packed = zipfile.ZipFile(pack_wheel(tmp_path))
     source = tmp_path / "source"  # a copy: setuptools builds in the source tree, and keeps what it built there

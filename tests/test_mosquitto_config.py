@@ -18,7 +18,7 @@ import pytest
 
 from conftest import mosquitto_available
 from helpers import ROOT, Process, Recorder, assert_tls_login, free_port, wait_for_port, wait_until
-from lamcontrol import ops
+from lamcontrol.cli import ops
 from lamcontrol.bus import BrokerSettings, Bus, BusError
 from lamcontrol.protocol import CoordinatorPresence, Presence, Prompt, Reply, Result, Task, parse
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPONENTS = ("agents", "broker", "coordinator", "r1_bridge")
+COMPONENTS = ("agents", "broker", "cli", "coordinator", "r1_bridge")  # "cli": the front end, above the others
 
 
 def python_sources() -> list[Path]:
@@ -119,11 +119,37 @@ def circles(imports: dict[str, set[str]]) -> list[str]:
 
 
 def test_no_module_imports_itself_round_a_circle():
-    """Shared helpers live a level below the modules that use them: the CLI's in lamcontrol.console,
+    """Shared helpers live a level below the modules that use them: the CLI's in cli/console.py,
     the bridge's in r1_bridge/web.py, understanding's types in coordinator/grammar.py."""
     imports = module_imports()
     assert len(imports) > 50 and "lamcontrol.r1_bridge.web" in imports["lamcontrol.r1_bridge.api"]
     assert circles(imports) == []
+
+
+def upward_imports(imports: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Imports against the layers, bottom up: the core package (lamcontrol/), the components, the
+    command-line front end (cli/) that starts, asks and sets them up. ``lamcontrol/__main__.py``,
+    the ``lam`` program's entry, is the front end's door and stands above them all."""
+    def layer(module: str) -> int:
+        parts = module.split(".")
+        return 3 if module == "lamcontrol.__main__" else 2 if parts[1] == "cli" else 1 if len(parts) > 2 else 0
+
+    return sorted((m, i) for m, found in imports.items() for i in found if layer(i) > layer(m))
+
+
+def test_imports_go_down_only_the_core_imports_no_component():
+    """Even an import inside a function ties two modules: the core reaches no component, lazily or not."""
+    imports = module_imports()
+    assert {"lamcontrol.cli.up", "lamcontrol.bus", "lamcontrol.coordinator.single"} <= set(imports)
+    assert upward_imports(imports) == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    imports = {"lamcontrol.bus": {"lamcontrol.protocol"}, "lamcontrol.up": {"lamcontrol.coordinator.single"},
+               "lamcontrol.coordinator.service": {"lamcontrol.bus", "lamcontrol.cli.console"},
+               "lamcontrol.cli.up": {"lamcontrol.coordinator.single"}, "lamcontrol.__main__": {"lamcontrol.cli.main"}}
+    assert upward_imports(imports) == [("lamcontrol.coordinator.service", "lamcontrol.cli.console"),
+                                       ("lamcontrol.up", "lamcontrol.coordinator.single")]
 
 
 def test_the_circle_check_sees_a_circle():

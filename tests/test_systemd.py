@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, free_port, wait_until
-from lamcontrol import ops
+from lamcontrol.cli import ops
 
 SYSTEM_UNITS = ("lam-broker.service", "lam-coordinator.service", "lam-bridge.service")
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPONENTS = ("agents", "broker", "coordinator", "r1_bridge")
+COMPONENTS = ("agents", "broker", "cli", "coordinator", "r1_bridge")
 INSTALLED_PATH = re.compile(rf"^lamcontrol/(?=(?:{'|'.join(COMPONENTS)})/)", re.M)
 
 

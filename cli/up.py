@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 from typing import Any, Callable
 
-from . import config as lamconfig
+from lamcontrol import config as lamconfig
+from lamcontrol.bus import BrokerSettings, Bus, BusError
+from lamcontrol.protocol import Presence, ProtocolError, read
+
 from . import join
-from .bus import BrokerSettings, Bus, BusError
 from .console import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
-from .protocol import Presence, ProtocolError, read
 
 START_TIMEOUT = 90.0  # seconds every part has to come online
 STOP_SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]

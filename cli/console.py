@@ -6,8 +6,8 @@ import argparse
 import time
 from typing import Callable
 
-from . import config as lamconfig
-from .bus import BrokerSettings, Bus
+from lamcontrol import config as lamconfig
+from lamcontrol.bus import BrokerSettings, Bus
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
 

@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from .config import MODEL, Setting, capability_entry_points
+from lamcontrol.config import MODEL, Setting, capability_entry_points
 
 EXAMPLE = Path("config") / "lamcontrol.example.toml"
 README = Path("README.md")

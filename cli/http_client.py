@@ -20,9 +20,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
+from lamcontrol import __version__
+from lamcontrol.protocol import new_id
+
 from .console import print_table
-from .protocol import new_id
 
 USER_AGENT = f"lamcontrol/{__version__}"
 RETRY_STATUSES = (429, 500, 502, 503, 504)  # the prompt was not taken: another bridge may take it

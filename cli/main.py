@@ -12,14 +12,15 @@ import time
 from datetime import datetime
 from typing import Any
 
-from . import __version__
-from . import config as lamconfig
+from lamcontrol import __version__
+from lamcontrol import config as lamconfig
+from lamcontrol.bus import Bus, BusError
+from lamcontrol.protocol import (Metadata, Presence, PresenceState, Prompt, PromptStatus, ProtocolError, Reply,
+                                 describe_event, parse)
+
 from . import config_docs, http_client, join, ops, up
-from .bus import Bus, BusError
 from .console import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, broker_options, collect_retained, config_option,
                       connect, print_table, settings_from)
-from .protocol import (Metadata, Presence, PresenceState, Prompt, PromptStatus, ProtocolError, Reply, describe_event,
-                       parse)
 
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 

@@ -42,11 +42,12 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import unquote, urlsplit
 
-from . import config as lamconfig
+from lamcontrol import config as lamconfig
+from lamcontrol.bus import BrokerSettings, Bus, BusError
+from lamcontrol.protocol import Presence, PresenceState, ProtocolError, Topics, check_id, parse
+
 from . import ops
-from .bus import BrokerSettings, Bus, BusError
 from .console import EXIT_FAILED, EXIT_OK, config_option
-from .protocol import Presence, PresenceState, ProtocolError, Topics, check_id, parse
 
 USERS_FILE = "users"
 LOCAL_COMPONENTS = ("coordinator", "bridge", "monitor")

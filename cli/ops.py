@@ -24,9 +24,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import config as lamconfig
+from lamcontrol import config as lamconfig
+from lamcontrol.protocol import Presence, PresenceState, ProtocolError, Topics, check_id, parse
+
 from .console import EXIT_FAILED, EXIT_OK, broker_options, collect_retained, config_option, connect, settings_from
-from .protocol import Presence, PresenceState, ProtocolError, Topics, check_id, parse
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
