@@ -25,6 +25,7 @@ from typing import Callable
 
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus
+from lamcontrol.config import default
 from lamcontrol.language import ArgumentError, advertisement
 from lamcontrol.protocol import Presence, PresenceState, Result, ResultState, Risk, Task, check_agent_id
 
@@ -42,8 +43,9 @@ class Agent:
     """One agent process serving one or more capabilities."""
 
     def __init__(self, agent_id: str, capabilities: dict[str, Capability], settings: BrokerSettings,
-                 max_concurrent: int = 4, heartbeat: float = 30.0, stop_grace: float = 10.0,
-                 max_queued: int = 8, bus_factory: Callable[..., Bus] = Bus,
+                 max_concurrent: int = default("agent", "max_concurrent"), heartbeat: float = default("agent", "heartbeat"),
+                 stop_grace: float = default("agent", "stop_grace"), max_queued: int = default("agent", "max_queued"),
+                 bus_factory: Callable[..., Bus] = Bus,
                  left_out: dict[str, str] | None = None) -> None:
         self.id = check_agent_id(agent_id)
         self.capabilities = capabilities

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import getpass
 import logging
 import os
@@ -31,18 +32,21 @@ from lamcontrol.service import pet_watchdog, sd_notify, setup_logging
 log = logging.getLogger("lam-broker")
 
 
+listener_setting = functools.partial(lamconfig.setting, "embedded_broker")  # a field with its default
+
+
 @dataclass
 class Listeners:
     """Where the broker listens and who may come in."""
 
-    listen: str = "127.0.0.1:1883"
-    websocket: str = ""
-    tls_listen: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    password_file: str = ""
-    acl_file: str = ""
-    allow_anonymous: bool = True
+    listen: str = listener_setting("listen")
+    websocket: str = listener_setting("websocket")
+    tls_listen: str = listener_setting("tls_listen")
+    cert_file: str = listener_setting("cert_file")
+    key_file: str = listener_setting("key_file")
+    password_file: str = listener_setting("password_file")
+    acl_file: str = listener_setting("acl_file")
+    allow_anonymous: bool = listener_setting("allow_anonymous")
 
     @classmethod
     def from_config(cls, section: dict, **chosen: str | bool | None) -> Listeners:
@@ -162,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"lam-broker (lamcontrol) {__version__}")
     parser.add_argument("--config", help="TOML config file, for its [embedded_broker] section (default: $LAM_CONFIG, "
                                           f"then {', then '.join(lamconfig.SEARCH_PATH)})")
-    parser.add_argument("--listen", help="host:port for plain MQTT (default 127.0.0.1:1883; '' for none); beyond "
+    parser.add_argument("--listen", help=f"host:port for plain MQTT (default {lamconfig.default('embedded_broker', 'listen')}; "
+                                         "'' for none); beyond "
                                          "loopback it needs --password-file")
     parser.add_argument("--websocket", help="host:port for MQTT over websockets (off by default)")
     parser.add_argument("--tls-listen", help="host:port for MQTT over TLS, with --cert and --key")

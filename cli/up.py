@@ -193,10 +193,10 @@ def check_ports(cfg: dict[str, Any], bridge: bool) -> list[str]:
             host, port = lamconfig.host_port(listen)
             raise Refused(f"the bridge cannot listen on {listen}: {busy}. Give it another port: lam up --bridge-listen "
                           f"{lamconfig.joined(host, port + 1)} (or [bridge] listen), or start none: --no-bridge")
-        voice = cfg["openclaw"]
-        if voice.get("enabled", True) and voice.get("port", 18789):
-            port = voice.get("port", 18789)
-            busy = lamconfig.bind_problem(voice.get("host", "0.0.0.0"), port)
+        voice = {key: cfg["openclaw"].get(key, lamconfig.default("openclaw", key)) for key in ("enabled", "host", "port")}
+        if voice["enabled"] and voice["port"]:
+            port = voice["port"]
+            busy = lamconfig.bind_problem(voice["host"], port)
             if busy:
                 notes.append(f"voice:  the R1 voice gateway cannot listen on port {port} ({busy}), so R1s cannot "
                              f"pair by voice; give it another: lam up --voice-port {port + 1} (or [openclaw] port)")
@@ -435,12 +435,13 @@ def banner(args: argparse.Namespace, cfg: dict[str, Any], broker: Broker, parts:
 def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser], *parents: argparse.ArgumentParser) -> None:
     up = sub.add_parser("up", parents=list(parents), help="start broker, coordinator, bridge and a local agent")
     up.add_argument("--listen", help="host:port for lam up's own broker (default: [embedded_broker] listen, else the "
-                                     "address [broker] url names on this machine, else 127.0.0.1:1883); beyond "
+                                     "address [broker] url names on this machine, else "
+                                     f"{lamconfig.default('embedded_broker', 'listen')}); beyond "
                                      "loopback it needs users: lam join NAME makes them")
     up.add_argument("--bridge-listen", metavar="HOST:PORT", help="where the HTTP bridge listens (default: [bridge] "
-                                                                 "listen, 127.0.0.1:8080)")
+                                                                 f"listen, {lamconfig.default('bridge', 'listen')})")
     up.add_argument("--voice-port", type=int, metavar="PORT", help="port of the R1 voice gateway (default: [openclaw] "
-                                                                   "port, 18789)")
+                                                                   f"port, {lamconfig.default('openclaw', 'port')})")
     up.add_argument("--capability", "-c", action="append", help="capabilities for the local agent (default: all)")
     up.add_argument("--agent-id", help="id of the local agent (default: the host name)")
     up.add_argument("--no-bridge", action="store_true", help="do not start the HTTP bridge")

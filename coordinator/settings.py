@@ -2,34 +2,39 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, fields
 from typing import Any
 
+from lamcontrol.config import setting
+
+coordinator = functools.partial(setting, "coordinator")  # a field with the [coordinator] key's default
+
 
 @dataclass(frozen=True)
 class Settings:
-    """Every timing in seconds."""
+    """Every timing in seconds. What each is and its default: :data:`lamcontrol.config.MODEL`."""
 
-    ack_timeout: float = 5.0  # an agent must accept a task within this
-    prompt_timeout: float = 60.0  # a prompt is answered within this, unless its metadata asks otherwise
-    max_prompt_timeout: float = 600.0  # the longest a prompt's metadata may ask for
-    task_timeout: float = 45.0  # a task's own deadline, within its prompt's
-    confirm_window: float = 30.0  # a high-risk command waits this long for "confirm"
-    heartbeat: float = 30.0  # between the coordinator's presence announcements
-    warmup: float = 3.0  # after start, unknown capabilities are waited for, not failed
-    retry_round: float = 1.0  # pause before offering a task again to agents that refused it
-    tick: float = 0.1  # between checks of timeouts and waiting tasks
-    prune_every: float = 3600.0  # between journal clean-ups
+    ack_timeout: float = coordinator("ack_timeout")
+    prompt_timeout: float = coordinator("prompt_timeout")
+    max_prompt_timeout: float = coordinator("max_prompt_timeout")
+    task_timeout: float = coordinator("task_timeout")
+    confirm_window: float = coordinator("confirm_window")
+    heartbeat: float = coordinator("heartbeat")
+    warmup: float = coordinator("warmup")
+    retry_round: float = coordinator("retry_round")
+    tick: float = coordinator("tick")
+    prune_every: float = coordinator("prune_every")
     transcript: int = 5  # commands remembered per source, for the parser's context
-    legacy_results: bool = False  # also take results on the old topic lam/results/<task_id>
-    ack_grace: float = 1.0  # past an accept window, for an `accepted` sent within it to reach us
-    agent_grace: float = 15.0  # an agent gone offline keeps its accepted tasks this long, to come back
-    sources: int = 1000  # sources whose transcripts and held confirmations are kept (least recent go)
-    source_rate: float = 20.0  # prompts a second one source may send, sustained (0: no limit)
-    source_burst: float = 200.0  # prompts one source may send at once, before source_rate applies
-    max_waiting: int = 1000  # prompts journaled and waiting to be understood, all sources together
-    clock_skew: float = 10.0  # seconds a source's clock may be off before its prompts are timed on arrival
+    legacy_results: bool = coordinator("legacy_results")
+    ack_grace: float = coordinator("ack_grace")
+    agent_grace: float = coordinator("agent_grace")
+    sources: int = coordinator("sources")
+    source_rate: float = coordinator("source_rate")
+    source_burst: float = coordinator("source_burst")
+    max_waiting: int = coordinator("max_waiting")
+    clock_skew: float = coordinator("clock_skew")
 
     @classmethod
     def from_config(cls, section: dict) -> Settings:

@@ -48,6 +48,7 @@ Cleared = Callable[[dict[str, str]], None]
 Call = Callable[[], None]
 Held = tuple[str, "bytes | str", int, bool, "Call | None"]  # a publish held until its transaction commits
 CONNECT, CALL, PUBLISHED = "connect", "call", "published"  # inbox entries that are not messages
+broker_setting = functools.partial(lamconfig.setting, "broker")  # a field with the [broker] key's default
 BURST = 64  # messages handled together, in one transaction when there is one
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 8.0  # seconds; each wait is drawn at random below a doubling cap
 IDLE = 1.0  # seconds the bus thread waits for the network before its keepalive check
@@ -77,16 +78,16 @@ class RetryBurst(Exception):
 class BrokerSettings:
     """Where the broker is and how to log in to it."""
 
-    url: str = "mqtt://127.0.0.1:1883"
-    username: str = ""
-    password: str = ""
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    tls_insecure: bool = False
-    keepalive: int = 30
-    prefix: str = "lam"
-    max_payload: int = DEFAULT_MAX_PAYLOAD
+    url: str = broker_setting("url")
+    username: str = broker_setting("username")
+    password: str = broker_setting("password")
+    ca_file: str = broker_setting("ca_file")
+    cert_file: str = broker_setting("cert_file")
+    key_file: str = broker_setting("key_file")
+    tls_insecure: bool = broker_setting("tls_insecure")
+    keepalive: int = broker_setting("keepalive")
+    prefix: str = broker_setting("prefix")
+    max_payload: int = broker_setting("max_payload")
     origin: str = ""  # where the URL came from ("from --broker"), for messages that name the broker
     password_from: str = ""  # where the password came from, for the message of a refused login
 

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from .protocol import DEFAULT_MAX_PAYLOAD
+
 CAPABILITY_GROUP = "lamcontrol.capabilities"
 
 Check = Callable[[Any], str]  # a value -> what is wrong with it ('' when nothing)
@@ -145,7 +147,7 @@ MODEL: dict[str, Section] = {
         "tls_insecure": Setting(False, "skip the host name check (self-signed test brokers only)"),
         "keepalive": Setting(30, "seconds between MQTT keepalives", check=at_least(1)),
         "prefix": Setting("lam", "every topic starts with this", check=topic_prefix),
-        "max_payload": Setting(64 * 1024, "bigger incoming messages are refused on lam/errors", check=at_least(1024)),
+        "max_payload": Setting(DEFAULT_MAX_PAYLOAD, "bigger incoming messages are refused on lam/errors", check=at_least(1024)),
     }),
     "embedded_broker": Section("lam-broker, which lam up starts unless a broker is named", {
         "listen": Setting("127.0.0.1:1883", "host:port for plain MQTT; '' for none. Beyond loopback it needs "
@@ -264,6 +266,19 @@ MODEL: dict[str, Section] = {
     }, fill=False),
 }
 CAPABILITIES = "capabilities"  # [capabilities.<name>]: each capability declares its own settings
+
+
+def default(section: str, key: str) -> Any:
+    """The default of ``[section] key``: written once, in :data:`MODEL`, for every reader of the setting."""
+    return copy.deepcopy(MODEL[section].settings[key].default)
+
+
+def setting(section: str, key: str) -> Any:
+    """A dataclass field whose default is ``[section] key``'s (a list is copied for each instance)."""
+    value = MODEL[section].settings[key].default
+    if isinstance(value, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(value))
+    return field(default=value)
 
 
 def defaults() -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,31 +33,31 @@ if TYPE_CHECKING:
     from .openclaw import Gateway
 
 log = logging.getLogger(__name__)
-
+bridge_setting = functools.partial(lamconfig.setting, "bridge")  # a field with the [bridge] key's default
 
 
 @dataclass
 class BridgeSettings:
     """The ``[bridge]`` section of the config, with state files resolved."""
 
-    listen: str = "127.0.0.1:8080"
-    public_url: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    cors_origins: list[str] = field(default_factory=list)
-    max_wait: float = 30.0
-    max_body: int = 16 * 1024
-    threads: int = 16
-    token_file: str = ""
-    admin_file: str = ""
-    secret_key_file: str = ""
-    login_attempts: int = 5
-    login_window: float = 300.0
-    metrics_listen: str = ""
-    keep: int = 1000
-    title: str = "LAMControl"
-    theme_color: str = "#FE5000"
-    stream_max_age: float = 300.0
+    listen: str = bridge_setting("listen")
+    public_url: str = bridge_setting("public_url")
+    cert_file: str = bridge_setting("cert_file")
+    key_file: str = bridge_setting("key_file")
+    cors_origins: list[str] = bridge_setting("cors_origins")
+    max_wait: float = bridge_setting("max_wait")
+    max_body: int = bridge_setting("max_body")
+    threads: int = bridge_setting("threads")
+    token_file: str = bridge_setting("token_file")
+    admin_file: str = bridge_setting("admin_file")
+    secret_key_file: str = bridge_setting("secret_key_file")
+    login_attempts: int = bridge_setting("login_attempts")
+    login_window: float = bridge_setting("login_window")
+    metrics_listen: str = bridge_setting("metrics_listen")
+    keep: int = bridge_setting("keep")
+    title: str = bridge_setting("title")
+    theme_color: str = bridge_setting("theme_color")
+    stream_max_age: float = bridge_setting("stream_max_age")
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> BridgeSettings:

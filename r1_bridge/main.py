@@ -185,9 +185,10 @@ def cmd_passwd(args: argparse.Namespace, cfg: dict) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = component_parser("lam-bridge", __doc__)
-    parser.add_argument("--listen", help="host:port to serve on (default: [bridge] listen, 127.0.0.1:8080)")
+    parser.add_argument("--listen", help="host:port to serve on (default: [bridge] listen, "
+                                         f"{lamconfig.default('bridge', 'listen')})")
     parser.add_argument("--voice-port", type=int, metavar="PORT", help="port of the R1 voice gateway (default: "
-                                                                       "[openclaw] port, 18789)")
+                                                                       f"[openclaw] port, {lamconfig.default('openclaw', 'port')})")
     sub = parser.add_subparsers(dest="command")
     token = sub.add_parser("token", help="create, list or revoke API tokens")
     token.add_argument("action", choices=["create", "list", "revoke"])

@@ -30,6 +30,7 @@ authenticated, 64 KiB before. The server runs on its own thread and event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
@@ -47,7 +48,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from lamcontrol import __version__
-from lamcontrol.config import ConfigError
+from lamcontrol.config import ConfigError, setting
 from lamcontrol.protocol import (FINISHED, JSON_READER, PresenceState, ProtocolError, Reply, Result, check_unicode,
                                  new_id)
 
@@ -61,7 +62,6 @@ from .relay import Relay
 log = logging.getLogger(__name__)
 
 MIN_PROTOCOL, MAX_PROTOCOL = 3, 4
-DEFAULT_PORT = 18789
 MAX_FRAME_BEFORE_AUTH = 64 * 1024
 MAX_FRAME = 25 * 1024 * 1024  # as OpenClaw: room for photos once authenticated
 MAX_BUFFERED = 2 * MAX_FRAME
@@ -205,17 +205,20 @@ def negotiate(params: dict) -> int:
     return min(high, MAX_PROTOCOL)
 
 
+gateway_setting = functools.partial(setting, "openclaw")  # a field with the [openclaw] key's default
+
+
 @dataclass
 class GatewaySettings:
     """``[openclaw]`` of the configuration: where the gateway listens, what the pairing QR advertises."""
 
-    enabled: bool = True
-    host: str = "0.0.0.0"
-    port: int = DEFAULT_PORT
-    cert_file: str = ""
-    key_file: str = ""
-    reply_timeout: float = 75.0
-    advertise: list[str] = field(default_factory=list)  # addresses for the QR; default: the LAN addresses
+    enabled: bool = gateway_setting("enabled")
+    host: str = gateway_setting("host")
+    port: int = gateway_setting("port")
+    cert_file: str = gateway_setting("cert_file")
+    key_file: str = gateway_setting("key_file")
+    reply_timeout: float = gateway_setting("reply_timeout")
+    advertise: list[str] = gateway_setting("advertise")
 
     @classmethod
     def from_config(cls, config: dict) -> GatewaySettings:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import re
 import subprocess
 import sys
+import textwrap
 import tomllib
 
 import pytest
@@ -14,6 +17,10 @@ from helpers import ROOT
 from lamcontrol import config
 from lamcontrol.cli import config_docs
 from lamcontrol.agents.computer import Computer
+from lamcontrol.agents.runtime import Agent
+from lamcontrol.broker.main import Listeners
+from lamcontrol.bus import BrokerSettings
+from lamcontrol.coordinator.settings import Settings
 from lamcontrol.r1_bridge.app import BridgeSettings
 from lamcontrol.r1_bridge.openclaw import GatewaySettings
 
@@ -93,15 +100,42 @@ def test_every_key_is_documented_and_readers_agree_with_the_model():
     for name, _, settings in config_docs.all_sections():
         for key, setting in settings.items():
             assert setting.help.strip(), f"[{name}] {key} has no help"
-    # The bridge and the voice gateway read their sections into dataclasses: every field is in the model, with
-    # the model's default, so no key goes undocumented.
+    # The bridge and the voice gateway read their sections into dataclasses: every field is in the model, so
+    # no key goes undocumented (their defaults: test_a_dataclass_of_settings_writes_no_default_again).
     for section, reader in (("bridge", BridgeSettings), ("openclaw", GatewaySettings)):
-        model = config.MODEL[section].settings
-        fields = {f.name: f for f in dataclasses.fields(reader)}
-        assert set(fields) == set(model), section
-        for key, field in fields.items():
-            default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-            assert default == model[key].default, f"[{section}] {key}"
+        assert {f.name for f in dataclasses.fields(reader)} == set(config.MODEL[section].settings), section
+
+
+SETTINGS_CLASSES = [(BrokerSettings, "broker"), (Listeners, "embedded_broker"), (Settings, "coordinator"),
+                    (BridgeSettings, "bridge"), (GatewaySettings, "openclaw")]
+
+
+@pytest.mark.parametrize("reader, section", SETTINGS_CLASSES, ids=[s for _, s in SETTINGS_CLASSES])
+def test_a_dataclass_of_settings_writes_no_default_again(reader, section):
+    """Each default is written once, in the config model: a field of a setting has the model's default,
+    and its source takes it from the model (no second copy that could drift from the first)."""
+    model = config.MODEL[section].settings
+    shared = [f for f in dataclasses.fields(reader) if f.name in model]
+    assert len(shared) >= 5
+    made = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default for f in shared}
+    assert made == {f.name: model[f.name].default for f in shared}
+    source = ast.parse(textwrap.dedent(inspect.getsource(reader)))
+    copies = [ast.unparse(node) for node in ast.walk(source) if isinstance(node, ast.AnnAssign)
+              and isinstance(node.target, ast.Name) and node.target.id in model and not names_its_key(node)]
+    assert copies == []
+
+
+def names_its_key(field: ast.AnnAssign) -> bool:
+    """The field's default is read from the model by its key (``tick: float = coordinator("tick")``)."""
+    call = field.value
+    return (isinstance(call, ast.Call) and len(call.args) == 1 and isinstance(call.args[0], ast.Constant)
+            and isinstance(field.target, ast.Name) and call.args[0].value == field.target.id)
+
+
+def test_the_agent_takes_its_defaults_from_the_config_model():
+    parameters = inspect.signature(Agent).parameters
+    for key in ("max_concurrent", "max_queued", "heartbeat", "stop_grace"):
+        assert parameters[key].default == config.MODEL["agent"].settings[key].default, key
 
 
 def test_generated_files_are_fresh():
