@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = component_parser("lam-agent", __doc__)
     parser.add_argument("--id", help="agent id (default: [agent] id, else the host name)")
     parser.add_argument("--capability", "-c", action="append", help="capability to offer (repeatable)")
-    parser.add_argument("--max-concurrent", type=int,
-                        help=f"tasks run at once (default: [agent] max_concurrent, {lamconfig.default('agent', 'max_concurrent')})")
-    parser.add_argument("--max-queued", type=int, help="tasks accepted beyond that, run as slots free (default: [agent] "
-                                                       f"max_queued, {lamconfig.default('agent', 'max_queued')})")
+    parser.add_argument("--max-concurrent", type=int, help="tasks run at once (default: [agent] max_concurrent, "
+                                                           f"{lamconfig.default('agent', 'max_concurrent')})")
+    parser.add_argument("--max-queued", type=int, help="tasks accepted beyond that, run as slots free (default: "
+                                                       f"[agent] max_queued, {lamconfig.default('agent', 'max_queued')})")
     parser.add_argument("--all", action="store_true", help="offer every installed capability that can run here")
     parser.add_argument("--list", action="store_true", help="list installed capabilities and exit")
     args = parser.parse_args(argv)

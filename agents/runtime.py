@@ -25,6 +25,7 @@ from typing import Callable
 
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus
+from lamcontrol.clock import Clock
 from lamcontrol.config import default
 from lamcontrol.language import ArgumentError, advertisement
 from lamcontrol.protocol import Presence, PresenceState, Result, ResultState, Risk, Task, check_agent_id
@@ -43,11 +44,13 @@ class Agent:
     """One agent process serving one or more capabilities."""
 
     def __init__(self, agent_id: str, capabilities: dict[str, Capability], settings: BrokerSettings,
-                 max_concurrent: int = default("agent", "max_concurrent"), heartbeat: float = default("agent", "heartbeat"),
-                 stop_grace: float = default("agent", "stop_grace"), max_queued: int = default("agent", "max_queued"),
-                 bus_factory: Callable[..., Bus] = Bus,
+                 max_concurrent: int = default("agent", "max_concurrent"),
+                 heartbeat: float = default("agent", "heartbeat"), stop_grace: float = default("agent", "stop_grace"),
+                 max_queued: int = default("agent", "max_queued"),
+                 clock: Clock = Clock(), bus_factory: Callable[..., Bus] = Bus,
                  left_out: dict[str, str] | None = None) -> None:
         self.id = check_agent_id(agent_id)
+        self.clock = clock  # deadlines on the wire, and the heartbeat's and the queue's intervals
         self.capabilities = capabilities
         self.left_out = left_out or {}  # capability -> why it could not run here (said in presence)
         self._specs = {name: capability.spec() for name, capability in capabilities.items()}  # their own risks
@@ -56,7 +59,7 @@ class Agent:
         self.heartbeat = heartbeat
         self.stop_grace = stop_grace
         self.host = socket.gethostname()
-        self.started = time.time()
+        self.started = self.clock.time()
         self._lock = threading.Lock()
         self._running: dict[str, Task] = {}  # accepted and not finished: running, or queued for a slot
         self._queued: OrderedDict[str, Task] = OrderedDict()  # accepted, waiting for a slot, oldest first
@@ -113,13 +116,13 @@ class Agent:
 
     def _heartbeat_loop(self) -> None:
         """Presence every heartbeat; in between, fail tasks that ran past their deadline."""
-        next_beat = time.monotonic() + self.heartbeat
+        next_beat = self.clock.monotonic() + self.heartbeat
         while not self._stopping.wait(DEADLINE_CHECK):
-            now = time.time()
+            now = self.clock.time()
             for task in [t for t in list(self._running.values()) if t.deadline and now > t.deadline]:
                 self._finish(task, ResultState.FAILED, OUT_OF_TIME)
-            if time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + self.heartbeat
+            if self.clock.monotonic() >= next_beat:
+                next_beat = self.clock.monotonic() + self.heartbeat
                 self.announce()
 
     # -- life cycle ---------------------------------------------------------------------
@@ -131,7 +134,7 @@ class Agent:
     def stop(self) -> None:
         """Stop taking tasks, let running ones finish within the grace period, go offline."""
         self._stopping.set()
-        deadline = time.monotonic() + self.stop_grace
+        deadline = time.monotonic() + self.stop_grace  # waited in real time, as the sleeps are
         while self._running and time.monotonic() < deadline:
             time.sleep(0.05)
         for capability in self.capabilities.values():
@@ -185,7 +188,7 @@ class Agent:
             return f"This agent cannot do {task.capability} {task.action}."
         if self._stopping.is_set():
             return "The agent is shutting down."
-        if task.accept_by and time.time() > task.accept_by:
+        if task.accept_by and self.clock.time() > task.accept_by:
             return "The task arrived after its dispatch window closed."
         if len(self._running) - len(self._queued) >= self.max_concurrent and not self._may_queue(task):
             return "The agent is busy."
@@ -211,7 +214,7 @@ class Agent:
         if len(self._queued) >= self.max_queued:
             return False
         rounds = len(self._queued) // self.max_concurrent + 2
-        return not task.deadline or time.time() + rounds * self._pace < task.deadline
+        return not task.deadline or self.clock.time() + rounds * self._pace < task.deadline
 
     def _start_queued(self) -> None:
         """Start queued tasks, oldest first, while a slot is free; once stopping, fail them instead."""
@@ -223,13 +226,13 @@ class Agent:
                 _, task = self._queued.popitem(last=False)
             if self._stopping.is_set():
                 self._finish(task, ResultState.FAILED, "The agent stopped before the task started.")
-            elif task.deadline and time.time() > task.deadline:
+            elif task.deadline and self.clock.time() > task.deadline:
                 self._finish(task, ResultState.FAILED, OUT_OF_TIME)  # never started late
             else:
                 self._pool.submit(self._run, task)
 
     def _run(self, task: Task) -> None:
-        started = time.monotonic()
+        started = self.clock.monotonic()
         try:
             outcome = self.capabilities[task.capability].run(task.action, task.args)
         except TaskFailed as exc:
@@ -240,7 +243,7 @@ class Agent:
         else:
             self._finish(task, ResultState.SUCCEEDED, outcome.message, outcome.data)
         finally:
-            self._pace += (time.monotonic() - started - self._pace) / 8
+            self._pace += (self.clock.monotonic() - started - self._pace) / 8
         read = self._readings.get(task.capability)
         if read is not None and self.capabilities[task.capability].readings() != read:
             self.announce()  # what the task changed (the volume) shows at once, not at the next heartbeat

@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"lam-broker (lamcontrol) {__version__}")
     parser.add_argument("--config", help="TOML config file, for its [embedded_broker] section (default: $LAM_CONFIG, "
                                           f"then {', then '.join(lamconfig.SEARCH_PATH)})")
-    parser.add_argument("--listen", help=f"host:port for plain MQTT (default {lamconfig.default('embedded_broker', 'listen')}; "
-                                         "'' for none); beyond "
+    parser.add_argument("--listen", help="host:port for plain MQTT (default "
+                                         f"{lamconfig.default('embedded_broker', 'listen')}; '' for none); beyond "
                                          "loopback it needs --password-file")
     parser.add_argument("--websocket", help="host:port for MQTT over websockets (off by default)")
     parser.add_argument("--tls-listen", help="host:port for MQTT over TLS, with --cert and --key")

@@ -193,7 +193,8 @@ def check_ports(cfg: dict[str, Any], bridge: bool) -> list[str]:
             host, port = lamconfig.host_port(listen)
             raise Refused(f"the bridge cannot listen on {listen}: {busy}. Give it another port: lam up --bridge-listen "
                           f"{lamconfig.joined(host, port + 1)} (or [bridge] listen), or start none: --no-bridge")
-        voice = {key: cfg["openclaw"].get(key, lamconfig.default("openclaw", key)) for key in ("enabled", "host", "port")}
+        voice = {key: cfg["openclaw"].get(key, lamconfig.default("openclaw", key))  # [openclaw] is read as written
+                 for key in ("enabled", "host", "port")}
         if voice["enabled"] and voice["port"]:
             port = voice["port"]
             busy = lamconfig.bind_problem(voice["host"], port)

@@ -17,6 +17,7 @@ import json
 import logging
 
 from lamcontrol.bus import Bus
+from lamcontrol.clock import Clock
 from lamcontrol.protocol import CoordinatorAction, CoordinatorRequest
 from lamcontrol.service import request_restart
 
@@ -37,8 +38,8 @@ def log_level() -> str:
 class Control(Extension):
     """Answers the coordinator's own requests."""
 
-    def __init__(self, bus: Bus, events: Events) -> None:
-        super().__init__(bus, events)
+    def __init__(self, bus: Bus, events: Events, clock: Clock = Clock()) -> None:
+        super().__init__(bus, events, clock)
         self.topics = bus.topics
         self.subscribe(CoordinatorRequest, self.on_request, cleared=lambda ids: None)  # our own clearing
         self.on_connect(self.report)

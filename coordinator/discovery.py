@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable
 
 from lamcontrol import __version__
 from lamcontrol.bus import Bus
+from lamcontrol.clock import Clock
 from lamcontrol.config import host_port
 from lamcontrol.language import CapabilitySpec, Entity
 from lamcontrol.protocol import (FINISHED, LOG_LEVELS, PROMPT_STATUSES, CoordinatorAction, Metadata, Presence, PresenceState,
@@ -299,9 +300,9 @@ class Discovery(Extension):
     published: a config it no longer wants is withdrawn, and its config is what is remembered.
     """
 
-    def __init__(self, bus: Bus, events: Events, discovery_prefix: str = "homeassistant",
+    def __init__(self, bus: Bus, events: Events, clock: Clock = Clock(), discovery_prefix: str = "homeassistant",
                  dashboard_url: str = "") -> None:
-        super().__init__(bus, events)
+        super().__init__(bus, events, clock)
         self.topics = bus.topics
         self.specs: dict[str, dict[str, CapabilitySpec]] = {}  # what each agent advertised
         self.configs = Configs(bus.topics, discovery_prefix, dashboard_url, self.specs_of)

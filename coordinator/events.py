@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 from lamcontrol.bus import Bus, Call, Cleared, Handler, M
+from lamcontrol.clock import Clock
 from lamcontrol.language import CapabilitySpec
 from lamcontrol.protocol import Presence, Prompt, Reply, Result, ResultState, Task, TaskState
 
@@ -133,8 +134,8 @@ class Extension:
     restarts), and an extension with more to release (a server) adds that to its own ``stop``.
     """
 
-    def __init__(self, bus: Bus, events: Events) -> None:
-        self.bus, self.events = bus, events
+    def __init__(self, bus: Bus, events: Events, clock: Clock = Clock()) -> None:
+        self.bus, self.events, self.clock = bus, events, clock
         self._listening: list[Callable[[Any], None]] = []
         self._subscribed: list[Callable[..., None]] = []
 
@@ -166,4 +167,4 @@ class Extension:
         self._subscribed.clear()
 
 
-ExtensionFactory = Callable[[Bus, Events], Extension]  # makes an extension, which subscribes as it is made
+ExtensionFactory = Callable[[Bus, Events, Clock], Extension]  # makes an extension, which subscribes as it is made

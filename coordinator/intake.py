@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, TypeVar
 
+from lamcontrol.clock import Clock
 from lamcontrol.protocol import Prompt, PromptStatus, Risk
 
 from .events import Events, PromptParsed
@@ -36,7 +37,7 @@ from .parsing import Parser, is_cancellation, is_confirmation
 from .registry import Registry
 from .routing import Reply, Router
 from .runs import Held
-from .settings import Clock, Settings
+from .settings import Settings
 from .specs import Offer, SpecStore
 
 log = logging.getLogger(__name__)

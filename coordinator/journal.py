@@ -21,11 +21,12 @@ import json
 import os
 import sqlite3
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from lamcontrol.clock import Clock
+from lamcontrol.config import default
 from lamcontrol.protocol import Prompt, TaskState
 
 SCHEMA = """
@@ -74,7 +75,9 @@ def mount_point(path: Path) -> Path:
 class Journal:
     """Prompts, tasks and replies, durable across crashes."""
 
-    def __init__(self, path: str | Path, keep_days: float = 7.0, max_prompts: int = 100_000) -> None:
+    def __init__(self, path: str | Path, keep_days: float = default("coordinator", "journal_days"),
+                 max_prompts: int = default("coordinator", "journal_max_prompts"), clock: Clock = Clock()) -> None:
+        self.clock = clock  # when prompts arrive, and so which are old
         self.keep_days = keep_days
         self.max_prompts = max_prompts  # answered prompts kept at most, newest first
         self.path = Path(path).expanduser() if str(path) != ":memory:" else Path(":memory:")
@@ -144,7 +147,7 @@ class Journal:
             try:
                 self._db.execute("BEGIN")
                 for sql, params in [*self._held, ("DELETE FROM probe", ()), ("INSERT INTO probe VALUES (?)",
-                                                                               (time.time(),))]:
+                                                                               (self.clock.time(),))]:
                     self._db.execute(sql, params)
                 self._db.execute("COMMIT")
             except sqlite3.Error:
@@ -171,7 +174,7 @@ class Journal:
         with self._lock:
             cursor = self._db.execute(
                 "INSERT OR IGNORE INTO prompts (id, body, received, deadline) VALUES (?, ?, ?, ?)",
-                (prompt.id, prompt.to_json().decode(), time.time(), deadline))
+                (prompt.id, prompt.to_json().decode(), self.clock.time(), deadline))
             self.added += cursor.rowcount
             return cursor.rowcount == 1
 
@@ -221,7 +224,7 @@ class Journal:
             if self.unwritable:
                 return 0
             self.added = 0
-            cutoff = time.time() - self.keep_days * 86400
+            cutoff = self.clock.time() - self.keep_days * 86400
             row = self._db.execute("SELECT received FROM prompts ORDER BY received DESC LIMIT 1 OFFSET ?",
                                    (max(0, self.max_prompts - 1),)).fetchone()
             if row is not None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 
 from lamcontrol.bus import Bus
+from lamcontrol.clock import Clock
 from lamcontrol.config import ConfigError
 from lamcontrol.protocol import ErrorRecord
 
@@ -35,8 +35,8 @@ def extension(cfg: dict) -> ExtensionFactory | None:
 class Metrics(Extension):
     """The coordinator's metrics, kept from its events and served over HTTP for Prometheus."""
 
-    def __init__(self, bus: Bus, events: Events, port: int, bind: str = "127.0.0.1") -> None:
-        super().__init__(bus, events)
+    def __init__(self, bus: Bus, events: Events, clock: Clock, port: int, bind: str = "127.0.0.1") -> None:
+        super().__init__(bus, events, clock)
         try:
             import prometheus_client as prom
         except ImportError:
@@ -80,14 +80,14 @@ class Metrics(Extension):
     def task_finished(self, event: TaskFinished) -> None:
         started = self._dispatched.pop(event.task_id, None)
         if started is not None:
-            self.task_seconds.labels(event.capability, event.state).observe(time.monotonic() - started)
+            self.task_seconds.labels(event.capability, event.state).observe(self.clock.monotonic() - started)
 
     def replied(self, event: Replied) -> None:
         self._running.discard(event.reply.prompt_id)
         self.prompts.labels(event.reply.status).inc()
 
     def dispatched(self, event: TaskDispatched) -> None:
-        self._dispatched.setdefault(event.task.task_id, time.monotonic())
+        self._dispatched.setdefault(event.task.task_id, self.clock.monotonic())
 
     def parsed(self, event: PromptParsed) -> None:
         """Count a fallback when the configured parser failed or the LLM was unavailable."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lamcontrol.clock import Clock
 from lamcontrol.protocol import Presence, PresenceState
 
-from .settings import Clock
 
 STALE_AFTER = 3  # heartbeats missed before an agent that said online counts as gone
 OVERDUE_AFTER = 1.5  # heartbeats without a word before an agent gets no new task (a frozen process)

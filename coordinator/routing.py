@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from lamcontrol.clock import Clock
 from lamcontrol.protocol import (Presence, Prompt, PromptStatus, Result, ResultState, Task, TaskState, TaskSummary,
                                  new_id)
 
@@ -32,7 +33,7 @@ from .journal import Journal
 from .registry import Registry
 from .runs import (ACCEPTED, DISPATCHED, FAILED, OUT, SKIPPED, WAITING, Job, Run, command_from_dict,
                    command_to_dict, describe)
-from .settings import Clock, Settings
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 

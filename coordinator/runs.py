@@ -9,8 +9,8 @@ from lamcontrol.protocol import Prompt, PromptStatus, Risk, TaskState, TaskSumma
 
 from .grammar import Command
 
-WAITING, DISPATCHED, ACCEPTED, SUCCEEDED, FAILED, SKIPPED = (
-    TaskState.WAITING, TaskState.DISPATCHED, TaskState.ACCEPTED, TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED)
+WAITING, DISPATCHED, ACCEPTED, SUCCEEDED, FAILED, SKIPPED = (TaskState.WAITING, TaskState.DISPATCHED, TaskState.ACCEPTED,
+                                                           TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED)
 DONE = (SUCCEEDED, FAILED, SKIPPED)  # a job in one of these has nothing left to do
 OUT = (DISPATCHED, ACCEPTED)  # a job an agent holds
 

@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Iterator
 
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus, RetryBurst
+from lamcontrol.clock import Clock
 from lamcontrol.protocol import (AgentSpec, CoordinatorPresence, LegacyResult, Presence, PresenceState, Prompt, PromptStatus,
                                  ProtocolError, Reply, Result, TaskSummary, check_id, decode)
 
@@ -45,7 +46,7 @@ from .journal import Journal, cannot_write
 from .parsing import Parser
 from .registry import Registry
 from .routing import Router
-from .settings import Clock, Settings
+from .settings import Settings
 from .specs import SpecStore
 from .trust import Refusals, Trust, vetted
 
@@ -153,8 +154,8 @@ class Coordinator:
             log.exception("the journal cannot be read either")
 
     def extend(self, factory: ExtensionFactory) -> Extension:
-        """Make an extension on this coordinator's bus and events; it is stopped when the coordinator stops."""
-        extension = factory(self.bus, self.events)
+        """Make an extension on this coordinator's bus, events and clock; it is stopped when the coordinator stops."""
+        extension = factory(self.bus, self.events, self.clock)
         self.extensions.append(extension)
         return extension
 

@@ -1,9 +1,8 @@
-"""The coordinator's timings and switches (``[coordinator]`` in the config), and its clock."""
+"""The coordinator's timings and switches (``[coordinator]`` in the config)."""
 
 from __future__ import annotations
 
 import functools
-import time
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -42,12 +41,3 @@ class Settings:
         defaults: dict[str, Any] = {f.name: f.default for f in fields(cls)}
         return cls(**{name: type(defaults[name])(value) for name, value in section.items() if name in defaults})
 
-
-class Clock:
-    """Wall time for deadlines on the wire, monotonic time for intervals; tests pass their own."""
-
-    def time(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return time.monotonic()

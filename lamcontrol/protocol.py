@@ -325,7 +325,8 @@ class Record:
         if not isinstance(data, dict):
             raise ProtocolError(f"a {cls.kind} must be a JSON object, not {type(data).__name__}", where or None)
         values = {}
-        for key, required, check in _readers(cls):  # type: ignore[arg-type]  # a class is hashable (mypy reads its instances' __hash__)
+        # A class is hashable: mypy reads its instances' __hash__ (None for a dataclass) instead.
+        for key, required, check in _readers(cls):  # type: ignore[arg-type]
             if key in data:
                 values[key] = check(data[key], f"{where}.{key}" if where else key)
             elif required:
@@ -339,7 +340,7 @@ class Record:
             check_id(getattr(self, name), name)
 
     def to_dict(self) -> dict[str, Any]:
-        names, values, nested = _writer(type(self))  # type: ignore[arg-type]  # as in from_dict
+        names, values, nested = _writer(type(self))  # type: ignore[arg-type]  # hashable, as in from_dict
         data = dict(zip(names, values(self)))
         for name in nested:
             data[name] = _plain(data[name])

@@ -187,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = component_parser("lam-bridge", __doc__)
     parser.add_argument("--listen", help="host:port to serve on (default: [bridge] listen, "
                                          f"{lamconfig.default('bridge', 'listen')})")
-    parser.add_argument("--voice-port", type=int, metavar="PORT", help="port of the R1 voice gateway (default: "
-                                                                       f"[openclaw] port, {lamconfig.default('openclaw', 'port')})")
+    parser.add_argument("--voice-port", type=int, metavar="PORT", help="port of the R1 voice gateway (default: [openclaw] "
+                                                                       f"port, {lamconfig.default('openclaw', 'port')})")
     sub = parser.add_subparsers(dest="command")
     token = sub.add_parser("token", help="create, list or revoke API tokens")
     token.add_argument("action", choices=["create", "list", "revoke"])
@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    commands: dict[str | None, Callable[[argparse.Namespace, dict[str, Any]], int]] = {None: cmd_serve, "token": cmd_token, "passwd": cmd_passwd, "devices": cmd_devices}
+    commands: dict[str | None, Callable[[argparse.Namespace, dict[str, Any]], int]] = {
+        None: cmd_serve, "token": cmd_token, "passwd": cmd_passwd, "devices": cmd_devices}
     try:
         cfg = lamconfig.load(args.config, args.broker)
         return commands[args.command](args, cfg)

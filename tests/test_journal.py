@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from lamcontrol.coordinator.journal import Journal
 from lamcontrol.protocol import Prompt, Reply
+from test_routing import FakeClock
 
 
 def answered(journal: Journal, text: str, age_days: float) -> Prompt:
+    """A prompt that arrived ``age_days`` ago by the journal's (fake) clock, and was answered."""
     prompt = Prompt(prompt=text)
-    journal.add_prompt(prompt, deadline=time.time() + 60)
+    with earlier(journal.clock, age_days):
+        journal.add_prompt(prompt, deadline=journal.clock.time() + 60)
     journal.add_task(prompt.id, f"{prompt.id}t", 0, {"command": text})
     journal.set_reply(prompt.id, Reply(prompt_id=prompt.id, status="succeeded", response="ok").to_json())
-    journal._db.execute("UPDATE prompts SET received = ? WHERE id = ?", (time.time() - age_days * 86400, prompt.id))
     return prompt
+
+
+@contextmanager
+def earlier(clock: FakeClock, days: float) -> Iterator[None]:
+    clock.now -= days * 86400
+    try:
+        yield
+    finally:
+        clock.now += days * 86400
 
 
 def test_redelivered_prompt_is_recognised(tmp_path):
@@ -26,7 +39,7 @@ def test_redelivered_prompt_is_recognised(tmp_path):
 
 
 def test_open_prompts_survive_a_reopen_with_their_tasks(tmp_path):
-    journal = Journal(tmp_path / "j.db")
+    journal = Journal(tmp_path / "j.db", clock=FakeClock())
     prompt = Prompt(prompt="echo one && echo two", source="r1")
     journal.add_prompt(prompt, deadline=123.0)
     journal.add_task(prompt.id, "t1", 0, {"command": "echo one"})
@@ -41,12 +54,12 @@ def test_open_prompts_survive_a_reopen_with_their_tasks(tmp_path):
 
 
 def test_prune_forgets_only_old_answered_prompts(tmp_path):
-    journal = Journal(tmp_path / "j.db", keep_days=7)
+    journal = Journal(tmp_path / "j.db", keep_days=7, clock=FakeClock())
     old = answered(journal, "echo old", age_days=8)
     recent = answered(journal, "echo recent", age_days=1)
     unanswered = Prompt(prompt="echo waiting")
-    journal.add_prompt(unanswered, deadline=0)
-    journal._db.execute("UPDATE prompts SET received = ? WHERE id = ?", (time.time() - 30 * 86400, unanswered.id))
+    with earlier(journal.clock, 30):
+        journal.add_prompt(unanswered, deadline=0)
 
     assert journal.prune() == 1
     ids = {row[0] for row in journal._db.execute("SELECT id FROM prompts")}
@@ -85,7 +98,7 @@ def test_commits_reach_the_database_file_at_the_checkpoint(tmp_path):
 
 def test_prune_keeps_at_most_the_newest_answered_prompts(tmp_path):
     """Under a flood the journal is bounded by number as well as by age."""
-    journal = Journal(tmp_path / "j.db", max_prompts=10)
+    journal = Journal(tmp_path / "j.db", max_prompts=10, clock=FakeClock())
     prompts = [answered(journal, f"echo {n}", age_days=(30 - n) / 86400) for n in range(30)]
     assert journal.added == 30
     assert journal.prune() == 20

@@ -12,6 +12,7 @@ import pytest
 
 from lamcontrol.agents.main import main as agent_main
 from lamcontrol.bus import CONNECT, BrokerSettings, Bus
+from lamcontrol.clock import Clock
 from lamcontrol.coordinator.discovery import Discovery
 from lamcontrol.coordinator.events import Events, Extension, PresenceChanged, Replied, TaskDispatched, TaskFinished
 from lamcontrol.coordinator.journal import Journal
@@ -72,8 +73,9 @@ class Routing:
 
     def restart(self) -> Coordinator:
         """A new coordinator on the same journal, as after a crash; it takes up what was open."""
-        self.coordinator = Coordinator(BrokerSettings(prefix="home/lam"), self.parser, Journal(self.journal),
-                                       self.settings, self.clock, bus_factory=FakeBus)
+        self.coordinator = Coordinator(BrokerSettings(prefix="home/lam"), self.parser,
+                                       Journal(self.journal, clock=self.clock), self.settings, self.clock,
+                                       bus_factory=FakeBus)
         self.bus = self.coordinator.bus
         with self.coordinator.transaction():
             self.coordinator.resume()
@@ -343,8 +345,8 @@ def test_a_chain_reply_says_what_happened_to_every_step(routing, text, status, r
 class Heard(Extension):
     """An extension that notes what reaches it: events, typed and raw messages, connects."""
 
-    def __init__(self, bus: Bus, events: Events) -> None:
-        super().__init__(bus, events)
+    def __init__(self, bus: Bus, events: Events, clock: Clock) -> None:
+        super().__init__(bus, events, clock)
         self.heard: list[str] = []
         self.listen(PresenceChanged, lambda event: self.heard.append(f"event {event.presence.agent}"))
         self.subscribe(Presence, lambda presence: self.heard.append(f"message {presence.agent}"))
