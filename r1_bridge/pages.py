@@ -157,15 +157,18 @@ def r1_install() -> str:
 @pages.route("/r1/pair", methods=["GET", "POST"])
 @login_required
 def r1_pair() -> Any:
-    """The pairing code for the R1's voice (OpenClaw) and the paired R1s; POST revokes one or makes a new code."""
+    """The pairing code for the R1's voice (OpenClaw), the paired R1s and requests to pair under a paired
+    R1's id; POST revokes an R1, approves a request or makes a new code."""
     gateway = bridge().gateway
     store = gateway.store if gateway else DeviceStore()
     if request.method == "POST":
         if request.form.get("revoke"):
             store.revoke(request.form["revoke"])
+        elif request.form.get("approve"):
+            store.approve(request.form["approve"])
         elif request.form.get("new_code"):
             store.rotate_pairing_token()
         return redirect(url_for("pages.r1_pair"))
     payload = gateway.pairing_payload() if gateway else None
     return render_template("pair.html", payload=payload, qr=Markup(qr_svg(payload)) if payload else "",
-                           devices=store.devices(), format_time=format_time)
+                           devices=store.devices(), requests=store.requests(), format_time=format_time)

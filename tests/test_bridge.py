@@ -71,8 +71,10 @@ def test_failed_command_reports_failed_with_its_sentence(bridge, openapi):
     assert answer["status"] == "failed"
     assert answer["result"]["status"] == "failed" and answer["result"]["success"] is False
     assert "the disk is full" in answer["response"]
-    again = bridge.session().get(f"{bridge.url}/api/prompt/{answer['id']}/status", timeout=10)
-    assert openapi.check(again, "/api/prompt/{id}/status")["status"] == "failed"
+    again = openapi.check(bridge.session().get(f"{bridge.url}/api/prompt/{answer['id']}/status", timeout=10),
+                          "/api/prompt/{id}/status")
+    # The original LAMControl client prints data["error"] for a failed prompt.
+    assert again["status"] == "failed" and again["error"] == answer["error"] == answer["response"]
 
 
 def test_wait_is_capped_by_the_configured_maximum(start_bridge, openapi):
