@@ -63,10 +63,14 @@ def login() -> Any:
         return render_template("login.html", error="", next=local_path(request.args.get("next")))
     client = client_address()
     username = request.form.get("username", "")
-    # Per address and user: someone else's typos elsewhere do not lock the admin out; many
-    # failures for the one user from anywhere (a spread-out guesser) do, for a while.
+    # Failures count per address (with the user name) and per user name. An address that failed too
+    # often is locked out for that user; while a user name has failed too often from anywhere (a
+    # spread-out guesser), only addresses with no failures of their own may log in as it. So no
+    # flood from other addresses locks the owner out: a right password from a clean address passes.
     here, anywhere = f"login {client} {username}", f"user {username}"
-    wait = max(state.limiter.retry_after(here), state.user_limiter.retry_after(anywhere))
+    wait = state.limiter.retry_after(here)
+    if not wait and state.limiter.failures(here):
+        wait = state.user_limiter.retry_after(anywhere)
     if wait:
         return too_many_attempts(wait)
     if not csrf_ok():
@@ -74,9 +78,12 @@ def login() -> Any:
     if not state.admin.verify(username, request.form.get("password", "")):
         locked_here, locked_anywhere = state.limiter.fail(here), state.user_limiter.fail(anywhere)
         auth_log.warning("failed dashboard login for user %r from %s", username[:64], client)
-        if locked_here or locked_anywhere:
-            auth_log.warning("locked out dashboard logins for user %r%s for %g seconds", username[:64],
-                             "" if locked_anywhere else f" from {client}", state.settings.login_window)
+        if locked_here:
+            auth_log.warning("locked out dashboard logins for user %r from %s for %g seconds", username[:64],
+                             client, state.settings.login_window)
+        if locked_anywhere:
+            auth_log.warning("many failed dashboard logins for user %r from several addresses: for %g seconds only "
+                             "addresses without failures may log in as it", username[:64], state.settings.login_window)
         return render_template("login.html", error="Wrong user name or password.",
                                next=local_path(request.form.get("next"))), 401
     session.clear()

@@ -357,6 +357,42 @@ def test_failed_logins_are_rate_limited_and_logged(start_bridge, caplog):
     assert post_prompt(guarded, {"prompt": "echo hi"}).status_code == 200
 
 
+class FromAddress(requests.adapters.HTTPAdapter):
+    """Connections from another loopback address (127.0.0.2, ...): a client on another machine, as the bridge sees it."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (self.address, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def test_a_login_flood_from_other_addresses_never_locks_the_owner_out(start_bridge, caplog):
+    guarded = start_bridge(login_attempts=2, login_window=60.0)
+
+    def login(address: str, password: str) -> int:
+        browser = requests.Session()
+        browser.mount("http://", FromAddress(address))
+        attempt = {"csrf_token": csrf_from(browser.get(f"{guarded.url}/login", timeout=10).text),
+                   "username": "admin", "password": password}
+        return browser.post(f"{guarded.url}/login", data=attempt, allow_redirects=False, timeout=10).status_code
+
+    # Five addresses guess five times each: each is locked out after its own two failures, and once the
+    # user name has failed eight times from anywhere, after its first ...
+    for host in range(2, 6):
+        assert [login(f"127.0.0.{host}", "guess-secret") for _ in range(5)] == [401, 401, 429, 429, 429]
+    assert "many failed dashboard logins for user 'admin' from several addresses" in caplog.text
+    assert [login("127.0.0.6", "guess-secret") for _ in range(5)] == [401, 429, 429, 429, 429]
+    # ... the owner, from an address with no failures, still logs in; a guesser's address with one
+    # failure may not, even with the right password, while the user name is under attack.
+    assert login("127.0.0.1", PASSWORD) == 302
+    assert login("127.0.0.8", "guess-secret") == 401
+    assert login("127.0.0.8", PASSWORD) == 429
+    assert login("127.0.0.9", PASSWORD) == 302
+
+
 def test_a_new_password_logs_sessions_out(start_bridge):
     own = start_bridge()
     browser, csrf = logged_in(own)
