@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import json
 import re
+import select
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -443,6 +447,84 @@ def test_install_page_pairs_an_r1_with_a_new_token(bridge):
     assert creation["url"].startswith(f"{bridge.url}/r1#")
     assert requests.get(creation["iconUrl"], timeout=10).headers["Content-Type"] == "image/png"
     assert post_prompt(bridge, {"prompt": "echo paired", "wait": 10}, token=token).json()["response"] == "paired"
+
+
+def ended_by_server(sockets: list, wanted: int, within: float = 40.0) -> list:
+    """The ``sockets`` the server closed, waiting (at most ``within`` seconds) until ``wanted`` have."""
+    pending, ended = set(sockets), []
+    deadline = time.monotonic() + within
+    while pending and len(ended) < wanted and time.monotonic() < deadline:
+        readable, _, _ = select.select(list(pending), [], [], 0.2)
+        for sock in readable:
+            try:
+                data = sock.recv(4096)
+            except (OSError, ssl.SSLError):
+                data = b""
+            if not data:
+                ended.append(sock)
+                pending.discard(sock)
+    return ended
+
+
+def hold(port: int, count: int, source: str, wrap=None) -> list:
+    """``count`` connections to the bridge from ``source`` that never send a request."""
+    held = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+        held.append(wrap(sock) if wrap else sock)
+    return held
+
+
+def test_idle_connections_do_not_take_the_bridge_down(start_bridge):
+    """101 connections that never send a request (waitress alone took 100 and let them idle 600 s)."""
+    idle_bridge = start_bridge()
+    port = idle_bridge.service.server.port
+    held = hold(port, 101, "127.0.0.3")
+    try:
+        # One address keeps 20 of them; the bridge ends the other 81 at once ...
+        refused = ended_by_server(held, 81)
+        assert len(refused) == 81
+        # ... answers everyone else meanwhile ...
+        for host in range(4, 9):
+            browser = requests.Session()
+            browser.mount("http://", FromAddress(f"127.0.0.{host}"))
+            assert browser.get(f"{idle_bridge.url}/api/health", timeout=10).status_code == 200
+        # ... and ends the 20 it kept once they idled, as it ends a request that never finishes
+        # arriving, even one byte at a time.
+        slow = hold(port, 1, "127.0.0.9")[0]
+        slow.sendall(b"POST /api/prompt HTTP/1.1\r\nHost: x\r\n")
+        stop = threading.Event()
+
+        def dribble() -> None:
+            for _ in range(120):
+                if stop.wait(0.5):
+                    return
+                try:
+                    slow.sendall(b"X")
+                except OSError:
+                    return
+
+        threading.Thread(target=dribble, daemon=True).start()
+        kept = [sock for sock in held if sock not in refused]
+        assert len(ended_by_server(kept, 20)) == 20
+        assert len(ended_by_server([slow], 1)) == 1
+        stop.set()
+        assert requests.get(f"{idle_bridge.url}/api/health", timeout=10).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_the_https_front_limits_connections_per_address(start_bridge, tmp_path):
+    cert, key = self_signed_certificate(tmp_path)
+    secure = start_bridge(cert_file=cert, key_file=key, max_connections_per_address=5)
+    held = hold(secure.service.server.port, 12, "127.0.0.3")
+    try:
+        assert len(ended_by_server(held, 7)) == 7
+        assert requests.get(f"{secure.url}/api/health", timeout=10, verify=cert).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
 
 
 # -- HTTPS ---------------------------------------------------------------------------------
