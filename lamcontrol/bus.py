@@ -10,6 +10,11 @@ That thread drives paho through its external-loop interface (``loop_read``, ``lo
 ``loop_misc`` and the socket callbacks): handlers run between reads, never inside a paho
 callback, and what they publish is written at once, without handing it to another thread.
 Other threads may publish at any time; they wake the bus thread to write it.
+
+A retained message where nothing may be retained (a task, prompt or result someone published
+with the retain flag) is not handled: every new subscriber would get it, so an agent would run
+the task again at each start. It is refused on ``lam/errors`` and cleared where this login may
+write; the empty message that clears such a topic is ignored too.
 """
 
 from __future__ import annotations
@@ -462,7 +467,17 @@ class Bus:
             self.ready.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._inbox.append((message.topic, message.payload, message.mid, message.qos))
+        if message.retain and message.payload and not self.topics.may_retain(message.topic):
+            stray = functools.partial(self._stray_retained, message.topic, message.payload)
+            self._inbox.append((CALL, stray, message.mid, message.qos))  # acknowledged, never handled
+        else:
+            self._inbox.append((message.topic, message.payload, message.mid, message.qos))
+
+    def _stray_retained(self, topic: str, payload: bytes) -> None:
+        self.refuse(topic, "a retained message where nothing may be retained (it would be handled again at every "
+                           "start): ignored, and cleared", payload)
+        if self.report:
+            self.publish_raw(topic, b"", retain=True)
 
     def _on_acknowledged(self, mid: int) -> None:
         if mid in self._on_sent:
@@ -604,6 +619,8 @@ class Bus:
 
     def _route(self, topic: str, payload: bytes) -> None:
         check_size(payload, self.settings.max_payload)
+        if not payload and not self.topics.may_retain(topic):
+            return  # a stray retained message being cleared
         for handlers in self._raw_handlers(topic) if self._handlers else ():
             for handler in handlers:
                 self._guarded(functools.partial(handler, topic, payload), topic, payload)

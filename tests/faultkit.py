@@ -253,7 +253,7 @@ class System:
     def _start(self, name: str, module: str, *args: str) -> Process:
         runs = sum(1 for n in self.processes if n.split("#")[0] == name)
         process = Process(f"{name}-{runs}", [*self.wrap.get(name, ()), sys.executable, "-m", module, *args],
-                          self.folder)
+                          self.folder, {"LAM_STATE_DIR": str(self.folder / "state")})
         self.processes[f"{name}#{runs}"] = process
         return process
 
