@@ -36,8 +36,8 @@ DROPPING = "lamcontrol.dropping"  # session attribute: its drops were logged, un
 class QueueLimits:
     """What the broker holds for one client that does not keep up (``[embedded_broker]``)."""
 
-    messages: int = 10_000  # queued per client, beyond those in flight
-    bytes: int = 16 * 1024 * 1024  # payload bytes queued per client
+    messages: int = 100_000  # queued per client, beyond those in flight (a coordinator behind a burst)
+    bytes: int = 64 * 1024 * 1024  # payload bytes queued per client
     inflight: int = 100  # written to a client and not yet acknowledged, at once
 
 

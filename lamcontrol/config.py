@@ -85,9 +85,9 @@ MODEL: dict[str, Section] = {
         "allow_anonymous": Setting(True, "clients with no user name may connect; with a password_file only from "
                                          "this machine (a proxy on it counts as this machine)"),
         "users_dir": Setting("", "where lam join keeps users, passwords and the ACL", state_file="mqtt"),
-        "max_queued_messages": Setting(10_000, "messages held for one client that does not keep up (beyond those in "
-                                               "flight); more are dropped, QoS 0 first"),
-        "max_queued_bytes": Setting(16 * 1024 * 1024, "bytes of messages held for one client that does not keep up"),
+        "max_queued_messages": Setting(100_000, "messages held for one client that does not keep up (beyond those "
+                                                "in flight); more are dropped, QoS 0 first"),
+        "max_queued_bytes": Setting(64 * 1024 * 1024, "bytes of messages held for one client that does not keep up"),
         "max_inflight_messages": Setting(100, "messages sent to one client and not yet acknowledged, at once"),
     }),
     "coordinator": Section("lam-coordinator: parsing, routing, the journal, replies", {
