@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from conftest import mosquitto_available
@@ -297,21 +298,26 @@ def test_running_again_keeps_passwords_and_adds_users(tmp_path):
 
 
 def retained_under(hardened, topic_filter: str, quiet: float = 1.0) -> dict[str, bytes]:
-    """What a new subscription (the monitor's) finds retained under ``topic_filter``."""
+    """What a new subscription (a plain client with the monitor's login) finds retained under ``topic_filter``."""
     found: dict[str, bytes] = {}
     last = [time.monotonic()]
 
-    def keep(topic: str, payload: bytes) -> None:
-        found[topic] = payload
+    def keep(client, userdata, message) -> None:
+        if message.retain:
+            found[message.topic] = message.payload
         last[0] = time.monotonic()
 
-    bus = Bus(hardened.settings("monitor"), component="test-retained", report=False, strays=True)
-    bus.on(topic_filter, keep)
-    bus.start(timeout=10)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"retained-{uuid.uuid4().hex[:6]}")
+    client.username_pw_set("monitor", hardened.password("monitor"))
+    client.on_message = keep
+    client.connect("127.0.0.1", hardened.port)
+    client.loop_start()
+    client.subscribe(topic_filter, qos=1)
     last[0] = time.monotonic()
     while time.monotonic() - last[0] < quiet:
         time.sleep(0.05)
-    bus.stop()
+    client.disconnect()
+    client.loop_stop()
     return found
 
 
