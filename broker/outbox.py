@@ -81,6 +81,7 @@ class Outbox:
         self.bytes = 0
         self.qos0 = 0  # QoS 0 messages in the queue
         self.flying = asyncio.Semaphore(limits.inflight)
+        self.in_flight = 0  # messages written or being written, not yet acknowledged
         self.sender: asyncio.Task | None = None
         self.timed_out = False  # a QoS 1 message went unacknowledged (logged once)
 
@@ -110,6 +111,11 @@ class Outbox:
         self.qos0 -= message.qos == 0
         return message
 
+    @property
+    def busy(self) -> bool:
+        """Messages are queued or on their way."""
+        return bool(self.queue or self.in_flight)
+
     def live(self) -> bool:
         """This connection still serves the session."""
         current = self.broker.sessions.get(self.session.client_id, (None, None))[1]
@@ -124,6 +130,7 @@ class Outbox:
                 self.flying.release()
                 break
             message = self._take()
+            self.in_flight += 1
             flight = asyncio.ensure_future(self.handler.mqtt_publish(message.topic, message.data, message.qos,
                                                                      retain=message.retain))
             flight.add_done_callback(self._landed)
@@ -133,6 +140,7 @@ class Outbox:
             self._hand_on()
 
     def _landed(self, flight: asyncio.Task) -> None:
+        self.in_flight -= 1
         self.flying.release()
         if flight.cancelled():
             return

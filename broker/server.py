@@ -174,7 +174,7 @@ class EmbeddedBroker(Broker):
         deadline = loop.time() + seconds
         while loop.time() < deadline and (not self._broadcast_queue.empty()
                                           or any(not task.done() for task in self._tasks_queue)
-                                          or any(outbox.queue for outbox in self._outboxes if outbox.live())):
+                                          or any(outbox.busy for outbox in self._outboxes if outbox.live())):
             await asyncio.sleep(0.01)
 
     async def _handle_message_delivery(self, client_session: Session, handler: BrokerProtocolHandler,
