@@ -3,10 +3,11 @@
 Runs ``tests/test_faults.py`` (``--runs`` times; ``-k`` to pick tests) with ``$LAM_FAULT_REPORT``
 set, so each test's tally (see ``tests/faultkit.py``) is written down whether or not it passes,
 then prints per fault: prompts sent, answered exactly once / lost / answered twice, tasks run
-twice (from the echo agents' own records), prompts whose one reply came twice (a reply sent again
-after a coordinator restart: the same message, byte for byte), and recovery: the longest any prompt sent from the
-fault on waited for its reply, as a multiple of the configured ack timeout (the tests never
-assert it). Needs root for the network-namespace fault, as CI has.
+twice (from the echo agents' own records), prompts answered "failed" whose task ran all the same,
+prompts whose one reply came twice (a reply sent again after a coordinator restart: the same
+message, byte for byte), and recovery: the longest any prompt sent from the fault on waited for
+its reply, as a multiple of the configured ack timeout (the tests never assert it). Needs root
+for the network-namespace fault, as CI has.
 
     python bench/bench_faults.py                 # every fault test once
     python bench/bench_faults.py --runs 3 -k "sigkill or sigstop"
@@ -24,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COUNTS = ("prompts", "once", "lost", "twice", "copies", "ran_twice", "accepted_by_two")
+COUNTS = ("prompts", "once", "lost", "twice", "copies", "ran_twice", "accepted_by_two", "failed_but_ran")
 
 
 def main() -> int:
@@ -48,10 +49,12 @@ def main() -> int:
             row[key] += tally[key]
         row["recovery"] = max(row["recovery"], tally["slowest"] / tally["ack_timeout"])
         row["tallies"] += 1
-    print(f"\n{'fault (test)':<72}{'N':>6}{'once':>6}{'lost':>6}{'twice':>6}{'copy':>6}{'run 2x':>7}{'recovery':>10}")
+    print(f"\n{'fault (test)':<72}{'N':>6}{'once':>6}{'lost':>6}{'twice':>6}{'copy':>6}{'run 2x':>7}"
+          f"{'failed, ran':>12}{'recovery':>10}")
     for test, row in rows.items():
         print(f"{test.removeprefix('test_'):<72}{row['prompts']:>6.0f}{row['once']:>6.0f}{row['lost']:>6.0f}"
-              f"{row['twice']:>6.0f}{row['copies']:>6.0f}{row['ran_twice']:>7.0f}{row['recovery']:>9.1f}x")
+              f"{row['twice']:>6.0f}{row['copies']:>6.0f}{row['ran_twice']:>7.0f}{row['failed_but_ran']:>12.0f}"
+              f"{row['recovery']:>9.1f}x")
     print("\nrecovery: the longest any prompt sent from the fault on waited for its reply, over the ack timeout")
     return 1 if failed_runs else 0
 

@@ -179,6 +179,8 @@ class Load:
                      copies=sum(len(r) > len(replies[p]) for p, r in copies.items()),
                      accepted_by_two=sum(len(a) > 1 for a in accepted_by.values()),
                      ran_twice=sum(runs[t] > 1 for t in tokens),
+                     failed_but_ran=sum(runs[p.prompt.rsplit(" ", 1)[1]] > 0 for p in prompts
+                                        if replies[p.id] and replies[p.id][0].status == "failed"),
                      statuses=Counter(r[0].status for r in replies.values() if r),
                      slowest=max((self.answered_at.get(p.id, time.time()) - p.ts for p in prompts
                                   if fault_at and p.ts >= fault_at), default=0.0))
@@ -200,6 +202,7 @@ class Tally:
     statuses: Counter = field(default_factory=Counter)
     slowest: float = 0.0  # seconds, the longest a prompt sent from the fault on waited for its reply (benches)
     copies: int = 0  # prompts whose one reply came more than once (sent again after a restart)
+    failed_but_ran: int = 0  # prompts answered "failed" whose task the agents' own records show run
 
     def clean(self) -> bool:
         return self.once == self.prompts and not (self.lost or self.twice or self.accepted_by_two or self.ran_twice)
