@@ -494,14 +494,13 @@ class Bus:
             self._inbox.append((message.topic, message.payload, message.mid, message.qos))
 
     def _stray_retained(self, topic: str, payload: bytes) -> None:
-        """Refuse and clear it, once: where this login may not write, it comes again at each sweep."""
-        if (topic, hash(payload)) in self._strays:
-            return
-        if len(self._strays) >= SEEN_STRAYS:
-            self._strays.clear()
-        self._strays.add((topic, hash(payload)))
-        self.refuse(topic, "a retained message where nothing may be retained (it would be handled again at every "
-                           "start): ignored, and cleared", payload)
+        """Clear it, and refuse it once: where this login may not write, it comes again at each sweep."""
+        if (topic, hash(payload)) not in self._strays:
+            if len(self._strays) >= SEEN_STRAYS:
+                self._strays.clear()
+            self._strays.add((topic, hash(payload)))
+            self.refuse(topic, "a retained message where nothing may be retained (it would be handled again at "
+                               "every start): ignored, and cleared", payload)
         if self.report:
             self.publish_raw(topic, b"", retain=True)
 
