@@ -1,6 +1,6 @@
 """The aMQTT broker as ``lam-broker`` runs it, hardened against clients that come and go at once.
 
-Six faults of aMQTT 0.12 are worked around here:
+Faults of aMQTT 0.12 worked around here:
 
 * aMQTT looks a connecting client's id up in its session table, deletes or takes over the
   session it finds (disconnecting its live owner) and only then checks the password. Any
