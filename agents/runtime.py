@@ -266,6 +266,7 @@ class TaskRecord:
         self.agent_id = agent_id
         self.lines = 0
         self.broken = path is None
+        self._file = None  # opened for appending at the first write, line-buffered
         self._lock = threading.Lock()
 
     def load(self) -> OrderedDict[str, Result | None]:
@@ -306,8 +307,9 @@ class TaskRecord:
             return
         with self._lock:
             try:
-                with open(self.path, "a", encoding="utf-8") as record:
-                    record.write(json.dumps(entry, separators=(",", ":")) + "\n")
+                if self._file is None:
+                    self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+                self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
                 self.lines += 1
                 if self.lines > 2 * SEEN_TASKS:
                     self._compact()
@@ -326,6 +328,8 @@ class TaskRecord:
             remember(latest, task_id, line)
         fresh = self.path.with_name(self.path.name + ".new")
         fresh.write_text("".join(line + "\n" for line in latest.values()), encoding="utf-8")
+        self._file.close()
+        self._file = None
         os.replace(fresh, self.path)
         self.lines = len(latest)
 
