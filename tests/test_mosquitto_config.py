@@ -341,7 +341,10 @@ def test_the_broker_has_limits_and_an_agent_retains_only_its_presence_and_spec(h
         stray = Result(task_id="t-stray", agent="desk", state="succeeded").to_json()
         desk.publish_raw(f"{own}/results/t-stray", stray, retain=True).wait_for_publish(5)
         # The one it may write is taken (results must be), then cleared by the coordinator's next sweep.
-        wait_until(lambda: not retained_under(hardened, f"{own}/#"), 20, "the stray result cleared")
+        wait_until(lambda: f"{own}/results/t-stray" not in retained_under(hardened, f"{own}/#"), 20,
+                   "the stray result cleared")
+        left = retained_under(hardened, f"{own}/#")  # what other tests' agents left: a presence, a spec
+        assert set(left) <= {f"{own}/status", f"{own}/spec"} and all(len(p) < 60_000 for p in left.values())
         desk.publish(Result(task_id="t-live", agent="desk", state="succeeded")).wait_for_publish(5)
     finally:
         for bus in (desk, coordinator):
