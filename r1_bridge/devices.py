@@ -214,6 +214,7 @@ class DeviceStore:
             if record is None or record["state"] != "active":
                 return False
             record.update(state="revoked", token_hash="")
+            data["requests"].pop(device_id, None)  # a revoked id pairs again with the new code, no approval
             data["pairing_token"] = new_token()
         return True
 

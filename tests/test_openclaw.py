@@ -892,6 +892,16 @@ def test_pair_page_shows_the_code_makes_new_ones_and_revokes(lam, tmp_path, monk
         assert not late.hello(first_code, "r1-late")["ok"]  # the old QR code no longer pairs
         late.close()
 
+        # Someone pairing under the kitchen R1's id waits for the admin, who sees it here.
+        again = R1(f"ws://127.0.0.1:{service.gateway.port}/")
+        assert again.hello(store.pairing_token())["error"]["code"] == "NOT_PAIRED"
+        again.close()
+        page = browser.get(page_url, timeout=10).text
+        asking = re.search(r'<table id="requests">.*?</table>', page, re.S)
+        assert asking and "r1-kitchen" in asking.group(0) and 'name="approve" value="r1-kitchen"' in asking.group(0)
+        approved = browser.post(page_url, data={"csrf_token": csrf_from(page), "approve": "r1-kitchen"}, timeout=10)
+        assert approved.status_code == 200 and store.requests()["r1-kitchen"]["approved"]
+
         forged = browser.post(page_url, data={"revoke": "r1-kitchen"}, timeout=10)
         assert forged.status_code == 403 and store.get("r1-kitchen").state == "active"
         revoked = browser.post(page_url, data={"csrf_token": csrf_from(page), "revoke": "r1-kitchen"}, timeout=10)
