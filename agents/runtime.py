@@ -7,20 +7,27 @@ publishes ``succeeded`` or ``failed`` with a sentence. When every slot is taken 
 accepts a few tasks (``max_queued``), each started as a running one ends, if by its recent
 pace it will run them before their deadline; otherwise it answers ``rejected`` (busy), so the
 coordinator can look elsewhere. Duplicate deliveries (QoS 1 is at-least-once) of one attempt
-are dropped; a task that arrives after its dispatch window is rejected. A task accepted here is
-never run twice: offered again (the coordinator missed our word), it is answered from what
-became of it. What the capability's own spec marks high-risk (a shutdown) runs only when the
-task says its prompt was confirmed, whatever risk the coordinator gave it.
+are dropped; a task that arrives after its dispatch window is rejected, and so is one whose
+window or deadline lies implausibly far ahead (no coordinator sends one: it is a forgery or a
+copy kept to be replayed). A task accepted here is never run twice: offered again (the
+coordinator missed our word), it is answered from what became of it, also after a restart,
+as the accepted tasks are kept in a small file (:class:`TaskRecord`). A retained task is never
+handled at all (the bus ignores it): it would come again at every start. What the capability's
+own spec marks high-risk (a shutdown) runs only when the task says its prompt was confirmed,
+whatever risk the coordinator gave it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import socket
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 from lamcontrol import __version__
@@ -36,6 +43,12 @@ SEEN_TASKS = 10_000
 DEADLINE_CHECK = 0.1  # seconds between deadline checks
 FIRST_PACE = 1.0  # seconds a task is taken to run until some have run
 OUT_OF_TIME = "The task ran out of time."
+# Coordinators give seconds to accept a task and minutes to run it (its ack_timeout, task_timeout):
+# beyond these, allowing for clocks that disagree, a task is not one a coordinator sent just now.
+LONGEST_ACCEPT_WINDOW = 600.0
+LONGEST_DEADLINE = 86_400.0
+RESTARTED = "The agent restarted before the task finished; it was not run again."
+KEPT_MESSAGE = 500  # characters of a final sentence kept in the task record
 
 
 class Agent:
@@ -44,7 +57,7 @@ class Agent:
     def __init__(self, agent_id: str, capabilities: dict[str, Capability], settings: BrokerSettings,
                  max_concurrent: int = 4, heartbeat: float = 30.0, stop_grace: float = 10.0,
                  max_queued: int = 8, bus_factory: Callable[..., Bus] = Bus,
-                 left_out: dict[str, str] | None = None) -> None:
+                 left_out: dict[str, str] | None = None, task_record: Path | None = None) -> None:
         self.id = check_agent_id(agent_id)
         self.capabilities = capabilities
         self.left_out = left_out or {}  # capability -> why it could not run here (said in presence)
@@ -60,7 +73,8 @@ class Agent:
         self._queued: OrderedDict[str, Task] = OrderedDict()  # accepted, waiting for a slot, oldest first
         self._pace = FIRST_PACE  # recent seconds per task, for what the queue can promise
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()  # (task id, attempt) delivered
-        self._accepted: OrderedDict[str, Result | None] = OrderedDict()  # task id -> its final result, once done
+        self._record = TaskRecord(task_record, self.id)
+        self._accepted = self._record.load()  # task id -> its final result, once done (None: running)
         self._stopping = threading.Event()
         self._advertised = b""  # the spec last published; sent again after every connect
         self._readings: dict[str, dict] = {}  # what the capabilities read, as last announced
@@ -165,6 +179,7 @@ class Agent:
         with self._lock:
             self._running[task.task_id] = self._queued[task.task_id] = task
             remember(self._accepted, task.task_id, None)
+        self._record.accepted(task.task_id)
         self._publish(task, ResultState.ACCEPTED, "")
         self._start_queued()
 
@@ -183,8 +198,13 @@ class Agent:
             return f"This agent cannot do {task.capability} {task.action}."
         if self._stopping.is_set():
             return "The agent is shutting down."
-        if task.accept_by and time.time() > task.accept_by:
+        now = time.time()
+        if task.accept_by and now > task.accept_by:
             return "The task arrived after its dispatch window closed."
+        if task.accept_by > now + LONGEST_ACCEPT_WINDOW or task.deadline > now + LONGEST_DEADLINE:
+            log.warning("refusing task %s (%s %s): its dispatch window or deadline lies implausibly far ahead",
+                        task.task_id, task.capability, task.action)
+            return "The task's dispatch window or deadline lies implausibly far ahead; no coordinator sent it now."
         if len(self._running) - len(self._queued) >= self.max_concurrent and not self._may_queue(task):
             return "The agent is busy."
         return ""
@@ -253,6 +273,7 @@ class Agent:
             if task.task_id in self._accepted:
                 self._accepted[task.task_id] = Result(task_id=task.task_id, agent=self.id, state=state,
                                                       message=message, data=data or {})
+        self._record.finished(task.task_id, state, message)
         log.info("task %s %s: %s", task.task_id, state, message)
         self._publish(task, state, message, data or {})
         self._start_queued()
@@ -267,3 +288,87 @@ def remember(recent: OrderedDict, key: object, value: object) -> None:
     recent[key] = value
     if len(recent) > SEEN_TASKS:
         recent.popitem(last=False)
+
+
+class TaskRecord:
+    """The tasks an agent accepted and how each ended, a JSON line per change in a small file, so a
+    restarted agent never runs one of them again. Appends are not synced: it outlives the process,
+    not the machine. Compacted to the last SEEN_TASKS tasks when it holds twice as many lines.
+    A file that cannot be written is logged once; the agent runs on, remembering in memory only."""
+
+    def __init__(self, path: Path | None, agent_id: str) -> None:
+        self.path = path
+        self.agent_id = agent_id
+        self.lines = 0
+        self.broken = path is None
+        self._file = None  # opened for appending at the first write, line-buffered
+        self._lock = threading.Lock()
+
+    def load(self) -> OrderedDict[str, Result | None]:
+        """Task id -> how it ended; one that was running when the agent stopped ended with the restart."""
+        tasks: OrderedDict[str, Result | None] = OrderedDict()
+        if self.broken or not self.path.exists():
+            return tasks
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            self._fail(exc)
+            return tasks
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+                task_id, state = str(entry["task"]), ResultState(entry["state"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a crash
+            self.lines += 1
+            result = None if state == ResultState.ACCEPTED else \
+                Result(task_id=task_id, agent=self.agent_id, state=state, message=str(entry.get("message", "")))
+            tasks.pop(task_id, None)
+            remember(tasks, task_id, result)
+        for task_id, result in tasks.items():
+            if result is None:
+                tasks[task_id] = Result(task_id=task_id, agent=self.agent_id, state=ResultState.FAILED,
+                                        message=RESTARTED)
+        return tasks
+
+    def accepted(self, task_id: str) -> None:
+        self._write({"task": task_id, "state": ResultState.ACCEPTED.value})
+
+    def finished(self, task_id: str, state: ResultState, message: str) -> None:
+        self._write({"task": task_id, "state": state.value, "message": message[:KEPT_MESSAGE]})
+
+    def _write(self, entry: dict) -> None:
+        if self.broken:
+            return
+        with self._lock:
+            try:
+                if self._file is None:
+                    self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+                self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
+                self.lines += 1
+                if self.lines > 2 * SEEN_TASKS:
+                    self._compact()
+            except OSError as exc:
+                self._fail(exc)
+
+    def _compact(self) -> None:
+        """Keep each of the last SEEN_TASKS tasks' latest line, replacing the file at once."""
+        latest: OrderedDict[str, str] = OrderedDict()
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                task_id = str(json.loads(line)["task"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            latest.pop(task_id, None)
+            remember(latest, task_id, line)
+        fresh = self.path.with_name(self.path.name + ".new")
+        fresh.write_text("".join(line + "\n" for line in latest.values()), encoding="utf-8")
+        self._file.close()
+        self._file = None
+        os.replace(fresh, self.path)
+        self.lines = len(latest)
+
+    def _fail(self, exc: OSError) -> None:
+        self.broken = True
+        log.error("cannot keep the record of accepted tasks in %s (%s): a restart will forget them, and a task "
+                  "delivered again after one could run twice", self.path, exc.strerror or exc)

@@ -10,6 +10,13 @@ That thread drives paho through its external-loop interface (``loop_read``, ``lo
 ``loop_misc`` and the socket callbacks): handlers run between reads, never inside a paho
 callback, and what they publish is written at once, without handing it to another thread.
 Other threads may publish at any time; they wake the bus thread to write it.
+
+A retained message where nothing may be retained (a task, prompt or result someone published
+with the retain flag) is not handled: every new subscriber would get it, so an agent would run
+the task again at each start. It is refused on ``lam/errors`` and cleared where this login may
+write; the empty message that clears such a topic is ignored too. A broker says a message is
+retained only to a new subscription, so every SWEEP seconds a bus subscribes again to its
+filters where nothing may be retained, and the broker sends what was left there meanwhile.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ BURST = 64  # messages handled together, in one transaction when there is one
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 8.0  # seconds; each wait is drawn at random below a doubling cap
 IDLE = 1.0  # seconds the bus thread waits for the network before its keepalive check
 READ_AHEAD = 1000  # packets at most read in one go before a burst is handled
+SWEEP = 60.0  # seconds between asks for retained messages where nothing may be retained
+SEEN_STRAYS = 1000  # stray retained messages remembered as reported
 SCHEMES = {"mqtt": ("tcp", False, 1883), "mqtts": ("tcp", True, 8883), "ws": ("websockets", False, 80),
            "wss": ("websockets", True, 443)}
 
@@ -265,11 +274,13 @@ class Bus:
     def __init__(self, settings: BrokerSettings, component: str, client_id: str | None = None,
                  will: Message | None = None, persistent: bool = False, report: bool = True,
                  ack_when_handled: bool = False, transaction: Callable[[], ContextManager] | None = None,
-                 fatal: tuple[type[Exception], ...] = (), clock: Callable[[], float] = time.time) -> None:
+                 fatal: tuple[type[Exception], ...] = (), clock: Callable[[], float] = time.time,
+                 strays: bool = False) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.component = component
         self.report = report  # False for passive observers: they log refusals but never publish them
+        self.strays = strays  # True: stray retained messages are handed over like any (to clear them by hand)
         # Acknowledge QoS 1 messages only after the handlers ran: a crash before that means redelivery.
         self.ack_when_handled = ack_when_handled
         # With a transaction (the coordinator's journal), each burst of messages is handled inside
@@ -309,6 +320,9 @@ class Bus:
         self._thread = threading.Thread(target=self._run, name=f"{component}-bus", daemon=True)
         self._stopping = False
         self._retry_at = 0.0  # monotonic time of the next connection attempt
+        self.sweep_every = SWEEP
+        self._sweep_at = 0.0  # monotonic time of the next ask for stray retained messages
+        self._strays: set[tuple[str, int]] = set()  # (topic, payload hash) of stray retained messages reported
         self._client = self._make_client(persistent, will)
 
     def _make_client(self, persistent: bool, will: Message | None) -> mqtt.Client:
@@ -486,14 +500,26 @@ class Bus:
         self._backoff = RECONNECT_MIN
         self.session_present = bool(flags.session_present)
         self.connected.set()
-        filters = sorted({f for f, _ in self._handlers} | {self.topics.build(cls.topic_pattern, **s.ids)
-                                                           for cls, subs in self._typed.items() for s in subs})
+        self._sweep_at = time.monotonic() + self.sweep_every
+        filters = self._filters()
         if filters:
             result, mid = client.subscribe([(f, 1) for f in filters])
             self._pending_subs.add(mid)
         else:
             self.ready.set()
         self._inbox.append((CONNECT, None, 0, 0, self._clock()))
+
+    def _filters(self) -> list[str]:
+        return sorted({f for f, _ in self._handlers} | {self.topics.build(cls.topic_pattern, **s.ids)
+                                                        for cls, subs in self._typed.items() for s in subs})
+
+    def _sweep(self) -> None:
+        """Subscribe again to the filters where nothing may be retained: the broker sends what is retained
+        there once more (MQTT 3.1.1, 3.8.4), to be refused and cleared like any stray retained message."""
+        self._sweep_at = time.monotonic() + self.sweep_every
+        swept = [f for f in self._filters() if not self.topics.may_retain(f)]
+        if swept and self.connected.is_set():
+            self._client.subscribe([(f, 1) for f in swept])
 
     def _back_off(self) -> None:
         """Set when to try the broker again: at random ("full jitter"), so clients cut off together
@@ -519,7 +545,22 @@ class Bus:
             self.ready.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._inbox.append((message.topic, message.payload, message.mid, message.qos, self._clock()))
+        if message.retain and message.payload and not self.strays and not self.topics.may_retain(message.topic):
+            stray = functools.partial(self._stray_retained, message.topic, message.payload)
+            self._inbox.append((CALL, stray, message.mid, message.qos, self._clock()))  # acknowledged, never handled
+        else:
+            self._inbox.append((message.topic, message.payload, message.mid, message.qos, self._clock()))
+
+    def _stray_retained(self, topic: str, payload: bytes) -> None:
+        """Clear it, and refuse it once: where this login may not write, it comes again at each sweep."""
+        if (topic, hash(payload)) not in self._strays:
+            if len(self._strays) >= SEEN_STRAYS:
+                self._strays.clear()
+            self._strays.add((topic, hash(payload)))
+            self.refuse(topic, "a retained message where nothing may be retained (it would be handled again at "
+                               "every start): ignored, and cleared", payload)
+        if self.report:
+            self.publish_raw(topic, b"", retain=True)
 
     def _on_acknowledged(self, mid: int) -> None:
         if mid in self._on_sent:
@@ -554,6 +595,8 @@ class Bus:
                     self._read_ahead()
                 if self._inbox:
                     self._handle_burst([self._inbox.popleft() for _ in range(min(BURST, len(self._inbox)))])
+                if self.report and self.connected.is_set() and time.monotonic() >= self._sweep_at:
+                    self._sweep()
                 if client.has_output():
                     self._write()
                 client.loop_misc()
@@ -680,6 +723,8 @@ class Bus:
     def _route(self, topic: str, payload: bytes) -> None:
         log.debug("%s received %s (%d bytes)", self.component, topic, len(payload))
         check_size(payload, self.settings.max_payload)
+        if not payload and not self.strays and not self.topics.may_retain(topic):
+            return  # a stray retained message being cleared
         for handlers in self._raw_handlers(topic) if self._handlers else ():
             for handler in handlers:
                 self._guarded(functools.partial(handler, topic, payload), topic, payload)

@@ -162,6 +162,12 @@ MODEL: dict[str, Section] = {
         "allow_anonymous": Setting(True, "clients with no user name may connect; with a password_file only from "
                                          "this machine (a proxy on it counts as this machine)"),
         "users_dir": Setting("", "where lam join keeps users, passwords and the ACL", state_file="mqtt"),
+        "max_queued_messages": Setting(100_000, "messages held for one client that does not keep up (beyond those "
+                                                "in flight); more are dropped, QoS 0 first", check=at_least(1)),
+        "max_queued_bytes": Setting(64 * 1024 * 1024, "bytes of messages held for one client that does not keep up",
+                                     check=at_least(64 * 1024)),
+        "max_inflight_messages": Setting(100, "messages sent to one client and not yet acknowledged, at once",
+                                        check=at_least(1)),
     }),
     "coordinator": Section("lam-coordinator: parsing, routing, the journal, replies", {
         "journal": Setting("", "SQLite journal", state_file="journal.db"),
@@ -240,6 +246,10 @@ MODEL: dict[str, Section] = {
         "max_wait": Setting(30.0, "longest \"wait\" a client may ask for, in seconds", check=SECONDS),
         "max_body": Setting(16 * 1024, "largest request body, in bytes", check=at_least(1024)),
         "threads": Setting(16, "requests served at once", check=at_least(2)),
+        "max_connections": Setting(200, "connections held open at once; idle ones close after 15 s, a request must "
+                                        "arrive whole within 10 s", check=at_least(2)),
+        "max_connections_per_address": Setting(20, "connections one client address may hold (behind a reverse proxy "
+                                                   "every client has the proxy's address: raise it)", check=at_least(1)),
         "token_file": Setting("", "API token hashes", state_file="bridge-tokens.json"),
         "admin_file": Setting("", "the admin password's hash", state_file="bridge-admin.json"),
         "secret_key_file": Setting("", "key signing the dashboard's sessions", state_file="bridge-secret.key"),

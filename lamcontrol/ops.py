@@ -7,8 +7,8 @@
   anonymous access, one user per component with a generated password, an ACL that keeps
   each agent to its own tasks, presence and results, and a TLS listener when given a
   certificate.
-* lam agents forget ID clears an agent's retained presence and its Home Assistant
-  entities.
+* lam agents forget ID clears every retained message an agent left (presence, spec, and
+  anything retained under its topics), its last result and its Home Assistant entities.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import config as lamconfig
 from .console import EXIT_FAILED, EXIT_OK, broker_options, collect_retained, config_option, connect, settings_from
-from .protocol import Presence, ProtocolError, Topics, check_id, parse
+from .protocol import DEFAULT_MAX_PAYLOAD, Presence, ProtocolError, Topics, check_id, parse
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -72,7 +72,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     agents = sub.choices["agents"]
     agents_sub = agents.add_subparsers(dest="agents_command")
     forget = agents_sub.add_parser("forget", parents=[config_option(), broker_options()],
-                                   help="remove an agent: clear its retained presence and its Home Assistant entities")
+                                   help="remove an agent: clear every retained message under its topics and its Home "
+                                        "Assistant entities")
     forget.add_argument("agent_id", metavar="ID", help="the agent to forget")
     forget.add_argument("--force", action="store_true", help="even when the agent says it is online")
     forget.set_defaults(func=cmd_agents_forget)
@@ -102,8 +103,11 @@ def cmd_agents_forget(args: argparse.Namespace) -> int:
         if online and not args.force:
             print(f"agent {agent_id} says it is online: stop it first (or use --force)", file=sys.stderr)
             return EXIT_FAILED
-    # Home Assistant's entities first: while they exist they read the presence, and must never see it empty.
-    topics = [status_topic, settings.topics.agent_spec(agent_id)]
+    # Its presence and spec, anything else retained under its topics (results it should never have
+    # retained) and the coordinator's record of its last result; Home Assistant's entities first:
+    # while they exist they read the presence, and must never see it empty.
+    left = collect_retained(args, settings.topics.build("agents/{agent}/#", agent=agent_id), strays=True)
+    topics = sorted({status_topic, settings.topics.agent_spec(agent_id), settings.topics.last_result(agent_id), *left})
     if cfg["homeassistant"]["enabled"]:
         topics = Configs(settings.topics, cfg["homeassistant"]["discovery_prefix"]).agent_topics(agent_id) + topics
     bus = connect(args, {}, "lam-cli")
@@ -112,7 +116,7 @@ def cmd_agents_forget(args: argparse.Namespace) -> int:
             bus.publish_raw(topic, b"", retain=True).wait_for_publish(args.connect_timeout)
     finally:
         bus.stop()
-    print(f"forgot agent {agent_id}")
+    print(f"forgot agent {agent_id} ({len(topics)} retained topics cleared)")
     return EXIT_OK
 
 
@@ -122,13 +126,18 @@ COMPONENTS = ("coordinator", "bridge", "homeassistant", "monitor")
 
 
 def agent_acl(agent_id: str, capabilities: list[str], topics: Topics, legacy_results: bool = False) -> list[str]:
-    """An agent's ACL section: it reads its capabilities' tasks and writes only its own subtree
-    ``<prefix>/agents/<id>/#`` (presence, results, spec) and error reports; with
-    ``legacy_results`` also ``<prefix>/results/#``, for agents older than the results move."""
-    own_subtree = topics.build("agents/{agent}/#", agent=agent_id)
+    """An agent's ACL section: it reads its capabilities' tasks and writes its presence, its spec, its
+    results (one level under its ``results/``) and error reports, nothing else; with ``legacy_results``
+    also ``<prefix>/results/#``, for agents older than the results move.
+
+    Mosquitto cannot refuse the retain flag on one topic: an agent may still retain a message where
+    it may write, but only its presence and spec are kept on purpose; one retained on a results or
+    error topic is cleared by the coordinator, which asks the broker for such strays every minute
+    (lamcontrol.bus), and ``message_size_limit`` and ``memory_limit`` bound what it can cost meanwhile."""
     legacy = [f"topic write {topics.build('results/#')}"] if legacy_results else []
-    return [f"user {agent_id}", *(f"topic read {topics.task(c)}" for c in capabilities), f"topic write {own_subtree}",
-            *legacy, f"topic write {topics.errors}"]
+    own = [topics.agent_status(agent_id), topics.agent_spec(agent_id), topics.result(agent_id, "+")]
+    return [f"user {agent_id}", *(f"topic read {topics.task(c)}" for c in capabilities),
+            *(f"topic write {topic}" for topic in own), *legacy, f"topic write {topics.errors}"]
 
 
 @dataclass
@@ -194,6 +203,9 @@ def default_users() -> str:
     return ",".join([*COMPONENTS, f"agent:{lamconfig.default_agent_id()}:{capabilities}"])
 
 
+QUEUED_BYTES = 64 * 1024 * 1024
+MEMORY_LIMIT = 512 * 1024 * 1024
+
 # Mosquitto 2.0 applies this to the listener above it (before any listener, it opens a default
 # one on port 1883 of every interface), so it follows each listener line.
 BOUND_IDS = ["# A client's id is its user name: no login can take over another's session; each user",
@@ -201,7 +213,8 @@ BOUND_IDS = ["# A client's id is its user name: no login can take over another's
              "use_username_as_clientid true"]
 
 
-def mosquitto_conf(out: Path, listen: str, tls_listen: str, cert: str, key: str, client_ca: str) -> str:
+def mosquitto_conf(out: Path, listen: str, tls_listen: str, cert: str, key: str, client_ca: str,
+                   max_payload: int = DEFAULT_MAX_PAYLOAD) -> str:
     lines = ["# Mosquitto for LAMControl, written by `lam mosquitto-config`: every component logs in",
              "# as its own user and the ACL keeps it to its own topics.",
              "per_listener_settings false", "allow_anonymous false",
@@ -211,8 +224,17 @@ def mosquitto_conf(out: Path, listen: str, tls_listen: str, cert: str, key: str,
              "persistence true", f"persistence_location {out / 'persistence'}/", "autosave_interval 30",
              "", "# Without it a QoS 1 round trip waits on Nagle's algorithm for tens of milliseconds.",
              "set_tcp_nodelay true",
-             "# The default of 1000 silently drops messages for a subscriber that falls behind.",
-             "max_queued_messages 100000", "max_inflight_messages 100", "max_packet_size 262144"]
+             "", "# Limits: a client that stops reading, or a flood, costs a bounded amount. A subscriber that",
+             "# falls behind keeps up to 100000 messages or 64 MiB (the default of 1000 silently drops",
+             "# messages for a coordinator busy with a burst of prompts). A message larger than [broker]",
+             "# max_payload, which every component refuses anyway, is dropped (message_size_limit; a",
+             "# packet over max_packet_size would cost its sender the connection). The broker as a whole",
+             "# stays under 512 MiB; a persistent session not back within two weeks (a forgotten agent)",
+             "# ends.",
+             "max_queued_messages 100000", f"max_queued_bytes {QUEUED_BYTES}", "max_inflight_messages 100",
+             f"message_size_limit {max_payload}", f"max_packet_size {max(262144, max_payload + 4096)}",
+             f"memory_limit {MEMORY_LIMIT}",
+             "persistent_client_expiration 14d"]
     if listen:
         host, port = lamconfig.host_port(listen, "--listen")
         about = ("# Plain MQTT on this machine only." if lamconfig.is_loopback(host) else
@@ -230,8 +252,8 @@ def mosquitto_conf(out: Path, listen: str, tls_listen: str, cert: str, key: str,
 
 def acl_file(users: list[MqttUser], topics: Topics, discovery: str, legacy_results: bool = False) -> str:
     lines = ["# LAMControl topic rules, one section per user (user names come from the password file).",
-             "# Agents read only the tasks of their capabilities and write only under their own",
-             "# agents/<id>/ subtree (presence, results, spec) and error reports."]
+             "# Agents read only the tasks of their capabilities and write only their own presence,",
+             "# spec and results (agents/<id>/status, spec, results/<task>) and error reports."]
     for user in users:
         lines += ["", *user.acl(topics, discovery, legacy_results)]
     return "\n".join(lines) + "\n"
@@ -297,7 +319,8 @@ def cmd_mosquitto_config(args: argparse.Namespace) -> int:
             if value and not Path(value).is_file():
                 raise ValueError(f"{name} {value} does not exist")
         out = Path(args.out).expanduser().resolve()
-        conf = mosquitto_conf(out, args.listen, args.tls_listen, args.cert, args.key, args.client_ca)
+        conf = mosquitto_conf(out, args.listen, args.tls_listen, args.cert, args.key, args.client_ca,
+                              cfg["broker"]["max_payload"])
     except (ValueError, ProtocolError) as exc:
         print(f"lam mosquitto-config: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -18,7 +18,9 @@ Topics under the prefix (which may itself contain slashes, ``home/lam``)::
     errors                           ErrorRecord     any component
     results/<task_id>                LegacyResult    older agents (``[coordinator] legacy_results``)
 
-A new message type is a subclass with a ``topic_pattern``; it is matched from then on.
+A new message type is a subclass with a ``topic_pattern``; it is matched from then on. Only the
+types marked ``retained`` (presence, specs) are ever retained: a retained task, prompt or result
+would be handled again by every new subscriber, so brokers and buses refuse to keep one.
 """
 
 from __future__ import annotations
@@ -141,6 +143,12 @@ class Topics:
             if ids is not None:
                 return Match(cls, ids)
         return None
+
+    def may_retain(self, topic: str) -> bool:
+        """False for a topic of a message type that is never retained (a task, prompt, reply, result
+        or error record): a retained message there would be handled again at every start."""
+        match = self.match(topic)
+        return match is None or match.cls.retained
 
     @property
     def prompts(self) -> str:
@@ -343,6 +351,7 @@ class Message(Record):
 
     topic_pattern: ClassVar[str]
     event: ClassVar[str]  # its kind in monitors and live streams
+    retained: ClassVar[bool] = False  # the broker keeps the last one; never for tasks, prompts, results
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -615,6 +624,7 @@ class Presence(Message):
     kind: ClassVar[str] = "presence"
     event: ClassVar[str] = "agent"
     topic_pattern: ClassVar[str] = "agents/{agent}/status"
+    retained: ClassVar[bool] = True
     reserved: ClassVar[frozenset[str]] = RESERVED_AGENT_IDS
     ids = ("agent",)
     state: PresenceState
@@ -704,6 +714,7 @@ class AgentSpec(Message):
     kind: ClassVar[str] = "spec"
     event: ClassVar[str] = "agent"
     topic_pattern: ClassVar[str] = "agents/{agent}/spec"
+    retained: ClassVar[bool] = True
     ids = ("agent",)
     agent: str
     capabilities: dict = field(default_factory=dict)

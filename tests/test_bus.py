@@ -449,3 +449,38 @@ def test_messages_larger_than_the_socket_takes_at_once_arrive_whole_and_in_order
     finally:
         writer.stop()
         reader.stop()
+
+
+def test_a_retained_task_never_runs_again_at_an_agent_start(lam, broker, tmp_path):
+    """A task someone left retained on ``lam/tasks/<capability>`` ran at every start of its agent. An
+    agent now ignores a retained task, reports it on lam/errors and clears it."""
+    record = tmp_path / "ran.jsonl"
+    config = f'[capabilities.echo]\nrun_record = "{record}"\n'
+    agent = lam.agent("a1", extra_config=config)
+    now = time.time()
+    left = Task(task_id=new_id(), prompt_id=new_id(), capability="echo", action="say", agent="a1",
+                args={"text": "left retained"}, accept_by=now + 300, deadline=now + 300)
+    lam.bus.publish(left, retain=True).wait_for_publish(10)  # a live task: taken once, as any other
+
+    def ran() -> list[str]:
+        return [json.loads(line)["args"]["text"] for line in record.read_text().splitlines()] if record.exists() else []
+
+    wait_until(lambda: ran() == ["left retained"], 15, "the task run once, at publish")
+    for _ in range(3):
+        agent.stop()
+        agent = lam.agent("a1", extra_config=config)
+    wait_until(lambda: any(ErrorRecord.from_dict(decode(p)).topic_name == lam.topics.task("echo")
+                           for _, p in lam.recorder.on(lam.topics.errors)), 15, "the retained task reported")
+    # Cleared: a new subscriber finds nothing retained there.
+    received: queue.Queue = queue.Queue()
+    marker = f"{lam.prefix}/marker-{new_id()}"
+    late = raw_client(broker, "late", [lam.topics.task("echo"), marker], received)
+    late.publish(marker, b"m", qos=1).wait_for_publish(10)
+    assert received.get(timeout=10) == (marker, False)
+    late.disconnect()
+    late.loop_stop()
+    barrier = Task(task_id=new_id(), prompt_id=new_id(), capability="echo", action="say", agent="a1",
+                   args={"text": "barrier"}, accept_by=time.time() + 30)
+    lam.publish(barrier)
+    lam.recorder.wait_for(Result, lam.topics.result("a1", barrier.task_id), lambda r: r.state == "succeeded")
+    assert ran() == ["left retained", "barrier"]
