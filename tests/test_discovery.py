@@ -720,20 +720,25 @@ def test_the_coordinator_and_agent_devices_in_home_assistant(lam, ha, home):
 
 
 def test_coordinator_requests_are_never_kept_and_only_its_own(lam, ha):
-    """A request published retained by mistake is acted on once and cleared; anything but restart and
-    log level is refused on lam/errors."""
+    """A request published retained by mistake is not acted on (it may be old), but refused on
+    lam/errors and cleared; a live one is acted on; anything but restart and log level is refused."""
     lam.bus.publish_raw(lam.topics.coordinator_request, '{"action":"log_level","value":"warning"}',
                         retain=True).wait_for_publish(10)
     lam.coordinator(extra_config=lam.ha_config)
-    wait_until(lambda: any(p and json.loads(p) == {"log_level": "warning"}
-                           for _, p in lam.recorder.on(lam.topics.coordinator_settings)), 20, "the level applied")
+    lam.recorder.wait_for(ErrorRecord, lam.topics.errors, lambda e: e.topic_name == lam.topics.coordinator_request
+                          and "retained" in e.error)
     late = Watcher(lam.broker_url, lam.prefix)
     try:
         barrier(lam, ha)
         assert not [t for t, _, _ in late.seen if t == lam.topics.coordinator_request], "nothing retained"
     finally:
         late.close()
+    assert not any(p and json.loads(p) == {"log_level": "warning"}
+                   for _, p in lam.recorder.on(lam.topics.coordinator_settings)), "a retained request acted on"
+    lam.publish_raw(lam.topics.coordinator_request, '{"action":"log_level","value":"warning"}')
+    wait_until(lambda: any(p and json.loads(p) == {"log_level": "warning"}
+                           for _, p in lam.recorder.on(lam.topics.coordinator_settings)), 20, "the level applied")
     lam.publish_raw(lam.topics.coordinator_request, '{"action":"shutdown"}')
     error = lam.recorder.wait_for(ErrorRecord, lam.topics.errors,
-                                  lambda e: e.topic_name == lam.topics.coordinator_request)
+                                  lambda e: e.topic_name == lam.topics.coordinator_request and "retained" not in e.error)
     assert "action" in error.error
