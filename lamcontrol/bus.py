@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import math
 import random
 import selectors
 import socket
@@ -46,7 +47,8 @@ Call = Callable[[], None]
 CONNECT, CALL, PUBLISHED = "connect", "call", "published"  # inbox entries that are not messages
 BURST = 64  # messages handled together, in one transaction when there is one
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 8.0  # seconds; each wait is drawn at random below a doubling cap
-IDLE = 1.0  # seconds the bus thread waits for the network before its keepalive check
+IDLE = 1.0  # seconds the bus thread pauses after an unexpected error
+LONGEST_WAIT = 3600.0  # seconds the bus thread sleeps at most, with no keepalive to keep
 SCHEMES = {"mqtt": ("tcp", False, 1883), "mqtts": ("tcp", True, 8883), "ws": ("websockets", False, 80),
            "wss": ("websockets", True, 443)}
 
@@ -173,6 +175,15 @@ class _Client(mqtt.Client):
         except OSError:
             sent = len(self.unsent)
         del self.unsent[:sent]
+
+    def keepalive_due(self) -> float:
+        """When (paho's clock) :meth:`loop_misc` next has work: a ping to send, or one unanswered for too
+        long; until then the bus thread may sleep (paho's own loop wakes every second to check)."""
+        if not self._keepalive:
+            return math.inf
+        with self._msgtime_mutex:
+            due = min(self._last_msg_out, self._last_bytes_received) + self._keepalive
+        return min(due, self._ping_t + self._keepalive) if self._ping_t else due
 
     def has_output(self) -> bool:
         """Packets paho has queued, or bytes gathered and not yet sent."""
@@ -511,8 +522,9 @@ class Bus:
         self._client.flush()
 
     def _wait(self, sock: Any) -> bool:
-        """Wait for the network, a wake-up or the next connection attempt; True if ``sock`` has bytes.
-        Without waiting while there is something to handle, or bytes held by a TLS or websocket layer."""
+        """Wait for the network, a wake-up, the keepalive's next duty or the next connection attempt; True if
+        ``sock`` has bytes. Without waiting while there is something to handle, or bytes held by a TLS or
+        websocket layer."""
         pending = getattr(sock, "pending", None)
         if self._client.unread or (pending is not None and pending()):
             return True
@@ -521,9 +533,9 @@ class Bus:
         else:
             writing = selectors.EVENT_WRITE if self._client.has_output() else 0
             self._selector.modify(sock, selectors.EVENT_READ | writing)
-            timeout = IDLE
+            timeout = self._client.keepalive_due() - mqtt.time_func()
         readable = False
-        for key, events in self._selector.select(0.0 if self._inbox else max(timeout, 0.0)):
+        for key, events in self._selector.select(0.0 if self._inbox else min(max(timeout, 0.0), LONGEST_WAIT)):
             if key.fileobj is self._waker:
                 self._drain_wakes()
             elif events & selectors.EVENT_READ:
