@@ -10,6 +10,7 @@ import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -236,11 +237,9 @@ def cmd_up(args: argparse.Namespace) -> int:
              linked("agent", "lamcontrol.agents.main", "--id", agent_id, *offered)]
     if bridge_installed() and not args.no_bridge:
         plan.append(linked("bridge", "lamcontrol.r1_bridge.main"))
-    stopping: list[int] = []
     # Ctrl-C, SIGTERM and a closed terminal all stop everything, in order; the children run in a
     # session of their own, so the terminal's Ctrl-C reaches only us and never the broker first.
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, lambda number, frame: stopping.append(number))
+    stopping, woken = catch_stop_signals()
     processes: dict[str, subprocess.Popen] = {}
     try:
         if not start_all(plan, processes, listen, stopping):
@@ -249,8 +248,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             settings = BrokerSettings.from_config({**cfg, "broker": {**cfg["broker"], "url": url}})
             late = wait_until_online(settings, agent_id, processes, stopping)
             print(banner(cfg, url, processes, late, exposed), flush=True)
-        while not stopping and all(p.poll() is None for p in processes.values()):
-            time.sleep(0.2)
+        wait_for_stop_or_exit(processes, stopping, woken)
     finally:
         stop_all(processes)
     dead = [n for n, p in processes.items() if p.returncode not in (0, -signal.SIGTERM)]
@@ -258,6 +256,29 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"lam up: {', '.join(dead)} exited with an error", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def catch_stop_signals() -> tuple[list[int], queue.SimpleQueue]:
+    """The stop signals received, and a queue each one wakes (its put() is safe in a signal handler)."""
+    stopping: list[int] = []
+    woken: queue.SimpleQueue = queue.SimpleQueue()
+
+    def stop(number: int, frame: object) -> None:
+        stopping.append(number)
+        woken.put(number)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
+    return stopping, woken
+
+
+def wait_for_stop_or_exit(processes: dict[str, subprocess.Popen], stopping: list[int],
+                          woken: queue.SimpleQueue) -> None:
+    """Sleep until a stop signal comes or a component exits: each exit wakes us, nothing polls."""
+    for process in processes.values():
+        threading.Thread(target=lambda p=process: woken.put(p.wait()), daemon=True).start()
+    while not stopping and all(p.poll() is None for p in processes.values()):
+        woken.get()
 
 
 def start_all(plan: list[Step], processes: dict[str, subprocess.Popen], listen: str, stopping: list[int]) -> bool:

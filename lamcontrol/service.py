@@ -11,12 +11,14 @@ import asyncio
 import argparse
 import logging
 import os
+import queue
 import signal
 import socket
-import threading
 from typing import Callable
 
 log = logging.getLogger(__name__)
+
+HEALTH_EVERY = 5.0  # seconds between health checks under systemd, once ready (sooner if its watchdog asks)
 
 
 def component_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
@@ -74,14 +76,23 @@ async def pet_watchdog() -> None:
 
 
 def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: str) -> None:
-    """Block until SIGTERM/SIGINT, telling systemd about readiness and health, then ``stop()``."""
-    done = threading.Event()
+    """Block until SIGTERM/SIGINT, telling systemd about readiness and health, then ``stop()``.
+
+    Readiness is checked ten times a second until it comes. After that, health is checked only for
+    systemd (its watchdog and status line), every HEALTH_EVERY seconds or as often as the watchdog
+    asks; without systemd the process sleeps until a signal comes."""
+    signals: queue.SimpleQueue = queue.SimpleQueue()  # put() is safe from a signal handler
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+        signal.signal(sig, lambda number, frame: signals.put(number))
     ready_sent = was_healthy = False
     interval = watchdog_interval()
-    tick = min(interval, 1.0) if interval else 1.0
-    while not done.wait(tick if ready_sent else 0.1):
+    health_every = min(interval or HEALTH_EVERY, HEALTH_EVERY) if os.environ.get("NOTIFY_SOCKET") else None
+    while True:
+        try:
+            signals.get(timeout=health_every if ready_sent else 0.1)
+            break
+        except queue.Empty:
+            pass
         healthy = is_ready()
         if healthy and not ready_sent:
             ready_sent = sd_notify(f"READY=1\nSTATUS={name} connected") or True
