@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -97,6 +98,10 @@ class Intake:
         transcript.extend(c.text for c in commands)
         self.transcripts[prompt.source] = transcript
         self.start(prompt, deadline, commands, note)
+
+    def next_due(self) -> float:
+        """When (wall time) :meth:`expire` next has something to forget; math.inf when nothing is held."""
+        return min((held.expires for held in self.held.values()), default=math.inf)
 
     def expire(self) -> None:
         """Forget held commands nobody confirmed in time."""

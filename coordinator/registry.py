@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from lamcontrol.protocol import Presence, PresenceState
@@ -19,6 +20,11 @@ class AgentInfo:
     inflight: int = 0  # tasks we gave it that have not finished
     advertised: dict = field(default_factory=dict)  # what it offered when last online
     missed: bool = False  # it let an accept window pass, and has not been heard from since
+
+    @property
+    def gone_by(self) -> float:
+        """When (monotonic) an agent that says online counts as gone if it has not been heard from."""
+        return self.last_seen + STALE_AFTER * self.presence.heartbeat + 5
 
     def available(self, now: float) -> bool:
         """Online, heard from within its heartbeat, and not silent on a task we offered."""
@@ -118,11 +124,14 @@ class Registry:
         info = self.agents.get(agent_id or "")
         return bool(info and info.online and task_id in info.presence.running)
 
+    def next_due(self) -> float:
+        """When (monotonic) :meth:`stale` may next find an agent gone; math.inf when none says online."""
+        return min((a.gone_by for a in self.agents.values() if a.online), default=math.inf)
+
     def stale(self) -> list[str]:
         """Agents that said online but missed their heartbeats; they are marked offline."""
         now = self.clock.monotonic()
-        gone = [a for a in self.agents.values()
-                if a.online and now - a.last_seen > STALE_AFTER * a.presence.heartbeat + 5]
+        gone = [a for a in self.agents.values() if a.online and now > a.gone_by]
         for info in gone:
             info.presence = Presence(state=PresenceState.OFFLINE, agent=info.presence.agent, host=info.presence.host)
             info.inflight = 0

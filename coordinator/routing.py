@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -279,6 +280,13 @@ class Router:
                 del self._waiting[kind]
 
     # -- timers -------------------------------------------------------------------------
+
+    def next_due(self) -> float:
+        """When (wall time) :meth:`tick` next has work: the soonest reminder, or now while tasks wait for
+        an agent (the caller paces its ticks); math.inf when there is nothing to wait for."""
+        if self._waiting:
+            return self.clock.time()
+        return self._due[0][0] if self._due else math.inf
 
     def tick(self) -> None:
         """Accept windows, grace periods and deadlines that passed; then offer waiting tasks again."""

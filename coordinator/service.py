@@ -15,6 +15,7 @@ from the journal.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sqlite3
 import threading
@@ -37,7 +38,7 @@ from .specs import SpecStore
 
 log = logging.getLogger(__name__)
 
-FROZEN = 2.0  # seconds a tick may come late before we count ourselves as having been away
+FROZEN = 2.0  # seconds the ticker may wake late before we count ourselves as having been away
 PROMPT_ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,128})"')  # a prompt's id, read from what does not parse
 
 
@@ -57,6 +58,8 @@ class Coordinator:
         self.registry = Registry(clock)
         self._lock = threading.RLock()
         self._stopping = threading.Event()
+        self._timers_moved = threading.Event()  # wakes the ticker: an earlier timer, or stopping
+        self._known_due = -math.inf  # the soonest timer the ticker knows of (monotonic)
         self.bus = bus_factory(broker, component="coordinator", client_id=f"{broker.prefix}-coordinator",
                                will=self.presence(PresenceState.OFFLINE), persistent=True, ack_when_handled=True,
                                transaction=self.transaction, fatal=(sqlite3.Error,))
@@ -101,6 +104,9 @@ class Coordinator:
                 if not self.journal.in_batch:
                     self._reload()
                 raise
+            finally:
+                if not self.journal.in_batch:
+                    self._reschedule()
 
     def _reload(self) -> None:
         log.error("the journal could not commit: reading the state back from it")
@@ -122,15 +128,18 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._timers_moved.set()
         self.bus.stop(final=self.presence(PresenceState.OFFLINE))
         with self._lock:
             self.journal.close()
 
     def _tick_loop(self) -> None:
-        """Every ``tick``, hand :meth:`tick` to the bus thread (one at a time, after the messages
-        already received: an `accepted` in hand is heard before its window is judged); and here,
-        off the bus thread, the heartbeat, pruning and the journal's checkpoint."""
-        last_beat = last_prune = last_tick = self.clock.monotonic()
+        """Hand :meth:`tick` to the bus thread when a timer falls due, at most every ``tick`` (one at a
+        time, after the messages already received: an `accepted` in hand is heard before its window
+        is judged); and here, off the bus thread, the heartbeat, pruning and the journal's checkpoint.
+        In between it sleeps, until the next of them or until a handler sets an earlier timer."""
+        now = self.clock.monotonic()
+        next_beat, next_prune, last_tick = now + self.settings.heartbeat, now + self.settings.prune_every, -math.inf
         idle = threading.Event()
         idle.set()
 
@@ -139,27 +148,47 @@ class Coordinator:
                 self.tick()
             finally:
                 idle.set()
+                self._timers_moved.set()  # the ticker reads the timers again
 
-        while not self._stopping.wait(self.settings.tick):
+        while not self._stopping.is_set():
             try:
+                self._timers_moved.clear()
+                with self._lock:  # handlers set timers under it: none can slip between reading and sleeping
+                    due = self._known_due = self._next_due()
                 now = self.clock.monotonic()
-                if now - last_tick > FROZEN:  # this process was frozen: nobody could be heard meanwhile
-                    log.warning("coordinator was stopped for %.1f s; accept windows start again", now - last_tick)
+                planned = max(now, min(next_beat, next_prune, max(due, last_tick + self.settings.tick)))
+                self._timers_moved.wait(planned - now)
+                now = self.clock.monotonic()
+                if now - planned > FROZEN:  # this process was frozen: nobody could be heard meanwhile
+                    log.warning("coordinator was stopped for %.1f s; accept windows start again", now - planned)
                     self.bus.defer(lambda: self.router.reconnected())
-                last_tick = now
-                if idle.is_set():
+                if now >= due and idle.is_set():
                     idle.clear()
+                    last_tick = now
                     self.bus.defer(tick)
-                if now - last_beat >= self.settings.heartbeat and self.bus.connected.is_set():
-                    last_beat = now
-                    self.announce()
-                if now - last_prune >= self.settings.prune_every:
-                    last_prune = now
+                if now >= next_beat:
+                    next_beat = now + self.settings.heartbeat
+                    if self.bus.connected.is_set():
+                        self.announce()
+                if now >= next_prune:
+                    next_prune = now + self.settings.prune_every
                     with self._lock:
                         log.info("journal: forgot %d old prompt(s)", self.journal.prune())
                 self.journal.checkpoint()
             except Exception:
                 log.exception("coordinator tick failed")
+
+    def _next_due(self) -> float:
+        """When (monotonic) :meth:`tick` next has work: an accept window, grace period or deadline, a
+        held confirmation, an agent's heartbeat; math.inf when nothing waits."""
+        wall = min(self.router.next_due(), self.intake.next_due())
+        return min(wall - self.clock.time() + self.clock.monotonic(), self.registry.next_due())
+
+    def _reschedule(self) -> None:
+        """After a transaction: wake the ticker if a timer now falls due before it knew."""
+        if self._next_due() < self._known_due:
+            self._known_due = -math.inf
+            self._timers_moved.set()
 
     def resume(self) -> None:
         """Take up every prompt the journal shows unanswered (after a crash or restart)."""

@@ -99,7 +99,8 @@ MODEL: dict[str, Section] = {
         "max_prompt_timeout": Setting(600.0, "the longest metadata.timeout a prompt may ask for, in seconds"),
         "warmup": Setting(3.0, "seconds after start to wait for agents' retained presence before routing"),
         "retry_round": Setting(1.0, "seconds between tries to place tasks that found no free agent"),
-        "tick": Setting(0.1, "seconds between checks of deadlines and accept windows"),
+        "tick": Setting(0.1, "shortest seconds between checks of deadlines and accept windows (each is checked as "
+                             "it falls due)"),
         "prune_every": Setting(3600.0, "seconds between prunings of the journal"),
         "legacy_results": Setting(False, "also accept results on the old lam/results/<task_id> topic, which an "
                                          "ACL cannot bind to one agent"),
