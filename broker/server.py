@@ -34,12 +34,18 @@ Six faults of aMQTT 0.12 are worked around here:
 * That walk at connect time sends the connecting client the retained messages matching *any*
   client's filters, so every ``lam send`` got every retained presence and state message. Here a
   client gets retained messages only for the filters it holds itself.
+
+Besides, aMQTT looks every second for ended sessions to drop, so an idle broker never sleeps. Here
+it looks when a client has left, and when the next kept session expires.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -95,6 +101,7 @@ class EmbeddedBroker(Broker):
     def __init__(self, config: dict) -> None:
         super().__init__(config)
         self._subscriptions = SnapshotDict()
+        self._client_left = asyncio.Event()
 
     async def _initialize_client_session(self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str,
                                          remote_port: int) -> tuple[BrokerProtocolHandler, Session]:
@@ -158,3 +165,30 @@ class EmbeddedBroker(Broker):
         owner, current = self._sessions.get(client_session.client_id, (None, None))
         if owner is client_session and current is not handler:
             mark_connected(client_session)  # a newer connection took this session over and lives on
+        self._client_left.set()
+
+    async def _session_monitor(self) -> None:
+        """Drop ended sessions as aMQTT does (clean or anonymous ones at once, others once past
+        ``session_expiry_interval``), but only when a client has left or a kept session expires."""
+        while True:
+            self._client_left.clear()
+            next_expiry = math.inf
+            for client_id in list(self._sessions):
+                session, _ = self._sessions.get(client_id, (None, None))  # as it is now: a client may be back
+                if session is None or session.transitions.state != "disconnected":
+                    continue
+                expires = self._expiry(session)
+                if session.is_anonymous or session.clean_session or expires <= time.time():
+                    await self._cleanup_session(client_id)
+                else:
+                    next_expiry = min(next_expiry, expires)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._client_left.wait(), None if next_expiry == math.inf
+                                       else next_expiry - time.time())
+
+    def _expiry(self, session: Session) -> float:
+        """When an ended session may be dropped (aMQTT counts whole seconds); math.inf for never."""
+        interval = self.config.session_expiry_interval
+        if interval is None or not session.last_disconnect_time:
+            return math.inf
+        return session.last_disconnect_time + interval + 1
