@@ -11,6 +11,7 @@ so rate limits and logs see the browser, not 127.0.0.1.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import select
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 600.0
+CLEANUP_EVERY = 30  # seconds between waitress's checks for idle connections; its loop sleeps as long
 CHUNK = 64 * 1024
 
 
@@ -169,8 +171,10 @@ class Server:
         host, port = lamconfig.host_port(listen, "listen address")
         self.https = bool(cert_file and key_file)
         self.tls: TLSFront | None = None
+        # waitress's loop wakes for its sockets and its trigger; its timeout only paces the idle check
         options = dict(threads=threads, max_request_body_size=max_body, ident="lamcontrol",
-                       channel_timeout=IDLE_TIMEOUT, clear_untrusted_proxy_headers=True)
+                       channel_timeout=IDLE_TIMEOUT, cleanup_interval=CLEANUP_EVERY,
+                       asyncore_loop_timeout=CLEANUP_EVERY, clear_untrusted_proxy_headers=True)
         if self.https:
             self.waitress = create_server(self._with_client_address(app), host="127.0.0.1", port=0, **options)
             self.tls = TLSFront(host, port, cert_file, key_file, ("127.0.0.1", self.waitress.effective_port))
@@ -204,6 +208,12 @@ class Server:
     def close(self) -> None:
         if self.tls:
             self.tls.close()
-        wasyncore.close_all(self.waitress._map)  # the listener and every open connection
+        # The listener and every open connection, closed on waitress's own thread (woken for it): its
+        # loop then finds nothing left and ends.
+        close = functools.partial(wasyncore.close_all, self.waitress._map)
+        if self._thread.is_alive():
+            self.waitress.trigger.pull_trigger(close)
+        else:
+            close()
         self.waitress.task_dispatcher.shutdown(timeout=2)
         self._thread.join(5)
