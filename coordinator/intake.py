@@ -101,7 +101,7 @@ class Intake:
 
     def next_due(self) -> float:
         """When (wall time) :meth:`expire` next has something to forget; math.inf when nothing is held."""
-        return min((held.expires for held in self.held.values()), default=math.inf)
+        return min((held.expires for held in self.held.values()), default=math.inf) if self.held else math.inf
 
     def expire(self) -> None:
         """Forget held commands nobody confirmed in time."""

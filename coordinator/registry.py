@@ -51,6 +51,7 @@ class Registry:
         self.clock = clock
         self.agents: dict[str, AgentInfo] = {}
         self.version = 0  # counts changes of presence: what is online, and what it offers
+        self._next_due: float | None = None  # see next_due; None: to be worked out again
         self._vocabulary: tuple[int, dict[str, list[str]]] = (-1, {})
 
     def update(self, presence: Presence) -> bool:
@@ -58,6 +59,7 @@ class Registry:
         info = self.agents.get(presence.agent)
         was_online = bool(info and info.online)
         self.version += 1
+        self._next_due = None
         if info is None:
             info = self.agents[presence.agent] = AgentInfo(presence, self.clock.monotonic())
         else:
@@ -92,6 +94,7 @@ class Registry:
     def forget(self, agent_id: str) -> None:
         self.agents.pop(agent_id, None)
         self.version += 1
+        self._next_due = None
 
     def offers(self, capability: str, action: str) -> bool:
         """Some online agent offers this action."""
@@ -125,8 +128,12 @@ class Registry:
         return bool(info and info.online and task_id in info.presence.running)
 
     def next_due(self) -> float:
-        """When (monotonic) :meth:`stale` may next find an agent gone; math.inf when none says online."""
-        return min((a.gone_by for a in self.agents.values() if a.online), default=math.inf)
+        """When (monotonic) :meth:`stale` may next find an agent gone; math.inf when none says online.
+        Worked out again after each presence and each :meth:`stale`, not when an agent is merely heard
+        from (which only makes it later): until then it may come early, never late."""
+        if self._next_due is None:
+            self._next_due = min((a.gone_by for a in self.agents.values() if a.online), default=math.inf)
+        return self._next_due
 
     def stale(self) -> list[str]:
         """Agents that said online but missed their heartbeats; they are marked offline."""
@@ -136,4 +143,5 @@ class Registry:
             info.presence = Presence(state=PresenceState.OFFLINE, agent=info.presence.agent, host=info.presence.host)
             info.inflight = 0
             self.version += 1
+        self._next_due = None
         return [info.presence.agent for info in gone]
