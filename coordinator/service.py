@@ -59,7 +59,7 @@ class Coordinator:
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._timers_moved = threading.Event()  # wakes the ticker: an earlier timer, or stopping
-        self._known_due = -math.inf  # the soonest timer the ticker knows of (monotonic)
+        self._known = (-math.inf, -math.inf)  # the soonest timers the ticker knows of (see _timers)
         self.bus = bus_factory(broker, component="coordinator", client_id=f"{broker.prefix}-coordinator",
                                will=self.presence(PresenceState.OFFLINE), persistent=True, ack_when_handled=True,
                                transaction=self.transaction, fatal=(sqlite3.Error,))
@@ -154,8 +154,10 @@ class Coordinator:
             try:
                 self._timers_moved.clear()
                 with self._lock:  # handlers set timers under it: none can slip between reading and sleeping
-                    due = self._known_due = self._next_due()
+                    self._known = self._timers()
                 now = self.clock.monotonic()
+                wall, due = self._known
+                due = min(wall - self.clock.time() + now, due)  # both on the monotonic clock
                 planned = max(now, min(next_beat, next_prune, max(due, last_tick + self.settings.tick)))
                 self._timers_moved.wait(planned - now)
                 now = self.clock.monotonic()
@@ -178,16 +180,17 @@ class Coordinator:
             except Exception:
                 log.exception("coordinator tick failed")
 
-    def _next_due(self) -> float:
-        """When (monotonic) :meth:`tick` next has work: an accept window, grace period or deadline, a
-        held confirmation, an agent's heartbeat; math.inf when nothing waits."""
-        wall = min(self.router.next_due(), self.intake.next_due())
-        return min(wall - self.clock.time() + self.clock.monotonic(), self.registry.next_due())
+    def _timers(self) -> tuple[float, float]:
+        """When :meth:`tick` next has work, on each clock: wall time for accept windows, grace periods,
+        deadlines and held confirmations, monotonic for agents' heartbeats (math.inf: nothing waits).
+        Kept apart, so that comparing two readings needs no conversion that could jitter."""
+        return min(self.router.next_due(), self.intake.next_due()), self.registry.next_due()
 
     def _reschedule(self) -> None:
         """After a transaction: wake the ticker if a timer now falls due before it knew."""
-        if self._next_due() < self._known_due:
-            self._known_due = -math.inf
+        wall, monotonic = self._timers()
+        if wall < self._known[0] or monotonic < self._known[1]:
+            self._known = (-math.inf, -math.inf)
             self._timers_moved.set()
 
     def resume(self) -> None:
