@@ -230,8 +230,8 @@ class Agent:
             if task.task_id in self._accepted:
                 self._accepted[task.task_id] = Result(task_id=task.task_id, agent=self.id, state=state,
                                                       message=message, data=data or {})
-        log.info("task %s %s: %s", task.task_id, state, message)
         self._publish(task, state, message, data or {})
+        log.info("task %s %s: %s", task.task_id, state, message)  # once the result is on its way
         self._start_queued()
 
     def _publish(self, task: Task, state: ResultState, message: str, data: dict | None = None) -> None:

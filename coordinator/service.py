@@ -14,6 +14,7 @@ from the journal.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -272,7 +273,7 @@ class Coordinator:
         payload = reply.to_json()
         self.journal.set_reply(prompt_id, payload)
         self._publish_reply(prompt_id, payload)
-        log.info("prompt %s %s: %s", prompt_id, status, response)
+        self.bus.after_write(functools.partial(log.info, "prompt %s %s: %s", prompt_id, status, response))
         self.events.emit(Replied(reply, payload))
 
     def _publish_reply(self, prompt_id: str, payload: bytes) -> None:
