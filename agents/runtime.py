@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -40,7 +41,6 @@ from .capability import Capability, TaskFailed
 log = logging.getLogger(__name__)
 
 SEEN_TASKS = 10_000
-DEADLINE_CHECK = 0.1  # seconds between deadline checks
 FIRST_PACE = 1.0  # seconds a task is taken to run until some have run
 OUT_OF_TIME = "The task ran out of time."
 # Coordinators give seconds to accept a task and minutes to run it (its ack_timeout, task_timeout):
@@ -69,6 +69,8 @@ class Agent:
         self.host = socket.gethostname()
         self.started = time.time()
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # the heartbeat thread: an earlier deadline, or stopping
+        self._soonest = math.inf  # the deadline (wall time) the heartbeat thread waits for
         self._running: dict[str, Task] = {}  # accepted and not finished: running, or queued for a slot
         self._queued: OrderedDict[str, Task] = OrderedDict()  # accepted, waiting for a slot, oldest first
         self._pace = FIRST_PACE  # recent seconds per task, for what the queue can promise
@@ -124,15 +126,20 @@ class Agent:
         self.announce()
 
     def _heartbeat_loop(self) -> None:
-        """Presence every heartbeat; in between, fail tasks that ran past their deadline."""
+        """Presence every heartbeat; in between, fail tasks that run past their deadline. It sleeps until
+        the next of them: a task accepted with an earlier deadline wakes it."""
         next_beat = time.monotonic() + self.heartbeat
-        while not self._stopping.wait(DEADLINE_CHECK):
+        while not self._stopping.is_set():
             now = time.time()
-            for task in [t for t in list(self._running.values()) if t.deadline and now > t.deadline]:
+            for task in [t for t in list(self._running.values()) if t.deadline and now >= t.deadline]:
                 self._finish(task, ResultState.FAILED, OUT_OF_TIME)
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + self.heartbeat
                 self.announce()
+            with self._wake:
+                self._soonest = min((t.deadline for t in self._running.values() if t.deadline), default=math.inf)
+                if not self._stopping.is_set():
+                    self._wake.wait(min(next_beat - time.monotonic(), self._soonest - time.time()))
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -142,7 +149,9 @@ class Agent:
 
     def stop(self) -> None:
         """Stop taking tasks, let running ones finish within the grace period, go offline."""
-        self._stopping.set()
+        with self._wake:
+            self._stopping.set()
+            self._wake.notify()
         deadline = time.monotonic() + self.stop_grace
         while self._running and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -179,6 +188,8 @@ class Agent:
         with self._lock:
             self._running[task.task_id] = self._queued[task.task_id] = task
             remember(self._accepted, task.task_id, None)
+            if task.deadline and task.deadline < self._soonest:
+                self._wake.notify()
         self._record.accepted(task.task_id)
         self._publish(task, ResultState.ACCEPTED, "")
         self._start_queued()
@@ -274,8 +285,8 @@ class Agent:
                 self._accepted[task.task_id] = Result(task_id=task.task_id, agent=self.id, state=state,
                                                       message=message, data=data or {})
         self._record.finished(task.task_id, state, message)
-        log.info("task %s %s: %s", task.task_id, state, message)
         self._publish(task, state, message, data or {})
+        log.info("task %s %s: %s", task.task_id, state, message)  # once the result is on its way
         self._start_queued()
 
     def _publish(self, task: Task, state: ResultState, message: str, data: dict | None = None) -> None:

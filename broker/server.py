@@ -40,6 +40,8 @@ Faults of aMQTT 0.12 worked around here:
   here at the lower of the two [MQTT-3.8.4-6] (:class:`Broadcast`).
 * A client that stops reading made the broker hold everything sent to it, and everything sent
   to anyone after it, without bound. Here each client's queue is bounded (:mod:`.outbox`).
+* aMQTT looks every second for ended sessions to drop, so an idle broker never sleeps. Here it
+  looks when a client has left, and when the next kept session expires.
 
 Beyond aMQTT, the broker keeps no retained message on a LAMControl topic where nothing may be
 retained (a task, prompt, reply, result or error record, under the configured prefix): it is
@@ -49,7 +51,10 @@ delivered to the subscribers there are, and forgotten, so it cannot run again at
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import time
 import uuid
 import weakref
 from collections.abc import Iterator
@@ -130,6 +135,7 @@ class EmbeddedBroker(Broker):
         self.limits = limits
         self._outboxes: weakref.WeakSet[Outbox] = weakref.WeakSet()
         self._refused_retained: set[tuple[str, str]] = set()  # (client, topic kind) already logged
+        self._client_left = asyncio.Event()
 
     async def _initialize_client_session(self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str,
                                          remote_port: int) -> tuple[BrokerProtocolHandler, Session]:
@@ -243,3 +249,30 @@ class EmbeddedBroker(Broker):
         owner, current = self._sessions.get(client_session.client_id, (None, None))
         if owner is client_session and current is not handler:
             mark_connected(client_session)  # a newer connection took this session over and lives on
+        self._client_left.set()
+
+    async def _session_monitor(self) -> None:
+        """Drop ended sessions as aMQTT does (clean or anonymous ones at once, others once past
+        ``session_expiry_interval``), but only when a client has left or a kept session expires."""
+        while True:
+            self._client_left.clear()
+            next_expiry = math.inf
+            for client_id in list(self._sessions):
+                session, _ = self._sessions.get(client_id, (None, None))  # as it is now: a client may be back
+                if session is None or session.transitions.state != "disconnected":
+                    continue
+                expires = self._expiry(session)
+                if session.is_anonymous or session.clean_session or expires <= time.time():
+                    await self._cleanup_session(client_id)
+                else:
+                    next_expiry = min(next_expiry, expires)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._client_left.wait(), None if next_expiry == math.inf
+                                       else next_expiry - time.time())
+
+    def _expiry(self, session: Session) -> float:
+        """When an ended session may be dropped (aMQTT counts whole seconds); math.inf for never."""
+        interval = self.config.session_expiry_interval
+        if interval is None or not session.last_disconnect_time:
+            return math.inf
+        return session.last_disconnect_time + interval + 1

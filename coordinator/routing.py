@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -323,6 +324,17 @@ class Router:
                 del self._waiting[kind]
 
     # -- timers -------------------------------------------------------------------------
+
+    def next_due(self) -> float:
+        """When (wall time) :meth:`tick` next has work: the soonest reminder, or now while tasks wait for
+        an agent (the caller paces its ticks); math.inf when there is nothing to wait for."""
+        if self._waiting:
+            return self.clock.time()
+        return self._due[0][0] if self._due else math.inf
+
+    def warmup_over(self) -> float:
+        """When (monotonic) the warm-up ends; math.inf before the broker is reached."""
+        return math.inf if self._reached is None else self._reached + self.settings.warmup
 
     def tick(self, now: float) -> None:
         """Accept windows, grace periods and deadlines that passed by ``now``; then offer waiting tasks

@@ -9,7 +9,8 @@ reported on ``lam/errors``, and one thread per bus that reads, runs the handlers
 That thread drives paho through its external-loop interface (``loop_read``, ``loop_write``,
 ``loop_misc`` and the socket callbacks): handlers run between reads, never inside a paho
 callback, and what they publish is written at once, without handing it to another thread.
-Other threads may publish at any time; they wake the bus thread to write it.
+Other threads may publish at any time: while the bus thread sleeps, they write what they publish
+themselves (plain TCP); otherwise they wake it to write it.
 
 A retained message where nothing may be retained (a task, prompt or result someone published
 with the retain flag) is not handled: every new subscriber would get it, so an agent would run
@@ -24,6 +25,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import math
 import os
 import random
 import select
@@ -44,6 +46,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from . import config as lamconfig
+from . import service
 from .protocol import DEFAULT_MAX_PAYLOAD, ErrorRecord, Message, ProtocolError, Topics, check_size
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,8 @@ Call = Callable[[], None]
 CONNECT, CALL, PUBLISHED = "connect", "call", "published"  # inbox entries that are not messages
 BURST = 64  # messages handled together, in one transaction when there is one
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 8.0  # seconds; each wait is drawn at random below a doubling cap
-IDLE = 1.0  # seconds the bus thread waits for the network before its keepalive check
+IDLE = 1.0  # seconds the bus thread pauses after an unexpected error
+LONGEST_WAIT = 3600.0  # seconds the bus thread sleeps at most, with no keepalive to keep
 READ_AHEAD = 1000  # packets at most read in one go before a burst is handled
 SWEEP = 60.0  # seconds between asks for retained messages where nothing may be retained
 SEEN_STRAYS = 1000  # stray retained messages remembered as reported
@@ -220,6 +224,25 @@ class _Client(mqtt.Client):
             sent = len(self.unsent)
         del self.unsent[:sent]
 
+    def send_now(self) -> bool:
+        """Gather and send what paho has queued, from a thread other than the one that reads; True when it
+        all went out. A lost connection is left to the reading thread, which finds it (paho's
+        ``loop_write`` would handle the loss here)."""
+        self._packet_write()
+        self.flush()
+        if not self.want_write():
+            self._call_socket_unregister_write()  # as loop_write does: the next packet asks again
+        return not self.has_output()
+
+    def keepalive_due(self) -> float:
+        """When (paho's clock) :meth:`loop_misc` next has work: a ping to send, or one unanswered for too
+        long; until then the bus thread may sleep (paho's own loop wakes every second to check)."""
+        if not self._keepalive:
+            return math.inf
+        with self._msgtime_mutex:
+            due = min(self._last_msg_out, self._last_bytes_received) + self._keepalive
+        return min(due, self._ping_t + self._keepalive) if self._ping_t else due
+
     def has_output(self) -> bool:
         """Packets paho has queued, or bytes gathered and not yet sent."""
         return bool(self.unsent) or self.want_write()
@@ -317,6 +340,11 @@ class Bus:
             end.setblocking(False)
         self._selector.register(self._waker, selectors.EVENT_READ)
         self._woken = False  # a wake-up byte is on its way
+        self._sleeping = False  # the bus thread waits in select: another thread may write for it
+        self._write_lock = threading.RLock()  # around each write: the bus thread's, or another thread's
+        # Plain TCP sockets may be written from any thread; TLS and websocket layers may not.
+        self._writes_anywhere = settings.transport == "tcp" and not settings.tls
+        self._after_write: list[Call] = []
         self._thread = threading.Thread(target=self._run, name=f"{component}-bus", daemon=True)
         self._stopping = False
         self._retry_at = 0.0  # monotonic time of the next connection attempt
@@ -373,6 +401,15 @@ class Bus:
         call ``cleared(ids)`` instead when a retained topic of that type is emptied."""
         self._typed.setdefault(cls, []).append(Subscription(handler, cleared, ids))
 
+    def after_write(self, callback: Call) -> None:
+        """Call ``callback()`` on the bus thread once what the handlers published so far is written: for
+        work that must not hold those messages up, such as log lines about them. Called from another
+        thread (a handler run by :meth:`handle`), it runs at once."""
+        if threading.current_thread() is self._thread:
+            self._after_write.append(callback)
+        else:
+            callback()
+
     def on_connect(self, callback: Call) -> None:
         """Call ``callback()`` on the bus thread after each (re)connect."""
         self._on_connect.append(callback)
@@ -411,6 +448,7 @@ class Bus:
                     info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):
                 pass
+        self._writes_anywhere = False  # the DISCONNECT that follows ends the connection: the bus thread's work
         self._client.disconnect()
         self._stopping = True
         self._wake()
@@ -477,14 +515,24 @@ class Bus:
             self._selector.unregister(sock)
         except (KeyError, ValueError, RuntimeError):
             pass  # a bus stopped while connecting closed its selector first; paho closes the socket as it goes
-        self._client.flush(sock)  # a clean disconnect's last packets
-        self._client.unsent.clear()
+        with self._write_lock:
+            self._client.flush(sock)  # a clean disconnect's last packets
+            self._client.unsent.clear()
         self._client.forget_unread()
 
     def _on_write_wanted(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        """paho has queued something to write: from another thread, wake the bus thread for it."""
-        if threading.current_thread() is not self._thread:
-            self._wake()
+        """paho has queued something to write from another thread: while the bus thread sleeps, send it from
+        here, sparing a hand-over; else, or if the socket did not take it all, wake the bus thread for it."""
+        if threading.current_thread() is self._thread:
+            return
+        if self._sleeping and self._writes_anywhere and self._write_lock.acquire(blocking=False):
+            try:
+                sent = self._client.send_now()
+            finally:
+                self._write_lock.release()
+            if sent:
+                return
+        self._wake()
 
     def _on_connect_cb(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
@@ -494,6 +542,8 @@ class Bus:
             else:
                 self.last_error = f"the broker at {self.settings.where} refused the connection ({reason})"
             log.error("%s: %s", self.component, self.last_error)
+            if self.gave_up():
+                service.look_again()  # the process stops now, not at its next health check
             return
         self.last_error = ""
         self.refused = 0
@@ -599,6 +649,10 @@ class Bus:
                     self._sweep()
                 if client.has_output():
                     self._write()
+                if self._after_write:
+                    done, self._after_write = self._after_write, []
+                    for callback in done:
+                        callback()
                 client.loop_misc()
             except Exception:  # a bug must not silently end the component's bus
                 log.exception("%s: bus thread error", self.component)
@@ -618,12 +672,14 @@ class Bus:
 
     def _write(self) -> None:
         """Write what paho has queued, gathered into one send so the packets leave in as few segments as fit."""
-        self._client.loop_write()
-        self._client.flush()
+        with self._write_lock:
+            self._client.loop_write()
+            self._client.flush()
 
     def _wait(self, sock: Any) -> bool:
-        """Wait for the network, a wake-up or the next connection attempt; True if ``sock`` has bytes.
-        Without waiting while there is something to handle, or bytes held by a TLS or websocket layer."""
+        """Wait for the network, a wake-up, the keepalive's next duty, the next sweep or the next connection
+        attempt; True if ``sock`` has bytes. Without waiting while there is something to handle, or bytes
+        held by a TLS or websocket layer."""
         pending = getattr(sock, "pending", None)
         if self._client.unread or (pending is not None and pending()):
             return True
@@ -632,9 +688,14 @@ class Bus:
         else:
             writing = selectors.EVENT_WRITE if self._client.has_output() else 0
             self._selector.modify(sock, selectors.EVENT_READ | writing)
-            timeout = IDLE
+            timeout = self._client.keepalive_due() - mqtt.time_func()
+            if self.report and self.connected.is_set():
+                timeout = min(timeout, self._sweep_at - time.monotonic())
         readable = False
-        for key, events in self._selector.select(0.0 if self._inbox else max(timeout, 0.0)):
+        self._sleeping = not self._inbox
+        ready = self._selector.select(0.0 if self._inbox else min(max(timeout, 0.0), LONGEST_WAIT))
+        self._sleeping = False
+        for key, events in ready:
             if key.fileobj is self._waker:
                 self._drain_wakes()
             elif events & selectors.EVENT_READ:

@@ -184,7 +184,8 @@ MODEL: dict[str, Section] = {
         "warmup": Setting(3.0, "seconds after start to wait for agents' retained presence before routing",
                           check=at_least(0)),
         "retry_round": Setting(1.0, "seconds between tries to place tasks that found no free agent", check=SECONDS),
-        "tick": Setting(0.1, "seconds between checks of deadlines and accept windows", check=SECONDS),
+        "tick": Setting(0.1, "shortest seconds between checks of deadlines and accept windows (each is checked as "
+                             "it falls due)", check=SECONDS),
         "prune_every": Setting(3600.0, "seconds between prunings of the journal", check=SECONDS),
         "legacy_results": Setting(False, "also accept results on the old lam/results/<task_id> topic, which an "
                                          "ACL cannot bind to one agent"),

@@ -16,6 +16,7 @@ after IDLE_TIMEOUT seconds. Requests in progress (a long ``wait``, a live stream
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import select
@@ -39,7 +40,9 @@ HANDSHAKE_TIMEOUT = 10.0  # seconds a TLS handshake may take
 REQUEST_TIMEOUT = 10.0  # seconds from a request's first byte to its last (headers and body)
 IDLE_TIMEOUT = 15.0  # seconds a connection may sit with no request going
 RELAY_TIMEOUT = 600.0  # seconds the TLS front relays a silent connection (waitress ends idle ones sooner)
-CHECK_EVERY = 1.0  # seconds between checks of those timeouts
+# Seconds between checks of those timeouts: waitress's loop sleeps as long when nothing happens, so a
+# connection is closed within this much after its time is up.
+CHECK_EVERY = 5.0
 MAX_CONNECTIONS = 200
 PER_ADDRESS = 20
 CHUNK = 64 * 1024
@@ -251,9 +254,10 @@ class Server:
         host, port = lamconfig.host_port(listen, "listen address")
         self.https = bool(cert_file and key_file)
         self.tls: TLSFront | None = None
+        # waitress's loop wakes for its sockets and its trigger; its timeout only paces the idle check
         options = dict(threads=threads, max_request_body_size=max_body, ident="lamcontrol",
                        connection_limit=max_connections, channel_timeout=IDLE_TIMEOUT, cleanup_interval=CHECK_EVERY,
-                       clear_untrusted_proxy_headers=True)
+                       asyncore_loop_timeout=CHECK_EVERY, clear_untrusted_proxy_headers=True)
         if self.https:  # the TLS front counts each address's connections: waitress sees only its own
             self.waitress = create_server(self._with_client_address(app), host="127.0.0.1", port=0, **options)
             self.tls = TLSFront(host, port, cert_file, key_file, ("127.0.0.1", self.waitress.effective_port),
@@ -290,6 +294,12 @@ class Server:
     def close(self) -> None:
         if self.tls:
             self.tls.close()
-        wasyncore.close_all(self.waitress._map)  # the listener and every open connection
+        # The listener and every open connection, closed on waitress's own thread (woken for it): its
+        # loop then finds nothing left and ends.
+        close = functools.partial(wasyncore.close_all, self.waitress._map)
+        if self._thread.is_alive():
+            self.waitress.trigger.pull_trigger(close)
+        else:
+            close()
         self.waitress.task_dispatcher.shutdown(timeout=2)
         self._thread.join(5)

@@ -5,6 +5,8 @@ those it will start before their deadline, and never starts one after it stopped
 from __future__ import annotations
 
 import json
+import math
+import threading
 import time
 from pathlib import Path
 
@@ -118,3 +120,13 @@ def test_an_agent_restarted_never_runs_a_task_it_accepted_again(harness, tmp_pat
     assert [args["text"] for args in first.ran()] == ["once only", "cut short"] and again.ran() == []
     fresh = again.task("say", text="new")
     wait_until(lambda: again.results(fresh)[-1:] == [("succeeded", "new")], 10, "a new task runs")
+def test_a_task_past_its_deadline_fails_then_though_the_agent_sleeps_until_its_heartbeat(harness):
+    """Between heartbeats (30 s here) the agent's timer thread sleeps; a task accepted meanwhile with
+    an earlier deadline wakes it, so the task fails at its deadline, not at the next heartbeat."""
+    h = harness(max_concurrent=1, max_queued=0)
+    h.agent._soonest = 0.0  # until the timer thread, about to sleep, says what it waits for
+    threading.Thread(target=h.agent._heartbeat_loop, daemon=True).start()
+    wait_until(lambda: h.agent._soonest == math.inf, 10, "the timer thread asleep until the heartbeat")
+    task = h.task(deadline=1.0, text="slow")
+    wait_until(lambda: h.results(task)[-1:] == [("failed", "The task ran out of time.")], 10,
+               "the task failed at its deadline")

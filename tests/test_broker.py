@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import signal
 import socket
 import subprocess
@@ -374,3 +376,33 @@ def test_no_task_prompt_or_result_is_kept_retained_and_queued_messages_are_not_r
             client.close()
         broker.stop()
     assert "published a retained Task on home/lam/tasks/echo: delivered, not kept" in broker.log()
+def test_sessions_of_clients_that_left_are_dropped_and_kept_ones_stay():
+    """lam-broker looks for ended sessions when a client leaves (not every second, as aMQTT does): a
+    clean session goes as soon as its client does, a persistent one stays for its client's return."""
+    from lamcontrol.broker.main import Listeners
+    from lamcontrol.broker.server import EmbeddedBroker
+
+    port, running, stop = free_port(), queue.SimpleQueue(), threading.Event()
+
+    async def serve() -> None:
+        broker = EmbeddedBroker(Listeners(listen=f"127.0.0.1:{port}").amqtt_config())
+        await broker.start()
+        running.put(broker)
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+        await broker.shutdown()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    broker = running.get(timeout=30)
+    try:
+        clients = [Client(port, f"leaver-{persistent}", ["lam/x"], persistent) for persistent in (True, False)]
+        assert [client.problem() for client in clients] == ["", ""]
+        for client in clients:
+            client.close()
+        wait_until(lambda: not any(key.endswith(":leaver-False") for key in list(broker._sessions)), 10,
+                   "the clean session dropped")
+        kept = [key for key in list(broker._sessions) if key.endswith(":leaver-True")]
+        assert kept and broker._sessions[kept[0]][0].transitions.state == "disconnected"
+    finally:
+        stop.set()
+        thread.join(15)

@@ -398,8 +398,8 @@ def test_a_reply_is_marked_sent_in_the_journal_once_the_broker_has_it(lam):
 
 
 def test_what_other_threads_and_handlers_publish_all_goes_out_once(broker):
-    """One thread per bus reads, handles and writes: publishes from other threads wake it, and what a
-    handler publishes is written at once; under load from both, every message goes out, once."""
+    """One thread per bus reads, handles and writes: other threads write what they publish or wake it,
+    and what a handler publishes is written at once; under load from both, every message goes out, once."""
     root, threads, each = f"wake-{new_id()}", 4, 150
     seen: queue.Queue = queue.Queue()
     watcher = Bus(BrokerSettings(url=broker.url), component="watcher")
@@ -426,6 +426,26 @@ def test_what_other_threads_and_handlers_publish_all_goes_out_once(broker):
                                         for t in range(threads) for n in range(each))
     finally:
         echoer.stop()
+        watcher.stop()
+
+
+def test_messages_published_from_another_thread_while_the_bus_sleeps_each_go_out(broker):
+    """While its thread sleeps, a bus lets another thread write what it publishes; each such message
+    goes out at once, not only the first (nor only once the bus thread wakes for something else)."""
+    root = f"asleep-{new_id()}"
+    seen: queue.Queue = queue.Queue()
+    watcher = Bus(BrokerSettings(url=broker.url), component="watcher")
+    watcher.on(f"{root}/#", lambda topic, payload: seen.put(payload))
+    sender = Bus(BrokerSettings(url=broker.url), component="sender")
+    watcher.start(timeout=15)
+    sender.start(timeout=15)
+    try:
+        for n in range(5):
+            wait_until(lambda: sender._sleeping, 10, "the sender's bus thread asleep")
+            sender.publish_raw(f"{root}/{n}", str(n).encode())
+            assert seen.get(timeout=10) == str(n).encode()
+    finally:
+        sender.stop()
         watcher.stop()
 
 
