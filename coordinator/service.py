@@ -201,8 +201,14 @@ class Coordinator:
         while not self._stopping.is_set():
             try:
                 self._timers_moved.clear()
-                with self._lock:  # handlers set timers under it: none can slip between reading and sleeping
-                    self._known = self._timers()
+                # Handlers set timers under the lock: none can slip between reading and sleeping. While a
+                # handler holds it long (the bus thread held up), the timers known go on: a tick falls due
+                # on time, judged as of then, and waits its turn behind the messages read before it.
+                if self._lock.acquire(timeout=self.settings.tick):
+                    try:
+                        self._known = self._timers()
+                    finally:
+                        self._lock.release()
                 now = self.clock.monotonic()
                 wall, due = self._known
                 due = min(wall - self.clock.time() + now, due)  # both on the monotonic clock
