@@ -9,7 +9,9 @@ pace it will run them before their deadline; otherwise it answers ``rejected`` (
 coordinator can look elsewhere. Duplicate deliveries (QoS 1 is at-least-once) of one attempt
 are dropped; a task that arrives after its dispatch window is rejected. A task accepted here is
 never run twice: offered again (the coordinator missed our word), it is answered from what
-became of it.
+became of it. A task from a coordinator whose lead has passed to another (an ``epoch`` below
+the highest seen) is rejected, and the agent announces itself again whenever a coordinator
+comes online, so no coordinator depends on retained presence a cluster's node may lack.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Callable
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus
 from lamcontrol.language import advertisement
-from lamcontrol.protocol import Presence, PresenceState, Result, ResultState, Task, check_agent_id
+from lamcontrol.protocol import (CoordinatorPresence, Presence, PresenceState, Result, ResultState, Task,
+                                 check_agent_id)
 
 from .capability import Capability, TaskFailed
 
@@ -35,6 +38,7 @@ SEEN_TASKS = 10_000
 DEADLINE_CHECK = 0.1  # seconds between deadline checks
 FIRST_PACE = 1.0  # seconds a task is taken to run until some have run
 OUT_OF_TIME = "The task ran out of time."
+DEPOSED = "The task comes from a coordinator that no longer leads."
 
 
 class Agent:
@@ -59,6 +63,8 @@ class Agent:
         self._accepted: OrderedDict[str, Result | None] = OrderedDict()  # task id -> its final result, once done
         self._stopping = threading.Event()
         self._advertised = b""  # the spec last published; sent again after every connect
+        self._epoch = 0  # the highest coordinator epoch seen on a task
+        self._coordinator: tuple[str, float] | None = None  # the coordinator's last (state, started)
         # Room beyond the limit: a task failed at its deadline may still hold its thread.
         self._pool = ThreadPoolExecutor(max_workers=2 * max_concurrent + 2, thread_name_prefix="task")
         self.bus = bus_factory(settings, component=f"agent {agent_id}", client_id=f"{settings.prefix}-agent-{agent_id}",
@@ -67,6 +73,7 @@ class Agent:
         for name, capability in capabilities.items():
             self.bus.subscribe(Task, self._on_task, capability=name)
             capability.on_change = self.announce
+        self.bus.subscribe(CoordinatorPresence, self._on_coordinator, cleared=lambda ids: None)
         self.bus.on_connect(self._reconnected)
 
     # -- presence -----------------------------------------------------------------------
@@ -97,6 +104,14 @@ class Agent:
     def _reconnected(self) -> None:
         self._advertised = b""
         self.announce()
+
+    def _on_coordinator(self, presence: CoordinatorPresence) -> None:
+        """A coordinator came online (another one, or the same one back): announce again, so that it
+        hears of us even where the broker kept no retained presence (a cluster node that lost it)."""
+        seen, self._coordinator = self._coordinator, (presence.state, presence.started)
+        if presence.online and seen != self._coordinator:
+            self._advertised = b""
+            self.announce()
 
     def _heartbeat_loop(self) -> None:
         """Presence every heartbeat; in between, fail tasks that ran past their deadline."""
@@ -138,6 +153,11 @@ class Agent:
                 log.info("dropping duplicate delivery of task %s attempt %d", task.task_id, task.attempt)
                 return
             remember(self._seen, (task.task_id, task.attempt), None)
+            if task.epoch and task.epoch < self._epoch:  # epoch 0: a lone coordinator, with no lease
+                log.info("task %s comes from epoch %d, below %d: refused", task.task_id, task.epoch, self._epoch)
+                self._publish(task, ResultState.REJECTED, DEPOSED)
+                return
+            self._epoch = max(self._epoch, task.epoch)
             if task.task_id in self._accepted:
                 self._answer_again(task, self._accepted[task.task_id])
                 return

@@ -55,6 +55,7 @@ class Router:
     _waiting: dict[tuple[str, str], dict[str, None]] = field(default_factory=dict)
     # Agents whose word on a task may have been lost with a broker that kept nothing for us.
     _unsure: set[str] = field(default_factory=set)
+    epoch: int = 0  # the lease this coordinator leads under, carried by every task (0: none)
 
     def __post_init__(self) -> None:
         self._started = self.clock.monotonic()
@@ -147,7 +148,8 @@ class Router:
         task = Task(task_id=job.task_id, prompt_id=run.prompt.id, capability=command.capability,
                     action=command.action, agent=job.agent, command=command.text, args=args,
                     attempt=job.attempt, accept_by=min(job.ack_deadline, run.deadline),
-                    deadline=min(run.deadline, now + self.settings.task_timeout), risk=command.risk)
+                    deadline=min(run.deadline, now + self.settings.task_timeout), risk=command.risk,
+                    epoch=self.epoch)
         self.journal.update_task(job.task_id, job.state, job.agent, job.attempt)
         self.publish(task)
         self.events.emit(TaskDispatched(task))

@@ -49,10 +49,12 @@ class Coordinator:
     """
 
     def __init__(self, broker: BrokerSettings, parser: Parser, journal: Journal, settings: Settings = Settings(),
-                 clock: Clock = Clock(), bus_factory: Callable[..., Bus] = Bus) -> None:
+                 clock: Clock = Clock(), bus_factory: Callable[..., Bus] = Bus, epoch: int = 0) -> None:
         self.settings = settings
         self.clock = clock
         self.journal = journal
+        self.epoch = epoch  # the lease it leads under, on a cluster (0: a lone coordinator)
+        self.started = clock.time()  # agents announce themselves again to a coordinator that starts
         self.events = Events()
         self.registry = Registry(clock)
         self._lock = threading.RLock()
@@ -73,14 +75,15 @@ class Coordinator:
         self.bus.on_connect(self.reconnected)
 
     def _router(self) -> Router:
-        return Router(self.settings, self.clock, self.journal, self.registry, self.bus.publish, self.reply, self.events)
+        return Router(self.settings, self.clock, self.journal, self.registry, self.bus.publish, self.reply, self.events,
+                      epoch=self.epoch)
 
     # -- life cycle ---------------------------------------------------------------------
 
     def presence(self, state: PresenceState = PresenceState.ONLINE) -> CoordinatorPresence:
         load = len(self.router.runs) if state == PresenceState.ONLINE else 0
         return CoordinatorPresence(state=state, load=load, version=__version__,
-                                   heartbeat=self.settings.heartbeat, max_concurrent=0)
+                                   heartbeat=self.settings.heartbeat, max_concurrent=0, started=self.started)
 
     def announce(self) -> None:
         self.bus.publish(self.presence(), retain=True)

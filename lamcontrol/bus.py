@@ -18,6 +18,7 @@ import collections
 import functools
 import logging
 import random
+import re
 import selectors
 import socket
 import ssl
@@ -47,6 +48,7 @@ CONNECT, CALL, PUBLISHED = "connect", "call", "published"  # inbox entries that 
 BURST = 64  # messages handled together, in one transaction when there is one
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 8.0  # seconds; each wait is drawn at random below a doubling cap
 IDLE = 1.0  # seconds the bus thread waits for the network before its keepalive check
+PASSWORD_IN_URL = re.compile(r"(://[^:/@,]*:)[^@,]*@")
 SCHEMES = {"mqtt": ("tcp", False, 1883), "mqtts": ("tcp", True, 8883), "ws": ("websockets", False, 80),
            "wss": ("websockets", True, 443)}
 
@@ -75,26 +77,31 @@ class BrokerSettings:
     max_payload: int = DEFAULT_MAX_PAYLOAD
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url if "://" in self.url else f"mqtt://{self.url}")
-        if parts.scheme not in SCHEMES:
+        """Read the URL: one address, or the nodes of a cluster separated by commas
+        (``mqtt://a:1883,b:1883``: the first one's scheme and login apply to those that name none)."""
+        items = [item.strip() for item in self.url.split(",") if item.strip()] or ["127.0.0.1"]
+        first = urlsplit(items[0] if "://" in items[0] else f"mqtt://{items[0]}")
+        if first.scheme not in SCHEMES:
             raise lamconfig.ConfigError(f"broker URL {self.safe_url} must start with mqtt://, mqtts://, ws:// or wss://")
-        self.transport, self.tls, default_port = SCHEMES[parts.scheme]
-        self.host = parts.hostname or "127.0.0.1"
-        try:
-            self.port = parts.port or default_port
-        except ValueError:
-            raise lamconfig.ConfigError(f"broker URL {self.safe_url} has a bad port") from None
-        self.path = parts.path or "/mqtt"
-        self.username = unquote(parts.username) if parts.username else self.username
-        self.password = unquote(parts.password) if parts.password else self.password
+        self.transport, self.tls, default_port = SCHEMES[first.scheme]
+        self.addresses: list[tuple[str, int]] = []  # every node, tried in turn
+        for item in items:
+            parts = urlsplit(item if "://" in item else f"{first.scheme}://{item}")
+            if parts.scheme != first.scheme:
+                raise lamconfig.ConfigError(f"broker URL {self.safe_url}: every address must use {first.scheme}://")
+            try:
+                self.addresses.append((parts.hostname or "127.0.0.1", parts.port or default_port))
+            except ValueError:
+                raise lamconfig.ConfigError(f"broker URL {self.safe_url} has a bad port") from None
+            self.username = unquote(parts.username) if parts.username else self.username
+            self.password = unquote(parts.password) if parts.password else self.password
+        self.host, self.port = self.addresses[0]
+        self.path = first.path or "/mqtt"
 
     @property
     def safe_url(self) -> str:
         """The URL with any password masked, for logs."""
-        parts = urlsplit(self.url)
-        if parts.password:
-            return self.url.replace(f":{parts.password}@", ":***@")
-        return self.url
+        return PASSWORD_IN_URL.sub(r"\1***@", self.url)
 
     @property
     def topics(self) -> Topics:
@@ -134,6 +141,7 @@ class _Client(mqtt.Client):
       hands paho its bytes from memory; :attr:`unread` says when some are left to hand over.
     - paho sends each packet in its own call; this gathers them, and :meth:`flush` sends a write
       cycle's packets at once.
+    - paho connects to one address; :meth:`aim` points the next attempt at another node.
     - paho builds a reason code and a property table for every acknowledgement, though an MQTT
       3.1.1 one carries neither (about 10 µs each), and for every QoS 0 publish when ``on_publish``
       is set; this hands over the same two constant ones, and tells :attr:`on_acknowledged` the
@@ -173,6 +181,10 @@ class _Client(mqtt.Client):
         except OSError:
             sent = len(self.unsent)
         del self.unsent[:sent]
+
+    def aim(self, host: str, port: int) -> None:
+        """Where the next :meth:`reconnect` goes (paho's own setters refuse while a connection is pending)."""
+        self._host, self._port = host, port
 
     def has_output(self) -> bool:
         """Packets paho has queued, or bytes gathered and not yet sent."""
@@ -254,7 +266,11 @@ class Bus:
         self._wildcards = False
         self._typed: dict[type[Message], list[Subscription]] = {}
         self._on_connect: list[Callable[[], None]] = []
-        self._pending_subs: set[int] = set()
+        self._pending_subs: dict[int, list[str]] = {}  # SUBSCRIBE message id -> its filters, until the SUBACK
+        self._refused: list[str] = []  # filters the broker refused, asked for again at _resubscribe_at
+        self._resubscribe_at = 0.0
+        self._resubscribe_wait = RECONNECT_MIN
+        self._address = 0  # which of the broker's addresses the next connection attempt goes to
         # What the bus thread has to handle: messages it read, and calls handed over by other threads.
         self._inbox: collections.deque[tuple[str, Any, int, int]] = collections.deque()
         self._selector = selectors.DefaultSelector()
@@ -431,16 +447,25 @@ class Bus:
         self.connected.set()
         filters = sorted({f for f, _ in self._handlers} | {self.topics.build(cls.topic_pattern, **s.ids)
                                                            for cls, subs in self._typed.items() for s in subs})
-        if filters:
-            result, mid = client.subscribe([(f, 1) for f in filters])
-            self._pending_subs.add(mid)
-        else:
-            self.ready.set()
+        self._pending_subs.clear()
+        self._refused = []
+        self._resubscribe_wait = RECONNECT_MIN
+        self._subscribe(filters)
         self._inbox.append((CONNECT, None, 0, 0))
 
+    def _subscribe(self, filters: list[str]) -> None:
+        """Ask for ``filters``; the bus is ready once the broker has granted every one."""
+        if filters:
+            result, mid = self._client.subscribe([(f, 1) for f in filters])
+            self._pending_subs[mid] = filters
+        elif not self._pending_subs and not self._refused:
+            self.ready.set()
+
     def _back_off(self) -> None:
-        """Set when to try the broker again: at random ("full jitter"), so clients cut off together
-        do not all come back at once, under a cap that doubles per failure up to RECONNECT_MAX."""
+        """Set when to try the broker again, at its next address (a cluster's next node): at random
+        ("full jitter"), so clients cut off together do not all come back at once, under a cap that
+        doubles per failure up to RECONNECT_MAX."""
+        self._address = (self._address + 1) % len(self.settings.addresses)
         self._backoff = min(self._backoff * 2, RECONNECT_MAX)
         self._retry_at = time.monotonic() + random.uniform(RECONNECT_MIN, self._backoff)
 
@@ -453,12 +478,18 @@ class Bus:
             log.warning("%s disconnected from broker (%s); reconnecting", self.component, reason)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: list, properties: Any) -> None:
-        refused = [c for c in codes if c.is_failure]
+        """A SUBACK. A refused filter (a cluster node that has just lost a peer, an ACL) is asked for
+        again with back-off, and the bus is not ready until every filter is granted."""
+        filters = self._pending_subs.pop(mid, [])
+        refused = [f for f, code in zip(filters, codes) if code.is_failure]
         if refused:
-            self.last_error = f"subscription refused ({refused[0]})"
-            log.error("%s: %s", self.component, self.last_error)
-        self._pending_subs.discard(mid)
-        if not self._pending_subs:
+            self.last_error = f"subscription to {', '.join(refused)} refused ({codes[filters.index(refused[0])]})"
+            log.error("%s: %s; asking again in %.1f s", self.component, self.last_error, self._resubscribe_wait)
+            self._refused += refused
+            self._resubscribe_at = time.monotonic() + self._resubscribe_wait
+            self._resubscribe_wait = min(self._resubscribe_wait * 2, RECONNECT_MAX)
+        elif not self._pending_subs and not self._refused:
+            self.last_error = ""
             self.ready.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -493,6 +524,9 @@ class Bus:
                 if client.socket() is None and not self._stopping and time.monotonic() >= self._retry_at:
                     self._connect()
                     continue
+                if self._refused and self.connected.is_set() and time.monotonic() >= self._resubscribe_at:
+                    refused, self._refused = self._refused, []
+                    self._subscribe(refused)
                 if self._wait(client.socket()):
                     client.loop_read()
                 if self._inbox:
@@ -521,7 +555,7 @@ class Bus:
         else:
             writing = selectors.EVENT_WRITE if self._client.has_output() else 0
             self._selector.modify(sock, selectors.EVENT_READ | writing)
-            timeout = IDLE
+            timeout = min(IDLE, self._resubscribe_at - time.monotonic()) if self._refused else IDLE
         readable = False
         for key, events in self._selector.select(0.0 if self._inbox else max(timeout, 0.0)):
             if key.fileobj is self._waker:
@@ -531,12 +565,15 @@ class Bus:
         return readable
 
     def _connect(self) -> None:
+        host, port = self.settings.addresses[self._address]
         try:
+            self._client.aim(host, port)
             self._client.reconnect()
         except Exception as exc:  # refused, unreachable, TLS or websocket handshake: all mean try later
-            self.last_error = f"connection failed ({exc})" if str(exc) else "connection failed"
+            self.last_error = f"connection to {host}:{port} failed ({exc})" if str(exc) else "connection failed"
             self._back_off()
-            log.warning("%s: cannot reach %s (%s), retrying", self.component, self.settings.safe_url, exc)
+            log.warning("%s: cannot reach %s:%d (%s), retrying%s", self.component, host, port, exc,
+                        " at the next address" if len(self.settings.addresses) > 1 else "")
 
     def _drain_wakes(self) -> None:
         """Read the wake-up bytes, then let the next wake-up send one: cleared before the read, the flag

@@ -42,6 +42,7 @@ class Setting:
     default: Any
     help: str
     state_file: str = ""
+    joins: str = ""  # a list of strings is taken too, joined with this (a broker's addresses)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class Section:
 MODEL: dict[str, Section] = {
     "broker": Section("how every component reaches the MQTT broker", {
         "url": Setting("mqtt://127.0.0.1:1883", "mqtt://host:port; mqtts:// for TLS, ws:// or wss:// for websockets; "
-                                                "--broker and $LAM_BROKER win over it"),
+                                                "several nodes of a cluster as a list or mqtt://a:1883,b:1883,c:1883 "
+                                                "(tried in turn); --broker and $LAM_BROKER win over it", joins=","),
         "username": Setting("", "MQTT user; empty: none (the embedded broker on loopback needs none)"),
         "password": Setting("", "better: password_file or $LAM_BROKER_PASSWORD"),
         "password_file": Setting("", "file holding the MQTT password"),
@@ -109,6 +111,14 @@ MODEL: dict[str, Section] = {
                                      "and report them (a broker restart sends every last will)"),
         "sources": Setting(1000, "sources (people, devices) whose recent commands and held confirmations are "
                                  "remembered; the least recently heard are forgotten first"),
+    }),
+    "cluster": Section("several coordinators on a NATS JetStream cluster: one leads under a lease, the others "
+                       "stand by (README: A standby coordinator)", {
+        "nats": Setting("", "nats://host:4222 of the cluster's nodes (a list, or comma-separated), for the lease and "
+                            "the journal; empty: one coordinator, with the SQLite journal", joins=","),
+        "lease": Setting(6.0, "seconds the leading coordinator's lease lasts unless renewed"),
+        "renew": Setting(1.5, "seconds between renewals of the lease (and between a standby's looks at it)"),
+        "replicas": Setting(3, "copies JetStream keeps of the lease and the journal: the number of nodes, up to 5"),
     }),
     "homeassistant": Section("Home Assistant MQTT discovery, published by the coordinator", {
         "enabled": Setting(True, "agents and the coordinator appear in Home Assistant"),
@@ -225,6 +235,8 @@ def validate(config: dict[str, Any], source: str = "the config") -> dict[str, An
         schema = MODEL[name].settings
         refuse_unknown(f"{source}: [{name}]", values, schema)
         for key, value in values.items():
+            if schema[key].joins and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                value = schema[key].joins.join(value)
             values[key] = checked(f"{source}: [{name}]", key, value, schema[key].default)
     return config
 

@@ -84,13 +84,17 @@ def new_id() -> str:
     return f"{int(time.time()):08x}{secrets.token_hex(8)}"
 
 
-NOT_IN_IDS = re.compile("[/+#\0 ]")
+ID = re.compile("[A-Za-z0-9_-]{1,128}")
+NOT_IN_IDS = re.compile("[^A-Za-z0-9_-]")
 
 
 def check_id(value: str, field_name: str) -> str:
-    """Ids end up in topic levels: refuse wildcards, separators and empties."""
-    if not value or len(value) > 128 or NOT_IN_IDS.search(value) or not value.isprintable():
-        raise ProtocolError("must be 1-128 printable characters without '/', '+', '#' or spaces", field_name)
+    """Ids end up in topic levels: letters, digits, '-' and '_' only, which every broker takes as
+    one level (NATS refuses '.' and spaces in MQTT topics; RabbitMQ splits levels at '.')."""
+    if not isinstance(value, str) or not ID.fullmatch(value):
+        suggestion = NOT_IN_IDS.sub("-", value).strip("-") if isinstance(value, str) and len(value) <= 128 else ""
+        instead = f"; {value!r} could be {suggestion!r}" if suggestion else ""
+        raise ProtocolError(f"must be 1-128 letters, digits, '-' or '_'{instead}", field_name)
     return value
 
 
@@ -528,7 +532,8 @@ class Task(Message):
 
     ``accept_by`` closes the dispatch window: a task delivered later (a broker held it
     while the agent was away) is rejected, since it may already run elsewhere.
-    ``deadline`` is when the work itself must be done.
+    ``deadline`` is when the work itself must be done. ``epoch`` is the sending coordinator's
+    lease (0: a lone coordinator, with none): agents refuse one below the highest they have seen.
     """
 
     kind: ClassVar[str] = "task"
@@ -546,6 +551,7 @@ class Task(Message):
     accept_by: float = 0.0
     deadline: float = 0.0
     risk: Risk = Risk.LOW
+    epoch: int = 0
 
     def describe(self) -> str:
         return f"{self.task_id} -> {self.agent}: {self.command or self.capability + ' ' + self.action} " \
