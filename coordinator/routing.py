@@ -196,6 +196,10 @@ class Router:
             log.info("ignoring %s from %s for task %s (now %s on %s)", result.state, result.agent,
                      result.task_id, job.state, job.agent)
             return
+        if result.state == ResultState.REJECTED and result.attempt < job.attempt:
+            log.info("ignoring %s's refusal of attempt %d of task %s (now at attempt %d)", result.agent,
+                     result.attempt, result.task_id, job.attempt)
+            return  # a late word on an earlier attempt says nothing of the one out now
         if result.state == ResultState.ACCEPTED:
             job.state = ACCEPTED
             self.journal.update_task(job.task_id, ACCEPTED, job.agent, job.attempt)
@@ -251,6 +255,15 @@ class Router:
         else:
             self._end_job(run, job, FAILED,
                           f"The agent {job.agent} went offline while running {describe(job.command)}.")
+
+    def took_over(self) -> None:
+        """A coordinator that took the lead from another resumed the journal: what it finds out with
+        agents may have been answered to the other, whose session's unacknowledged messages the
+        broker hands on only after a while. Each such agent is offered its tasks again when next
+        heard from (see :meth:`agent_back`), and answers from what became of them."""
+        for run, job in self.jobs.values():
+            if job.state in OUT:
+                self._unsure.add(job.agent)
 
     def suspend(self) -> None:
         """The coordinator is cut off from the broker: no agent can be heard, accept windows wait."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -49,7 +48,8 @@ class Coordinator:
     """
 
     def __init__(self, broker: BrokerSettings, parser: Parser, journal: Journal, settings: Settings = Settings(),
-                 clock: Clock = Clock(), bus_factory: Callable[..., Bus] = Bus, epoch: int = 0) -> None:
+                 clock: Clock = Clock(), bus_factory: Callable[..., Bus] = Bus, epoch: int = 0,
+                 may_connect: Callable[[], bool] = lambda: True) -> None:
         self.settings = settings
         self.clock = clock
         self.journal = journal
@@ -61,7 +61,7 @@ class Coordinator:
         self._stopping = threading.Event()
         self.bus = bus_factory(broker, component="coordinator", client_id=f"{broker.prefix}-coordinator",
                                will=self.presence(PresenceState.OFFLINE), persistent=True, ack_when_handled=True,
-                               transaction=self.transaction, fatal=(sqlite3.Error,))
+                               transaction=self.transaction, fatal=journal.failures, may_connect=may_connect)
         self.router = self._router()
         self.specs = SpecStore()  # what the online agents understand
         self.intake = Intake(settings, clock, parser, self.registry, self.router.start, self.reply, self.events,
@@ -100,7 +100,7 @@ class Coordinator:
             try:
                 with self.journal.batch():
                     yield
-            except sqlite3.Error:
+            except self.journal.failures:
                 if not self.journal.in_batch:
                     self._reload()
                 raise
@@ -113,19 +113,22 @@ class Coordinator:
             info.inflight = 0
         try:
             self.resume()
-        except sqlite3.Error:
+        except self.journal.failures:
             log.exception("the journal cannot be read either")
 
     def start(self, timeout: float | None = None) -> None:
         with self.transaction():
             self.resume()
+            if self.epoch:
+                self.router.took_over()
             self.resend_replies()
         self.bus.start(timeout)
         threading.Thread(target=self._tick_loop, name="coordinator-tick", daemon=True).start()
 
-    def stop(self) -> None:
+    def stop(self, announce: bool = True) -> None:
+        """Stop; ``announce=False`` leaves without a word (one that lost the lead to another)."""
         self._stopping.set()
-        self.bus.stop(final=self.presence(PresenceState.OFFLINE))
+        self.bus.stop(final=self.presence(PresenceState.OFFLINE) if announce else None)
         with self._lock:
             self.journal.close()
 

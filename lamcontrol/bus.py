@@ -240,7 +240,7 @@ class Bus:
     def __init__(self, settings: BrokerSettings, component: str, client_id: str | None = None,
                  will: Message | None = None, persistent: bool = False, report: bool = True,
                  ack_when_handled: bool = False, transaction: Callable[[], ContextManager] | None = None,
-                 fatal: tuple[type[Exception], ...] = ()) -> None:
+                 fatal: tuple[type[Exception], ...] = (), may_connect: Callable[[], bool] = lambda: True) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.component = component
@@ -252,6 +252,8 @@ class Bus:
         # (the journal's) are not a handler's to swallow: they fail the whole burst.
         self.transaction = transaction
         self.fatal = fatal
+        # Asked before each connection attempt: a coordinator connects only while it holds the lead.
+        self.may_connect = may_connect
         self._on_sent: dict[int, Call] = {}  # message id -> what to call once the broker has it
         self._held = threading.local()
         self.client_id = client_id or f"{component}-{uuid.uuid4().hex[:8]}"
@@ -522,7 +524,10 @@ class Bus:
         while not (self._stopping and (client.socket() is None or not client.has_output())):
             try:
                 if client.socket() is None and not self._stopping and time.monotonic() >= self._retry_at:
-                    self._connect()
+                    if self.may_connect():
+                        self._connect()
+                    else:
+                        self._retry_at = time.monotonic() + RECONNECT_MIN
                     continue
                 if self._refused and self.connected.is_set() and time.monotonic() >= self._resubscribe_at:
                     refused, self._refused = self._refused, []

@@ -348,6 +348,7 @@ def cmd_mosquitto_config(args: argparse.Namespace) -> int:
 
 NATS_PORTS = (4222, 6222, 1883)  # NATS clients (the coordinators' lease and journal), cluster routes, MQTT
 NATS_CONF = "nats-server.conf"  # the name Debian's nats-server unit reads, in /etc
+NATS_ACK_WAIT = "5s"  # below a coordinator's failover time, far above its time to handle a message
 
 
 @dataclass
@@ -431,7 +432,10 @@ def nats_conf(node: NatsNode, nodes: list[NatsNode], users: list[MqttUser], hash
              "cluster {", '  name: "lamcontrol"', f'  listen: "{bind}:{node.cluster}"',
              f'  authorization {{ user: "route", password: "{hashes["route"]}" }}', f"  routes: {quoted(routes)}",
              "}", "", "# The house's MQTT broker. Topics may not contain '.' or spaces; MQTT 3.1.1 only.",
-             "mqtt {", f'  listen: "{bind}:{node.mqtt}"', f"  stream_replicas: {replicas}", "}", "",
+             "mqtt {", f'  listen: "{bind}:{node.mqtt}"', f"  stream_replicas: {replicas}",
+             "  # A QoS 1 message a client took and never acknowledged (a coordinator killed meanwhile) goes",
+             "  # out again after this, to whoever resumes the session: 30 s by default.",
+             f'  ack_wait: "{NATS_ACK_WAIT}"', "}", "",
              "# One user per component; agents reach only their capabilities' tasks and their own subtree,",
              "# like the Mosquitto ACL of `lam mosquitto-config`. Only the coordinator speaks NATS besides MQTT.",
              "authorization {", "  users: ["]
