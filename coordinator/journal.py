@@ -372,8 +372,9 @@ class StreamJournal:
         self._last_seq = seq
 
     def _publish(self, data: bytes, msg_id: str, after: int) -> int:
-        """Publish one message as the next after ``after``; its sequence. Retried, under the same id,
-        until the cluster confirms it (a copy it already has is confirmed, not stored again)."""
+        """Publish one message as the next after ``after``; its sequence. Retried until the cluster
+        confirms it: a try that went in unconfirmed is found by its message id (JetStream refuses the
+        next try for its expected sequence before it looks for a copy)."""
         from nats.js.errors import APIError
 
         headers = {"Nats-Expected-Last-Sequence": str(after), "Nats-Msg-Id": msg_id}
@@ -383,11 +384,18 @@ class StreamJournal:
                 ack = self.link.call(self.link.js.publish(self.names.journal_subject, data, headers=headers))
                 return ack.seq
             except APIError as exc:
-                if exc.err_code == WRONG_LAST_SEQUENCE:
-                    self.fenced.set()
-                    raise JournalFenced(f"another coordinator wrote to the journal first ({exc.description})") \
-                        from None
                 problem: Exception = exc
+                if exc.err_code == WRONG_LAST_SEQUENCE:
+                    try:  # an earlier try of ours that went in unconfirmed, or another writer's message?
+                        found = self.link.call(self.link.js.get_msg(self.names.journal_stream, after + 1))
+                    except Exception as lookup:  # no answer: try again
+                        problem = lookup
+                    else:
+                        if (found.headers or {}).get("Nats-Msg-Id") == msg_id:
+                            return after + 1
+                        self.fenced.set()
+                        raise JournalFenced(f"another coordinator wrote to the journal first "
+                                            f"({exc.description})") from None
             except Exception as exc:  # no answer, no responders, a reconnecting link: try again
                 problem = exc
             if not self.may_write() or time.monotonic() > give_up:

@@ -12,7 +12,8 @@ A leader counts its lease from when it *sent* the renewal that the cluster confi
 stops acting ``renew`` seconds before that would run out, so it is done before the cluster lets
 the entry expire (its clock need only run at about the cluster's rate: no clocks are compared).
 Frozen (SIGSTOP) or cut off past that, it wakes to find the lease gone: it connects to nothing,
-writes nothing, and ends (exit status 3; systemd starts it again, as a standby). A standby
+writes nothing, leaves the broker without a word and starts over as a standby (the same
+process, executed afresh, so nothing of its old state survives). A standby
 looks at the lease every ``renew`` seconds, so it takes over within ``lease`` + ``renew``
 seconds of the leader's last renewal; a leader that stops cleanly deletes the entry, and the
 next one takes over at its next look.
@@ -26,8 +27,8 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -39,7 +40,7 @@ from .journal import StreamJournal
 
 log = logging.getLogger(__name__)
 
-DEPOSED = 3  # exit status of a coordinator that lost the lead: systemd starts it again, as a standby
+CLAIM_WITHIN = 30.0  # seconds a new leader may take to read the journal to its end and claim it
 
 
 class Lease:
@@ -130,7 +131,7 @@ class Lease:
 
 class Leadership:
     """A coordinator process on a cluster: stands by until it holds the lease, then leads until it
-    stops or loses the lease, and then ends the process (see the module's docstring).
+    stops or loses the lease, and then starts over as a standby (see the module's docstring).
 
     ``build(journal, epoch, may_connect)`` makes the coordinator that leads."""
 
@@ -162,7 +163,7 @@ class Leadership:
         return self.lease.held() and not (self.journal is not None and self.journal.fenced.is_set())
 
     def stop(self) -> None:
-        """Stop: a leader goes offline and hands the lease on at once; a deposed one just leaves."""
+        """Stop: a leader goes offline and hands the lease on at once."""
         self._stopping.set()
         self._done.wait(self.settings.lease + 10)
         if self.coordinator is not None:
@@ -183,7 +184,21 @@ class Leadership:
         finally:
             self._done.set()
         if self.deposed and not self._stopping.is_set():
-            os.kill(os.getpid(), signal.SIGTERM)  # the service's own stop: run_service returns, main exits 3
+            self._stand_by_again()
+
+    def _stand_by_again(self) -> None:
+        """Leave the broker without a word, then run this program again in this process: a fresh
+        standby, which keeps nothing of the state it led with (the journal has all of it)."""
+        if self.coordinator is not None:
+            self.coordinator.stop(announce=False)
+        self.link.close()
+        self._stopping.wait(self.settings.renew)  # never a hot loop
+        if self._stopping.is_set():
+            return
+        log.info("coordinator %s standing by again", self.holder)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os.execv(sys.executable, sys.orig_argv)
 
     def _connect(self) -> bool:
         """Reach the cluster, then the lease bucket and the journal (retried until stopped)."""
@@ -220,18 +235,26 @@ class Leadership:
         return False
 
     def _lead(self) -> None:
+        """Claim the journal and lead, renewing the lease meanwhile, until stopped or deposed."""
         epoch = self.lease.epoch
         log.info("coordinator %s takes the lead, epoch %d", self.holder, epoch)
         assert self.journal is not None
-        self.journal.claim(epoch, timeout=self.settings.lease)
-        self.coordinator = self.build(self.journal, epoch, self.may_act)
-        self.coordinator.start()
+        renewing = threading.Thread(target=self._keep_lease, name="lease", daemon=True)
+        renewing.start()
+        self.journal.claim(epoch, timeout=CLAIM_WITHIN)
+        if self.may_act():
+            self.coordinator = self.build(self.journal, epoch, self.may_act)
+            self.coordinator.start()
+        renewing.join()
+
+    def _keep_lease(self) -> None:
         while not self._stopping.wait(self.settings.renew):
             renewed = self.lease.renew()
             if renewed is False or not self.may_act():
                 self.deposed = True
-                why = "another coordinator claimed the journal" if self.journal.fenced.is_set() else \
-                    "its lease ran out" if renewed is not False else "its lease was taken"
+                why = ("its journal writes were refused or went unconfirmed" if self.journal and
+                       self.journal.fenced.is_set() else "its lease ran out" if renewed is not False else
+                       "its lease was taken")
                 log.error("coordinator %s (epoch %d) no longer leads: %s; leaving to stand by again", self.holder,
-                          epoch, why)
+                          self.lease.epoch, why)
                 return

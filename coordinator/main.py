@@ -12,7 +12,7 @@ from lamcontrol.service import component_parser, run_service, setup_logging
 
 from . import discovery, metrics
 from .journal import Journal, StreamJournal
-from .leader import DEPOSED, Leadership
+from .leader import Leadership
 from .parsing import build_parser
 from .service import Coordinator
 from .settings import Settings
@@ -63,7 +63,7 @@ def lead_or_stand_by(cfg: dict) -> int:
     leadership = Leadership(cfg, lambda journal, epoch, may_connect: build(cfg, journal, epoch, may_connect))
     leadership.start()
     run_service(leadership.ready, leadership.stop, "coordinator")
-    return DEPOSED if leadership.deposed else 0
+    return 0
 
 
 if __name__ == "__main__":

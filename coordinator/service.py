@@ -156,7 +156,7 @@ class Coordinator:
                 if idle.is_set():
                     idle.clear()
                     self.bus.defer(tick)
-                if now - last_beat >= self.settings.heartbeat and self.bus.connected.is_set():
+                if now - last_beat >= self.settings.heartbeat and self.bus.connected.is_set() and self.bus.may_connect():
                     last_beat = now
                     self.announce()
                 if now - last_prune >= self.settings.prune_every:

@@ -181,7 +181,9 @@ class Load:
                      ran_twice=sum(runs[t] > 1 for t in tokens),
                      statuses=Counter(r[0].status for r in replies.values() if r),
                      slowest=max((self.answered_at.get(p.id, time.time()) - p.ts for p in prompts
-                                  if fault_at and p.ts >= fault_at), default=0.0))
+                                  if fault_at and p.ts >= fault_at), default=0.0),
+                     resumed=min((self.answered_at[p.id] - fault_at for p in prompts
+                                  if fault_at and p.ts >= fault_at and p.id in self.answered_at), default=0.0))
 
     def close(self) -> None:
         self.bus.stop()
@@ -200,6 +202,7 @@ class Tally:
     statuses: Counter = field(default_factory=Counter)
     slowest: float = 0.0  # seconds, the longest a prompt sent from the fault on waited for its reply (benches)
     copies: int = 0  # prompts whose one reply came more than once (sent again after a restart)
+    resumed: float = 0.0  # seconds from the fault to the first reply to a prompt sent after it (benches)
 
     def clean(self) -> bool:
         return self.once == self.prompts and not (self.lost or self.twice or self.accepted_by_two or self.ran_twice)

@@ -47,18 +47,21 @@ class NatsCluster:
     """Three NATS nodes on 127.0.0.1, each with its client, route and MQTT port; ``url`` lists the
     MQTT ports of all three, ``nats`` their client ports."""
 
-    def __init__(self, prefix: str, users: str, size: int = 3, host: str = "127.0.0.1") -> None:
+    def __init__(self, prefix: str, users: str, size: int = 3, hosts: dict[str, str] | None = None,
+                 wrap: dict[str, tuple[str, ...]] | None = None, bind: str = "127.0.0.1") -> None:
         self.prefix = prefix
         self.folder = Path(tempfile.mkdtemp(prefix="lam-nats-"))
+        self.folder.chmod(0o755)
         self.hardened = True
         self.names = [f"n{i + 1}" for i in range(size)]
         self.ports = dict(zip(self.names, zip(*[iter(quiet_ports(3 * size))] * 3)))  # client, route, mqtt
-        self.host = host
+        self.hosts = {name: (hosts or {}).get(name, "127.0.0.1") for name in self.names}
+        self.wrap = wrap or {}  # node -> command prefix (``ip netns exec NS``)
         config = self.folder / "lam.toml"
         config.write_text(f'[broker]\nprefix = "{prefix}"\n[homeassistant]\ndiscovery_prefix = "ha{prefix}"\n')
-        nodes = ",".join(f"{name}={host}:{c}:{r}:{m}" for name, (c, r, m) in self.ports.items())
+        nodes = ",".join(f"{name}={self.hosts[name]}:{c}:{r}:{m}" for name, (c, r, m) in self.ports.items())
         done = subprocess.run([sys.executable, "-m", "lamcontrol", "nats-config", "--out", str(self.folder),
-                               "--nodes", nodes, "--users", users, "--config", str(config), "--bind", host,
+                               "--nodes", nodes, "--users", users, "--config", str(config), "--bind", bind,
                                "--store", str(self.folder / "jetstream")], capture_output=True, text=True,
                               timeout=120, cwd=ROOT)
         assert done.returncode == 0, done.stderr
@@ -68,7 +71,7 @@ class NatsCluster:
             for name in self.names:
                 self.start(name, wait=False)
             for name in self.names:
-                wait_for_port(self.ports[name][2], 30)
+                self.wait_for(name)
             self.wait_for_jetstream()
         except BaseException:
             self.close()
@@ -76,14 +79,14 @@ class NatsCluster:
 
     @property
     def url(self) -> str:
-        return ",".join(f"mqtt://{self.host}:{self.ports[n][2]}" for n in self.names)
+        return ",".join(self.mqtt_url(n) for n in self.names)
 
     @property
     def nats(self) -> str:
-        return ",".join(f"nats://{self.host}:{self.ports[n][0]}" for n in self.names)
+        return ",".join(f"nats://{self.hosts[n]}:{self.ports[n][0]}" for n in self.names)
 
     def mqtt_url(self, name: str) -> str:
-        return f"mqtt://{self.host}:{self.ports[name][2]}"
+        return f"mqtt://{self.hosts[name]}:{self.ports[name][2]}"
 
     def url_from(self, name: str) -> str:
         """Every node's MQTT address, beginning with ``name``'s (where a component connects first)."""
@@ -92,10 +95,25 @@ class NatsCluster:
 
     def start(self, name: str, wait: bool = True) -> None:
         self.starts += 1
-        self.processes[name] = Process(f"nats-{name}-{self.starts}",
-                                       [NATS_SERVER, "-c", str(self.folder / name / "nats-server.conf")], self.folder)
+        self.processes[name] = Process(f"nats-{name}-{self.starts}", [*self.wrap.get(name, ()), NATS_SERVER, "-c",
+                                       str(self.folder / name / "nats-server.conf")], self.folder)
         if wait:
+            self.wait_for(name)
+
+    def wait_for(self, name: str) -> None:
+        """Until the node takes MQTT connections (from where the test runs: its namespace, if any)."""
+        if self.hosts[name] == "127.0.0.1":
             wait_for_port(self.ports[name][2], 30)
+            return
+
+        def listening() -> bool:
+            try:
+                socket.create_connection((self.hosts[name], self.ports[name][2]), timeout=0.5).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(listening, 30, f"node {name}")
 
     def kill(self, name: str) -> None:
         self.processes[name].kill()
@@ -147,8 +165,9 @@ class ClusterSystem(System):
     """The fault-test system on a NATS cluster: coordinators with ``[cluster]`` that lead or stand by
     (each a process of its own name), agents and the load on whichever nodes the test says."""
 
-    def __init__(self, cluster: NatsCluster, folder: Path, ack_timeout: float = 2.0) -> None:
-        super().__init__(cluster, folder, ack_timeout)  # type: ignore[arg-type]
+    def __init__(self, cluster: NatsCluster, folder: Path, ack_timeout: float = 2.0,
+                 wrap: dict[str, tuple[str, ...]] | None = None) -> None:
+        super().__init__(cluster, folder, ack_timeout, wrap)  # type: ignore[arg-type]
         self.cluster = cluster
 
     def coordinator(self, name: str = "coordinator", url: str = "", wait: bool = True) -> Process:  # type: ignore[override]
@@ -163,11 +182,10 @@ class ClusterSystem(System):
         return process
 
     def leader(self) -> str:
-        """The name of the coordinator process that leads now (from the logs: the last to take the lead)."""
-        leading = [(p.log().rfind("takes the lead"), key) for key, p in self.processes.items()
-                   if key.startswith(("coordinator", "standby")) and p.popen.poll() is None
-                   and "takes the lead" in p.log()]
-        return max(leading)[1] if leading else ""
+        """The coordinator process that leads now, by the logs: running, has taken the lead and not lost it."""
+        leading = [key for key, p in self.processes.items() if key.startswith(("coordinator", "standby"))
+                   and p.popen.poll() is None and "takes the lead" in (log := p.log()) and "no longer leads" not in log]
+        return leading[-1] if leading else ""
 
     def wait_for_leader(self, other_than: str = "", timeout: float = 30.0) -> str:
         return wait_until(lambda: (lambda name: name if name and name != other_than else "")(self.leader()),
