@@ -256,15 +256,6 @@ class Router:
             self._end_job(run, job, FAILED,
                           f"The agent {job.agent} went offline while running {describe(job.command)}.")
 
-    def took_over(self) -> None:
-        """A coordinator that took the lead from another resumed the journal: what it finds out with
-        agents may have been answered to the other, whose session's unacknowledged messages the
-        broker hands on only after a while. Each such agent is offered its tasks again when next
-        heard from (see :meth:`agent_back`), and answers from what became of them."""
-        for run, job in self.jobs.values():
-            if job.state in OUT:
-                self._unsure.add(job.agent)
-
     def suspend(self) -> None:
         """The coordinator is cut off from the broker: no agent can be heard, accept windows wait."""
         self.connected = False
@@ -272,15 +263,22 @@ class Router:
     def reconnected(self, session_lost: bool = False) -> None:
         """Back on the broker (or awake after a freeze): every open accept window starts again, as an
         `accepted` sent meanwhile may be on its way to us. When the broker kept no session for us
-        (restarted without persistence), what was sent meanwhile is lost: see :meth:`agent_back`."""
+        (restarted without persistence), what was sent meanwhile is lost: see :meth:`agent_back`.
+        On a cluster (an epoch) the same holds for what the broker had handed to the connection just
+        lost: a NATS node hands it on again only after its ``ack_wait``, so we ask the agents now."""
         self.connected = True
         now = self.clock.time()
         for run, job in self.jobs.values():
             if job.state == DISPATCHED:
                 job.ack_deadline = max(job.ack_deadline, now + self.settings.ack_timeout)
                 heapq.heappush(self._due, (job.ack_deadline, "ack", job.task_id))
-            if session_lost and job.state in OUT:
+            if (session_lost or self.epoch) and job.state in OUT:
                 self._unsure.add(job.agent)
+        if self.epoch:
+            for agent_id in list(self._unsure):
+                info = self.registry.agents.get(agent_id)
+                if info is not None and info.presence.online:
+                    self.agent_back(info.presence)
 
     def retry_waiting(self) -> None:
         """Offer waiting tasks again, oldest first; once one finds no agent, the rest of its kind wait on."""

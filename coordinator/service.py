@@ -119,8 +119,6 @@ class Coordinator:
     def start(self, timeout: float | None = None) -> None:
         with self.transaction():
             self.resume()
-            if self.epoch:
-                self.router.took_over()
             self.resend_replies()
         self.bus.start(timeout)
         threading.Thread(target=self._tick_loop, name="coordinator-tick", daemon=True).start()
