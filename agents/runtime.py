@@ -14,7 +14,10 @@ coordinator missed our word), it is answered from what became of it, also after 
 as the accepted tasks are kept in a small file (:class:`TaskRecord`). A retained task is never
 handled at all (the bus ignores it): it would come again at every start. What the capability's
 own spec marks high-risk (a shutdown) runs only when the task says its prompt was confirmed,
-whatever risk the coordinator gave it.
+whatever risk the coordinator gave it. A task from a coordinator whose lead has passed to
+another (an ``epoch`` below the highest seen) is rejected, and the agent announces itself again
+whenever a coordinator comes online, so no coordinator depends on retained presence a cluster's
+node may lack.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from typing import Callable
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus
 from lamcontrol.language import ArgumentError, advertisement
-from lamcontrol.protocol import Presence, PresenceState, Result, ResultState, Risk, Task, check_agent_id
+from lamcontrol.protocol import (CoordinatorPresence, Presence, PresenceState, Result, ResultState, Risk, Task,
+                                 check_agent_id)
 
 from .capability import Capability, TaskFailed
 
@@ -49,6 +53,7 @@ LONGEST_ACCEPT_WINDOW = 600.0
 LONGEST_DEADLINE = 86_400.0
 RESTARTED = "The agent restarted before the task finished; it was not run again."
 KEPT_MESSAGE = 500  # characters of a final sentence kept in the task record
+DEPOSED = "The task comes from a coordinator that no longer leads."
 
 
 class Agent:
@@ -80,6 +85,8 @@ class Agent:
         self._stopping = threading.Event()
         self._advertised = b""  # the spec last published; sent again after every connect
         self._readings: dict[str, dict] = {}  # what the capabilities read, as last announced
+        self._epoch = 0  # the highest coordinator epoch seen on a task
+        self._coordinator: tuple[str, float] | None = None  # the coordinator's last (state, started)
         # Room beyond the limit: a task failed at its deadline may still hold its thread.
         self._pool = ThreadPoolExecutor(max_workers=2 * max_concurrent + 2, thread_name_prefix="task")
         self.bus = bus_factory(settings, component=f"agent {agent_id}", client_id=f"{settings.prefix}-agent-{agent_id}",
@@ -88,6 +95,7 @@ class Agent:
         for name, capability in capabilities.items():
             self.bus.subscribe(Task, self._on_task, capability=name)
             capability.on_change = self.announce
+        self.bus.subscribe(CoordinatorPresence, self._on_coordinator, cleared=lambda ids: None)
         self.bus.on_connect(self._reconnected)
 
     # -- presence -----------------------------------------------------------------------
@@ -124,6 +132,14 @@ class Agent:
     def _reconnected(self) -> None:
         self._advertised = b""
         self.announce()
+
+    def _on_coordinator(self, presence: CoordinatorPresence) -> None:
+        """A coordinator came online (another one, or the same one back): announce again, so that it
+        hears of us even where the broker kept no retained presence (a cluster node that lost it)."""
+        seen, self._coordinator = self._coordinator, (presence.state, presence.started)
+        if presence.online and seen != self._coordinator:
+            self._advertised = b""
+            self.announce()
 
     def _heartbeat_loop(self) -> None:
         """Presence every heartbeat; in between, fail tasks that run past their deadline. It sleeps until
@@ -172,6 +188,11 @@ class Agent:
                 log.info("dropping duplicate delivery of task %s attempt %d", task.task_id, task.attempt)
                 return
             remember(self._seen, (task.task_id, task.attempt), None)
+            if task.epoch and task.epoch < self._epoch:  # epoch 0: a lone coordinator, with no lease
+                log.info("task %s comes from epoch %d, below %d: refused", task.task_id, task.epoch, self._epoch)
+                self._publish(task, ResultState.REJECTED, DEPOSED)
+                return
+            self._epoch = max(self._epoch, task.epoch)
             if task.task_id in self._accepted:
                 self._answer_again(task, self._accepted[task.task_id])
                 return

@@ -30,7 +30,6 @@ import math
 import os
 import re
 import socket
-import sqlite3
 import threading
 import time
 from contextlib import contextmanager
@@ -68,10 +67,12 @@ class Coordinator:
 
     def __init__(self, broker: BrokerSettings, parser: Parser, journal: Journal, settings: Settings = Settings(),
                  clock: Clock = Clock(), bus_factory: Callable[..., Bus] = Bus, trust: Trust | None = None,
-                 approved_specs: Iterable[str] = ()) -> None:
+                 approved_specs: Iterable[str] = (), epoch: int = 0,
+                 may_connect: Callable[[], bool] = lambda: True) -> None:
         self.settings = settings
         self.clock = clock
         self.journal = journal
+        self.epoch = epoch  # the lease it leads under, on a cluster (0: a lone coordinator)
         self.events = Events()
         self.registry = Registry(clock)
         self.trust = trust or Trust(broker.topics)  # what agents may offer
@@ -85,10 +86,12 @@ class Coordinator:
         self._known = (-math.inf, -math.inf)  # the soonest timers the ticker knows of (see _timers)
         self.bus = bus_factory(broker, component="coordinator", client_id=f"{broker.prefix}-coordinator",
                                will=self.presence(PresenceState.OFFLINE), persistent=True, ack_when_handled=True,
-                               transaction=self.transaction, fatal=(sqlite3.Error,), clock=clock.time)
+                               transaction=self.transaction, fatal=journal.failures, clock=clock.time,
+                               may_connect=may_connect)
         self.refusals = Refusals(self.bus.refuse)
         # One router for the coordinator's life: a failed commit resets it, never replaces it.
-        self.router = Router(settings, clock, journal, self.registry, self.bus.publish, self.reply, self.events)
+        self.router = Router(settings, clock, journal, self.registry, self.bus.publish, self.reply, self.events,
+                             epoch=epoch)
         self.specs = SpecStore(self._refuse_spec, approved_specs)  # what the online agents understand
         self.intake = Intake(settings, clock, parser, self.registry, self.router, self.reply, self.events,
                              self.bus.defer, self.specs, self.bus.fatal)
@@ -130,7 +133,7 @@ class Coordinator:
                     yield
                 if self._depth == 1:
                     self.intake.serve()
-            except sqlite3.Error as exc:
+            except self.journal.failures as exc:
                 if self._depth == 1:
                     reason = cannot_write(exc)
                     if reason and not self.journal.unwritable:
@@ -155,7 +158,7 @@ class Coordinator:
             info.inflight = 0
         try:
             self.resume()
-        except sqlite3.Error:
+        except self.journal.failures:
             log.exception("the journal cannot be read either")
 
     def start(self, timeout: float | None = None) -> None:
@@ -169,11 +172,12 @@ class Coordinator:
         self.bus.start(timeout)
         threading.Thread(target=self._tick_loop, name="coordinator-tick", daemon=True).start()
 
-    def stop(self) -> None:
+    def stop(self, announce: bool = True) -> None:
+        """Stop; ``announce=False`` leaves without a word (one that lost the lead to another)."""
         self._stopping.set()
         self._timers_moved.set()
         self.intake.close()
-        self.bus.stop(final=self.presence(PresenceState.OFFLINE))
+        self.bus.stop(final=self.presence(PresenceState.OFFLINE) if announce else None)
         with self._lock:
             if self.journal.unwritable and not self.journal.retry():
                 log.error("the journal %s still cannot be written: what it held is lost; prompts under way are "
@@ -225,7 +229,7 @@ class Coordinator:
                     self.bus.defer(tick)
                 if now >= next_beat:
                     next_beat = now + self.settings.heartbeat
-                    if self.bus.connected.is_set():
+                    if self.bus.connected.is_set() and self.bus.may_connect():
                         self.announce()
                 if self.journal.unwritable and now >= next_retry:
                     next_retry = now + JOURNAL_RETRY

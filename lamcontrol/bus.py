@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import random
+import re
 import select
 import selectors
 import socket
@@ -63,6 +64,7 @@ LONGEST_WAIT = 3600.0  # seconds the bus thread sleeps at most, with no keepaliv
 READ_AHEAD = 1000  # packets at most read in one go before a burst is handled
 SWEEP = 60.0  # seconds between asks for retained messages where nothing may be retained
 SEEN_STRAYS = 1000  # stray retained messages remembered as reported
+PASSWORD_IN_URL = re.compile(r"(://[^:/@,]*:)[^@,]*@")
 SCHEMES = {"mqtt": ("tcp", False, 1883), "mqtts": ("tcp", True, 8883), "ws": ("websockets", False, 80),
            "wss": ("websockets", True, 443)}
 
@@ -102,26 +104,31 @@ class BrokerSettings:
     password_from: str = ""  # where the password came from, for the message of a refused login
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url if "://" in self.url else f"mqtt://{self.url}")
-        if parts.scheme not in SCHEMES:
+        """Read the URL: one address, or the nodes of a cluster separated by commas
+        (``mqtt://a:1883,b:1883``: the first one's scheme and login apply to those that name none)."""
+        items = [item.strip() for item in self.url.split(",") if item.strip()] or ["127.0.0.1"]
+        first = urlsplit(items[0] if "://" in items[0] else f"mqtt://{items[0]}")
+        if first.scheme not in SCHEMES:
             raise lamconfig.ConfigError(f"broker URL {self.safe_url} must start with mqtt://, mqtts://, ws:// or wss://")
-        self.transport, self.tls, default_port = SCHEMES[parts.scheme]
-        self.host = parts.hostname or "127.0.0.1"
-        try:
-            self.port = parts.port or default_port
-        except ValueError:
-            raise lamconfig.ConfigError(f"broker URL {self.safe_url} has a bad port") from None
-        self.path = parts.path or "/mqtt"
-        self.username = unquote(parts.username) if parts.username else self.username
-        self.password = unquote(parts.password) if parts.password else self.password
+        self.transport, self.tls, default_port = SCHEMES[first.scheme]
+        self.addresses: list[tuple[str, int]] = []  # every node, tried in turn
+        for item in items:
+            parts = urlsplit(item if "://" in item else f"{first.scheme}://{item}")
+            if parts.scheme != first.scheme:
+                raise lamconfig.ConfigError(f"broker URL {self.safe_url}: every address must use {first.scheme}://")
+            try:
+                self.addresses.append((parts.hostname or "127.0.0.1", parts.port or default_port))
+            except ValueError:
+                raise lamconfig.ConfigError(f"broker URL {self.safe_url} has a bad port") from None
+            self.username = unquote(parts.username) if parts.username else self.username
+            self.password = unquote(parts.password) if parts.password else self.password
+        self.host, self.port = self.addresses[0]
+        self.path = first.path or "/mqtt"
 
     @property
     def safe_url(self) -> str:
         """The URL with any password masked, for logs."""
-        parts = urlsplit(self.url)
-        if parts.password:
-            return self.url.replace(f":{parts.password}@", ":***@")
-        return self.url
+        return PASSWORD_IN_URL.sub(r"\1***@", self.url)
 
     @property
     def where(self) -> str:
@@ -184,6 +191,7 @@ class _Client(mqtt.Client):
       hands paho its bytes from memory; :attr:`unread` says when some are left to hand over.
     - paho sends each packet in its own call; this gathers them, and :meth:`flush` sends a write
       cycle's packets at once.
+    - paho connects to one address; :meth:`aim` points the next attempt at another node.
     - paho builds a reason code and a property table for every acknowledgement, though an MQTT
       3.1.1 one carries neither (about 10 µs each), and for every QoS 0 publish when ``on_publish``
       is set; this hands over the same two constant ones, and tells :attr:`on_acknowledged` the
@@ -242,6 +250,9 @@ class _Client(mqtt.Client):
         with self._msgtime_mutex:
             due = min(self._last_msg_out, self._last_bytes_received) + self._keepalive
         return min(due, self._ping_t + self._keepalive) if self._ping_t else due
+    def aim(self, host: str, port: int) -> None:
+        """Where the next :meth:`reconnect` goes (paho's own setters refuse while a connection is pending)."""
+        self._host, self._port = host, port
 
     def has_output(self) -> bool:
         """Packets paho has queued, or bytes gathered and not yet sent."""
@@ -298,7 +309,7 @@ class Bus:
                  will: Message | None = None, persistent: bool = False, report: bool = True,
                  ack_when_handled: bool = False, transaction: Callable[[], ContextManager] | None = None,
                  fatal: tuple[type[Exception], ...] = (), clock: Callable[[], float] = time.time,
-                 strays: bool = False) -> None:
+                 strays: bool = False, may_connect: Callable[[], bool] = lambda: True) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.component = component
@@ -315,6 +326,8 @@ class Bus:
         # handler finds its message's stamp in ``received`` (a deferred call's: when it was deferred).
         self._clock = clock
         self.received = 0.0
+        # Asked before each connection attempt: a coordinator connects only while it holds the lead.
+        self.may_connect = may_connect
         self._on_sent: dict[int, Call] = {}  # message id -> what to call once the broker has it
         self._held = threading.local()
         self.client_id = client_id or f"{component}-{uuid.uuid4().hex[:8]}"
@@ -330,7 +343,11 @@ class Bus:
         self._wildcards = False
         self._typed: dict[type[Message], list[Subscription]] = {}
         self._on_connect: list[Callable[[], None]] = []
-        self._pending_subs: set[int] = set()
+        self._pending_subs: dict[int, list[str]] = {}  # SUBSCRIBE message id -> its filters, until the SUBACK
+        self._refused: list[str] = []  # filters the broker refused, asked for again at _resubscribe_at
+        self._resubscribe_at = 0.0
+        self._resubscribe_wait = RECONNECT_MIN
+        self._address = 0  # which of the broker's addresses the next connection attempt goes to
         # What the bus thread has to handle: messages it read, and calls handed over by other threads,
         # as (topic, payload, message id, QoS, when received).
         self._inbox: collections.deque[tuple[str, Any, int, int, float]] = collections.deque()
@@ -551,12 +568,10 @@ class Bus:
         self.session_present = bool(flags.session_present)
         self.connected.set()
         self._sweep_at = time.monotonic() + self.sweep_every
-        filters = self._filters()
-        if filters:
-            result, mid = client.subscribe([(f, 1) for f in filters])
-            self._pending_subs.add(mid)
-        else:
-            self.ready.set()
+        self._pending_subs.clear()
+        self._refused = []
+        self._resubscribe_wait = RECONNECT_MIN
+        self._subscribe(self._filters())
         self._inbox.append((CONNECT, None, 0, 0, self._clock()))
 
     def _filters(self) -> list[str]:
@@ -571,9 +586,19 @@ class Bus:
         if swept and self.connected.is_set():
             self._client.subscribe([(f, 1) for f in swept])
 
+    def _subscribe(self, filters: list[str]) -> None:
+        """Ask for ``filters``; the bus is ready once the broker has granted every one."""
+        if filters:
+            result, mid = self._client.subscribe([(f, 1) for f in filters])
+            self._pending_subs[mid] = filters
+        elif not self._pending_subs and not self._refused:
+            self.ready.set()
+
     def _back_off(self) -> None:
-        """Set when to try the broker again: at random ("full jitter"), so clients cut off together
-        do not all come back at once, under a cap that doubles per failure up to RECONNECT_MAX."""
+        """Set when to try the broker again, at its next address (a cluster's next node): at random
+        ("full jitter"), so clients cut off together do not all come back at once, under a cap that
+        doubles per failure up to RECONNECT_MAX."""
+        self._address = (self._address + 1) % len(self.settings.addresses)
         self._backoff = min(self._backoff * 2, RECONNECT_MAX)
         self._retry_at = time.monotonic() + random.uniform(RECONNECT_MIN, self._backoff)
 
@@ -586,12 +611,18 @@ class Bus:
             log.warning("%s disconnected from broker (%s); reconnecting", self.component, reason)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: list, properties: Any) -> None:
-        refused = [c for c in codes if c.is_failure]
+        """A SUBACK. A refused filter (a cluster node that has just lost a peer, an ACL) is asked for
+        again with back-off, and the bus is not ready until every filter is granted."""
+        filters = self._pending_subs.pop(mid, [])
+        refused = [f for f, code in zip(filters, codes) if code.is_failure]
         if refused:
-            self.last_error = f"subscription refused ({refused[0]})"
-            log.error("%s: %s", self.component, self.last_error)
-        self._pending_subs.discard(mid)
-        if not self._pending_subs:
+            self.last_error = f"subscription to {', '.join(refused)} refused ({codes[filters.index(refused[0])]})"
+            log.error("%s: %s; asking again in %.1f s", self.component, self.last_error, self._resubscribe_wait)
+            self._refused += refused
+            self._resubscribe_at = time.monotonic() + self._resubscribe_wait
+            self._resubscribe_wait = min(self._resubscribe_wait * 2, RECONNECT_MAX)
+        elif not self._pending_subs and not self._refused:
+            self.last_error = ""
             self.ready.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -639,8 +670,14 @@ class Bus:
         while not (self._stopping and (client.socket() is None or not client.has_output())):
             try:
                 if client.socket() is None and not self._stopping and time.monotonic() >= self._retry_at:
-                    self._connect()
+                    if self.may_connect():
+                        self._connect()
+                    else:
+                        self._retry_at = time.monotonic() + RECONNECT_MIN
                     continue
+                if self._refused and self.connected.is_set() and time.monotonic() >= self._resubscribe_at:
+                    refused, self._refused = self._refused, []
+                    self._subscribe(refused)
                 if self._wait(client.socket()):
                     self._read_ahead()
                 if self._inbox:
@@ -691,6 +728,8 @@ class Bus:
             timeout = self._client.keepalive_due() - mqtt.time_func()
             if self.report and self.connected.is_set():
                 timeout = min(timeout, self._sweep_at - time.monotonic())
+            if self._refused:
+                timeout = min(timeout, self._resubscribe_at - time.monotonic())
         readable = False
         self._sleeping = not self._inbox
         ready = self._selector.select(0.0 if self._inbox else min(max(timeout, 0.0), LONGEST_WAIT))
@@ -703,12 +742,16 @@ class Bus:
         return readable
 
     def _connect(self) -> None:
+        host, port = self.settings.addresses[self._address]
         try:
+            self._client.aim(host, port)
             self._client.reconnect()
         except Exception as exc:  # refused, unreachable, TLS or websocket handshake: all mean try later
-            self.last_error = f"connection failed ({exc})" if str(exc) else "connection failed"
+            self.last_error = f"connection to {host}:{port} failed ({exc})" if str(exc) else "connection failed"
             self._back_off()
-            log.warning("%s: cannot reach %s (%s), retrying", self.component, self.settings.where, exc)
+            several = len(self.settings.addresses) > 1
+            log.warning("%s: cannot reach %s%s (%s), retrying%s", self.component, f"{host}:{port} of " if several else "",
+                        self.settings.where, exc, " at the next address" if several else "")
 
     def _drain_wakes(self) -> None:
         """Read the wake-up bytes, then let the next wake-up send one: cleared before the read, the flag

@@ -53,6 +53,7 @@ class Setting:
     help: str
     state_file: str = ""
     check: Check | None = None
+    joins: str = ""  # a list of strings is taken too, joined with this (a broker's addresses)
 
 
 def above(low: float) -> Check:
@@ -86,18 +87,23 @@ def address(optional: bool = False) -> Check:
     return check
 
 
-def url(*schemes: str, optional: bool = False) -> Check:
-    """A URL with one of ``schemes`` and a host (``''`` too when ``optional``)."""
+def url(*schemes: str, optional: bool = False, several: bool = False) -> Check:
+    """A URL with one of ``schemes`` and a host (``''`` too when ``optional``); with ``several``, one or
+    more separated by commas, where those after the first may leave the scheme out (the first's applies)."""
     def check(value: str) -> str:
         if optional and value == "":
             return ""
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 (raises on a bad port)
-        except ValueError:
-            parts = None
-        if parts is None or parts.scheme not in schemes or not parts.hostname:
-            return f"must be a URL such as {schemes[0]}://host:port ({', '.join(s + '://' for s in schemes)})"
+        items = [item.strip() for item in value.split(",")] if several else [value]
+        first = urlsplit(items[0]).scheme if "://" in items[0] else ""
+        for item in items:
+            try:
+                parts = urlsplit(item if "://" in item or not first else f"{first}://{item}")
+                parts.port  # noqa: B018 (raises on a bad port)
+            except ValueError:
+                parts = None
+            if parts is None or parts.scheme not in schemes or not parts.hostname:
+                return (f"must be a URL such as {schemes[0]}://host:port ({', '.join(s + '://' for s in schemes)})"
+                        + (", or several separated by commas" if several else ""))
         return ""
     return check
 
@@ -134,8 +140,10 @@ class Section:
 MODEL: dict[str, Section] = {
     "broker": Section("how every component reaches the MQTT broker", {
         "url": Setting("mqtt://127.0.0.1:1883", "mqtt://host:port; mqtts:// for TLS, ws:// or wss:// for websockets; "
-                                                "--broker and $LAM_BROKER win over it; unset: [embedded_broker] listen",
-                       check=url("mqtt", "mqtts", "ws", "wss")),
+                                                "several nodes of a cluster as a list or mqtt://a:1883,b:1883,c:1883 "
+                                                "(tried in turn); --broker and $LAM_BROKER win over it; unset: "
+                                                "[embedded_broker] listen",
+                       check=url("mqtt", "mqtts", "ws", "wss", several=True), joins=","),
         "username": Setting("", "MQTT user; empty: none (the embedded broker on loopback needs none)"),
         "password": Setting("", "better: password_file or $LAM_BROKER_PASSWORD"),
         "password_file": Setting("", "file holding the MQTT password"),
@@ -213,6 +221,14 @@ MODEL: dict[str, Section] = {
                                       "another machine)"),
         "approved_specs": Setting([], "capabilities whose advertised spec is used even where it replaces the "
                                       "installed one or reads sentences an installed capability reads"),
+    }),
+    "cluster": Section("several coordinators on a NATS JetStream cluster: one leads under a lease, the others "
+                       "stand by (README: A standby coordinator)", {
+        "nats": Setting("", "nats://host:4222 of the cluster's nodes (a list, or comma-separated), for the lease and "
+                            "the journal; empty: one coordinator, with the SQLite journal", joins=","),
+        "lease": Setting(6.0, "seconds the leading coordinator's lease lasts unless renewed"),
+        "renew": Setting(1.5, "seconds between renewals of the lease (and between a standby's looks at it)"),
+        "replicas": Setting(3, "copies JetStream keeps of the lease and the journal: the number of nodes, up to 5"),
     }),
     "homeassistant": Section("Home Assistant MQTT discovery, published by the coordinator", {
         "enabled": Setting(True, "agents and the coordinator appear in Home Assistant"),
@@ -335,6 +351,8 @@ def validate(config: dict[str, Any], source: str = "the config") -> dict[str, An
         schema = MODEL[name].settings
         refuse_unknown(f"{source}: [{name}]", values, schema)
         for key, value in values.items():
+            if schema[key].joins and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                value = schema[key].joins.join(value)
             values[key] = value = checked(f"{source}: [{name}]", key, value, schema[key].default)
             problem = schema[key].check(value) if schema[key].check else ""
             if problem:

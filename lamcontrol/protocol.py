@@ -97,13 +97,17 @@ def new_id() -> str:
     return f"{int(time.time()):08x}{secrets.token_hex(8)}"
 
 
-NOT_IN_IDS = re.compile("[/+#\0 ]")
+ID = re.compile("[A-Za-z0-9_-]{1,128}")
+NOT_IN_IDS = re.compile("[^A-Za-z0-9_-]")
 
 
 def check_id(value: str, field_name: str) -> str:
-    """Ids end up in topic levels: refuse wildcards, separators and empties."""
-    if not value or len(value) > 128 or NOT_IN_IDS.search(value) or not value.isprintable():
-        raise ProtocolError("must be 1-128 printable characters without '/', '+', '#' or spaces", field_name)
+    """Ids end up in topic levels: letters, digits, '-' and '_' only, which every broker takes as
+    one level (NATS refuses '.' and spaces in MQTT topics; RabbitMQ splits levels at '.')."""
+    if not isinstance(value, str) or not ID.fullmatch(value):
+        suggestion = NOT_IN_IDS.sub("-", value).strip("-") if isinstance(value, str) and len(value) <= 128 else ""
+        instead = f"; {value!r} could be {suggestion!r}" if suggestion else ""
+        raise ProtocolError(f"must be 1-128 letters, digits, '-' or '_'{instead}", field_name)
     return value
 
 
@@ -564,6 +568,8 @@ class Task(Message):
     while the agent was away) is rejected, since it may already run elsewhere.
     ``deadline`` is when the work itself must be done. ``confirmed`` says the person confirmed the
     prompt: an agent runs what its own spec marks high-risk only then (older agents ignore it).
+    ``epoch`` is the sending coordinator's lease (0: a lone coordinator, with none): agents refuse
+    one below the highest they have seen.
     """
 
     kind: ClassVar[str] = "task"
@@ -582,6 +588,7 @@ class Task(Message):
     deadline: float = 0.0
     risk: Risk = Risk.LOW
     confirmed: bool = False
+    epoch: int = 0
 
     def describe(self) -> str:
         return f"{self.task_id} -> {self.agent}: {self.command or self.capability + ' ' + self.action} " \

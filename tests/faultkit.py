@@ -193,7 +193,9 @@ class Load:
                      failed_but_ran=sum(runs[t] > 0 for t in failed),
                      statuses=Counter(r[0].status for r in replies.values() if r),
                      slowest=max((self.answered_at.get(p.id, time.time()) - p.ts for p in prompts
-                                  if fault_at and p.ts >= fault_at), default=0.0))
+                                  if fault_at and p.ts >= fault_at), default=0.0),
+                     resumed=min((self.answered_at[p.id] - fault_at for p in prompts
+                                  if fault_at and p.ts >= fault_at and p.id in self.answered_at), default=0.0))
 
     def close(self) -> None:
         self.bus.stop()
@@ -213,6 +215,7 @@ class Tally:
     slowest: float = 0.0  # seconds, the longest a prompt sent from the fault on waited for its reply (benches)
     copies: int = 0  # prompts whose one reply came more than once (sent again after a restart)
     failed_but_ran: int = 0  # prompts answered `failed` whose task the agents' records show run
+    resumed: float = 0.0  # seconds from the fault to the first reply to a prompt sent after it (benches)
 
     def clean(self) -> bool:
         """Nothing lost, twice or run twice (a task started by an agent killed meanwhile may be
