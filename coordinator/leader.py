@@ -28,13 +28,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 import uuid
 from typing import Any, Callable
 
 from lamcontrol.cluster import LEASE_KEY, ClusterSettings, Names, NatsLink
+from lamcontrol.service import restart
 
 from .journal import StreamJournal
 
@@ -196,9 +196,7 @@ class Leadership:
         if self._stopping.is_set():
             return
         log.info("coordinator %s standing by again", self.holder)
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        os.execv(sys.executable, sys.orig_argv)
+        restart()
 
     def _connect(self) -> bool:
         """Reach the cluster, then the lease bucket and the journal (retried until stopped)."""
@@ -209,7 +207,8 @@ class Leadership:
                 self.lease.setup(self.settings.replicas)
                 keep_days = float(self.cfg["coordinator"]["journal_days"])
                 self.journal = StreamJournal(self.link, self.names, keep_days, self.settings.replicas, self.holder,
-                                             may_write=self.may_act, confirm_within=self.settings.lease)
+                                             may_write=self.may_act, confirm_within=self.settings.lease,
+                                             max_prompts=int(self.cfg["coordinator"]["journal_max_prompts"]))
                 self.journal.follow()
                 return True
             except Exception as exc:  # no server yet, no JetStream quorum yet

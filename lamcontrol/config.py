@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from .protocol import ProtocolError, check_id
+
 CAPABILITY_GROUP = "lamcontrol.capabilities"
 
 Check = Callable[[Any], str]  # a value -> what is wrong with it ('' when nothing)
@@ -115,9 +117,13 @@ def topic_prefix(value: str) -> str:
 
 
 def some_id(value: str) -> str:
-    """An id that can be a topic level ('' for the default)."""
-    if value and (len(value) > 128 or any(c in value for c in "/+# ") or not value.isprintable()):
-        return "must be 1-128 printable characters without '/', '+', '#' or spaces"
+    """An id that can be a topic level, as the protocol takes it ('' for the default)."""
+    if not value:
+        return ""
+    try:
+        check_id(value, "")
+    except ProtocolError as exc:
+        return str(exc)
     return ""
 
 
@@ -226,9 +232,11 @@ MODEL: dict[str, Section] = {
                        "stand by (README: A standby coordinator)", {
         "nats": Setting("", "nats://host:4222 of the cluster's nodes (a list, or comma-separated), for the lease and "
                             "the journal; empty: one coordinator, with the SQLite journal", joins=","),
-        "lease": Setting(6.0, "seconds the leading coordinator's lease lasts unless renewed"),
-        "renew": Setting(1.5, "seconds between renewals of the lease (and between a standby's looks at it)"),
-        "replicas": Setting(3, "copies JetStream keeps of the lease and the journal: the number of nodes, up to 5"),
+        "lease": Setting(6.0, "seconds the leading coordinator's lease lasts unless renewed", check=SECONDS),
+        "renew": Setting(1.5, "seconds between renewals of the lease (and between a standby's looks at it)",
+                         check=SECONDS),
+        "replicas": Setting(3, "copies JetStream keeps of the lease and the journal: the number of nodes, up to 5",
+                            check=lambda value: "" if 1 <= value <= 5 else "must be 1 to 5"),
     }),
     "homeassistant": Section("Home Assistant MQTT discovery, published by the coordinator", {
         "enabled": Setting(True, "agents and the coordinator appear in Home Assistant"),

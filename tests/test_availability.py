@@ -5,7 +5,6 @@ coordinator that comes online. On both single brokers (aMQTT and Mosquitto), wit
 from __future__ import annotations
 
 import queue
-import shutil
 import signal
 import subprocess
 import sys

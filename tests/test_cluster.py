@@ -11,7 +11,7 @@ import pytest
 
 from helpers import wait_until
 from lamcontrol.bus import Bus
-from lamcontrol.protocol import Presence, Result, Task
+from lamcontrol.protocol import Result, Task
 from natskit import ClusterSystem, NatsCluster, nats_available
 
 USERS = "coordinator,client:load,agent:a1:echo,agent:a2:echo"

@@ -7,7 +7,6 @@ answered once, no task runs twice, and the deposed leader, woken, does nothing a
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 
 import pytest
