@@ -48,6 +48,8 @@ class BridgeSettings:
     max_wait: float = bridge_setting("max_wait")
     max_body: int = bridge_setting("max_body")
     threads: int = bridge_setting("threads")
+    max_connections: int = bridge_setting("max_connections")
+    max_connections_per_address: int = bridge_setting("max_connections_per_address")
     token_file: str = bridge_setting("token_file")
     admin_file: str = bridge_setting("admin_file")
     secret_key_file: str = bridge_setting("secret_key_file")
