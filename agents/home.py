@@ -235,7 +235,7 @@ class Watcher:
         self.next_id = 0
         self.changed = False  # a registry event arrived while names were being read
         self.problem = ""  # the last problem logged, so a long outage is logged once
-        self.ws = None  # the open connection, which stop() closes to wake the thread waiting on it
+        self.ws: Any = None  # the open connection, which stop() closes to wake the thread waiting on it
         self.thread = threading.Thread(target=self.run, name="home-vocabulary", daemon=True)
 
     def start(self) -> None:

@@ -32,7 +32,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus
@@ -334,11 +334,11 @@ class TaskRecord:
     A file that cannot be written is logged once; the agent runs on, remembering in memory only."""
 
     def __init__(self, path: Path | None, agent_id: str) -> None:
-        self.path = path
+        self.broken = path is None  # then nothing is read or written, and the path is never used
+        self.path = path if path is not None else Path(os.devnull)
         self.agent_id = agent_id
         self.lines = 0
-        self.broken = path is None
-        self._file = None  # opened for appending at the first write, line-buffered
+        self._file: IO[str] | None = None  # opened for appending at the first write, line-buffered
         self._lock = threading.Lock()
 
     def load(self) -> OrderedDict[str, Result | None]:
@@ -400,7 +400,8 @@ class TaskRecord:
             remember(latest, task_id, line)
         fresh = self.path.with_name(self.path.name + ".new")
         fresh.write_text("".join(line + "\n" for line in latest.values()), encoding="utf-8")
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         self._file = None
         os.replace(fresh, self.path)
         self.lines = len(latest)

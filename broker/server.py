@@ -222,7 +222,8 @@ class EmbeddedBroker(Broker):
                              data: bytes | bytearray | None, qos: int | None = None) -> None:
         if data and topic_name and not self.topics.may_retain(topic_name):
             client = source_session.client_id if source_session else "the broker"
-            kind = self.topics.match(topic_name).cls.__name__
+            match = self.topics.match(topic_name)
+            kind = match.cls.__name__ if match else topic_name
             if (client, kind) not in self._refused_retained:
                 if len(self._refused_retained) > 1000:
                     self._refused_retained.clear()

@@ -310,10 +310,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def catch_stop_signals() -> tuple[list[int], queue.SimpleQueue]:
+def catch_stop_signals() -> tuple[list[int], queue.SimpleQueue[int]]:
     """The stop signals received, and a queue each one wakes (its put() is safe in a signal handler)."""
     stopping: list[int] = []
-    woken: queue.SimpleQueue = queue.SimpleQueue()
+    woken: queue.SimpleQueue[int] = queue.SimpleQueue()
 
     def stop(number: int, frame: object) -> None:
         stopping.append(number)
@@ -324,7 +324,7 @@ def catch_stop_signals() -> tuple[list[int], queue.SimpleQueue]:
     return stopping, woken
 
 
-def wait_for_stop_or_exit(parts: list[Part], stopping: list[int], woken: queue.SimpleQueue) -> None:
+def wait_for_stop_or_exit(parts: list[Part], stopping: list[int], woken: queue.SimpleQueue[int]) -> None:
     """Sleep until a stop signal comes or a part exits: each exit wakes us, nothing polls."""
     for part in parts:
         if part.process is not None:

@@ -283,7 +283,7 @@ class Entry:
     reply: str | None = None
     sent: bool = True
     answered: bool = False
-    tasks: dict[str, dict] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class StreamJournal:
@@ -322,9 +322,9 @@ class StreamJournal:
         self._prompts: dict[str, Entry] = {}
         self._task_prompt: dict[str, str] = {}
         self._last_seq = 0  # the stream's last message applied here
-        self._reading: list[dict] = []  # parts of a batch being read
+        self._reading: list[dict[str, Any]] = []  # parts of a batch being read
         self._depth = 0
-        self._ops: list[list] = []
+        self._ops: list[list[Any]] = []
         self._undo: dict[str, Entry | None] = {}
         self._follower: Any = None
         self.link.call(self._ensure_stream(replicas), link.timeout * 3)
@@ -381,7 +381,7 @@ class StreamJournal:
 
     def last_sequence(self) -> int:
         """The stream's last sequence, as the cluster says now."""
-        return self.link.call(self.link.js.stream_info(self.names.journal_stream)).state.last_seq
+        return int(self.link.call(self.link.js.stream_info(self.names.journal_stream)).state.last_seq)
 
     def claim(self, epoch: int, timeout: float = 30.0) -> None:
         """Become the writer: read the stream to its end, then write a claim under ``epoch``; from then
@@ -429,7 +429,7 @@ class StreamJournal:
     def in_batch(self) -> bool:
         return self._depth > 0
 
-    def _record(self, op: list) -> None:
+    def _record(self, op: list[Any]) -> None:
         """Apply a change here now (keeping what to undo), and keep it for the batch's message."""
         with self.batch():
             prompt_id = op[1] if op[0] in "ptrs" else self._task_prompt.get(op[1]) if op[0] == "u" else None
@@ -454,7 +454,9 @@ class StreamJournal:
         if self.fenced.is_set():
             raise JournalFenced("another coordinator has claimed the journal")
         batch = uuid.uuid4().hex
-        chunks, chunk, size = [], [], 0
+        chunks: list[list[list[Any]]] = []
+        chunk: list[list[Any]] = []
+        size = 0
         for op in self._ops:
             encoded = len(json.dumps(op))
             if chunk and size + encoded > self.PART:
@@ -481,7 +483,7 @@ class StreamJournal:
         while True:
             try:
                 ack = self.link.call(self.link.js.publish(self.names.journal_subject, data, headers=headers))
-                return ack.seq
+                return int(ack.seq)
             except APIError as exc:
                 problem: Exception = exc
                 if exc.err_code == WRONG_LAST_SEQUENCE:
@@ -505,7 +507,7 @@ class StreamJournal:
 
     # -- the state -----------------------------------------------------------------------
 
-    def _apply(self, op: list) -> None:
+    def _apply(self, op: list[Any]) -> None:
         kind = op[0]
         if kind == "p":
             _, prompt_id, body, received, deadline = op
@@ -552,13 +554,13 @@ class StreamJournal:
             self.added += 1
             return True
 
-    def add_task(self, prompt_id: str, task_id: str, position: int, command: dict) -> None:
+    def add_task(self, prompt_id: str, task_id: str, position: int, command: dict[str, Any]) -> None:
         with self._lock:
             if task_id not in self._task_prompt:
                 self._record(["t", prompt_id, task_id, position, command])
 
     def update_task(self, task_id: str, state: str, agent: str | None = None, attempt: int = 0,
-                    message: str = "", data: dict | None = None) -> None:
+                    message: str = "", data: dict[str, Any] | None = None) -> None:
         with self._lock:
             if task_id in self._task_prompt:
                 self._record(["u", task_id, state, agent, attempt, message, data or {}])
@@ -578,14 +580,14 @@ class StreamJournal:
             entries = sorted(((e.received, i, e.reply) for i, e in self._prompts.items() if e.answered and not e.sent))
             return [(prompt_id, reply.encode()) for _, prompt_id, reply in entries if reply is not None]
 
-    def open_prompts(self) -> list[tuple[Prompt, float, list[dict]]]:
+    def open_prompts(self) -> list[tuple[Prompt, float, list[dict[str, Any]]]]:
         with self._lock:
-            entries = sorted((e.received, i) for i, e in self._prompts.items() if not e.answered and e.body)
+            entries = sorted((e.received, i, e.body) for i, e in self._prompts.items() if not e.answered and e.body)
             opened = []
-            for _, prompt_id in entries:
+            for _, prompt_id, body in entries:
                 entry = self._prompts[prompt_id]
                 tasks = sorted((copy.deepcopy(t) for t in entry.tasks.values()), key=lambda t: t["position"])
-                opened.append((Prompt.from_dict(json.loads(entry.body)), entry.deadline, tasks))
+                opened.append((Prompt.from_dict(json.loads(body)), entry.deadline, tasks))
             return opened
 
     def prune(self) -> int:

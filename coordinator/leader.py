@@ -135,7 +135,7 @@ class Leadership:
 
     ``build(journal, epoch, may_connect)`` makes the coordinator that leads."""
 
-    def __init__(self, cfg: dict, build: Callable[..., Any]) -> None:
+    def __init__(self, cfg: dict[str, Any], build: Callable[..., Any]) -> None:
         self.cfg = cfg
         self.build = build
         self.settings = ClusterSettings.from_config(cfg)
@@ -156,7 +156,7 @@ class Leadership:
     def ready(self) -> bool:
         """Standing by with the cluster in reach, or leading on a connected bus."""
         if self.coordinator is not None:
-            return self.coordinator.bus.ready.is_set()
+            return bool(self.coordinator.bus.ready.is_set())
         return self.link.connected and self.journal is not None
 
     def may_act(self) -> bool:

@@ -30,7 +30,7 @@ from lamcontrol.protocol import (Presence, Prompt, PromptStatus, Result, ResultS
 
 from .events import Events, TaskDispatched, TaskFinished
 from .grammar import Command
-from .journal import Journal
+from .journal import Journal, StreamJournal
 from .registry import Registry
 from .runs import (ACCEPTED, DISPATCHED, FAILED, OUT, SKIPPED, WAITING, Job, Run, command_from_dict,
                    command_to_dict, describe)
@@ -47,7 +47,7 @@ class Router:
 
     settings: Settings
     clock: Clock
-    journal: Journal
+    journal: Journal | StreamJournal
     registry: Registry
     publish: Callable[[Task], object]
     reply: Reply

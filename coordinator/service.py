@@ -43,7 +43,7 @@ from lamcontrol.protocol import (AgentSpec, CoordinatorPresence, LegacyResult, P
 
 from .events import AgentForgotten, Events, Extension, ExtensionFactory, PresenceChanged, PromptReceived, Replied, SpecsChanged
 from .intake import BySource, Intake
-from .journal import Journal, cannot_write
+from .journal import Journal, StreamJournal, cannot_write
 from .parsing import Parser
 from .registry import Registry
 from .routing import Router
@@ -66,7 +66,7 @@ class Coordinator:
     with the same surface, as the in-process routing tests do.
     """
 
-    def __init__(self, broker: BrokerSettings, parser: Parser, journal: Journal, settings: Settings = Settings(),
+    def __init__(self, broker: BrokerSettings, parser: Parser, journal: Journal | StreamJournal, settings: Settings = Settings(),
                  clock: Clock = Clock(), bus_factory: Callable[..., Bus] = Bus, trust: Trust | None = None,
                  approved_specs: Iterable[str] = (), epoch: int = 0,
                  may_connect: Callable[[], bool] = lambda: True) -> None:
@@ -138,7 +138,7 @@ class Coordinator:
             except self.journal.failures as exc:
                 if self._depth == 1:
                     reason = cannot_write(exc)
-                    if reason and not self.journal.unwritable:
+                    if reason and isinstance(self.journal, Journal) and not self.journal.unwritable:  # a file's
                         self.journal.hold(reason)
                         self._timers_moved.set()  # the ticker tries it again every JOURNAL_RETRY
                         log.error("the journal %s cannot be written (%s): every new prompt is answered `failed` "
@@ -189,7 +189,7 @@ class Coordinator:
         self.intake.close()
         self.bus.stop(final=self.presence(PresenceState.OFFLINE) if announce else None)
         with self._lock:
-            if self.journal.unwritable and not self.journal.retry():
+            if isinstance(self.journal, Journal) and self.journal.unwritable and not self.journal.retry():
                 log.error("the journal %s still cannot be written: what it held is lost; prompts under way are "
                           "taken up again from what it last wrote", self.journal.where())
             self.journal.close()
@@ -253,7 +253,7 @@ class Coordinator:
                 log.exception("coordinator tick failed")
 
     def _retry_journal(self) -> None:
-        if self.journal.unwritable and self.journal.retry():
+        if isinstance(self.journal, Journal) and self.journal.unwritable and self.journal.retry():
             log.warning("the journal %s can be written again: taking prompts again", self.journal.where())
 
     def _timers(self) -> tuple[float, float]:

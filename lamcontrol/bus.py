@@ -346,7 +346,7 @@ class Bus:
         self._wildcards = False
         self._typed: dict[type[Message], list[Subscription]] = {}
         self._on_connect: list[Callable[[], None]] = []
-        self._pending_subs: dict[int, list[str]] = {}  # SUBSCRIBE message id -> its filters, until the SUBACK
+        self._pending_subs: dict[int | None, list[str]] = {}  # SUBSCRIBE message id -> its filters, until the SUBACK
         self._refused: list[str] = []  # filters the broker refused, asked for again at _resubscribe_at
         self._resubscribe_at = 0.0
         self._resubscribe_wait = RECONNECT_MIN
@@ -642,7 +642,7 @@ class Bus:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.retain and message.payload and not self.strays and not self.topics.may_retain(message.topic):
-            stray = functools.partial(self._stray_retained, message.topic, message.payload)
+            stray = functools.partial(self._stray_retained, message.topic, bytes(message.payload))
             self._inbox.append((CALL, stray, message.mid, message.qos, self._clock()))  # acknowledged, never handled
         else:
             self._inbox.append((message.topic, message.payload, message.mid, message.qos, self._clock()))

@@ -10,11 +10,12 @@ the journal themselves are the coordinator's (``coordinator/leader.py``, ``coord
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Awaitable, TypeVar
+from typing import Any, Coroutine, TypeVar
 from urllib.parse import urlsplit
 
 from . import config as lamconfig
@@ -56,14 +57,17 @@ class Names:
 LEASE_KEY = "leader"
 
 
+cluster_setting = functools.partial(lamconfig.setting, "cluster")  # a field with the [cluster] key's default
+
+
 @dataclass
 class ClusterSettings:
     """``[cluster]``: the NATS servers and the lease's timings; empty ``nats`` is a single box."""
 
-    nats: str = ""
-    lease: float = 6.0
-    renew: float = 1.5
-    replicas: int = 3
+    nats: str = cluster_setting("nats")
+    lease: float = cluster_setting("lease")
+    renew: float = cluster_setting("renew")
+    replicas: int = cluster_setting("replicas")
     username: str = ""
     password: str = ""
     ca_file: str = ""
@@ -136,9 +140,9 @@ class NatsLink:
     def connected(self) -> bool:
         return self.nc is not None and self.nc.is_connected
 
-    def call(self, coroutine: Awaitable[T], timeout: float | None = None) -> T:
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coroutine`` on the link's loop; its result, or its exception (TimeoutError after ``timeout``)."""
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)  # type: ignore[arg-type]
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         try:
             return future.result(self.timeout if timeout is None else timeout)
         except TimeoutError:

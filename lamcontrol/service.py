@@ -22,7 +22,7 @@ import time
 from typing import Callable, NoReturn
 
 log = logging.getLogger(__name__)
-_wakes: queue.SimpleQueue = queue.SimpleQueue()  # run_service wakes at each put (safe from a signal handler)
+_wakes: queue.SimpleQueue[str] = queue.SimpleQueue()  # run_service wakes at each put (safe from a signal handler)
 STOP, LOOK = "stop", "look"  # what a wake-up asks: to stop, or to check the component again
 _restart = threading.Event()
 

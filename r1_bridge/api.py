@@ -146,7 +146,7 @@ def prompt_state(exchange: Exchange, wait: float = 0.0) -> dict:
     if result:
         state["result"] = result
     if state["status"] == "failed":
-        state["error"] = result["message"]
+        state["error"] = result["message"] if result else None
     return state
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import enum
 import hmac
 import json
 import sys
@@ -45,6 +46,11 @@ def new_token() -> str:
     return new_secret(32)
 
 
+class DeviceState(enum.StrEnum):
+    ACTIVE = "active"
+    REVOKED = "revoked"  # its device token no longer works; it pairs again with the owner's approval
+
+
 @dataclass
 class Device:
     """One R1 that paired with this bridge."""
@@ -55,13 +61,13 @@ class Device:
     family: str = ""
     token_hash: str = ""
     public_key: str = ""  # Base64url Ed25519 key, pinned when the device proved it holds it
-    state: str = "active"  # or "revoked"
+    state: DeviceState = DeviceState.ACTIVE
     paired: float = field(default_factory=time.time)
     last_seen: float = 0.0
 
     @property
     def active(self) -> bool:
-        return self.state == "active"
+        return self.state == DeviceState.ACTIVE
 
 
 class DeviceStore:
@@ -98,8 +104,8 @@ class DeviceStore:
 
     def _device(self, record: dict) -> Device:
         try:
-            return Device(**record)
-        except TypeError as exc:
+            return Device(**{**record, "state": DeviceState(record.get("state", DeviceState.ACTIVE))})
+        except (TypeError, ValueError) as exc:
             raise RuntimeError(f"the paired devices in {self.path} are damaged: {exc}") from None
 
     def _write(self, data: dict) -> None:
@@ -156,7 +162,7 @@ class DeviceStore:
         device = Device(device_id, name, platform, family, HASHER.hash(token), public_key, last_seen=time.time())
         with self._editing() as data:
             known, requests = data["devices"].get(device_id), data["requests"]
-            if known and known.get("state") == "active" and not (known.get("public_key") and
+            if known and known.get("state") == DeviceState.ACTIVE and not (known.get("public_key") and
                                                                   known["public_key"] == public_key):
                 approved = requests.get(device_id, {}).get("approved", 0)
                 if time.time() - approved > APPROVAL_WINDOW:
@@ -196,7 +202,7 @@ class DeviceStore:
             return False
         with self._editing() as data:
             record = data["devices"].get(device_id)
-            if record is None or record["state"] != "active":  # revoked while we checked
+            if record is None or record["state"] != DeviceState.ACTIVE:  # revoked while we checked
                 return False
             record["last_seen"] = time.time()
         return True
@@ -209,9 +215,9 @@ class DeviceStore:
         """Refuse this device from now on; False when no active device has that id."""
         with self._editing() as data:
             record = data["devices"].get(device_id)
-            if record is None or record["state"] != "active":
+            if record is None or record["state"] != DeviceState.ACTIVE:
                 return False
-            record.update(state="revoked", token_hash="")
+            record.update(state=DeviceState.REVOKED, token_hash="")
             data["requests"].pop(device_id, None)  # a revoked id pairs again with the new code, no approval
             data["pairing_token"] = new_token()
         return True

