@@ -61,6 +61,13 @@ def test_no_source_names_a_module_by_its_folder_name():
     assert offenders == []
 
 
+def test_no_script_puts_the_repository_root_on_the_path():
+    """The package is imported as installed (pip install -e .), never from the checkout's root."""
+    offenders = [str(path.relative_to(ROOT)) for path in python_sources()
+                 if re.search(r"sys\.path\b.*\bstr\(ROOT\)[,)\]]", path.read_text())]
+    assert offenders == []
+
+
 def test_folder_name_check_sees_a_citation():
     sample = "see :mod:`agents.webdriver`\n:class:`~lamcontrol.coordinator.language.Context`\npython -m coordinator.main\n"
     assert cited_by_folder_name(sample) == [1, 3]
