@@ -497,6 +497,9 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
             conf = nats_conf(node, nodes, users, hashes, passwords["route"], topics, discovery, args.bind, args.store)
             lamconfig.write_private(out / node.name / NATS_CONF, conf)
         lamconfig.write_private(out / "users", ",".join(map(user_spec, users)) + "\n")
+        # The same rules in Mosquitto's format, beside credentials/ as lam mosquitto-config lays them out:
+        # the coordinator reads there what each agent may offer.
+        (out / "acl").write_text(acl_file(users, topics, discovery))
     except OSError as exc:
         print(f"lam nats-config: cannot write {exc.filename or out}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED
