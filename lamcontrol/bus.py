@@ -853,11 +853,12 @@ class Bus:
         subscribers = [s for s in self._typed.get(match.cls, ()) if s.wants(match.ids)] if match else []
         if match is None or not subscribers:
             return
-        cleared = [s.cleared for s in subscribers if s.cleared]
-        if not payload and len(cleared) == len(subscribers):
-            for on_cleared in cleared:
-                self._guarded(functools.partial(on_cleared, match.ids), topic)
-            return
+        if not payload:
+            cleared = [s.cleared for s in subscribers if s.cleared]
+            if len(cleared) == len(subscribers):
+                for on_cleared in cleared:
+                    self._guarded(functools.partial(on_cleared, match.ids), topic)
+                return
         message = match.cls.from_topic(match.ids, payload)
         for s in subscribers:
             self._guarded(functools.partial(s.handler, message), topic, payload)
