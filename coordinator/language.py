@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from collections import deque
 from pathlib import Path
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
@@ -66,6 +67,9 @@ QUESTION = re.compile(r"^(?:tell me|explain|describe|can you tell me|do you know
                       r"should|shall|may|might)\b", re.I)
 AMBIGUOUS = "the templates read it more than one way"
 REMEMBERED = 512  # prompts whose reading a language keeps (the same button, the same words, again)
+# Learned readers of recent sets of specs: training one takes a second or two, and the online agents change often.
+READERS: deque[tuple[tuple, Reader]] = deque(maxlen=4)
+NAMED: deque[tuple[tuple, CapabilitySpec]] = deque(maxlen=16)  # specs with the names given them lately
 SURE = 0.8  # the learned reader's share from which a reading runs without asking
 ASK = 0.4  # from this share up to SURE, the person is asked first ("Did you mean ...?")
 NOT_A_COMMAND = 0.97  # the learned reader's share for "no command" that makes even a spelled-out template doubtful
@@ -171,6 +175,16 @@ class Language:
         names = list(names)
         if not names:
             return spec
+        key = (id(spec), repr(names))
+        for known, named in NAMED:
+            if known[0] == key:
+                return named
+        named = Language._named(spec, names)
+        NAMED.append(((key, spec), named))  # the spec kept: its id stays its own
+        return named
+
+    @staticmethod
+    def _named(spec: CapabilitySpec, names) -> CapabilitySpec:
         installed_class = capability_classes().get(spec.name)
         lists = installed_class.given_names(names) if installed_class else \
             {k: list(names) for action in spec.actions for a in action.args if (k := a.names)}
@@ -549,7 +563,18 @@ class Language:
 
     @cached_property
     def reader(self) -> Reader:
-        """The learned reader: every action's templates and examples, and sentences that are no command."""
+        """The learned reader: every action's templates and examples, and sentences that are no command.
+        It depends on the specs alone, so a language of the same specs (an agent came or went, names
+        changed) takes the one already trained instead of training it again."""
+        key = (self.held_out, tuple(sorted((name, id(spec)) for name, spec in self.specs.items())))
+        for known, reader in READERS:
+            if known[0] == key:
+                return reader
+        reader = self._trained()
+        READERS.append(((key, tuple(self.specs.values())), reader))  # the specs kept: their ids stay theirs
+        return reader
+
+    def _trained(self) -> Reader:
         examples = []
         for spec in self.specs.values():
             for said, command, *source in spec.examples:
