@@ -229,6 +229,7 @@ class Watcher:
         self.next_id = 0
         self.changed = False  # a registry event arrived while names were being read
         self.problem = ""  # the last problem logged, so a long outage is logged once
+        self.ws = None  # the open connection, which stop() closes to wake the thread waiting on it
         self.thread = threading.Thread(target=self.run, name="home-vocabulary", daemon=True)
 
     def start(self) -> None:
@@ -236,6 +237,8 @@ class Watcher:
 
     def stop(self) -> None:
         self.stopping.set()
+        if self.ws is not None:
+            self.ws.close()
         self.thread.join(self.client.timeout + 2)
 
     def run(self) -> None:
@@ -243,6 +246,8 @@ class Watcher:
             try:
                 self.watch()
             except Exception as exc:  # whatever Home Assistant sends, keep watching
+                if self.stopping.is_set():
+                    return  # stop() closed the connection
                 if str(exc) != self.problem:
                     log.warning("cannot read the names Home Assistant exposes: %s", exc,
                                 exc_info=not isinstance(exc, HomeError))
@@ -250,8 +255,12 @@ class Watcher:
                 self.stopping.wait(RETRY)
 
     def watch(self) -> None:
-        """Subscribe to registry changes, then re-read the names on a change or every ``refresh`` s."""
+        """Subscribe to registry changes, then re-read the names on a change or every ``refresh`` s,
+        sleeping in between until a message comes."""
         with self.client.connect() as ws:
+            self.ws = ws
+            if self.stopping.is_set():  # stop() came before it could close this connection
+                return
             for event in REGISTRY_EVENTS:
                 self.command(ws, "subscribe_events", event_type=event)
             due = 0.0
@@ -261,7 +270,7 @@ class Watcher:
                     self.on_names(self.names(ws))
                     self.problem = ""
                     due = time.monotonic() + (0.5 if self.changed else self.refresh)
-                message = self.client.receive(ws, timeout=1.0)
+                message = self.client.receive(ws, timeout=max(0.0, due - time.monotonic()))
                 if message and message.get("type") == "event":
                     due = min(due, time.monotonic() + 0.5)  # registries change in bursts
 

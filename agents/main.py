@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from lamcontrol import config as lamconfig
 from lamcontrol.bus import BrokerSettings
@@ -71,9 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     agent = Agent(agent_id, capabilities, settings, max_concurrent=args.max_concurrent or section["max_concurrent"],
                   heartbeat=float(section["heartbeat"]), stop_grace=float(section["stop_grace"]),
-                  max_queued=section["max_queued"] if args.max_queued is None else args.max_queued, left_out=left_out)
+                  max_queued=section["max_queued"] if args.max_queued is None else args.max_queued, left_out=left_out,
+                  task_record=task_record(agent_id))
     agent.start()
     return run_service(agent.bus.ready.is_set, agent.stop, f"agent {agent_id}", agent.bus.gave_up)
+
+
+def task_record(agent_id: str) -> Path | None:
+    """Where the agent keeps the tasks it accepted; None (logged) when the state directory cannot be made."""
+    try:
+        return lamconfig.state_dir() / f"agent-{agent_id}-tasks.jsonl"
+    except OSError as exc:
+        log.error("no state directory (%s): a restart will forget the tasks this agent accepted", exc)
+        return None
 
 
 if __name__ == "__main__":

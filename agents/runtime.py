@@ -7,35 +7,53 @@ publishes ``succeeded`` or ``failed`` with a sentence. When every slot is taken 
 accepts a few tasks (``max_queued``), each started as a running one ends, if by its recent
 pace it will run them before their deadline; otherwise it answers ``rejected`` (busy), so the
 coordinator can look elsewhere. Duplicate deliveries (QoS 1 is at-least-once) of one attempt
-are dropped; a task that arrives after its dispatch window is rejected. A task accepted here is
-never run twice: offered again (the coordinator missed our word), it is answered from what
-became of it. What the capability's own spec marks high-risk (a shutdown) runs only when the
-task says its prompt was confirmed, whatever risk the coordinator gave it.
+are dropped; a task that arrives after its dispatch window is rejected, and so is one whose
+window or deadline lies implausibly far ahead (no coordinator sends one: it is a forgery or a
+copy kept to be replayed). A task accepted here is never run twice: offered again (the
+coordinator missed our word), it is answered from what became of it, also after a restart,
+as the accepted tasks are kept in a small file (:class:`TaskRecord`). A retained task is never
+handled at all (the bus ignores it): it would come again at every start. What the capability's
+own spec marks high-risk (a shutdown) runs only when the task says its prompt was confirmed,
+whatever risk the coordinator gave it. A task from a coordinator whose lead has passed to
+another (an ``epoch`` below the highest seen) is rejected, and the agent announces itself again
+whenever a coordinator comes online, so no coordinator depends on retained presence a cluster's
+node may lack.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
 import socket
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 from lamcontrol import __version__
 from lamcontrol.bus import BrokerSettings, Bus
 from lamcontrol.language import ArgumentError, advertisement
-from lamcontrol.protocol import Presence, PresenceState, Result, ResultState, Risk, Task, check_agent_id
+from lamcontrol.protocol import (CoordinatorPresence, Presence, PresenceState, Result, ResultState, Risk, Task,
+                                 check_agent_id)
 
 from .capability import Capability, TaskFailed
 
 log = logging.getLogger(__name__)
 
 SEEN_TASKS = 10_000
-DEADLINE_CHECK = 0.1  # seconds between deadline checks
 FIRST_PACE = 1.0  # seconds a task is taken to run until some have run
 OUT_OF_TIME = "The task ran out of time."
+# Coordinators give seconds to accept a task and minutes to run it (its ack_timeout, task_timeout):
+# beyond these, allowing for clocks that disagree, a task is not one a coordinator sent just now.
+LONGEST_ACCEPT_WINDOW = 600.0
+LONGEST_DEADLINE = 86_400.0
+RESTARTED = "The agent restarted before the task finished; it was not run again."
+KEPT_MESSAGE = 500  # characters of a final sentence kept in the task record
+DEPOSED = "The task comes from a coordinator that no longer leads."
 
 
 class Agent:
@@ -44,7 +62,7 @@ class Agent:
     def __init__(self, agent_id: str, capabilities: dict[str, Capability], settings: BrokerSettings,
                  max_concurrent: int = 4, heartbeat: float = 30.0, stop_grace: float = 10.0,
                  max_queued: int = 8, bus_factory: Callable[..., Bus] = Bus,
-                 left_out: dict[str, str] | None = None) -> None:
+                 left_out: dict[str, str] | None = None, task_record: Path | None = None) -> None:
         self.id = check_agent_id(agent_id)
         self.capabilities = capabilities
         self.left_out = left_out or {}  # capability -> why it could not run here (said in presence)
@@ -56,14 +74,19 @@ class Agent:
         self.host = socket.gethostname()
         self.started = time.time()
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # the heartbeat thread: an earlier deadline, or stopping
+        self._soonest = math.inf  # the deadline (wall time) the heartbeat thread waits for
         self._running: dict[str, Task] = {}  # accepted and not finished: running, or queued for a slot
         self._queued: OrderedDict[str, Task] = OrderedDict()  # accepted, waiting for a slot, oldest first
         self._pace = FIRST_PACE  # recent seconds per task, for what the queue can promise
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()  # (task id, attempt) delivered
-        self._accepted: OrderedDict[str, Result | None] = OrderedDict()  # task id -> its final result, once done
+        self._record = TaskRecord(task_record, self.id)
+        self._accepted = self._record.load()  # task id -> its final result, once done (None: running)
         self._stopping = threading.Event()
         self._advertised = b""  # the spec last published; sent again after every connect
         self._readings: dict[str, dict] = {}  # what the capabilities read, as last announced
+        self._epoch = 0  # the highest coordinator epoch seen on a task
+        self._coordinator: tuple[str, float] | None = None  # the coordinator's last (state, started)
         # Room beyond the limit: a task failed at its deadline may still hold its thread.
         self._pool = ThreadPoolExecutor(max_workers=2 * max_concurrent + 2, thread_name_prefix="task")
         self.bus = bus_factory(settings, component=f"agent {agent_id}", client_id=f"{settings.prefix}-agent-{agent_id}",
@@ -72,6 +95,7 @@ class Agent:
         for name, capability in capabilities.items():
             self.bus.subscribe(Task, self._on_task, capability=name)
             capability.on_change = self.announce
+        self.bus.subscribe(CoordinatorPresence, self._on_coordinator, cleared=lambda ids: None)
         self.bus.on_connect(self._reconnected)
 
     # -- presence -----------------------------------------------------------------------
@@ -109,16 +133,29 @@ class Agent:
         self._advertised = b""
         self.announce()
 
+    def _on_coordinator(self, presence: CoordinatorPresence) -> None:
+        """A coordinator came online (another one, or the same one back): announce again, so that it
+        hears of us even where the broker kept no retained presence (a cluster node that lost it)."""
+        seen, self._coordinator = self._coordinator, (presence.state, presence.started)
+        if presence.online and seen != self._coordinator:
+            self._advertised = b""
+            self.announce()
+
     def _heartbeat_loop(self) -> None:
-        """Presence every heartbeat; in between, fail tasks that ran past their deadline."""
+        """Presence every heartbeat; in between, fail tasks that run past their deadline. It sleeps until
+        the next of them: a task accepted with an earlier deadline wakes it."""
         next_beat = time.monotonic() + self.heartbeat
-        while not self._stopping.wait(DEADLINE_CHECK):
+        while not self._stopping.is_set():
             now = time.time()
-            for task in [t for t in list(self._running.values()) if t.deadline and now > t.deadline]:
+            for task in [t for t in list(self._running.values()) if t.deadline and now >= t.deadline]:
                 self._finish(task, ResultState.FAILED, OUT_OF_TIME)
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + self.heartbeat
                 self.announce()
+            with self._wake:
+                self._soonest = min((t.deadline for t in self._running.values() if t.deadline), default=math.inf)
+                if not self._stopping.is_set():
+                    self._wake.wait(min(next_beat - time.monotonic(), self._soonest - time.time()))
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -128,7 +165,9 @@ class Agent:
 
     def stop(self) -> None:
         """Stop taking tasks, let running ones finish within the grace period, go offline."""
-        self._stopping.set()
+        with self._wake:
+            self._stopping.set()
+            self._wake.notify()
         deadline = time.monotonic() + self.stop_grace
         while self._running and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -149,6 +188,11 @@ class Agent:
                 log.info("dropping duplicate delivery of task %s attempt %d", task.task_id, task.attempt)
                 return
             remember(self._seen, (task.task_id, task.attempt), None)
+            if task.epoch and task.epoch < self._epoch:  # epoch 0: a lone coordinator, with no lease
+                log.info("task %s comes from epoch %d, below %d: refused", task.task_id, task.epoch, self._epoch)
+                self._publish(task, ResultState.REJECTED, DEPOSED)
+                return
+            self._epoch = max(self._epoch, task.epoch)
             if task.task_id in self._accepted:
                 self._answer_again(task, self._accepted[task.task_id])
                 return
@@ -165,6 +209,9 @@ class Agent:
         with self._lock:
             self._running[task.task_id] = self._queued[task.task_id] = task
             remember(self._accepted, task.task_id, None)
+            if task.deadline and task.deadline < self._soonest:
+                self._wake.notify()
+        self._record.accepted(task.task_id)
         self._publish(task, ResultState.ACCEPTED, "")
         self._start_queued()
 
@@ -183,8 +230,13 @@ class Agent:
             return f"This agent cannot do {task.capability} {task.action}."
         if self._stopping.is_set():
             return "The agent is shutting down."
-        if task.accept_by and time.time() > task.accept_by:
+        now = time.time()
+        if task.accept_by and now > task.accept_by:
             return "The task arrived after its dispatch window closed."
+        if task.accept_by > now + LONGEST_ACCEPT_WINDOW or task.deadline > now + LONGEST_DEADLINE:
+            log.warning("refusing task %s (%s %s): its dispatch window or deadline lies implausibly far ahead",
+                        task.task_id, task.capability, task.action)
+            return "The task's dispatch window or deadline lies implausibly far ahead; no coordinator sent it now."
         if len(self._running) - len(self._queued) >= self.max_concurrent and not self._may_queue(task):
             return "The agent is busy."
         return ""
@@ -253,8 +305,9 @@ class Agent:
             if task.task_id in self._accepted:
                 self._accepted[task.task_id] = Result(task_id=task.task_id, agent=self.id, state=state,
                                                       message=message, data=data or {})
-        log.info("task %s %s: %s", task.task_id, state, message)
+        self._record.finished(task.task_id, state, message)
         self._publish(task, state, message, data or {})
+        log.info("task %s %s: %s", task.task_id, state, message)  # once the result is on its way
         self._start_queued()
 
     def _publish(self, task: Task, state: ResultState, message: str, data: dict | None = None) -> None:
@@ -267,3 +320,87 @@ def remember(recent: OrderedDict, key: object, value: object) -> None:
     recent[key] = value
     if len(recent) > SEEN_TASKS:
         recent.popitem(last=False)
+
+
+class TaskRecord:
+    """The tasks an agent accepted and how each ended, a JSON line per change in a small file, so a
+    restarted agent never runs one of them again. Appends are not synced: it outlives the process,
+    not the machine. Compacted to the last SEEN_TASKS tasks when it holds twice as many lines.
+    A file that cannot be written is logged once; the agent runs on, remembering in memory only."""
+
+    def __init__(self, path: Path | None, agent_id: str) -> None:
+        self.path = path
+        self.agent_id = agent_id
+        self.lines = 0
+        self.broken = path is None
+        self._file = None  # opened for appending at the first write, line-buffered
+        self._lock = threading.Lock()
+
+    def load(self) -> OrderedDict[str, Result | None]:
+        """Task id -> how it ended; one that was running when the agent stopped ended with the restart."""
+        tasks: OrderedDict[str, Result | None] = OrderedDict()
+        if self.broken or not self.path.exists():
+            return tasks
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            self._fail(exc)
+            return tasks
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+                task_id, state = str(entry["task"]), ResultState(entry["state"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a crash
+            self.lines += 1
+            result = None if state == ResultState.ACCEPTED else \
+                Result(task_id=task_id, agent=self.agent_id, state=state, message=str(entry.get("message", "")))
+            tasks.pop(task_id, None)
+            remember(tasks, task_id, result)
+        for task_id, result in tasks.items():
+            if result is None:
+                tasks[task_id] = Result(task_id=task_id, agent=self.agent_id, state=ResultState.FAILED,
+                                        message=RESTARTED)
+        return tasks
+
+    def accepted(self, task_id: str) -> None:
+        self._write({"task": task_id, "state": ResultState.ACCEPTED.value})
+
+    def finished(self, task_id: str, state: ResultState, message: str) -> None:
+        self._write({"task": task_id, "state": state.value, "message": message[:KEPT_MESSAGE]})
+
+    def _write(self, entry: dict) -> None:
+        if self.broken:
+            return
+        with self._lock:
+            try:
+                if self._file is None:
+                    self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+                self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
+                self.lines += 1
+                if self.lines > 2 * SEEN_TASKS:
+                    self._compact()
+            except OSError as exc:
+                self._fail(exc)
+
+    def _compact(self) -> None:
+        """Keep each of the last SEEN_TASKS tasks' latest line, replacing the file at once."""
+        latest: OrderedDict[str, str] = OrderedDict()
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                task_id = str(json.loads(line)["task"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            latest.pop(task_id, None)
+            remember(latest, task_id, line)
+        fresh = self.path.with_name(self.path.name + ".new")
+        fresh.write_text("".join(line + "\n" for line in latest.values()), encoding="utf-8")
+        self._file.close()
+        self._file = None
+        os.replace(fresh, self.path)
+        self.lines = len(latest)
+
+    def _fail(self, exc: OSError) -> None:
+        self.broken = True
+        log.error("cannot keep the record of accepted tasks in %s (%s): a restart will forget them, and a task "
+                  "delivered again after one could run twice", self.path, exc.strerror or exc)

@@ -36,7 +36,7 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 
-from bench_bus import Timer, free_port, paho_client, pct, raw_relay, start_broker  # noqa: E402
+from bench_bus import Timer, free_port, paho_client, pct, relay, start_broker  # noqa: E402
 from desktop_parts import SoundServer, start_xvfb  # noqa: E402
 from hass_server import HASS, HomeAssistant  # noqa: E402
 from helpers import Process  # noqa: E402
@@ -339,11 +339,12 @@ def bench_capability(name: str, timer: TaskTimer, url: str, tmp: Path, count: in
 
 
 def raw_floor(port: int, count: int) -> list[float]:
-    """Plain paho: publish, a relay process echoes it back, receive; sequential round trips."""
-    ready = multiprocessing.get_context("spawn").Event()
-    relay = multiprocessing.get_context("spawn").Process(target=raw_relay, args=(port, "raw/tasks", "raw/results",
-                                                                                  ready), daemon=True)
-    relay.start()
+    """Plain paho: publish, a relay process echoes it back from its message callback, receive; sequential
+    round trips."""
+    spawn = multiprocessing.get_context("spawn")
+    ready = spawn.Event()
+    echo = spawn.Process(target=relay, args=(port, "raw-agent", {"raw/tasks": "raw/results"}, False, ready), daemon=True)
+    echo.start()
     client = paho_client(port, "raw-client")
     try:
         if not ready.wait(30):
@@ -357,14 +358,14 @@ def raw_floor(port: int, count: int) -> list[float]:
         subscribed.wait(10)
         payload = Task(task_id=new_id(), prompt_id=new_id(), capability="echo", action="say", agent="raw",
                        args={"text": "hello"}).to_json()
-        timer = Timer(lambda i: client.publish("raw/tasks", payload, qos=1), answers)
+        timer = Timer(lambda i: client.publish("raw/tasks", payload, qos=1), answers, {})
         timer.sequential(50)
         return timer.sequential(count)
     finally:
         client.loop_stop()
         client.disconnect()
-        relay.terminate()
-        relay.join(10)
+        echo.terminate()
+        echo.join(10)
 
 
 # -- report ---------------------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """Faults, measured: the fault tests run as a bench, their counts gathered into one table.
 
-Runs ``tests/test_faults.py`` (``--runs`` times; ``-k`` to pick tests) with ``$LAM_FAULT_REPORT``
+Runs ``tests/test_faults.py`` and, on a three-node NATS cluster with two coordinators,
+``tests/test_failover.py`` (``--runs`` times; ``-k`` to pick tests) with ``$LAM_FAULT_REPORT``
 set, so each test's tally (see ``tests/faultkit.py``) is written down whether or not it passes,
 then prints per fault: prompts sent, answered exactly once / lost / answered twice, tasks run
 twice (from the echo agents' own records), prompts answered `failed` whose task ran all the same,
 prompts whose one reply came twice (a reply sent again after a coordinator restart: the same
 message, byte for byte), and recovery: the longest any prompt sent from the fault on waited for
-its reply, as a multiple of the configured ack timeout (the tests never assert it). Needs root
-for the network-namespace fault and the small disks of the journal faults, as CI has.
+its reply, as a multiple of the configured ack timeout, and in seconds, with the time from the
+fault to the first reply to a prompt sent after it (for a failover: how long the house was deaf).
+The tests never assert these. Needs root for the network-namespace faults and the small disks of
+the journal faults, as CI has.
 
     python bench/bench_faults.py                 # every fault test once
     python bench/bench_faults.py --runs 3 -k "sigkill or sigstop"
@@ -36,7 +39,8 @@ def main() -> int:
     report = Path(tempfile.mkdtemp(prefix="lam-faults-")) / "report.jsonl"
     failed_runs = 0
     for run in range(args.runs):
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_faults.py"]
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_faults.py",
+                   "tests/test_failover.py"]
         done = subprocess.run(command + (["-k", args.k] if args.k else []), cwd=ROOT, timeout=3600,
                               env={**os.environ, "LAM_FAULT_REPORT": str(report)}, capture_output=True, text=True)
         print(f"run {run + 1}: {done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.returncode}")
@@ -48,15 +52,19 @@ def main() -> int:
         for key in COUNTS:
             row[key] += tally.get(key, 0)
         row["recovery"] = max(row["recovery"], tally["slowest"] / tally["ack_timeout"])
+        row["slowest"] = max(row["slowest"], tally["slowest"])
+        row["resumed"] = max(row["resumed"], tally.get("resumed", 0.0))
         row["tallies"] += 1
-    print(f"\n{'fault (test)':<72}{'N':>6}{'once':>6}{'lost':>6}{'twice':>6}{'copy':>6}{'run 2x':>7}"
-          f"{'failed, ran':>12}{'recovery':>10}")
+    print(f"\n{'fault (test)':<64}{'N':>6}{'once':>6}{'lost':>6}{'twice':>6}{'copy':>6}{'run 2x':>7}"
+          f"{'failed, ran':>12}{'recovery':>10}{'slowest':>9}{'deaf':>7}")
     for test, row in rows.items():
-        print(f"{test.removeprefix('test_'):<72}{row['prompts']:>6.0f}{row['once']:>6.0f}{row['lost']:>6.0f}"
+        print(f"{test.removeprefix('test_'):<64}{row['prompts']:>6.0f}{row['once']:>6.0f}{row['lost']:>6.0f}"
               f"{row['twice']:>6.0f}{row['copies']:>6.0f}{row['ran_twice']:>7.0f}{row['failed_but_ran']:>12.0f}"
-              f"{row['recovery']:>9.1f}x")
-    print("\nfailed, ran: prompts answered `failed` whose task an agent's records show it ran")
-    print("recovery: the longest any prompt sent from the fault on waited for its reply, over the ack timeout")
+              f"{row['recovery']:>9.1f}x{row['slowest']:>8.1f}s{row['resumed']:>6.1f}s")
+    print("\nfailed, ran: prompts answered `failed` whose task an agent's records show it ran"
+          "\nrecovery: the longest any prompt sent from the fault on waited for its reply, over the ack timeout"
+          "\nslowest: the same in seconds; deaf: seconds from the fault to the first reply to a prompt sent after it "
+          "(worst run)")
     return 1 if failed_runs else 0
 
 

@@ -4,6 +4,8 @@ It listens on 127.0.0.1:1883 unless told otherwise. Beyond loopback it needs a p
 file (argon2 hashes; lam join makes one, with an ACL): only its users get in, and nameless
 clients only from this machine. Without one, named clients keep their queued messages
 across reconnects and anonymous ones may watch. TLS listens where --tls-listen says.
+Each client's queue is bounded (max_queued_messages, max_queued_bytes in [embedded_broker]):
+a client that stops reading has messages dropped, QoS 0 first, and costs no one else.
 Production setups can use Mosquitto instead: nothing in LAMControl depends on aMQTT.
 """
 
@@ -25,6 +27,8 @@ from amqtt.errors import BrokerError
 from lamcontrol import __version__
 from lamcontrol import config as lamconfig
 from lamcontrol.broker.auth import hash_password, parse_hashes, password_file_text
+from lamcontrol.broker.outbox import QueueLimits
+from lamcontrol.protocol import DEFAULT_PREFIX
 from lamcontrol.service import pet_watchdog, sd_notify, setup_logging
 
 log = logging.getLogger("lam-broker")
@@ -117,10 +121,23 @@ def exit_after(seconds: float) -> threading.Timer:
     return timer
 
 
-async def serve(config: dict, stop_timeout: float = 10.0) -> None:
+LIMITS = {"max_queued_messages": "messages", "max_queued_bytes": "bytes", "max_inflight_messages": "inflight"}
+
+
+def queue_limits(section: dict) -> QueueLimits:
+    """The per-client limits of ``[embedded_broker]``; ConfigError when one is not a whole number above 0."""
+    for key in LIMITS:
+        value = section[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise lamconfig.ConfigError(f"[embedded_broker] {key} must be a whole number above 0, not {value!r}")
+    return QueueLimits(**{field: section[key] for key, field in LIMITS.items()})
+
+
+async def serve(config: dict, stop_timeout: float = 10.0, prefix: str = DEFAULT_PREFIX,
+                limits: QueueLimits = QueueLimits()) -> None:
     from lamcontrol.broker.server import EmbeddedBroker
 
-    broker = EmbeddedBroker(config)
+    broker = EmbeddedBroker(config, prefix, limits)
     await broker.start()
     log.info("broker listening on %s", ", ".join(f"{n}={l['bind']}" for n, l in config["listeners"].items()))
     sd_notify("READY=1\nSTATUS=broker listening")
@@ -183,11 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     for noisy in ("amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A line per unacknowledged message of a client that stopped reading; the outbox says it once.
+    logging.getLogger("amqtt.mqtt.protocol.handler").setLevel(logging.ERROR)
     try:
+        cfg = lamconfig.load(args.config)
         listeners = Listeners.from_config(
-            lamconfig.load(args.config)["embedded_broker"], listen=args.listen, websocket=args.websocket,
+            cfg["embedded_broker"], listen=args.listen, websocket=args.websocket,
             tls_listen=args.tls_listen, cert_file=args.cert, key_file=args.key, password_file=args.password_file,
             acl_file=args.acl_file, allow_anonymous=False if args.no_anonymous else None)
+        limits = queue_limits(cfg["embedded_broker"])
         problem = listeners.problem()
     except lamconfig.ConfigError as exc:
         problem = str(exc)
@@ -195,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lam-broker: {problem}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(listeners.amqtt_config(), args.stop_timeout))
+        asyncio.run(serve(listeners.amqtt_config(), args.stop_timeout, cfg["broker"]["prefix"], limits))
     except (OSError, BrokerError) as exc:
         print(f"lam-broker: cannot listen: {exc}", file=sys.stderr)
         return 1

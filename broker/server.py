@@ -1,6 +1,6 @@
 """The aMQTT broker as ``lam-broker`` runs it, hardened against clients that come and go at once.
 
-Six faults of aMQTT 0.12 are worked around here:
+Faults of aMQTT 0.12 worked around here:
 
 * aMQTT looks a connecting client's id up in its session table, deletes or takes over the
   session it finds (disconnecting its live owner) and only then checks the password. Any
@@ -34,14 +34,31 @@ Six faults of aMQTT 0.12 are worked around here:
 * That walk at connect time sends the connecting client the retained messages matching *any*
   client's filters, so every ``lam send`` got every retained presence and state message. Here a
   client gets retained messages only for the filters it holds itself.
+* Messages queued for a persistent session while it was away were delivered with the retain
+  flag set, as if retained; they carry it cleared here, as MQTT requires [MQTT-3.3.1-9].
+* Every message went to each subscriber at the QoS of its subscription, a QoS 0 message too;
+  here at the lower of the two [MQTT-3.8.4-6] (:class:`Broadcast`).
+* A client that stops reading made the broker hold everything sent to it, and everything sent
+  to anyone after it, without bound. Here each client's queue is bounded (:mod:`.outbox`).
+* aMQTT looks every second for ended sessions to drop, so an idle broker never sleeps. Here it
+  looks when a client has left, and when the next kept session expires.
+
+Beyond aMQTT, the broker keeps no retained message on a LAMControl topic where nothing may be
+retained (a task, prompt, reply, result or error record, under the configured prefix): it is
+delivered to the subscribers there are, and forgotten, so it cannot run again at every start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import time
 import uuid
+import weakref
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
@@ -51,8 +68,13 @@ from amqtt.mqtt.connect import ConnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
+from lamcontrol.protocol import DEFAULT_PREFIX, Topics
+
+from .outbox import OFFLINE_BYTES, Outbox, Outgoing, QueueLimits, keep_offline
+
 log = logging.getLogger("lam-broker")
 
+PUBLISHED_QOS: ContextVar[int | None] = ContextVar("published_qos", default=None)  # of the message being handled
 HANDLER_STOP_TIMEOUT = 2.0  # seconds a client connection is given to stop
 DELIVERY_TIMEOUT = 1.0  # seconds a stopping broker gives acknowledged messages to reach subscribers
 
@@ -84,6 +106,20 @@ class ReplayReader(ReaderAdapter):
         self.reader.feed_eof()
 
 
+class Broadcast(dict):
+    """A message on its way to the subscribers: aMQTT asks it ``get("qos", subscribed QoS)`` for each
+    one, and it answers the lower of that and the QoS the message was published with."""
+
+    def __init__(self, fields: dict[str, Any], published: int) -> None:
+        super().__init__(fields)
+        self.published = published
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "qos" and key not in self and default is not None:
+            return min(self.published, default)
+        return super().get(key, default)
+
+
 def mark_connected(session: Session) -> None:
     if not session.transitions.is_connected():
         session.transitions.connect()
@@ -92,9 +128,14 @@ def mark_connected(session: Session) -> None:
 class EmbeddedBroker(Broker):
     """aMQTT's broker, safe when clients connect, subscribe, leave and take sessions over at once."""
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: dict, prefix: str = DEFAULT_PREFIX, limits: QueueLimits = QueueLimits()) -> None:
         super().__init__(config)
         self._subscriptions = SnapshotDict()
+        self.topics = Topics(prefix)
+        self.limits = limits
+        self._outboxes: weakref.WeakSet[Outbox] = weakref.WeakSet()
+        self._refused_retained: set[tuple[str, str]] = set()  # (client, topic kind) already logged
+        self._client_left = asyncio.Event()
 
     async def _initialize_client_session(self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str,
                                          remote_port: int) -> tuple[BrokerProtocolHandler, Session]:
@@ -138,8 +179,58 @@ class EmbeddedBroker(Broker):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         while loop.time() < deadline and (not self._broadcast_queue.empty()
-                                          or any(not task.done() for task in self._tasks_queue)):
+                                          or any(not task.done() for task in self._tasks_queue)
+                                          or any(outbox.busy for outbox in self._outboxes if outbox.live())):
             await asyncio.sleep(0.01)
+
+    async def _handle_message_delivery(self, client_session: Session, handler: BrokerProtocolHandler,
+                                       wait_deliver: asyncio.Future[Any]) -> bool:
+        message = wait_deliver.result()
+        PUBLISHED_QOS.set(message.qos if message is not None else None)  # this connection's task only
+        return await super()._handle_message_delivery(client_session, handler, wait_deliver)
+
+    async def _broadcast_message(self, session: Session | None, topic: str | None, data: bytes | bytearray | None,
+                                 force_qos: int | None = None) -> None:
+        published = PUBLISHED_QOS.get()
+        if force_qos is not None or session is None or published is None:
+            await super()._broadcast_message(session, topic, data, force_qos)
+        else:
+            await self._broadcast_queue.put(Broadcast({"session": session, "topic": topic, "data": data}, published))
+
+    def _get_handler(self, session: Session) -> Outbox | None:
+        """The outbox of the session's connection: everything the broker sends goes through it."""
+        handler = super()._get_handler(session)
+        if handler is None:
+            return None
+        outbox = getattr(handler, "lam_outbox", None)
+        if outbox is None:
+            outbox = handler.lam_outbox = Outbox(self, handler, session, self.limits)
+            self._outboxes.add(outbox)
+        return outbox
+
+    async def _retain_broadcast_message(self, broadcast: dict[str, Any], qos: int, target_session: Session) -> None:
+        keep_offline(target_session, Outgoing(broadcast["topic"], broadcast["data"], qos, False), self.limits)
+
+    async def _publish_session_retained_messages(self, session: Session) -> None:
+        outbox = self._get_handler(session)
+        while outbox is not None and not session.retained_messages.empty():
+            message = session.retained_messages.get_nowait()
+            outbox.put(Outgoing(message.topic, message.data, message.qos or 0, False))  # queued, not retained
+        session.attributes.pop(OFFLINE_BYTES, None)
+
+    async def retain_message(self, source_session: Session | None, topic_name: str | None,
+                             data: bytes | bytearray | None, qos: int | None = None) -> None:
+        if data and topic_name and not self.topics.may_retain(topic_name):
+            client = source_session.client_id if source_session else "the broker"
+            kind = self.topics.match(topic_name).cls.__name__
+            if (client, kind) not in self._refused_retained:
+                if len(self._refused_retained) > 1000:
+                    self._refused_retained.clear()
+                self._refused_retained.add((client, kind))
+                log.warning("%s published a retained %s on %s: delivered, not kept (nothing may be retained there)",
+                            client, kind, topic_name)
+            return
+        await super().retain_message(source_session, topic_name, data, qos)
 
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
                                                          session: Session) -> None:
@@ -158,3 +249,30 @@ class EmbeddedBroker(Broker):
         owner, current = self._sessions.get(client_session.client_id, (None, None))
         if owner is client_session and current is not handler:
             mark_connected(client_session)  # a newer connection took this session over and lives on
+        self._client_left.set()
+
+    async def _session_monitor(self) -> None:
+        """Drop ended sessions as aMQTT does (clean or anonymous ones at once, others once past
+        ``session_expiry_interval``), but only when a client has left or a kept session expires."""
+        while True:
+            self._client_left.clear()
+            next_expiry = math.inf
+            for client_id in list(self._sessions):
+                session, _ = self._sessions.get(client_id, (None, None))  # as it is now: a client may be back
+                if session is None or session.transitions.state != "disconnected":
+                    continue
+                expires = self._expiry(session)
+                if session.is_anonymous or session.clean_session or expires <= time.time():
+                    await self._cleanup_session(client_id)
+                else:
+                    next_expiry = min(next_expiry, expires)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._client_left.wait(), None if next_expiry == math.inf
+                                       else next_expiry - time.time())
+
+    def _expiry(self, session: Session) -> float:
+        """When an ended session may be dropped (aMQTT counts whole seconds); math.inf for never."""
+        interval = self.config.session_expiry_interval
+        if interval is None or not session.last_disconnect_time:
+            return math.inf
+        return session.last_disconnect_time + interval + 1

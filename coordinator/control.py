@@ -7,8 +7,9 @@ but these two. A restart stops the coordinator cleanly (offline presence, journa
 runs it again in the same process, so systemd and ``lam up`` keep following it. A log level
 applies at once and is reported, retained, on ``lam/state/coordinator/settings``.
 
-A request is never kept: one found retained (published with the retain flag by mistake) is
-cleared before it is acted on, or every start would restart the coordinator again.
+A request is never kept: one found retained (published with the retain flag by mistake, maybe
+long ago) is not acted on, or every start would restart the coordinator again; the bus refuses it
+on ``lam/errors`` and clears it, as it does any message retained where nothing may be.
 """
 
 from __future__ import annotations
@@ -40,11 +41,10 @@ class Control:
     def __init__(self, bus: Bus, events: Events) -> None:
         self.bus = bus
         self.topics = bus.topics
-        bus.subscribe(CoordinatorRequest, self.on_request, cleared=lambda ids: None)  # our own clearing
+        bus.subscribe(CoordinatorRequest, self.on_request)
         bus.on_connect(self.report)
 
     def on_request(self, request: CoordinatorRequest) -> None:
-        self.bus.publish_raw(self.topics.coordinator_request, b"", retain=True)  # never kept (see above)
         if request.action == CoordinatorAction.LOG_LEVEL:
             logging.getLogger().setLevel(request.value.upper())
             log.warning("log level set to %s", request.value)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import logging
+import math
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -84,6 +85,7 @@ class FairQueue:
     def __init__(self) -> None:
         self._queues: OrderedDict[str, deque[tuple[Prompt, float]]] = OrderedDict()
         self._count = 0
+        self.soonest = math.inf  # no deadline here is earlier (one taken since may have been)
 
     def __len__(self) -> int:
         return self._count
@@ -91,6 +93,7 @@ class FairQueue:
     def put(self, prompt: Prompt, deadline: float) -> None:
         self._queues.setdefault(prompt.source, deque()).append((prompt, deadline))
         self._count += 1
+        self.soonest = min(self.soonest, deadline)
 
     def take(self) -> tuple[Prompt, float] | None:
         """The oldest prompt of the source whose turn it is; that source goes to the back."""
@@ -116,11 +119,13 @@ class FairQueue:
             else:
                 del self._queues[source]
         self._count -= len(gone)
+        self.soonest = min((deadline for queue in self._queues.values() for _, deadline in queue), default=math.inf)
         return gone
 
     def clear(self) -> None:
         self._queues.clear()
         self._count = 0
+        self.soonest = math.inf
 
 
 @dataclass(eq=False)
@@ -289,6 +294,14 @@ class Intake:
         transcript.extend(c.text for c in commands)
         self.transcripts[prompt.source] = transcript
         self.router.start(prompt, deadline, commands, note)
+
+    def next_due(self) -> float:
+        """When (wall time) :meth:`expire` next may have work: a held confirmation's expiry, or the
+        deadline of a prompt not understood yet; math.inf when there is none. It may come early (a
+        prompt taken from the queue since), never late."""
+        return min(self.waiting.soonest, *(held.expires for held in self.held.values()),
+                   *(deadline for _, deadline in self.early.values()),
+                   *(deadline for _, deadline, _ in self.pending.values()), math.inf)
 
     def expire(self, now: float) -> None:
         """Forget held commands nobody confirmed in time; answer the prompts whose deadline passed

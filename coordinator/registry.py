@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from lamcontrol.protocol import Presence, PresenceState
@@ -22,6 +23,11 @@ class AgentInfo:
     advertised: dict = field(default_factory=dict)  # what it offered when last online
     left_out: dict = field(default_factory=dict)  # capability -> why it left it out, when last online
     missed: bool = False  # it let an accept window pass, and has not been heard from since
+
+    @property
+    def gone_by(self) -> float:
+        """When (monotonic) an agent that says online counts as gone if it has not been heard from."""
+        return self.last_seen + STALE_AFTER * self.presence.heartbeat + 5
 
     def available(self, now: float) -> bool:
         """Online, heard from within its heartbeat, and not silent on a task we offered."""
@@ -54,6 +60,7 @@ class Registry:
         self.clock = clock
         self.agents: dict[str, AgentInfo] = {}
         self.version = 0  # counts changes of presence: what is online, and what it offers
+        self._next_due: float | None = None  # see next_due; None: to be worked out again
         self._vocabulary: tuple[int, dict[str, list[str]]] = (-1, {})
 
     def update(self, presence: Presence) -> bool:
@@ -61,6 +68,7 @@ class Registry:
         info = self.agents.get(presence.agent)
         was_online = bool(info and info.online)
         self.version += 1
+        self._next_due = None
         if info is None:
             info = self.agents[presence.agent] = AgentInfo(presence, self.clock.monotonic())
         else:
@@ -102,6 +110,7 @@ class Registry:
             return False
         self.agents.pop(agent_id, None)
         self.version += 1
+        self._next_due = None
         return True
 
     def offers(self, capability: str, action: str) -> bool:
@@ -139,13 +148,21 @@ class Registry:
         info = self.agents.get(agent_id or "")
         return bool(info and info.online and task_id in info.presence.running)
 
+    def next_due(self) -> float:
+        """When (monotonic) :meth:`stale` may next find an agent gone; math.inf when none says online.
+        Worked out again after each presence and each :meth:`stale`, not when an agent is merely heard
+        from (which only makes it later): until then it may come early, never late."""
+        if self._next_due is None:
+            self._next_due = min((a.gone_by for a in self.agents.values() if a.online), default=math.inf)
+        return self._next_due
+
     def stale(self) -> list[str]:
         """Agents that said online but missed their heartbeats; they are marked offline."""
         now = self.clock.monotonic()
-        gone = [a for a in self.agents.values()
-                if a.online and now - a.last_seen > STALE_AFTER * a.presence.heartbeat + 5]
+        gone = [a for a in self.agents.values() if a.online and now > a.gone_by]
         for info in gone:
             info.presence = Presence(state=PresenceState.OFFLINE, agent=info.presence.agent, host=info.presence.host)
             info.inflight = 0
             self.version += 1
+        self._next_due = None
         return [info.presence.agent for info in gone]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -61,6 +62,7 @@ class Router:
     _unsure: set[str] = field(default_factory=set)
     # When the coordinator first reached the broker (monotonic): the warm-up counts from there.
     _reached: float | None = None
+    epoch: int = 0  # the lease this coordinator leads under, carried by every task (0: none)
 
     def reset(self) -> None:
         """Forget every run and timer, to read them back from the journal (one router, always: the
@@ -169,7 +171,7 @@ class Router:
                     action=command.action, agent=job.agent, command=command.text, args=args,
                     attempt=job.attempt, accept_by=min(job.ack_deadline, run.deadline),
                     deadline=min(run.deadline, now + self.settings.task_timeout), risk=command.risk,
-                    confirmed=command.confirmed)
+                    confirmed=command.confirmed, epoch=self.epoch)
         self.journal.update_task(job.task_id, job.state, job.agent, job.attempt)
         self.publish(task)
         self.events.emit(TaskDispatched(task))
@@ -301,15 +303,22 @@ class Router:
     def reconnected(self, session_lost: bool = False) -> None:
         """Back on the broker (or awake after a freeze): every open accept window starts again, as an
         `accepted` sent meanwhile may be on its way to us. When the broker kept no session for us
-        (restarted without persistence), what was sent meanwhile is lost: see :meth:`agent_back`."""
+        (restarted without persistence), what was sent meanwhile is lost: see :meth:`agent_back`.
+        On a cluster (an epoch) the same holds for what the broker had handed to the connection just
+        lost: a NATS node hands it on again only after its ``ack_wait``, so we ask the agents now."""
         self.connected = True
         now = self.clock.time()
         for run, job in self.jobs.values():
             if job.state == DISPATCHED:
                 job.ack_deadline = max(job.ack_deadline, now + self.settings.ack_timeout)
                 heapq.heappush(self._due, (job.ack_deadline, "ack", job.task_id))
-            if session_lost and job.state in OUT:
+            if (session_lost or self.epoch) and job.state in OUT:
                 self._unsure.add(job.agent)
+        if self.epoch:
+            for agent_id in list(self._unsure):
+                info = self.registry.agents.get(agent_id)
+                if info is not None and info.presence.online:
+                    self.agent_back(info.presence)
 
     def retry_waiting(self) -> None:
         """Offer waiting tasks again, oldest first; once one finds no agent, the rest of its kind wait on."""
@@ -323,6 +332,17 @@ class Router:
                 del self._waiting[kind]
 
     # -- timers -------------------------------------------------------------------------
+
+    def next_due(self) -> float:
+        """When (wall time) :meth:`tick` next has work: the soonest reminder, or now while tasks wait for
+        an agent (the caller paces its ticks); math.inf when there is nothing to wait for."""
+        if self._waiting:
+            return self.clock.time()
+        return self._due[0][0] if self._due else math.inf
+
+    def warmup_over(self) -> float:
+        """When (monotonic) the warm-up ends; math.inf before the broker is reached."""
+        return math.inf if self._reached is None else self._reached + self.settings.warmup
 
     def tick(self, now: float) -> None:
         """Accept windows, grace periods and deadlines that passed by ``now``; then offer waiting tasks

@@ -24,11 +24,12 @@ windows are judged by that time, not by when a busy coordinator got round to it.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 import re
 import socket
-import sqlite3
 import threading
 import time
 from contextlib import contextmanager
@@ -51,7 +52,7 @@ from .trust import Refusals, Trust, vetted
 
 log = logging.getLogger(__name__)
 
-FROZEN = 2.0  # seconds a tick may come late before we count ourselves as having been away
+FROZEN = 2.0  # seconds the ticker may wake late before we count ourselves as having been away
 JOURNAL_RETRY = 2.0  # seconds between tries to write a journal that could not
 HOST, STARTED = socket.gethostname(), time.time()  # who this process is, in its presence
 PROMPT_ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,128})"')  # a prompt's id, read from what does not parse
@@ -66,10 +67,12 @@ class Coordinator:
 
     def __init__(self, broker: BrokerSettings, parser: Parser, journal: Journal, settings: Settings = Settings(),
                  clock: Clock = Clock(), bus_factory: Callable[..., Bus] = Bus, trust: Trust | None = None,
-                 approved_specs: Iterable[str] = ()) -> None:
+                 approved_specs: Iterable[str] = (), epoch: int = 0,
+                 may_connect: Callable[[], bool] = lambda: True) -> None:
         self.settings = settings
         self.clock = clock
         self.journal = journal
+        self.epoch = epoch  # the lease it leads under, on a cluster (0: a lone coordinator)
         self.events = Events()
         self.registry = Registry(clock)
         self.trust = trust or Trust(broker.topics)  # what agents may offer
@@ -79,12 +82,16 @@ class Coordinator:
         self._connected_since = float("inf")  # wall time of the latest connection to the broker
         self._skewed = BySource(settings.sources)  # sources whose clock was found off, logged once each
         self._refused = BySource(settings.sources)  # sources being refused now, logged once each
+        self._timers_moved = threading.Event()  # wakes the ticker: an earlier timer, or stopping
+        self._known = (-math.inf, -math.inf)  # the soonest timers the ticker knows of (see _timers)
         self.bus = bus_factory(broker, component="coordinator", client_id=f"{broker.prefix}-coordinator",
                                will=self.presence(PresenceState.OFFLINE), persistent=True, ack_when_handled=True,
-                               transaction=self.transaction, fatal=(sqlite3.Error,), clock=clock.time)
+                               transaction=self.transaction, fatal=journal.failures, clock=clock.time,
+                               may_connect=may_connect)
         self.refusals = Refusals(self.bus.refuse)
         # One router for the coordinator's life: a failed commit resets it, never replaces it.
-        self.router = Router(settings, clock, journal, self.registry, self.bus.publish, self.reply, self.events)
+        self.router = Router(settings, clock, journal, self.registry, self.bus.publish, self.reply, self.events,
+                             epoch=epoch)
         self.specs = SpecStore(self._refuse_spec, approved_specs)  # what the online agents understand
         self.intake = Intake(settings, clock, parser, self.registry, self.router, self.reply, self.events,
                              self.bus.defer, self.specs, self.bus.fatal)
@@ -126,11 +133,12 @@ class Coordinator:
                     yield
                 if self._depth == 1:
                     self.intake.serve()
-            except sqlite3.Error as exc:
+            except self.journal.failures as exc:
                 if self._depth == 1:
                     reason = cannot_write(exc)
                     if reason and not self.journal.unwritable:
                         self.journal.hold(reason)
+                        self._timers_moved.set()  # the ticker tries it again every JOURNAL_RETRY
                         log.error("the journal %s cannot be written (%s): every new prompt is answered `failed` "
                                   "until it can; trying again every %g s", self.journal.where(), exc, JOURNAL_RETRY)
                     self._reload()
@@ -138,6 +146,8 @@ class Coordinator:
                         raise RetryBurst() from exc
                 raise
             finally:
+                if self._depth == 1 and not self.journal.in_batch:
+                    self._reschedule()
                 self._depth -= 1
 
     def _reload(self) -> None:
@@ -148,7 +158,7 @@ class Coordinator:
             info.inflight = 0
         try:
             self.resume()
-        except sqlite3.Error:
+        except self.journal.failures:
             log.exception("the journal cannot be read either")
 
     def start(self, timeout: float | None = None) -> None:
@@ -162,10 +172,12 @@ class Coordinator:
         self.bus.start(timeout)
         threading.Thread(target=self._tick_loop, name="coordinator-tick", daemon=True).start()
 
-    def stop(self) -> None:
+    def stop(self, announce: bool = True) -> None:
+        """Stop; ``announce=False`` leaves without a word (one that lost the lead to another)."""
         self._stopping.set()
+        self._timers_moved.set()
         self.intake.close()
-        self.bus.stop(final=self.presence(PresenceState.OFFLINE))
+        self.bus.stop(final=self.presence(PresenceState.OFFLINE) if announce else None)
         with self._lock:
             if self.journal.unwritable and not self.journal.retry():
                 log.error("the journal %s still cannot be written: what it held is lost; prompts under way are "
@@ -173,10 +185,13 @@ class Coordinator:
             self.journal.close()
 
     def _tick_loop(self) -> None:
-        """Every ``tick``, hand :meth:`tick` to the bus thread (one at a time, after the messages
-        already received: an `accepted` in hand is heard before its window is judged); and here,
-        off the bus thread, the heartbeat, pruning and the journal's checkpoint."""
-        last_beat = last_prune = last_tick = last_retry = self.clock.monotonic()
+        """Hand :meth:`tick` to the bus thread when a timer falls due, at most every ``tick`` (one at a
+        time, after the messages already received: an `accepted` in hand is heard before its window
+        is judged); and here, off the bus thread, the heartbeat, pruning and the journal's checkpoint.
+        In between it sleeps, until the next of them or until a handler sets an earlier timer."""
+        now = self.clock.monotonic()
+        next_beat, next_prune, last_tick = now + self.settings.heartbeat, now + self.settings.prune_every, -math.inf
+        next_retry = now  # of a journal that cannot write
         idle = threading.Event()
         idle.set()
 
@@ -185,25 +200,42 @@ class Coordinator:
                 self.tick(self.bus.received)  # as of when it was handed over: what came before is heard
             finally:
                 idle.set()
+                self._timers_moved.set()  # the ticker reads the timers again
 
-        while not self._stopping.wait(self.settings.tick):
+        while not self._stopping.is_set():
             try:
+                self._timers_moved.clear()
+                # Handlers set timers under the lock: none can slip between reading and sleeping. While a
+                # handler holds it long (the bus thread held up), the timers known go on: a tick falls due
+                # on time, judged as of then, and waits its turn behind the messages read before it.
+                if self._lock.acquire(timeout=self.settings.tick):
+                    try:
+                        self._known = self._timers()
+                    finally:
+                        self._lock.release()
                 now = self.clock.monotonic()
-                if now - last_tick > FROZEN:  # this process was frozen: nobody could be heard meanwhile
-                    log.warning("coordinator was stopped for %.1f s; accept windows start again", now - last_tick)
+                wall, due = self._known
+                due = min(wall - self.clock.time() + now, due)  # both on the monotonic clock
+                retry = next_retry if self.journal.unwritable else math.inf
+                planned = max(now, min(next_beat, next_prune, retry, max(due, last_tick + self.settings.tick)))
+                self._timers_moved.wait(planned - now)
+                now = self.clock.monotonic()
+                if now - planned > FROZEN:  # this process was frozen: nobody could be heard meanwhile
+                    log.warning("coordinator was stopped for %.1f s; accept windows start again", now - planned)
                     self.bus.defer(lambda: self.router.reconnected())
-                last_tick = now
-                if idle.is_set():
+                if now >= due and idle.is_set():
                     idle.clear()
+                    last_tick = now
                     self.bus.defer(tick)
-                if now - last_beat >= self.settings.heartbeat and self.bus.connected.is_set():
-                    last_beat = now
-                    self.announce()
-                if self.journal.unwritable and now - last_retry >= JOURNAL_RETRY:
-                    last_retry = now
+                if now >= next_beat:
+                    next_beat = now + self.settings.heartbeat
+                    if self.bus.connected.is_set() and self.bus.may_connect():
+                        self.announce()
+                if self.journal.unwritable and now >= next_retry:
+                    next_retry = now + JOURNAL_RETRY
                     self.bus.defer(self._retry_journal)
-                if now - last_prune >= self.settings.prune_every or self.journal.added > self.journal.max_prompts // 10:
-                    last_prune = now
+                if now >= next_prune or self.journal.added > self.journal.max_prompts // 10:
+                    next_prune = now + self.settings.prune_every
                     with self._lock:
                         log.info("journal: forgot %d old prompt(s)", self.journal.prune())
                 self.journal.checkpoint()
@@ -213,6 +245,23 @@ class Coordinator:
     def _retry_journal(self) -> None:
         if self.journal.unwritable and self.journal.retry():
             log.warning("the journal %s can be written again: taking prompts again", self.journal.where())
+
+    def _timers(self) -> tuple[float, float]:
+        """When :meth:`tick` next has work, on each clock: wall time for accept windows, grace periods,
+        deadlines, held confirmations and prompts not understood yet, monotonic for agents' heartbeats
+        and the end of the warm-up while prompts wait for it (math.inf: nothing waits). Kept apart, so
+        that comparing two readings needs no conversion that could jitter."""
+        monotonic = self.registry.next_due()
+        if self.intake.early:
+            monotonic = min(monotonic, self.router.warmup_over())
+        return min(self.router.next_due(), self.intake.next_due()), monotonic
+
+    def _reschedule(self) -> None:
+        """After a transaction: wake the ticker if a timer now falls due before it knew."""
+        wall, monotonic = self._timers()
+        if wall < self._known[0] or monotonic < self._known[1]:
+            self._known = (-math.inf, -math.inf)
+            self._timers_moved.set()
 
     def resume(self) -> None:
         """Take up every prompt the journal shows unanswered (after a crash or restart)."""
@@ -340,7 +389,7 @@ class Coordinator:
         payload = reply.to_json()
         self.journal.set_reply(prompt_id, payload)
         self._publish_reply(prompt_id, payload)
-        log.info("prompt %s %s: %s", prompt_id, status, response)
+        self.bus.after_write(functools.partial(log.info, "prompt %s %s: %s", prompt_id, status, response))
         self.events.emit(Replied(reply, payload))
 
     def _publish_reply(self, prompt_id: str, payload: bytes) -> None:

@@ -11,8 +11,9 @@ answers prompts for tasks the other ran. So before it connects, a coordinator
   serving this bus.
 
 Either way it refuses to start, naming the other one (host, process, since when), and publishes
-nothing, so the first one's presence stays as it is. This module is the one place that decides:
-a standby mode would wait here instead of refusing.
+nothing, so the first one's presence stays as it is. On a NATS cluster (``[cluster] nats``) this
+check is not made: there coordinators take turns under a lease and a second one stands by
+(:mod:`.leader`); ``main`` chooses between the two, in one place.
 
 The look logs in as the coordinator (the only login it has). On a broker that turns user names
 into client ids (Mosquitto's ``use_username_as_clientid``, as ``lam mosquitto-config`` writes it)

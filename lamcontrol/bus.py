@@ -9,7 +9,15 @@ reported on ``lam/errors``, and one thread per bus that reads, runs the handlers
 That thread drives paho through its external-loop interface (``loop_read``, ``loop_write``,
 ``loop_misc`` and the socket callbacks): handlers run between reads, never inside a paho
 callback, and what they publish is written at once, without handing it to another thread.
-Other threads may publish at any time; they wake the bus thread to write it.
+Other threads may publish at any time: while the bus thread sleeps, they write what they publish
+themselves (plain TCP); otherwise they wake it to write it.
+
+A retained message where nothing may be retained (a task, prompt or result someone published
+with the retain flag) is not handled: every new subscriber would get it, so an agent would run
+the task again at each start. It is refused on ``lam/errors`` and cleared where this login may
+write; the empty message that clears such a topic is ignored too. A broker says a message is
+retained only to a new subscription, so every SWEEP seconds a bus subscribes again to its
+filters where nothing may be retained, and the broker sends what was left there meanwhile.
 """
 
 from __future__ import annotations
@@ -17,8 +25,10 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import math
 import os
 import random
+import re
 import select
 import selectors
 import socket
@@ -37,6 +47,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from . import config as lamconfig
+from . import service
 from .protocol import DEFAULT_MAX_PAYLOAD, ErrorRecord, Message, ProtocolError, Topics, check_size
 
 log = logging.getLogger(__name__)
@@ -48,8 +59,12 @@ Call = Callable[[], None]
 CONNECT, CALL, PUBLISHED = "connect", "call", "published"  # inbox entries that are not messages
 BURST = 64  # messages handled together, in one transaction when there is one
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 8.0  # seconds; each wait is drawn at random below a doubling cap
-IDLE = 1.0  # seconds the bus thread waits for the network before its keepalive check
+IDLE = 1.0  # seconds the bus thread pauses after an unexpected error
+LONGEST_WAIT = 3600.0  # seconds the bus thread sleeps at most, with no keepalive to keep
 READ_AHEAD = 1000  # packets at most read in one go before a burst is handled
+SWEEP = 60.0  # seconds between asks for retained messages where nothing may be retained
+SEEN_STRAYS = 1000  # stray retained messages remembered as reported
+PASSWORD_IN_URL = re.compile(r"(://[^:/@,]*:)[^@,]*@")
 SCHEMES = {"mqtt": ("tcp", False, 1883), "mqtts": ("tcp", True, 8883), "ws": ("websockets", False, 80),
            "wss": ("websockets", True, 443)}
 
@@ -89,26 +104,31 @@ class BrokerSettings:
     password_from: str = ""  # where the password came from, for the message of a refused login
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url if "://" in self.url else f"mqtt://{self.url}")
-        if parts.scheme not in SCHEMES:
+        """Read the URL: one address, or the nodes of a cluster separated by commas
+        (``mqtt://a:1883,b:1883``: the first one's scheme and login apply to those that name none)."""
+        items = [item.strip() for item in self.url.split(",") if item.strip()] or ["127.0.0.1"]
+        first = urlsplit(items[0] if "://" in items[0] else f"mqtt://{items[0]}")
+        if first.scheme not in SCHEMES:
             raise lamconfig.ConfigError(f"broker URL {self.safe_url} must start with mqtt://, mqtts://, ws:// or wss://")
-        self.transport, self.tls, default_port = SCHEMES[parts.scheme]
-        self.host = parts.hostname or "127.0.0.1"
-        try:
-            self.port = parts.port or default_port
-        except ValueError:
-            raise lamconfig.ConfigError(f"broker URL {self.safe_url} has a bad port") from None
-        self.path = parts.path or "/mqtt"
-        self.username = unquote(parts.username) if parts.username else self.username
-        self.password = unquote(parts.password) if parts.password else self.password
+        self.transport, self.tls, default_port = SCHEMES[first.scheme]
+        self.addresses: list[tuple[str, int]] = []  # every node, tried in turn
+        for item in items:
+            parts = urlsplit(item if "://" in item else f"{first.scheme}://{item}")
+            if parts.scheme != first.scheme:
+                raise lamconfig.ConfigError(f"broker URL {self.safe_url}: every address must use {first.scheme}://")
+            try:
+                self.addresses.append((parts.hostname or "127.0.0.1", parts.port or default_port))
+            except ValueError:
+                raise lamconfig.ConfigError(f"broker URL {self.safe_url} has a bad port") from None
+            self.username = unquote(parts.username) if parts.username else self.username
+            self.password = unquote(parts.password) if parts.password else self.password
+        self.host, self.port = self.addresses[0]
+        self.path = first.path or "/mqtt"
 
     @property
     def safe_url(self) -> str:
         """The URL with any password masked, for logs."""
-        parts = urlsplit(self.url)
-        if parts.password:
-            return self.url.replace(f":{parts.password}@", ":***@")
-        return self.url
+        return PASSWORD_IN_URL.sub(r"\1***@", self.url)
 
     @property
     def where(self) -> str:
@@ -171,6 +191,7 @@ class _Client(mqtt.Client):
       hands paho its bytes from memory; :attr:`unread` says when some are left to hand over.
     - paho sends each packet in its own call; this gathers them, and :meth:`flush` sends a write
       cycle's packets at once.
+    - paho connects to one address; :meth:`aim` points the next attempt at another node.
     - paho builds a reason code and a property table for every acknowledgement, though an MQTT
       3.1.1 one carries neither (about 10 µs each), and for every QoS 0 publish when ``on_publish``
       is set; this hands over the same two constant ones, and tells :attr:`on_acknowledged` the
@@ -210,6 +231,28 @@ class _Client(mqtt.Client):
         except OSError:
             sent = len(self.unsent)
         del self.unsent[:sent]
+
+    def send_now(self) -> bool:
+        """Gather and send what paho has queued, from a thread other than the one that reads; True when it
+        all went out. A lost connection is left to the reading thread, which finds it (paho's
+        ``loop_write`` would handle the loss here)."""
+        self._packet_write()
+        self.flush()
+        if not self.want_write():
+            self._call_socket_unregister_write()  # as loop_write does: the next packet asks again
+        return not self.has_output()
+
+    def keepalive_due(self) -> float:
+        """When (paho's clock) :meth:`loop_misc` next has work: a ping to send, or one unanswered for too
+        long; until then the bus thread may sleep (paho's own loop wakes every second to check)."""
+        if not self._keepalive:
+            return math.inf
+        with self._msgtime_mutex:
+            due = min(self._last_msg_out, self._last_bytes_received) + self._keepalive
+        return min(due, self._ping_t + self._keepalive) if self._ping_t else due
+    def aim(self, host: str, port: int) -> None:
+        """Where the next :meth:`reconnect` goes (paho's own setters refuse while a connection is pending)."""
+        self._host, self._port = host, port
 
     def has_output(self) -> bool:
         """Packets paho has queued, or bytes gathered and not yet sent."""
@@ -265,11 +308,13 @@ class Bus:
     def __init__(self, settings: BrokerSettings, component: str, client_id: str | None = None,
                  will: Message | None = None, persistent: bool = False, report: bool = True,
                  ack_when_handled: bool = False, transaction: Callable[[], ContextManager] | None = None,
-                 fatal: tuple[type[Exception], ...] = (), clock: Callable[[], float] = time.time) -> None:
+                 fatal: tuple[type[Exception], ...] = (), clock: Callable[[], float] = time.time,
+                 strays: bool = False, may_connect: Callable[[], bool] = lambda: True) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.component = component
         self.report = report  # False for passive observers: they log refusals but never publish them
+        self.strays = strays  # True: stray retained messages are handed over like any (to clear them by hand)
         # Acknowledge QoS 1 messages only after the handlers ran: a crash before that means redelivery.
         self.ack_when_handled = ack_when_handled
         # With a transaction (the coordinator's journal), each burst of messages is handled inside
@@ -281,6 +326,8 @@ class Bus:
         # handler finds its message's stamp in ``received`` (a deferred call's: when it was deferred).
         self._clock = clock
         self.received = 0.0
+        # Asked before each connection attempt: a coordinator connects only while it holds the lead.
+        self.may_connect = may_connect
         self._on_sent: dict[int, Call] = {}  # message id -> what to call once the broker has it
         self._held = threading.local()
         self.client_id = client_id or f"{component}-{uuid.uuid4().hex[:8]}"
@@ -296,7 +343,11 @@ class Bus:
         self._wildcards = False
         self._typed: dict[type[Message], list[Subscription]] = {}
         self._on_connect: list[Callable[[], None]] = []
-        self._pending_subs: set[int] = set()
+        self._pending_subs: dict[int, list[str]] = {}  # SUBSCRIBE message id -> its filters, until the SUBACK
+        self._refused: list[str] = []  # filters the broker refused, asked for again at _resubscribe_at
+        self._resubscribe_at = 0.0
+        self._resubscribe_wait = RECONNECT_MIN
+        self._address = 0  # which of the broker's addresses the next connection attempt goes to
         # What the bus thread has to handle: messages it read, and calls handed over by other threads,
         # as (topic, payload, message id, QoS, when received).
         self._inbox: collections.deque[tuple[str, Any, int, int, float]] = collections.deque()
@@ -306,9 +357,17 @@ class Bus:
             end.setblocking(False)
         self._selector.register(self._waker, selectors.EVENT_READ)
         self._woken = False  # a wake-up byte is on its way
+        self._sleeping = False  # the bus thread waits in select: another thread may write for it
+        self._write_lock = threading.RLock()  # around each write: the bus thread's, or another thread's
+        # Plain TCP sockets may be written from any thread; TLS and websocket layers may not.
+        self._writes_anywhere = settings.transport == "tcp" and not settings.tls
+        self._after_write: list[Call] = []
         self._thread = threading.Thread(target=self._run, name=f"{component}-bus", daemon=True)
         self._stopping = False
         self._retry_at = 0.0  # monotonic time of the next connection attempt
+        self.sweep_every = SWEEP
+        self._sweep_at = 0.0  # monotonic time of the next ask for stray retained messages
+        self._strays: set[tuple[str, int]] = set()  # (topic, payload hash) of stray retained messages reported
         self._client = self._make_client(persistent, will)
 
     def _make_client(self, persistent: bool, will: Message | None) -> mqtt.Client:
@@ -359,6 +418,15 @@ class Bus:
         call ``cleared(ids)`` instead when a retained topic of that type is emptied."""
         self._typed.setdefault(cls, []).append(Subscription(handler, cleared, ids))
 
+    def after_write(self, callback: Call) -> None:
+        """Call ``callback()`` on the bus thread once what the handlers published so far is written: for
+        work that must not hold those messages up, such as log lines about them. Called from another
+        thread (a handler run by :meth:`handle`), it runs at once."""
+        if threading.current_thread() is self._thread:
+            self._after_write.append(callback)
+        else:
+            callback()
+
     def on_connect(self, callback: Call) -> None:
         """Call ``callback()`` on the bus thread after each (re)connect."""
         self._on_connect.append(callback)
@@ -397,6 +465,7 @@ class Bus:
                     info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):
                 pass
+        self._writes_anywhere = False  # the DISCONNECT that follows ends the connection: the bus thread's work
         self._client.disconnect()
         self._stopping = True
         self._wake()
@@ -463,14 +532,24 @@ class Bus:
             self._selector.unregister(sock)
         except (KeyError, ValueError, RuntimeError):
             pass  # a bus stopped while connecting closed its selector first; paho closes the socket as it goes
-        self._client.flush(sock)  # a clean disconnect's last packets
-        self._client.unsent.clear()
+        with self._write_lock:
+            self._client.flush(sock)  # a clean disconnect's last packets
+            self._client.unsent.clear()
         self._client.forget_unread()
 
     def _on_write_wanted(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        """paho has queued something to write: from another thread, wake the bus thread for it."""
-        if threading.current_thread() is not self._thread:
-            self._wake()
+        """paho has queued something to write from another thread: while the bus thread sleeps, send it from
+        here, sparing a hand-over; else, or if the socket did not take it all, wake the bus thread for it."""
+        if threading.current_thread() is self._thread:
+            return
+        if self._sleeping and self._writes_anywhere and self._write_lock.acquire(blocking=False):
+            try:
+                sent = self._client.send_now()
+            finally:
+                self._write_lock.release()
+            if sent:
+                return
+        self._wake()
 
     def _on_connect_cb(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
@@ -480,24 +559,46 @@ class Bus:
             else:
                 self.last_error = f"the broker at {self.settings.where} refused the connection ({reason})"
             log.error("%s: %s", self.component, self.last_error)
+            if self.gave_up():
+                service.look_again()  # the process stops now, not at its next health check
             return
         self.last_error = ""
         self.refused = 0
         self._backoff = RECONNECT_MIN
         self.session_present = bool(flags.session_present)
         self.connected.set()
-        filters = sorted({f for f, _ in self._handlers} | {self.topics.build(cls.topic_pattern, **s.ids)
-                                                           for cls, subs in self._typed.items() for s in subs})
-        if filters:
-            result, mid = client.subscribe([(f, 1) for f in filters])
-            self._pending_subs.add(mid)
-        else:
-            self.ready.set()
+        self._sweep_at = time.monotonic() + self.sweep_every
+        self._pending_subs.clear()
+        self._refused = []
+        self._resubscribe_wait = RECONNECT_MIN
+        self._subscribe(self._filters())
         self._inbox.append((CONNECT, None, 0, 0, self._clock()))
 
+    def _filters(self) -> list[str]:
+        return sorted({f for f, _ in self._handlers} | {self.topics.build(cls.topic_pattern, **s.ids)
+                                                        for cls, subs in self._typed.items() for s in subs})
+
+    def _sweep(self) -> None:
+        """Subscribe again to the filters where nothing may be retained: the broker sends what is retained
+        there once more (MQTT 3.1.1, 3.8.4), to be refused and cleared like any stray retained message."""
+        self._sweep_at = time.monotonic() + self.sweep_every
+        swept = [f for f in self._filters() if not self.topics.may_retain(f)]
+        if swept and self.connected.is_set():
+            self._client.subscribe([(f, 1) for f in swept])
+
+    def _subscribe(self, filters: list[str]) -> None:
+        """Ask for ``filters``; the bus is ready once the broker has granted every one."""
+        if filters:
+            result, mid = self._client.subscribe([(f, 1) for f in filters])
+            self._pending_subs[mid] = filters
+        elif not self._pending_subs and not self._refused:
+            self.ready.set()
+
     def _back_off(self) -> None:
-        """Set when to try the broker again: at random ("full jitter"), so clients cut off together
-        do not all come back at once, under a cap that doubles per failure up to RECONNECT_MAX."""
+        """Set when to try the broker again, at its next address (a cluster's next node): at random
+        ("full jitter"), so clients cut off together do not all come back at once, under a cap that
+        doubles per failure up to RECONNECT_MAX."""
+        self._address = (self._address + 1) % len(self.settings.addresses)
         self._backoff = min(self._backoff * 2, RECONNECT_MAX)
         self._retry_at = time.monotonic() + random.uniform(RECONNECT_MIN, self._backoff)
 
@@ -510,16 +611,37 @@ class Bus:
             log.warning("%s disconnected from broker (%s); reconnecting", self.component, reason)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: list, properties: Any) -> None:
-        refused = [c for c in codes if c.is_failure]
+        """A SUBACK. A refused filter (a cluster node that has just lost a peer, an ACL) is asked for
+        again with back-off, and the bus is not ready until every filter is granted."""
+        filters = self._pending_subs.pop(mid, [])
+        refused = [f for f, code in zip(filters, codes) if code.is_failure]
         if refused:
-            self.last_error = f"subscription refused ({refused[0]})"
-            log.error("%s: %s", self.component, self.last_error)
-        self._pending_subs.discard(mid)
-        if not self._pending_subs:
+            self.last_error = f"subscription to {', '.join(refused)} refused ({codes[filters.index(refused[0])]})"
+            log.error("%s: %s; asking again in %.1f s", self.component, self.last_error, self._resubscribe_wait)
+            self._refused += refused
+            self._resubscribe_at = time.monotonic() + self._resubscribe_wait
+            self._resubscribe_wait = min(self._resubscribe_wait * 2, RECONNECT_MAX)
+        elif not self._pending_subs and not self._refused:
+            self.last_error = ""
             self.ready.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._inbox.append((message.topic, message.payload, message.mid, message.qos, self._clock()))
+        if message.retain and message.payload and not self.strays and not self.topics.may_retain(message.topic):
+            stray = functools.partial(self._stray_retained, message.topic, message.payload)
+            self._inbox.append((CALL, stray, message.mid, message.qos, self._clock()))  # acknowledged, never handled
+        else:
+            self._inbox.append((message.topic, message.payload, message.mid, message.qos, self._clock()))
+
+    def _stray_retained(self, topic: str, payload: bytes) -> None:
+        """Clear it, and refuse it once: where this login may not write, it comes again at each sweep."""
+        if (topic, hash(payload)) not in self._strays:
+            if len(self._strays) >= SEEN_STRAYS:
+                self._strays.clear()
+            self._strays.add((topic, hash(payload)))
+            self.refuse(topic, "a retained message where nothing may be retained (it would be handled again at "
+                               "every start): ignored, and cleared", payload)
+        if self.report:
+            self.publish_raw(topic, b"", retain=True)
 
     def _on_acknowledged(self, mid: int) -> None:
         if mid in self._on_sent:
@@ -548,14 +670,26 @@ class Bus:
         while not (self._stopping and (client.socket() is None or not client.has_output())):
             try:
                 if client.socket() is None and not self._stopping and time.monotonic() >= self._retry_at:
-                    self._connect()
+                    if self.may_connect():
+                        self._connect()
+                    else:
+                        self._retry_at = time.monotonic() + RECONNECT_MIN
                     continue
+                if self._refused and self.connected.is_set() and time.monotonic() >= self._resubscribe_at:
+                    refused, self._refused = self._refused, []
+                    self._subscribe(refused)
                 if self._wait(client.socket()):
                     self._read_ahead()
                 if self._inbox:
                     self._handle_burst([self._inbox.popleft() for _ in range(min(BURST, len(self._inbox)))])
+                if self.report and self.connected.is_set() and time.monotonic() >= self._sweep_at:
+                    self._sweep()
                 if client.has_output():
                     self._write()
+                if self._after_write:
+                    done, self._after_write = self._after_write, []
+                    for callback in done:
+                        callback()
                 client.loop_misc()
             except Exception:  # a bug must not silently end the component's bus
                 log.exception("%s: bus thread error", self.component)
@@ -575,12 +709,14 @@ class Bus:
 
     def _write(self) -> None:
         """Write what paho has queued, gathered into one send so the packets leave in as few segments as fit."""
-        self._client.loop_write()
-        self._client.flush()
+        with self._write_lock:
+            self._client.loop_write()
+            self._client.flush()
 
     def _wait(self, sock: Any) -> bool:
-        """Wait for the network, a wake-up or the next connection attempt; True if ``sock`` has bytes.
-        Without waiting while there is something to handle, or bytes held by a TLS or websocket layer."""
+        """Wait for the network, a wake-up, the keepalive's next duty, the next sweep or the next connection
+        attempt; True if ``sock`` has bytes. Without waiting while there is something to handle, or bytes
+        held by a TLS or websocket layer."""
         pending = getattr(sock, "pending", None)
         if self._client.unread or (pending is not None and pending()):
             return True
@@ -589,9 +725,16 @@ class Bus:
         else:
             writing = selectors.EVENT_WRITE if self._client.has_output() else 0
             self._selector.modify(sock, selectors.EVENT_READ | writing)
-            timeout = IDLE
+            timeout = self._client.keepalive_due() - mqtt.time_func()
+            if self.report and self.connected.is_set():
+                timeout = min(timeout, self._sweep_at - time.monotonic())
+            if self._refused:
+                timeout = min(timeout, self._resubscribe_at - time.monotonic())
         readable = False
-        for key, events in self._selector.select(0.0 if self._inbox else max(timeout, 0.0)):
+        self._sleeping = not self._inbox
+        ready = self._selector.select(0.0 if self._inbox else min(max(timeout, 0.0), LONGEST_WAIT))
+        self._sleeping = False
+        for key, events in ready:
             if key.fileobj is self._waker:
                 self._drain_wakes()
             elif events & selectors.EVENT_READ:
@@ -599,12 +742,16 @@ class Bus:
         return readable
 
     def _connect(self) -> None:
+        host, port = self.settings.addresses[self._address]
         try:
+            self._client.aim(host, port)
             self._client.reconnect()
         except Exception as exc:  # refused, unreachable, TLS or websocket handshake: all mean try later
-            self.last_error = f"connection failed ({exc})" if str(exc) else "connection failed"
+            self.last_error = f"connection to {host}:{port} failed ({exc})" if str(exc) else "connection failed"
             self._back_off()
-            log.warning("%s: cannot reach %s (%s), retrying", self.component, self.settings.where, exc)
+            several = len(self.settings.addresses) > 1
+            log.warning("%s: cannot reach %s%s (%s), retrying%s", self.component, f"{host}:{port} of " if several else "",
+                        self.settings.where, exc, " at the next address" if several else "")
 
     def _drain_wakes(self) -> None:
         """Read the wake-up bytes, then let the next wake-up send one: cleared before the read, the flag
@@ -680,6 +827,8 @@ class Bus:
     def _route(self, topic: str, payload: bytes) -> None:
         log.debug("%s received %s (%d bytes)", self.component, topic, len(payload))
         check_size(payload, self.settings.max_payload)
+        if not payload and not self.strays and not self.topics.may_retain(topic):
+            return  # a stray retained message being cleared
         for handlers in self._raw_handlers(topic) if self._handlers else ():
             for handler in handlers:
                 self._guarded(functools.partial(handler, topic, payload), topic, payload)

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from .protocol import ProtocolError, check_id
+
 CAPABILITY_GROUP = "lamcontrol.capabilities"
 
 Check = Callable[[Any], str]  # a value -> what is wrong with it ('' when nothing)
@@ -53,6 +55,7 @@ class Setting:
     help: str
     state_file: str = ""
     check: Check | None = None
+    joins: str = ""  # a list of strings is taken too, joined with this (a broker's addresses)
 
 
 def above(low: float) -> Check:
@@ -86,18 +89,23 @@ def address(optional: bool = False) -> Check:
     return check
 
 
-def url(*schemes: str, optional: bool = False) -> Check:
-    """A URL with one of ``schemes`` and a host (``''`` too when ``optional``)."""
+def url(*schemes: str, optional: bool = False, several: bool = False) -> Check:
+    """A URL with one of ``schemes`` and a host (``''`` too when ``optional``); with ``several``, one or
+    more separated by commas, where those after the first may leave the scheme out (the first's applies)."""
     def check(value: str) -> str:
         if optional and value == "":
             return ""
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 (raises on a bad port)
-        except ValueError:
-            parts = None
-        if parts is None or parts.scheme not in schemes or not parts.hostname:
-            return f"must be a URL such as {schemes[0]}://host:port ({', '.join(s + '://' for s in schemes)})"
+        items = [item.strip() for item in value.split(",")] if several else [value]
+        first = urlsplit(items[0]).scheme if "://" in items[0] else ""
+        for item in items:
+            try:
+                parts = urlsplit(item if "://" in item or not first else f"{first}://{item}")
+                parts.port  # noqa: B018 (raises on a bad port)
+            except ValueError:
+                parts = None
+            if parts is None or parts.scheme not in schemes or not parts.hostname:
+                return (f"must be a URL such as {schemes[0]}://host:port ({', '.join(s + '://' for s in schemes)})"
+                        + (", or several separated by commas" if several else ""))
         return ""
     return check
 
@@ -109,9 +117,13 @@ def topic_prefix(value: str) -> str:
 
 
 def some_id(value: str) -> str:
-    """An id that can be a topic level ('' for the default)."""
-    if value and (len(value) > 128 or any(c in value for c in "/+# ") or not value.isprintable()):
-        return "must be 1-128 printable characters without '/', '+', '#' or spaces"
+    """An id that can be a topic level, as the protocol takes it ('' for the default)."""
+    if not value:
+        return ""
+    try:
+        check_id(value, "")
+    except ProtocolError as exc:
+        return str(exc)
     return ""
 
 
@@ -134,8 +146,10 @@ class Section:
 MODEL: dict[str, Section] = {
     "broker": Section("how every component reaches the MQTT broker", {
         "url": Setting("mqtt://127.0.0.1:1883", "mqtt://host:port; mqtts:// for TLS, ws:// or wss:// for websockets; "
-                                                "--broker and $LAM_BROKER win over it; unset: [embedded_broker] listen",
-                       check=url("mqtt", "mqtts", "ws", "wss")),
+                                                "several nodes of a cluster as a list or mqtt://a:1883,b:1883,c:1883 "
+                                                "(tried in turn); --broker and $LAM_BROKER win over it; unset: "
+                                                "[embedded_broker] listen",
+                       check=url("mqtt", "mqtts", "ws", "wss", several=True), joins=","),
         "username": Setting("", "MQTT user; empty: none (the embedded broker on loopback needs none)"),
         "password": Setting("", "better: password_file or $LAM_BROKER_PASSWORD"),
         "password_file": Setting("", "file holding the MQTT password"),
@@ -162,6 +176,12 @@ MODEL: dict[str, Section] = {
         "allow_anonymous": Setting(True, "clients with no user name may connect; with a password_file only from "
                                          "this machine (a proxy on it counts as this machine)"),
         "users_dir": Setting("", "where lam join keeps users, passwords and the ACL", state_file="mqtt"),
+        "max_queued_messages": Setting(100_000, "messages held for one client that does not keep up (beyond those "
+                                                "in flight); more are dropped, QoS 0 first", check=at_least(1)),
+        "max_queued_bytes": Setting(64 * 1024 * 1024, "bytes of messages held for one client that does not keep up",
+                                     check=at_least(64 * 1024)),
+        "max_inflight_messages": Setting(100, "messages sent to one client and not yet acknowledged, at once",
+                                        check=at_least(1)),
     }),
     "coordinator": Section("lam-coordinator: parsing, routing, the journal, replies", {
         "journal": Setting("", "SQLite journal", state_file="journal.db"),
@@ -178,7 +198,8 @@ MODEL: dict[str, Section] = {
         "warmup": Setting(3.0, "seconds after start to wait for agents' retained presence before routing",
                           check=at_least(0)),
         "retry_round": Setting(1.0, "seconds between tries to place tasks that found no free agent", check=SECONDS),
-        "tick": Setting(0.1, "seconds between checks of deadlines and accept windows", check=SECONDS),
+        "tick": Setting(0.1, "shortest seconds between checks of deadlines and accept windows (each is checked as "
+                             "it falls due)", check=SECONDS),
         "prune_every": Setting(3600.0, "seconds between prunings of the journal", check=SECONDS),
         "legacy_results": Setting(False, "also accept results on the old lam/results/<task_id> topic, which an "
                                          "ACL cannot bind to one agent"),
@@ -206,6 +227,16 @@ MODEL: dict[str, Section] = {
                                       "another machine)"),
         "approved_specs": Setting([], "capabilities whose advertised spec is used even where it replaces the "
                                       "installed one or reads sentences an installed capability reads"),
+    }),
+    "cluster": Section("several coordinators on a NATS JetStream cluster: one leads under a lease, the others "
+                       "stand by (README: A standby coordinator)", {
+        "nats": Setting("", "nats://host:4222 of the cluster's nodes (a list, or comma-separated), for the lease and "
+                            "the journal; empty: one coordinator, with the SQLite journal", joins=","),
+        "lease": Setting(6.0, "seconds the leading coordinator's lease lasts unless renewed", check=SECONDS),
+        "renew": Setting(1.5, "seconds between renewals of the lease (and between a standby's looks at it)",
+                         check=SECONDS),
+        "replicas": Setting(3, "copies JetStream keeps of the lease and the journal: the number of nodes, up to 5",
+                            check=lambda value: "" if 1 <= value <= 5 else "must be 1 to 5"),
     }),
     "homeassistant": Section("Home Assistant MQTT discovery, published by the coordinator", {
         "enabled": Setting(True, "agents and the coordinator appear in Home Assistant"),
@@ -240,6 +271,10 @@ MODEL: dict[str, Section] = {
         "max_wait": Setting(30.0, "longest \"wait\" a client may ask for, in seconds", check=SECONDS),
         "max_body": Setting(16 * 1024, "largest request body, in bytes", check=at_least(1024)),
         "threads": Setting(16, "requests served at once", check=at_least(2)),
+        "max_connections": Setting(200, "connections held open at once; idle ones close after 15 s, a request must "
+                                        "arrive whole within 10 s", check=at_least(2)),
+        "max_connections_per_address": Setting(20, "connections one client address may hold (behind a reverse proxy "
+                                                   "every client has the proxy's address: raise it)", check=at_least(1)),
         "token_file": Setting("", "API token hashes", state_file="bridge-tokens.json"),
         "admin_file": Setting("", "the admin password's hash", state_file="bridge-admin.json"),
         "secret_key_file": Setting("", "key signing the dashboard's sessions", state_file="bridge-secret.key"),
@@ -324,6 +359,8 @@ def validate(config: dict[str, Any], source: str = "the config") -> dict[str, An
         schema = MODEL[name].settings
         refuse_unknown(f"{source}: [{name}]", values, schema)
         for key, value in values.items():
+            if schema[key].joins and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                value = schema[key].joins.join(value)
             values[key] = value = checked(f"{source}: [{name}]", key, value, schema[key].default)
             problem = schema[key].check(value) if schema[key].check else ""
             if problem:

@@ -20,17 +20,20 @@ def settings_from(args: argparse.Namespace) -> BrokerSettings:
     return BrokerSettings.from_config(cfg)
 
 
-def connect(args: argparse.Namespace, handlers: dict[str, Callable[[str, bytes], None]], component: str) -> Bus:
-    """A short-lived bus with handlers subscribed, or BusError."""
-    bus = Bus(settings_from(args), component=component, report=False)
+def connect(args: argparse.Namespace, handlers: dict[str, Callable[[str, bytes], None]], component: str,
+            strays: bool = False) -> Bus:
+    """A short-lived bus with handlers subscribed, or BusError (``strays``: see :class:`Bus`)."""
+    bus = Bus(settings_from(args), component=component, report=False, strays=strays)
     for topic_filter, handler in handlers.items():
         bus.on(topic_filter, handler)
     bus.start(timeout=args.connect_timeout)
     return bus
 
 
-def collect_retained(args: argparse.Namespace, topic_filter: str, quiet: float = 0.5) -> dict[str, bytes]:
-    """Retained messages under a filter: read until the bus has been quiet for ``quiet`` seconds."""
+def collect_retained(args: argparse.Namespace, topic_filter: str, quiet: float = 0.5,
+                     strays: bool = False) -> dict[str, bytes]:
+    """Retained messages under a filter (with ``strays``, also those where nothing may be retained):
+    read until the bus has been quiet for ``quiet`` seconds."""
     seen: dict[str, bytes] = {}
     last = [time.monotonic()]
 
@@ -38,7 +41,7 @@ def collect_retained(args: argparse.Namespace, topic_filter: str, quiet: float =
         seen[topic] = payload
         last[0] = time.monotonic()
 
-    bus = connect(args, {topic_filter: keep}, "lam-cli")
+    bus = connect(args, {topic_filter: keep}, "lam-cli", strays)
     last[0] = time.monotonic()
     while time.monotonic() - last[0] < quiet:
         time.sleep(0.05)

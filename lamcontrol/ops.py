@@ -7,8 +7,10 @@
   anonymous access, one user per component with a generated password, an ACL that keeps
   each agent to its own tasks, presence and results, and a TLS listener when given a
   certificate.
-* lam agents forget ID clears an agent's retained presence and its Home Assistant
-  entities.
+* lam agents forget ID clears every retained message an agent left (presence, spec, and
+  anything retained under its topics), its last result and its Home Assistant entities.
+* lam nats-config writes the same users and rules for a NATS cluster (three nodes, say) whose
+  MQTT front end is the broker and whose JetStream holds the coordinators' lease and journal.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import config as lamconfig
+from .cluster import Names
 from .console import EXIT_FAILED, EXIT_OK, broker_options, collect_retained, config_option, connect, settings_from
-from .protocol import Presence, ProtocolError, Topics, check_id, parse
+from .protocol import DEFAULT_MAX_PAYLOAD, Presence, ProtocolError, Topics, check_id, parse
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -69,10 +72,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                                                      "to lam/agents/<id>/results/)")
     mosq.set_defaults(func=cmd_mosquitto_config)
 
+    nats = sub.add_parser("nats-config", parents=[config_option()],
+                          help="write a NATS cluster's configs: MQTT for the house, JetStream for the coordinators")
+    nats.add_argument("--out", required=True, help="folder for one config per node, users and credentials/")
+    nats.add_argument("--nodes", required=True,
+                      help="comma-separated NAME=HOST (the address the other nodes reach it at), e.g. "
+                           "pc=192.168.1.20,nas=192.168.1.21,pi=192.168.1.22; NAME=HOST:CLIENT:CLUSTER:MQTT sets "
+                           f"its ports (default {NATS_PORTS[0]}, {NATS_PORTS[1]}, {NATS_PORTS[2]})")
+    nats.add_argument("--users", help="as for mosquitto-config (default: the same)")
+    nats.add_argument("--bind", default="0.0.0.0", help="address every node listens on (default 0.0.0.0)")
+    nats.add_argument("--store", default="/var/lib/nats/lamcontrol", help="JetStream's folder on each node")
+    nats.set_defaults(func=cmd_nats_config)
+
     agents = sub.choices["agents"]
     agents_sub = agents.add_subparsers(dest="agents_command")
     forget = agents_sub.add_parser("forget", parents=[config_option(), broker_options()],
-                                   help="remove an agent: clear its retained presence and its Home Assistant entities")
+                                   help="remove an agent: clear every retained message under its topics and its Home "
+                                        "Assistant entities")
     forget.add_argument("agent_id", metavar="ID", help="the agent to forget")
     forget.add_argument("--force", action="store_true", help="even when the agent says it is online")
     forget.set_defaults(func=cmd_agents_forget)
@@ -102,8 +118,11 @@ def cmd_agents_forget(args: argparse.Namespace) -> int:
         if online and not args.force:
             print(f"agent {agent_id} says it is online: stop it first (or use --force)", file=sys.stderr)
             return EXIT_FAILED
-    # Home Assistant's entities first: while they exist they read the presence, and must never see it empty.
-    topics = [status_topic, settings.topics.agent_spec(agent_id)]
+    # Its presence and spec, anything else retained under its topics (results it should never have
+    # retained) and the coordinator's record of its last result; Home Assistant's entities first:
+    # while they exist they read the presence, and must never see it empty.
+    left = collect_retained(args, settings.topics.build("agents/{agent}/#", agent=agent_id), strays=True)
+    topics = sorted({status_topic, settings.topics.agent_spec(agent_id), settings.topics.last_result(agent_id), *left})
     if cfg["homeassistant"]["enabled"]:
         topics = Configs(settings.topics, cfg["homeassistant"]["discovery_prefix"]).agent_topics(agent_id) + topics
     bus = connect(args, {}, "lam-cli")
@@ -112,7 +131,7 @@ def cmd_agents_forget(args: argparse.Namespace) -> int:
             bus.publish_raw(topic, b"", retain=True).wait_for_publish(args.connect_timeout)
     finally:
         bus.stop()
-    print(f"forgot agent {agent_id}")
+    print(f"forgot agent {agent_id} ({len(topics)} retained topics cleared)")
     return EXIT_OK
 
 
@@ -122,13 +141,20 @@ COMPONENTS = ("coordinator", "bridge", "homeassistant", "monitor")
 
 
 def agent_acl(agent_id: str, capabilities: list[str], topics: Topics, legacy_results: bool = False) -> list[str]:
-    """An agent's ACL section: it reads its capabilities' tasks and writes only its own subtree
-    ``<prefix>/agents/<id>/#`` (presence, results, spec) and error reports; with
-    ``legacy_results`` also ``<prefix>/results/#``, for agents older than the results move."""
-    own_subtree = topics.build("agents/{agent}/#", agent=agent_id)
+    """An agent's ACL section: it reads its capabilities' tasks and the coordinator's status (to
+    announce itself again to a coordinator that comes online), and writes its presence, its spec,
+    its results (one level under its ``results/``) and error reports, nothing else; with
+    ``legacy_results`` also ``<prefix>/results/#``, for agents older than the results move.
+
+    Mosquitto cannot refuse the retain flag on one topic: an agent may still retain a message where
+    it may write, but only its presence and spec are kept on purpose; one retained on a results or
+    error topic is cleared by the coordinator, which asks the broker for such strays every minute
+    (lamcontrol.bus), and ``message_size_limit`` and ``memory_limit`` bound what it can cost meanwhile."""
     legacy = [f"topic write {topics.build('results/#')}"] if legacy_results else []
-    return [f"user {agent_id}", *(f"topic read {topics.task(c)}" for c in capabilities), f"topic write {own_subtree}",
-            *legacy, f"topic write {topics.errors}"]
+    own = [topics.agent_status(agent_id), topics.agent_spec(agent_id), topics.result(agent_id, "+")]
+    return [f"user {agent_id}", *(f"topic read {topics.task(c)}" for c in capabilities),
+            f"topic read {topics.coordinator_status}", *(f"topic write {topic}" for topic in own), *legacy,
+            f"topic write {topics.errors}"]
 
 
 @dataclass
@@ -194,6 +220,9 @@ def default_users() -> str:
     return ",".join([*COMPONENTS, f"agent:{lamconfig.default_agent_id()}:{capabilities}"])
 
 
+QUEUED_BYTES = 64 * 1024 * 1024
+MEMORY_LIMIT = 512 * 1024 * 1024
+
 # Mosquitto 2.0 applies this to the listener above it (before any listener, it opens a default
 # one on port 1883 of every interface), so it follows each listener line.
 BOUND_IDS = ["# A client's id is its user name: no login can take over another's session; each user",
@@ -201,7 +230,8 @@ BOUND_IDS = ["# A client's id is its user name: no login can take over another's
              "use_username_as_clientid true"]
 
 
-def mosquitto_conf(out: Path, listen: str, tls_listen: str, cert: str, key: str, client_ca: str) -> str:
+def mosquitto_conf(out: Path, listen: str, tls_listen: str, cert: str, key: str, client_ca: str,
+                   max_payload: int = DEFAULT_MAX_PAYLOAD) -> str:
     lines = ["# Mosquitto for LAMControl, written by `lam mosquitto-config`: every component logs in",
              "# as its own user and the ACL keeps it to its own topics.",
              "per_listener_settings false", "allow_anonymous false",
@@ -211,8 +241,17 @@ def mosquitto_conf(out: Path, listen: str, tls_listen: str, cert: str, key: str,
              "persistence true", f"persistence_location {out / 'persistence'}/", "autosave_interval 30",
              "", "# Without it a QoS 1 round trip waits on Nagle's algorithm for tens of milliseconds.",
              "set_tcp_nodelay true",
-             "# The default of 1000 silently drops messages for a subscriber that falls behind.",
-             "max_queued_messages 100000", "max_inflight_messages 100", "max_packet_size 262144"]
+             "", "# Limits: a client that stops reading, or a flood, costs a bounded amount. A subscriber that",
+             "# falls behind keeps up to 100000 messages or 64 MiB (the default of 1000 silently drops",
+             "# messages for a coordinator busy with a burst of prompts). A message larger than [broker]",
+             "# max_payload, which every component refuses anyway, is dropped (message_size_limit; a",
+             "# packet over max_packet_size would cost its sender the connection). The broker as a whole",
+             "# stays under 512 MiB; a persistent session not back within two weeks (a forgotten agent)",
+             "# ends.",
+             "max_queued_messages 100000", f"max_queued_bytes {QUEUED_BYTES}", "max_inflight_messages 100",
+             f"message_size_limit {max_payload}", f"max_packet_size {max(262144, max_payload + 4096)}",
+             f"memory_limit {MEMORY_LIMIT}",
+             "persistent_client_expiration 14d"]
     if listen:
         host, port = lamconfig.host_port(listen, "--listen")
         about = ("# Plain MQTT on this machine only." if lamconfig.is_loopback(host) else
@@ -230,8 +269,8 @@ def mosquitto_conf(out: Path, listen: str, tls_listen: str, cert: str, key: str,
 
 def acl_file(users: list[MqttUser], topics: Topics, discovery: str, legacy_results: bool = False) -> str:
     lines = ["# LAMControl topic rules, one section per user (user names come from the password file).",
-             "# Agents read only the tasks of their capabilities and write only under their own",
-             "# agents/<id>/ subtree (presence, results, spec) and error reports."]
+             "# Agents read only the tasks of their capabilities and write only their own presence,",
+             "# spec and results (agents/<id>/status, spec, results/<task>) and error reports."]
     for user in users:
         lines += ["", *user.acl(topics, discovery, legacy_results)]
     return "\n".join(lines) + "\n"
@@ -297,7 +336,8 @@ def cmd_mosquitto_config(args: argparse.Namespace) -> int:
             if value and not Path(value).is_file():
                 raise ValueError(f"{name} {value} does not exist")
         out = Path(args.out).expanduser().resolve()
-        conf = mosquitto_conf(out, args.listen, args.tls_listen, args.cert, args.key, args.client_ca)
+        conf = mosquitto_conf(out, args.listen, args.tls_listen, args.cert, args.key, args.client_ca,
+                              cfg["broker"]["max_payload"])
     except (ValueError, ProtocolError) as exc:
         print(f"lam mosquitto-config: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -326,6 +366,156 @@ def cmd_mosquitto_config(args: argparse.Namespace) -> int:
           f"  [broker]\n  username = \"coordinator\"\n  password_file = \"{out / 'credentials' / 'coordinator'}\"\n"
           f"or: lam systemd install --credentials {out / 'credentials'}\n"
           f"another machine's agent: lam join NAME --mosquitto {out}")
+    return EXIT_OK
+
+
+# -- lam nats-config -----------------------------------------------------------------
+
+NATS_PORTS = (4222, 6222, 1883)  # NATS clients (the coordinators' lease and journal), cluster routes, MQTT
+NATS_CONF = "nats-server.conf"  # the name Debian's nats-server unit reads, in /etc
+NATS_ACK_WAIT = "5s"  # below a coordinator's failover time, far above its time to handle a message
+
+
+@dataclass
+class NatsNode:
+    """One server of the cluster: its name, the address the others reach it at, its ports."""
+
+    name: str
+    host: str
+    client: int = NATS_PORTS[0]
+    cluster: int = NATS_PORTS[1]
+    mqtt: int = NATS_PORTS[2]
+
+
+def parse_nodes(spec: str) -> list[NatsNode]:
+    """``pc=192.168.1.20,pi=192.168.1.22:4222:6222:1883`` as nodes; ValueError says what is wrong."""
+    nodes: list[NatsNode] = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, address = item.partition("=")
+        host, *ports = address.split(":")
+        if not sep or not host or len(ports) not in (0, 3) or not all(p.isdigit() for p in ports):
+            raise ValueError(f"{item!r}: write a node as NAME=HOST or NAME=HOST:CLIENT:CLUSTER:MQTT")
+        node = NatsNode(check_id(name, "node name"), host, *map(int, ports))
+        if any(n.name == node.name for n in nodes):
+            raise ValueError(f"node {node.name} is listed twice")
+        nodes.append(node)
+    if not nodes:
+        raise ValueError("no nodes given")
+    return nodes
+
+
+def nats_subjects(mqtt_filter: str) -> list[str]:
+    """The NATS subjects an MQTT topic filter covers: ``/`` is ``.``, ``+`` is ``*``; ``a/#`` is both
+    ``a`` and ``a.>`` (MQTT's ``#`` also matches its parent level)."""
+    levels = ["*" if level == "+" else ">" if level == "#" else level for level in mqtt_filter.split("/")]
+    parent = [".".join(levels[:-1])] if levels[-1] == ">" and len(levels) > 1 else []
+    return [*parent, ".".join(levels)]
+
+
+def nats_permissions(user: MqttUser, topics: Topics, discovery: str) -> dict[str, list[str]]:
+    """The user's Mosquitto ACL as NATS permissions, plus what NATS's MQTT front end needs (its QoS 1
+    subscriptions deliver on ``$MQTT.sub.>``) and, for the coordinator, JetStream: its API, the
+    lease and the journal."""
+    allowed: dict[str, list[str]] = {"publish": [], "subscribe": ["$MQTT.sub.>"]}
+    for rule in user.acl(topics, discovery)[1:]:
+        _, access, mqtt_filter = rule.split(" ", 2)
+        if mqtt_filter.startswith("$SYS"):
+            continue  # Mosquitto's own statistics; NATS has none under MQTT
+        for kind, needed in (("subscribe", "read"), ("publish", "write")):
+            if needed in access:
+                allowed[kind] += [s for s in nats_subjects(mqtt_filter) if s not in allowed[kind]]
+    if user.kind == "component" and user.name == "coordinator":
+        names = Names(topics.prefix)
+        allowed["publish"] += ["$JS.API.>", "$JS.FC.>", "$JS.ACK.>", names.lease_subject, names.journal_subject]
+        allowed["subscribe"] += ["_INBOX.>"]
+    return allowed
+
+
+def hash_for_nats(password: str) -> str:
+    """A bcrypt hash, which nats-server checks passwords against."""
+    try:
+        import bcrypt
+    except ImportError:
+        raise lamconfig.ConfigError("lam nats-config needs bcrypt: pip install 'lamcontrol[cluster]'") from None
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(11)).decode()
+
+
+def quoted(items: list[str]) -> str:
+    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+
+
+def nats_conf(node: NatsNode, nodes: list[NatsNode], users: list[MqttUser], hashes: dict[str, str], route: str,
+              topics: Topics, discovery: str, bind: str, store: str) -> str:
+    """One node's nats-server configuration."""
+    routes = [f"nats-route://route:{route}@{other.host}:{other.cluster}" for other in nodes if other is not node]
+    replicas = min(3, len(nodes))
+    lines = [f"# NATS for LAMControl: node {node.name} of {len(nodes)}, written by `lam nats-config`. It holds",
+             "# passwords for the cluster's routes: keep it readable by the nats user only.",
+             f'server_name: "{node.name}"', f'listen: "{bind}:{node.client}"', "",
+             "# JetStream keeps MQTT sessions, retained and QoS 1 messages, and the coordinators' lease and journal.",
+             "jetstream {", f'  store_dir: "{store}/{node.name}"', "}", "",
+             "cluster {", '  name: "lamcontrol"', f'  listen: "{bind}:{node.cluster}"',
+             f'  authorization {{ user: "route", password: "{hashes["route"]}" }}', f"  routes: {quoted(routes)}",
+             "}", "", "# The house's MQTT broker. Topics may not contain '.' or spaces; MQTT 3.1.1 only.",
+             "mqtt {", f'  listen: "{bind}:{node.mqtt}"', f"  stream_replicas: {replicas}",
+             "  # A QoS 1 message a client took and never acknowledged (a coordinator killed meanwhile) goes",
+             "  # out again after this, to whoever resumes the session: 30 s by default.",
+             f'  ack_wait: "{NATS_ACK_WAIT}"', "}", "",
+             "# One user per component; agents reach only their capabilities' tasks and their own subtree,",
+             "# like the Mosquitto ACL of `lam mosquitto-config`. Only the coordinator speaks NATS besides MQTT.",
+             "authorization {", "  users: ["]
+    for user in users:
+        permissions = nats_permissions(user, topics, discovery)
+        kinds = ["STANDARD", "MQTT"] if user.kind == "component" and user.name == "coordinator" else ["MQTT"]
+        lines += [f'    {{user: "{user.name}", password: "{hashes[user.name]}", allowed_connection_types: '
+                  f'{quoted(kinds)},', f'     permissions: {{publish: {quoted(permissions["publish"])},',
+                  f'                   subscribe: {quoted(permissions["subscribe"])}}}}}']
+    return "\n".join([*lines, "  ]", "}"]) + "\n"
+
+
+def cmd_nats_config(args: argparse.Namespace) -> int:
+    cfg = lamconfig.load(args.config)
+    topics = Topics(cfg["broker"]["prefix"])
+    discovery = cfg["homeassistant"]["discovery_prefix"]
+    try:
+        users = parse_users(args.users or default_users())
+        nodes = parse_nodes(args.nodes)
+        if "." in topics.prefix or " " in topics.prefix or "." in discovery:
+            raise ValueError("NATS refuses '.' and spaces in MQTT topics: [broker] prefix and the discovery "
+                             "prefix may have neither")
+        if "route" in {u.name for u in users}:
+            raise ValueError("the user name route is the cluster's own")
+    except (ValueError, ProtocolError) as exc:
+        print(f"lam nats-config: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    out = Path(args.out).expanduser().resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        passwords = credentials(out / "credentials", [*users, MqttUser("route")])
+        hashes = {name: hash_for_nats(password) for name, password in passwords.items()}
+        for node in nodes:
+            conf = nats_conf(node, nodes, users, hashes, passwords["route"], topics, discovery, args.bind, args.store)
+            lamconfig.write_private(out / node.name / NATS_CONF, conf)
+        lamconfig.write_private(out / "users", ",".join(map(user_spec, users)) + "\n")
+        # The same rules in Mosquitto's format, beside credentials/ as lam mosquitto-config lays them out:
+        # the coordinator reads there what each agent may offer.
+        (out / "acl").write_text(acl_file(users, topics, discovery))
+    except OSError as exc:
+        print(f"lam nats-config: cannot write {exc.filename or out}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    except lamconfig.ConfigError as exc:
+        print(f"lam nats-config: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    mqtt = ",".join(f"{n.host}:{n.mqtt}" for n in nodes)
+    nats = ",".join(f"nats://{n.host}:{n.client}" for n in nodes)
+    print(f"wrote {', '.join(str(out / n.name / NATS_CONF) for n in nodes)} for "
+          f"{', '.join(u.name for u in users)}\npasswords (one file per user, mode 0600): {out / 'credentials'}/\n\n"
+          f"on each node, with its own file (Debian: apt install nats-server):\n"
+          f"  sudo install -o nats -m 600 {out}/NODE/{NATS_CONF} /etc/{NATS_CONF}\n"
+          f"  sudo install -d -o nats {args.store} && sudo systemctl restart nats-server\n\n"
+          f"each component's config then lists every node, e.g. the coordinator's\n"
+          f"  [broker]\n  url = \"mqtt://{mqtt}\"\n  username = \"coordinator\"\n"
+          f"  password_file = \"{out / 'credentials' / 'coordinator'}\"\n  [cluster]\n  nats = \"{nats}\"")
     return EXIT_OK
 
 

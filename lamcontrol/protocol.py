@@ -18,7 +18,9 @@ Topics under the prefix (which may itself contain slashes, ``home/lam``)::
     errors                           ErrorRecord     any component
     results/<task_id>                LegacyResult    older agents (``[coordinator] legacy_results``)
 
-A new message type is a subclass with a ``topic_pattern``; it is matched from then on.
+A new message type is a subclass with a ``topic_pattern``; it is matched from then on. Only the
+types marked ``retained`` (presence, specs) are ever retained: a retained task, prompt or result
+would be handled again by every new subscriber, so brokers and buses refuse to keep one.
 """
 
 from __future__ import annotations
@@ -95,13 +97,17 @@ def new_id() -> str:
     return f"{int(time.time()):08x}{secrets.token_hex(8)}"
 
 
-NOT_IN_IDS = re.compile("[/+#\0 ]")
+ID = re.compile("[A-Za-z0-9_-]{1,128}")
+NOT_IN_IDS = re.compile("[^A-Za-z0-9_-]")
 
 
 def check_id(value: str, field_name: str) -> str:
-    """Ids end up in topic levels: refuse wildcards, separators and empties."""
-    if not value or len(value) > 128 or NOT_IN_IDS.search(value) or not value.isprintable():
-        raise ProtocolError("must be 1-128 printable characters without '/', '+', '#' or spaces", field_name)
+    """Ids end up in topic levels: letters, digits, '-' and '_' only, which every broker takes as
+    one level (NATS refuses '.' and spaces in MQTT topics; RabbitMQ splits levels at '.')."""
+    if not isinstance(value, str) or not ID.fullmatch(value):
+        suggestion = NOT_IN_IDS.sub("-", value).strip("-") if isinstance(value, str) and len(value) <= 128 else ""
+        instead = f"; {value!r} could be {suggestion!r}" if suggestion else ""
+        raise ProtocolError(f"must be 1-128 letters, digits, '-' or '_'{instead}", field_name)
     return value
 
 
@@ -141,6 +147,12 @@ class Topics:
             if ids is not None:
                 return Match(cls, ids)
         return None
+
+    def may_retain(self, topic: str) -> bool:
+        """False for a topic of a message type that is never retained (a task, prompt, reply, result
+        or error record): a retained message there would be handled again at every start."""
+        match = self.match(topic)
+        return match is None or match.cls.retained
 
     @property
     def prompts(self) -> str:
@@ -343,6 +355,7 @@ class Message(Record):
 
     topic_pattern: ClassVar[str]
     event: ClassVar[str]  # its kind in monitors and live streams
+    retained: ClassVar[bool] = False  # the broker keeps the last one; never for tasks, prompts, results
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -555,6 +568,8 @@ class Task(Message):
     while the agent was away) is rejected, since it may already run elsewhere.
     ``deadline`` is when the work itself must be done. ``confirmed`` says the person confirmed the
     prompt: an agent runs what its own spec marks high-risk only then (older agents ignore it).
+    ``epoch`` is the sending coordinator's lease (0: a lone coordinator, with none): agents refuse
+    one below the highest they have seen.
     """
 
     kind: ClassVar[str] = "task"
@@ -573,6 +588,7 @@ class Task(Message):
     deadline: float = 0.0
     risk: Risk = Risk.LOW
     confirmed: bool = False
+    epoch: int = 0
 
     def describe(self) -> str:
         return f"{self.task_id} -> {self.agent}: {self.command or self.capability + ' ' + self.action} " \
@@ -615,6 +631,7 @@ class Presence(Message):
     kind: ClassVar[str] = "presence"
     event: ClassVar[str] = "agent"
     topic_pattern: ClassVar[str] = "agents/{agent}/status"
+    retained: ClassVar[bool] = True
     reserved: ClassVar[frozenset[str]] = RESERVED_AGENT_IDS
     ids = ("agent",)
     state: PresenceState
@@ -704,6 +721,7 @@ class AgentSpec(Message):
     kind: ClassVar[str] = "spec"
     event: ClassVar[str] = "agent"
     topic_pattern: ClassVar[str] = "agents/{agent}/spec"
+    retained: ClassVar[bool] = True
     ids = ("agent",)
     agent: str
     capabilities: dict = field(default_factory=dict)

@@ -13,6 +13,7 @@ import asyncio
 import argparse
 import logging
 import os
+import queue
 import signal
 import socket
 import sys
@@ -21,8 +22,11 @@ import time
 from typing import Callable, NoReturn
 
 log = logging.getLogger(__name__)
-_done = threading.Event()  # run_service returns once this is set: a signal, or a restart asked for
+_wakes: queue.SimpleQueue = queue.SimpleQueue()  # run_service wakes at each put (safe from a signal handler)
+STOP, LOOK = "stop", "look"  # what a wake-up asks: to stop, or to check the component again
 _restart = threading.Event()
+
+HEALTH_EVERY = 5.0  # seconds between health checks under systemd, once ready (sooner if its watchdog asks)
 
 
 def component_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
@@ -83,7 +87,12 @@ async def pet_watchdog() -> None:
 def request_restart() -> None:
     """Ask :func:`run_service` to stop the service and run it again (:func:`restart`)."""
     _restart.set()
-    _done.set()
+    _wakes.put(STOP)
+
+
+def look_again() -> None:
+    """Have :func:`run_service` check its component at once (a bus that gave up, say), from any thread."""
+    _wakes.put(LOOK)
 
 
 def restart() -> NoReturn:
@@ -100,15 +109,25 @@ def run_service(is_ready: Callable[[], bool], stop: Callable[[], None], name: st
     """Block until SIGTERM/SIGINT, telling systemd about readiness and health, then ``stop()``; the exit
     status. After :func:`request_restart` it runs the program again instead of returning.
 
+    Readiness is checked ten times a second until it comes. After that, health is checked only for
+    systemd (its watchdog and status line), every HEALTH_EVERY seconds or as often as the watchdog
+    asks, and when :func:`look_again` is called; without systemd the process sleeps until then.
+
     ``gave_up()`` says why to stop on its own ('' while there is hope): a broker that keeps refusing
-    this login will not let it in by being asked again. Then the status is 2."""
+    this login will not let it in by being asked again (the bus calls :func:`look_again` when it gives
+    up). Then the status is 2."""
     status = 0
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: _done.set())
+        signal.signal(sig, lambda number, frame: _wakes.put(STOP))
     ready_sent = was_healthy = False
     interval = watchdog_interval()
-    tick = min(interval, 1.0) if interval else 1.0
-    while not _done.wait(tick if ready_sent else 0.1):
+    health_every = min(interval or HEALTH_EVERY, HEALTH_EVERY) if os.environ.get("NOTIFY_SOCKET") else None
+    while True:
+        try:
+            if _wakes.get(timeout=health_every if ready_sent else 0.1) == STOP:
+                break
+        except queue.Empty:
+            pass
         healthy = is_ready()
         if healthy and not ready_sent:
             ready_sent = sd_notify(f"READY=1\nSTATUS={name} connected") or True

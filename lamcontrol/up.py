@@ -21,6 +21,7 @@ import ctypes
 import importlib.util
 import json
 import os
+import queue
 import signal
 import ssl
 import subprocess
@@ -280,18 +281,15 @@ def wait_online(parts: list[Part], watch: Watch, stopping: list[int], timeout: f
 # -- lam up ---------------------------------------------------------------------------------
 
 def cmd_up(args: argparse.Namespace) -> int:
-    stopping: list[int] = []
     # Ctrl-C, SIGTERM and a closed terminal stop everything, in order, at any moment; the parts run in a
     # session of their own, so the terminal's Ctrl-C reaches only us and never the broker first.
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, lambda number, frame: stopping.append(number))
+    stopping, woken = catch_stop_signals()
     parts: list[Part] = []
     try:
         banner = start(args, parts, stopping)
         if banner and not stopping:
             print(banner, flush=True)
-        while not stopping and all(p.running for p in parts):
-            time.sleep(0.2)
+        wait_for_stop_or_exit(parts, stopping, woken)
     except (Refused, lamconfig.ConfigError) as exc:
         print(f"lam up: {exc}", file=sys.stderr, flush=True)
         return EXIT_UNREACHABLE
@@ -303,6 +301,29 @@ def cmd_up(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def catch_stop_signals() -> tuple[list[int], queue.SimpleQueue]:
+    """The stop signals received, and a queue each one wakes (its put() is safe in a signal handler)."""
+    stopping: list[int] = []
+    woken: queue.SimpleQueue = queue.SimpleQueue()
+
+    def stop(number: int, frame: object) -> None:
+        stopping.append(number)
+        woken.put(number)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
+    return stopping, woken
+
+
+def wait_for_stop_or_exit(parts: list[Part], stopping: list[int], woken: queue.SimpleQueue) -> None:
+    """Sleep until a stop signal comes or a part exits: each exit wakes us, nothing polls."""
+    for part in parts:
+        if part.process is not None:
+            threading.Thread(target=lambda p=part.process: woken.put(p.wait()), daemon=True).start()
+    while not stopping and all(p.running for p in parts):
+        woken.get()
 
 
 def start(args: argparse.Namespace, parts: list[Part], stopping: list[int]) -> str:

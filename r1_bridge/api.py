@@ -135,7 +135,8 @@ def outcome(exchange: Exchange) -> str:
 
 
 def prompt_state(exchange: Exchange, wait: float = 0.0) -> dict:
-    """The prompt's state as the API shows it, once it has a reply or ``wait`` seconds have passed."""
+    """The prompt's state as the API shows it, once it has a reply or ``wait`` seconds have passed.
+    A failed prompt also says why in ``error``, where the original LAMControl client reads it."""
     if wait:
         exchange.done.wait(wait)
     result = result_of(exchange)
@@ -143,6 +144,8 @@ def prompt_state(exchange: Exchange, wait: float = 0.0) -> dict:
              "response": result["message"] if result else None, "timestamp": iso(exchange.submitted)}
     if result:
         state["result"] = result
+    if state["status"] == "failed":
+        state["error"] = result["message"]
     return state
 
 

@@ -48,6 +48,8 @@ class BridgeSettings:
     max_wait: float = 30.0
     max_body: int = 16 * 1024
     threads: int = 16
+    max_connections: int = 200
+    max_connections_per_address: int = 20
     token_file: str = ""
     admin_file: str = ""
     secret_key_file: str = ""

@@ -153,6 +153,11 @@ class RateLimiter:
             del self._failures[key]
         return failures
 
+    def failures(self, key: str) -> int:
+        """Failures counted against ``key`` within the window."""
+        with self._lock:
+            return len(self._recent(key, time.monotonic()))
+
     def retry_after(self, *keys: str) -> int:
         """Seconds until none of ``keys`` is locked out; 0 when all may try now."""
         now = time.monotonic()

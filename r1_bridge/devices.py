@@ -1,9 +1,12 @@
 """Paired R1s: the pairing token, device tokens (stored hashed), revocation, ``lam-bridge devices``.
 
 A new R1 pairs by presenting the pairing token from the QR code; it is then issued a device
-token of its own, of which only an argon2 hash is kept. Revoking a device also replaces the
-pairing token, since the revoked R1 knows the old one and could otherwise pair again under
-another name; R1s still paired keep working with their device tokens.
+token of its own, of which only an argon2 hash is kept. An id that is already paired is not
+paired again on the pairing token alone (anyone who saw the QR code could take the R1's place):
+the connection must prove it is that R1 (its device token, or a signature by its pinned key), or
+the owner approves the new pairing (``lam-bridge devices approve ID`` or ``/r1/pair``). Revoking a
+device also replaces the pairing token, since the revoked R1 knows the old one and could
+otherwise pair again under another name; R1s still paired keep working with their device tokens.
 
 Everything lives in one JSON file in the state directory (mode 0600), re-read on every call
 and rewritten atomically under a file lock, so ``lam-bridge devices revoke`` takes effect in
@@ -36,6 +39,8 @@ except ImportError:  # Windows: one bridge process per state directory is assume
 
 FILE_NAME = "r1-devices.json"
 HASHER = PasswordHasher()
+APPROVAL_WINDOW = 600.0  # seconds an owner's approval of a new pairing waits for the R1 to use it
+MAX_REQUESTS = 50  # pairing requests kept for the owner to see; the oldest go first
 
 
 def new_token() -> str:
@@ -89,6 +94,8 @@ class DeviceStore:
         if not isinstance(data, dict) or not isinstance(data.setdefault("devices", {}), dict):
             raise RuntimeError(f"the paired devices in {self.path} are damaged: not a JSON object")
         data.setdefault("pairing_token", "")
+        if not isinstance(data.setdefault("requests", {}), dict):
+            raise RuntimeError(f"the paired devices in {self.path} are damaged: requests is not a JSON object")
         return data
 
     def _device(self, record: dict) -> Device:
@@ -138,13 +145,47 @@ class DeviceStore:
             record = self._read()["devices"].get(device_id)
         return self._device(record) if record else None
 
-    def pair(self, device_id: str, name: str = "", platform: str = "", family: str = "", public_key: str = "") -> str:
-        """Record a device (again) and return its new device token; only the hash is kept."""
+    def pair(self, device_id: str, name: str = "", platform: str = "", family: str = "", public_key: str = "",
+             address: str = "") -> str | None:
+        """Record a device and return its new device token (only the hash is kept).
+
+        An id already paired and active is paired again only when ``public_key`` is the key
+        pinned for it (the connection was signed by it) or the owner approved a request for it
+        within APPROVAL_WINDOW; otherwise the attempt is kept as a request for the owner to
+        approve, and the answer is None.
+        """
         token = new_token()
         device = Device(device_id, name, platform, family, HASHER.hash(token), public_key, last_seen=time.time())
         with self._editing() as data:
+            known, requests = data["devices"].get(device_id), data["requests"]
+            if known and known.get("state") == "active" and not (known.get("public_key") and
+                                                                  known["public_key"] == public_key):
+                approved = requests.get(device_id, {}).get("approved", 0)
+                if time.time() - approved > APPROVAL_WINDOW:
+                    requests.pop(device_id, None)  # newest last
+                    requests[device_id] = {"name": name, "platform": platform, "address": address,
+                                           "requested": time.time(), "approved": approved}
+                    while len(requests) > MAX_REQUESTS:
+                        requests.pop(next(iter(requests)))
+                    return None
+            requests.pop(device_id, None)
             data["devices"][device_id] = asdict(device)
         return token
+
+    def requests(self) -> dict[str, dict]:
+        """Pairing requests for ids already paired, waiting for the owner: id -> name, address, when."""
+        with self._locked():
+            return dict(self._read()["requests"])
+
+    def approve(self, device_id: str) -> bool:
+        """Let the next pairing of ``device_id`` (within APPROVAL_WINDOW) replace the paired R1; False
+        when nothing asked to pair under that id."""
+        with self._editing() as data:
+            request = data["requests"].get(device_id)
+            if request is None:
+                return False
+            request["approved"] = time.time()
+        return True
 
     def authenticate(self, device_id: str, token: str) -> bool:
         """True when ``token`` is the device token of this active device; notes when it was seen."""
@@ -173,6 +214,7 @@ class DeviceStore:
             if record is None or record["state"] != "active":
                 return False
             record.update(state="revoked", token_hash="")
+            data["requests"].pop(device_id, None)  # a revoked id pairs again with the new code, no approval
             data["pairing_token"] = new_token()
         return True
 
@@ -194,6 +236,10 @@ def cmd_list(store: DeviceStore, args: argparse.Namespace) -> int:
     for device in sorted(devices, key=lambda d: d.paired):
         print(f"{device.id:<{width}}  {(device.name or '-')[:18]:<18} {device.state:<8} "
               f"{format_time(device.paired):<17} {format_time(device.last_seen)}")
+    for device_id, request in store.requests().items():
+        print(f"\n{device_id} is paired, and {request.get('address') or 'a client'} asked to pair under that id on "
+              f"{format_time(request.get('requested', 0))}. If that was your R1 (reset, or lost its token): "
+              f"lam-bridge devices approve {device_id}")
     return 0
 
 
@@ -206,6 +252,15 @@ def cmd_revoke(store: DeviceStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_approve(store: DeviceStore, args: argparse.Namespace) -> int:
+    if not store.approve(args.device):
+        print(f"Nothing asked to pair as {args.device!r} (see `lam-bridge devices list`).", file=sys.stderr)
+        return 1
+    print(f"Approved: the next R1 to pair as {args.device} within {APPROVAL_WINDOW / 60:g} minutes replaces the "
+          "one paired now, whose device token then stops working.")
+    return 0
+
+
 def cmd_new_code(store: DeviceStore, args: argparse.Namespace) -> int:
     store.rotate_pairing_token()
     print("Made a new pairing code; the old QR code no longer pairs. Paired R1s keep working.")
@@ -214,19 +269,23 @@ def cmd_new_code(store: DeviceStore, args: argparse.Namespace) -> int:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``devices [list|revoke ID|new-code]`` to a command's subparsers."""
-    parser = subparsers.add_parser("devices", help="list paired R1s, revoke one, or make a new pairing code",
+    parser = subparsers.add_parser("devices", help="list paired R1s, revoke one, approve one's new pairing, or "
+                                                   "make a new pairing code",
                                    description=f"Paired R1s are kept in {FILE_NAME} in the state directory.")
     actions = parser.add_subparsers(dest="devices_action")
     actions.add_parser("list", help="list paired R1s (the default)")
     revoke = actions.add_parser("revoke", help="refuse one R1 from now on (also changes the pairing code)")
     revoke.add_argument("device", help="the device id shown by `lam-bridge devices list`")
+    approve = actions.add_parser("approve", help="let a client pair again under the id of an R1 already paired "
+                                                 "(an R1 that was reset); its old device token stops working")
+    approve.add_argument("device", help="the device id shown by `lam-bridge devices list`")
     actions.add_parser("new-code", help="replace the pairing code shown on /r1/pair")
 
 
 def run_command(args: argparse.Namespace, config: dict | None = None) -> int:
     """Run the ``devices`` subcommand chosen in ``args`` (called like the bridge's other commands,
     with its configuration, which the device file does not depend on); returns the exit status."""
-    commands = {"list": cmd_list, "revoke": cmd_revoke, "new-code": cmd_new_code}
+    commands = {"list": cmd_list, "revoke": cmd_revoke, "approve": cmd_approve, "new-code": cmd_new_code}
     store = DeviceStore()
     try:
         return commands[args.devices_action or "list"](store, args)

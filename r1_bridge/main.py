@@ -50,7 +50,9 @@ class BridgeService:
         self.server = Server(self.app, self.settings.listen, threads=self.settings.threads,
                              cert_file=self.settings.cert_file, key_file=self.settings.key_file,
                              max_body=max(self.settings.max_body, WAITRESS_BODY_LIMIT),
-                             too_large=too_large(self.settings.max_body))
+                             too_large=too_large(self.settings.max_body),
+                             max_connections=self.settings.max_connections,
+                             per_address=self.settings.max_connections_per_address)
         self.metrics_server = None
         self.gateway = Gateway.from_config(self.relay, cfg)  # the R1's OpenClaw port; None when disabled
         self.bridge.gateway = self.gateway

@@ -18,9 +18,18 @@ protocol, versions 3 and 4); the gateway publishes it as a prompt (source
 Pairing: the R1 presents the pairing token from the QR code and is given a device token for
 later connections (:mod:`r1_bridge.devices`). A client that signs the challenge with an
 Ed25519 device key (OpenClaw's device identity, :mod:`r1_bridge.identity`) is verified and its
-key pinned; one that sends no signature pairs on the token alone. Errors use OpenClaw's codes:
-a refused token is ``NOT_PAIRED`` and closes 1008, a protocol mismatch ``INVALID_REQUEST`` and
-closes 1002, a frame that is not JSON closes 1008.
+key pinned; one that sends no signature pairs on the token alone, but an id already paired is
+paired again only by that R1 (its device token or pinned key) or with the owner's approval.
+
+Answers are OpenClaw's own: a wrong, revoked or missing token is ``INVALID_REQUEST`` with
+``details.code`` ``AUTH_TOKEN_MISMATCH``, ``AUTH_DEVICE_TOKEN_MISMATCH`` or ``AUTH_TOKEN_MISSING``, a
+bad signature ``INVALID_REQUEST`` with a ``DEVICE_AUTH_*`` code, each closing 1008; ``NOT_PAIRED``
+only when pairing needs the owner's approval or the device must sign; a protocol mismatch is
+``INVALID_REQUEST`` and closes 1002. Before ``connect`` a frame that is not JSON, or no
+``connect`` within 30 s, closes 1000, a frame over 64 KiB 1009. Once connected, a frame that is
+not JSON is logged and skipped and a request without an id is answered (id ``invalid``): the
+connection stays open. A ``chat.send`` repeating an idempotency key is not run again: while
+it runs it is answered ``in_flight``, once done ``ok``; the run id is the idempotency key.
 
 Photos in ``chat.send.attachments`` go with the question to the ``ai`` capability, scaled to
 fit one MQTT message (:mod:`r1_bridge.photos`). Frames may be 25 MB once the device is
@@ -67,6 +76,7 @@ MAX_BUFFERED = 2 * MAX_FRAME
 CONNECT_TIMEOUT = 30.0  # to authenticate after the socket opens
 TICK_INTERVAL = 15.0
 ROLE = "operator"
+ROLES = ("operator", "node")  # what OpenClaw grants; the gateway treats both alike
 SCOPES = ["operator.read", "operator.write"]
 SOURCE = "r1-voice"
 MAX_SOURCE = 64
@@ -75,7 +85,7 @@ KEEP_RUNS = 1000
 KEEP_HISTORY = 50
 PHOTO_HEADROOM = 8 * 1024  # bytes of a prompt or task message left for all but the photo
 MAX_PHOTO_QUESTION = 1000
-CLOSE_PROTOCOL, CLOSE_POLICY = 1002, 1008
+CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_POLICY = 1000, 1002, 1008
 METHODS = ["chat.send", "chat.history", "health", "system-presence", "tools.catalog"]
 EVENTS = ["connect.challenge", "tick", "chat"]
 
@@ -100,7 +110,8 @@ class FrameError(ValueError):
 
 
 class NotJson(Exception):
-    """A frame that is not JSON text: OpenClaw closes the connection (1008)."""
+    """A frame that is not JSON text: before connect OpenClaw closes the connection (1000), after it
+    logs the frame and reads on."""
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -192,6 +203,18 @@ def request_id_of(raw: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def auth_refusal(reason: str) -> FrameError:
+    """OpenClaw's answer to a token that does not hold (``token_missing``, ``token_mismatch`` or
+    ``device_token_mismatch``): ``INVALID_REQUEST`` with the reason's ``details.code``, closing 1008."""
+    messages = {"token_missing": "unauthorized: gateway token missing (provide gateway auth token)",
+                "token_mismatch": "unauthorized: gateway token mismatch (provide gateway auth token)",
+                "device_token_mismatch": "unauthorized: device token mismatch (rotate/reissue device token)"}
+    return FrameError(messages[reason], close=CLOSE_POLICY,
+                      details={"code": f"AUTH_{reason.upper()}", "authReason": reason, "canRetryWithDeviceToken": False,
+                               "recommendedNextStep": "update_auth_configuration" if reason == "token_missing"
+                               else "update_auth_credentials"})
+
+
 def negotiate(params: dict) -> int:
     """The protocol version both sides speak: the highest in the client's range and ours."""
     low, high = params.get("minProtocol", MIN_PROTOCOL), params.get("maxProtocol", MIN_PROTOCOL)
@@ -263,13 +286,14 @@ class GatewaySettings:
 class Run:
     """One utterance: the sentences of its commands as they finish, then the answer.
 
-    Retries with the same idempotency key share it; every connection delivering it gets
-    the same events.
+    Retries with the same idempotency key share it; every connection that asked for it gets
+    the same events, once.
     """
 
     id: str
     answer: asyncio.Task | None = None
     steps: list[str] = field(default_factory=list)
+    listeners: set[ServerConnection] = field(default_factory=set)  # connections its events are going to
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add_step(self, text: str) -> None:
@@ -406,7 +430,7 @@ class Gateway:
                     raw = await (ws.recv() if authenticated else
                                  asyncio.wait_for(ws.recv(), max(0.0, connect_by - time.monotonic())))
                 except TimeoutError:
-                    await ws.close(CLOSE_POLICY, "connect first")
+                    await ws.close(CLOSE_NORMAL, "handshake timeout")
                     return
                 if not await self._handle(ws, raw, remote, nonce):
                     return
@@ -419,10 +443,10 @@ class Gateway:
     async def _handle(self, ws: ServerConnection, raw: str | bytes, remote: str, nonce: str) -> bool:
         """Answer one frame; False when the connection was closed."""
         request_id = None
+        device_id = self.connected.get(ws)
         try:
             frame = read_frame(raw)
             request_id = frame["id"]
-            device_id = self.connected.get(ws)
             if device_id is None:
                 if frame["method"] != "connect":
                     raise FrameError("the first request must be connect", close=CLOSE_POLICY)
@@ -430,21 +454,28 @@ class Gateway:
             if frame["method"] == "connect":
                 raise FrameError("already connected")
             if not await self._blocking(self.store.is_active, device_id):
-                return await self._refuse(ws, request_id, remote, device_id, "the device was revoked")
+                log.warning("R1 gateway refused %s from %s: the device was revoked", device_id, remote)
+                raise auth_refusal("device_token_mismatch")
             answer = await self._request(ws, device_id, frame)
             if answer is not None:
                 await self._send(ws, answer)
         except NotJson as exc:
+            if device_id is not None:
+                log.warning("R1 gateway skipped a frame from %s (%s): %s", device_id, remote, exc)
+                return True
             log.warning("R1 gateway closed the connection from %s: %s", remote, exc)
-            await ws.close(CLOSE_POLICY, "invalid frame: not JSON")
+            await ws.close(CLOSE_NORMAL, "invalid handshake")
             return False
         except FrameError as exc:
             request_id = request_id or request_id_of(raw)
+            if device_id is not None and not exc.close:  # connected: every refusal is answered, the socket stays
+                await self._send(ws, error(request_id or "invalid", exc.code, str(exc), exc.details))
+                return True
             if request_id:
                 await self._send(ws, error(request_id, exc.code, str(exc), exc.details))
-            if exc.close or not request_id or ws not in self.connected:  # a failed handshake ends it too
-                await ws.close(exc.close or CLOSE_POLICY, str(exc)[:120])
-                return False
+            self.connected.pop(ws, None)
+            await ws.close(exc.close or CLOSE_POLICY, str(exc)[:120])
+            return False
         except ConnectionClosed:
             raise
         except Exception:
@@ -459,35 +490,32 @@ class Gateway:
         auth = _field(params, "auth", dict, {})
         device = _field(params, "device", dict, {})
         client = _field(params, "client", dict, {})
+        role = _field(params, "role", str, ROLE)
+        if role not in ROLES:
+            raise FrameError("invalid role", close=CLOSE_POLICY)
+        asked = _field(params, "scopes", list, [])
+        if not all(isinstance(scope, str) for scope in asked):
+            raise FrameError("params.scopes must be a list of strings")
         device_id = _short_id(device.get("id"), "params.device.id")
         offered = [t for t in (auth.get("token"), auth.get("deviceToken")) if isinstance(t, str) and t]
         public_key = ""
         if device.get("signature") is not None:
             try:
-                public_key = verify(device, client, str(params.get("role", ROLE)), list(params.get("scopes") or []),
-                                    offered, nonce, now_ms())
+                public_key = verify(device, client, role, asked, offered, nonce, now_ms())
             except IdentityError as exc:
                 log.warning("R1 gateway refused %s from %s: %s", device_id, remote, exc)
-                raise FrameError(str(exc), close=CLOSE_POLICY) from None
+                raise FrameError(str(exc), close=CLOSE_POLICY, details=exc.details) from None
         known = await self._blocking(self.store.get, device_id)
         if known and known.public_key and known.public_key != public_key:
-            return await self._refuse(ws, frame["id"], remote, device_id,
-                                      "this device signs its connections, and this one is not signed by its key")
-        token = None
-        for candidate in offered:
-            if await self._blocking(self.store.is_pairing_token, candidate):
-                token = await self._blocking(self.store.pair, device_id, str(client.get("displayName", ""))[:64],
-                                             str(client.get("platform", ""))[:32],
-                                             str(client.get("deviceFamily", ""))[:32], public_key)
-                log.info("R1 %s paired from %s%s", device_id, remote, " (device key verified)" if public_key else "")
-                break
-            if await self._blocking(self.store.authenticate, device_id, candidate):
-                token = candidate
-                break
+            log.warning("R1 gateway refused %s from %s: the device signs its connections, and this one is not "
+                        "signed by its key", device_id, remote)
+            raise FrameError("device identity required", "NOT_PAIRED", CLOSE_POLICY,
+                             {"code": "DEVICE_IDENTITY_REQUIRED"})
+        token = await self._token(device_id, offered, client, public_key, remote)
         if token is None:
-            reason = "the device was revoked" if known and not known.active else \
-                "no token" if not offered else "the token is not valid"
-            return await self._refuse(ws, frame["id"], remote, device_id, reason)
+            reason = "token_missing" if not offered else "device_token_mismatch" if known else "token_mismatch"
+            log.warning("R1 gateway refused %s from %s: %s", device_id, remote, reason.replace("_", " "))
+            raise auth_refusal(reason)
         self.connected[ws] = device_id
         ws.protocol.max_size = MAX_FRAME
         await self._send(ws, response(frame["id"], {
@@ -497,18 +525,39 @@ class Gateway:
             "snapshot": {"presence": self._presence(), "health": self._health(),
                          "stateVersion": {"presence": len(self.connected), "health": 0},
                          "uptimeMs": int((time.time() - self.started) * 1000), "authMode": "token"},
-            "auth": {"deviceToken": token, "role": ROLE, "scopes": SCOPES},
+            "auth": {"deviceToken": token, "role": role, "scopes": asked or SCOPES},
             "policy": {"maxPayload": MAX_FRAME, "maxBufferedBytes": MAX_BUFFERED,
                        "tickIntervalMs": int(TICK_INTERVAL * 1000)},
         }))
         return True
 
-    async def _refuse(self, ws: ServerConnection, request_id: str, remote: str, device_id: str, reason: str) -> bool:
-        log.warning("R1 gateway refused %s from %s: %s", device_id, remote, reason)
-        await self._send(ws, error(request_id, "NOT_PAIRED", f"pairing required: {reason}; scan the pairing code again"))
-        self.connected.pop(ws, None)
-        await ws.close(CLOSE_POLICY, "pairing required")
-        return False
+    async def _token(self, device_id: str, offered: list[str], client: dict, public_key: str,
+                     remote: str) -> str | None:
+        """The device token of this connection: the one it offered, or a new one when it pairs with
+        the pairing token; None when neither holds. FrameError (``NOT_PAIRED``) when the id is paired
+        already and this connection cannot show it is that R1: the owner is asked to approve it."""
+        for candidate in offered:
+            if await self._blocking(self.store.authenticate, device_id, candidate):
+                return candidate
+        for candidate in offered:
+            if await self._blocking(self.store.is_pairing_token, candidate):
+                break
+        else:
+            return None
+        token = await self._blocking(self.store.pair, device_id, str(client.get("displayName", ""))[:64],
+                                     str(client.get("platform", ""))[:32], str(client.get("deviceFamily", ""))[:32],
+                                     public_key, remote.rsplit(":", 1)[0])
+        if token is None:
+            log.warning("R1 gateway: %s tried to pair as %s, which is paired already, with the pairing code alone; "
+                        "if it is that R1 (reset, or it lost its token): lam-bridge devices approve %s",
+                        remote, device_id, device_id)
+            raise FrameError("pairing required: device is not approved yet", "NOT_PAIRED", CLOSE_POLICY, {
+                "code": "PAIRING_REQUIRED", "reason": "not-paired", "deviceId": device_id,
+                "remediationHint": "An R1 with this id is paired already: the owner approves this one on the "
+                                   "bridge (/r1/pair, or lam-bridge devices approve).",
+                "recommendedNextStep": "wait_then_retry", "waitForResolution": True})
+        log.info("R1 %s paired from %s%s", device_id, remote, " (device key verified)" if public_key else "")
+        return token
 
     async def _request(self, ws: ServerConnection, device_id: str, frame: dict) -> dict | None:
         """The response to an authenticated request (None when already sent)."""
@@ -548,16 +597,27 @@ class Gateway:
                 photos = [p for p in map(attachment_bytes, _field(params, "attachments", list, [])) if p]
             except PhotoError as exc:
                 raise FrameError(f"params.attachments: {exc}") from None
-            run = Run(new_id())
+            run = Run(key)  # as in OpenClaw, the run is named by its idempotency key
             run.answer = self._spawn(self._answer(run, device_id, message, photos[0] if photos else None, session_key))
             self.runs[(device_id, key)] = run
             while len(self.runs) > KEEP_RUNS:
                 self.runs.popitem(last=False)
-        await self._send(ws, response(request_id, {"runId": run.id, "status": "started"}))
-        self._spawn(self._deliver(ws, run, session_key))
+            status = "started"
+        else:
+            status = "ok" if run.answer.done() else "in_flight"
+        await self._send(ws, response(request_id, {"runId": run.id, "status": status}))
+        if ws not in run.listeners:  # a connection that lost the answer (a new one) hears it again
+            run.listeners.add(ws)
+            self._spawn(self._deliver(ws, run, session_key))
 
     async def _deliver(self, ws: ServerConnection, run: Run, session_key: str) -> None:
         """A delta event for each command's sentence as it comes, then the final answer."""
+        try:
+            await self._stream(ws, run, session_key)
+        finally:
+            run.listeners.discard(ws)
+
+    async def _stream(self, ws: ServerConnection, run: Run, session_key: str) -> None:
         sent = 0
         while True:
             for text in run.steps[sent:]:

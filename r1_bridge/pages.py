@@ -65,10 +65,14 @@ def login() -> Any:
         return render_template("login.html", error="", next=local_path(request.args.get("next")))
     client = client_address()
     username = request.form.get("username", "")
-    # Per address and user: someone else's typos elsewhere do not lock the admin out; many
-    # failures for the one user from anywhere (a spread-out guesser) do, for a while.
+    # Failures count per address (with the user name) and per user name. An address that failed too
+    # often is locked out for that user; while a user name has failed too often from anywhere (a
+    # spread-out guesser), only addresses with no failures of their own may log in as it. So no
+    # flood from other addresses locks the owner out: a right password from a clean address passes.
     here, anywhere = f"login {client} {username}", f"user {username}"
-    wait = max(state.limiter.retry_after(here), state.user_limiter.retry_after(anywhere))
+    wait = state.limiter.retry_after(here)
+    if not wait and state.limiter.failures(here):
+        wait = state.user_limiter.retry_after(anywhere)
     if wait:
         return login_form(f"Too many failed attempts; try again in {wait} seconds.", 429, {"Retry-After": str(wait)})
     if not csrf_ok():
@@ -76,9 +80,12 @@ def login() -> Any:
     if not state.admin.verify(username, request.form.get("password", "")):
         locked_here, locked_anywhere = state.limiter.fail(here), state.user_limiter.fail(anywhere)
         auth_log.warning("failed dashboard login for user %r from %s", username[:64], client)
-        if locked_here or locked_anywhere:
-            auth_log.warning("locked out dashboard logins for user %r%s for %g seconds", username[:64],
-                             "" if locked_anywhere else f" from {client}", state.settings.login_window)
+        if locked_here:
+            auth_log.warning("locked out dashboard logins for user %r from %s for %g seconds", username[:64],
+                             client, state.settings.login_window)
+        if locked_anywhere:
+            auth_log.warning("many failed dashboard logins for user %r from several addresses: for %g seconds only "
+                             "addresses without failures may log in as it", username[:64], state.settings.login_window)
         return login_form("Wrong user name or password.", 401)
     session.clear()
     session["admin"] = state.admin.fingerprint
@@ -189,16 +196,20 @@ def r1_install() -> str:
 @pages.route("/r1/pair", methods=["GET", "POST"])
 @login_required
 def r1_pair() -> Any:
-    """The pairing code for the R1's voice (OpenClaw) and the paired R1s; POST revokes one or makes a new code."""
+    """The pairing code for the R1's voice (OpenClaw), the paired R1s and requests to pair under a paired
+    R1's id; POST revokes an R1, approves a request or makes a new code."""
     gateway = bridge().gateway
     store = gateway.store if gateway else DeviceStore()
     if request.method == "POST":
         if request.form.get("revoke"):
             store.revoke(request.form["revoke"])
+        elif request.form.get("approve"):
+            store.approve(request.form["approve"])
         elif request.form.get("new_code"):
             store.rotate_pairing_token()
         return redirect(url_for("pages.r1_pair"))
     payload = gateway.pairing_payload() if gateway else None
     unreachable = bool(payload) and all(is_loopback(ip) for ip in payload["ips"])  # an R1 is never this machine
     return render_template("pair.html", payload=payload, qr=Markup(qr_svg(payload)) if payload else "",
-                           unreachable=unreachable, devices=store.devices(), format_time=format_time)
+                           unreachable=unreachable, devices=store.devices(), requests=store.requests(),
+                           format_time=format_time)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -192,7 +193,9 @@ class Load:
                      failed_but_ran=sum(runs[t] > 0 for t in failed),
                      statuses=Counter(r[0].status for r in replies.values() if r),
                      slowest=max((self.answered_at.get(p.id, time.time()) - p.ts for p in prompts
-                                  if fault_at and p.ts >= fault_at), default=0.0))
+                                  if fault_at and p.ts >= fault_at), default=0.0),
+                     resumed=min((self.answered_at[p.id] - fault_at for p in prompts
+                                  if fault_at and p.ts >= fault_at and p.id in self.answered_at), default=0.0))
 
     def close(self) -> None:
         self.bus.stop()
@@ -212,6 +215,7 @@ class Tally:
     slowest: float = 0.0  # seconds, the longest a prompt sent from the fault on waited for its reply (benches)
     copies: int = 0  # prompts whose one reply came more than once (sent again after a restart)
     failed_but_ran: int = 0  # prompts answered `failed` whose task the agents' records show run
+    resumed: float = 0.0  # seconds from the fault to the first reply to a prompt sent after it (benches)
 
     def clean(self) -> bool:
         """Nothing lost, twice or run twice (a task started by an agent killed meanwhile may be
@@ -272,7 +276,7 @@ class System:
     def _start(self, name: str, module: str, *args: str) -> Process:
         runs = sum(1 for n in self.processes if n.split("#")[0] == name)
         process = Process(f"{name}-{runs}", [*self.wrap.get(name, ()), sys.executable, "-m", module, *args],
-                          self.folder)
+                          self.folder, {"LAM_STATE_DIR": str(self.folder / "state")})
         self.processes[f"{name}#{runs}"] = process
         return process
 
@@ -363,6 +367,87 @@ def freeze(processes: list[Process]) -> Iterator[None]:
     finally:
         for process in processes:
             process.signal(signal.SIGCONT)
+
+
+# -- a client that stops reading ----------------------------------------------------------
+
+def remaining_length(count: int) -> bytes:
+    encoded = bytearray()
+    while True:
+        count, digit = divmod(count, 128)
+        encoded.append(digit | (0x80 if count else 0))
+        if not count:
+            return bytes(encoded)
+
+
+def mqtt_string(text: str) -> bytes:
+    return len(text.encode()).to_bytes(2, "big") + text.encode()
+
+
+class StalledSubscriber:
+    """An MQTT 3.1.1 subscriber on a plain socket with a tiny receive buffer, that reads only when told:
+    a client that stops reading (frozen, or on a dead link) without its socket closing."""
+
+    def __init__(self, port: int, client_id: str, topic_filter: str, login: tuple[str, str] | None = None) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.settimeout(10)
+        flags = 0x02 | (0xC0 if login else 0)  # clean session; user name and password
+        body = mqtt_string("MQTT") + bytes([4, flags]) + (600).to_bytes(2, "big") + mqtt_string(client_id)
+        if login:
+            body += mqtt_string(login[0]) + mqtt_string(login[1])
+        self.sock.sendall(b"\x10" + remaining_length(len(body)) + body)
+        assert self.sock.recv(4) == b"\x20\x02\x00\x00"
+        body = (1).to_bytes(2, "big") + mqtt_string(topic_filter) + b"\x01"
+        self.sock.sendall(b"\x82" + remaining_length(len(body)) + body)
+        assert self.sock.recv(5) == b"\x90\x03\x00\x01\x01"
+        self.buffer = b""
+
+    def read_all(self, quiet: float = 3.0, within: float = 90.0) -> list[tuple[int, bytes]]:
+        """Read on until nothing comes for ``quiet`` seconds: (QoS, payload) of each message, QoS 1 acknowledged."""
+        received = []
+        self.sock.settimeout(quiet)
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            self.buffer += chunk
+            while (packet := self._packet()) is not None:
+                header, body = packet
+                if header >> 4 != 3:  # PUBLISH
+                    continue
+                qos = (header >> 1) & 3
+                topic_end = 2 + int.from_bytes(body[:2], "big")
+                payload = body[topic_end + (2 if qos else 0):]
+                if qos:
+                    self.sock.sendall(b"\x40\x02" + body[topic_end:topic_end + 2])
+                received.append((qos, payload))
+        return received
+
+    def _packet(self) -> tuple[int, bytes] | None:
+        length, multiplier, index = 0, 1, 1
+        while True:
+            if index >= len(self.buffer):
+                return None
+            digit = self.buffer[index]
+            length += (digit & 0x7F) * multiplier
+            multiplier *= 128
+            index += 1
+            if not digit & 0x80:
+                break
+        if len(self.buffer) < index + length:
+            return None
+        header, body = self.buffer[0], self.buffer[index:index + length]
+        self.buffer = self.buffer[index + length:]
+        return header, body
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 # -- network namespaces -----------------------------------------------------------------

@@ -177,6 +177,7 @@ class LamSystem:
         return path
 
     def start(self, name: str, module: str, *args: str, env: dict | None = None) -> Process:
+        env = {"LAM_STATE_DIR": str(self.tmp_path / "state"), **(env or {})}  # agents keep their task records there
         process = Process(name, [sys.executable, "-m", module, *args], self.tmp_path, env)
         self.processes.append(process)
         return process

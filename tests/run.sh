@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh Debian machine, then runs it.
-# Debian packages: brokers, a browser and its driver, an X server and a sound server.
+# Debian packages: brokers (Mosquitto, and NATS for a cluster), a browser and its driver, an X server and a sound server.
 # Python packages: the `test` extra, into the interpreter named by $PYTHON (default python3), or,
 # when that interpreter refuses pip (PEP 668's externally managed Python of Debian and Ubuntu, or
 # no pip at all), into a virtual environment of its own in .venv/.
@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients chromium chromium-driver xvfb xauth x11-utils xdotool zbar-tools openssl
+packages=(mosquitto mosquitto-clients nats-server chromium chromium-driver xvfb xauth x11-utils xdotool zbar-tools openssl
           pulseaudio pulseaudio-utils pipewire-bin pipewire-pulse wireplumber dbus-daemon playerctl systemd
           python3-venv)
 missing=()

@@ -8,8 +8,12 @@ from __future__ import annotations
 import html
 import json
 import re
+import select
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -74,8 +78,10 @@ def test_failed_command_reports_failed_with_its_sentence(bridge, openapi):
     assert answer["status"] == "failed"
     assert answer["result"]["status"] == "failed" and answer["result"]["success"] is False
     assert "the disk is full" in answer["response"]
-    again = bridge.session().get(f"{bridge.url}/api/prompt/{answer['id']}/status", timeout=10)
-    assert openapi.check(again, "/api/prompt/{id}/status")["status"] == "failed"
+    again = openapi.check(bridge.session().get(f"{bridge.url}/api/prompt/{answer['id']}/status", timeout=10),
+                          "/api/prompt/{id}/status")
+    # The original LAMControl client prints data["error"] for a failed prompt.
+    assert again["status"] == "failed" and again["error"] == answer["error"] == answer["response"]
 
 
 def test_wait_is_capped_by_the_configured_maximum(start_bridge, openapi):
@@ -384,6 +390,40 @@ def test_the_api_description_is_a_page_a_person_can_read(bridge, openapi):
     assert "Bearer &lt;token&gt;" in page.text
     browser, _ = logged_in(bridge)
     assert 'href="/api/docs">API</a>' in browser.get(f"{bridge.url}/", timeout=10).text  # linked from the dashboard
+class FromAddress(requests.adapters.HTTPAdapter):
+    """Connections from another loopback address (127.0.0.2, ...): a client on another machine, as the bridge sees it."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (self.address, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def test_a_login_flood_from_other_addresses_never_locks_the_owner_out(start_bridge, caplog):
+    guarded = start_bridge(login_attempts=2, login_window=60.0)
+
+    def login(address: str, password: str) -> int:
+        browser = requests.Session()
+        browser.mount("http://", FromAddress(address))
+        attempt = {"csrf_token": csrf_from(browser.get(f"{guarded.url}/login", timeout=10).text),
+                   "username": "admin", "password": password}
+        return browser.post(f"{guarded.url}/login", data=attempt, allow_redirects=False, timeout=10).status_code
+
+    # Five addresses guess five times each: each is locked out after its own two failures, and once the
+    # user name has failed eight times from anywhere, after its first ...
+    for host in range(2, 6):
+        assert [login(f"127.0.0.{host}", "guess-secret") for _ in range(5)] == [401, 401, 429, 429, 429]
+    assert "many failed dashboard logins for user 'admin' from several addresses" in caplog.text
+    assert [login("127.0.0.6", "guess-secret") for _ in range(5)] == [401, 429, 429, 429, 429]
+    # ... the owner, from an address with no failures, still logs in; a guesser's address with one
+    # failure may not, even with the right password, while the user name is under attack.
+    assert login("127.0.0.1", PASSWORD) == 302
+    assert login("127.0.0.8", "guess-secret") == 401
+    assert login("127.0.0.8", PASSWORD) == 429
+    assert login("127.0.0.9", PASSWORD) == 302
 
 
 def test_a_new_password_logs_sessions_out(start_bridge):
@@ -465,6 +505,84 @@ def test_install_page_pairs_an_r1_with_a_new_token(bridge):
     assert creation["url"].startswith(f"{bridge.url}/r1#")
     assert requests.get(creation["iconUrl"], timeout=10).headers["Content-Type"] == "image/png"
     assert post_prompt(bridge, {"prompt": "echo paired", "wait": 10}, token=token).json()["response"] == "paired"
+
+
+def ended_by_server(sockets: list, wanted: int, within: float = 40.0) -> list:
+    """The ``sockets`` the server closed, waiting (at most ``within`` seconds) until ``wanted`` have."""
+    pending, ended = set(sockets), []
+    deadline = time.monotonic() + within
+    while pending and len(ended) < wanted and time.monotonic() < deadline:
+        readable, _, _ = select.select(list(pending), [], [], 0.2)
+        for sock in readable:
+            try:
+                data = sock.recv(4096)
+            except (OSError, ssl.SSLError):
+                data = b""
+            if not data:
+                ended.append(sock)
+                pending.discard(sock)
+    return ended
+
+
+def hold(port: int, count: int, source: str, wrap=None) -> list:
+    """``count`` connections to the bridge from ``source`` that never send a request."""
+    held = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+        held.append(wrap(sock) if wrap else sock)
+    return held
+
+
+def test_idle_connections_do_not_take_the_bridge_down(start_bridge):
+    """101 connections that never send a request (waitress alone took 100 and let them idle 600 s)."""
+    idle_bridge = start_bridge()
+    port = idle_bridge.service.server.port
+    held = hold(port, 101, "127.0.0.3")
+    try:
+        # One address keeps 20 of them; the bridge ends the other 81 at once ...
+        refused = ended_by_server(held, 81)
+        assert len(refused) == 81
+        # ... answers everyone else meanwhile ...
+        for host in range(4, 9):
+            browser = requests.Session()
+            browser.mount("http://", FromAddress(f"127.0.0.{host}"))
+            assert browser.get(f"{idle_bridge.url}/api/health", timeout=10).status_code == 200
+        # ... and ends the 20 it kept once they idled, as it ends a request that never finishes
+        # arriving, even one byte at a time.
+        slow = hold(port, 1, "127.0.0.9")[0]
+        slow.sendall(b"POST /api/prompt HTTP/1.1\r\nHost: x\r\n")
+        stop = threading.Event()
+
+        def dribble() -> None:
+            for _ in range(120):
+                if stop.wait(0.5):
+                    return
+                try:
+                    slow.sendall(b"X")
+                except OSError:
+                    return
+
+        threading.Thread(target=dribble, daemon=True).start()
+        kept = [sock for sock in held if sock not in refused]
+        assert len(ended_by_server(kept, 20)) == 20
+        assert len(ended_by_server([slow], 1)) == 1
+        stop.set()
+        assert requests.get(f"{idle_bridge.url}/api/health", timeout=10).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_the_https_front_limits_connections_per_address(start_bridge, tmp_path):
+    cert, key = self_signed_certificate(tmp_path)
+    secure = start_bridge(cert_file=cert, key_file=key, max_connections_per_address=5)
+    held = hold(secure.service.server.port, 12, "127.0.0.3")
+    try:
+        assert len(ended_by_server(held, 7)) == 7
+        assert requests.get(f"{secure.url}/api/health", timeout=10, verify=cert).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
 
 
 # -- HTTPS ---------------------------------------------------------------------------------

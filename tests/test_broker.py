@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import signal
 import socket
 import subprocess
@@ -14,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import paho.mqtt.client as mqtt
 import pytest
 
+from faultkit import StalledSubscriber
 from helpers import Process, free_port, wait_for_port, wait_until
 
 THREADS = 8
@@ -51,7 +54,9 @@ class Client:
         if will_topic:
             self.client.will_set(will_topic, b'{"online": false}', qos=1, retain=True)
         self.client.reconnect_delay_set(60, 60)
-        self.client.on_message = lambda client, userdata, message: self.received.append(message.payload)
+        self.messages: list[tuple[str, bytes, bool]] = []  # (topic, payload, retain flag)
+        self.client.on_message = lambda client, userdata, message: (
+            self.received.append(message.payload), self.messages.append((message.topic, message.payload, message.retain)))
         self.client.on_subscribe = lambda *args: self.subscribed.set()
         self.client.on_disconnect = lambda *args: self.dropped.set()
         self.client.connect("127.0.0.1", port, keepalive=30)
@@ -293,3 +298,111 @@ def test_garbage_instead_of_connect_is_refused(embedded_broker):
     finally:
         client.close()
     assert "Unhandled exception" not in process.log()
+
+
+def test_a_subscriber_that_stops_reading_costs_only_itself(tmp_path):
+    """A subscriber to everything that stops reading: the others get every message; the broker holds
+    at most its queue for it, dropping QoS 0 messages first, and says so once."""
+    config = tmp_path / "lam.toml"
+    config.write_text("[embedded_broker]\nmax_queued_messages = 300\nmax_inflight_messages = 20\n")
+    port = free_port()
+    broker = Process("lam-broker-slow", [sys.executable, "-m", "lamcontrol.broker.main", "--config", str(config),
+                                         "--listen", f"127.0.0.1:{port}"], tmp_path)
+    wait_for_port(port)
+    stalled = StalledSubscriber(port, "stalled", "#")
+    reader = Client(port, "reader", ["load/#"])
+    publisher = Client(port, "publisher", [], persistent=False)
+    try:
+        assert reader.problem() == ""
+        sent = []
+        for n in range(2200):
+            qos = 1 if n % 11 == 0 else 0  # 200 at QoS 1, 2000 at QoS 0
+            payload = f"{n:05d}".encode() + b"x" * 16_000
+            sent.append(publisher.client.publish(f"load/{qos}", payload, qos=qos))
+        for info in sent:
+            info.wait_for_publish(60)
+        wait_until(lambda: len(reader.received) == 2200, 60, lambda: f"every message at the reader "
+                                                                  f"({len(reader.received)} of 2200)")
+        assert sorted(p[:5] for p in reader.received) == [f"{n:05d}".encode() for n in range(2200)]
+        got = stalled.read_all()
+        qos1 = {payload[:5] for qos, payload in got if qos == 1}
+        qos0 = {payload[:5] for qos, payload in got if qos == 0}
+        assert qos1 == {f"{n:05d}".encode() for n in range(0, 2200, 11)}  # every QoS 1 message
+        assert 0 < len(qos0) < 1000, len(qos0)  # QoS 0 ones beyond its queue were dropped
+    finally:
+        stalled.close()
+        for client in (reader, publisher):
+            client.close()
+        broker.stop()
+    log = broker.log()
+    assert log.count("does not keep up") == 1 and "anonymous:stalled" in log, log[-3000:]
+    assert "Task failed" not in log and "Unhandled exception" not in log
+
+
+def test_no_task_prompt_or_result_is_kept_retained_and_queued_messages_are_not_retained(tmp_path):
+    """Under the configured prefix, a retained task, prompt or result is delivered but not kept (it
+    would run again for every new subscriber); what waited for a persistent session comes with the
+    retain flag cleared, as MQTT requires (agents ignore retained tasks)."""
+    config = tmp_path / "lam.toml"
+    config.write_text('[broker]\nprefix = "home/lam"\n')
+    port = free_port()
+    broker = Process("lam-broker-retain", [sys.executable, "-m", "lamcontrol.broker.main", "--config", str(config),
+                                           "--listen", f"127.0.0.1:{port}"], tmp_path)
+    wait_for_port(port)
+    live = Client(port, "live", ["home/lam/#"], persistent=False)
+    agent = Client(port, "lam-agent-a1", ["home/lam/tasks/echo"])
+    publisher = Client(port, "publisher", [], persistent=False)
+    try:
+        assert live.problem() == agent.problem() == ""
+        agent.close()
+        kept = {"home/lam/agents/a1/status": b"online", "home/lam/agents/a1/spec": b"{}"}
+        forgotten = {"home/lam/tasks/echo": b"task", "home/lam/prompts": b"prompt",
+                     "home/lam/agents/a1/results/t1": b"result", "home/lam/errors": b"error"}
+        for topic, payload in {**forgotten, **kept}.items():
+            publisher.publish(topic, payload, retain=True)
+        wait_until(lambda: len(live.messages) == 6, 15, "every message delivered live")
+        late = Client(port, "late", ["home/lam/#", "marker"], persistent=False)
+        assert late.problem() == ""
+        publisher.publish("marker", b"m")
+        wait_until(lambda: late.received[-1:] == [b"m"], 15, "the marker")
+        assert {(t, p) for t, p, retained in late.messages if retained} == set(kept.items())
+        late.close()
+        back = Client(port, "lam-agent-a1", [])  # the agent, back: its session kept the task sent meanwhile
+        wait_until(lambda: back.messages, 15, "the task queued for the agent")
+        assert back.messages == [("home/lam/tasks/echo", b"task", False)]
+        back.close()
+    finally:
+        for client in (live, publisher):
+            client.close()
+        broker.stop()
+    assert "published a retained Task on home/lam/tasks/echo: delivered, not kept" in broker.log()
+def test_sessions_of_clients_that_left_are_dropped_and_kept_ones_stay():
+    """lam-broker looks for ended sessions when a client leaves (not every second, as aMQTT does): a
+    clean session goes as soon as its client does, a persistent one stays for its client's return."""
+    from lamcontrol.broker.main import Listeners
+    from lamcontrol.broker.server import EmbeddedBroker
+
+    port, running, stop = free_port(), queue.SimpleQueue(), threading.Event()
+
+    async def serve() -> None:
+        broker = EmbeddedBroker(Listeners(listen=f"127.0.0.1:{port}").amqtt_config())
+        await broker.start()
+        running.put(broker)
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+        await broker.shutdown()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    broker = running.get(timeout=30)
+    try:
+        clients = [Client(port, f"leaver-{persistent}", ["lam/x"], persistent) for persistent in (True, False)]
+        assert [client.problem() for client in clients] == ["", ""]
+        for client in clients:
+            client.close()
+        wait_until(lambda: not any(key.endswith(":leaver-False") for key in list(broker._sessions)), 10,
+                   "the clean session dropped")
+        kept = [key for key in list(broker._sessions) if key.endswith(":leaver-True")]
+        assert kept and broker._sessions[kept[0]][0].transitions.state == "disconnected"
+    finally:
+        stop.set()
+        thread.join(15)

@@ -398,8 +398,8 @@ def test_a_reply_is_marked_sent_in_the_journal_once_the_broker_has_it(lam):
 
 
 def test_what_other_threads_and_handlers_publish_all_goes_out_once(broker):
-    """One thread per bus reads, handles and writes: publishes from other threads wake it, and what a
-    handler publishes is written at once; under load from both, every message goes out, once."""
+    """One thread per bus reads, handles and writes: other threads write what they publish or wake it,
+    and what a handler publishes is written at once; under load from both, every message goes out, once."""
     root, threads, each = f"wake-{new_id()}", 4, 150
     seen: queue.Queue = queue.Queue()
     watcher = Bus(BrokerSettings(url=broker.url), component="watcher")
@@ -429,6 +429,26 @@ def test_what_other_threads_and_handlers_publish_all_goes_out_once(broker):
         watcher.stop()
 
 
+def test_messages_published_from_another_thread_while_the_bus_sleeps_each_go_out(broker):
+    """While its thread sleeps, a bus lets another thread write what it publishes; each such message
+    goes out at once, not only the first (nor only once the bus thread wakes for something else)."""
+    root = f"asleep-{new_id()}"
+    seen: queue.Queue = queue.Queue()
+    watcher = Bus(BrokerSettings(url=broker.url), component="watcher")
+    watcher.on(f"{root}/#", lambda topic, payload: seen.put(payload))
+    sender = Bus(BrokerSettings(url=broker.url), component="sender")
+    watcher.start(timeout=15)
+    sender.start(timeout=15)
+    try:
+        for n in range(5):
+            wait_until(lambda: sender._sleeping, 10, "the sender's bus thread asleep")
+            sender.publish_raw(f"{root}/{n}", str(n).encode())
+            assert seen.get(timeout=10) == str(n).encode()
+    finally:
+        sender.stop()
+        watcher.stop()
+
+
 def test_messages_larger_than_the_socket_takes_at_once_arrive_whole_and_in_order(broker):
     """Writes are gathered and sent as the socket takes them, reads taken in large chunks: messages
     that span many reads, queued faster than the socket drains, all arrive intact and in order."""
@@ -449,3 +469,38 @@ def test_messages_larger_than_the_socket_takes_at_once_arrive_whole_and_in_order
     finally:
         writer.stop()
         reader.stop()
+
+
+def test_a_retained_task_never_runs_again_at_an_agent_start(lam, broker, tmp_path):
+    """A task someone left retained on ``lam/tasks/<capability>`` ran at every start of its agent. An
+    agent now ignores a retained task, reports it on lam/errors and clears it."""
+    record = tmp_path / "ran.jsonl"
+    config = f'[capabilities.echo]\nrun_record = "{record}"\n'
+    agent = lam.agent("a1", extra_config=config)
+    now = time.time()
+    left = Task(task_id=new_id(), prompt_id=new_id(), capability="echo", action="say", agent="a1",
+                args={"text": "left retained"}, accept_by=now + 300, deadline=now + 300)
+    lam.bus.publish(left, retain=True).wait_for_publish(10)  # a live task: taken once, as any other
+
+    def ran() -> list[str]:
+        return [json.loads(line)["args"]["text"] for line in record.read_text().splitlines()] if record.exists() else []
+
+    wait_until(lambda: ran() == ["left retained"], 15, "the task run once, at publish")
+    for _ in range(3):
+        agent.stop()
+        agent = lam.agent("a1", extra_config=config)
+    wait_until(lambda: any(ErrorRecord.from_dict(decode(p)).topic_name == lam.topics.task("echo")
+                           for _, p in lam.recorder.on(lam.topics.errors)), 15, "the retained task reported")
+    # Cleared: a new subscriber finds nothing retained there.
+    received: queue.Queue = queue.Queue()
+    marker = f"{lam.prefix}/marker-{new_id()}"
+    late = raw_client(broker, "late", [lam.topics.task("echo"), marker], received)
+    late.publish(marker, b"m", qos=1).wait_for_publish(10)
+    assert received.get(timeout=10) == (marker, False)
+    late.disconnect()
+    late.loop_stop()
+    barrier = Task(task_id=new_id(), prompt_id=new_id(), capability="echo", action="say", agent="a1",
+                   args={"text": "barrier"}, accept_by=time.time() + 30)
+    lam.publish(barrier)
+    lam.recorder.wait_for(Result, lam.topics.result("a1", barrier.task_id), lambda r: r.state == "succeeded")
+    assert ran() == ["left retained", "barrier"]

@@ -48,7 +48,7 @@ def test_bad_keys_name_the_key_the_section_and_a_close_match(tmp_path, text, com
     ("[broker]\nurl = \"http://127.0.0.1:1883\"\n", "[broker] url must be a URL such as mqtt://host:port"),
     ("[broker]\nprefix = \"lam/#\"\n", "[broker] prefix must be one or more topic levels"),
     ("[agent]\nmax_concurrent = 0\n", "[agent] max_concurrent must be 1 or more, not 0"),
-    ("[agent]\nid = \"my desk\"\n", "[agent] id must be 1-128 printable characters"),
+    ("[agent]\nid = \"my desk\"\n", "[agent] id must be 1-128 letters, digits, '-' or '_'; 'my desk' could be 'my-desk'"),
     ("[groq]\nreasoning_effort = \"max\"\n", "[groq] reasoning_effort must be one of low, medium, high, not 'max'"),
     ("[openclaw]\nport = 70000\n", "[openclaw] port must be a port number, 0 to 65535, not 70000"),
     ("[bridge]\npublic_url = \"lam.example.net\"\n", "[bridge] public_url must be a URL such as https://host:port"),

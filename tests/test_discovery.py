@@ -99,7 +99,7 @@ def discovery():
 
 def all_configs(discovery: Configs) -> dict[str, dict]:
     return {**discovery.coordinator_configs(), **discovery.agent_configs(computer_presence()),
-            **discovery.agent_configs(Presence(state="online", agent="kitchen.pi", capabilities={"echo": ["say"]}))}
+            **discovery.agent_configs(Presence(state="online", agent="kitchen-pi", capabilities={"echo": ["say"]}))}
 
 
 def test_payloads_follow_the_documented_schema(discovery):
@@ -132,15 +132,15 @@ def test_payloads_follow_the_documented_schema(discovery):
 
 
 def test_ids_differing_in_punctuation_are_different_devices(discovery):
-    """Default agent ids are host names: kitchen.pi and kitchen_pi must not share a device, and
+    """Default agent ids are host names: kitchen-pi and kitchen_pi must not share a device, and
     forgetting one must not touch the other's entities."""
     dotted, underscored = (Presence(state="online", agent=a, capabilities={"echo": ["say"]})
-                           for a in ("kitchen.pi", "kitchen_pi"))
+                           for a in ("kitchen-pi", "kitchen_pi"))
     dotted_topics, underscored_topics = discovery.agent_configs(dotted), discovery.agent_configs(underscored)
     assert not set(dotted_topics) & set(underscored_topics)
     assert {c["device"]["identifiers"][0] for c in dotted_topics.values()}.isdisjoint(
         c["device"]["identifiers"][0] for c in underscored_topics.values())
-    assert not set(discovery.agent_topics("kitchen.pi")) & set(underscored_topics)
+    assert not set(discovery.agent_topics("kitchen-pi")) & set(underscored_topics)
 
 
 def test_templates_survive_the_empty_payloads_that_delete_state(discovery):
@@ -177,11 +177,11 @@ def test_connectivity_shows_off_not_unavailable(discovery):
             assert config["payload_off"] == "offline" and config["payload_on"] == "online"
         else:
             topics = {a["topic"] for a in config["availability"]}
-            assert topics & {"lamx/coordinator/status", "lamx/agents/desk/status", "lamx/agents/kitchen.pi/status"}
+            assert topics & {"lamx/coordinator/status", "lamx/agents/desk/status", "lamx/agents/kitchen-pi/status"}
     desk = "homeassistant/{}/lamx_agent_desk/{}/config"
     assert {desk.format("button", "play"), desk.format("button", "pause"), desk.format("button", "next"),
             desk.format("button", "previous"), desk.format("number", "volume")} <= set(configs)
-    assert not any("/button/lamx_agent_kitchen_pi/" in t for t in configs), "only computer agents get media buttons"
+    assert not any("/button/lamx_agent_kitchen-pi/" in t for t in configs), "only computer agents get media buttons"
 
 
 def test_commands_reach_that_agent(discovery):
@@ -720,20 +720,25 @@ def test_the_coordinator_and_agent_devices_in_home_assistant(lam, ha, home):
 
 
 def test_coordinator_requests_are_never_kept_and_only_its_own(lam, ha):
-    """A request published retained by mistake is acted on once and cleared; anything but restart and
-    log level is refused on lam/errors."""
+    """A request published retained by mistake is not acted on (it may be old), but refused on
+    lam/errors and cleared; a live one is acted on; anything but restart and log level is refused."""
     lam.bus.publish_raw(lam.topics.coordinator_request, '{"action":"log_level","value":"warning"}',
                         retain=True).wait_for_publish(10)
     lam.coordinator(extra_config=lam.ha_config)
-    wait_until(lambda: any(p and json.loads(p) == {"log_level": "warning"}
-                           for _, p in lam.recorder.on(lam.topics.coordinator_settings)), 20, "the level applied")
+    lam.recorder.wait_for(ErrorRecord, lam.topics.errors, lambda e: e.topic_name == lam.topics.coordinator_request
+                          and "retained" in e.error)
     late = Watcher(lam.broker_url, lam.prefix)
     try:
         barrier(lam, ha)
         assert not [t for t, _, _ in late.seen if t == lam.topics.coordinator_request], "nothing retained"
     finally:
         late.close()
+    assert not any(p and json.loads(p) == {"log_level": "warning"}
+                   for _, p in lam.recorder.on(lam.topics.coordinator_settings)), "a retained request acted on"
+    lam.publish_raw(lam.topics.coordinator_request, '{"action":"log_level","value":"warning"}')
+    wait_until(lambda: any(p and json.loads(p) == {"log_level": "warning"}
+                           for _, p in lam.recorder.on(lam.topics.coordinator_settings)), 20, "the level applied")
     lam.publish_raw(lam.topics.coordinator_request, '{"action":"shutdown"}')
     error = lam.recorder.wait_for(ErrorRecord, lam.topics.errors,
-                                  lambda e: e.topic_name == lam.topics.coordinator_request)
+                                  lambda e: e.topic_name == lam.topics.coordinator_request and "retained" not in e.error)
     assert "action" in error.error

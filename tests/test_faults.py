@@ -543,3 +543,44 @@ def test_lying_specs(tmp_path, kind):
                 bus.stop()
         system.close()
         broker.close()
+
+
+def test_retained_tasks(tmp_path):
+    """On the embedded broker with no users (where any local process may publish), someone replays an
+    answered prompt's task retained, its dispatch window a day ahead; later another task is left
+    retained (one retained message per topic: it replaces the replay) with a window of seconds.
+    Their agent is restarted twice after each, under load: neither task runs again (before, each ran
+    at every restart), and every prompt is answered once."""
+    broker = Broker("amqtt", tmp_path, prefix())
+    system = System(broker, tmp_path)
+    replayer = Bus(broker.settings(), component="replayer", report=False)
+    try:
+        system.coordinator()
+        for agent in ("a1", "a2"):
+            system.agent(agent)
+        prompts = system.load.send(20, seconds=0.1, timeout=TIMEOUT)
+        system.load.wait_answered(prompts, ANSWER_WAIT)
+        first = prompts[0]
+        [done] = system.load.replies[first.id][0].tasks
+        now = time.time()
+        replayed = Task(task_id=done.task_id, prompt_id=first.id, capability="echo", action="sleep", agent=done.agent,
+                        args={"seconds": 0.1, "text": first.prompt.rsplit(" ", 1)[1]}, accept_by=now + 86_400,
+                        deadline=now + 86_400)
+        left = Task(task_id=uuid.uuid4().hex[:24], prompt_id=uuid.uuid4().hex[:24], capability="echo",
+                    action="sleep", agent=done.agent, args={"seconds": 0.1, "text": "tokleftretained"},
+                    accept_by=now + 5, deadline=now + 30)
+        replayer.start(timeout=10)
+        system.fault()
+        for task in (replayed, left):
+            replayer.publish(task, retain=True).wait_for_publish(10)
+            for _ in range(2):
+                prompts += system.load.send(20, seconds=0.1, timeout=TIMEOUT)
+                assert process(system, done.agent).stop() == 0
+                system.agent(done.agent)
+        prompts += system.load.send(20, seconds=0.1, timeout=TIMEOUT)
+        assert_clean(system, prompts, all_succeeded=False)  # an agent stopped fails what it had not started
+        assert system.runs()["tokleftretained"] <= 1  # taken when published, as any live task; never again
+    finally:
+        replayer.stop()
+        system.close()
+        broker.close()

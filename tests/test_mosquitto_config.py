@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from conftest import mosquitto_available
@@ -294,3 +295,70 @@ def test_running_again_keeps_passwords_and_adds_users(tmp_path):
     assert (out / "credentials/coordinator").read_text() == first
     assert [line.split(":")[0] for line in (out / "passwd").read_text().splitlines()] == ["coordinator", "desk"]
     assert "user desk" in (out / "acl").read_text()
+
+
+def retained_under(hardened, topic_filter: str, quiet: float = 1.0) -> dict[str, bytes]:
+    """What a new subscription (a plain client with the monitor's login) finds retained under ``topic_filter``."""
+    found: dict[str, bytes] = {}
+    last = [time.monotonic()]
+
+    def keep(client, userdata, message) -> None:
+        if message.retain:
+            found[message.topic] = message.payload
+        last[0] = time.monotonic()
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"retained-{uuid.uuid4().hex[:6]}")
+    client.username_pw_set("monitor", hardened.password("monitor"))
+    client.on_message = keep
+    client.connect("127.0.0.1", hardened.port)
+    client.loop_start()
+    client.subscribe(topic_filter, qos=1)
+    last[0] = time.monotonic()
+    while time.monotonic() - last[0] < quiet:
+        time.sleep(0.05)
+    client.disconnect()
+    client.loop_stop()
+    return found
+
+
+def test_the_broker_has_limits_and_an_agent_retains_only_its_presence_and_spec(hardened):
+    conf = (hardened.dir / "mosquitto.conf").read_text()
+    for setting in ("max_queued_messages 100000", "max_queued_bytes 67108864", "message_size_limit 65536",
+                    "memory_limit 536870912", "persistent_client_expiration 14d"):
+        assert f"\n{setting}\n" in conf, setting  # and Mosquitto runs it (the fixture started it)
+    acl = (hardened.dir / "acl").read_text()
+    assert f"topic write {hardened.prefix}/agents/desk/results/+\n" in acl and "agents/desk/#" not in acl
+    own = f"{hardened.prefix}/agents/desk"
+    desk = hardened.bus("desk")
+    coordinator = Bus(hardened.settings("coordinator"), component="test-coordinator")
+    coordinator.sweep_every = 1.0  # a minute in a real coordinator
+    coordinator.subscribe(Result, lambda result: None)
+    coordinator.start(timeout=10)
+    try:
+        for n in range(3):  # elsewhere under its topics: refused by the ACL
+            desk.publish_raw(f"{own}/junk/{n}", b"x" * 60_000, retain=True).wait_for_publish(5)
+        desk.publish_raw(f"{own}/status", b"y" * 200_000, retain=True).wait_for_publish(5)  # over the size limit
+        stray = Result(task_id="t-stray", agent="desk", state="succeeded").to_json()
+        desk.publish_raw(f"{own}/results/t-stray", stray, retain=True).wait_for_publish(5)
+        # The one it may write is taken (results must be), then cleared by the coordinator's next sweep.
+        wait_until(lambda: f"{own}/results/t-stray" not in retained_under(hardened, f"{own}/#"), 20,
+                   "the stray result cleared")
+        left = retained_under(hardened, f"{own}/#")  # what other tests' agents left: a presence, a spec
+        assert set(left) <= {f"{own}/status", f"{own}/spec"} and all(len(p) < 60_000 for p in left.values())
+        desk.publish(Result(task_id="t-live", agent="desk", state="succeeded")).wait_for_publish(5)
+    finally:
+        for bus in (desk, coordinator):
+            bus.stop()
+
+
+def test_forgetting_an_agent_clears_everything_it_left_retained(hardened):
+    lab = hardened.bus("lab")
+    own = f"{hardened.prefix}/agents/lab"
+    for topic, payload in ((f"{own}/status", Presence(state="offline", agent="lab").to_json()),
+                           (f"{own}/results/t-left", Result(task_id="t-left", agent="lab", state="failed").to_json())):
+        lab.publish_raw(topic, payload, retain=True).wait_for_publish(5)
+    lab.stop()
+    assert set(retained_under(hardened, f"{own}/#")) == {f"{own}/status", f"{own}/results/t-left"}
+    done = lam_cli("agents", "forget", "lab", "--config", str(hardened.config("coordinator")))
+    assert done.returncode == 0, done.stderr
+    assert retained_under(hardened, f"{own}/#") == {}

@@ -118,13 +118,14 @@ class DeviceKey:
         self.id = hashlib.sha256(self.raw).hexdigest()
 
     def device(self, client: dict, role: str, scopes: list[str], token: str, nonce: str,
-               signed_at: int | None = None, device_id: str | None = None) -> dict:
-        """``connect.params.device``: the v3 payload signed for this challenge."""
+               signed_at: int | None = None, device_id: str | None = None, version: str = "v3") -> dict:
+        """``connect.params.device``: the device-auth payload (v3, or the older v2) signed for this challenge."""
         signed_at = int(time.time() * 1000) if signed_at is None else signed_at
         device_id = device_id or self.id
-        payload = "|".join(["v3", device_id, client["id"], client["mode"], role, ",".join(scopes), str(signed_at),
-                            token, nonce, client["platform"].strip().lower(),
-                            client.get("deviceFamily", "").strip().lower()])
+        fields = [version, device_id, client["id"], client["mode"], role, ",".join(scopes), str(signed_at), token, nonce]
+        if version == "v3":
+            fields += [client["platform"].strip().lower(), client.get("deviceFamily", "").strip().lower()]
+        payload = "|".join(fields)
         return {"id": device_id, "publicKey": b64url(self.raw), "signature": b64url(self.key.sign(payload.encode())),
                 "signedAt": signed_at, "nonce": nonce}
 
@@ -169,12 +170,12 @@ class R1:
         return response
 
     def hello(self, token: str, device_id: str = "r1-kitchen", protocols: tuple[int, int] = (3, 3),
-              key: DeviceKey | None = None, **auth: str) -> dict:
+              key: DeviceKey | None = None, role: str = "operator", **auth: str) -> dict:
         """``connect``; with ``key``, signed as OpenClaw's own clients sign it."""
-        params = {"minProtocol": protocols[0], "maxProtocol": protocols[1], "client": CLIENT, "role": "operator",
+        params = {"minProtocol": protocols[0], "maxProtocol": protocols[1], "client": CLIENT, "role": role,
                   "scopes": SCOPES, "auth": {"token": token, **auth}}
         if key:
-            params["device"] = key.device(CLIENT, "operator", SCOPES, token, self.challenge["payload"]["nonce"])
+            params["device"] = key.device(CLIENT, role, SCOPES, token, self.challenge["payload"]["nonce"])
         else:
             params["device"] = {"id": device_id, "publicKey": "cHVibGlj"}  # what the R1 sends: no signature
         answer = self.request("connect", params)
@@ -195,15 +196,15 @@ class R1:
         assert [e["seq"] for e in found] == list(range(len(found)))
         return found
 
-    def send_chat(self, text: str, key: str | None = None, **params: object) -> str:
+    def send_chat(self, text: str, key: str | None = None, status: str = "started", **params: object) -> str:
         ack = self.request("chat.send", {"sessionKey": "main", "message": text,
                                          "idempotencyKey": key or uuid.uuid4().hex, **params})
-        assert ack["ok"] and ack["payload"]["status"] == "started", ack
+        assert ack["ok"] and ack["payload"]["status"] == status, ack
         return ack["payload"]["runId"]
 
-    def say(self, text: str, key: str | None = None, **params: object) -> tuple[str, str]:
+    def say(self, text: str, key: str | None = None, status: str = "started", **params: object) -> tuple[str, str]:
         """Push-to-talk: the run id and the sentence the R1 would speak."""
-        run_id = self.send_chat(text, key, **params)
+        run_id = self.send_chat(text, key, status, **params)
         payload = self.chat_events(run_id)[-1]
         assert payload["state"] == "final" and payload["sessionKey"] == "main"
         assert payload["message"]["role"] == "assistant"
@@ -395,11 +396,12 @@ def test_retried_chat_send_runs_once(system):
     r1, device_token = system.paired()
     key = uuid.uuid4().hex
     first_run, first = r1.say("echo only once", key)
-    # The R1 lost the answer, reconnected and sent the same utterance again.
+    assert first_run == key  # as in OpenClaw, the run is named by its idempotency key
+    # The R1 lost the answer, reconnected and sent the same utterance again: done already, it hears "ok".
     r1.close()
     retry = system.r1()
     assert retry.hello("", deviceToken=device_token)["ok"]  # the device token may come in either field
-    second_run, second = retry.say("echo only once", key)
+    second_run, second = retry.say("echo only once", key, status="ok")
     assert (second_run, second) == (first_run, first) == (first_run, "only once")
     # A later prompt from the same bridge reaches the bus after any duplicate would have.
     assert retry.say("echo barrier")[1] == "barrier"
@@ -417,10 +419,16 @@ def test_bad_token_is_refused_and_logged(system, caplog):
     r1 = system.r1()
     wrong = "not-the-token-" + uuid.uuid4().hex
     refused = r1.hello(wrong)
-    assert refused["ok"] is False and refused["error"]["code"] == "NOT_PAIRED"
-    assert refused["error"]["message"].startswith("pairing required")
+    # As OpenClaw answers it: a client told NOT_PAIRED would wait for an approval that never comes.
+    assert refused["ok"] is False and refused["error"]["code"] == "INVALID_REQUEST"
+    assert refused["error"]["message"] == "unauthorized: gateway token mismatch (provide gateway auth token)"
+    assert refused["error"]["details"]["code"] == "AUTH_TOKEN_MISMATCH"
     assert r1.closed_with() == 1008
     assert "r1-kitchen" in caplog.text and "refused" in caplog.text and wrong not in caplog.text
+    tokenless = system.r1()
+    refused = tokenless.hello("")
+    assert refused["error"]["code"] == "INVALID_REQUEST" and refused["error"]["details"]["code"] == "AUTH_TOKEN_MISSING"
+    assert tokenless.closed_with() == 1008
 
     # Nothing may run before connect either.
     early = system.r1()
@@ -448,13 +456,17 @@ def test_revoked_device_is_refused(system, capsys):
     listing = capsys.readouterr().out
     assert "revoked" in listing and "r1-office" in listing
 
-    # The live connection is refused at its next request; so is every way back in.
+    # The live connection is refused at its next request; so is every way back in, as OpenClaw refuses
+    # a device token that no longer holds.
     response = r1.request("chat.send", {"sessionKey": "main", "message": "echo after", "idempotencyKey": "k2"})
-    assert response["ok"] is False and response["error"]["code"] == "NOT_PAIRED"
+    assert response["ok"] is False and response["error"]["code"] == "INVALID_REQUEST"
+    assert response["error"]["details"]["code"] == "AUTH_DEVICE_TOKEN_MISMATCH"
     assert r1.closed_with() == 1008
     for token in (device_token, old_pairing_token, other_token):
         again = system.r1()
-        assert again.hello(token)["error"]["code"] == "NOT_PAIRED"
+        refused = again.hello(token)
+        assert refused["error"]["code"] == "INVALID_REQUEST", refused
+        assert refused["error"]["details"]["code"] == "AUTH_DEVICE_TOKEN_MISMATCH"
         assert again.closed_with() == 1008
     assert not system.prompts("echo after")
 
@@ -503,12 +515,20 @@ def test_bad_frames_are_answered_as_openclaw_does(system):
                                                                       ("assistant", "still fine")]
     assert not system.prompts("hi")
 
-    # A frame that is not JSON, or has no id to answer, ends the connection (policy violation).
-    for number, raw in enumerate(["not json at all", b"\x00\x01binary", "[1, 2, 3]", '"just a string"',
-                                  '{"type": "req", "method": "health"}', '{"type": "req", "id": 5, "method": "health"}']):
-        other, _ = system.paired(f"r1-garbage-{number}")
-        other.ws.send(raw)
-        assert other.closed_with() == 1008, raw
+    # Once connected, as in OpenClaw: a frame that is not JSON is skipped, one without an id to answer
+    # is answered with the id "invalid"; the connection stays open.
+    for raw in ["not json at all", b"\x00\x01binary"]:
+        r1.ws.send(raw)
+    for raw in ["[1, 2, 3]", '"just a string"', '{"type": "req", "method": "health"}',
+                '{"type": "req", "id": 5, "method": "health"}']:
+        response = r1.send_raw(raw)
+        assert response["id"] == "invalid" and response["error"]["code"] == "INVALID_REQUEST", raw
+    assert r1.request("health")["ok"] is True
+    # Before connect, a frame that is not JSON ends the connection normally (1000), as OpenClaw does.
+    for raw in ["not json at all", b"\x00\x01binary"]:
+        early = system.r1()
+        early.ws.send(raw)
+        assert early.closed_with() == 1000, raw
     # A handshake that fails is answered, then the connection ends.
     for params in ({"auth": "nope", "device": {"id": "r1"}}, {"auth": {"token": "x"}}, {"minProtocol": "3"}):
         stranger = system.r1()
@@ -538,7 +558,8 @@ def test_signed_device_identity_is_verified_and_pinned(system):
     assert again.hello(device_token, protocols=(4, 4), key=key)["ok"]
     unsigned = system.r1()
     refused = unsigned.hello(device_token, key.id)
-    assert refused["error"]["code"] == "NOT_PAIRED" and unsigned.closed_with() == 1008
+    assert refused["error"]["code"] == "NOT_PAIRED" and refused["error"]["message"] == "device identity required"
+    assert refused["error"]["details"]["code"] == "DEVICE_IDENTITY_REQUIRED" and unsigned.closed_with() == 1008
     impostor = system.r1()
     params = {"minProtocol": 4, "maxProtocol": 4, "client": CLIENT, "role": "operator", "scopes": SCOPES,
               "auth": {"token": system.store.pairing_token()},
@@ -546,19 +567,22 @@ def test_signed_device_identity_is_verified_and_pinned(system):
                                            impostor.challenge["payload"]["nonce"], device_id=key.id)}
     refused = impostor.request("connect", params)
     assert refused["error"]["code"] == "INVALID_REQUEST" and "mismatch" in refused["error"]["message"]
+    assert refused["error"]["details"]["code"] == "DEVICE_AUTH_DEVICE_ID_MISMATCH"
     assert impostor.closed_with() == 1008
     assert system.store.get(key.id).public_key == b64url(key.raw)
 
 
-@pytest.mark.parametrize("spoil, words", [
-    (lambda d, c: {**d, "signature": b64url(b"\0" * 64)}, "signature invalid"),
-    (lambda d, c: {**d, "nonce": "not-the-challenge"}, "nonce mismatch"),
-    (lambda d, c: {**d, "id": "0" * 64}, "identity mismatch"),
-    (lambda d, c: {**d, "publicKey": "short"}, "public key invalid"),
-    (lambda d, c: d | {"signedAt": d["signedAt"] - 3_600_000}, "expired"),
-    (lambda d, c: c.update(platform="ios") or d, "signature invalid"),  # the signed client details changed
+@pytest.mark.parametrize("spoil, words, code", [
+    (lambda d, c: {**d, "signature": b64url(b"\0" * 64)}, "signature invalid", "DEVICE_AUTH_SIGNATURE_INVALID"),
+    (lambda d, c: {**d, "nonce": "not-the-challenge"}, "nonce mismatch", "DEVICE_AUTH_NONCE_MISMATCH"),
+    (lambda d, c: {**d, "nonce": ""}, "nonce required", "DEVICE_AUTH_NONCE_REQUIRED"),
+    (lambda d, c: {**d, "id": "0" * 64}, "identity mismatch", "DEVICE_AUTH_DEVICE_ID_MISMATCH"),
+    (lambda d, c: {**d, "publicKey": "short"}, "public key invalid", "DEVICE_AUTH_PUBLIC_KEY_INVALID"),
+    (lambda d, c: d | {"signedAt": d["signedAt"] - 3_600_000}, "expired", "DEVICE_AUTH_SIGNATURE_EXPIRED"),
+    (lambda d, c: d | {"signedAt": d["signedAt"] + 150_000}, "expired", "DEVICE_AUTH_SIGNATURE_EXPIRED"),  # > 2 min
+    (lambda d, c: c.update(platform="ios") or d, "signature invalid", "DEVICE_AUTH_SIGNATURE_INVALID"),
 ])
-def test_bad_device_signatures_are_refused(system, spoil, words):
+def test_bad_device_signatures_are_refused(system, spoil, words, code):
     r1 = system.r1()
     client = dict(CLIENT)
     token = system.store.pairing_token()
@@ -567,8 +591,87 @@ def test_bad_device_signatures_are_refused(system, spoil, words):
     refused = r1.request("connect", {"minProtocol": 3, "maxProtocol": 4, "client": client, "role": "operator",
                                      "scopes": SCOPES, "auth": {"token": token}, "device": device})
     assert refused["ok"] is False and refused["error"]["code"] == "INVALID_REQUEST"
-    assert words in refused["error"]["message"]
+    assert words in refused["error"]["message"] and refused["error"]["details"]["code"] == code
     assert r1.closed_with() == 1008 and system.store.devices() == []
+
+
+@pytest.mark.parametrize("version, skew_ms", [("v2", 0), ("v3", -100_000), ("v2", 100_000)])
+def test_v2_and_v3_signatures_within_two_minutes_are_accepted(system, version, skew_ms):
+    """OpenClaw accepts both device-auth payload versions, signed within two minutes of its clock."""
+    key = DeviceKey()
+    r1 = system.r1()
+    token = system.store.pairing_token()
+    device = key.device(CLIENT, "operator", SCOPES, token, r1.challenge["payload"]["nonce"],
+                        signed_at=int(time.time() * 1000) + skew_ms, version=version)
+    hello = r1.request("connect", {"minProtocol": 3, "maxProtocol": 4, "client": CLIENT, "role": "operator",
+                                   "scopes": SCOPES, "auth": {"token": token}, "device": device})
+    assert hello["ok"], hello
+    assert system.store.get(key.id).public_key == b64url(key.raw)
+
+
+@pytest.mark.parametrize("role", ["operator", "node"])
+def test_hello_echoes_the_granted_role(system, role):
+    hello = system.r1().hello(system.store.pairing_token(), f"r1-{role}", role=role)
+    assert hello["ok"] and hello["payload"]["auth"]["role"] == role and hello["payload"]["auth"]["scopes"] == SCOPES
+    signed = system.r1()
+    assert signed.hello(system.store.pairing_token(), key=DeviceKey(), role=role)["payload"]["auth"]["role"] == role
+    stranger = system.r1()
+    refused = stranger.hello(system.store.pairing_token(), "r1-admin", role="admin")
+    assert refused["error"] == {"code": "INVALID_REQUEST", "message": "invalid role"}
+    assert stranger.closed_with() == 1008
+
+
+@ONE_BROKER
+def test_a_repeated_idempotency_key_is_in_flight_then_ok(system):
+    """A chat.send repeated while its run is going is not run again: OpenClaw answers ``in_flight``."""
+    r1, _ = system.paired()
+    key = uuid.uuid4().hex
+    assert r1.send_chat("echo sleep 2 slowly", key) == key
+    assert r1.send_chat("echo sleep 2 slowly", key, status="in_flight") == key
+    events = r1.chat_events(key)
+    assert events[-1]["state"] == "final"
+    assert r1.send_chat("echo sleep 2 slowly", key, status="ok") == key
+    assert len(system.prompts("echo sleep 2 slowly")) == 1
+
+
+@ONE_BROKER
+def test_the_pairing_code_alone_cannot_take_over_a_paired_r1(system, capsys):
+    """A second client with the R1's device id and the QR code's token is not paired in its place:
+    it needs the R1's own token or key, or the owner's approval."""
+    kitchen, kitchen_token = system.paired()
+    thief = system.r1()
+    refused = thief.hello(system.store.pairing_token(), "r1-kitchen")
+    assert refused["error"]["code"] == "NOT_PAIRED" and refused["error"]["message"].startswith("pairing required")
+    assert refused["error"]["details"]["code"] == "PAIRING_REQUIRED"
+    assert thief.closed_with() == 1008
+    # The paired R1 is unaffected, on its live connection and with its token.
+    assert kitchen.say("echo still mine")[1] == "still mine"
+    again = system.r1()
+    assert again.hello(kitchen_token)["ok"] and again.say("echo mine again")[1] == "mine again"
+    # The owner sees the request and, if it is the R1 itself (reset, its token lost), approves it.
+    capsys.readouterr()
+    assert devices_cli("list") == 0
+    assert "lam-bridge devices approve r1-kitchen" in capsys.readouterr().out
+    assert devices_cli("approve", "r1-unknown") == 1
+    assert devices_cli("approve", "r1-kitchen") == 0
+    reset = system.r1()
+    hello = reset.hello(system.store.pairing_token(), "r1-kitchen")
+    assert hello["ok"] and hello["payload"]["auth"]["deviceToken"] != kitchen_token
+    assert reset.say("echo after approval")[1] == "after approval"
+    stale = system.r1()
+    assert stale.hello(kitchen_token)["error"]["details"]["code"] == "AUTH_DEVICE_TOKEN_MISMATCH"
+    # The approval was used up: the code alone does not pair that id again.
+    assert system.r1().hello(system.store.pairing_token(), "r1-kitchen")["error"]["code"] == "NOT_PAIRED"
+
+
+@ONE_BROKER
+def test_a_signed_r1_pairs_again_with_its_own_key(system):
+    """An R1 whose key is pinned may pair again with the code (it lost its token): the key proves it."""
+    key = DeviceKey()
+    first = system.r1().hello(system.store.pairing_token(), key=key)
+    assert first["ok"]
+    again = system.r1().hello(system.store.pairing_token(), key=key)
+    assert again["ok"] and again["payload"]["auth"]["deviceToken"] != first["payload"]["auth"]["deviceToken"]
 
 
 @ONE_BROKER
@@ -794,6 +897,16 @@ def test_pair_page_shows_the_code_makes_new_ones_and_revokes(lam, tmp_path, monk
         late = R1(f"ws://127.0.0.1:{service.gateway.port}/")
         assert not late.hello(first_code, "r1-late")["ok"]  # the old QR code no longer pairs
         late.close()
+
+        # Someone pairing under the kitchen R1's id waits for the admin, who sees it here.
+        again = R1(f"ws://127.0.0.1:{service.gateway.port}/")
+        assert again.hello(store.pairing_token())["error"]["code"] == "NOT_PAIRED"
+        again.close()
+        page = browser.get(page_url, timeout=10).text
+        asking = re.search(r'<table id="requests">.*?</table>', page, re.S)
+        assert asking and "r1-kitchen" in asking.group(0) and 'name="approve" value="r1-kitchen"' in asking.group(0)
+        approved = browser.post(page_url, data={"csrf_token": csrf_from(page), "approve": "r1-kitchen"}, timeout=10)
+        assert approved.status_code == 200 and store.requests()["r1-kitchen"]["approved"]
 
         forged = browser.post(page_url, data={"revoke": "r1-kitchen"}, timeout=10)
         assert forged.status_code == 403 and store.get("r1-kitchen").state == "active"
