@@ -1,4 +1,4 @@
-"""The example config file and the README's key table, both written from the config model.
+"""The example config file and the key table of docs/configuration.md, both written from the config model.
 
 ``lam config docs`` rewrites them in a source checkout; a test fails when either is stale.
 Capability sections come from the built-in capabilities' own ``config_schema``.
@@ -14,7 +14,7 @@ from typing import Any
 from lamcontrol.config import MODEL, Setting, capability_entry_points
 
 EXAMPLE = Path("config") / "lamcontrol.example.toml"
-README = Path("README.md")
+REFERENCE = Path("docs") / "configuration.md"
 TABLE_START, TABLE_END = "<!-- config keys: start (lam config docs) -->", "<!-- config keys: end -->"
 COMMENT_COLUMN = 34
 WIDTH = 110
@@ -84,7 +84,7 @@ def example() -> str:
 
 
 def key_table() -> str:
-    """The README's table of every key."""
+    """The reference's table of every key."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for name, _, settings in all_sections():
         for key, setting in settings.items():
@@ -93,17 +93,17 @@ def key_table() -> str:
     return "\n".join(rows)
 
 
-def with_table(readme: str) -> str:
-    """``readme`` with the text between the markers replaced by the current table."""
-    start, end = readme.find(TABLE_START), readme.find(TABLE_END)
+def with_table(page: str) -> str:
+    """``page`` with the text between the markers replaced by the current table."""
+    start, end = page.find(TABLE_START), page.find(TABLE_END)
     if start < 0 or end < start:
-        raise ValueError(f"README.md lacks the markers {TABLE_START} ... {TABLE_END}")
-    return readme[:start + len(TABLE_START)] + "\n" + key_table() + "\n" + readme[end:]
+        raise ValueError(f"{REFERENCE} lacks the markers {TABLE_START} ... {TABLE_END}")
+    return page[:start + len(TABLE_START)] + "\n" + key_table() + "\n" + page[end:]
 
 
 def generated(root: Path) -> dict[Path, str]:
     """Each generated file under the checkout ``root`` with the text it should have."""
-    return {root / EXAMPLE: example(), root / README: with_table((root / README).read_text())}
+    return {root / EXAMPLE: example(), root / REFERENCE: with_table((root / REFERENCE).read_text())}
 
 
 def stale(root: Path) -> list[Path]:
@@ -114,4 +114,4 @@ def stale(root: Path) -> list[Path]:
 def source_root() -> Path | None:
     """The checkout this package runs from (an editable install), or None."""
     root = Path(__file__).resolve().parent.parent
-    return root if (root / README).is_file() and (root / EXAMPLE).parent.is_dir() else None
+    return root if (root / REFERENCE).is_file() and (root / EXAMPLE).parent.is_dir() else None

@@ -157,11 +157,11 @@ def test_the_example_with_every_key_uncommented_loads(tmp_path):
     assert cfg["broker"]["url"] == config.DEFAULTS["broker"]["url"]
 
 
-def test_readme_table_lists_every_key():
-    readme = (ROOT / "README.md").read_text()
+def test_configuration_reference_lists_every_key():
+    reference = (ROOT / config_docs.REFERENCE).read_text()
     for name, _, settings in config_docs.all_sections():
         for key in settings:
-            assert f"| `[{name}] {key}` |" in readme, (name, key)
+            assert f"| `[{name}] {key}` |" in reference, (name, key)
 
 
 def lam(*args: str, config_text: str | None = None, tmp_path=None) -> subprocess.CompletedProcess:
