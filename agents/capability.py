@@ -12,7 +12,7 @@ Handlers are methods marked with :func:`action`. Each gets the task's ``args`` d
 returns the sentence a person hears (or an :class:`Outcome` with data); a failure is a
 :class:`TaskFailed` carrying that sentence.
 
-The same decorator declares the action's language (README.md, "Writing a capability"): its
+The same decorator declares the action's language (docs/understanding.md, "Writing a capability"): its
 rigid syntax, typed arguments, sentence templates and examples (see :mod:`lamcontrol.language`).
 Arguments are checked against those declarations before the handler runs, with the very code
 the coordinator's gate uses; :meth:`Capability.spec` is what the agent advertises.

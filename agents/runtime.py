@@ -128,7 +128,7 @@ class Agent:
             self.bus.publish(self.presence(), retain=True)
 
     def advertise(self) -> None:
-        """The capabilities' specs, retained on ``lam/agents/<id>/spec`` (README.md, "Topics")."""
+        """The capabilities' specs, retained on ``lam/agents/<id>/spec`` (docs/protocol.md, "Topics")."""
         spec = advertisement(self.id, [c.advertised_spec() for c in self.capabilities.values()])
         if spec.to_json() != self._advertised:
             self.bus.publish(spec, retain=True)

@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_config)
     config_sub.add_parser("check", parents=[configured], help="load the config and say what is wrong").set_defaults(
         func=cmd_config)
-    config_sub.add_parser("docs", help="rewrite the example file and the README's key table (source checkout)"
+    config_sub.add_parser("docs", help="rewrite the example file and the key table of docs/configuration.md (source checkout)"
                           ).set_defaults(func=cmd_config)
     join.add_command(sub)
     ops.add_commands(sub)

@@ -631,7 +631,7 @@ def toml_string(value: str) -> str:
 
 def component_config(url: str, prefix: str, username: str = "", password_file: str = "",
                      capabilities: list[str] | None = None, ca_file: str = "", acl_file: str = "") -> str:
-    lines = ["# Written by LAMControl; every key is described in the README.", "[broker]",
+    lines = ["# Written by LAMControl; every key is described in docs/configuration.md.", "[broker]",
              f"url = {toml_string(url)}", f"prefix = {toml_string(prefix)}"]
     if username:
         lines += [f"username = {toml_string(username)}", f"password_file = {toml_string(password_file)}"]

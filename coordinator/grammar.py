@@ -1,4 +1,4 @@
-"""What understanding produces: rigid commands (README.md, "Commands") and parse results.
+"""What understanding produces: rigid commands (docs/capabilities.md, "Commands") and parse results.
 
 The gate that makes them, :func:`lamcontrol.coordinator.language.parse_chain`, builds its forms and argument
 checks from the capabilities' own specs: nothing here knows a capability by name.

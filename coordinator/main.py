@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def lead_or_stand_by(cfg: dict) -> int:
-    """On a cluster: stand by until this coordinator holds the lease, then lead (README: A standby coordinator)."""
+    """On a cluster: stand by until this coordinator holds the lease, then lead (docs/operations.md, "A standby coordinator")."""
     leadership = Leadership(cfg, lambda journal, epoch, may_connect: build(cfg, journal, epoch, may_connect))
     leadership.start()
     return run_service(leadership.ready, leadership.stop, "coordinator")

@@ -1,6 +1,6 @@
 """The coordinator: prompts in, tasks out, one reply per prompt.
 
-Life of a prompt (README.md, "How it works"): journal it; parse it into commands
+Life of a prompt (docs/guarantees.md, "How a prompt travels"): journal it; parse it into commands
 (:mod:`.intake`); hold high-risk ones until the same source confirms; send each command, in
 order, to the least-loaded online agent that offers it (:mod:`.routing`); answer once,
 before the deadline. This module is the small core that ties them to the bus, the journal

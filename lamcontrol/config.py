@@ -1,7 +1,7 @@
 """One TOML file configures every process; defaults work with no file at all.
 
 Every key lives once, in :data:`MODEL`, with its default and what it means; the example file
-and the README's key table are generated from it (``lam config example``), and a key the
+and the key table of docs/configuration.md are generated from it (``lam config example``), and a key the
 model does not know is refused, with the closest known one suggested. Adding a key is one
 line in its section.
 
@@ -229,7 +229,7 @@ MODEL: dict[str, Section] = {
                                       "installed one or reads sentences an installed capability reads"),
     }),
     "cluster": Section("several coordinators on a NATS JetStream cluster: one leads under a lease, the others "
-                       "stand by (README: A standby coordinator)", {
+                       "stand by (docs/operations.md: A standby coordinator)", {
         "nats": Setting("", "nats://host:4222 of the cluster's nodes (a list, or comma-separated), for the lease and "
                             "the journal; empty: one coordinator, with the SQLite journal", joins=","),
         "lease": Setting(6.0, "seconds the leading coordinator's lease lasts unless renewed", check=SECONDS),

@@ -65,7 +65,7 @@ def too_many_attempts(wait: int) -> Response:
 
 # Routes of the original LAMControl server that have no place here, and what replaced each.
 GONE = {
-    ("POST", "/api/worker/register"): "Agents join over MQTT: run lam-agent on the machine (README: Migrating "
+    ("POST", "/api/worker/register"): "Agents join over MQTT: run lam-agent on the machine (docs/migrating.md: Migrating "
                                       "from the original LAMControl); there is nothing to register.",
     ("POST", "/api/worker/<worker_id>/heartbeat"): "Agents publish their own presence over MQTT; GET /api/workers "
                                                    "shows it.",

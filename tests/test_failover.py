@@ -88,7 +88,7 @@ def test_leader_frozen_for_20_seconds(house):
 
 @pytest.mark.xfail(strict=False, reason="a task offered in the seconds around a node's death may run twice: NATS "
                    "moves the coordinator session's consumer, and an agent's `accepted` can come after the accept "
-                   "window (README, Guarantees)")
+                   "window (docs/guarantees.md)")
 def test_a_broker_node_killed_under_load(house):
     """The node the leader's MQTT session and the first agent are on is killed under load: they move
     to the other nodes, the lead stays or passes, every prompt is answered once."""
