@@ -68,8 +68,8 @@ QUESTION = re.compile(r"^(?:tell me|explain|describe|can you tell me|do you know
 AMBIGUOUS = "the templates read it more than one way"
 REMEMBERED = 512  # prompts whose reading a language keeps (the same button, the same words, again)
 # Learned readers of recent sets of specs: training one takes a second or two, and the online agents change often.
-READERS: deque[tuple[tuple, Reader]] = deque(maxlen=4)
-NAMED: deque[tuple[tuple, CapabilitySpec]] = deque(maxlen=16)  # specs with the names given them lately
+READERS: deque[tuple[tuple[Any, ...], Reader]] = deque(maxlen=4)
+NAMED: deque[tuple[tuple[Any, ...], CapabilitySpec]] = deque(maxlen=16)  # specs with the names given them lately
 SURE = 0.8  # the learned reader's share from which a reading runs without asking
 ASK = 0.4  # from this share up to SURE, the person is asked first ("Did you mean ...?")
 NOT_A_COMMAND = 0.97  # the learned reader's share for "no command" that makes even a spelled-out template doubtful
@@ -184,7 +184,7 @@ class Language:
         return named
 
     @staticmethod
-    def _named(spec: CapabilitySpec, names) -> CapabilitySpec:
+    def _named(spec: CapabilitySpec, names: list[str]) -> CapabilitySpec:
         installed_class = capability_classes().get(spec.name)
         lists = installed_class.given_names(names) if installed_class else \
             {k: list(names) for action in spec.actions for a in action.args if (k := a.names)}
