@@ -300,15 +300,22 @@ def test_garbage_instead_of_connect_is_refused(embedded_broker):
     assert "Unhandled exception" not in process.log()
 
 
+def configured_broker(tmp_path, name: str, config: str) -> tuple[int, Process]:
+    """A ``lam-broker`` process reading ``config`` (TOML), on a free port: (port, process)."""
+    path = tmp_path / "lam.toml"
+    path.write_text(config)
+    port = free_port()
+    broker = Process(f"lam-broker-{name}", [sys.executable, "-m", "lamcontrol.broker.main", "--config", str(path),
+                                           "--listen", f"127.0.0.1:{port}"], tmp_path)
+    wait_for_port(port)
+    return port, broker
+
+
 def test_a_subscriber_that_stops_reading_costs_only_itself(tmp_path):
     """A subscriber to everything that stops reading: the others get every message; the broker holds
     at most its queue for it, dropping QoS 0 messages first, and says so once."""
-    config = tmp_path / "lam.toml"
-    config.write_text("[embedded_broker]\nmax_queued_messages = 300\nmax_inflight_messages = 20\n")
-    port = free_port()
-    broker = Process("lam-broker-slow", [sys.executable, "-m", "lamcontrol.broker.main", "--config", str(config),
-                                         "--listen", f"127.0.0.1:{port}"], tmp_path)
-    wait_for_port(port)
+    port, broker = configured_broker(tmp_path, "slow", "[embedded_broker]\nmax_queued_messages = 300\n"
+                                                      "max_inflight_messages = 20\n")
     stalled = StalledSubscriber(port, "stalled", "#")
     reader = Client(port, "reader", ["load/#"])
     publisher = Client(port, "publisher", [], persistent=False)
@@ -343,12 +350,7 @@ def test_no_task_prompt_or_result_is_kept_retained_and_queued_messages_are_not_r
     """Under the configured prefix, a retained task, prompt or result is delivered but not kept (it
     would run again for every new subscriber); what waited for a persistent session comes with the
     retain flag cleared, as MQTT requires (agents ignore retained tasks)."""
-    config = tmp_path / "lam.toml"
-    config.write_text('[broker]\nprefix = "home/lam"\n')
-    port = free_port()
-    broker = Process("lam-broker-retain", [sys.executable, "-m", "lamcontrol.broker.main", "--config", str(config),
-                                           "--listen", f"127.0.0.1:{port}"], tmp_path)
-    wait_for_port(port)
+    port, broker = configured_broker(tmp_path, "retain", '[broker]\nprefix = "home/lam"\n')
     live = Client(port, "live", ["home/lam/#"], persistent=False)
     agent = Client(port, "lam-agent-a1", ["home/lam/tasks/echo"])
     publisher = Client(port, "publisher", [], persistent=False)

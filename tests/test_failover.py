@@ -30,15 +30,20 @@ def house(tmp_path):
     cluster = NatsCluster(f"f{uuid.uuid4().hex[:8]}", USERS)
     system = ClusterSystem(cluster, tmp_path)
     try:
-        system.coordinator("coordinator", url=cluster.url_from("n1"))
-        system.coordinator("standby", url=cluster.url_from("n2"), wait=False)
-        wait_until(lambda: "standing by" in system.processes["standby#0"].log(), 30, "the standby")
-        system.agent("a1", url=cluster.url_from("n2"))
-        system.agent("a2", url=cluster.url_from("n3"))
+        start(system, coordinator="n1", standby="n2", a1="n2", a2="n3")
         yield system
     finally:
         system.close()
         cluster.close()
+
+
+def start(system: ClusterSystem, coordinator: str, standby: str, a1: str, a2: str) -> None:
+    """The leading coordinator, the standby (once it stands by) and the two agents, each first on the node named."""
+    system.coordinator("coordinator", url=system.cluster.url_from(coordinator))
+    system.coordinator("standby", url=system.cluster.url_from(standby), wait=False)
+    wait_until(lambda: "standing by" in system.processes["standby#0"].log(), 30, "the standby")
+    system.agent("a1", url=system.cluster.url_from(a1))
+    system.agent("a2", url=system.cluster.url_from(a2))
 
 
 def send_for(system: ClusterSystem, seconds: float) -> list:
@@ -115,11 +120,7 @@ def test_the_leaders_node_cut_off_silently(tmp_path):
             system = ClusterSystem(cluster, tmp_path, wrap={"coordinator": inside, "standby": outside,
                                                             "a1": outside, "a2": outside})
         try:
-            system.coordinator("coordinator", url=cluster.url_from("n3"))
-            system.coordinator("standby", url=cluster.url_from("n1"), wait=False)
-            wait_until(lambda: "standing by" in system.processes["standby#0"].log(), 30, "the standby")
-            system.agent("a1", url=cluster.url_from("n1"))
-            system.agent("a2", url=cluster.url_from("n2"))
+            start(system, coordinator="n3", standby="n1", a1="n1", a2="n2")
             old = system.processes["coordinator#0"]
             prompts = send_for(system, 2)
             system.fault()
