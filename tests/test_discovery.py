@@ -713,6 +713,8 @@ def test_the_coordinator_and_agent_devices_in_home_assistant(lam, ha, home):
     wait_until(lambda: as_datetime(home.state(last_seen)).timestamp() > started + 2, 20, "heartbeats seen")
     pantry_agent.kill()
     wait_until(lambda: home.state(home.entity_id("binary_sensor", pantry, "connectivity")) == "off", 60, "pantry off")
+    wait_until(lambda: not parse(Presence, lam.recorder.on(lam.topics.agent_status("pantry"))[-1][1]).online, 20,
+               "pantry's last will at the recorder")
     beats = [parse(Presence, p) for _, p in lam.recorder.on(lam.topics.agent_status("pantry")) if p]
     heard = datetime.fromtimestamp([b for b in beats if b.online][-1].ts, timezone.utc).replace(microsecond=0)
     assert as_datetime(home.state(last_seen)) == heard and beats[-1].ts < heard.timestamp() - 1
