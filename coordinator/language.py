@@ -68,8 +68,8 @@ QUESTION = re.compile(r"^(?:tell me|explain|describe|can you tell me|do you know
 AMBIGUOUS = "the templates read it more than one way"
 REMEMBERED = 512  # prompts whose reading a language keeps (the same button, the same words, again)
 # Learned readers of recent sets of specs: training one takes a second or two, and the online agents change often.
-READERS: deque[tuple[tuple[Any, ...], Reader]] = deque(maxlen=4)
-NAMED: deque[tuple[tuple[Any, ...], CapabilitySpec]] = deque(maxlen=16)  # specs with the names given them lately
+READERS: deque[tuple[tuple[Any, ...], Reader]] = deque(maxlen=4)  # by what they were trained on
+NAMED: deque[tuple[tuple[str, str], CapabilitySpec]] = deque(maxlen=16)  # specs with the names given them lately
 SURE = 0.8  # the learned reader's share from which a reading runs without asking
 ASK = 0.4  # from this share up to SURE, the person is asked first ("Did you mean ...?")
 NOT_A_COMMAND = 0.97  # the learned reader's share for "no command" that makes even a spelled-out template doubtful
@@ -175,12 +175,12 @@ class Language:
         names = list(names)
         if not names:
             return spec
-        key = (id(spec), repr(names))
+        key = (spec.fingerprint, repr(names))
         for known, named in NAMED:
-            if known[0] == key:
+            if known == key:
                 return named
         named = Language._named(spec, names)
-        NAMED.append(((key, spec), named))  # the spec kept: its id stays its own
+        NAMED.append((key, named))
         return named
 
     @staticmethod
@@ -564,14 +564,14 @@ class Language:
     @cached_property
     def reader(self) -> Reader:
         """The learned reader: every action's templates and examples, and sentences that are no command.
-        It depends on the specs alone, so a language of the same specs (an agent came or went, names
-        changed) takes the one already trained instead of training it again."""
-        key = (self.held_out, tuple(sorted((name, id(spec)) for name, spec in self.specs.items())))
+        It depends on what the specs say alone, so a language of the same specs (an agent came back, or
+        came or went beside another that offers the same) takes the one already trained."""
+        key = (self.held_out, tuple(sorted((name, spec.fingerprint) for name, spec in self.specs.items())))
         for known, reader in READERS:
-            if known[0] == key:
+            if known == key:
                 return reader
         reader = self._trained()
-        READERS.append(((key, tuple(self.specs.values())), reader))  # the specs kept: their ids stay theirs
+        READERS.append((key, reader))
         return reader
 
     def _trained(self) -> Reader:

@@ -65,7 +65,7 @@ class SpecStore:
         self.approved = frozenset(approved)
         self._received = 0  # specs read so far: a new one means a new language
         self._offer: tuple[tuple[int, int], Offer] | None = None
-        self._built: tuple[str, Language] | None = None
+        self._built: tuple[str, str, Language] | None = None  # (offer key, what it says, its language)
         self._verdicts: dict[str, str] = {}  # an advertised spec's JSON -> why it is not used ('' when it is)
 
     def on_spec(self, message: AgentSpec, refusal: Callable[[str], str] = lambda capability: "") -> None:
@@ -121,7 +121,7 @@ class SpecStore:
     def build(self, offer: Offer) -> Language:
         """The language of an offer (kept while the offer stays the same)."""
         if self._built and self._built[0] == offer.key:
-            return self._built[1]
+            return self._built[2]
         installed = installed_specs()
         chosen = {}
         for capability, sources in offer.advertised.items():
@@ -134,6 +134,11 @@ class SpecStore:
                 chosen[capability] = spec
         names = {c: n for c, n in offer.names.items() if c not in chosen}
         rigid = {c: a for c, a in offer.offered.items() if c not in chosen and c not in installed}
+        said = json.dumps([sorted((c, s.fingerprint) for c, s in {**installed, **chosen}.items()), rigid, names,
+                           sorted(offer.offered)], sort_keys=True, default=str)
+        if self._built and self._built[1] == said:  # agents came back saying what they said before
+            self._built = (offer.key, said, self._built[2])
+            return self._built[2]
         try:
             language = Language.with_rigid({**installed, **chosen}, rigid, names, online=set(offer.offered) or None)
             language.compile()
@@ -141,7 +146,7 @@ class SpecStore:
             log.exception("the advertised specs together do not compile; using the installed ones")
             rigid = {c: a for c, a in offer.offered.items() if c not in installed}
             language = Language.with_rigid(installed, rigid, offer.names, online=set(offer.offered) or None)
-        self._built = (offer.key, language)
+        self._built = (offer.key, said, language)
         return language
 
     def _choose(self, capability: str, sources: list[tuple[str, CapabilitySpec]],

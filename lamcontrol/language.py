@@ -11,10 +11,12 @@ Assistant entities it wants. The spec travels as JSON on ``lam/agents/<id>/spec`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
@@ -270,6 +272,11 @@ class CapabilitySpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of all the spec says: specs with the same fingerprint are read alike."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CapabilitySpec:

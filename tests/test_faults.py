@@ -156,9 +156,6 @@ def test_a_second_coordinator_refuses_to_start(tmp_path, kind, journal):
         broker.close()
 
 
-@pytest.mark.xfail(strict=False, reason="after a graceful Mosquitto restart under load every component came back "
-                   "only some 17 s later, without a failed connection attempt logged, so prompts sent meanwhile ran "
-                   "out of time (none lost, none run twice); cause not found yet")
 def test_mosquitto_restart_with_persistence(mosquitto_system):
     """A graceful restart of Mosquitto (persistence on) mid-load."""
     system = mosquitto_system
@@ -392,7 +389,7 @@ def test_broker_down_at_start(mosquitto_system):
     assert system.broker.process.stop() == 0
     coordinator = system.coordinator(wait=False)
     wait_until(lambda: "cannot reach" in coordinator.log(), 30, "the coordinator trying the broker")
-    time.sleep(4.0)  # longer than the warm-up (3 s) before the broker comes
+    time.sleep(11.0)  # longer than the warm-up (10 s) before the broker comes
     system.broker.start()
     wait_until(system.load.bus.ready.is_set, 30, "the load generator back on the broker")
     assert_clean(system, prompts)
