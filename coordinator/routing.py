@@ -12,7 +12,10 @@ Every prompt is answered by its deadline, an absolute time; no task is sent afte
 and deadlines are judged as of when the coordinator's bus received the tick (:meth:`Router.tick`'s
 ``now``): every message it received before then has been heard, however long handling took. An
 unknown capability fails a command only once the warm-up has passed since the coordinator first
-reached the broker: before, nobody could have been heard. The router keeps no lock of its own: the
+reached the broker: before, nobody could have been heard. The warm-up is ``PRESENCE_WAIT`` for the
+agents' retained presence to arrive, longer (up to ``warmup``) while an agent heard of is offline:
+after a broker restart the agents come back by themselves, each within the 8 s it waits at most
+between tries. The router keeps no lock of its own: the
 coordinator calls it inside its transaction.
 """
 
@@ -37,6 +40,8 @@ from .runs import (ACCEPTED, DISPATCHED, FAILED, OUT, SKIPPED, WAITING, Job, Run
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+PRESENCE_WAIT = 3.0  # seconds after reaching the broker for the agents' retained presence to arrive
 
 Reply = Callable[[str, PromptStatus, str, list[TaskSummary]], None]
 
@@ -81,9 +86,9 @@ class Router:
             self._reached = self.clock.monotonic()
 
     def warming_up(self) -> bool:
-        """Too early to say no agent offers something: the broker not reached yet, or only just."""
-        return self.settings.warmup > 0 and (self._reached is None or
-                                             self.clock.monotonic() - self._reached < self.settings.warmup)
+        """Too early to say no agent offers something: the broker not reached yet, or only just, or
+        not long ago while an agent heard of is offline (it may be on its way back)."""
+        return self.clock.monotonic() < self.warmup_over()
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -344,8 +349,13 @@ class Router:
         return self._due[0][0] if self._due else math.inf
 
     def warmup_over(self) -> float:
-        """When (monotonic) the warm-up ends; math.inf before the broker is reached."""
-        return math.inf if self._reached is None else self._reached + self.settings.warmup
+        """When (monotonic) the warm-up ends, as things stand; math.inf before the broker is reached."""
+        if self.settings.warmup <= 0:
+            return -math.inf
+        if self._reached is None:
+            return math.inf
+        away = any(not info.online for info in self.registry.agents.values())
+        return self._reached + (self.settings.warmup if away else min(PRESENCE_WAIT, self.settings.warmup))
 
     def tick(self, now: float) -> None:
         """Accept windows, grace periods and deadlines that passed by ``now``; then offer waiting tasks

@@ -195,9 +195,10 @@ MODEL: dict[str, Section] = {
         "metrics_bind": Setting("127.0.0.1", "address the metrics port listens on"),
         "max_prompt_timeout": Setting(600.0, "the longest metadata.timeout a prompt may ask for, in seconds",
                                       check=SECONDS),
-        "warmup": Setting(10.0, "seconds after first reaching the broker to wait for agents before saying nobody "
-                                "offers a capability (longer than the 8 s an agent waits at most between tries to "
-                                "reach a broker that was down)", check=at_least(0)),
+        "warmup": Setting(10.0, "seconds after first reaching the broker to wait, while an agent heard of is "
+                                "offline, before saying nobody offers a capability (3 s when none is): longer than "
+                                "the 8 s an agent waits at most between tries to reach a broker that was down",
+                          check=at_least(0)),
         "retry_round": Setting(1.0, "seconds between tries to place tasks that found no free agent", check=SECONDS),
         "tick": Setting(0.1, "shortest seconds between checks of deadlines and accept windows (each is checked as "
                              "it falls due)", check=SECONDS),

@@ -804,6 +804,27 @@ def test_the_warm_up_counts_from_reaching_the_broker_not_from_start(tmp_path):
     assert reply.response == "No agent can do browser google; start an agent with lam-agent -c browser."
 
 
+def test_the_warm_up_lasts_while_an_agent_heard_of_is_offline(tmp_path):
+    """Back on a restarted broker, the agents' last wills say they are offline: the warm-up runs up to
+    ``warmup`` while one of them is, and what they offer goes to them the moment they are back."""
+    routing = Routing(tmp_path / "journal.db", warmup=10.0)
+    routing.bus.handle("connect", b"")
+    routing.offline("a1")  # its last will, handed over by the restarted broker
+    prompt = routing.send("echo hello")
+    routing.advance(5.0)
+    assert routing.replies() == [] and routing.tasks() == []
+    routing.online("a1")
+    [task] = routing.tasks()
+    assert task.prompt_id == prompt.id
+    routing.offline("a2")
+    later = routing.send("browser google boots")
+    routing.advance(4.0)
+    assert not [r for r in routing.replies() if r.prompt_id == later.id]
+    routing.advance(1.5)
+    [reply] = [r for r in routing.replies() if r.prompt_id == later.id]
+    assert reply.response == "No agent can do browser google; start an agent with lam-agent -c browser."
+
+
 def test_an_accept_window_is_judged_as_of_when_the_tick_was_received(routing):
     """A busy bus thread hands over a tick and then, long after, the `accepted` that reached it before
     the window closed: the window is judged as of the tick's arrival, so the task stays with its
