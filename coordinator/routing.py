@@ -15,8 +15,7 @@ unknown capability fails a command only once the warm-up has passed since the co
 reached the broker: before, nobody could have been heard. The warm-up is ``PRESENCE_WAIT`` for the
 agents' retained presence to arrive, longer (up to ``warmup``) while an agent heard of is offline:
 after a broker restart the agents come back by themselves, each within the 8 s it waits at most
-between tries. The router keeps no lock of its own: the
-coordinator calls it inside its transaction.
+between tries. The router keeps no lock of its own: the coordinator calls it inside its transaction.
 """
 
 from __future__ import annotations

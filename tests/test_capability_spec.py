@@ -163,6 +163,25 @@ def test_names_of_every_online_agent_are_known():
     assert 'telegram "Uncle Bob" bye' not in texts()
 
 
+def test_an_agent_saying_again_what_it_said_makes_no_new_language():
+    """After a broker restart every agent comes back and publishes its spec again: the same words are
+    read with the language already made; a new contact makes a new one."""
+    messaging = installed_specs()["messaging"]
+    registry, store = Registry(), SpecStore()
+    spoken = [messaging.with_lists({"contacts": ["Mary Ann"]})]
+    registry.update(Presence(state="online", agent="a", capabilities={"messaging": ["telegram"]}))
+    store.on_spec(advertisement("a", spoken))
+    first = store.language(registry)
+    registry.update(Presence(state="offline", agent="a"))
+    registry.update(Presence(state="online", agent="a", capabilities={"messaging": ["telegram"]}))
+    store.on_spec(advertisement("a", spoken))
+    assert store.language(registry) is first
+    store.on_spec(advertisement("a", [messaging.with_lists({"contacts": ["Mary Ann", "Uncle Bob"]})]))
+    changed = store.language(registry)
+    assert changed is not first
+    assert [c.text for c in changed.understand("text uncle bob on telegram hi").commands] == ['telegram "Uncle Bob" hi']
+
+
 def test_rigid_chains_keep_each_commands_words():
     language = Language(installed_specs(), {"messaging": ["Mary Ann"]})
     chain = language.parse_chain("browser google weather &&   telegram Mary Ann hi there&&discord \"Uncle Bob\" ok")
