@@ -4,7 +4,8 @@
 # Python packages: the `test` extra, into the interpreter named by $PYTHON (default python3), or,
 # when that interpreter refuses pip (PEP 668's externally managed Python of Debian and Ubuntu, or
 # no pip at all), into a virtual environment of its own in .venv/.
-# Extra arguments go to pytest, e.g. ./tests/run.sh -k bus -x
+# Tests run two at a time (pytest-xdist; every test starts its own brokers, ports and namespaces);
+# extra arguments go to pytest, e.g. ./tests/run.sh -k bus -x, or -n 0 to run one at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,4 +40,4 @@ if refuses_pip "$python"; then
     python=.venv/bin/python
 fi
 "$python" -m pip install -q --disable-pip-version-check -e '.[test]' </dev/null
-exec "$python" -m pytest "$@"
+exec "$python" -m pytest -n 2 "$@"
