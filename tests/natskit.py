@@ -133,15 +133,25 @@ class NatsCluster:
         return f'username = "{user}"\npassword_file = "{self.folder / "credentials" / user}"\n'
 
     def wait_for_jetstream(self, timeout: float = 60.0) -> None:
-        """Until the cluster's JetStream answers a coordinator (a meta leader is elected)."""
+        """Until the cluster's JetStream places a stream on every node, as the journal's is (a meta
+        leader is elected, and every peer has joined it: before, a stream gets "no suitable peers
+        for placement")."""
         link = NatsLink(ClusterSettings(nats=self.nats, username="coordinator", password=self.password("coordinator")),
                         "test-probe")
+
+        async def place_a_stream() -> None:
+            from nats.js import api
+
+            name = f"{self.prefix}-probe"
+            await link.js.add_stream(api.StreamConfig(name=name, subjects=[f"{name}.probe"],
+                                                      num_replicas=len(self.names), storage=api.StorageType.MEMORY))
+            await link.js.delete_stream(name)
 
         def answers() -> bool:
             try:
                 if not link.connected:
                     link.connect()
-                link.call(link.js.account_info())
+                link.call(place_a_stream())
                 return True
             except Exception:
                 return False
